@@ -1,0 +1,209 @@
+//! The server-wide view shared by all threads: who is connected under which name, and
+//! which names are in which room. It changes on connect, `/nick`, `/join` and disconnect,
+//! never per chat message, so one mutex serves it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use thiserror::Error;
+
+/// The room every client starts in.
+pub const LOBBY: &str = "lobby";
+
+/// The server has `max_clients` clients already.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("server full")]
+pub struct Full;
+
+/// Another client has that name.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("name {0} is taken")]
+pub struct NameTaken(pub String);
+
+#[derive(Debug, Default)]
+struct Inner {
+    names: HashSet<Arc<str>>,
+    /// Room name to member names; a room exists while it has members.
+    rooms: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+}
+
+/// Names, rooms and the client count of the whole server.
+#[derive(Debug)]
+pub struct Directory {
+    inner: Mutex<Inner>,
+    clients: AtomicUsize,
+    max_clients: usize,
+    next_user: AtomicU64,
+    lobby: Arc<str>,
+}
+
+impl Directory {
+    pub fn new(max_clients: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            clients: AtomicUsize::new(0),
+            max_clients,
+            next_user: AtomicU64::new(1),
+            lobby: Arc::from(LOBBY),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave `Inner` half-updated (each method updates it with
+        // infallible operations), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admits a new client: gives it a fresh `user<N>` name and puts it in the lobby.
+    /// Returns `(name, lobby, members of the lobby now)`.
+    pub fn admit(&self) -> Result<(Arc<str>, Arc<str>, usize), Full> {
+        let admitted = self
+            .clients
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_clients).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(Full);
+        }
+        let mut inner = self.lock();
+        let name: Arc<str> = loop {
+            let n = self.next_user.fetch_add(1, Ordering::Relaxed);
+            let candidate = format!("user{n}");
+            if !inner.names.contains(candidate.as_str()) {
+                break Arc::from(candidate);
+            }
+        };
+        inner.names.insert(name.clone());
+        let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
+        lobby.insert(name.clone());
+        Ok((name, self.lobby.clone(), lobby.len()))
+    }
+
+    /// Renames a client. Renaming to the current name succeeds and changes nothing.
+    pub fn rename(&self, old: &Arc<str>, room: &str, new: &str) -> Result<Arc<str>, NameTaken> {
+        if &**old == new {
+            return Ok(old.clone());
+        }
+        let mut inner = self.lock();
+        if inner.names.contains(new) {
+            return Err(NameTaken(new.to_owned()));
+        }
+        let new: Arc<str> = Arc::from(new);
+        inner.names.remove(old);
+        inner.names.insert(new.clone());
+        if let Some(members) = inner.rooms.get_mut(room) {
+            members.remove(old);
+            members.insert(new.clone());
+        }
+        Ok(new)
+    }
+
+    /// Moves a client to another room. Returns the room's shared name and its member count.
+    pub fn join(&self, name: &Arc<str>, from: &str, to: &str) -> (Arc<str>, usize) {
+        let mut inner = self.lock();
+        remove_member(&mut inner, from, name);
+        let room = match inner.rooms.get_key_value(to) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(to),
+        };
+        let members = inner.rooms.entry(room.clone()).or_default();
+        members.insert(name.clone());
+        let count = members.len();
+        (room, count)
+    }
+
+    /// Forgets a client that left: its name is free again.
+    pub fn leave(&self, name: &Arc<str>, room: &str) {
+        let mut inner = self.lock();
+        remove_member(&mut inner, room, name);
+        inner.names.remove(name);
+        drop(inner);
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Names in a room, sorted.
+    pub fn members(&self, room: &str) -> Vec<Arc<str>> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .get(room)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Rooms with their member counts, sorted by name.
+    pub fn rooms(&self) -> Vec<(Arc<str>, usize)> {
+        let inner = self.lock();
+        inner
+            .rooms
+            .iter()
+            .map(|(r, m)| (r.clone(), m.len()))
+            .collect()
+    }
+
+    /// Clients connected now.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    pub fn max_clients(&self) -> usize {
+        self.max_clients
+    }
+
+    /// Rooms with members now.
+    pub fn room_count(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    /// Whether a name is in use (for tests and checks).
+    pub fn has_name(&self, name: &str) -> bool {
+        self.lock().names.contains(name)
+    }
+}
+
+fn remove_member(inner: &mut Inner, room: &str, name: &str) {
+    if let Some(members) = inner.rooms.get_mut(room) {
+        members.remove(name);
+        if members.is_empty() {
+            inner.rooms.remove(room);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admit_rename_join_leave_keep_names_and_rooms_consistent() {
+        let dir = Directory::new(2);
+        let (a, lobby, n) = dir.admit().unwrap();
+        assert_eq!((&*a, &*lobby, n), ("user1", "lobby", 1));
+        let (b, _, n) = dir.admit().unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(dir.admit(), Err(Full));
+
+        assert_eq!(dir.rename(&b, "lobby", "user1"), Err(NameTaken("user1".into())));
+        let b = dir.rename(&b, "lobby", "bob").unwrap();
+        assert!(!dir.has_name("user2"));
+        let (_, n) = dir.join(&a, "lobby", "chess");
+        assert_eq!(n, 1);
+        assert_eq!(dir.members("lobby"), vec![b.clone()]);
+        assert_eq!(dir.rooms().len(), 2);
+
+        dir.leave(&a, "chess");
+        assert_eq!(dir.rooms(), vec![(lobby, 1)]);
+        assert_eq!(dir.clients(), 1);
+        let (c, _, _) = dir.admit().unwrap();
+        assert_eq!(&*c, "user3");
+    }
+
+    #[test]
+    fn fresh_names_skip_names_taken_by_nick() {
+        let dir = Directory::new(10);
+        let (a, _, _) = dir.admit().unwrap();
+        dir.rename(&a, "lobby", "user2").unwrap();
+        let (b, _, _) = dir.admit().unwrap();
+        assert_eq!(&*b, "user3");
+    }
+}

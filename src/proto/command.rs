@@ -1,0 +1,146 @@
+//! Parses one line into a command or a chat message.
+
+use thiserror::Error;
+
+/// Longest name or room name, in bytes.
+pub const NAME_MAX: usize = 32;
+
+/// What a client's line asks for.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Command<'a> {
+    /// A chat line to relay as it is (a leading `//` was unescaped to `/`).
+    Chat(&'a [u8]),
+    /// An empty line: ignored.
+    Empty,
+    Join(&'a str),
+    Nick(&'a str),
+    Who,
+    Rooms,
+    Quit,
+    Help,
+    Stats,
+}
+
+/// Why a line was refused. The `Display` text is what the client reads after `* error: `.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CommandError {
+    #[error("unknown command {0} (try /help)")]
+    Unknown(String),
+    #[error("{command} needs {what}")]
+    MissingArgument {
+        command: &'static str,
+        what: &'static str,
+    },
+    #[error("{command} takes no arguments")]
+    UnexpectedArgument { command: &'static str },
+    #[error("invalid {what} {value:?}: use 1-{NAME_MAX} letters, digits, '_', '-' or '.'")]
+    InvalidName { what: &'static str, value: String },
+}
+
+/// Parses a line (already without `\r\n`).
+///
+/// A line not starting with `/` is chat; `//` starts a chat line that begins with `/`.
+pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
+    if line.is_empty() {
+        return Ok(Command::Empty);
+    }
+    let Some(rest) = line.strip_prefix(b"/") else {
+        return Ok(Command::Chat(line));
+    };
+    if rest.starts_with(b"/") {
+        return Ok(Command::Chat(rest));
+    }
+    let rest = rest.trim_ascii_end();
+    let (word, arg) = match rest.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(i) => (&rest[..i], rest[i..].trim_ascii_start()),
+        None => (rest, &b""[..]),
+    };
+    match word {
+        b"join" => name_arg("/join", "room name", arg).map(Command::Join),
+        b"nick" => name_arg("/nick", "name", arg).map(Command::Nick),
+        b"who" => no_arg("/who", arg, Command::Who),
+        b"rooms" => no_arg("/rooms", arg, Command::Rooms),
+        b"quit" => no_arg("/quit", arg, Command::Quit),
+        b"help" => no_arg("/help", arg, Command::Help),
+        b"stats" => no_arg("/stats", arg, Command::Stats),
+        _ => Err(CommandError::Unknown(format!(
+            "/{}",
+            String::from_utf8_lossy(&word[..word.len().min(NAME_MAX)])
+        ))),
+    }
+}
+
+fn no_arg<'a>(
+    command: &'static str,
+    arg: &[u8],
+    ok: Command<'a>,
+) -> Result<Command<'a>, CommandError> {
+    if arg.is_empty() {
+        Ok(ok)
+    } else {
+        Err(CommandError::UnexpectedArgument { command })
+    }
+}
+
+fn name_arg<'a>(
+    command: &'static str,
+    what: &'static str,
+    arg: &'a [u8],
+) -> Result<&'a str, CommandError> {
+    if arg.is_empty() {
+        return Err(CommandError::MissingArgument { command, what });
+    }
+    let valid = arg.len() <= NAME_MAX
+        && arg
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    match std::str::from_utf8(arg) {
+        Ok(name) if valid => Ok(name),
+        _ => Err(CommandError::InvalidName {
+            what,
+            value: String::from_utf8_lossy(&arg[..arg.len().min(2 * NAME_MAX)]).into_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_lines_are_relayed_as_they_are() {
+        assert_eq!(parse(b"hello /x"), Ok(Command::Chat(b"hello /x")));
+        assert_eq!(parse(b"//join x"), Ok(Command::Chat(b"/join x")));
+        assert_eq!(parse(b"\xff\xfe"), Ok(Command::Chat(b"\xff\xfe")));
+        assert_eq!(parse(b" /who"), Ok(Command::Chat(b" /who")));
+        assert_eq!(parse(b""), Ok(Command::Empty));
+    }
+
+    #[test]
+    fn commands_parse_with_arguments_and_spacing() {
+        assert_eq!(parse(b"/join chess"), Ok(Command::Join("chess")));
+        assert_eq!(parse(b"/join   chess  "), Ok(Command::Join("chess")));
+        assert_eq!(parse(b"/nick al_ice-2.0"), Ok(Command::Nick("al_ice-2.0")));
+        assert_eq!(parse(b"/who"), Ok(Command::Who));
+        assert_eq!(parse(b"/rooms "), Ok(Command::Rooms));
+        assert_eq!(parse(b"/quit"), Ok(Command::Quit));
+        assert_eq!(parse(b"/help"), Ok(Command::Help));
+        assert_eq!(parse(b"/stats"), Ok(Command::Stats));
+    }
+
+    #[test]
+    fn bad_commands_say_what_is_wrong() {
+        let err = |l: &[u8]| parse(l).unwrap_err().to_string();
+        assert_eq!(err(b"/dance"), "unknown command /dance (try /help)");
+        assert_eq!(err(b"/"), "unknown command / (try /help)");
+        assert_eq!(err(b"/join"), "/join needs room name");
+        assert_eq!(err(b"/nick "), "/nick needs name");
+        assert_eq!(err(b"/who me"), "/who takes no arguments");
+        assert_eq!(
+            err(b"/join two words"),
+            "invalid room name \"two words\": use 1-32 letters, digits, '_', '-' or '.'"
+        );
+        assert!(err(&[b"/nick ".as_slice(), &[b'a'; 33]].concat()).starts_with("invalid name"));
+        assert!(err(b"/nick \xc3\xa9").starts_with("invalid name"));
+    }
+}

@@ -1,0 +1,45 @@
+//! Every line the server writes, each encoded once into a `Bytes` that all recipients share.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::fmt::Display;
+
+/// `NAME: TEXT\n`, the line every other member of the room receives.
+pub fn chat(name: &str, text: &[u8]) -> Bytes {
+    let mut line = BytesMut::with_capacity(name.len() + 2 + text.len() + 1);
+    line.put_slice(name.as_bytes());
+    line.put_slice(b": ");
+    line.put_slice(text);
+    line.put_u8(b'\n');
+    line.freeze()
+}
+
+/// `* TEXT\n`: a server notice or reply.
+pub fn notice(text: impl Display) -> Bytes {
+    Bytes::from(format!("* {text}\n"))
+}
+
+/// `* error: TEXT\n`.
+pub fn error(text: impl Display) -> Bytes {
+    Bytes::from(format!("* error: {text}\n"))
+}
+
+pub const HELP: &str = "commands: /join ROOM, /nick NAME, /who, /rooms, /stats, /quit, /help; \
+     any other line is chat for your room (start it with // to send a line beginning with /)";
+
+pub const LINE_TOO_LONG: &str = "line too long";
+pub const SERVER_FULL: &str = "server full";
+pub const SLOW_CONSUMER: &str = "disconnected: slow consumer";
+pub const SHUTTING_DOWN: &str = "server shutting down";
+pub const BYE: &str = "bye";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_framed() {
+        assert_eq!(&chat("ann", b"hi \xff")[..], b"ann: hi \xff\n");
+        assert_eq!(&notice("you are bob")[..], b"* you are bob\n");
+        assert_eq!(&error(LINE_TOO_LONG)[..], b"* error: line too long\n");
+    }
+}

@@ -1,0 +1,69 @@
+//! The epoll backend: tokio (mio, edge-triggered epoll). Reads wait for readiness and
+//! then read into the connection's reused buffer; a write first tries the vectored
+//! write at once and waits for writability only when the socket is full.
+
+use super::io::{Conn, Listener};
+use bytes::Bytes;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, RawFd};
+use tokio::net::{TcpListener, TcpStream};
+
+impl Listener for TcpListener {
+    type Conn = TcpStream;
+
+    async fn accept(&self) -> io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+impl Conn for TcpStream {
+    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            if let Err(err) = self.readable().await {
+                return (Err(err), buf);
+            }
+            match self.try_read_buf(&mut buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                result => return (result, buf),
+            }
+        }
+    }
+
+    async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
+        let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+        let result = loop {
+            match self.try_write_vectored(&slices) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(err) = self.writable().await {
+                        break Err(err);
+                    }
+                }
+                result => break result,
+            }
+        };
+        drop(slices);
+        (result, bufs)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+/// Runs `future` on a current-thread tokio runtime on this thread.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> io::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(tokio::task::LocalSet::new().block_on(&runtime, future))
+}
+
+/// Turns a bound std listener into this backend's listener (inside the runtime).
+pub(crate) fn listener(std: std::net::TcpListener) -> io::Result<TcpListener> {
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}

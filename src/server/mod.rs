@@ -1,0 +1,344 @@
+//! `ringcast serve`: thread-per-core workers, one runtime and one SO_REUSEPORT listener
+//! each, around the shared core. The backends differ only in how bytes move.
+
+mod epoll;
+mod io;
+pub mod probe;
+mod uring;
+mod worker;
+
+use crate::core::{Directory, Limits, Stats};
+use crate::units::{parse_bytes, parse_duration};
+use anyhow::{bail, Context};
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use worker::{Worker, WorkerSetup, INBOX_BATCHES};
+
+/// Which I/O mechanism moves the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// io_uring through tokio-uring (completion-based).
+    Uring,
+    /// epoll through tokio (readiness-based).
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// File descriptors kept free beyond the client limit (listeners, rings, logs).
+const FD_RESERVE: u64 = 64;
+
+/// Options of `ringcast serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "uring")]
+    pub backend: Backend,
+    /// Worker threads, each with its own runtime and listener [default: available cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Longest line a client may send, in bytes (k/m suffixes allowed).
+    #[arg(long, default_value = "4096", value_parser = parse_bytes)]
+    pub max_line: usize,
+    /// Most clients at once [default: the open-files limit less a reserve of 64].
+    #[arg(long)]
+    pub max_clients: Option<usize>,
+    /// Most bytes queued for one client; a client past it is cut off as a slow consumer.
+    #[arg(long, default_value = "256k", value_parser = parse_bytes)]
+    pub max_outbound: usize,
+    /// How long shutdown may spend flushing queued lines before it closes regardless.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Interval of the stats log line; 0 turns it off.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Submission queue entries per io_uring (uring backend).
+    #[arg(long, default_value = "1024")]
+    pub sq_entries: u32,
+}
+
+enum Event {
+    Signal(i32),
+    WorkerDone(usize, Result<(), String>),
+}
+
+/// Runs the server until SIGINT or SIGTERM, then drains it.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.log_level)?;
+    let nofile = crate::sys::raise_nofile_limit().context("reading the open-files limit")?;
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let fd_budget = nofile.saturating_sub(FD_RESERVE + 4 * threads as u64) as usize;
+    let max_clients = match args.max_clients {
+        Some(0) => bail!("--max-clients must be at least 1"),
+        Some(n) if n > fd_budget => bail!(
+            "--max-clients {n} does not fit the open-files limit {nofile} (at most {fd_budget}); \
+             raise `ulimit -n` or lower --max-clients"
+        ),
+        Some(n) => n,
+        None => fd_budget.max(1),
+    };
+    if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
+        bail!("--max-line must be at least 1 and --max-outbound at least --max-line + 64");
+    }
+    if args.backend == Backend::Uring {
+        probe::probe().map_err(|cause| {
+            anyhow::anyhow!(
+                "io_uring cannot be used here: {cause}. \
+                 Run the epoll backend instead: ringcast serve --backend epoll"
+            )
+        })?;
+    }
+
+    let listeners = bind_reuseport(args.listen, threads)
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listeners[0].local_addr().context("reading the bound address")?;
+
+    let dir = Arc::new(Directory::new(max_clients));
+    let stats = Arc::new(Stats::new(threads));
+    let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
+    let limits = Limits {
+        max_line: args.max_line,
+        max_outbound: args.max_outbound,
+    };
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events_tx, events) = std_mpsc::channel();
+
+    for (index, (listener, inbox)) in listeners.into_iter().zip(inbox_rx).enumerate() {
+        let setup = WorkerSetup {
+            dir: dir.clone(),
+            stats: stats.clone(),
+            limits,
+            label: label.clone(),
+            index,
+            threads,
+            peers: (0..threads)
+                .filter(|&i| i != index)
+                .map(|i| inbox_tx[i].clone())
+                .collect(),
+            inbox,
+            shutdown: shutdown_rx.clone(),
+            drain_timeout: args.drain_timeout,
+        };
+        let events_tx = events_tx.clone();
+        let (backend, sq_entries) = (args.backend, args.sq_entries);
+        std::thread::Builder::new()
+            .name(format!("ringcast-{}-{index}", backend.name()))
+            .spawn(move || {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_worker(backend, sq_entries, setup, listener)
+                }));
+                let result = match result {
+                    Ok(result) => result,
+                    Err(_) => Err("worker thread panicked".to_owned()),
+                };
+                let _ = events_tx.send(Event::WorkerDone(index, result));
+            })
+            .context("starting a worker thread")?;
+    }
+    drop(inbox_tx);
+    spawn_signal_thread(events_tx.clone())?;
+
+    tracing::info!(
+        %addr, backend = args.backend.name(), threads, max_clients,
+        max_line = args.max_line, max_outbound = args.max_outbound,
+        "ringcast serving"
+    );
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
+        stdout.flush().context("writing to stdout")?;
+    }
+    let stats_stop = spawn_stats_thread(args.stats_interval, args.backend, dir.clone(), stats)?;
+
+    let mut running = threads;
+    let mut failure: Option<String> = None;
+    let mut stopping_since: Option<Instant> = None;
+    // Shutdown has its own timeout; past it and a grace period, stop waiting for workers.
+    let give_up_after = args.drain_timeout + Duration::from_secs(10);
+    while running > 0 {
+        let event = match stopping_since {
+            Some(since) => {
+                let left = give_up_after.saturating_sub(since.elapsed());
+                match events.recv_timeout(left) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        failure.get_or_insert_with(|| format!("{running} worker threads did not stop"));
+                        break;
+                    }
+                }
+            }
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            },
+        };
+        match event {
+            Event::Signal(signal) if stopping_since.is_some() => {
+                tracing::warn!(signal, "second signal: exiting without draining");
+                return Ok(ExitCode::FAILURE);
+            }
+            Event::Signal(signal) => {
+                tracing::info!(signal, "shutting down: draining connections");
+                stopping_since = Some(Instant::now());
+                let _ = shutdown_tx.send(true);
+            }
+            Event::WorkerDone(index, result) => {
+                running -= 1;
+                if let Err(err) = result {
+                    tracing::error!(thread = index, "worker failed: {err}");
+                    failure.get_or_insert(err);
+                }
+                if stopping_since.is_none() {
+                    // A worker ending on its own is a failure: stop the others too.
+                    failure.get_or_insert_with(|| format!("worker {index} stopped unexpectedly"));
+                    stopping_since = Some(Instant::now());
+                    let _ = shutdown_tx.send(true);
+                }
+            }
+        }
+    }
+    drop(stats_stop);
+    match failure {
+        Some(err) => bail!("server failed: {err}"),
+        None => {
+            tracing::info!("shut down cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn run_worker(
+    backend: Backend,
+    sq_entries: u32,
+    setup: WorkerSetup,
+    listener: std::net::TcpListener,
+) -> Result<(), String> {
+    let index = setup.index;
+    let result = match backend {
+        Backend::Uring => uring::block_on(sq_entries, async move {
+            Worker::run(setup, uring::listener(listener)?).await
+        }),
+        Backend::Epoll => epoll::block_on(async move {
+            Worker::run(setup, epoll::listener(listener)?).await
+        }),
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) | Err(err) => Err(format!("thread {index}: {err}")),
+    }
+}
+
+/// Binds `count` listeners to one address with SO_REUSEPORT, so the kernel spreads
+/// connections over the threads. With port 0 the first bind picks the port.
+fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec)
+            .with_context(|| format!("invalid RUST_LOG {spec:?}"))?,
+        _ => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?,
+    };
+    // Another subscriber may be set already when run in-process (benches); keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    Ok(())
+}
+
+fn spawn_signal_thread(events: std_mpsc::Sender<Event>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("ringcast-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Logs the stats line every `interval` until the returned sender is dropped.
+fn spawn_stats_thread(
+    interval: Duration,
+    backend: Backend,
+    dir: Arc<Directory>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<std_mpsc::Sender<()>> {
+    let (stop, stopped) = std_mpsc::channel::<()>();
+    if interval.is_zero() {
+        return Ok(stop);
+    }
+    std::thread::Builder::new()
+        .name("ringcast-stats".into())
+        .spawn(move || {
+            let mut last = stats.totals();
+            let mut last_at = Instant::now();
+            while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                let now = stats.totals();
+                let secs = last_at.elapsed().as_secs_f64().max(1e-9);
+                let rate = |a: u64, b: u64| ((a - b) as f64 / secs).round() as u64;
+                tracing::info!(
+                    backend = backend.name(),
+                    clients = dir.clients(),
+                    rooms = dir.room_count(),
+                    msgs_in_per_s = rate(now.messages_in, last.messages_in),
+                    deliveries_per_s = rate(now.deliveries, last.deliveries),
+                    bytes_out_per_s = rate(now.bytes_out, last.bytes_out),
+                    slow_consumers = now.slow_consumers,
+                    messages_in = now.messages_in,
+                    deliveries = now.deliveries,
+                    "stats"
+                );
+                last = now;
+                last_at = Instant::now();
+            }
+        })
+        .context("starting the stats thread")?;
+    Ok(stop)
+}

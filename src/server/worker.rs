@@ -1,0 +1,371 @@
+//! One worker thread, written once for both backends: the accept loop, each connection's
+//! read and write loops, the inbox of lines handed off by other threads, and shutdown.
+//! It moves bytes between the backend's sockets and the thread's [`Hub`].
+
+use super::io::{Conn, Listener, RawSocket};
+use crate::core::{ClientId, Directory, Handoff, Hub, Limits, Output, Stats};
+use bytes::{Buf, Bytes};
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::Shutdown;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::spawn_local;
+
+/// Read buffer per connection, and the least spare room a read is given.
+const READ_BUF: usize = 4096;
+const READ_MIN: usize = 512;
+/// Most buffers in one vectored write (Linux's IOV_MAX).
+const IOV_MAX: usize = 1024;
+/// How long a closing connection waits for the client to close its side after the
+/// server sent everything, before the socket is shut down regardless.
+const LINGER: Duration = Duration::from_secs(2);
+/// Pause after accept fails for lack of file descriptors.
+const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
+/// Batches of hand-offs one thread may queue to another before its readers wait.
+pub(crate) const INBOX_BATCHES: usize = 1024;
+
+/// The I/O layer's per-connection handle, stored in the hub.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    socket: RawSocket,
+    /// Wakes the writer when the outbox gets lines or the client starts closing.
+    wake: Notify,
+    /// True while a write is in flight: a notice sent beside it could split its lines.
+    writing: Cell<bool>,
+}
+
+impl ConnHandle {
+    /// Cuts off a slow consumer: best-effort notice, then shutdown, which also ends any
+    /// write stuck on the full socket.
+    fn cut(&self, notice: &[u8]) {
+        if !self.writing.get() {
+            let _ = self.socket.try_send(notice);
+        }
+        self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// What a worker needs from the rest of the server.
+pub(crate) struct WorkerSetup {
+    pub(crate) dir: Arc<Directory>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) limits: Limits,
+    /// Shown by `/stats`.
+    pub(crate) label: Arc<str>,
+    pub(crate) index: usize,
+    pub(crate) threads: usize,
+    /// Senders to the inboxes of the other threads.
+    pub(crate) peers: Vec<mpsc::Sender<Vec<Handoff>>>,
+    pub(crate) inbox: mpsc::Receiver<Vec<Handoff>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) drain_timeout: Duration,
+}
+
+pub(crate) struct Worker {
+    hub: RefCell<Hub<Rc<ConnHandle>>>,
+    stats: Arc<Stats>,
+    index: usize,
+    /// Emptied when draining starts, so the other threads' inboxes can end.
+    peers: RefCell<Vec<mpsc::Sender<Vec<Handoff>>>>,
+    /// Set at shutdown: accept no more, ignore further input.
+    draining: Cell<bool>,
+    /// Notified whenever a connection is released.
+    released: Notify,
+    drain_timeout: Duration,
+}
+
+impl Worker {
+    /// Runs the worker until shutdown has drained every connection.
+    pub(crate) async fn run<L: Listener + 'static>(setup: WorkerSetup, listener: L) -> io::Result<()> {
+        let WorkerSetup {
+            dir,
+            stats,
+            limits,
+            label,
+            index,
+            threads,
+            peers,
+            inbox,
+            mut shutdown,
+            drain_timeout,
+        } = setup;
+        let hub = Hub::new(dir, stats.clone(), index, threads, label, limits);
+        let worker = Rc::new(Worker {
+            hub: RefCell::new(hub),
+            stats,
+            index,
+            peers: RefCell::new(peers),
+            draining: Cell::new(false),
+            released: Notify::new(),
+            drain_timeout,
+        });
+        let listen_socket = RawSocket::new(listener.fd());
+        let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
+        let accept_task = spawn_local(worker.clone().accept_loop(listener));
+
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        worker.drain(listen_socket, inbox_task, accept_task).await;
+        Ok(())
+    }
+
+    /// Shutdown: stop accepting and reading, deliver every line already accepted (ours
+    /// and those other threads hand us), then flush and close every connection.
+    async fn drain(
+        self: &Rc<Self>,
+        listen_socket: RawSocket,
+        inbox_task: tokio::task::JoinHandle<()>,
+        accept_task: tokio::task::JoinHandle<()>,
+    ) {
+        self.draining.set(true);
+        self.hub.borrow_mut().stop_input();
+        // A pending accept completes with an error once its socket is shut down.
+        listen_socket.shutdown(Shutdown::Both);
+        let _ = accept_task.await;
+        // Readers send hand-offs right after reading, with no await in between, so once
+        // input is ignored the only senders left are clones held by sends in progress.
+        self.peers.borrow_mut().clear();
+        // Ends when every other thread has dropped its senders to us: then every line
+        // accepted anywhere is in our outboxes.
+        let _ = inbox_task.await;
+        {
+            let mut hub = self.hub.borrow_mut();
+            hub.shutdown_all();
+            Self::act(&mut hub);
+        }
+        let all_closed = tokio::time::timeout(self.drain_timeout, self.until_empty()).await;
+        if all_closed.is_err() {
+            let hub = self.hub.borrow();
+            tracing::warn!(
+                thread = self.index,
+                connections = hub.len(),
+                "drain timeout: closing connections with unsent output"
+            );
+            for handle in hub.handles() {
+                handle.socket.shutdown(Shutdown::Both);
+            }
+            drop(hub);
+            self.until_empty().await;
+        }
+    }
+
+    async fn until_empty(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.hub.borrow().is_empty() {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    async fn accept_loop<L: Listener>(self: Rc<Self>, listener: L) {
+        loop {
+            let accepted = listener.accept().await;
+            if self.draining.get() {
+                return;
+            }
+            match accepted {
+                Ok(conn) => self.admit(conn),
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    tracing::warn!(
+                        thread = self.index,
+                        "accept: out of file descriptors ({err}); pausing {EMFILE_BACKOFF:?}"
+                    );
+                    tokio::time::sleep(EMFILE_BACKOFF).await;
+                }
+                Err(err) => {
+                    tracing::debug!(thread = self.index, "accept failed: {err}");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    fn admit<C: Conn>(self: &Rc<Self>, conn: C) {
+        let socket = RawSocket::new(conn.fd());
+        if let Err(err) = socket.set_nodelay() {
+            tracing::debug!("TCP_NODELAY: {err}");
+        }
+        let handle = Rc::new(ConnHandle {
+            socket,
+            wake: Notify::new(),
+            writing: Cell::new(false),
+        });
+        let admitted = {
+            let mut hub = self.hub.borrow_mut();
+            let admitted = hub.connect(handle.clone());
+            Self::act(&mut hub);
+            admitted
+        };
+        match admitted {
+            Ok(id) => {
+                spawn_local(self.clone().serve(id, conn, handle));
+            }
+            Err((_, full)) => {
+                tracing::warn!(thread = self.index, "refused a connection: {full}");
+                let _ = socket.try_send(&crate::proto::reply::error(full));
+            }
+        }
+    }
+
+    /// One connection: its reader and writer run side by side in one task, and the hub
+    /// forgets the client only when both have ended (no I/O is left on the socket).
+    async fn serve<C: Conn>(self: Rc<Self>, id: ClientId, conn: C, handle: Rc<ConnHandle>) {
+        let reader_done = Notify::new();
+        let reading = Cell::new(true);
+        let reader = async {
+            self.read_loop(id, &conn).await;
+            reading.set(false);
+            reader_done.notify_one();
+        };
+        let writer = async {
+            if self.write_loop(id, &conn, &handle).await {
+                // Everything was written: send FIN and give the client a moment to close
+                // its side, so that unread input does not turn our close into a reset
+                // that could destroy lines it has not read yet.
+                handle.socket.shutdown(Shutdown::Write);
+                if reading.get() {
+                    let _ = tokio::time::timeout(LINGER, reader_done.notified()).await;
+                }
+            }
+            handle.socket.shutdown(Shutdown::Both);
+        };
+        tokio::join!(reader, writer);
+        self.hub.borrow_mut().release(id);
+        self.released.notify_waiters();
+    }
+
+    async fn read_loop<C: Conn>(&self, id: ClientId, conn: &C) {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        loop {
+            if buf.capacity() - buf.len() < READ_MIN {
+                buf.reserve(READ_BUF);
+            }
+            let (result, returned) = conn.read(buf).await;
+            buf = returned;
+            match result {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!("read failed: {err}");
+                    break;
+                }
+            }
+            let handoffs = {
+                let mut hub = self.hub.borrow_mut();
+                // Once the client is closing its input is read and dropped, so that it is
+                // not left unread when the socket closes.
+                hub.handle_input(id, &mut buf);
+                let handoffs = hub.take_handoffs();
+                Self::act(&mut hub);
+                handoffs
+            };
+            self.hand_off(handoffs).await;
+        }
+        let mut hub = self.hub.borrow_mut();
+        hub.peer_gone(id);
+        Self::act(&mut hub);
+    }
+
+    /// Returns true when the client closed cleanly with everything written.
+    async fn write_loop<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) -> bool {
+        let mut batch: Vec<Bytes> = Vec::new();
+        loop {
+            let output = self.hub.borrow_mut().take_output(id, &mut batch, IOV_MAX);
+            match output {
+                Output::Write => {}
+                Output::Idle => {
+                    handle.wake.notified().await;
+                    continue;
+                }
+                Output::Close => return true,
+            }
+            handle.writing.set(true);
+            let written = write_all(conn, batch).await;
+            handle.writing.set(false);
+            match written {
+                Ok((emptied, bytes)) => {
+                    batch = emptied;
+                    self.stats.thread(self.index).add_bytes_out(bytes);
+                }
+                Err(err) => {
+                    tracing::debug!("write failed: {err}");
+                    let mut hub = self.hub.borrow_mut();
+                    hub.write_failed(id);
+                    Self::act(&mut hub);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends this read's chat lines to every other thread: one hand-off per thread.
+    async fn hand_off(&self, handoffs: Vec<Handoff>) {
+        if handoffs.is_empty() {
+            return;
+        }
+        let peers = self.peers.borrow().clone();
+        let Some((last, others)) = peers.split_last() else {
+            return;
+        };
+        for peer in others {
+            // A closed inbox means that thread has finished; nothing is left to deliver to.
+            let _ = peer.send(handoffs.clone()).await;
+        }
+        let _ = last.send(handoffs).await;
+    }
+
+    async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Vec<Handoff>>) {
+        let mut batches = Vec::new();
+        while inbox.recv_many(&mut batches, 64).await > 0 {
+            let mut hub = self.hub.borrow_mut();
+            for batch in batches.drain(..) {
+                hub.deliver(&batch);
+            }
+            Self::act(&mut hub);
+        }
+    }
+
+    /// Carries out what the hub asks for after an event: wake writers, cut slow consumers.
+    fn act(hub: &mut Hub<Rc<ConnHandle>>) {
+        hub.drain_wakeups(|handle| handle.wake.notify_one());
+        hub.drain_cuts(|handle, notice| handle.cut(notice));
+    }
+}
+
+/// Writes every buffer in `batch`, retrying partial writes; returns the emptied vector
+/// (to reuse its allocation) and the bytes written.
+async fn write_all<C: Conn>(conn: &C, mut batch: Vec<Bytes>) -> io::Result<(Vec<Bytes>, u64)> {
+    let mut total = 0u64;
+    while !batch.is_empty() {
+        let (result, returned) = conn.writev(batch).await;
+        batch = returned;
+        let mut written = match result {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        total += written as u64;
+        let done = batch.iter().take_while(|b| {
+            let whole = b.len() <= written;
+            if whole {
+                written -= b.len();
+            }
+            whole
+        });
+        let done = done.count();
+        batch.drain(..done);
+        if let Some(first) = batch.first_mut() {
+            first.advance(written);
+        }
+    }
+    Ok((batch, total))
+}
