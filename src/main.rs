@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ringcast", version, about = "A chat broadcaster on io_uring, its epoll baseline, and a load harness")]
+#[command(
+    name = "ringcast",
+    version,
+    about = "A chat broadcaster on io_uring, its epoll baseline, and a load harness"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -16,12 +16,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (text, 1.0)
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: use e.g. 10s, 500ms, 2m or plain seconds"))?;
+    let value: f64 = number.trim().parse().map_err(|_| {
+        format!("invalid duration {text:?}: use e.g. 10s, 500ms, 2m or plain seconds")
+    })?;
     if !value.is_finite() || value < 0.0 || value * scale > 1e9 {
-        return Err(format!("invalid duration {text:?}: must be between 0 and 10^9 seconds"));
+        return Err(format!(
+            "invalid duration {text:?}: must be between 0 and 10^9 seconds"
+        ));
     }
     Ok(Duration::from_secs_f64(value * scale))
 }

@@ -183,7 +183,10 @@ mod tests {
         assert_eq!(n, 2);
         assert_eq!(dir.admit(), Err(Full));
 
-        assert_eq!(dir.rename(&b, "lobby", "user1"), Err(NameTaken("user1".into())));
+        assert_eq!(
+            dir.rename(&b, "lobby", "user1"),
+            Err(NameTaken("user1".into()))
+        );
         let b = dir.rename(&b, "lobby", "bob").unwrap();
         assert!(!dir.has_name("user2"));
         let (_, n) = dir.join(&a, "lobby", "chess");

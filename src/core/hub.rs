@@ -269,7 +269,10 @@ impl<H> Hub<H> {
         match self.dir.rename(&client.name, &client.room, name) {
             Ok(name) => {
                 self.clients[id].name = name;
-                self.reply(id, reply::notice(format_args!("you are {}", self.clients[id].name)));
+                self.reply(
+                    id,
+                    reply::notice(format_args!("you are {}", self.clients[id].name)),
+                );
             }
             Err(taken) => self.reply(id, reply::error(taken)),
         }
@@ -385,7 +388,12 @@ impl<H> Hub<H> {
     }
 
     /// Moves up to `max_lines` queued lines for the client into `batch`.
-    pub fn take_output(&mut self, id: ClientId, batch: &mut Vec<Bytes>, max_lines: usize) -> Output {
+    pub fn take_output(
+        &mut self,
+        id: ClientId,
+        batch: &mut Vec<Bytes>,
+        max_lines: usize,
+    ) -> Output {
         let Some(client) = self.clients.get_mut(id) else {
             return Output::Close;
         };
@@ -461,5 +469,173 @@ impl<H> Hub<H> {
 
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(threads: usize, max_outbound: usize) -> Hub<u32> {
+        let dir = Arc::new(Directory::new(100));
+        Hub::new(
+            dir,
+            Arc::new(Stats::new(1)),
+            0,
+            threads,
+            Arc::from("backend=test threads=1"),
+            Limits {
+                max_line: 64,
+                max_outbound,
+            },
+        )
+    }
+
+    /// Every line queued for the client, taken as its writer would.
+    fn output(hub: &mut Hub<u32>, id: ClientId) -> Vec<String> {
+        let mut batch = Vec::new();
+        while hub.take_output(id, &mut batch, 8) == Output::Write {}
+        batch
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    fn input(hub: &mut Hub<u32>, id: ClientId, bytes: &[u8]) -> bool {
+        let mut buf = bytes.to_vec();
+        hub.handle_input(id, &mut buf)
+    }
+
+    fn woken(hub: &mut Hub<u32>) -> Vec<u32> {
+        let mut handles = Vec::new();
+        hub.drain_wakeups(|h| handles.push(*h));
+        handles
+    }
+
+    #[test]
+    fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
+        let mut hub = hub(2, 1 << 20);
+        let ids: Vec<ClientId> = (0..4).map(|h| hub.connect(h).unwrap()).collect();
+        for &id in &ids {
+            output(&mut hub, id);
+        }
+        woken(&mut hub);
+        assert!(input(&mut hub, ids[3], b"/join x\n"));
+        output(&mut hub, ids[3]);
+        woken(&mut hub);
+
+        assert!(input(&mut hub, ids[0], b"hi\r\nthere\n"));
+        assert_eq!(woken(&mut hub), vec![1, 2]);
+        assert_eq!(output(&mut hub, ids[1]), ["user1: hi\n", "user1: there\n"]);
+        assert_eq!(output(&mut hub, ids[2]).len(), 2);
+        assert!(output(&mut hub, ids[0]).is_empty());
+        assert!(output(&mut hub, ids[3]).is_empty());
+        let handoffs = hub.take_handoffs();
+        assert_eq!(handoffs.len(), 2);
+        assert_eq!(&*handoffs[0].room, "lobby");
+
+        // A line handed off by another thread reaches every local member of its room.
+        hub.deliver(&[Handoff {
+            room: Arc::from("x"),
+            line: Bytes::from_static(b"far: away\n"),
+        }]);
+        assert_eq!(output(&mut hub, ids[3]), ["far: away\n"]);
+        assert!(output(&mut hub, ids[0]).is_empty());
+        let totals = hub.stats.totals();
+        assert_eq!((totals.messages_in, totals.deliveries), (2, 5));
+    }
+
+    #[test]
+    fn single_thread_hands_off_nothing() {
+        let mut hub = hub(1, 1 << 20);
+        let a = hub.connect(0).unwrap();
+        input(&mut hub, a, b"alone\n");
+        assert!(hub.take_handoffs().is_empty());
+    }
+
+    #[test]
+    fn slow_consumer_is_cut_and_forgotten_while_others_receive() {
+        let mut hub = hub(1, 200);
+        let sender = hub.connect(0).unwrap();
+        let slow = hub.connect(1).unwrap();
+        let fast = hub.connect(2).unwrap();
+        for _ in 0..20 {
+            input(
+                &mut hub,
+                sender,
+                b"0123456789012345678901234567890123456789\n",
+            );
+            output(&mut hub, fast);
+        }
+        let mut cut = Vec::new();
+        hub.drain_cuts(|h, notice| cut.push((*h, notice.to_vec())));
+        assert_eq!(
+            cut,
+            vec![(1, b"* error: disconnected: slow consumer\n".to_vec())]
+        );
+        let mut batch = Vec::new();
+        assert_eq!(hub.take_output(slow, &mut batch, 8), Output::Close);
+        assert!(!hub.dir.has_name("user2"));
+        assert_eq!(hub.dir.members("lobby").len(), 2);
+        assert_eq!(hub.stats.totals().slow_consumers, 1);
+        // The slow client's departure kept the room list consistent for the others.
+        input(&mut hub, sender, b"after\n");
+        assert_eq!(output(&mut hub, fast), ["user1: after\n"]);
+        assert_eq!(hub.release(slow), Some(1));
+        assert_eq!(hub.len(), 2);
+    }
+
+    #[test]
+    fn quit_flushes_bye_then_closes_and_input_after_it_is_ignored() {
+        let mut hub = hub(1, 1 << 20);
+        let a = hub.connect(0).unwrap();
+        let b = hub.connect(1).unwrap();
+        output(&mut hub, a);
+        output(&mut hub, b);
+        assert!(!input(&mut hub, a, b"/quit\nnever sent\n"));
+        assert_eq!(output(&mut hub, a), ["* bye\n"]);
+        assert!(output(&mut hub, b).is_empty());
+        let mut batch = Vec::new();
+        assert_eq!(hub.take_output(a, &mut batch, 8), Output::Close);
+        assert!(!input(&mut hub, a, b"more\n"));
+        assert_eq!(hub.dir.clients(), 1);
+    }
+
+    #[test]
+    fn shutdown_queues_the_notice_after_everything_else() {
+        let mut hub = hub(1, 1 << 20);
+        let a = hub.connect(0).unwrap();
+        let b = hub.connect(1).unwrap();
+        output(&mut hub, b);
+        input(&mut hub, a, b"last words\n");
+        hub.stop_input();
+        assert!(input(&mut hub, a, b"dropped\n"));
+        hub.shutdown_all();
+        assert_eq!(
+            output(&mut hub, b),
+            ["user1: last words\n", "* server shutting down\n"]
+        );
+        let mut batch = Vec::new();
+        assert_eq!(hub.take_output(b, &mut batch, 8), Output::Close);
+        assert_eq!(hub.dir.clients(), 0);
+    }
+
+    #[test]
+    fn members_move_between_rooms_and_slots_stay_valid() {
+        let mut hub = hub(1, 1 << 20);
+        let ids: Vec<ClientId> = (0..5).map(|h| hub.connect(h).unwrap()).collect();
+        input(&mut hub, ids[0], b"/join r\n");
+        input(&mut hub, ids[2], b"/join r\n");
+        hub.peer_gone(ids[1]);
+        for &id in &ids {
+            output(&mut hub, id);
+        }
+        input(&mut hub, ids[3], b"lobby line\n");
+        assert_eq!(output(&mut hub, ids[4]), ["user4: lobby line\n"]);
+        assert!(output(&mut hub, ids[0]).is_empty());
+        input(&mut hub, ids[0], b"r line\n");
+        assert_eq!(output(&mut hub, ids[2]), ["user1: r line\n"]);
+        assert!(output(&mut hub, ids[4]).is_empty());
+        assert_eq!(hub.dir.rooms().len(), 2);
     }
 }

@@ -118,7 +118,11 @@ mod tests {
                 });
                 ControlFlow::Continue(())
             });
-            assert!(buf.len() <= dec.max_pending(), "pending {} bytes", buf.len());
+            assert!(
+                buf.len() <= dec.max_pending(),
+                "pending {} bytes",
+                buf.len()
+            );
         }
         (out, buf)
     }

@@ -22,6 +22,10 @@ impl Listener for TcpListener {
 
 impl Conn for TcpStream {
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // One read per scheduler turn, as a completion gives the uring backend: without
+        // this a busy socket is read again and again (tokio's readiness stays cached)
+        // while its lines pile up in outboxes whose writers have not had a turn.
+        tokio::task::yield_now().await;
         loop {
             if let Err(err) = self.readable().await {
                 return (Err(err), buf);

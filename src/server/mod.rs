@@ -91,11 +91,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let fd_budget = nofile.saturating_sub(FD_RESERVE + 4 * threads as u64) as usize;
     let max_clients = match args.max_clients {
         Some(0) => bail!("--max-clients must be at least 1"),
-        Some(n) if n > fd_budget => bail!(
-            "--max-clients {n} does not fit the open-files limit {nofile} (at most {fd_budget}); \
-             raise `ulimit -n` or lower --max-clients"
-        ),
-        Some(n) => n,
+        Some(n) => {
+            if n > fd_budget {
+                tracing::warn!(
+                    "--max-clients {n} exceeds what the open-files limit {nofile} allows \
+                     ({fd_budget}); past that, accept pauses until descriptors are free"
+                );
+            }
+            n
+        }
         None => fd_budget.max(1),
     };
     if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
@@ -112,7 +116,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let listeners = bind_reuseport(args.listen, threads)
         .with_context(|| format!("listening on {}", args.listen))?;
-    let addr = listeners[0].local_addr().context("reading the bound address")?;
+    let addr = listeners[0]
+        .local_addr()
+        .context("reading the bound address")?;
 
     let dir = Arc::new(Directory::new(max_clients));
     let stats = Arc::new(Stats::new(threads));
@@ -186,7 +192,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 match events.recv_timeout(left) {
                     Ok(event) => event,
                     Err(_) => {
-                        failure.get_or_insert_with(|| format!("{running} worker threads did not stop"));
+                        failure.get_or_insert_with(|| {
+                            format!("{running} worker threads did not stop")
+                        });
                         break;
                     }
                 }
@@ -242,9 +250,9 @@ fn run_worker(
         Backend::Uring => uring::block_on(sq_entries, async move {
             Worker::run(setup, uring::listener(listener)?).await
         }),
-        Backend::Epoll => epoll::block_on(async move {
-            Worker::run(setup, epoll::listener(listener)?).await
-        }),
+        Backend::Epoll => {
+            epoll::block_on(async move { Worker::run(setup, epoll::listener(listener)?).await })
+        }
     };
     match result {
         Ok(Ok(())) => Ok(()),
@@ -273,8 +281,9 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::ne
 fn init_logging(level: &str) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.is_empty() => EnvFilter::try_new(&spec)
-            .with_context(|| format!("invalid RUST_LOG {spec:?}"))?,
+        Ok(spec) if !spec.is_empty() => {
+            EnvFilter::try_new(&spec).with_context(|| format!("invalid RUST_LOG {spec:?}"))?
+        }
         _ => EnvFilter::try_new(level).with_context(|| format!("invalid --log-level {level:?}"))?,
     };
     // Another subscriber may be set already when run in-process (benches); keep it.
@@ -288,8 +297,8 @@ fn init_logging(level: &str) -> anyhow::Result<()> {
 
 fn spawn_signal_thread(events: std_mpsc::Sender<Event>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("ringcast-signals".into())
         .spawn(move || {

@@ -51,7 +51,12 @@ pub fn decide(
     match setup {
         Ok(()) => Ok(()),
         Err(err) if disabled == Some(1) => Err(UringUnavailable::Restricted(err)),
-        Err(err) if matches!(err.raw_os_error(), Some(libc::EPERM | libc::ENOSYS | libc::EACCES)) => {
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EPERM | libc::ENOSYS | libc::EACCES)
+            ) =>
+        {
             Err(UringUnavailable::Blocked(err))
         }
         Err(err) => Err(UringUnavailable::SetupFailed(err)),

@@ -39,7 +39,10 @@ impl Conn for TcpStream {
 }
 
 /// Runs `future` on a tokio-uring runtime on this thread.
-pub(crate) fn block_on<F: std::future::Future>(sq_entries: u32, future: F) -> io::Result<F::Output> {
+pub(crate) fn block_on<F: std::future::Future>(
+    sq_entries: u32,
+    future: F,
+) -> io::Result<F::Output> {
     let mut builder = tokio_uring::builder();
     builder.entries(sq_entries);
     let runtime = tokio_uring::Runtime::new(&builder)?;

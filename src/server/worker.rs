@@ -79,7 +79,10 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Runs the worker until shutdown has drained every connection.
-    pub(crate) async fn run<L: Listener + 'static>(setup: WorkerSetup, listener: L) -> io::Result<()> {
+    pub(crate) async fn run<L: Listener + 'static>(
+        setup: WorkerSetup,
+        listener: L,
+    ) -> io::Result<()> {
         let WorkerSetup {
             dir,
             stats,
@@ -141,16 +144,17 @@ impl Worker {
         }
         let all_closed = tokio::time::timeout(self.drain_timeout, self.until_empty()).await;
         if all_closed.is_err() {
-            let hub = self.hub.borrow();
-            tracing::warn!(
-                thread = self.index,
-                connections = hub.len(),
-                "drain timeout: closing connections with unsent output"
-            );
-            for handle in hub.handles() {
-                handle.socket.shutdown(Shutdown::Both);
+            {
+                let hub = self.hub.borrow();
+                tracing::warn!(
+                    thread = self.index,
+                    connections = hub.len(),
+                    "drain timeout: closing connections with unsent output"
+                );
+                for handle in hub.handles() {
+                    handle.socket.shutdown(Shutdown::Both);
+                }
             }
-            drop(hub);
             self.until_empty().await;
         }
     }
