@@ -7,7 +7,7 @@ pub mod probe;
 mod uring;
 mod worker;
 
-use crate::core::{Directory, Limits, Stats};
+use crate::core::{Directory, Limits, Stats, Totals};
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -74,6 +74,7 @@ pub struct ServeArgs {
     pub sq_entries: u32,
 }
 
+/// What the main thread waits for.
 enum Event {
     Signal(i32),
     WorkerDone(usize, Result<(), String>),
@@ -82,6 +83,32 @@ enum Event {
 /// Runs the server until SIGINT or SIGTERM, then drains it.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.log_level)?;
+    let server = start(&args)?;
+    spawn_signal_thread(server.events_tx.clone())?;
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", server.addr).context("writing to stdout")?;
+        stdout.flush().context("writing to stdout")?;
+    }
+    server.wait(false)
+}
+
+/// A server running in this process (its worker threads run in the background).
+pub struct Running {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: watch::Sender<bool>,
+    events_tx: std_mpsc::Sender<Event>,
+    events: std_mpsc::Receiver<Event>,
+    threads: usize,
+    drain_timeout: Duration,
+    /// Dropping it stops the stats thread.
+    _stats_stop: std_mpsc::Sender<()>,
+}
+
+/// Starts a server in this process, without signal handling; [`Running::stop`] drains it.
+pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let nofile = crate::sys::raise_nofile_limit().context("reading the open-files limit")?;
     let threads = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),
@@ -165,76 +192,113 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("starting a worker thread")?;
     }
     drop(inbox_tx);
-    spawn_signal_thread(events_tx.clone())?;
 
     tracing::info!(
         %addr, backend = args.backend.name(), threads, max_clients,
         max_line = args.max_line, max_outbound = args.max_outbound,
         "ringcast serving"
     );
-    {
-        use std::io::Write as _;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {addr}").context("writing to stdout")?;
-        stdout.flush().context("writing to stdout")?;
-    }
-    let stats_stop = spawn_stats_thread(args.stats_interval, args.backend, dir.clone(), stats)?;
+    let stats_stop = spawn_stats_thread(
+        args.stats_interval,
+        args.backend,
+        dir.clone(),
+        stats.clone(),
+    )?;
+    Ok(Running {
+        addr,
+        stats,
+        shutdown: shutdown_tx,
+        events_tx,
+        events,
+        threads,
+        drain_timeout: args.drain_timeout,
+        _stats_stop: stats_stop,
+    })
+}
 
-    let mut running = threads;
-    let mut failure: Option<String> = None;
-    let mut stopping_since: Option<Instant> = None;
-    // Shutdown has its own timeout; past it and a grace period, stop waiting for workers.
-    let give_up_after = args.drain_timeout + Duration::from_secs(10);
-    while running > 0 {
-        let event = match stopping_since {
-            Some(since) => {
-                let left = give_up_after.saturating_sub(since.elapsed());
-                match events.recv_timeout(left) {
-                    Ok(event) => event,
-                    Err(_) => {
-                        failure.get_or_insert_with(|| {
-                            format!("{running} worker threads did not stop")
-                        });
-                        break;
+impl Running {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Counters since start.
+    pub fn totals(&self) -> Totals {
+        self.stats.totals()
+    }
+
+    /// Drains the server as SIGTERM would and waits for its threads to end.
+    pub fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: draining connections");
+        let _ = self.shutdown.send(true);
+        self.wait(true).map(drop)
+    }
+
+    /// Waits for signals and worker ends until every worker has stopped.
+    fn wait(self, stopping: bool) -> anyhow::Result<ExitCode> {
+        let Running {
+            events,
+            shutdown: shutdown_tx,
+            threads,
+            drain_timeout,
+            ..
+        } = self;
+        let mut stopping_since = stopping.then(Instant::now);
+        let mut running = threads;
+        let mut failure: Option<String> = None;
+        // Shutdown has its own timeout; past it and a grace period, stop waiting for workers.
+        let give_up_after = drain_timeout + Duration::from_secs(10);
+        while running > 0 {
+            let event = match stopping_since {
+                Some(since) => {
+                    let left = give_up_after.saturating_sub(since.elapsed());
+                    match events.recv_timeout(left) {
+                        Ok(event) => event,
+                        Err(_) => {
+                            failure.get_or_insert_with(|| {
+                                format!("{running} worker threads did not stop")
+                            });
+                            break;
+                        }
                     }
                 }
-            }
-            None => match events.recv() {
-                Ok(event) => event,
-                Err(_) => break,
-            },
-        };
-        match event {
-            Event::Signal(signal) if stopping_since.is_some() => {
-                tracing::warn!(signal, "second signal: exiting without draining");
-                return Ok(ExitCode::FAILURE);
-            }
-            Event::Signal(signal) => {
-                tracing::info!(signal, "shutting down: draining connections");
-                stopping_since = Some(Instant::now());
-                let _ = shutdown_tx.send(true);
-            }
-            Event::WorkerDone(index, result) => {
-                running -= 1;
-                if let Err(err) = result {
-                    tracing::error!(thread = index, "worker failed: {err}");
-                    failure.get_or_insert(err);
+                None => match events.recv() {
+                    Ok(event) => event,
+                    Err(_) => break,
+                },
+            };
+            match event {
+                Event::Signal(signal) if stopping_since.is_some() => {
+                    tracing::warn!(signal, "second signal: exiting without draining");
+                    return Ok(ExitCode::FAILURE);
                 }
-                if stopping_since.is_none() {
-                    // A worker ending on its own is a failure: stop the others too.
-                    failure.get_or_insert_with(|| format!("worker {index} stopped unexpectedly"));
+                Event::Signal(signal) => {
+                    tracing::info!(signal, "shutting down: draining connections");
                     stopping_since = Some(Instant::now());
                     let _ = shutdown_tx.send(true);
                 }
+                Event::WorkerDone(index, result) => {
+                    running -= 1;
+                    if let Err(err) = result {
+                        tracing::error!(thread = index, "worker failed: {err}");
+                        failure.get_or_insert(err);
+                    }
+                    if stopping_since.is_none() {
+                        // A worker ending on its own is a failure: stop the others too.
+                        failure
+                            .get_or_insert_with(|| format!("worker {index} stopped unexpectedly"));
+                        stopping_since = Some(Instant::now());
+                        let _ = shutdown_tx.send(true);
+                    }
+                }
             }
         }
-    }
-    drop(stats_stop);
-    match failure {
-        Some(err) => bail!("server failed: {err}"),
-        None => {
-            tracing::info!("shut down cleanly");
-            Ok(ExitCode::SUCCESS)
+        match failure {
+            Some(err) => bail!("server failed: {err}"),
+            None => {
+                tracing::info!("shut down cleanly");
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }
