@@ -69,6 +69,10 @@ impl Outbox {
             self.queued -= line.len();
             into.push(line);
         }
+        // An idle client should not keep the memory of a past burst.
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue = VecDeque::new();
+        }
     }
 
     pub fn clear(&mut self) {

@@ -21,20 +21,19 @@ impl Listener for TcpListener {
 }
 
 impl Conn for TcpStream {
-    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+    async fn readable(&self) -> io::Result<()> {
         // One read per scheduler turn, as a completion gives the uring backend: without
         // this a busy socket is read again and again (tokio's readiness stays cached)
         // while its lines pile up in outboxes whose writers have not had a turn.
         tokio::task::yield_now().await;
-        loop {
-            if let Err(err) = self.readable().await {
-                return (Err(err), buf);
-            }
-            match self.try_read_buf(&mut buf) {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return (result, buf),
-            }
-        }
+        TcpStream::readable(self).await
+    }
+
+    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // WouldBlock (a stale readiness) goes back to the caller, which returns the buffer
+        // to its pool before it waits again.
+        let result = self.try_read_buf(&mut buf);
+        (result, buf)
     }
 
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {

@@ -16,6 +16,9 @@ pub(crate) trait Listener {
 
 /// An accepted connection.
 pub(crate) trait Conn: 'static {
+    /// Waits until the socket has input (or an error or EOF to report), without holding
+    /// a buffer while waiting.
+    async fn readable(&self) -> io::Result<()>;
     /// Reads into the spare capacity of `buf` (after its length) and returns the buffer.
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// One vectored write of `bufs`, which may be partial; returns the buffers.

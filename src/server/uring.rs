@@ -5,10 +5,12 @@
 
 use super::io::{Conn, Listener};
 use bytes::Bytes;
+use io_uring::{opcode, types};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 impl Listener for TcpListener {
     type Conn = TcpStream;
@@ -22,7 +24,31 @@ impl Listener for TcpListener {
     }
 }
 
+/// Completes a poll op: readiness, or the error the kernel reported.
+struct PollDone;
+
+impl OneshotOutputTransform for PollDone {
+    type Output = io::Result<()>;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> io::Result<()> {
+        match cqe.result() {
+            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Conn for TcpStream {
+    async fn readable(&self) -> io::Result<()> {
+        // IORING_OP_POLL_ADD through tokio-uring's public raw-op hook: unlike a pending
+        // read, a pending poll pins no buffer, so an idle connection costs no read buffer.
+        // The connection outlives the op: its reader awaits the op to completion.
+        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let sqe = opcode::PollAdd::new(types::Fd(self.as_raw_fd()), events).build();
+        UnsubmittedOneshot::new((), PollDone, sqe).submit().await
+    }
+
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let filled = buf.len();
         let (result, slice) = TcpStream::read(self, buf.slice(filled..)).await;

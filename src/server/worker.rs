@@ -14,9 +14,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::spawn_local;
 
-/// Read buffer per connection, and the least spare room a read is given.
+/// Room a read is given. Buffers come from a per-thread pool and are held only from the
+/// moment a socket is readable until its lines are handled.
 const READ_BUF: usize = 4096;
-const READ_MIN: usize = 512;
+/// Free read buffers a thread keeps, and the largest it keeps (a long partial line can
+/// grow one up to about `--max-line`).
+const POOL_MAX: usize = 256;
+const POOL_KEEP_BYTES: usize = 64 * 1024;
 /// Most buffers in one vectored write (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 /// How long a closing connection waits for the client to close its side after the
@@ -74,6 +78,7 @@ pub(crate) struct Worker {
     draining: Cell<bool>,
     /// Notified whenever a connection is released.
     released: Notify,
+    buffers: BufferPool,
     drain_timeout: Duration,
 }
 
@@ -103,6 +108,7 @@ impl Worker {
             peers: RefCell::new(peers),
             draining: Cell::new(false),
             released: Notify::new(),
+            buffers: BufferPool::default(),
             drain_timeout,
         });
         let listen_socket = RawSocket::new(listener.fd());
@@ -236,7 +242,10 @@ impl Worker {
                 // that could destroy lines it has not read yet.
                 handle.socket.shutdown(Shutdown::Write);
                 if reading.get() {
-                    let _ = tokio::time::timeout(LINGER, reader_done.notified()).await;
+                    // Boxed: a timer is large, and every idle connection's task would carry
+                    // its room.
+                    let linger = Box::pin(tokio::time::timeout(LINGER, reader_done.notified()));
+                    let _ = linger.await;
                 }
             }
             handle.socket.shutdown(Shutdown::Both);
@@ -247,18 +256,35 @@ impl Worker {
     }
 
     async fn read_loop<C: Conn>(&self, id: ClientId, conn: &C) {
-        let mut buf = Vec::with_capacity(READ_BUF);
+        // The start of a line whose end has not arrived yet. Nearly always empty, and then
+        // without an allocation: an idle connection owns no read buffer.
+        let mut carry: Vec<u8> = Vec::new();
         loop {
-            if buf.capacity() - buf.len() < READ_MIN {
-                buf.reserve(READ_BUF);
+            if let Err(err) = conn.readable().await {
+                tracing::debug!("waiting for input failed: {err}");
+                break;
             }
-            let (result, returned) = conn.read(buf).await;
-            buf = returned;
+            let mut buf = self.buffers.take();
+            buf.extend_from_slice(&carry);
+            buf.reserve(READ_BUF);
+            // Boxed, like the write below: an op's state is a few hundred bytes that an idle
+            // connection's task would otherwise carry all the time (it is sized for its
+            // largest await).
+            let (result, returned) = Box::pin(conn.read(buf)).await;
+            let mut buf = returned;
             match result {
-                Ok(0) => break,
+                Ok(0) => {
+                    self.buffers.put(buf);
+                    break;
+                }
                 Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.buffers.put(buf);
+                    continue;
+                }
                 Err(err) => {
                     tracing::debug!("read failed: {err}");
+                    self.buffers.put(buf);
                     break;
                 }
             }
@@ -271,7 +297,18 @@ impl Worker {
                 Self::act(&mut hub);
                 handoffs
             };
-            self.hand_off(handoffs).await;
+            if buf.is_empty() {
+                carry = Vec::new();
+            } else {
+                carry.clear();
+                carry.extend_from_slice(&buf);
+            }
+            self.buffers.put(buf);
+            if !handoffs.is_empty() {
+                // Boxed so the room for a channel send is allocated only while one runs,
+                // not in every connection's task.
+                Box::pin(self.hand_off(handoffs)).await;
+            }
         }
         let mut hub = self.hub.borrow_mut();
         hub.peer_gone(id);
@@ -296,7 +333,12 @@ impl Worker {
             handle.writing.set(false);
             match written {
                 Ok((emptied, bytes)) => {
-                    batch = emptied;
+                    // Keep a small vector for the next batch; let a burst's big one go.
+                    batch = if emptied.capacity() > 64 {
+                        Vec::new()
+                    } else {
+                        emptied
+                    };
                     self.stats.thread(self.index).add_bytes_out(bytes);
                 }
                 Err(err) => {
@@ -344,12 +386,35 @@ impl Worker {
     }
 }
 
+/// Read buffers of one thread, reused across its connections.
+#[derive(Default)]
+struct BufferPool {
+    free: RefCell<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    fn take(&self) -> Vec<u8> {
+        self.free
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BUF))
+    }
+
+    fn put(&self, mut buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < POOL_MAX && buf.capacity() <= POOL_KEEP_BYTES {
+            buf.clear();
+            free.push(buf);
+        }
+    }
+}
+
 /// Writes every buffer in `batch`, retrying partial writes; returns the emptied vector
 /// (to reuse its allocation) and the bytes written.
 async fn write_all<C: Conn>(conn: &C, mut batch: Vec<Bytes>) -> io::Result<(Vec<Bytes>, u64)> {
     let mut total = 0u64;
     while !batch.is_empty() {
-        let (result, returned) = conn.writev(batch).await;
+        let (result, returned) = Box::pin(conn.writev(batch)).await;
         batch = returned;
         let mut written = match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
