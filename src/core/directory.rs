@@ -31,7 +31,11 @@ struct Inner {
 #[derive(Debug)]
 pub struct Directory {
     inner: Mutex<Inner>,
+    /// Clients with a name and a room.
     clients: AtomicUsize,
+    /// Connections admitted and not yet disconnected, closing ones included: this is what
+    /// `max_clients` bounds, since a closing connection still holds a descriptor.
+    connections: AtomicUsize,
     max_clients: usize,
     next_user: AtomicU64,
     lobby: Arc<str>,
@@ -42,6 +46,7 @@ impl Directory {
         Self {
             inner: Mutex::default(),
             clients: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             max_clients,
             next_user: AtomicU64::new(1),
             lobby: Arc::from(LOBBY),
@@ -58,13 +63,14 @@ impl Directory {
     /// Returns `(name, lobby, members of the lobby now)`.
     pub fn admit(&self) -> Result<(Arc<str>, Arc<str>, usize), Full> {
         let admitted = self
-            .clients
+            .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_clients).then_some(n + 1)
             });
         if admitted.is_err() {
             return Err(Full);
         }
+        self.clients.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.lock();
         let name: Arc<str> = loop {
             let n = self.next_user.fetch_add(1, Ordering::Relaxed);
@@ -119,6 +125,11 @@ impl Directory {
         inner.names.remove(name);
         drop(inner);
         self.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A connection admitted by `admit` has ended: its place is free.
+    pub fn disconnected(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Names in a room, sorted.
@@ -197,6 +208,9 @@ mod tests {
         dir.leave(&a, "chess");
         assert_eq!(dir.rooms(), vec![(lobby, 1)]);
         assert_eq!(dir.clients(), 1);
+        // Its connection still holds a place until it is gone.
+        assert_eq!(dir.admit(), Err(Full));
+        dir.disconnected();
         let (c, _, _) = dir.admit().unwrap();
         assert_eq!(&*c, "user3");
     }

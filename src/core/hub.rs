@@ -76,6 +76,8 @@ pub struct Hub<H> {
     handoffs: Vec<Handoff>,
     wake: Vec<ClientId>,
     cuts: Vec<ClientId>,
+    /// Clients that started closing and may still need their queue flushed.
+    flushing: Vec<ClientId>,
     overflowed: Vec<(ClientId, Overflow)>,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
@@ -102,6 +104,7 @@ impl<H> Hub<H> {
             handoffs: Vec::new(),
             wake: Vec::new(),
             cuts: Vec::new(),
+            flushing: Vec::new(),
             overflowed: Vec::new(),
             input_stopped: false,
         }
@@ -366,7 +369,7 @@ impl<H> Hub<H> {
                     .outbox
                     .push_unbounded(reply::notice(reply::SHUTTING_DOWN));
             }
-            CloseReason::Quit | CloseReason::PeerGone => {}
+            CloseReason::Quit | CloseReason::PeerGone => self.flushing.push(id),
         }
         tracing::debug!(name = %client.name, ?reason, "client closing");
         self.wake.push(id);
@@ -427,6 +430,7 @@ impl<H> Hub<H> {
         }
         self.begin_close(id, CloseReason::PeerGone);
         let client = self.clients.remove(id);
+        self.dir.disconnected();
         tracing::debug!(name = %client.name, "client released");
         Some(client.handle)
     }
@@ -448,6 +452,17 @@ impl<H> Hub<H> {
         for id in self.cuts.drain(..) {
             if let Some(client) = self.clients.get(id) {
                 cut(&client.handle, &notice);
+            }
+        }
+    }
+
+    /// Calls `flush` with the handle of every client that started closing (after `/quit`
+    /// or its peer's EOF) since the last call: what it has queued still goes out, but a
+    /// client that does not read it must not hold the connection forever.
+    pub fn drain_flushing(&mut self, mut flush: impl FnMut(&H)) {
+        for id in self.flushing.drain(..) {
+            if let Some(client) = self.clients.get(id) {
+                flush(&client.handle);
             }
         }
     }

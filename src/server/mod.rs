@@ -60,7 +60,8 @@ pub struct ServeArgs {
     /// Most bytes queued for one client; a client past it is cut off as a slow consumer.
     #[arg(long, default_value = "256k", value_parser = parse_bytes)]
     pub max_outbound: usize,
-    /// How long shutdown may spend flushing queued lines before it closes regardless.
+    /// How long shutdown may spend flushing queued lines before it closes regardless; also
+    /// how long a client that quit or closed its side has to read what is queued for it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// Interval of the stats log line; 0 turns it off.

@@ -39,6 +39,9 @@ pub(crate) struct ConnHandle {
     wake: Notify,
     /// True while a write is in flight: a notice sent beside it could split its lines.
     writing: Cell<bool>,
+    /// Set when the hub has forgotten the connection, just before its socket closes:
+    /// from then on `socket` must not be used (the fd number may be reused).
+    released: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -146,7 +149,7 @@ impl Worker {
         {
             let mut hub = self.hub.borrow_mut();
             hub.shutdown_all();
-            Self::act(&mut hub);
+            self.act(&mut hub);
         }
         let all_closed = tokio::time::timeout(self.drain_timeout, self.until_empty()).await;
         if all_closed.is_err() {
@@ -207,11 +210,12 @@ impl Worker {
             socket,
             wake: Notify::new(),
             writing: Cell::new(false),
+            released: Cell::new(false),
         });
         let admitted = {
             let mut hub = self.hub.borrow_mut();
             let admitted = hub.connect(handle.clone());
-            Self::act(&mut hub);
+            self.act(&mut hub);
             admitted
         };
         match admitted {
@@ -252,6 +256,7 @@ impl Worker {
         };
         tokio::join!(reader, writer);
         self.hub.borrow_mut().release(id);
+        handle.released.set(true);
         self.released.notify_waiters();
     }
 
@@ -294,7 +299,7 @@ impl Worker {
                 // not left unread when the socket closes.
                 hub.handle_input(id, &mut buf);
                 let handoffs = hub.take_handoffs();
-                Self::act(&mut hub);
+                self.act(&mut hub);
                 handoffs
             };
             if buf.is_empty() {
@@ -312,7 +317,7 @@ impl Worker {
         }
         let mut hub = self.hub.borrow_mut();
         hub.peer_gone(id);
-        Self::act(&mut hub);
+        self.act(&mut hub);
     }
 
     /// Returns true when the client closed cleanly with everything written.
@@ -345,7 +350,7 @@ impl Worker {
                     tracing::debug!("write failed: {err}");
                     let mut hub = self.hub.borrow_mut();
                     hub.write_failed(id);
-                    Self::act(&mut hub);
+                    self.act(&mut hub);
                     return false;
                 }
             }
@@ -375,14 +380,28 @@ impl Worker {
             for batch in batches.drain(..) {
                 hub.deliver(&batch);
             }
-            Self::act(&mut hub);
+            self.act(&mut hub);
         }
     }
 
-    /// Carries out what the hub asks for after an event: wake writers, cut slow consumers.
-    fn act(hub: &mut Hub<Rc<ConnHandle>>) {
+    /// Carries out what the hub asks for after an event: wake writers, cut slow consumers,
+    /// put a deadline on connections that are closing.
+    fn act(&self, hub: &mut Hub<Rc<ConnHandle>>) {
         hub.drain_wakeups(|handle| handle.wake.notify_one());
         hub.drain_cuts(|handle, notice| handle.cut(notice));
+        let deadline = self.drain_timeout;
+        hub.drain_flushing(|handle| {
+            let handle = handle.clone();
+            spawn_local(async move {
+                tokio::time::sleep(deadline).await;
+                // A client that closed its side, or quit, but does not read what is still
+                // queued for it would otherwise hold its connection forever.
+                if !handle.released.get() {
+                    tracing::debug!("closing connection did not flush in {deadline:?}");
+                    handle.socket.shutdown(Shutdown::Both);
+                }
+            });
+        });
     }
 }
 
