@@ -21,10 +21,19 @@ pub fn instant_at(target_ns: u64) -> tokio::time::Instant {
 
 /// User + system CPU time this process has used, in microseconds.
 pub fn self_cpu_us() -> u64 {
+    cpu_us(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU time the calling thread has used, in microseconds.
+pub fn thread_cpu_us() -> u64 {
+    cpu_us(libc::RUSAGE_THREAD)
+}
+
+fn cpu_us(who: libc::c_int) -> u64 {
     // SAFETY: getrusage writes into the zeroed struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF is always valid.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+    // SAFETY: as above; `who` is RUSAGE_SELF or RUSAGE_THREAD.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
         return 0;
     }
     let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;

@@ -186,13 +186,41 @@ fn rows() -> Vec<Row> {
     ]
 }
 
-/// The side-by-side table of the reports' headline steps.
+/// The rate every report is compared at: the first report's headline rate (its capacity,
+/// or its last step), so that all columns describe the same offered load.
+pub fn comparison_rate(reports: &[Labeled]) -> Option<u64> {
+    reports.first()?.report.headline_step().map(|s| s.rate)
+}
+
+/// A report's step at `rate`, or its headline step when it has none at that rate.
+pub fn step_at(report: &Report, rate: Option<u64>) -> Option<&StepResult> {
+    rate.and_then(|rate| report.steps.iter().find(|s| s.rate == rate))
+        .or_else(|| report.headline_step())
+}
+
+/// One table line: the values, with ratios against the first.
+fn ratio_line(name: String, values: &[Option<f64>], show: fn(f64) -> String) -> Vec<String> {
+    let base = values.first().copied().flatten();
+    let mut line = vec![name];
+    for (i, v) in values.iter().enumerate() {
+        line.push(match (v, base) {
+            (None, _) => "-".into(),
+            (Some(v), Some(b)) if i > 0 && b != 0.0 => format!("{} (×{:.2})", show(*v), v / b),
+            (Some(v), _) => show(*v),
+        });
+    }
+    line
+}
+
+/// The side-by-side table: every report at the comparison rate, then, for a sweep, p99 and
+/// server CPU per delivery at each rate.
 pub fn table(reports: &[Labeled], markdown: bool) -> String {
+    let rate = comparison_rate(reports);
     let mut header = vec!["metric".to_string()];
     header.extend(reports.iter().map(|r| r.label.clone()));
     let mut cells: Vec<Vec<String>> = vec![header];
     let mut rate_row = vec!["rate (msg/s)".to_string()];
-    rate_row.extend(reports.iter().map(|r| match r.report.headline_step() {
+    rate_row.extend(reports.iter().map(|r| match step_at(&r.report, rate) {
         Some(s) => s.rate.to_string(),
         None => "-".into(),
     }));
@@ -200,24 +228,37 @@ pub fn table(reports: &[Labeled], markdown: bool) -> String {
     for row in rows() {
         let values: Vec<Option<f64>> = reports
             .iter()
-            .map(|r| {
-                r.report
-                    .headline_step()
-                    .and_then(|s| (row.value)(&r.report, s))
-            })
+            .map(|r| step_at(&r.report, rate).and_then(|s| (row.value)(&r.report, s)))
             .collect();
-        let base = values.first().copied().flatten();
-        let mut line = vec![row.name.to_string()];
-        for (i, v) in values.iter().enumerate() {
-            line.push(match (v, base) {
-                (None, _) => "-".into(),
-                (Some(v), Some(b)) if i > 0 && b != 0.0 => {
-                    format!("{} (×{:.2})", (row.show)(*v), v / b)
-                }
-                (Some(v), _) => (row.show)(*v),
-            });
+        cells.push(ratio_line(row.name.to_string(), &values, row.show));
+    }
+    let first = &reports[0].report;
+    if first.steps.len() > 1 {
+        for step in &first.steps {
+            fn at(r: &Labeled, rate: u64) -> Option<&StepResult> {
+                r.report.steps.iter().find(|s| s.rate == rate)
+            }
+            let p99: Vec<Option<f64>> = reports
+                .iter()
+                .map(|r| at(r, step.rate).map(|s| s.latency.p99 as f64))
+                .collect();
+            cells.push(ratio_line(format!("p99 at {}/s", step.rate), &p99, |v| {
+                fmt_us(v as u64)
+            }));
+            let cpu: Vec<Option<f64>> = reports
+                .iter()
+                .map(|r| {
+                    at(r, step.rate)
+                        .and_then(|s| s.server.as_ref())
+                        .map(|c| c.cpu_us_per_delivery)
+                })
+                .collect();
+            cells.push(ratio_line(
+                format!("server CPU µs/delivery at {}/s", step.rate),
+                &cpu,
+                |v| format!("{v:.2}"),
+            ));
         }
-        cells.push(line);
     }
     let mut out = String::new();
     if markdown {
@@ -255,7 +296,6 @@ pub fn table(reports: &[Labeled], markdown: bool) -> String {
             out.push('\n');
         }
     }
-    let first = &reports[0].report;
     let e = &first.environment;
     let c = &first.config;
     let _ = writeln!(

@@ -446,7 +446,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let lost = results.iter().chain(warmup.iter()).map(|s| s.lost).sum();
     for s in results.iter().chain(warmup.iter()) {
         for w in &s.warnings {
-            warnings.push(format!("at {}/s: {w}", s.rate));
+            let at = if warmup.as_ref().is_some_and(|w| std::ptr::eq(w, s)) {
+                "during the warm-up".to_string()
+            } else {
+                format!("at {}/s", s.rate)
+            };
+            warnings.push(format!("{at}: {w}"));
         }
     }
     let unix = SystemTime::now()
@@ -553,7 +558,9 @@ fn merge_step(
         r.disconnects += p.disconnects;
         r.server_errors += p.server_errors;
         r.harness_cpu_s += p.cpu_us as f64 / 1e6;
-        r.harness_peak_util = r.harness_peak_util.max(p.cpu_us as f64 / 1e6 / wall_s);
+        r.harness_peak_util = r
+            .harness_peak_util
+            .max(p.peak_thread_cpu_us as f64 / 1e6 / wall_s);
         r.errors.extend(p.errors.iter().cloned());
         hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
@@ -577,7 +584,7 @@ fn merge_step(
     }
     if r.harness_peak_util > 0.9 {
         r.warnings.push(format!(
-            "the harness is the bottleneck: a generator process used {:.0}% of a core; use more --procs (now {procs})",
+            "the harness is the bottleneck: a generator thread used {:.0}% of a core; use more --procs (now {procs})",
             r.harness_peak_util * 100.0
         ));
     }

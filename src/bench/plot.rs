@@ -1,7 +1,7 @@
 //! The comparison chart, written as SVG by hand: latency by percentile on the log
 //! "1/(1−p)" axis HdrHistogram plots use, then throughput and CPU-per-delivery bars.
 
-use super::compare::Labeled;
+use super::compare::{comparison_rate, step_at, Labeled};
 use super::hist;
 use std::fmt::Write as _;
 
@@ -36,9 +36,10 @@ fn nice_ceiling(v: f64) -> f64 {
 }
 
 pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
+    let rate = comparison_rate(reports);
     let mut curves = Vec::new();
     for r in reports {
-        let points = match r.report.headline_step() {
+        let points = match step_at(&r.report, rate) {
             Some(step) => hist::percentile_curve(&hist::decode(&step.histogram)?),
             None => Vec::new(),
         };
@@ -81,8 +82,9 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
     let py = |ms: f64| bottom - (bottom - top) * ms / y_max;
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Latency by percentile (receive − scheduled send)</text>"#,
-        WIDTH / 2.0
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Latency by percentile (receive − scheduled send){}</text>"#,
+        WIDTH / 2.0,
+        rate.map(|r| format!(" at {r} msg/s")).unwrap_or_default()
     );
     for k in 0..=x_max as usize {
         let x = px(k as f64);
@@ -142,13 +144,12 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
     let bars: [(&str, Value); 2] = [
         (
             "Throughput (deliveries/s)",
-            Box::new(|r: &Labeled| r.report.headline_step().map(|s| s.throughput)),
+            Box::new(move |r: &Labeled| step_at(&r.report, rate).map(|s| s.throughput)),
         ),
         (
             "Server CPU per delivery (µs)",
-            Box::new(|r: &Labeled| {
-                r.report
-                    .headline_step()
+            Box::new(move |r: &Labeled| {
+                step_at(&r.report, rate)
                     .and_then(|s| s.server.as_ref())
                     .map(|c| c.cpu_us_per_delivery)
             }),

@@ -46,7 +46,7 @@ pub fn decode_delivery(line: &[u8]) -> Option<Stamp> {
 }
 
 /// Orchestrator → generator, one JSON object a line on the generator's stdin.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Command {
     /// Run step `index` (0 is the warm-up when there is one) starting at `start_ns`.
     Step { index: u32, start_ns: u64 },
@@ -106,6 +106,9 @@ pub struct PartialStep {
     pub send_lag: String,
     /// CPU time this generator used during the step, µs.
     pub cpu_us: u64,
+    /// CPU time of its busiest thread, µs: a thread near 100% of a core is a bottleneck
+    /// even when the process as a whole is not.
+    pub peak_thread_cpu_us: u64,
     /// First few errors, verbatim.
     pub errors: Vec<String>,
 }

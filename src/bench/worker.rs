@@ -1,9 +1,10 @@
 //! A generator process: owns a contiguous share of the simulated clients, connects them,
-//! publishes on schedule and accounts for every delivery. It runs one current-thread tokio
-//! runtime (several generators in parallel come from `--procs`), obeys step commands on
-//! stdin and reports events as JSON lines on stdout.
+//! publishes on schedule and accounts for every delivery. Its publishers and its
+//! subscribers run as two client groups, each on its own thread with a current-thread tokio
+//! runtime (more parallelism comes from `--procs`). It obeys step commands on stdin and
+//! reports events, merged over its groups, as JSON lines on stdout.
 
-use super::clock::{instant_at, mono_ns, self_cpu_us, PreciseTimer};
+use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
 use super::plan::{Plan, Step};
 use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp};
 use super::{hist, BenchArgs};
@@ -67,7 +68,7 @@ impl StepCounts {
     }
 }
 
-/// State shared by every task of this generator (one thread, so `Rc<RefCell<_>>`).
+/// State shared by every task of one client group (one thread, so `Rc<RefCell<_>>`).
 struct Shared {
     plan: Plan,
     steps: Vec<Step>,
@@ -103,57 +104,29 @@ struct Track {
     seen: Vec<u64>,
 }
 
-pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
-    crate::sys::raise_nofile_limit().context("raising the open-files limit")?;
-    let plan = args.plan();
-    let steps = args.steps();
-    let share = plan.share(index, args.procs);
-    let addr: SocketAddr = args.resolve_addr()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the generator runtime")?;
-    let local = tokio::task::LocalSet::new();
-
-    // Commands arrive on stdin; a plain thread forwards them because the runtime has no
-    // async stdin without an extra tokio feature.
-    let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(8);
-    std::thread::Builder::new()
-        .name("bench-stdin".into())
-        .spawn(move || {
-            for line in std::io::stdin().lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Command>(&line) {
-                    Ok(cmd) => {
-                        if cmd_tx.blocking_send(cmd).is_err() {
-                            break;
-                        }
-                    }
-                    Err(err) => eprintln!("ringcast bench worker: bad command {line:?}: {err}"),
-                }
-            }
-        })
-        .context("starting the stdin thread")?;
-
-    let shared = Rc::new(RefCell::new(Shared {
-        steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
-        plan,
-        steps,
-        size: args.size,
-        current: 0,
-        sent_total: 0,
-        received_total: 0,
-        live_publishers: 0,
-        interval: hist::new(),
-    }));
-    let per_proc_rate = (args.connect_rate as f64 / args.procs as f64).max(1.0);
-    local.block_on(&runtime, async move {
-        drive(shared, share, addr, per_proc_rate, args, cmd_rx).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+/// Messages into a generator process's main thread.
+enum Inbox {
+    Command(Command),
+    StdinClosed,
+    Event(usize, Event),
+    GroupFailed(usize, String),
 }
 
-fn emit(event: &Event) -> anyhow::Result<()> {
+/// Sends one client group's events to the process's main thread.
+struct Emitter {
+    group: usize,
+    tx: std::sync::mpsc::Sender<Inbox>,
+}
+
+impl Emitter {
+    fn emit(&self, event: Event) -> anyhow::Result<()> {
+        self.tx
+            .send(Inbox::Event(self.group, event))
+            .map_err(|_| anyhow::anyhow!("the generator's main thread is gone"))
+    }
+}
+
+fn write_event(event: &Event) -> anyhow::Result<()> {
     let line = serde_json::to_string(event).context("encoding an event")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")
@@ -161,19 +134,209 @@ fn emit(event: &Event) -> anyhow::Result<()> {
         .context("writing to the orchestrator")
 }
 
+pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
+    crate::sys::raise_nofile_limit().context("raising the open-files limit")?;
+    let plan = args.plan();
+    let steps = args.steps();
+    let share = plan.share(index, args.procs);
+    let addr: SocketAddr = args.resolve_addr()?;
+    // Publishers get a thread of their own: on a thread shared with hundreds of receiving
+    // connections, the wake-up of a due send queues behind every ready receiver, and sends
+    // leave milliseconds late. Each group has its own runtime and counters, merged here.
+    let (publishers, subscribers): (Vec<usize>, Vec<usize>) =
+        share.clone().partition(|&c| plan.is_publisher(c));
+    let groups: Vec<Vec<usize>> = [publishers, subscribers]
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .collect();
+    let (inbox_tx, inbox) = std::sync::mpsc::channel::<Inbox>();
+
+    // Commands arrive on stdin; a plain thread forwards them because the runtime has no
+    // async stdin without an extra tokio feature.
+    let stdin_tx = inbox_tx.clone();
+    std::thread::Builder::new()
+        .name("bench-stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Command>(&line) {
+                    Ok(cmd) => {
+                        if stdin_tx.send(Inbox::Command(cmd)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => eprintln!("ringcast bench worker: bad command {line:?}: {err}"),
+                }
+            }
+            let _ = stdin_tx.send(Inbox::StdinClosed);
+        })
+        .context("starting the stdin thread")?;
+
+    let per_proc_rate = (args.connect_rate as f64 / args.procs as f64).max(1.0);
+    let mut commands = Vec::new();
+    for (group, clients) in groups.into_iter().enumerate() {
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(8);
+        commands.push(cmd_tx);
+        let rate = per_proc_rate * clients.len() as f64 / share.len() as f64;
+        let shared = Shared {
+            steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
+            plan: plan.clone(),
+            steps: steps.clone(),
+            size: args.size,
+            current: 0,
+            sent_total: 0,
+            received_total: 0,
+            live_publishers: 0,
+            interval: hist::new(),
+        };
+        let args = args.clone();
+        let out = Emitter {
+            group,
+            tx: inbox_tx.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("bench-group-{group}"))
+            .spawn(move || {
+                let result = (|| -> anyhow::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting a generator runtime")?;
+                    let local = tokio::task::LocalSet::new();
+                    let shared = Rc::new(RefCell::new(shared));
+                    local.block_on(
+                        &runtime,
+                        drive(shared, clients, addr, rate, &args, cmd_rx, &out),
+                    )
+                })();
+                if let Err(err) = result {
+                    let _ = out.tx.send(Inbox::GroupFailed(group, format!("{err:#}")));
+                }
+            })
+            .context("starting a generator thread")?;
+    }
+    drop(inbox_tx);
+
+    let n = commands.len();
+    let mut ready: Vec<Option<ConnectResult>> = vec![None; n];
+    let mut partials: Vec<Option<PartialStep>> = vec![None; n];
+    let mut progress = vec![(0u64, 0u64, 0u64); n];
+    let mut last_progress = 0u64;
+    let mut cpu_before = self_cpu_us();
+    while let Ok(message) = inbox.recv() {
+        match message {
+            Inbox::Command(cmd) => {
+                let finish = matches!(cmd, Command::Finish);
+                if !finish {
+                    cpu_before = self_cpu_us();
+                }
+                for tx in &commands {
+                    // A group that already exited reports why through GroupFailed.
+                    let _ = tx.blocking_send(cmd.clone());
+                }
+                if finish {
+                    break;
+                }
+            }
+            Inbox::StdinClosed => break,
+            Inbox::GroupFailed(group, err) => anyhow::bail!("client group {group}: {err}"),
+            Inbox::Event(group, Event::Ready(r)) => {
+                ready[group] = Some(r);
+                if ready.iter().all(Option::is_some) {
+                    write_event(&Event::Ready(merge_connects(ready.iter_mut())?))?;
+                }
+            }
+            Inbox::Event(
+                group,
+                Event::Progress {
+                    sent,
+                    received,
+                    p99_us,
+                },
+            ) => {
+                progress[group] = (sent, received, p99_us);
+                let now = mono_ns();
+                if now >= last_progress + 900_000_000 {
+                    last_progress = now;
+                    write_event(&Event::Progress {
+                        sent: progress.iter().map(|p| p.0).sum(),
+                        received: progress.iter().map(|p| p.1).sum(),
+                        p99_us: progress.iter().map(|p| p.2).max().unwrap_or(0),
+                    })?;
+                }
+            }
+            Inbox::Event(group, Event::StepDone(p)) => {
+                partials[group] = Some(p);
+                if partials.iter().all(Option::is_some) {
+                    let parts: Vec<PartialStep> =
+                        partials.iter_mut().filter_map(Option::take).collect();
+                    let mut merged = merge_partials(parts)?;
+                    merged.cpu_us = self_cpu_us().saturating_sub(cpu_before);
+                    write_event(&Event::StepDone(merged))?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge_connects<'a>(
+    parts: impl Iterator<Item = &'a mut Option<ConnectResult>>,
+) -> anyhow::Result<ConnectResult> {
+    let mut out = ConnectResult::default();
+    let mut h = hist::new();
+    for part in parts.filter_map(Option::take) {
+        out.connected += part.connected;
+        out.failed += part.failed;
+        out.errors.extend(part.errors);
+        hist::merge(&mut h, &hist::decode(&part.histogram)?)?;
+    }
+    out.errors.truncate(MAX_ERRORS);
+    out.histogram = hist::encode(&h);
+    Ok(out)
+}
+
+/// Adds up the client groups' shares of a step; `peak_thread_cpu_us` keeps the busiest.
+fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
+    let mut out = PartialStep::default();
+    let mut latency = hist::new();
+    let mut lag = hist::new();
+    for p in parts {
+        out.index = p.index;
+        out.sent += p.sent;
+        out.expected += p.expected;
+        out.received += p.received;
+        out.duplicates += p.duplicates;
+        out.out_of_order += p.out_of_order;
+        out.stale += p.stale;
+        out.unexpected += p.unexpected;
+        out.disconnects += p.disconnects;
+        out.server_errors += p.server_errors;
+        out.peak_thread_cpu_us = out.peak_thread_cpu_us.max(p.cpu_us);
+        out.errors.extend(p.errors);
+        hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
+        hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
+    }
+    out.errors.truncate(MAX_ERRORS);
+    out.latency = hist::encode(&latency);
+    out.send_lag = hist::encode(&lag);
+    Ok(out)
+}
+
 async fn drive(
     shared: SharedRef,
-    share: std::ops::Range<usize>,
+    clients: Vec<usize>,
     addr: SocketAddr,
     connect_rate: f64,
     args: &BenchArgs,
     mut commands: mpsc::Receiver<Command>,
+    out: &Emitter,
 ) -> anyhow::Result<()> {
     let (step_tx, step_rx) = watch::channel::<Option<(u32, u64)>>(None);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<u64, String>>(1024);
     let multi_source = shared.borrow().plan.clients > CLIENTS_PER_SOURCE;
     let t0 = mono_ns();
-    for (k, c) in share.clone().enumerate() {
+    for (k, &c) in clients.iter().enumerate() {
         let source = match addr {
             SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
                 let octet = 1 + (c / CLIENTS_PER_SOURCE).min(253) as u8;
@@ -208,12 +371,12 @@ async fn drive(
                 }
             }
         }
-        if result.connected + result.failed == share.len() as u64 {
+        if result.connected + result.failed == clients.len() as u64 {
             break;
         }
     }
     result.histogram = hist::encode(&connect);
-    emit(&Event::Ready(result))?;
+    out.emit(Event::Ready(result))?;
 
     while let Some(cmd) = commands.recv().await {
         match cmd {
@@ -225,12 +388,13 @@ async fn drive(
                     anyhow::ensure!(i < s.steps.len(), "step {i} is not in the plan");
                     s.current = i;
                     let step = s.steps[i];
-                    let expected: u64 = share.clone().map(|c| s.plan.expected_for(&step, c)).sum();
+                    let expected: u64 =
+                        clients.iter().map(|&c| s.plan.expected_for(&step, c)).sum();
                     (step, expected)
                 };
-                let cpu_before = self_cpu_us();
+                let cpu_before = thread_cpu_us();
                 step_tx.send_replace(Some((index, start_ns)));
-                run_step(&shared, i, &step, start_ns, expected, args).await?;
+                run_step(&shared, i, &step, start_ns, expected, args, out).await?;
                 let partial = {
                     let mut s = shared.borrow_mut();
                     let c = &mut s.steps_counts[i];
@@ -248,11 +412,12 @@ async fn drive(
                         server_errors: c.server_errors,
                         latency: hist::encode(&c.latency),
                         send_lag: hist::encode(&c.lag),
-                        cpu_us: self_cpu_us().saturating_sub(cpu_before),
+                        cpu_us: thread_cpu_us().saturating_sub(cpu_before),
+                        peak_thread_cpu_us: 0,
                         errors: c.errors.clone(),
                     }
                 };
-                emit(&Event::StepDone(partial))?;
+                out.emit(Event::StepDone(partial))?;
             }
         }
     }
@@ -268,6 +433,7 @@ async fn run_step(
     start_ns: u64,
     expected: u64,
     args: &BenchArgs,
+    out: &Emitter,
 ) -> anyhow::Result<()> {
     let schedule_end = start_ns + step.duration.as_nanos() as u64;
     let mut publishers_done_at: Option<u64> = None;
@@ -292,7 +458,7 @@ async fn run_step(
                     p99_us: p99,
                 }
             };
-            emit(&event)?;
+            out.emit(event)?;
         }
         let s = shared.borrow();
         let counts = &s.steps_counts[i];
