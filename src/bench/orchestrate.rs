@@ -578,7 +578,7 @@ fn merge_step(
     // harness as much as the server.
     if r.send_lag.p99 > (slo_us / 4).max(1_000) {
         r.warnings.push(format!(
-            "the harness is the bottleneck: p99 send lag {} behind schedule; use --procs or a lower rate",
+            "the harness is the bottleneck: p99 of sends left {} behind schedule (harness overloaded or short of CPU), so latency here measures the harness too; pin server and harness to separate cores, lower the rate, or add --procs",
             super::report::fmt_us(r.send_lag.p99)
         ));
     }
