@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Clients per loopback source address: past this many clients in all, connections
+    /// spread over 127.0.0.1, 127.0.0.2, ... (each source has ~28,000 ephemeral ports).
+    #[arg(long, default_value_t = 25_000, hide_short_help = true)]
+    pub clients_per_source: usize,
     /// Internal: run as generator process N of --procs.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,

@@ -88,10 +88,6 @@ impl Generators {
         Ok(())
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
     fn finish(mut self) -> anyhow::Result<()> {
         self.send(&Command::Finish)?;
         self.stdins.clear();
@@ -250,7 +246,6 @@ impl Progress {
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let addr = args.resolve_addr()?;
-    let plan = args.plan();
     let steps = args.steps();
     let has_warmup = !args.warmup.is_zero();
     let mut warnings = Vec::new();
@@ -264,7 +259,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| "unknown".into());
 
     let mut gens = Generators::spawn(args.procs)?;
-    let gen_pids = gens.pids();
     let mut progress = Progress {
         quiet: args.quiet,
         // SAFETY: isatty only inspects the descriptor.
@@ -431,7 +425,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         results.push(result);
     }
-    let _ = gen_pids;
     gens.finish()?;
 
     let warmup = if has_warmup {
@@ -494,7 +487,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         warnings,
         merged_from: Vec::new(),
     };
-    let _ = plan;
     print!("{}", report.summary());
     if let Some(dir) = &args.out {
         report.write(dir)?;

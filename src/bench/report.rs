@@ -263,6 +263,20 @@ impl Report {
                 if s.held { "yes" } else { "NO" }
             );
         }
+        for s in &self.steps {
+            let server = match &s.server {
+                Some(cost) => format!("server CPU {:.0}% of a core, ", cost.cpu_util * 100.0),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "at {}/s: {server}harness CPU {:.1}s (busiest thread {:.0}% of a core), sends p99 {} behind schedule",
+                s.rate,
+                s.harness_cpu_s,
+                s.harness_peak_util * 100.0,
+                fmt_us(s.send_lag.p99)
+            );
+        }
         match self.capacity_rate {
             Some(rate) => {
                 let _ = writeln!(

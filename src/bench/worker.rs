@@ -22,9 +22,6 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-/// Above this many clients the harness spreads connections over 127.0.0.2, .3, ... so that
-/// one source address does not run out of its ~28,000 ephemeral ports.
-const CLIENTS_PER_SOURCE: usize = 25_000;
 /// Time one client may take to connect and join before it counts as failed.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Errors kept verbatim per step; the rest are only counted.
@@ -334,12 +331,15 @@ async fn drive(
 ) -> anyhow::Result<()> {
     let (step_tx, step_rx) = watch::channel::<Option<(u32, u64)>>(None);
     let (ready_tx, mut ready_rx) = mpsc::channel::<Result<u64, String>>(1024);
-    let multi_source = shared.borrow().plan.clients > CLIENTS_PER_SOURCE;
+    // Past `clients_per_source` clients in all, connections spread over 127.0.0.1, .2, ...
+    // so that one source address does not run out of its ~28,000 ephemeral ports.
+    let per_source = args.clients_per_source.max(1);
+    let multi_source = shared.borrow().plan.clients > per_source;
     let t0 = mono_ns();
     for (k, &c) in clients.iter().enumerate() {
         let source = match addr {
             SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
-                let octet = 1 + (c / CLIENTS_PER_SOURCE).min(253) as u8;
+                let octet = 1 + (c / per_source).min(253) as u8;
                 Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
             }
             _ => None,
