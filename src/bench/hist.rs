@@ -144,9 +144,15 @@ pub fn percentile_text(hist: &Histogram<u64>) -> String {
         out,
         "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
         hist.buckets(),
-        hist.distinct_values()
+        sub_bucket_count(hist.sigfig())
     );
     out
+}
+
+/// Sub-buckets per bucket, as the Java implementation prints them: the power of two that
+/// holds `2 × 10^sigfig` distinct values.
+fn sub_bucket_count(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
 }
 
 fn count_up_to(hist: &Histogram<u64>, value: u64) -> u64 {
@@ -191,5 +197,6 @@ mod tests {
         let text = percentile_text(&a);
         assert!(text.starts_with("       Value"));
         assert!(text.contains("Total count    =         1000"));
+        assert!(text.contains("SubBuckets     =         2048"));
     }
 }
