@@ -57,8 +57,8 @@ pub struct BenchArgs {
     /// New connections per second while ramping up.
     #[arg(long, default_value_t = 2000)]
     pub connect_rate: u64,
-    /// Generator processes the clients are split over (each is capped by its open-files
-    /// limit and by one core).
+    /// Generator processes the clients are split over. Each is capped by its open-files
+    /// limit, and runs its publishers and its subscribers on one thread each.
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
     /// Server process to sample for CPU and RSS.
