@@ -1,6 +1,7 @@
 //! `ringcast bench` against fake servers that misbehave on purpose, and `ringcast compare`
 //! on the reports: loss must be caught, a server pause must show up as latency of every
-//! message scheduled during it (coordinated omission), and mismatched workloads refused.
+//! message caught in it, a frozen sender must show up as latency too (no coordinated
+//! omission), and mismatched workloads must be refused.
 
 mod bench_common;
 
@@ -153,4 +154,102 @@ fn bad_reports_are_refused() {
     let run = ringcast(&["compare", dir.to_str().unwrap()]);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("is not a ringcast report"));
+}
+
+/// Pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) is the second field after the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn stalled_sender_shows_as_latency() {
+    use std::io::BufRead as _;
+    use std::process::{Command, Stdio};
+
+    // The generator itself is frozen mid-step with SIGSTOP. Messages scheduled during the
+    // freeze leave late; measured from their schedule they carry that delay, whereas a
+    // harness timing from the actual send (coordinated omission) would show them as fast.
+    let server = FakeServer::start(Fault::DropEvery(u64::MAX));
+    let out = scratch("bench-sender-stall");
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args([
+            "bench",
+            "--addr",
+            &server.addr.to_string(),
+            "--clients",
+            "20",
+            "--publishers",
+            "4",
+            "--rooms",
+            "2",
+            "--rate",
+            "200",
+            "--warmup",
+            "0",
+            "--duration",
+            "4s",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bench");
+    let stderr = bench.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The first progress line of the step says publishing is under way.
+    let deadline = std::time::Instant::now() + bench_common::RUN_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("bench never reported the step");
+        if line.starts_with("step 1/1") {
+            break;
+        }
+    }
+    let generators = children_of(bench.id());
+    assert_eq!(generators.len(), 1, "one generator process");
+    // SAFETY: kill has no memory effects; the pid is our grandchild.
+    unsafe { libc::kill(generators[0], libc::SIGSTOP) };
+    // The freeze is the fault being injected, not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: as above.
+    unsafe { libc::kill(generators[0], libc::SIGCONT) };
+    let status = bench.wait().expect("wait for bench");
+    assert!(status.success());
+    let step = &Report::load(&out).expect("report").steps[0];
+    assert_eq!(step.lost, 0);
+    // About 200 of the 800 messages were scheduled during the 1 s freeze, with delays
+    // spread over 0..1 s, so the slowest tenth of the samples is late by 600 ms or more.
+    // The first progress line comes about 1 s into the step; the bound holds as long as
+    // the freeze starts within the first 3 s.
+    assert!(step.latency.p90 >= 200_000, "{:?}", step.latency);
+    assert!(step.send_lag.max >= 800_000, "{:?}", step.send_lag);
 }
