@@ -1,21 +1,165 @@
-//! The load harness: `ringcast bench` and `ringcast compare`. It talks to the server only over TCP.
+//! The load harness: `ringcast bench` and `ringcast compare`. It talks to the server only
+//! over TCP, as users do.
+//!
+//! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
+//! - `worker`: a generator process running a share of the simulated clients.
+//! - `orchestrate`: the process the user starts; runs the generators step by step and
+//!   samples the server.
+//! - [`report`]: the report format; [`compare`](mod@compare) and `plot` read it back.
 
+mod clock;
+pub mod compare;
+pub mod hist;
+mod orchestrate;
+pub mod plan;
+mod plot;
+mod procfs;
+pub mod report;
+mod wire;
+mod worker;
+
+use crate::units::{parse_bytes, parse_duration};
+use anyhow::{bail, Context as _};
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+pub use compare::CompareArgs;
 
 /// Options of `ringcast bench`.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {}
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server to load.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub addr: String,
+    /// Simulated clients, publishers included.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// How many of the clients also publish.
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
+    /// Rooms; clients and publishers are spread evenly over them.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Messages/s over all publishers; a comma-separated list runs a sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub rate: Vec<u64>,
+    /// Payload bytes per message (k suffix allowed); at least the stamp, about 40 bytes.
+    #[arg(long, default_value = "128", value_parser = parse_bytes)]
+    pub size: usize,
+    /// Publishing before the first measured step, at the first rate; 0 skips it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Measured time per rate.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// New connections per second while ramping up.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_rate: u64,
+    /// Generator processes the clients are split over. Each is capped by its open-files
+    /// limit, and runs its publishers and its subscribers on one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Server process to sample for CPU and RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// p99 a step must stay under to count towards capacity.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub slo: Duration,
+    /// How long after its last send a step waits for missing deliveries.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Directory for report.json and latency.hgrm.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Clients per loopback source address: past this many clients in all, connections
+    /// spread over 127.0.0.1, 127.0.0.2, ... (each source has ~28,000 ephemeral ports).
+    #[arg(long, default_value_t = 25_000, hide_short_help = true)]
+    pub clients_per_source: usize,
+    /// Internal: run as generator process N of --procs.
+    #[arg(long, hide = true)]
+    pub worker_index: Option<usize>,
+}
 
-/// Options of `ringcast compare`.
-#[derive(Debug, clap::Args)]
-pub struct CompareArgs {}
+impl BenchArgs {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.clients == 0 || self.rooms == 0 || self.procs == 0 {
+            bail!("--clients, --rooms and --procs must be at least 1");
+        }
+        if self.publishers == 0 || self.publishers > self.clients {
+            bail!(
+                "--publishers must be between 1 and --clients ({})",
+                self.clients
+            );
+        }
+        if self.rooms > self.clients {
+            bail!(
+                "--rooms ({}) cannot exceed --clients ({})",
+                self.rooms,
+                self.clients
+            );
+        }
+        if self.procs > self.clients {
+            bail!("--procs cannot exceed --clients");
+        }
+        if self.rate.is_empty() || self.rate.contains(&0) {
+            bail!("--rate needs one or more rates above 0");
+        }
+        if self.connect_rate == 0 {
+            bail!("--connect-rate must be above 0");
+        }
+        if self.duration.is_zero() {
+            bail!("--duration must be above 0");
+        }
+        Ok(())
+    }
 
-/// Runs `ringcast bench`.
-pub fn run(_args: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("ringcast bench is not built yet")
+    fn plan(&self) -> plan::Plan {
+        plan::Plan {
+            clients: self.clients,
+            publishers: self.publishers,
+            rooms: self.rooms,
+        }
+    }
+
+    /// The warm-up (if any) followed by one step per rate.
+    fn steps(&self) -> Vec<plan::Step> {
+        let warmup = (!self.warmup.is_zero()).then(|| plan::Step {
+            rate: self.rate[0],
+            duration: self.warmup,
+        });
+        warmup
+            .into_iter()
+            .chain(self.rate.iter().map(|&rate| plan::Step {
+                rate,
+                duration: self.duration,
+            }))
+            .collect()
+    }
+
+    fn resolve_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.addr
+            .to_socket_addrs()
+            .with_context(|| format!("resolving --addr {}", self.addr))?
+            .next()
+            .with_context(|| format!("--addr {} resolves to nothing", self.addr))
+    }
+}
+
+/// Runs `ringcast bench`: exit 0 on a clean run, 2 when deliveries were lost.
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    args.validate()?;
+    match args.worker_index {
+        Some(index) => worker::run(&args, index),
+        None => orchestrate::run(&args),
+    }
 }
 
 /// Runs `ringcast compare`.
-pub fn compare(_args: CompareArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("ringcast compare is not built yet")
+pub fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
+    compare::run(args)
 }

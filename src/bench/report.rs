@@ -1,0 +1,376 @@
+//! The report: what `ringcast bench` writes and `ringcast compare` reads.
+
+use super::hist::{self, Summary};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Bumped when a field changes meaning, so old reports are refused rather than misread.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a ringcast report: {source}")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path} has report format {found}, this ringcast reads format {FORMAT}")]
+    Format { path: String, found: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub format: u32,
+    pub ringcast_version: String,
+    pub git_rev: String,
+    /// UTC, RFC 3339.
+    pub timestamp: String,
+    pub config: Config,
+    pub environment: Environment,
+    pub connect: ConnectReport,
+    pub warmup: Option<StepResult>,
+    pub steps: Vec<StepResult>,
+    /// Highest rate with no loss and p99 under the SLO; `None` when no step held.
+    pub capacity_rate: Option<u64>,
+    /// Index into `steps` of the step the summary and `latency.hgrm` show: the capacity
+    /// step, or the last step when none held.
+    pub headline: usize,
+    /// Deliveries lost over the whole run, warm-up included.
+    pub lost: u64,
+    pub warnings: Vec<String>,
+    /// Reports this one was merged from (`ringcast compare --merge`), else empty.
+    #[serde(default)]
+    pub merged_from: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    pub addr: String,
+    pub clients: usize,
+    pub publishers: usize,
+    pub rooms: usize,
+    pub rates: Vec<u64>,
+    pub size: usize,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    pub connect_rate: u64,
+    pub procs: usize,
+    pub slo_ms: f64,
+    pub drain_timeout_s: f64,
+    pub server_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    /// As the server itself reports in `/stats`.
+    pub backend: String,
+    pub server_threads: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectReport {
+    pub connected: u64,
+    pub failed: u64,
+    /// Connect time: TCP connect until the room join is confirmed, µs.
+    pub latency: Summary,
+    pub histogram: String,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Target publish rate, messages/s over all publishers.
+    pub rate: u64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub stale: u64,
+    pub unexpected: u64,
+    pub disconnects: u64,
+    pub server_errors: u64,
+    /// Messages published per second, as achieved.
+    pub send_rate: f64,
+    /// Deliveries received per second.
+    pub throughput: f64,
+    /// Latency, receive − scheduled send, µs.
+    pub latency: Summary,
+    /// The merged latency histogram, HdrHistogram V2 serialization, base64.
+    pub histogram: String,
+    /// How late sends left relative to their schedule, µs.
+    pub send_lag: Summary,
+    pub server: Option<ServerCost>,
+    /// Deliveries the server counted for this step (`/stats` delta).
+    pub server_deliveries: Option<u64>,
+    /// |server − harness| / harness for the delivery counts.
+    pub count_mismatch: Option<f64>,
+    /// CPU the harness used (all its processes), seconds.
+    pub harness_cpu_s: f64,
+    /// Busiest generator process's CPU use as a fraction of one core.
+    pub harness_peak_util: f64,
+    pub held: bool,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerCost {
+    pub cpu_s: f64,
+    /// Fraction of one core.
+    pub cpu_util: f64,
+    pub cpu_us_per_delivery: f64,
+    pub peak_rss_bytes: u64,
+}
+
+impl Report {
+    /// Reads `PATH/report.json`, or `PATH` itself when it is a file.
+    pub fn load(path: &Path) -> Result<Self, ReportError> {
+        let file = if path.is_dir() {
+            path.join("report.json")
+        } else {
+            path.to_path_buf()
+        };
+        let name = file.display().to_string();
+        let text = std::fs::read_to_string(&file).map_err(|source| ReportError::Read {
+            path: name.clone(),
+            source,
+        })?;
+        Self::from_json(&text).map_err(|err| match err {
+            ReportError::Parse { source, .. } => ReportError::Parse { path: name, source },
+            ReportError::Format { found, .. } => ReportError::Format { path: name, found },
+            other => other,
+        })
+    }
+
+    pub fn from_json(text: &str) -> Result<Self, ReportError> {
+        let report: Report = serde_json::from_str(text).map_err(|source| ReportError::Parse {
+            path: String::new(),
+            source,
+        })?;
+        if report.format != FORMAT {
+            return Err(ReportError::Format {
+                path: String::new(),
+                found: report.format,
+            });
+        }
+        Ok(report)
+    }
+
+    pub fn headline_step(&self) -> Option<&StepResult> {
+        self.steps.get(self.headline)
+    }
+
+    /// Writes `report.json` and `latency.hgrm` (of the headline step) into `dir`, plus
+    /// `latency-RATE.hgrm` per step of a sweep.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(self).context("encoding the report")?;
+        let path = dir.join("report.json");
+        std::fs::write(&path, json + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        let hgrm = |step: &StepResult, name: &str| -> anyhow::Result<()> {
+            let h = hist::decode(&step.histogram).context("decoding a step histogram")?;
+            let path = dir.join(name);
+            std::fs::write(&path, hist::percentile_text(&h))
+                .with_context(|| format!("writing {}", path.display()))
+        };
+        if let Some(step) = self.headline_step() {
+            hgrm(step, "latency.hgrm")?;
+        }
+        if self.steps.len() > 1 {
+            for step in &self.steps {
+                hgrm(step, &format!("latency-{}.hgrm", step.rate))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The human summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let c = &self.config;
+        let e = &self.environment;
+        let mut out = String::new();
+        let threads = e
+            .server_threads
+            .map(|t| format!(", {t} server threads"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "ringcast bench: backend {}{threads} at {}; {} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
+            e.backend, c.addr, c.clients, c.publishers, c.rooms, c.size, c.duration_s
+        );
+        let k = &self.connect;
+        let _ = writeln!(
+            out,
+            "connect: {} ok, {} failed; p50 {} p99 {} max {}",
+            k.connected,
+            k.failed,
+            fmt_us(k.latency.p50),
+            fmt_us(k.latency.p99),
+            fmt_us(k.latency.max)
+        );
+        let _ = writeln!(
+            out,
+            "{:>8} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>5}",
+            "rate/s",
+            "sent",
+            "delivered/s",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "lost",
+            "srv µs/d",
+            "srv RSS",
+            "held"
+        );
+        for s in &self.steps {
+            let (cpu, rss) = match &s.server {
+                Some(cost) => (
+                    format!("{:.2}", cost.cpu_us_per_delivery),
+                    fmt_bytes(cost.peak_rss_bytes),
+                ),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(
+                out,
+                "{:>8} {:>9} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>5}",
+                s.rate,
+                s.sent,
+                s.throughput,
+                fmt_us(s.latency.p50),
+                fmt_us(s.latency.p90),
+                fmt_us(s.latency.p99),
+                fmt_us(s.latency.p999),
+                fmt_us(s.latency.max),
+                s.lost,
+                cpu,
+                rss,
+                if s.held { "yes" } else { "NO" }
+            );
+        }
+        for s in &self.steps {
+            let server = match &s.server {
+                Some(cost) => format!("server CPU {:.0}% of a core, ", cost.cpu_util * 100.0),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "at {}/s: {server}harness CPU {:.1}s (busiest thread {:.0}% of a core), sends p99 {} behind schedule",
+                s.rate,
+                s.harness_cpu_s,
+                s.harness_peak_util * 100.0,
+                fmt_us(s.send_lag.p99)
+            );
+        }
+        match self.capacity_rate {
+            Some(rate) => {
+                let _ = writeln!(
+                    out,
+                    "capacity: {rate} msg/s (highest rate with no loss and p99 under {} ms)",
+                    c.slo_ms
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "capacity: no rate held (loss, or p99 over {} ms)",
+                    c.slo_ms
+                );
+            }
+        }
+        for s in &self.steps {
+            if let (Some(server), Some(mismatch)) = (s.server_deliveries, s.count_mismatch) {
+                let _ = writeln!(
+                    out,
+                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart)",
+                    s.rate,
+                    s.received + s.duplicates,
+                    server,
+                    mismatch * 100.0
+                );
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        if self.lost > 0 {
+            let _ = writeln!(
+                out,
+                "LOSS: {} deliveries were never received; see the errors in report.json",
+                self.lost
+            );
+        }
+        out
+    }
+}
+
+/// `123µs`, `1.23ms`, `1.23s`.
+pub fn fmt_us(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2}s", us as f64 / 1e6)
+    }
+}
+
+pub fn fmt_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1}GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{}KiB", bytes >> 10)
+    }
+}
+
+/// RFC 3339 UTC time of a Unix timestamp (days-from-civil inverse, to avoid a date crate).
+pub fn rfc3339(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_and_units() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_210_096), "2024-02-29T12:34:56Z");
+        assert_eq!(fmt_us(999), "999µs");
+        assert_eq!(fmt_us(1_500), "1.50ms");
+        assert_eq!(fmt_bytes(3 << 20), "3.0MiB");
+    }
+}

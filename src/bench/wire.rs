@@ -1,0 +1,141 @@
+//! What travels on the wire: the chat payload the harness sends through the server, and
+//! the line-delimited JSON between the orchestrating process and its generator processes.
+
+use serde::{Deserialize, Serialize};
+
+/// Identity of one published message, carried in its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub step: u32,
+    pub publisher: u32,
+    pub seq: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the SCHEDULED send: one clock for every process on
+    /// the machine, and latency is measured from it so a late send shows up as latency.
+    pub scheduled_ns: u64,
+}
+
+/// Writes `step publisher seq scheduled_ns ` padded with `x` to `size` bytes, then `\n`.
+pub fn encode_payload(stamp: &Stamp, size: usize, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{} {} {} {} ",
+        stamp.step, stamp.publisher, stamp.seq, stamp.scheduled_ns
+    );
+    if out.len() < size {
+        out.resize(size, b'x');
+    }
+    out.push(b'\n');
+}
+
+/// Parses a delivered chat line `NAME: TEXT` (without its newline) back into its stamp.
+/// Returns `None` for server notices and for chat the harness did not send.
+pub fn decode_delivery(line: &[u8]) -> Option<Stamp> {
+    let colon = memchr::memmem::find(line, b": ")?;
+    let text = &line[colon + 2..];
+    let mut fields = text.split(|&b| b == b' ');
+    let mut next = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
+    Some(Stamp {
+        step: u32::try_from(next()?).ok()?,
+        publisher: u32::try_from(next()?).ok()?,
+        seq: next()?,
+        scheduled_ns: next()?,
+    })
+}
+
+/// Orchestrator → generator, one JSON object a line on the generator's stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Run step `index` (0 is the warm-up when there is one) starting at `start_ns`.
+    Step { index: u32, start_ns: u64 },
+    /// Close every connection and exit.
+    Finish,
+}
+
+/// Generator → orchestrator, one JSON object a line on the generator's stdout.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Event {
+    /// Every client has connected and joined its room (or failed to).
+    Ready(ConnectResult),
+    /// Sent about once a second while a step runs.
+    Progress {
+        sent: u64,
+        received: u64,
+        /// p99 of the deliveries received since the previous progress event, in µs.
+        p99_us: u64,
+    },
+    /// A step is over: its publishers are done and its deliveries drained or timed out.
+    StepDone(PartialStep),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConnectResult {
+    pub connected: u64,
+    pub failed: u64,
+    /// Connect times (TCP connect until the room join is confirmed), µs, base64 V2.
+    pub histogram: String,
+    /// First few connection errors, verbatim.
+    pub errors: Vec<String>,
+}
+
+/// One generator's share of a step; the orchestrator adds them up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PartialStep {
+    pub index: u32,
+    pub sent: u64,
+    /// Deliveries this generator's clients should have received.
+    pub expected: u64,
+    /// Distinct deliveries received.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later sequence number of the same sender.
+    pub out_of_order: u64,
+    /// Deliveries of an earlier step, arriving after that step's drain ended.
+    pub stale: u64,
+    /// Deliveries that carried no valid stamp or came from a publisher outside the room.
+    pub unexpected: u64,
+    /// Connections lost during the step (closed by the server or failed).
+    pub disconnects: u64,
+    /// `* error:` lines from the server.
+    pub server_errors: u64,
+    /// Latency (receive − scheduled send), µs, base64 V2.
+    pub latency: String,
+    /// How late sends left relative to their schedule, µs, base64 V2.
+    pub send_lag: String,
+    /// CPU time this generator used during the step, µs.
+    pub cpu_us: u64,
+    /// CPU time of its busiest thread, µs: a thread near 100% of a core is a bottleneck
+    /// even when the process as a whole is not.
+    pub peak_thread_cpu_us: u64,
+    /// First few errors, verbatim.
+    pub errors: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_through_a_chat_line() {
+        let stamp = Stamp {
+            step: 2,
+            publisher: 17,
+            seq: 99,
+            scheduled_ns: 123_456_789,
+        };
+        let mut buf = Vec::new();
+        encode_payload(&stamp, 64, &mut buf);
+        assert_eq!(buf.len(), 65);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let mut line = b"user18: ".to_vec();
+        line.extend_from_slice(&buf[..buf.len() - 1]);
+        assert_eq!(decode_delivery(&line), Some(stamp));
+        assert_eq!(decode_delivery(b"* joined room1 (3 members)"), None);
+        assert_eq!(decode_delivery(b"bob: hello world"), None);
+        // A size smaller than the stamp still sends the whole stamp.
+        encode_payload(&stamp, 1, &mut buf);
+        assert!(buf.starts_with(b"2 17 99 123456789 \n"));
+    }
+}

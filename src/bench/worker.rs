@@ -1,0 +1,735 @@
+//! A generator process: owns a contiguous share of the simulated clients, connects them,
+//! publishes on schedule and accounts for every delivery. Its publishers and its
+//! subscribers run as two client groups, each on its own thread with a current-thread tokio
+//! runtime (more parallelism comes from `--procs`). It obeys step commands on stdin and
+//! reports events, merged over its groups, as JSON lines on stdout.
+
+use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
+use super::plan::{Plan, Step};
+use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp};
+use super::{hist, BenchArgs};
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// Time one client may take to connect and join before it counts as failed.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Errors kept verbatim per step; the rest are only counted.
+const MAX_ERRORS: usize = 5;
+
+/// Counters of one step within this generator.
+struct StepCounts {
+    sent: u64,
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    stale: u64,
+    unexpected: u64,
+    disconnects: u64,
+    server_errors: u64,
+    latency: Histogram<u64>,
+    lag: Histogram<u64>,
+    publishers_done: usize,
+    /// Set when the step's report was sent; later deliveries of it count as stale.
+    closed: bool,
+    errors: Vec<String>,
+}
+
+impl StepCounts {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            received: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            stale: 0,
+            unexpected: 0,
+            disconnects: 0,
+            server_errors: 0,
+            latency: hist::new(),
+            lag: hist::new(),
+            publishers_done: 0,
+            closed: false,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// State shared by every task of one client group (one thread, so `Rc<RefCell<_>>`).
+struct Shared {
+    plan: Plan,
+    steps: Vec<Step>,
+    size: usize,
+    steps_counts: Vec<StepCounts>,
+    /// Step whose counters take disconnects and stale deliveries right now.
+    current: usize,
+    sent_total: u64,
+    received_total: u64,
+    /// Publishers that connected; a step waits for each of them to finish its schedule.
+    live_publishers: usize,
+    /// Latencies since the last progress event.
+    interval: Histogram<u64>,
+}
+
+impl Shared {
+    fn note_error(&mut self, message: String) {
+        let counts = &mut self.steps_counts[self.current];
+        if counts.errors.len() < MAX_ERRORS {
+            counts.errors.push(message);
+        }
+    }
+}
+
+type SharedRef = Rc<RefCell<Shared>>;
+
+/// Per-sender bookkeeping inside one receiving client.
+struct Track {
+    step: u32,
+    /// One past the highest sequence seen: a smaller new sequence arrived out of order.
+    next: u64,
+    /// Sequences seen so far in `step`, to tell duplicates from late arrivals.
+    seen: Vec<u64>,
+}
+
+/// Messages into a generator process's main thread.
+enum Inbox {
+    Command(Command),
+    StdinClosed,
+    Event(usize, Event),
+    GroupFailed(usize, String),
+}
+
+/// Sends one client group's events to the process's main thread.
+struct Emitter {
+    group: usize,
+    tx: std::sync::mpsc::Sender<Inbox>,
+}
+
+impl Emitter {
+    fn emit(&self, event: Event) -> anyhow::Result<()> {
+        self.tx
+            .send(Inbox::Event(self.group, event))
+            .map_err(|_| anyhow::anyhow!("the generator's main thread is gone"))
+    }
+}
+
+fn write_event(event: &Event) -> anyhow::Result<()> {
+    let line = serde_json::to_string(event).context("encoding an event")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|_| out.flush())
+        .context("writing to the orchestrator")
+}
+
+pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
+    crate::sys::raise_nofile_limit().context("raising the open-files limit")?;
+    let plan = args.plan();
+    let steps = args.steps();
+    let share = plan.share(index, args.procs);
+    let addr: SocketAddr = args.resolve_addr()?;
+    // Publishers get a thread of their own: on a thread shared with hundreds of receiving
+    // connections, the wake-up of a due send queues behind every ready receiver, and sends
+    // leave milliseconds late. Each group has its own runtime and counters, merged here.
+    let (publishers, subscribers): (Vec<usize>, Vec<usize>) =
+        share.clone().partition(|&c| plan.is_publisher(c));
+    let groups: Vec<Vec<usize>> = [publishers, subscribers]
+        .into_iter()
+        .filter(|g| !g.is_empty())
+        .collect();
+    let (inbox_tx, inbox) = std::sync::mpsc::channel::<Inbox>();
+
+    // Commands arrive on stdin; a plain thread forwards them because the runtime has no
+    // async stdin without an extra tokio feature.
+    let stdin_tx = inbox_tx.clone();
+    std::thread::Builder::new()
+        .name("bench-stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Command>(&line) {
+                    Ok(cmd) => {
+                        if stdin_tx.send(Inbox::Command(cmd)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => eprintln!("ringcast bench worker: bad command {line:?}: {err}"),
+                }
+            }
+            let _ = stdin_tx.send(Inbox::StdinClosed);
+        })
+        .context("starting the stdin thread")?;
+
+    let per_proc_rate = (args.connect_rate as f64 / args.procs as f64).max(1.0);
+    let mut commands = Vec::new();
+    for (group, clients) in groups.into_iter().enumerate() {
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(8);
+        commands.push(cmd_tx);
+        let rate = per_proc_rate * clients.len() as f64 / share.len() as f64;
+        let shared = Shared {
+            steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
+            plan: plan.clone(),
+            steps: steps.clone(),
+            size: args.size,
+            current: 0,
+            sent_total: 0,
+            received_total: 0,
+            live_publishers: 0,
+            interval: hist::new(),
+        };
+        let args = args.clone();
+        let out = Emitter {
+            group,
+            tx: inbox_tx.clone(),
+        };
+        std::thread::Builder::new()
+            .name(format!("bench-group-{group}"))
+            .spawn(move || {
+                let result = (|| -> anyhow::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .context("starting a generator runtime")?;
+                    let local = tokio::task::LocalSet::new();
+                    let shared = Rc::new(RefCell::new(shared));
+                    local.block_on(
+                        &runtime,
+                        drive(shared, clients, addr, rate, &args, cmd_rx, &out),
+                    )
+                })();
+                if let Err(err) = result {
+                    let _ = out.tx.send(Inbox::GroupFailed(group, format!("{err:#}")));
+                }
+            })
+            .context("starting a generator thread")?;
+    }
+    drop(inbox_tx);
+
+    let n = commands.len();
+    let mut ready: Vec<Option<ConnectResult>> = vec![None; n];
+    let mut partials: Vec<Option<PartialStep>> = vec![None; n];
+    let mut progress = vec![(0u64, 0u64, 0u64); n];
+    let mut last_progress = 0u64;
+    let mut cpu_before = self_cpu_us();
+    while let Ok(message) = inbox.recv() {
+        match message {
+            Inbox::Command(cmd) => {
+                let finish = matches!(cmd, Command::Finish);
+                if !finish {
+                    cpu_before = self_cpu_us();
+                }
+                for tx in &commands {
+                    // A group that already exited reports why through GroupFailed.
+                    let _ = tx.blocking_send(cmd.clone());
+                }
+                if finish {
+                    break;
+                }
+            }
+            Inbox::StdinClosed => break,
+            Inbox::GroupFailed(group, err) => anyhow::bail!("client group {group}: {err}"),
+            Inbox::Event(group, Event::Ready(r)) => {
+                ready[group] = Some(r);
+                if ready.iter().all(Option::is_some) {
+                    write_event(&Event::Ready(merge_connects(ready.iter_mut())?))?;
+                }
+            }
+            Inbox::Event(
+                group,
+                Event::Progress {
+                    sent,
+                    received,
+                    p99_us,
+                },
+            ) => {
+                progress[group] = (sent, received, p99_us);
+                let now = mono_ns();
+                if now >= last_progress + 900_000_000 {
+                    last_progress = now;
+                    write_event(&Event::Progress {
+                        sent: progress.iter().map(|p| p.0).sum(),
+                        received: progress.iter().map(|p| p.1).sum(),
+                        p99_us: progress.iter().map(|p| p.2).max().unwrap_or(0),
+                    })?;
+                }
+            }
+            Inbox::Event(group, Event::StepDone(p)) => {
+                partials[group] = Some(p);
+                if partials.iter().all(Option::is_some) {
+                    let parts: Vec<PartialStep> =
+                        partials.iter_mut().filter_map(Option::take).collect();
+                    let mut merged = merge_partials(parts)?;
+                    merged.cpu_us = self_cpu_us().saturating_sub(cpu_before);
+                    write_event(&Event::StepDone(merged))?;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge_connects<'a>(
+    parts: impl Iterator<Item = &'a mut Option<ConnectResult>>,
+) -> anyhow::Result<ConnectResult> {
+    let mut out = ConnectResult::default();
+    let mut h = hist::new();
+    for part in parts.filter_map(Option::take) {
+        out.connected += part.connected;
+        out.failed += part.failed;
+        out.errors.extend(part.errors);
+        hist::merge(&mut h, &hist::decode(&part.histogram)?)?;
+    }
+    out.errors.truncate(MAX_ERRORS);
+    out.histogram = hist::encode(&h);
+    Ok(out)
+}
+
+/// Adds up the client groups' shares of a step; `peak_thread_cpu_us` keeps the busiest.
+fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
+    let mut out = PartialStep::default();
+    let mut latency = hist::new();
+    let mut lag = hist::new();
+    for p in parts {
+        out.index = p.index;
+        out.sent += p.sent;
+        out.expected += p.expected;
+        out.received += p.received;
+        out.duplicates += p.duplicates;
+        out.out_of_order += p.out_of_order;
+        out.stale += p.stale;
+        out.unexpected += p.unexpected;
+        out.disconnects += p.disconnects;
+        out.server_errors += p.server_errors;
+        out.peak_thread_cpu_us = out.peak_thread_cpu_us.max(p.cpu_us);
+        out.errors.extend(p.errors);
+        hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
+        hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
+    }
+    out.errors.truncate(MAX_ERRORS);
+    out.latency = hist::encode(&latency);
+    out.send_lag = hist::encode(&lag);
+    Ok(out)
+}
+
+async fn drive(
+    shared: SharedRef,
+    clients: Vec<usize>,
+    addr: SocketAddr,
+    connect_rate: f64,
+    args: &BenchArgs,
+    mut commands: mpsc::Receiver<Command>,
+    out: &Emitter,
+) -> anyhow::Result<()> {
+    let (step_tx, step_rx) = watch::channel::<Option<(u32, u64)>>(None);
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<u64, String>>(1024);
+    // Past `clients_per_source` clients in all, connections spread over 127.0.0.1, .2, ...
+    // so that one source address does not run out of its ~28,000 ephemeral ports.
+    let per_source = args.clients_per_source.max(1);
+    let multi_source = shared.borrow().plan.clients > per_source;
+    let t0 = mono_ns();
+    for (k, &c) in clients.iter().enumerate() {
+        let source = match addr {
+            SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
+                let octet = 1 + (c / per_source).min(253) as u8;
+                Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
+            }
+            _ => None,
+        };
+        let connect_at = t0 + (k as f64 * 1e9 / connect_rate) as u64;
+        tokio::task::spawn_local(client(
+            c,
+            addr,
+            source,
+            connect_at,
+            shared.clone(),
+            ready_tx.clone(),
+            step_rx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    let mut connect = hist::new();
+    let mut result = ConnectResult::default();
+    while let Some(outcome) = ready_rx.recv().await {
+        match outcome {
+            Ok(us) => {
+                hist::record(&mut connect, us);
+                result.connected += 1;
+            }
+            Err(err) => {
+                result.failed += 1;
+                if result.errors.len() < MAX_ERRORS {
+                    result.errors.push(err);
+                }
+            }
+        }
+        if result.connected + result.failed == clients.len() as u64 {
+            break;
+        }
+    }
+    result.histogram = hist::encode(&connect);
+    out.emit(Event::Ready(result))?;
+
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Finish => break,
+            Command::Step { index, start_ns } => {
+                let i = index as usize;
+                let (step, expected) = {
+                    let mut s = shared.borrow_mut();
+                    anyhow::ensure!(i < s.steps.len(), "step {i} is not in the plan");
+                    s.current = i;
+                    let step = s.steps[i];
+                    let expected: u64 =
+                        clients.iter().map(|&c| s.plan.expected_for(&step, c)).sum();
+                    (step, expected)
+                };
+                let cpu_before = thread_cpu_us();
+                step_tx.send_replace(Some((index, start_ns)));
+                run_step(&shared, i, &step, start_ns, expected, args, out).await?;
+                let partial = {
+                    let mut s = shared.borrow_mut();
+                    let c = &mut s.steps_counts[i];
+                    c.closed = true;
+                    PartialStep {
+                        index,
+                        sent: c.sent,
+                        expected,
+                        received: c.received,
+                        duplicates: c.duplicates,
+                        out_of_order: c.out_of_order,
+                        stale: c.stale,
+                        unexpected: c.unexpected,
+                        disconnects: c.disconnects,
+                        server_errors: c.server_errors,
+                        latency: hist::encode(&c.latency),
+                        send_lag: hist::encode(&c.lag),
+                        cpu_us: thread_cpu_us().saturating_sub(cpu_before),
+                        peak_thread_cpu_us: 0,
+                        errors: c.errors.clone(),
+                    }
+                };
+                out.emit(Event::StepDone(partial))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the step to finish: every local publisher done, then every expected delivery
+/// received or the drain timeout passed. Reports progress about once a second meanwhile.
+async fn run_step(
+    shared: &SharedRef,
+    i: usize,
+    step: &Step,
+    start_ns: u64,
+    expected: u64,
+    args: &BenchArgs,
+    out: &Emitter,
+) -> anyhow::Result<()> {
+    let schedule_end = start_ns + step.duration.as_nanos() as u64;
+    let mut publishers_done_at: Option<u64> = None;
+    let mut next_progress = mono_ns() + 1_000_000_000;
+    let mut poll = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        poll.tick().await;
+        let now = mono_ns();
+        if !args.quiet && now >= next_progress {
+            next_progress = now + 1_000_000_000;
+            let event = {
+                let mut s = shared.borrow_mut();
+                let p99 = if s.interval.is_empty() {
+                    0
+                } else {
+                    s.interval.value_at_quantile(0.99)
+                };
+                s.interval.reset();
+                Event::Progress {
+                    sent: s.sent_total,
+                    received: s.received_total,
+                    p99_us: p99,
+                }
+            };
+            out.emit(event)?;
+        }
+        let s = shared.borrow();
+        let counts = &s.steps_counts[i];
+        if publishers_done_at.is_none() && counts.publishers_done >= s.live_publishers {
+            publishers_done_at = Some(now.max(schedule_end));
+        }
+        let Some(done_at) = publishers_done_at else {
+            continue;
+        };
+        if counts.received >= expected || now >= done_at + args.drain_timeout.as_nanos() as u64 {
+            return Ok(());
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    // Chat lines are small and latency is what we measure: do not let Nagle batch them.
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Reads one line (without `\n`) into `buf`; `Ok(false)` at end of stream.
+async fn read_line(
+    reader: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    buf.clear();
+    let n = reader.read_until(b'\n', buf).await?;
+    if n == 0 || buf.last() != Some(&b'\n') {
+        return Ok(false);
+    }
+    buf.pop();
+    Ok(true)
+}
+
+async fn join(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    room: usize,
+) -> anyhow::Result<(BufReader<OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> {
+    let stream = connect(addr, source).await.context("connect")?;
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, rd);
+    let mut line = Vec::new();
+    wr.write_all(format!("/join room{room}\n").as_bytes())
+        .await
+        .context("sending /join")?;
+    loop {
+        anyhow::ensure!(
+            read_line(&mut reader, &mut line).await.context("reading")?,
+            "server closed the connection before the join was confirmed"
+        );
+        if line.starts_with(b"* joined ") {
+            return Ok((reader, wr));
+        }
+        anyhow::ensure!(
+            !line.starts_with(b"* error"),
+            "server refused the join: {}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+}
+
+async fn client(
+    c: usize,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    connect_at: u64,
+    shared: SharedRef,
+    ready: mpsc::Sender<Result<u64, String>>,
+    steps: watch::Receiver<Option<(u32, u64)>>,
+) {
+    tokio::time::sleep_until(instant_at(connect_at)).await;
+    let (room, publisher) = {
+        let s = shared.borrow();
+        (s.plan.room_of(c), s.plan.is_publisher(c))
+    };
+    let started = mono_ns();
+    let joined = tokio::time::timeout(JOIN_TIMEOUT, join(addr, source, room)).await;
+    let (mut reader, writer) = match joined {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(err)) => {
+            let _ = ready.send(Err(format!("client {c}: {err:#}"))).await;
+            return;
+        }
+        Err(_) => {
+            let _ = ready
+                .send(Err(format!(
+                    "client {c}: no join confirmation within {JOIN_TIMEOUT:?}"
+                )))
+                .await;
+            return;
+        }
+    };
+    let _ = ready.send(Ok((mono_ns() - started) / 1000)).await;
+    drop(ready);
+    // A subscriber keeps its write half alive while it reads: dropping it would half-close
+    // the connection.
+    let _writer = if publisher {
+        shared.borrow_mut().live_publishers += 1;
+        tokio::task::spawn_local(publish(c, writer, shared.clone(), steps));
+        None
+    } else {
+        Some(writer)
+    };
+    receive(c, &mut reader, &shared).await;
+}
+
+async fn receive(c: usize, reader: &mut BufReader<OwnedReadHalf>, shared: &SharedRef) {
+    let mut tracks: HashMap<u32, Track> = HashMap::new();
+    let mut line = Vec::new();
+    loop {
+        let error = match read_line(reader, &mut line).await {
+            Ok(true) => {
+                let now = mono_ns();
+                on_line(c, &line, now, &mut tracks, shared);
+                continue;
+            }
+            Ok(false) => "server closed the connection".to_string(),
+            Err(err) => format!("read error: {err}"),
+        };
+        let mut s = shared.borrow_mut();
+        let current = s.current;
+        s.steps_counts[current].disconnects += 1;
+        s.note_error(format!("client {c}: {error}"));
+        return;
+    }
+}
+
+fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, shared: &SharedRef) {
+    let mut s = shared.borrow_mut();
+    let current = s.current;
+    if line.starts_with(b"* error") {
+        s.steps_counts[current].server_errors += 1;
+        let text = String::from_utf8_lossy(line).into_owned();
+        s.note_error(format!("client {c}: {text}"));
+        return;
+    }
+    if line.starts_with(b"* ") {
+        return;
+    }
+    let Some(stamp) = wire::decode_delivery(line) else {
+        s.steps_counts[current].unexpected += 1;
+        return;
+    };
+    let step = stamp.step as usize;
+    let p = stamp.publisher as usize;
+    let valid = step < s.steps.len()
+        && s.plan.is_publisher(p)
+        && p != c
+        && s.plan.room_of(p) == s.plan.room_of(c)
+        && stamp.seq < s.plan.sent_by(&s.steps[step], p);
+    if !valid {
+        s.steps_counts[current].unexpected += 1;
+        return;
+    }
+    if s.steps_counts[step].closed {
+        s.steps_counts[current].stale += 1;
+        return;
+    }
+    let track = tracks.entry(stamp.publisher).or_insert(Track {
+        step: stamp.step,
+        next: 0,
+        seen: Vec::new(),
+    });
+    if track.step != stamp.step {
+        if stamp.step < track.step {
+            // An earlier step's delivery after a later one's: the earlier step is still
+            // open (it has not drained), so it counts there, without duplicate tracking.
+            s.steps_counts[step].received += 1;
+            s.steps_counts[step].out_of_order += 1;
+            return;
+        }
+        *track = Track {
+            step: stamp.step,
+            next: 0,
+            seen: Vec::new(),
+        };
+    }
+    let word = (stamp.seq / 64) as usize;
+    let bit = 1u64 << (stamp.seq % 64);
+    if track.seen.len() <= word {
+        track.seen.resize(word + 1, 0);
+    }
+    let counts = &mut s.steps_counts[step];
+    if track.seen[word] & bit != 0 {
+        counts.duplicates += 1;
+        return;
+    }
+    track.seen[word] |= bit;
+    counts.received += 1;
+    if stamp.seq < track.next {
+        counts.out_of_order += 1;
+    } else {
+        track.next = stamp.seq + 1;
+    }
+    let latency_us = now.saturating_sub(stamp.scheduled_ns) / 1000;
+    hist::record(&mut counts.latency, latency_us);
+    hist::record(&mut s.interval, latency_us);
+    s.received_total += 1;
+}
+
+async fn publish(
+    c: usize,
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    shared: SharedRef,
+    mut steps: watch::Receiver<Option<(u32, u64)>>,
+) {
+    let mut buf = Vec::new();
+    let mut broken = false;
+    let mut timer = match PreciseTimer::new() {
+        Ok(t) => Some(t),
+        Err(err) => {
+            shared.borrow_mut().note_error(format!(
+                "publisher {c}: no timerfd ({err}), sends wake up to 1 ms late"
+            ));
+            None
+        }
+    };
+    while steps.changed().await.is_ok() {
+        let Some((index, start_ns)) = *steps.borrow_and_update() else {
+            continue;
+        };
+        let i = index as usize;
+        let (step, publishers, size) = {
+            let s = shared.borrow();
+            (s.steps[i], s.plan.publishers as u64, s.size)
+        };
+        let total = step.total_messages();
+        let mut g = c as u64;
+        while g < total && !broken {
+            let scheduled = start_ns + step.offset_ns(g);
+            if scheduled > mono_ns() {
+                let precise = match &mut timer {
+                    Some(t) => t.sleep_until(scheduled).await.is_ok(),
+                    None => false,
+                };
+                if !precise {
+                    tokio::time::sleep_until(instant_at(scheduled)).await;
+                }
+            }
+            let stamp = Stamp {
+                step: index,
+                publisher: c as u32,
+                seq: g / publishers,
+                scheduled_ns: scheduled,
+            };
+            wire::encode_payload(&stamp, size, &mut buf);
+            let lag_us = mono_ns().saturating_sub(scheduled) / 1000;
+            if let Err(err) = writer.write_all(&buf).await {
+                let mut s = shared.borrow_mut();
+                s.steps_counts[i].disconnects += 1;
+                s.note_error(format!("publisher {c}: write error: {err}"));
+                broken = true;
+                break;
+            }
+            let mut s = shared.borrow_mut();
+            s.steps_counts[i].sent += 1;
+            hist::record(&mut s.steps_counts[i].lag, lag_us);
+            s.sent_total += 1;
+            g += publishers;
+        }
+        shared.borrow_mut().steps_counts[i].publishers_done += 1;
+    }
+}

@@ -1,0 +1,131 @@
+//! `ringcast bench` against a real `ringcast serve`, for both backends: no loss, sane
+//! percentiles, report files that round-trip, and delivery counts that match the server's
+//! own `/stats` independently of the harness.
+
+mod bench_common;
+mod common;
+
+use bench_common::{ringcast, scratch, server_deliveries, text};
+use common::Server;
+use ringcast::bench::report::Report;
+
+fn small_run(backend: &str, procs: &str, extra: &[&str]) {
+    let server = Server::start(backend, &[]);
+    let out = scratch(&format!("bench-real-{backend}"));
+    let addr = server.addr.to_string();
+    let pid = server.pid().to_string();
+    let before = server_deliveries(server.addr);
+    let run = ringcast(
+        &[
+            "bench",
+            "--addr",
+            &addr,
+            "--clients",
+            "50",
+            "--publishers",
+            "5",
+            "--rooms",
+            "5",
+            "--rate",
+            "200,400",
+            "--warmup",
+            "300ms",
+            "--duration",
+            "1s",
+            "--procs",
+            procs,
+            "--server-pid",
+            &pid,
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
+    );
+    let after = server_deliveries(server.addr);
+    let stdout = text(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench failed: {:?}\n{stdout}\n{}",
+        run.status,
+        text(&run.stderr)
+    );
+
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let report = Report::from_json(&json).expect("report parses");
+    assert_eq!(report.environment.backend, backend);
+    assert_eq!(report.connect.connected, 50);
+    assert_eq!(report.lost, 0, "{stdout}");
+    assert_eq!(report.steps.len(), 2);
+    let warmup = report.warmup.as_ref().expect("a warm-up step");
+    for step in report.steps.iter().chain([warmup]) {
+        // 5 publishers, one per room of 10 members: 9 deliveries per message.
+        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
+        assert_eq!(step.received, step.expected);
+        assert_eq!(
+            (step.duplicates, step.out_of_order, step.disconnects),
+            (0, 0, 0)
+        );
+        assert!(step.count_mismatch.expect("count check") <= 0.01);
+        let l = &step.latency;
+        assert_eq!(l.count, step.received);
+        assert!(l.min > 0 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
+        // Loopback at a few hundred messages per second: anything near a second is broken.
+        assert!(l.p50 < 500_000, "p50 {}µs", l.p50);
+        let cost = step.server.as_ref().expect("server cost with --server-pid");
+        assert!(cost.peak_rss_bytes > 0 && cost.cpu_us_per_delivery > 0.0);
+    }
+    assert_eq!(report.steps[0].sent, 200);
+    assert_eq!(report.steps[1].sent, 400);
+
+    // Independent check: the server's own count over the whole run.
+    let received: u64 = report
+        .steps
+        .iter()
+        .chain([warmup])
+        .map(|s| s.received)
+        .sum();
+    let server = after - before;
+    assert!(
+        server.abs_diff(received) as f64 <= 0.01 * received as f64,
+        "server counted {server} deliveries, harness {received}"
+    );
+
+    // The report survives a round trip, and the percentile file is the standard format.
+    let again = serde_json::to_string(&report).expect("serialize");
+    assert_eq!(Report::from_json(&again).expect("re-parse"), report);
+    let hgrm = std::fs::read_to_string(out.join("latency.hgrm")).expect("latency.hgrm");
+    assert!(
+        hgrm.contains("Percentile") && hgrm.contains("#[Max"),
+        "{hgrm}"
+    );
+    assert!(out.join("latency-400.hgrm").exists());
+    assert!(stdout.contains("capacity:"), "{stdout}");
+}
+
+#[test]
+fn uring_small_run_is_clean() {
+    small_run("uring", "1", &[]);
+}
+
+#[test]
+fn epoll_small_run_is_clean_across_two_generators() {
+    // Also spreads the clients over three loopback source addresses, the path that lets
+    // a run go past one address's ephemeral ports.
+    small_run("epoll", "2", &["--clients-per-source", "20"]);
+}
+
+#[test]
+fn unreachable_server_fails_fast() {
+    // Bind and drop a listener so the port is very likely closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = ringcast(&["bench", "--addr", &format!("127.0.0.1:{port}"), "--quiet"]);
+    assert!(!run.status.success());
+    assert!(text(&run.stderr).contains("connecting to the server"));
+}
