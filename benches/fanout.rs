@@ -95,6 +95,7 @@ fn run_once(backend: Backend) -> Sample {
         stats_interval: Duration::ZERO,
         log_level: "warn".into(),
         sq_entries: 1024,
+        uring_setup: Vec::new(),
     };
     let server = server::start(&args).expect("start server");
     let runtime = tokio::runtime::Builder::new_current_thread()

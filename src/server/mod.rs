@@ -73,6 +73,21 @@ pub struct ServeArgs {
     /// Submission queue entries per io_uring (uring backend).
     #[arg(long, default_value = "1024")]
     pub sq_entries: u32,
+    /// io_uring setup flags (uring backend), comma-separated; a kernel that lacks one
+    /// gets a ring without it (logged).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub uring_setup: Vec<UringSetup>,
+}
+
+/// Optional io_uring setup flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UringSetup {
+    /// IORING_SETUP_COOP_TASKRUN (+TASKRUN_FLAG), Linux 5.19+: completions are not
+    /// delivered by interrupting the thread, only when it enters the kernel.
+    CoopTaskrun,
+    /// IORING_SETUP_SINGLE_ISSUER, Linux 6.0+: one thread submits, the kernel skips
+    /// some locking.
+    SingleIssuer,
 }
 
 /// What the main thread waits for.
@@ -177,12 +192,16 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             drain_timeout: args.drain_timeout,
         };
         let events_tx = events_tx.clone();
-        let (backend, sq_entries) = (args.backend, args.sq_entries);
+        let backend = args.backend;
+        let uring_options = uring::Options {
+            sq_entries: args.sq_entries,
+            setup: args.uring_setup.clone(),
+        };
         std::thread::Builder::new()
             .name(format!("ringcast-{}-{index}", backend.name()))
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_worker(backend, sq_entries, setup, listener)
+                    run_worker(backend, &uring_options, setup, listener)
                 }));
                 let result = match result {
                     Ok(result) => result,
@@ -306,13 +325,13 @@ impl Running {
 
 fn run_worker(
     backend: Backend,
-    sq_entries: u32,
+    uring_options: &uring::Options,
     setup: WorkerSetup,
     listener: std::net::TcpListener,
 ) -> Result<(), String> {
     let index = setup.index;
     let result = match backend {
-        Backend::Uring => uring::block_on(sq_entries, async move {
+        Backend::Uring => uring::block_on(uring_options, async move {
             Worker::run(setup, uring::listener(listener)?).await
         }),
         Backend::Epoll => {

@@ -4,6 +4,7 @@
 //! reaches the kernel in one `io_uring_enter` when the thread parks.
 
 use super::io::{Conn, Listener};
+use super::UringSetup;
 use bytes::Bytes;
 use io_uring::{opcode, types};
 use std::io;
@@ -64,15 +65,42 @@ impl Conn for TcpStream {
     }
 }
 
+/// How each thread's ring is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) sq_entries: u32,
+    pub(crate) setup: Vec<UringSetup>,
+}
+
 /// Runs `future` on a tokio-uring runtime on this thread.
 pub(crate) fn block_on<F: std::future::Future>(
-    sq_entries: u32,
+    options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
-    let mut builder = tokio_uring::builder();
-    builder.entries(sq_entries);
-    let runtime = tokio_uring::Runtime::new(&builder)?;
+    let runtime = match runtime(options, &options.setup) {
+        Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
+                options.setup
+            );
+            runtime(options, &[])?
+        }
+        other => other?,
+    };
     Ok(runtime.block_on(future))
+}
+
+fn runtime(options: &Options, setup: &[UringSetup]) -> io::Result<tokio_uring::Runtime> {
+    let mut ring = tokio_uring::uring_builder();
+    for flag in setup {
+        match flag {
+            UringSetup::CoopTaskrun => ring.setup_coop_taskrun().setup_taskrun_flag(),
+            UringSetup::SingleIssuer => ring.setup_single_issuer(),
+        };
+    }
+    let mut builder = tokio_uring::builder();
+    builder.entries(options.sq_entries).uring_builder(&ring);
+    tokio_uring::Runtime::new(&builder)
 }
 
 /// Turns a bound std listener into this backend's listener (inside the runtime).
