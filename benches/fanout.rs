@@ -92,6 +92,7 @@ fn run_once(backend: Backend) -> Sample {
         max_clients: None,
         max_outbound: 1 << 20,
         drain_timeout: Duration::from_secs(5),
+        flush_delay: Duration::ZERO,
         stats_interval: Duration::ZERO,
         log_level: "warn".into(),
         sq_entries: 1024,

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 backend_tests!(
     chat_reaches_every_other_member_of_the_room_only,
     per_sender_order_holds_with_concurrent_senders_across_threads,
+    flush_delay_coalesces_without_losing_or_reordering,
     commands_reply_and_errors_say_what_is_wrong,
     names_are_unique_and_freed_on_quit,
     over_long_line_is_refused_and_connection_survives,
@@ -58,10 +59,20 @@ async fn chat_reaches_every_other_member_of_the_room_only(backend: &str) {
 }
 
 async fn per_sender_order_holds_with_concurrent_senders_across_threads(backend: &str) {
+    check_order(Server::start(backend, &[])).await;
+}
+
+async fn flush_delay_coalesces_without_losing_or_reordering(backend: &str) {
+    // Lines wait in outboxes for the window before their write: all must still arrive,
+    // once each, in each sender's order.
+    check_order(Server::start(backend, &["--flush-delay", "2ms"])).await;
+}
+
+/// Four senders, four receivers, every line received once and in each sender's order.
+async fn check_order(server: Server) {
     const SENDERS: usize = 4;
     const RECEIVERS: usize = 4;
     const PER_SENDER: u32 = 500;
-    let server = Server::start(backend, &[]);
     let mut senders = Vec::new();
     for _ in 0..SENDERS {
         senders.push(Client::connect(server.addr).await);

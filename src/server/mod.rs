@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// how long a client that quit or closed its side has to read what is queued for it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Coalescing window: a writer woken by a new line waits this long before writing,
+    /// so lines arriving meanwhile share one write. Trades latency for CPU; 0 is off.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub flush_delay: Duration,
     /// Interval of the stats log line; 0 turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
@@ -190,6 +194,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             inbox,
             shutdown: shutdown_rx.clone(),
             drain_timeout: args.drain_timeout,
+            flush_delay: args.flush_delay,
         };
         let events_tx = events_tx.clone();
         let backend = args.backend;

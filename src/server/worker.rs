@@ -69,6 +69,7 @@ pub(crate) struct WorkerSetup {
     pub(crate) inbox: mpsc::Receiver<Vec<Handoff>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) drain_timeout: Duration,
+    pub(crate) flush_delay: Duration,
 }
 
 pub(crate) struct Worker {
@@ -83,6 +84,8 @@ pub(crate) struct Worker {
     released: Notify,
     buffers: BufferPool,
     drain_timeout: Duration,
+    /// How long a writer waits after a wake-up before it takes its client's lines.
+    flush_delay: Duration,
 }
 
 impl Worker {
@@ -102,6 +105,7 @@ impl Worker {
             inbox,
             mut shutdown,
             drain_timeout,
+            flush_delay,
         } = setup;
         let hub = Hub::new(dir, stats.clone(), index, threads, label, limits);
         let worker = Rc::new(Worker {
@@ -113,6 +117,7 @@ impl Worker {
             released: Notify::new(),
             buffers: BufferPool::default(),
             drain_timeout,
+            flush_delay,
         });
         let listen_socket = RawSocket::new(listener.fd());
         let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
@@ -329,6 +334,11 @@ impl Worker {
                 Output::Write => {}
                 Output::Idle => {
                     handle.wake.notified().await;
+                    if !self.flush_delay.is_zero() {
+                        // Let more lines join this client's next write (boxed: a timer
+                        // would otherwise enlarge every connection's task).
+                        Box::pin(tokio::time::sleep(self.flush_delay)).await;
+                    }
                     continue;
                 }
                 Output::Close => return true,
