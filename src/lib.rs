@@ -5,12 +5,12 @@
 //! - [`proto`]: bytes only. The line decoder (partial input gives `Ok(None)`, memory is
 //!   bounded by `--max-line`), the command parser, and the formatting of every line the
 //!   server sends.
-//! - [`core`]: the sans-IO server. Rooms, names, per-client byte-bounded outboxes and the
+//! - [`core`](mod@core): the sans-IO server. Rooms, names, per-client byte-bounded outboxes and the
 //!   slow-consumer policy. It takes events and returns what to do; it knows no runtime.
 //! - [`server`]: the I/O. One thread per core, each running a [`core::Hub`] for its
 //!   clients, with two interchangeable backends that only move bytes: `uring`
 //!   (tokio-uring, completion-based) and `epoll` (tokio, readiness-based).
-//! - [`bench`]: the load harness (`ringcast bench`, `ringcast compare`). It talks to a
+//! - [`bench`](mod@bench): the load harness (`ringcast bench`, `ringcast compare`). It talks to a
 //!   server only over TCP, as users do.
 
 pub mod bench;
