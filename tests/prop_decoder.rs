@@ -126,8 +126,8 @@ proptest! {
     ) {
         let mut input = Vec::new();
         for (len, newlines) in &runs {
-            input.extend(std::iter::repeat_n(b'x', *len));
-            input.extend(std::iter::repeat_n(b'\n', *newlines));
+            input.extend_from_slice(&vec![b'x'; *len]);
+            input.extend_from_slice(&vec![b'\n'; *newlines]);
         }
         input.extend_from_slice(b"\nok\n");
         let cuts: Vec<usize> = (read..input.len()).step_by(read).collect();
