@@ -406,6 +406,25 @@ pub(crate) async fn quit(mut client: Client, name: &str) -> anyhow::Result<()> {
     client.expect_closed(IO_TIMEOUT).await
 }
 
+/// A client still connected when the server gets SIGTERM: it must get
+/// `* server shutting down` as its last line, then the close.
+pub(crate) async fn expect_shutdown(mut client: Client) -> anyhow::Result<()> {
+    let mut last = None;
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.try_line(left).await? {
+            Some(Some(line)) => last = Some(line),
+            Some(None) => break,
+            None => bail!("not closed within {IO_TIMEOUT:?} of SIGTERM"),
+        }
+    }
+    match last.as_deref() {
+        Some("* server shutting down") => Ok(()),
+        other => bail!("last line before the close was {other:?}, not the shutdown notice"),
+    }
+}
+
 /// How a churn connection ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Leave {

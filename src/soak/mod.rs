@@ -15,8 +15,9 @@
 //! Meanwhile it samples the server's RSS and open fds from `/proc`. After warm-up the
 //! highest RSS of the last third of the run must not exceed that of the first third by
 //! more than a tolerance, the lowest fd count must not creep up, and once the churn is
-//! gone the fd count must come back to its baseline. At the end the server gets SIGTERM
-//! and must exit 0. A JSON report and a few human lines say what happened.
+//! gone the fd count must come back to its baseline. At the end one healthy client is
+//! still connected when the server gets SIGTERM: it must get `* server shutting down`,
+//! and the server must exit 0. A JSON report and a few human lines say what happened.
 
 mod clients;
 mod server;
@@ -372,22 +373,34 @@ async fn soak_backend(
     let _ = stop_sampling.send(());
     let _ = sampler.await;
 
-    // Healthy clients leave with /quit, then the server must shut down cleanly.
+    // Healthy clients leave with /quit but the last, which must see the server's
+    // shutdown notice; then the server must exit 0.
     healthy.sort_by_key(|(index, _, _)| *index);
     held_writers.sort_by_key(|(k, _)| *k);
     let mut writers = held_writers.into_iter().map(|(_, w)| w);
-    for (_, name, client) in healthy {
+    let mut remaining = None;
+    for (index, name, client) in healthy {
         let Some(writer) = writers.next() else {
             continue;
         };
         let client = client.rejoin(writer);
-        if let Err(err) = clients::quit(client, &name).await {
+        if index + 1 == healthy_count {
+            remaining = Some(client);
+        } else if let Err(err) = clients::quit(client, &name).await {
             tally.fail(format!("{name}: {err:#}"));
+        }
+    }
+    let signalled = lock(&server).sigterm();
+    if let Err(err) = signalled {
+        tally.fail(format!("{err:#}"));
+    } else if let Some(client) = remaining {
+        if let Err(err) = clients::expect_shutdown(client).await {
+            tally.fail(format!("client connected at SIGTERM: {err:#}"));
         }
     }
     let server_exit = {
         let mut server = lock(&server);
-        match server.terminate(Duration::from_secs(20)) {
+        match server.wait_exit(Duration::from_secs(20)) {
             Ok(status) if status.success() => status.to_string(),
             Ok(status) => {
                 tally.fail(format!(

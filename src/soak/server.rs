@@ -120,24 +120,31 @@ impl ServerProcess {
         Some(Sample { t, rss_kib, fds })
     }
 
-    /// Sends SIGTERM and waits up to `patience` for a clean exit.
-    pub(crate) fn terminate(&mut self, patience: Duration) -> anyhow::Result<ExitStatus> {
-        if let Some(status) = self.exited() {
-            return Ok(status);
+    /// Sends SIGTERM (unless the server has exited already).
+    pub(crate) fn sigterm(&mut self) -> anyhow::Result<()> {
+        if self.exited().is_some() {
+            return Ok(());
         }
         let pid = libc::pid_t::try_from(self.pid).context("server pid")?;
         // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
         if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
             return Err(std::io::Error::last_os_error()).context("sending SIGTERM to the server");
         }
+        Ok(())
+    }
+
+    /// Waits up to `patience` for the server to exit.
+    pub(crate) fn wait_exit(&mut self, patience: Duration) -> anyhow::Result<ExitStatus> {
         let deadline = Instant::now() + patience;
-        while Instant::now() < deadline {
+        loop {
             if let Some(status) = self.exited() {
                 return Ok(status);
             }
+            if Instant::now() >= deadline {
+                bail!("the server did not exit within {patience:?} of SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("the server did not exit within {patience:?} of SIGTERM")
     }
 
     pub(crate) fn log_tail(&self) -> String {
