@@ -276,11 +276,14 @@ async fn soak_backend(
     let sampler = {
         let (server, samples, tally) = (server.clone(), samples.clone(), tally.clone());
         let every = (duration / 120).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let mut rng = Rng::new(args.seed ^ 0x5a5a_5a5a);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
             loop {
+                // Jittered (0.5 to 1.5 periods), so samples do not keep the same phase
+                // as the fault schedule and miss (or always hit) its bursts.
+                let pause = every.mul_f64(0.5 + rng.below(1000) as f64 / 1000.0);
                 tokio::select! {
-                    _ = ticks.tick() => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = &mut sampling_stopped => return,
                 }
                 let mut server = lock(&server);
