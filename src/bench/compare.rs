@@ -378,6 +378,7 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.stale += other.stale;
     into.unexpected += other.unexpected;
     into.disconnects += other.disconnects;
+    into.self_echo += other.self_echo;
     into.server_errors += other.server_errors;
     into.send_rate += other.send_rate;
     into.throughput += other.throughput;
