@@ -479,7 +479,12 @@ async fn run_step(
         let Some(done_at) = publishers_done_at else {
             continue;
         };
-        if counts.received >= expected || now >= done_at + args.drain_timeout.as_nanos() as u64 {
+        // Redis echoes every message to its publisher too: wait for those as well, so the
+        // self-echo count is exact rather than racing the step's end.
+        let echoes_in = s.proto != Proto::Redis || counts.self_echo >= counts.sent;
+        if (counts.received >= expected && echoes_in)
+            || now >= done_at + args.drain_timeout.as_nanos() as u64
+        {
             return Ok(());
         }
     }
