@@ -188,12 +188,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A loopback port nobody listens on (bash's /dev/tcp connect fails on it).
+# A port for a peer server: below the ephemeral range (a run of 10,000 clients leaves
+# thousands of ephemeral ports in TIME_WAIT), and used by no socket at all.
 free_port() {
-  local port
+  local port low hex
+  low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 12000 ] || low=65000
   for _ in $(seq 200); do
-    port=$(( 20000 + RANDOM % 40000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return 0; fi
+    port=$(( 10000 + RANDOM % (low - 10000) ))
+    hex=$(printf '%04X' "$port")
+    if ! grep -qi ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+      echo "$port"; return 0
+    fi
   done
   return 1
 }
@@ -250,7 +256,13 @@ run_system() {
   case "$system" in redis|nats) proto=$system ;; esac
   mkdir -p "$dir"
   say "=== $system: starting the server"
-  if ! start_server "$system" "$dir"; then
+  local tries=1
+  # A peer's port can still be taken between the check and its bind: try another one.
+  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ]; do
+    cleanup; server_pid=; tries=$((tries + 1))
+    say "$system: did not start (port taken?), trying again"
+  done
+  if [ -z "$addr" ]; then
     say "$system: the server did not start; its log:"
     tail -n 20 "$dir/server.log" >&2 || true
     cleanup; server_pid=; failed=1
