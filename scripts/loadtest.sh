@@ -340,7 +340,9 @@ if [ ${#compared[@]} -gt 0 ]; then
     echo
     "$BIN" compare --group --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
     echo
-    echo "Per-run details: \`<system>/summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`."
+    if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
+    echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \
+      "The chart draws, per system, the run with the median p99."
   } >"$OUT/summary.md" || { say "compare failed"; failed=1; }
   cat "$OUT/summary.md"
 fi

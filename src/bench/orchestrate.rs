@@ -186,7 +186,9 @@ fn peer_version(proto: Proto, addr: std::net::SocketAddr) -> anyhow::Result<Opti
     let mut chunk = [0u8; 4096];
     loop {
         match proto {
-            Proto::Redis => match peers::parse_resp(&buf)? {
+            Proto::Redis => match peers::parse_resp(&buf)
+                .with_context(|| format!("{addr} does not speak Redis's protocol"))?
+            {
                 Some((peers::Resp::Bulk(Some(info)), _)) => return Ok(peers::redis_version(info)),
                 Some((other, _)) => bail!("{addr} answered INFO with {other:?}: is it Redis?"),
                 None => {}
