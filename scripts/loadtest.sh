@@ -342,7 +342,7 @@ if [ ${#compared[@]} -gt 0 ]; then
     echo
     if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
     echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \
-      "The chart draws, per system, the run with the median p99."
+      "The chart's bars are medians; its latency curve per system is the run with the median p99."
   } >"$OUT/summary.md" || { say "compare failed"; failed=1; }
   cat "$OUT/summary.md"
 fi

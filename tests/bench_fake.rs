@@ -165,6 +165,20 @@ fn compare_groups_rounds_into_medians() {
         for (system, p99) in [("fake", fake_p99), ("redis", redis_p99)] {
             let mut json = base.clone();
             json["steps"][0]["latency"]["p99"] = p99.into();
+            if round == 2 && system == "fake" {
+                // A report from before the peers existed still loads.
+                json["config"].as_object_mut().unwrap().remove("proto");
+                json["config"].as_object_mut().unwrap().remove("idle");
+                json["environment"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("system_version");
+                json["steps"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("self_echo");
+                json.as_object_mut().unwrap().remove("idle");
+            }
             if system == "redis" {
                 json["environment"]["backend"] = "redis".into();
                 json["environment"]["system_version"] = "7.0.15".into();

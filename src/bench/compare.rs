@@ -69,15 +69,8 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let groups = groups(&reports, args.group);
     print!("{}", table(&groups, args.markdown));
     if let Some(path) = &args.svg {
-        // The chart draws one run per system: the one with the median p99.
         let rate = comparison_rate(&reports);
-        let shown: Vec<Labeled> = groups
-            .iter()
-            .map(|g| Labeled {
-                label: g.label.to_string(),
-                report: representative(g, rate).clone(),
-            })
-            .collect();
+        let shown: Vec<Labeled> = groups.iter().map(|g| chart_run(g, rate)).collect();
         std::fs::write(path, plot::svg(&shown)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
@@ -311,6 +304,42 @@ pub fn representative<'a>(group: &Group<'a>, rate: Option<u64>) -> &'a Report {
     let mut runs = group.runs.clone();
     runs.sort_by_key(|r| step_at(r, rate).map_or(0, |s| s.latency.p99));
     runs[(runs.len() - 1) / 2]
+}
+
+/// What the chart draws for a group: the latency curve of its run with the median p99,
+/// with the bars' figures (throughput, server CPU per delivery, idle memory) set to the
+/// group's medians, so that chart and table agree.
+fn chart_run(group: &Group<'_>, rate: Option<u64>) -> Labeled {
+    let mut report = representative(group, rate).clone();
+    let median = |value: &dyn Fn(&Report) -> Option<f64>| {
+        Spread::of(group.runs.iter().filter_map(|r| value(r))).map(|s| s.median)
+    };
+    let throughput = median(&|r| step_at(r, rate).map(|s| s.throughput));
+    let cpu = median(&|r| {
+        step_at(r, rate)
+            .and_then(|s| s.server.as_ref())
+            .map(|c| c.cpu_us_per_delivery)
+    });
+    let idle = median(&|r| r.idle.as_ref().map(|i| i.bytes_per_connection));
+    // The step `step_at` picks, as an index so it can be changed.
+    let at = rate
+        .and_then(|rate| report.steps.iter().position(|s| s.rate == rate))
+        .unwrap_or(report.headline);
+    if let Some(step) = report.steps.get_mut(at) {
+        if let Some(t) = throughput {
+            step.throughput = t;
+        }
+        if let (Some(c), Some(server)) = (cpu, step.server.as_mut()) {
+            server.cpu_us_per_delivery = c;
+        }
+    }
+    if let (Some(b), Some(i)) = (idle, report.idle.as_mut()) {
+        i.bytes_per_connection = b;
+    }
+    Labeled {
+        label: group.label.to_string(),
+        report,
+    }
 }
 
 /// One table line: each group's figure, with ratios of medians against the first, and the
