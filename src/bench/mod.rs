@@ -2,6 +2,8 @@
 //! over TCP, as users do.
 //!
 //! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
+//! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
+//!   frame codecs.
 //! - `worker`: a generator process running a share of the simulated clients.
 //! - `orchestrate`: the process the user starts; runs the generators step by step and
 //!   samples the server.
