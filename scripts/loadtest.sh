@@ -1,21 +1,62 @@
 #!/usr/bin/env bash
-# Runs one load scenario against each backend and compares them.
+# Runs one load scenario against each system and compares them.
 #
-#   scripts/loadtest.sh [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
-#                       [--size BYTES] [--duration D] [--warmup D] [--threads N]
+#   scripts/loadtest.sh [--workload A|B|C|idle] [--peers] [--repeat N]
+#                       [--server-cpus LIST] [--bench-cpus LIST]
+#                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
+#                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
 #                       [--procs N] [--backends "uring epoll"] [--out DIR]
 #
-# Every flag can also be given as an environment variable (CLIENTS, PUBLISHERS, ROOMS,
-# RATE, SIZE, DURATION, WARMUP, THREADS, PROCS, BACKENDS, OUT). SERVER_CPUS and BENCH_CPUS
-# (taskset lists such as "0" and "1") pin the server and the harness to separate cores.
-# Results go to reports/<timestamp>/<backend>/ (report.json, latency.hgrm, logs), then
-# reports/<timestamp>/summary.md and comparison.svg.
+# --workload   the scenarios of issue 6 (64-byte messages, 10 publishers); flags given
+#              after it still override its settings:
+#                A     10,000 clients in 100 rooms, 1,000 msg/s in
+#                B     1,000 clients in 1 room, 200 msg/s in
+#                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms,
+#                      server on ONE core (CPU 0, harness on CPU 1, unless pinned otherwise)
+#                idle  10,000 clients that connect, join and send nothing: server RSS per
+#                      idle connection
+# --peers      also run Redis pub/sub (redis-server) and nats-server, bound to 127.0.0.1
+#              on a free port, persistence off, started and stopped by PID; installed
+#              with apt-get when missing
+# --repeat N   N rounds, the systems alternating within each (uring, epoll, redis, nats,
+#              uring, ...); the summary shows each figure's median with [min–max]
+# --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
+#              the harness apart
+#
+# Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
+# SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
+# THREADS, PROCS, BACKENDS, OUT). Results go to reports/<timestamp>/<system>/ (with
+# --repeat, reports/<timestamp>/round<K>/<system>/): report.json, latency.hgrm, logs;
+# then reports/<timestamp>/summary.md and comparison.svg.
 #
 # Exit status: 0 when every run was clean; 1 when a server failed to start or crashed,
 # the harness failed, or any delivery was lost.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+
+usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+say() { echo "loadtest: $*" >&2; }
+
+WORKLOAD=${WORKLOAD:-}
+# The workload presets come first so that explicit flags override them.
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [ "${args[$i]}" = --workload ] && [ $((i + 1)) -lt ${#args[@]} ]; then
+    WORKLOAD=${args[$((i + 1))]}
+  fi
+done
+IDLE=
+case "$WORKLOAD" in
+  "") ;;
+  A|a) CLIENTS=10000; ROOMS=100; PUBLISHERS=10; RATE=1000; SIZE=64 ;;
+  B|b) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; RATE=200; SIZE=64 ;;
+  C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
+       RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s
+       SERVER_CPUS=${SERVER_CPUS:-0}; BENCH_CPUS=${BENCH_CPUS:-1} ;;
+  idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
+  *) say "unknown --workload $WORKLOAD (A, B, C or idle)"; exit 2 ;;
+esac
 
 CLIENTS=${CLIENTS:-1000}
 PUBLISHERS=${PUBLISHERS:-10}
@@ -24,17 +65,23 @@ RATE=${RATE:-250,500,1000,2000}
 SIZE=${SIZE:-128}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
+SLO=${SLO:-10ms}
 THREADS=${THREADS:-1}
 PROCS=${PROCS:-1}
 BACKENDS=${BACKENDS:-"uring epoll"}
+PEERS=${PEERS:-}
+REPEAT=${REPEAT:-1}
 SERVER_CPUS=${SERVER_CPUS:-}
 BENCH_CPUS=${BENCH_CPUS:-}
 OUT=${OUT:-}
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
-
 while [ $# -gt 0 ]; do
   case "$1" in
+    --workload) shift 2 ;;  # applied above
+    --peers) PEERS=1; shift ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --server-cpus) SERVER_CPUS=$2; shift 2 ;;
+    --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
     --publishers) PUBLISHERS=$2; shift 2 ;;
     --rooms) ROOMS=$2; shift 2 ;;
@@ -42,16 +89,59 @@ while [ $# -gt 0 ]; do
     --size) SIZE=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
+    --slo) SLO=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --procs) PROCS=$2; shift 2 ;;
     --backends) BACKENDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "loadtest: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
 done
 
-say() { echo "loadtest: $*" >&2; }
+case "$REPEAT" in
+  ''|*[!0-9]*|0) say "--repeat needs a whole number of rounds, 1 or more"; exit 2 ;;
+esac
+SYSTEMS=$BACKENDS
+if [ -n "$PEERS" ]; then
+  for peer in redis nats; do
+    case " $SYSTEMS " in *" $peer "*) ;; *) SYSTEMS="$SYSTEMS $peer" ;; esac
+  done
+fi
+for system in $SYSTEMS; do
+  case "$system" in
+    uring|epoll|redis|nats) ;;
+    *) say "unknown system $system (uring, epoll, redis, nats)"; exit 2 ;;
+  esac
+done
+
+# --- Peers: installed when missing -------------------------------------------------------
+peer_binary() { case "$1" in redis) echo redis-server ;; nats) echo nats-server ;; esac; }
+missing=()
+for system in $SYSTEMS; do
+  bin=$(peer_binary "$system")
+  if [ -n "$bin" ] && ! command -v "$bin" >/dev/null; then missing+=("$bin"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} with apt-get (Debian packages of the same names)"
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then sudo=(sudo -n); else
+      say "cannot install ${missing[*]}: not root and no sudo; install them, or drop --peers"
+      exit 1
+    fi
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { ${sudo[@]+"${sudo[@]}"} apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+    || { ${sudo[@]+"${sudo[@]}"} apt-get update -q >/dev/null 2>&1 \
+    && ${sudo[@]+"${sudo[@]}"} apt-get install -y -q "${missing[@]}" >/dev/null; }; }; then
+    say "could not install ${missing[*]} with apt-get; install them by hand, or drop --peers"
+    exit 1
+  fi
+  for bin in "${missing[@]}"; do
+    command -v "$bin" >/dev/null || { say "$bin still missing after apt-get"; exit 1; }
+  done
+fi
 
 # --- Build ------------------------------------------------------------------------------
 say "building release"
@@ -68,21 +158,24 @@ fi
 # Each simulated client is one descriptor in the harness and one in the server.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 nofile=$(ulimit -n)
-per_proc=$(( (CLIENTS + PROCS - 1) / PROCS + 64 ))
-if [ "$nofile" != unlimited ] && { [ "$per_proc" -gt "$nofile" ] || [ $((CLIENTS + 64)) -gt "$nofile" ]; }; then
+per_proc=$(( (CLIENTS + PROCS - 1) / PROCS + PUBLISHERS + 64 ))
+if [ "$nofile" != unlimited ] && { [ "$per_proc" -gt "$nofile" ] || [ $((CLIENTS + PUBLISHERS + 64)) -gt "$nofile" ]; }; then
   say "ulimit -n is $nofile: too low for $CLIENTS clients (raise it, or use --procs for the harness side)"
   exit 1
 fi
 # Optional pinning. Arrays rather than a shell function, so that `$!` of a background
 # server is the server itself (taskset execs it), not a subshell.
 server_pin=(); bench_pin=()
+if [ -n "$SERVER_CPUS$BENCH_CPUS" ] && ! command -v taskset >/dev/null; then
+  say "pinning needs taskset (Debian package util-linux)"; exit 1
+fi
 if [ -n "$SERVER_CPUS" ]; then server_pin=(taskset -c "$SERVER_CPUS"); fi
 if [ -n "$BENCH_CPUS" ]; then bench_pin=(taskset -c "$BENCH_CPUS"); fi
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-reports/$stamp}
 mkdir -p "$OUT"
-say "kernel $kernel, $(nproc) cores, ulimit -n $nofile; results in $OUT"
+say "kernel $kernel, $(nproc) cores, ulimit -n $nofile; systems: $SYSTEMS; $REPEAT round(s); results in $OUT"
 
 failed=0
 server_pid=
@@ -95,69 +188,161 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-compared=()
-for backend in $BACKENDS; do
-  dir="$OUT/$backend"
-  mkdir -p "$dir"
-  say "=== $backend: starting the server"
-  ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$backend" \
-    --threads "$THREADS" --stats-interval 0 >"$dir/server.stdout" 2>"$dir/server.log" &
-  server_pid=$!
-  addr=
-  for _ in $(seq 100); do  # up to 10 s for the "listening on" line
-    if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-    addr=$(sed -n 's/^listening on //p' "$dir/server.stdout" 2>/dev/null | head -n1)
-    [ -n "$addr" ] && break
+# A port for a peer server: below the ephemeral range (a run of 10,000 clients leaves
+# thousands of ephemeral ports in TIME_WAIT), and used by no socket at all.
+free_port() {
+  local port low hex
+  low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$low" -gt 12000 ] || low=65000
+  for _ in $(seq 200); do
+    port=$(( 10000 + RANDOM % (low - 10000) ))
+    hex=$(printf '%04X' "$port")
+    if ! grep -qi ":$hex " /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+      echo "$port"; return 0
+    fi
+  done
+  return 1
+}
+
+# Waits up to 10 s for 127.0.0.1:$1 to accept while $server_pid lives.
+wait_listening() {
+  for _ in $(seq 100); do
+    kill -0 "$server_pid" 2>/dev/null || return 1
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
     sleep 0.1
   done
+  return 1
+}
+
+# Starts the server of system $1 with logs in folder $2; sets server_pid and addr.
+start_server() {
+  local system=$1 dir=$2 port
+  addr=
+  case "$system" in
+    uring|epoll)
+      ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
+        --threads "$THREADS" --stats-interval 0 >"$dir/server.stdout" 2>"$dir/server.log" &
+      server_pid=$!
+      for _ in $(seq 100); do  # up to 10 s for the "listening on" line
+        kill -0 "$server_pid" 2>/dev/null || break
+        addr=$(sed -n 's/^listening on //p' "$dir/server.stdout" 2>/dev/null | head -n1)
+        [ -n "$addr" ] && break
+        sleep 0.1
+      done
+      ;;
+    redis)
+      port=$(free_port) || return 1
+      # Room for every client, the publishers' second connections and some slack.
+      ${server_pin[@]+"${server_pin[@]}"} redis-server --bind 127.0.0.1 --port "$port" \
+        --save '' --appendonly no --daemonize no --maxclients $((CLIENTS + PUBLISHERS + 100)) \
+        >"$dir/server.log" 2>&1 &
+      server_pid=$!
+      wait_listening "$port" && addr=127.0.0.1:$port
+      ;;
+    nats)
+      port=$(free_port) || return 1
+      ${server_pin[@]+"${server_pin[@]}"} nats-server -a 127.0.0.1 -p "$port" \
+        >"$dir/server.log" 2>&1 &
+      server_pid=$!
+      wait_listening "$port" && addr=127.0.0.1:$port
+      ;;
+  esac
+  [ -n "$addr" ]
+}
+
+# One run of system $1 into folder $2.
+run_system() {
+  local system=$1 dir=$2 proto=ringcast status bench_status
+  case "$system" in redis|nats) proto=$system ;; esac
+  mkdir -p "$dir"
+  say "=== $system: starting the server"
+  local tries=1
+  # A peer's port can still be taken between the check and its bind: try another one.
+  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ]; do
+    cleanup; server_pid=; tries=$((tries + 1))
+    say "$system: did not start (port taken?), trying again"
+  done
   if [ -z "$addr" ]; then
-    say "$backend: the server did not start; its log:"
+    say "$system: the server did not start; its log:"
     tail -n 20 "$dir/server.log" >&2 || true
     cleanup; server_pid=; failed=1
-    continue
+    return
   fi
-  say "$backend: server pid $server_pid at $addr"
+  say "$system: server pid $server_pid at $addr"
 
+  local mode=(--rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --slo "$SLO")
+  if [ -n "$IDLE" ]; then mode=(--idle); fi
   set +e
-  ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --addr "$addr" --server-pid "$server_pid" \
-    --clients "$CLIENTS" --publishers "$PUBLISHERS" --rooms "$ROOMS" --rate "$RATE" \
-    --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --procs "$PROCS" \
+  ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --proto "$proto" --addr "$addr" \
+    --server-pid "$server_pid" --clients "$CLIENTS" --publishers "$PUBLISHERS" \
+    --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" \
     --out "$dir" 2> >(tee "$dir/bench.log" >&2) | tee "$dir/summary.txt"
   bench_status=${PIPESTATUS[0]}
   set -e
   case "$bench_status" in
     0) ;;
-    2) say "$backend: deliveries were LOST (see $dir/summary.txt)"; failed=1 ;;
-    *) say "$backend: the harness failed with status $bench_status"; failed=1 ;;
+    2) say "$system: deliveries were LOST (see $dir/summary.txt)"; failed=1 ;;
+    *) say "$system: the harness failed with status $bench_status"; failed=1 ;;
   esac
 
   if ! kill -0 "$server_pid" 2>/dev/null; then
     set +e; wait "$server_pid"; status=$?; set -e
-    say "$backend: the server CRASHED during the run (exit status $status); log in $dir/server.log"
+    say "$system: the server CRASHED during the run (exit status $status); log in $dir/server.log"
     failed=1
   else
     kill -TERM "$server_pid"
     set +e; wait "$server_pid"; status=$?; set -e
+    # nats-server exits with status 1 after a clean shutdown on SIGTERM.
+    if [ "$system" = nats ] && [ "$status" -eq 1 ] && grep -q "Server Exiting" "$dir/server.log"; then
+      status=0
+    fi
     if [ "$status" -ne 0 ]; then
-      say "$backend: the server exited with status $status on SIGTERM; log in $dir/server.log"
+      say "$system: the server exited with status $status on SIGTERM; log in $dir/server.log"
       failed=1
     fi
   fi
   server_pid=
-  [ -f "$dir/report.json" ] && compared+=("$dir")
+  if [ -f "$dir/report.json" ]; then compared+=("$dir"); fi
+}
+
+compared=()
+for round in $(seq "$REPEAT"); do
+  if [ "$REPEAT" -gt 1 ]; then say "--- round $round of $REPEAT"; fi
+  for system in $SYSTEMS; do
+    if [ "$REPEAT" -gt 1 ]; then
+      run_system "$system" "$OUT/round$round/$system"
+    else
+      run_system "$system" "$OUT/$system"
+    fi
+  done
 done
 
 if [ ${#compared[@]} -gt 0 ]; then
+  pinning="${SERVER_CPUS:+, server on CPUs $SERVER_CPUS}${BENCH_CPUS:+, harness on CPUs $BENCH_CPUS}"
+  rounds=
+  if [ "$REPEAT" -gt 1 ]; then rounds=" $REPEAT rounds, systems alternating within each round."; fi
   {
     echo "# ringcast load test $stamp"
     echo
-    echo "Scenario: $CLIENTS clients ($PUBLISHERS publishers) in $ROOMS rooms, rates $RATE msg/s," \
-      "$SIZE-byte messages, $DURATION per rate after $WARMUP warm-up; server threads $THREADS," \
-      "harness processes $PROCS${SERVER_CPUS:+, server on CPUs $SERVER_CPUS}${BENCH_CPUS:+, harness on CPUs $BENCH_CPUS}."
+    if [ -n "$IDLE" ]; then
+      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS idle clients in $ROOMS rooms (connected and" \
+        "joined, sending nothing); server threads $THREADS$pinning.$rounds"
+    else
+      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS clients ($PUBLISHERS publishers) in $ROOMS rooms," \
+        "rates $RATE msg/s, $SIZE-byte messages, $DURATION per rate after $WARMUP warm-up, SLO $SLO;" \
+        "server threads $THREADS, harness processes $PROCS$pinning.$rounds"
+    fi
     echo
-    "$BIN" compare --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
+    echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT" \
+      "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
+      "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
+      "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}\`"
     echo
-    echo "Per-backend details: \`<backend>/summary.txt\`, \`report.json\`, \`latency.hgrm\`."
+    "$BIN" compare --group --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
+    echo
+    if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
+    echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \
+      "The chart's bars are medians; its latency curve per system is the run with the median p99."
   } >"$OUT/summary.md" || { say "compare failed"; failed=1; }
   cat "$OUT/summary.md"
 fi

@@ -147,6 +147,83 @@ fn compare_refuses_different_workloads_unless_forced() {
     assert_eq!(two.steps[0].latency.count, 2 * one.steps[0].latency.count);
 }
 
+/// Repeated rounds of several systems (`compare --group`): one column per system with the
+/// median and min–max of its runs; a peer's protocol is a column, not a workload change.
+#[test]
+fn compare_groups_rounds_into_medians() {
+    let dir = scratch("bench-group");
+    let a = dir.join("a");
+    let run = bench_fake(Fault::DropEvery(u64::MAX), &a, &[]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("report.json")).unwrap()).unwrap();
+    let mut paths = Vec::new();
+    for (round, (fake_p99, redis_p99)) in [(100, 1000), (900, 2000), (200, 4000)]
+        .into_iter()
+        .enumerate()
+    {
+        for (system, p99) in [("fake", fake_p99), ("redis", redis_p99)] {
+            let mut json = base.clone();
+            json["steps"][0]["latency"]["p99"] = p99.into();
+            if round == 2 && system == "fake" {
+                // A report from before the peers existed still loads.
+                json["config"].as_object_mut().unwrap().remove("proto");
+                json["config"].as_object_mut().unwrap().remove("idle");
+                json["environment"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("system_version");
+                json["steps"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("self_echo");
+                json.as_object_mut().unwrap().remove("idle");
+            }
+            if system == "redis" {
+                json["environment"]["backend"] = "redis".into();
+                json["environment"]["system_version"] = "7.0.15".into();
+                json["config"]["proto"] = "redis".into();
+            }
+            let path = dir.join(format!("round{}", round + 1)).join(system);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("report.json"), json.to_string()).unwrap();
+            paths.push(path.to_str().unwrap().to_string());
+        }
+    }
+    let svg = dir.join("cmp.svg");
+    let mut args = vec![
+        "compare",
+        "--group",
+        "--markdown",
+        "--svg",
+        svg.to_str().unwrap(),
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let run = ringcast(&args);
+    let table = text(&run.stdout);
+    assert!(run.status.success(), "{table}\n{}", text(&run.stderr));
+    assert!(table.starts_with("| metric | fake | redis |\n"), "{table}");
+    assert!(
+        table.contains("| p99 | 200µs [100µs–900µs] | 2.00ms (×10.00) [1.00ms–4.00ms] |"),
+        "{table}"
+    );
+    assert!(
+        table
+            .contains("fake = ringcast fake backend, 3 runs; redis = Redis pub/sub 7.0.15, 3 runs"),
+        "{table}"
+    );
+    assert!(table.contains("median of the runs"), "{table}");
+    assert!(std::fs::read_to_string(&svg).unwrap().contains("<polyline"));
+
+    // Without --group every report is its own column.
+    let mut args = vec!["compare"];
+    args.extend(paths.iter().map(String::as_str));
+    let run = ringcast(&args);
+    let table = text(&run.stdout);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert_eq!(table.lines().next().unwrap().matches("redis").count(), 3);
+}
+
 #[test]
 fn bad_reports_are_refused() {
     let dir = scratch("bench-bad-report");

@@ -5,7 +5,7 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, server_deliveries, text};
+use bench_common::{ringcast, scratch, server_deliveries, text, PeerServer};
 use common::Server;
 use ringcast::bench::report::Report;
 
@@ -128,4 +128,128 @@ fn unreachable_server_fails_fast() {
     let run = ringcast(&["bench", "--addr", &format!("127.0.0.1:{port}"), "--quiet"]);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("connecting to the server"));
+}
+
+/// The same small workload against Redis pub/sub or nats-server: same accounting, the
+/// system named in the report, no count check, and Redis's echo to publishers set apart.
+fn peer_small_run(proto: &str) {
+    let Some(server) = PeerServer::start(proto) else {
+        return;
+    };
+    let out = scratch(&format!("bench-peer-{proto}"));
+    let addr = server.addr.to_string();
+    let pid = server.pid().to_string();
+    let run = ringcast(&[
+        "bench",
+        "--proto",
+        proto,
+        "--addr",
+        &addr,
+        "--clients",
+        "50",
+        "--publishers",
+        "5",
+        "--rooms",
+        "5",
+        "--rate",
+        "200,400",
+        "--warmup",
+        "300ms",
+        "--duration",
+        "1s",
+        "--server-pid",
+        &pid,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = text(&run.stdout);
+    assert!(
+        run.status.success(),
+        "bench failed: {:?}\n{stdout}\n{}",
+        run.status,
+        text(&run.stderr)
+    );
+    let report = Report::load(&out).expect("report");
+    assert_eq!(report.environment.backend, proto);
+    assert!(report.environment.system_version.is_some());
+    assert_eq!(report.config.proto.name(), proto);
+    assert_eq!(report.connect.connected, 50);
+    assert_eq!(report.lost, 0, "{stdout}");
+    let warmup = report.warmup.as_ref().expect("a warm-up step");
+    for step in report.steps.iter().chain([warmup]) {
+        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
+        assert_eq!(step.received, step.expected);
+        assert_eq!(
+            (step.duplicates, step.unexpected, step.disconnects),
+            (0, 0, 0)
+        );
+        assert_eq!(step.server_errors, 0, "{:?}", step.errors);
+        // Redis hands each message back to its publisher's own subscription; NATS with
+        // echo off does not.
+        let echo = if proto == "redis" { step.sent } else { 0 };
+        assert_eq!(step.self_echo, echo);
+        assert_eq!(step.count_mismatch, None);
+        assert!(step.server.as_ref().expect("server cost").cpu_s >= 0.0);
+    }
+    assert_eq!(report.steps[1].sent, 400);
+    assert!(stdout.contains("count check: skipped"), "{stdout}");
+    assert_eq!(stdout.contains("self-echo"), proto == "redis", "{stdout}");
+}
+
+#[test]
+fn redis_small_run_is_clean() {
+    peer_small_run("redis");
+}
+
+#[test]
+fn nats_small_run_is_clean() {
+    peer_small_run("nats");
+}
+
+/// `--idle` connects, measures the server's RSS growth and runs no step.
+fn idle_run(proto: &str, addr: &str, pid: &str) -> Report {
+    let out = scratch(&format!("bench-idle-{proto}"));
+    let run = ringcast(&[
+        "bench",
+        "--proto",
+        proto,
+        "--idle",
+        "--addr",
+        addr,
+        "--clients",
+        "300",
+        "--rooms",
+        "3",
+        "--server-pid",
+        pid,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    assert!(stdout.contains("bytes per idle connection"), "{stdout}");
+    let report = Report::load(&out).expect("report");
+    assert!(report.steps.is_empty() && report.warmup.is_none());
+    let idle = report.idle.clone().expect("idle figures");
+    assert_eq!(idle.connections, 300);
+    assert!(idle.rss_after_bytes >= idle.rss_before_bytes);
+    report
+}
+
+#[test]
+fn idle_run_measures_memory_per_connection() {
+    let server = Server::start("epoll", &[]);
+    idle_run(
+        "ringcast",
+        &server.addr.to_string(),
+        &server.pid().to_string(),
+    );
+    if let Some(redis) = PeerServer::start("redis") {
+        let report = idle_run("redis", &redis.addr.to_string(), &redis.pid().to_string());
+        // Redis keeps a client structure and buffers per connection: kilobytes each.
+        let per = report.idle.expect("idle").bytes_per_connection;
+        assert!(per > 1000.0, "{per} bytes per Redis connection");
+    }
 }

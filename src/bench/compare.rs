@@ -2,6 +2,7 @@
 //! the merge of reports taken on several load machines.
 
 use super::hist;
+use super::peers::Proto;
 use super::plot;
 use super::report::{fmt_bytes, fmt_us, Report, StepResult};
 use anyhow::{bail, Context as _};
@@ -28,6 +29,11 @@ pub struct CompareArgs {
     /// this folder.
     #[arg(long)]
     pub merge: Option<PathBuf>,
+    /// Reports that share a label (their folder name, as in round1/uring and round2/uring)
+    /// are repeated runs of one system: one column each, showing the median of the runs
+    /// with min–max beside it; ratios are between medians.
+    #[arg(long)]
+    pub group: bool,
 }
 
 /// A report and the name it goes by in tables and charts.
@@ -60,9 +66,12 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("ringcast compare: warning: workloads differ ({list})");
     }
-    print!("{}", table(&reports, args.markdown));
+    let groups = groups(&reports, args.group);
+    print!("{}", table(&groups, args.markdown));
     if let Some(path) = &args.svg {
-        std::fs::write(path, plot::svg(&reports)?)
+        let rate = comparison_rate(&reports);
+        let shown: Vec<Labeled> = groups.iter().map(|g| chart_run(g, rate)).collect();
+        std::fs::write(path, plot::svg(&shown)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -98,6 +107,7 @@ fn workload(report: &Report) -> Vec<(&'static str, String)> {
         ("duration_s", c.duration_s.to_string()),
         ("warmup_s", c.warmup_s.to_string()),
         ("slo_ms", c.slo_ms.to_string()),
+        ("mode", if c.idle { "idle" } else { "load" }.to_string()),
     ]
 }
 
@@ -124,7 +134,7 @@ pub fn workload_differences(reports: &[Labeled]) -> Vec<String> {
 struct Row {
     name: &'static str,
     /// Value used for ratios; `None` when the report has no such number.
-    value: fn(&Report, &StepResult) -> Option<f64>,
+    value: fn(&Report, Option<&StepResult>) -> Option<f64>,
     show: fn(f64) -> String,
 }
 
@@ -135,7 +145,7 @@ fn rows() -> Vec<Row> {
     vec![
         Row {
             name: "throughput (deliveries/s)",
-            value: |_, s| Some(s.throughput),
+            value: |_, s| s.map(|s| s.throughput),
             show: |v| format!("{v:.0}"),
         },
         Row {
@@ -145,43 +155,58 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "p50",
-            value: |_, s| Some(s.latency.p50 as f64),
+            value: |_, s| s.map(|s| s.latency.p50 as f64),
             show: us,
         },
         Row {
             name: "p90",
-            value: |_, s| Some(s.latency.p90 as f64),
+            value: |_, s| s.map(|s| s.latency.p90 as f64),
             show: us,
         },
         Row {
             name: "p99",
-            value: |_, s| Some(s.latency.p99 as f64),
+            value: |_, s| s.map(|s| s.latency.p99 as f64),
             show: us,
         },
         Row {
             name: "p99.9",
-            value: |_, s| Some(s.latency.p999 as f64),
+            value: |_, s| s.map(|s| s.latency.p999 as f64),
             show: us,
         },
         Row {
             name: "max",
-            value: |_, s| Some(s.latency.max as f64),
+            value: |_, s| s.map(|s| s.latency.max as f64),
             show: us,
         },
         Row {
             name: "server CPU µs/delivery",
-            value: |_, s| s.server.as_ref().map(|c| c.cpu_us_per_delivery),
+            value: |_, s| s?.server.as_ref().map(|c| c.cpu_us_per_delivery),
             show: |v| format!("{v:.2}"),
         },
         Row {
             name: "server peak RSS",
-            value: |_, s| s.server.as_ref().map(|c| c.peak_rss_bytes as f64),
+            value: |_, s| s?.server.as_ref().map(|c| c.peak_rss_bytes as f64),
             show: |v| fmt_bytes(v as u64),
         },
         Row {
             name: "lost",
-            value: |r, _| Some(r.lost as f64),
+            value: |r, _| (!r.config.idle).then_some(r.lost as f64),
             show: |v| format!("{v:.0}"),
+        },
+        Row {
+            name: "self-echo, discarded (extra server work)",
+            value: |_, s| s.filter(|s| s.self_echo > 0).map(|s| s.self_echo as f64),
+            show: |v| format!("{v:.0}"),
+        },
+        Row {
+            name: "idle connections",
+            value: |r, _| r.idle.as_ref().map(|i| i.connections as f64),
+            show: |v| format!("{v:.0}"),
+        },
+        Row {
+            name: "server RSS per idle connection",
+            value: |r, _| r.idle.as_ref().map(|i| i.bytes_per_connection),
+            show: |v| format!("{v:.0} B"),
         },
     ]
 }
@@ -198,66 +223,208 @@ pub fn step_at(report: &Report, rate: Option<u64>) -> Option<&StepResult> {
         .or_else(|| report.headline_step())
 }
 
-/// One table line: the values, with ratios against the first.
-fn ratio_line(name: String, values: &[Option<f64>], show: fn(f64) -> String) -> Vec<String> {
-    let base = values.first().copied().flatten();
+/// The runs of one system: a single report, or repeated rounds of it (`--group`).
+pub struct Group<'a> {
+    pub label: &'a str,
+    pub runs: Vec<&'a Report>,
+}
+
+/// One group per report, or, with `by_label`, one per distinct label in order of first
+/// appearance.
+pub fn groups(reports: &[Labeled], by_label: bool) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    for r in reports {
+        match out.iter_mut().find(|g| by_label && g.label == r.label) {
+            Some(g) => g.runs.push(&r.report),
+            None => out.push(Group {
+                label: &r.label,
+                runs: vec![&r.report],
+            }),
+        }
+    }
+    out
+}
+
+/// "uring (ringcast, uring backend)", "redis (Redis 7.0.15)"; with the run count.
+fn describe(group: &Group<'_>) -> String {
+    let r = group.runs[0];
+    let e = &r.environment;
+    let version = e
+        .system_version
+        .as_deref()
+        .map(|v| format!(" {v}"))
+        .unwrap_or_default();
+    let what = match r.config.proto {
+        Proto::Ringcast => format!("ringcast {} backend", e.backend),
+        Proto::Redis => format!("Redis pub/sub{version}"),
+        Proto::Nats => format!("nats-server{version}"),
+    };
+    let runs = match group.runs.len() {
+        1 => String::new(),
+        n => format!(", {n} runs"),
+    };
+    format!("{} = {what}{runs}", group.label)
+}
+
+/// The median and range of one figure over a group's runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub runs: usize,
+}
+
+impl Spread {
+    /// `None` when no run has the figure. An even count takes the mean of the middle two.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            runs: n,
+        })
+    }
+}
+
+/// The run a chart draws for a group: the one whose p99 at `rate` is the median (the lower
+/// of the middle two for an even count).
+pub fn representative<'a>(group: &Group<'a>, rate: Option<u64>) -> &'a Report {
+    let mut runs = group.runs.clone();
+    runs.sort_by_key(|r| step_at(r, rate).map_or(0, |s| s.latency.p99));
+    runs[(runs.len() - 1) / 2]
+}
+
+/// What the chart draws for a group: the latency curve of its run with the median p99,
+/// with the bars' figures (throughput, server CPU per delivery, idle memory) set to the
+/// group's medians, so that chart and table agree.
+fn chart_run(group: &Group<'_>, rate: Option<u64>) -> Labeled {
+    let mut report = representative(group, rate).clone();
+    let median = |value: &dyn Fn(&Report) -> Option<f64>| {
+        Spread::of(group.runs.iter().filter_map(|r| value(r))).map(|s| s.median)
+    };
+    let throughput = median(&|r| step_at(r, rate).map(|s| s.throughput));
+    let cpu = median(&|r| {
+        step_at(r, rate)
+            .and_then(|s| s.server.as_ref())
+            .map(|c| c.cpu_us_per_delivery)
+    });
+    let idle = median(&|r| r.idle.as_ref().map(|i| i.bytes_per_connection));
+    // The step `step_at` picks, as an index so it can be changed.
+    let at = rate
+        .and_then(|rate| report.steps.iter().position(|s| s.rate == rate))
+        .unwrap_or(report.headline);
+    if let Some(step) = report.steps.get_mut(at) {
+        if let Some(t) = throughput {
+            step.throughput = t;
+        }
+        if let (Some(c), Some(server)) = (cpu, step.server.as_mut()) {
+            server.cpu_us_per_delivery = c;
+        }
+    }
+    if let (Some(b), Some(i)) = (idle, report.idle.as_mut()) {
+        i.bytes_per_connection = b;
+    }
+    Labeled {
+        label: group.label.to_string(),
+        report,
+    }
+}
+
+/// One table line: each group's figure, with ratios of medians against the first, and the
+/// range when a group has several runs.
+fn ratio_line(
+    name: String,
+    values: &[Option<Spread>],
+    show: fn(f64) -> String,
+    ratios: bool,
+) -> Vec<String> {
+    let base = values
+        .first()
+        .copied()
+        .flatten()
+        .map(|s| s.median)
+        .filter(|_| ratios);
     let mut line = vec![name];
     for (i, v) in values.iter().enumerate() {
-        line.push(match (v, base) {
-            (None, _) => "-".into(),
-            (Some(v), Some(b)) if i > 0 && b != 0.0 => format!("{} (×{:.2})", show(*v), v / b),
-            (Some(v), _) => show(*v),
-        });
+        let Some(v) = v else {
+            line.push("-".into());
+            continue;
+        };
+        let mut cell = show(v.median);
+        if let Some(b) = base.filter(|&b| i > 0 && b != 0.0) {
+            let _ = write!(cell, " (×{:.2})", v.median / b);
+        }
+        if v.runs > 1 {
+            let _ = write!(cell, " [{}–{}]", show(v.min), show(v.max));
+        }
+        line.push(cell);
     }
     line
 }
 
-/// The side-by-side table: every report at the comparison rate, then, for a sweep, p99 and
-/// server CPU per delivery at each rate.
-pub fn table(reports: &[Labeled], markdown: bool) -> String {
-    let rate = comparison_rate(reports);
+/// The side-by-side table: every system at the comparison rate, then, for a sweep, p99 and
+/// server CPU per delivery at each rate. Rows no report has a figure for are left out.
+pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
+    let first = groups[0].runs[0];
+    let rate = first.headline_step().map(|s| s.rate);
     let mut header = vec!["metric".to_string()];
-    header.extend(reports.iter().map(|r| r.label.clone()));
+    header.extend(groups.iter().map(|g| g.label.to_string()));
     let mut cells: Vec<Vec<String>> = vec![header];
-    let mut rate_row = vec!["rate (msg/s)".to_string()];
-    rate_row.extend(reports.iter().map(|r| match step_at(&r.report, rate) {
-        Some(s) => s.rate.to_string(),
-        None => "-".into(),
-    }));
-    cells.push(rate_row);
+    let spread = |g: &Group<'_>, value: &dyn Fn(&Report) -> Option<f64>| {
+        Spread::of(g.runs.iter().filter_map(|r| value(r)))
+    };
+    let mut push = |name: String, values: Vec<Option<Spread>>, show: fn(f64) -> String| {
+        if values.iter().any(Option::is_some) {
+            // The offered rate is the same by design: a ratio there says nothing.
+            let ratios = !name.starts_with("rate ");
+            cells.push(ratio_line(name, &values, show, ratios));
+        }
+    };
+    let rates: Vec<Option<Spread>> = groups
+        .iter()
+        .map(|g| spread(g, &|r| step_at(r, rate).map(|s| s.rate as f64)))
+        .collect();
+    push("rate (msg/s)".into(), rates, |v| format!("{v:.0}"));
     for row in rows() {
-        let values: Vec<Option<f64>> = reports
+        let values = groups
             .iter()
-            .map(|r| step_at(&r.report, rate).and_then(|s| (row.value)(&r.report, s)))
+            .map(|g| spread(g, &|r| (row.value)(r, step_at(r, rate))))
             .collect();
-        cells.push(ratio_line(row.name.to_string(), &values, row.show));
+        push(row.name.to_string(), values, row.show);
     }
-    let first = &reports[0].report;
     if first.steps.len() > 1 {
         for step in &first.steps {
-            fn at(r: &Labeled, rate: u64) -> Option<&StepResult> {
-                r.report.steps.iter().find(|s| s.rate == rate)
-            }
-            let p99: Vec<Option<f64>> = reports
+            let at = |r: &Report| r.steps.iter().find(|s| s.rate == step.rate).cloned();
+            let p99 = groups
                 .iter()
-                .map(|r| at(r, step.rate).map(|s| s.latency.p99 as f64))
+                .map(|g| spread(g, &|r| at(r).map(|s| s.latency.p99 as f64)))
                 .collect();
-            cells.push(ratio_line(format!("p99 at {}/s", step.rate), &p99, |v| {
-                fmt_us(v as u64)
-            }));
-            let cpu: Vec<Option<f64>> = reports
+            push(format!("p99 at {}/s", step.rate), p99, |v| fmt_us(v as u64));
+            let cpu = groups
                 .iter()
-                .map(|r| {
-                    at(r, step.rate)
-                        .and_then(|s| s.server.as_ref())
-                        .map(|c| c.cpu_us_per_delivery)
+                .map(|g| {
+                    spread(g, &|r| {
+                        at(r).and_then(|s| s.server).map(|c| c.cpu_us_per_delivery)
+                    })
                 })
                 .collect();
-            cells.push(ratio_line(
+            push(
                 format!("server CPU µs/delivery at {}/s", step.rate),
-                &cpu,
+                cpu,
                 |v| format!("{v:.2}"),
-            ));
+            );
         }
     }
     let mut out = String::new();
@@ -298,11 +465,38 @@ pub fn table(reports: &[Labeled], markdown: bool) -> String {
     }
     let e = &first.environment;
     let c = &first.config;
+    let scenario = if c.idle {
+        format!("{} idle clients in {} rooms", c.clients, c.rooms)
+    } else {
+        format!(
+            "{} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
+            c.clients, c.publishers, c.rooms, c.size, c.duration_s
+        )
+    };
     let _ = writeln!(
         out,
-        "\n{} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step; ratios against {}. Machine: {}, {} cores, Linux {}.",
-        c.clients, c.publishers, c.rooms, c.size, c.duration_s, reports[0].label, e.cpu_model, e.cores, e.kernel
+        "\n{scenario}; ratios against {}. Machine: {}, {} cores, Linux {}.",
+        groups[0].label, e.cpu_model, e.cores, e.kernel
     );
+    let systems: Vec<String> = groups.iter().map(describe).collect();
+    let _ = writeln!(out, "Systems: {}.", systems.join("; "));
+    let most = groups.iter().map(|g| g.runs.len()).max().unwrap_or(0);
+    if most > 1 {
+        let _ = writeln!(
+            out,
+            "Each figure is the median of the runs of a system, with [min–max] beside it."
+        );
+    }
+    if !c.idle
+        && groups
+            .iter()
+            .any(|g| g.runs.iter().any(|r| r.config.proto != Proto::Ringcast))
+    {
+        let _ = writeln!(
+            out,
+            "Redis and NATS have no /stats: their delivery counts rest on the harness alone."
+        );
+    }
     out
 }
 
@@ -378,6 +572,7 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.stale += other.stale;
     into.unexpected += other.unexpected;
     into.disconnects += other.disconnects;
+    into.self_echo += other.self_echo;
     into.server_errors += other.server_errors;
     into.send_rate += other.send_rate;
     into.throughput += other.throughput;
@@ -395,4 +590,28 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.server_deliveries = None;
     into.count_mismatch = None;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_median_and_range() {
+        assert_eq!(Spread::of([]), None);
+        let one = Spread::of([4.0]).unwrap();
+        assert_eq!((one.median, one.min, one.max, one.runs), (4.0, 4.0, 4.0, 1));
+        let odd = Spread::of([9.0, 1.0, 5.0]).unwrap();
+        assert_eq!((odd.median, odd.min, odd.max, odd.runs), (5.0, 1.0, 9.0, 3));
+        let even = Spread::of([4.0, 1.0, 3.0, 10.0]).unwrap();
+        assert_eq!((even.median, even.min, even.max), (3.5, 1.0, 10.0));
+    }
+
+    #[test]
+    fn cells_show_ratio_of_medians_and_range() {
+        let a = Spread::of([100.0, 300.0, 200.0]);
+        let b = Spread::of([50.0]);
+        let line = ratio_line("x".into(), &[a, b, None], |v| format!("{v:.0}"), true);
+        assert_eq!(line, ["x", "200 [100–300]", "50 (×0.25)", "-"]);
+    }
 }

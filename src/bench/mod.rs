@@ -2,6 +2,8 @@
 //! over TCP, as users do.
 //!
 //! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
+//! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
+//!   frame codecs.
 //! - `worker`: a generator process running a share of the simulated clients.
 //! - `orchestrate`: the process the user starts; runs the generators step by step and
 //!   samples the server.
@@ -11,6 +13,7 @@ mod clock;
 pub mod compare;
 pub mod hist;
 mod orchestrate;
+pub mod peers;
 pub mod plan;
 mod plot;
 mod procfs;
@@ -26,6 +29,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub use compare::CompareArgs;
+pub use peers::Proto;
 
 /// Options of `ringcast bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,6 +37,14 @@ pub struct BenchArgs {
     /// Server to load.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub addr: String,
+    /// Protocol, and so the system under test: a ringcast server, Redis pub/sub
+    /// (SUBSCRIBE/PUBLISH) or nats-server (SUB/PUB), under the same workload and accounting.
+    #[arg(long, value_enum, default_value_t = Proto::Ringcast)]
+    pub proto: Proto,
+    /// Connect and join every client, send nothing, and report the server's resident
+    /// memory per idle connection (needs --server-pid); no steps run.
+    #[arg(long)]
+    pub idle: bool,
     /// Simulated clients, publishers included.
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
@@ -114,6 +126,9 @@ impl BenchArgs {
         }
         if self.duration.is_zero() {
             bail!("--duration must be above 0");
+        }
+        if self.idle && self.server_pid.is_none() {
+            bail!("--idle measures the server's memory: it needs --server-pid");
         }
         Ok(())
     }

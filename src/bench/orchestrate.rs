@@ -3,8 +3,11 @@
 //! merges everything into one report.
 
 use super::clock::{mono_ns, self_cpu_us};
+use super::peers::{self, Proto};
 use super::plan::Step;
-use super::report::{Config, ConnectReport, Environment, Report, ServerCost, StepResult, FORMAT};
+use super::report::{
+    Config, ConnectReport, Environment, IdleReport, Report, ServerCost, StepResult, FORMAT,
+};
 use super::wire::{Command, ConnectResult, Event, PartialStep};
 use super::{hist, procfs, BenchArgs};
 use anyhow::{bail, Context as _};
@@ -164,6 +167,68 @@ impl Control {
     }
 }
 
+/// Connects to a Redis or NATS server and asks its version: the fail-fast check of the
+/// address, and the version for the report.
+fn peer_version(proto: Proto, addr: std::net::SocketAddr) -> anyhow::Result<Option<String>> {
+    use std::io::Read as _;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("connecting to the server at {addr}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("setting a read timeout")?;
+    if proto == Proto::Redis {
+        let mut request = Vec::new();
+        peers::encode_resp_command(&[b"INFO", b"server"], &mut request);
+        stream.write_all(&request).context("sending INFO")?;
+    }
+    // NATS greets with INFO by itself.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match proto {
+            Proto::Redis => match peers::parse_resp(&buf)
+                .with_context(|| format!("{addr} does not speak Redis's protocol"))?
+            {
+                Some((peers::Resp::Bulk(Some(info)), _)) => return Ok(peers::redis_version(info)),
+                Some((other, _)) => bail!("{addr} answered INFO with {other:?}: is it Redis?"),
+                None => {}
+            },
+            _ => match peers::parse_nats(&buf) {
+                Ok(Some((peers::Nats::Info(info), _))) => return Ok(peers::nats_version(info)),
+                Ok(Some((other, _))) => bail!("{addr} greeted with {other:?}: is it NATS?"),
+                Ok(None) => {}
+                Err(err) => bail!("{addr} does not speak NATS: {err}"),
+            },
+        }
+        let n = stream
+            .read(&mut chunk)
+            .with_context(|| format!("reading the greeting of {addr}"))?;
+        if n == 0 {
+            bail!("{addr} closed the connection before saying its version");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Samples a process's RSS until it stops growing (no change over half a second) or 10 s
+/// pass: the kernel and allocators settle a little after the last connection.
+fn settled_rss(pid: u32) -> anyhow::Result<u64> {
+    let deadline = mono_ns() + 10_000_000_000;
+    let mut last = procfs::process_rss_bytes(pid)?;
+    let mut stable = 0;
+    while stable < 5 && mono_ns() < deadline {
+        std::thread::sleep(SAMPLE_EVERY);
+        let now = procfs::process_rss_bytes(pid)?;
+        if now == last {
+            stable += 1;
+        } else {
+            stable = 0;
+            last = now;
+        }
+    }
+    Ok(last)
+}
+
 fn stat_u64(stats: &HashMap<String, String>, key: &str) -> Option<u64> {
     stats.get(key).and_then(|v| v.parse().ok())
 }
@@ -251,12 +316,29 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut warnings = Vec::new();
 
     // The server is checked first so a wrong address fails fast, before any process starts.
-    let mut control = Control::connect(addr)?;
-    let first = control.stats().context("asking the server for /stats")?;
-    let backend = first
-        .get("backend")
-        .cloned()
-        .unwrap_or_else(|| "unknown".into());
+    // Only ringcast has `/stats`; a peer is asked its version instead.
+    let (mut control, first, backend, system_version) = match args.proto {
+        Proto::Ringcast => {
+            let mut control = Control::connect(addr)?;
+            let first = control.stats().context("asking the server for /stats")?;
+            let backend = first
+                .get("backend")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            (Some(control), first, backend, None)
+        }
+        peer => {
+            let version = peer_version(peer, addr)?;
+            (None, HashMap::new(), peer.name().to_string(), version)
+        }
+    };
+    let rss_before = match (args.idle, args.server_pid) {
+        (true, Some(pid)) => Some(
+            procfs::process_rss_bytes(pid)
+                .with_context(|| format!("reading the RSS of server process {pid}"))?,
+        ),
+        _ => None,
+    };
 
     let mut gens = Generators::spawn(args.procs)?;
     let mut progress = Progress {
@@ -322,6 +404,25 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         ));
     }
 
+    let idle = match (rss_before, args.server_pid) {
+        (Some(before), Some(pid)) => {
+            progress.clear();
+            let after = settled_rss(pid)
+                .with_context(|| format!("reading the RSS of server process {pid}"))?;
+            Some(IdleReport {
+                connections: connect.connected,
+                rss_before_bytes: before,
+                rss_after_bytes: after,
+                bytes_per_connection: after.saturating_sub(before) as f64
+                    / connect.connected.max(1) as f64,
+            })
+        }
+        _ => None,
+    };
+    // An idle run has no steps.
+    let steps = if idle.is_some() { Vec::new() } else { steps };
+    let has_warmup = has_warmup && !steps.is_empty();
+
     // Steps, one at a time across all generators.
     let mut results = Vec::new();
     let mut server_threads = stat_u64(&first, "threads");
@@ -337,7 +438,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 step.rate
             )
         };
-        let before = control.stats()?;
+        let before = match control.as_mut() {
+            Some(control) => control.stats()?,
+            None => HashMap::new(),
+        };
         server_threads = server_threads.or(stat_u64(&before, "threads"));
         let server_cpu_before = args.server_pid.map(procfs::process_cpu_us).transpose();
         let server_cpu_before = server_cpu_before.context("reading the server's CPU time")?;
@@ -380,7 +484,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         }
         progress.clear();
         let wall_s = (mono_ns() - start_ns) as f64 / 1e9;
-        let after = control.stats()?;
+        let after = match control.as_mut() {
+            Some(control) => control.stats()?,
+            None => HashMap::new(),
+        };
         let server_cpu_after = args
             .server_pid
             .map(procfs::process_cpu_us)
@@ -470,12 +577,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             slo_ms: args.slo.as_secs_f64() * 1e3,
             drain_timeout_s: args.drain_timeout.as_secs_f64(),
             server_pid: args.server_pid,
+            proto: args.proto,
+            idle: args.idle,
         },
         environment: Environment {
             kernel: procfs::kernel_version(),
             cpu_model: procfs::cpu_model(),
             cores: procfs::cores(),
             backend,
+            system_version,
             server_threads,
         },
         connect,
@@ -486,6 +596,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         lost,
         warnings,
         merged_from: Vec::new(),
+        idle,
     };
     print!("{}", report.summary());
     if let Some(dir) = &args.out {
@@ -524,6 +635,7 @@ fn merge_step(
         stale: 0,
         unexpected: 0,
         disconnects: 0,
+        self_echo: 0,
         server_errors: 0,
         send_rate: 0.0,
         throughput: 0.0,
@@ -548,6 +660,7 @@ fn merge_step(
         r.stale += p.stale;
         r.unexpected += p.unexpected;
         r.disconnects += p.disconnects;
+        r.self_echo += p.self_echo;
         r.server_errors += p.server_errors;
         r.harness_cpu_s += p.cpu_us as f64 / 1e6;
         r.harness_peak_util = r

@@ -141,20 +141,28 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
 
     // Bars: throughput and server CPU per delivery.
     type Value = Box<dyn Fn(&Labeled) -> Option<f64>>;
-    let bars: [(&str, Value); 2] = [
-        (
-            "Throughput (deliveries/s)",
-            Box::new(move |r: &Labeled| step_at(&r.report, rate).map(|s| s.throughput)),
-        ),
-        (
-            "Server CPU per delivery (µs)",
-            Box::new(move |r: &Labeled| {
-                step_at(&r.report, rate)
-                    .and_then(|s| s.server.as_ref())
-                    .map(|c| c.cpu_us_per_delivery)
-            }),
-        ),
-    ];
+    // An idle run (`bench --idle`) has no latency or throughput, only memory.
+    let bars: Vec<(&str, Value)> = if reports.iter().any(|r| r.report.idle.is_some()) {
+        vec![(
+            "Server RSS per idle connection (bytes)",
+            Box::new(|r: &Labeled| r.report.idle.as_ref().map(|i| i.bytes_per_connection)),
+        )]
+    } else {
+        vec![
+            (
+                "Throughput (deliveries/s)",
+                Box::new(move |r: &Labeled| step_at(&r.report, rate).map(|s| s.throughput)),
+            ),
+            (
+                "Server CPU per delivery (µs)",
+                Box::new(move |r: &Labeled| {
+                    step_at(&r.report, rate)
+                        .and_then(|s| s.server.as_ref())
+                        .map(|c| c.cpu_us_per_delivery)
+                }),
+            ),
+        ]
+    };
     let panel_width = (WIDTH - MARGIN_LEFT - MARGIN_RIGHT) / 2.0;
     let panel_top = CURVE_HEIGHT + 10.0;
     for (p, (title, value)) in bars.iter().enumerate() {

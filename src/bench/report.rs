@@ -1,6 +1,7 @@
 //! The report: what `ringcast bench` writes and `ringcast compare` reads.
 
 use super::hist::{self, Summary};
+use super::peers::Proto;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -47,6 +48,21 @@ pub struct Report {
     /// Reports this one was merged from (`ringcast compare --merge`), else empty.
     #[serde(default)]
     pub merged_from: Vec<String>,
+    /// Memory per idle connection, for a `--idle` run.
+    #[serde(default)]
+    pub idle: Option<IdleReport>,
+}
+
+/// What `ringcast bench --idle` measures: the server's RSS growth per connected client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleReport {
+    pub connections: u64,
+    /// Server RSS before the first client connected.
+    pub rss_before_bytes: u64,
+    /// Server RSS with every client connected and joined, once it stopped growing.
+    pub rss_after_bytes: u64,
+    /// (after − before) / connections.
+    pub bytes_per_connection: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +80,12 @@ pub struct Config {
     pub slo_ms: f64,
     pub drain_timeout_s: f64,
     pub server_pid: Option<u32>,
+    /// The protocol spoken, and so the kind of system under test.
+    #[serde(default)]
+    pub proto: Proto,
+    /// A `--idle` run: connections only, no steps.
+    #[serde(default)]
+    pub idle: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,8 +93,12 @@ pub struct Environment {
     pub kernel: String,
     pub cpu_model: String,
     pub cores: usize,
-    /// As the server itself reports in `/stats`.
+    /// The system under test: a ringcast server's backend as it reports in `/stats`, or
+    /// `redis` / `nats`. Used as the column name by `ringcast compare`.
     pub backend: String,
+    /// The peer's version as it announced it (Redis `INFO server`, NATS `INFO`).
+    #[serde(default)]
+    pub system_version: Option<String>,
     pub server_threads: Option<u64>,
 }
 
@@ -100,6 +126,10 @@ pub struct StepResult {
     pub stale: u64,
     pub unexpected: u64,
     pub disconnects: u64,
+    /// A publisher's own messages delivered back to it, discarded (Redis pub/sub does this;
+    /// ringcast and NATS with `echo:false` do not).
+    #[serde(default)]
+    pub self_echo: u64,
     pub server_errors: u64,
     /// Messages published per second, as achieved.
     pub send_rate: f64,
@@ -207,10 +237,34 @@ impl Report {
             .server_threads
             .map(|t| format!(", {t} server threads"))
             .unwrap_or_default();
+        let system = match (c.proto, &e.system_version) {
+            (Proto::Ringcast, _) => format!("backend {}", e.backend),
+            (_, Some(version)) => format!("{} {version}", e.backend),
+            (_, None) => e.backend.clone(),
+        };
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(
+                out,
+                "ringcast bench --idle: {system}{threads} at {}; {} idle clients in {} rooms",
+                c.addr, c.clients, c.rooms
+            );
+            let _ = writeln!(
+                out,
+                "idle: {} connections; server RSS {} before, {} with them: {:.0} bytes per idle connection",
+                idle.connections,
+                fmt_bytes(idle.rss_before_bytes),
+                fmt_bytes(idle.rss_after_bytes),
+                idle.bytes_per_connection
+            );
+            for w in &self.warnings {
+                let _ = writeln!(out, "warning: {w}");
+            }
+            return out;
+        }
         let _ = writeln!(
             out,
-            "ringcast bench: backend {}{threads} at {}; {} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
-            e.backend, c.addr, c.clients, c.publishers, c.rooms, c.size, c.duration_s
+            "ringcast bench: {system}{threads} at {}; {} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
+            c.addr, c.clients, c.publishers, c.rooms, c.size, c.duration_s
         );
         let k = &self.connect;
         let _ = writeln!(
@@ -304,6 +358,21 @@ impl Report {
                     mismatch * 100.0
                 );
             }
+        }
+        if c.proto != Proto::Ringcast {
+            let _ = writeln!(
+                out,
+                "count check: skipped ({} has no /stats to count its deliveries independently)",
+                e.backend
+            );
+        }
+        let echoed: u64 = self.steps.iter().map(|s| s.self_echo).sum();
+        if echoed > 0 {
+            let _ = writeln!(
+                out,
+                "self-echo: {} delivered {echoed} messages back to their own publishers (discarded, not counted as deliveries): extra work that ringcast and NATS (echo off) do not do",
+                e.backend
+            );
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");

@@ -34,7 +34,11 @@ pub fn encode_payload(stamp: &Stamp, size: usize, out: &mut Vec<u8>) {
 /// Returns `None` for server notices and for chat the harness did not send.
 pub fn decode_delivery(line: &[u8]) -> Option<Stamp> {
     let colon = memchr::memmem::find(line, b": ")?;
-    let text = &line[colon + 2..];
+    decode_payload(&line[colon + 2..])
+}
+
+/// Parses the stamp at the start of a message body, as Redis and NATS deliver it.
+pub fn decode_payload(text: &[u8]) -> Option<Stamp> {
     let mut fields = text.split(|&b| b == b' ');
     let mut next = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
     Some(Stamp {
@@ -98,6 +102,9 @@ pub struct PartialStep {
     pub unexpected: u64,
     /// Connections lost during the step (closed by the server or failed).
     pub disconnects: u64,
+    /// A publisher's own messages delivered back to it (Redis pub/sub does this); discarded.
+    #[serde(default)]
+    pub self_echo: u64,
     /// `* error:` lines from the server.
     pub server_errors: u64,
     /// Latency (receive − scheduled send), µs, base64 V2.
@@ -132,6 +139,7 @@ mod tests {
         let mut line = b"user18: ".to_vec();
         line.extend_from_slice(&buf[..buf.len() - 1]);
         assert_eq!(decode_delivery(&line), Some(stamp));
+        assert_eq!(decode_payload(&buf[..buf.len() - 1]), Some(stamp));
         assert_eq!(decode_delivery(b"* joined room1 (3 members)"), None);
         assert_eq!(decode_delivery(b"bob: hello world"), None);
         // A size smaller than the stamp still sends the whole stamp.

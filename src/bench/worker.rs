@@ -5,10 +5,12 @@
 //! reports events, merged over its groups, as JSON lines on stdout.
 
 use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
+use super::peers::{self, Nats, Proto, Resp};
 use super::plan::{Plan, Step};
 use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp};
 use super::{hist, BenchArgs};
 use anyhow::Context as _;
+use bytes::{Buf as _, BytesMut};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,8 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -36,6 +38,7 @@ struct StepCounts {
     stale: u64,
     unexpected: u64,
     disconnects: u64,
+    self_echo: u64,
     server_errors: u64,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
@@ -55,6 +58,7 @@ impl StepCounts {
             stale: 0,
             unexpected: 0,
             disconnects: 0,
+            self_echo: 0,
             server_errors: 0,
             latency: hist::new(),
             lag: hist::new(),
@@ -67,6 +71,9 @@ impl StepCounts {
 
 /// State shared by every task of one client group (one thread, so `Rc<RefCell<_>>`).
 struct Shared {
+    proto: Proto,
+    /// `--idle`: nobody publishes.
+    idle: bool,
     plan: Plan,
     steps: Vec<Step>,
     size: usize,
@@ -176,6 +183,8 @@ pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
         commands.push(cmd_tx);
         let rate = per_proc_rate * clients.len() as f64 / share.len() as f64;
         let shared = Shared {
+            proto: args.proto,
+            idle: args.idle,
             steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
             plan: plan.clone(),
             steps: steps.clone(),
@@ -308,6 +317,7 @@ fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
         out.stale += p.stale;
         out.unexpected += p.unexpected;
         out.disconnects += p.disconnects;
+        out.self_echo += p.self_echo;
         out.server_errors += p.server_errors;
         out.peak_thread_cpu_us = out.peak_thread_cpu_us.max(p.cpu_us);
         out.errors.extend(p.errors);
@@ -409,6 +419,7 @@ async fn drive(
                         stale: c.stale,
                         unexpected: c.unexpected,
                         disconnects: c.disconnects,
+                        self_echo: c.self_echo,
                         server_errors: c.server_errors,
                         latency: hist::encode(&c.latency),
                         send_lag: hist::encode(&c.lag),
@@ -468,7 +479,12 @@ async fn run_step(
         let Some(done_at) = publishers_done_at else {
             continue;
         };
-        if counts.received >= expected || now >= done_at + args.drain_timeout.as_nanos() as u64 {
+        // Redis echoes every message to its publisher too: wait for those as well, so the
+        // self-echo count is exact rather than racing the step's end.
+        let echoes_in = s.proto != Proto::Redis || counts.self_echo >= counts.sent;
+        if (counts.received >= expected && echoes_in)
+            || now >= done_at + args.drain_timeout.as_nanos() as u64
+        {
             return Ok(());
         }
     }
@@ -503,32 +519,164 @@ async fn read_line(
     Ok(true)
 }
 
+/// Appends what the socket has to `buf`; `Ok(false)` at end of stream.
+async fn read_more(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(rd.read_buf(buf).await? > 0)
+}
+
+/// A connection's write half. NATS subscribers answer the server's PINGs on the connection
+/// a publisher also writes to, so the half is shared; the lock is never contended for long.
+type Writer = Rc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+/// A joined connection's read side, in the shape its protocol reads.
+enum Reader {
+    /// ringcast: newline-delimited lines.
+    Lines(BufReader<OwnedReadHalf>),
+    /// Redis and NATS: length-framed, parsed from a buffer (which may already hold the
+    /// first frames after the join).
+    Frames(OwnedReadHalf, BytesMut),
+}
+
 async fn join(
+    proto: Proto,
     addr: SocketAddr,
     source: Option<IpAddr>,
     room: usize,
-) -> anyhow::Result<(BufReader<OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf)> {
+) -> anyhow::Result<(Reader, OwnedWriteHalf)> {
     let stream = connect(addr, source).await.context("connect")?;
-    let (rd, mut wr) = stream.into_split();
-    let mut reader = BufReader::with_capacity(64 * 1024, rd);
-    let mut line = Vec::new();
-    wr.write_all(format!("/join room{room}\n").as_bytes())
-        .await
-        .context("sending /join")?;
-    loop {
-        anyhow::ensure!(
-            read_line(&mut reader, &mut line).await.context("reading")?,
-            "server closed the connection before the join was confirmed"
-        );
-        if line.starts_with(b"* joined ") {
-            return Ok((reader, wr));
+    let (mut rd, mut wr) = stream.into_split();
+    let mut request = Vec::new();
+    peers::join_request(proto, room, &mut request);
+    wr.write_all(&request).await.context("sending the join")?;
+    let closed = "server closed the connection before the join was confirmed";
+    match proto {
+        Proto::Ringcast => {
+            let mut reader = BufReader::with_capacity(64 * 1024, rd);
+            let mut line = Vec::new();
+            loop {
+                anyhow::ensure!(
+                    read_line(&mut reader, &mut line).await.context("reading")?,
+                    closed
+                );
+                if line.starts_with(b"* joined ") {
+                    return Ok((Reader::Lines(reader), wr));
+                }
+                anyhow::ensure!(
+                    !line.starts_with(b"* error"),
+                    "server refused the join: {}",
+                    String::from_utf8_lossy(&line)
+                );
+            }
         }
-        anyhow::ensure!(
-            !line.starts_with(b"* error"),
-            "server refused the join: {}",
-            String::from_utf8_lossy(&line)
-        );
+        Proto::Redis => {
+            let channel = peers::room_subject(room);
+            let mut buf = BytesMut::with_capacity(4096);
+            loop {
+                while let Some((frame, n)) = peers::parse_resp(&buf)? {
+                    if let Resp::Error(text) = frame {
+                        anyhow::bail!(
+                            "server refused the subscribe: {}",
+                            String::from_utf8_lossy(text)
+                        );
+                    }
+                    let subscribed = peers::resp_is_subscribed(&frame, channel.as_bytes());
+                    buf.advance(n);
+                    if subscribed {
+                        return Ok((Reader::Frames(rd, buf), wr));
+                    }
+                }
+                anyhow::ensure!(
+                    read_more(&mut rd, &mut buf).await.context("reading")?,
+                    closed
+                );
+            }
+        }
+        Proto::Nats => {
+            // The PING sent after SUB is answered once the subscription is in place.
+            let mut buf = BytesMut::with_capacity(4096);
+            loop {
+                while let Some((op, n)) = peers::parse_nats(&buf)? {
+                    match op {
+                        Nats::Err(text) => anyhow::bail!(
+                            "server refused the subscription: {}",
+                            String::from_utf8_lossy(text)
+                        ),
+                        Nats::Pong => {
+                            buf.advance(n);
+                            return Ok((Reader::Frames(rd, buf), wr));
+                        }
+                        Nats::Ping => {
+                            buf.advance(n);
+                            wr.write_all(b"PONG\r\n").await.context("answering PING")?;
+                        }
+                        _ => buf.advance(n),
+                    }
+                }
+                anyhow::ensure!(
+                    read_more(&mut rd, &mut buf).await.context("reading")?,
+                    closed
+                );
+            }
+        }
     }
+}
+
+/// Redis: a subscribed connection may not PUBLISH, so a publisher opens a second one for
+/// its sends. Its replies (receiver counts) are read and discarded by a task of their own.
+async fn redis_publish_connection(
+    c: usize,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    shared: &SharedRef,
+) -> anyhow::Result<OwnedWriteHalf> {
+    let stream = connect(addr, source)
+        .await
+        .context("connect (publish connection)")?;
+    let (rd, wr) = stream.into_split();
+    tokio::task::spawn_local(discard_replies(c, rd, shared.clone()));
+    Ok(wr)
+}
+
+async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: SharedRef) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let error = loop {
+        let mut errors = Vec::new();
+        loop {
+            match peers::parse_resp(&buf) {
+                Ok(Some((frame, n))) => {
+                    if let Resp::Error(text) = frame {
+                        errors.push(String::from_utf8_lossy(text).into_owned());
+                    }
+                    buf.advance(n);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    errors.push(err.to_string());
+                    break;
+                }
+            }
+        }
+        if !errors.is_empty() {
+            let mut s = shared.borrow_mut();
+            let current = s.current;
+            s.steps_counts[current].server_errors += errors.len() as u64;
+            for e in errors {
+                s.note_error(format!("publisher {c}: {e}"));
+            }
+        }
+        match read_more(&mut rd, &mut buf).await {
+            Ok(true) => {}
+            Ok(false) => break "server closed the publish connection".to_string(),
+            Err(err) => break format!("read error on the publish connection: {err}"),
+        }
+    };
+    let mut s = shared.borrow_mut();
+    let current = s.current;
+    s.steps_counts[current].disconnects += 1;
+    s.note_error(format!("publisher {c}: {error}"));
 }
 
 async fn client(
@@ -541,14 +689,26 @@ async fn client(
     steps: watch::Receiver<Option<(u32, u64)>>,
 ) {
     tokio::time::sleep_until(instant_at(connect_at)).await;
-    let (room, publisher) = {
+    let (proto, room, publisher) = {
         let s = shared.borrow();
-        (s.plan.room_of(c), s.plan.is_publisher(c))
+        (
+            s.proto,
+            s.plan.room_of(c),
+            s.plan.is_publisher(c) && !s.idle,
+        )
     };
     let started = mono_ns();
-    let joined = tokio::time::timeout(JOIN_TIMEOUT, join(addr, source, room)).await;
-    let (mut reader, writer) = match joined {
-        Ok(Ok(pair)) => pair,
+    let connected = async {
+        let (reader, writer) = join(proto, addr, source, room).await?;
+        let publish_writer = match (publisher, proto) {
+            (true, Proto::Redis) => Some(redis_publish_connection(c, addr, source, &shared).await?),
+            _ => None,
+        };
+        anyhow::Ok((reader, writer, publish_writer))
+    };
+    let joined = tokio::time::timeout(JOIN_TIMEOUT, connected).await;
+    let (reader, writer, publish_writer) = match joined {
+        Ok(Ok(parts)) => parts,
         Ok(Err(err)) => {
             let _ = ready.send(Err(format!("client {c}: {err:#}"))).await;
             return;
@@ -564,43 +724,123 @@ async fn client(
     };
     let _ = ready.send(Ok((mono_ns() - started) / 1000)).await;
     drop(ready);
-    // A subscriber keeps its write half alive while it reads: dropping it would half-close
-    // the connection.
-    let _writer = if publisher {
+    // The write half stays alive while the client reads (dropping it would half-close the
+    // connection), and NATS answers PINGs through it.
+    let writer: Writer = Rc::new(tokio::sync::Mutex::new(writer));
+    if publisher {
         shared.borrow_mut().live_publishers += 1;
-        tokio::task::spawn_local(publish(c, writer, shared.clone(), steps));
-        None
-    } else {
-        Some(writer)
+        let out = match publish_writer {
+            Some(w) => Rc::new(tokio::sync::Mutex::new(w)),
+            None => writer.clone(),
+        };
+        tokio::task::spawn_local(publish(c, room, out, shared.clone(), steps));
+    }
+    let error = match reader {
+        Reader::Lines(mut reader) => receive_lines(c, &mut reader, &shared).await,
+        Reader::Frames(rd, buf) => receive_frames(c, proto, rd, buf, &writer, &shared).await,
     };
-    receive(c, &mut reader, &shared).await;
+    let mut s = shared.borrow_mut();
+    let current = s.current;
+    s.steps_counts[current].disconnects += 1;
+    s.note_error(format!("client {c}: {error}"));
 }
 
-async fn receive(c: usize, reader: &mut BufReader<OwnedReadHalf>, shared: &SharedRef) {
+/// Reads ringcast lines until the connection ends; returns why it ended.
+async fn receive_lines(
+    c: usize,
+    reader: &mut BufReader<OwnedReadHalf>,
+    shared: &SharedRef,
+) -> String {
     let mut tracks: HashMap<u32, Track> = HashMap::new();
     let mut line = Vec::new();
     loop {
-        let error = match read_line(reader, &mut line).await {
+        match read_line(reader, &mut line).await {
             Ok(true) => {
                 let now = mono_ns();
                 on_line(c, &line, now, &mut tracks, shared);
-                continue;
             }
-            Ok(false) => "server closed the connection".to_string(),
-            Err(err) => format!("read error: {err}"),
+            Ok(false) => return "server closed the connection".to_string(),
+            Err(err) => return format!("read error: {err}"),
+        }
+    }
+}
+
+/// Reads Redis or NATS frames until the connection ends; returns why it ended.
+async fn receive_frames(
+    c: usize,
+    proto: Proto,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    writer: &Writer,
+    shared: &SharedRef,
+) -> String {
+    let mut tracks: HashMap<u32, Track> = HashMap::new();
+    loop {
+        let now = mono_ns();
+        let mut pings = 0;
+        let mut errors = Vec::new();
+        let broken = loop {
+            let used = match proto {
+                Proto::Redis => match peers::parse_resp(&buf) {
+                    Ok(Some((frame, n))) => {
+                        if let Some((_, payload)) = peers::resp_message(&frame) {
+                            on_payload(c, payload, now, &mut tracks, shared);
+                        } else if let Resp::Error(text) = frame {
+                            errors.push(String::from_utf8_lossy(text).into_owned());
+                        }
+                        n
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                },
+                _ => match peers::parse_nats(&buf) {
+                    Ok(Some((op, n))) => {
+                        match op {
+                            Nats::Msg { payload, .. } => {
+                                on_payload(c, payload, now, &mut tracks, shared)
+                            }
+                            Nats::Ping => pings += 1,
+                            Nats::Err(text) => {
+                                errors.push(String::from_utf8_lossy(text).into_owned())
+                            }
+                            Nats::Info(_) | Nats::Pong | Nats::Ok => {}
+                        }
+                        n
+                    }
+                    Ok(None) => break None,
+                    Err(err) => break Some(err),
+                },
+            };
+            buf.advance(used);
         };
-        let mut s = shared.borrow_mut();
-        let current = s.current;
-        s.steps_counts[current].disconnects += 1;
-        s.note_error(format!("client {c}: {error}"));
-        return;
+        if !errors.is_empty() {
+            let mut s = shared.borrow_mut();
+            let current = s.current;
+            s.steps_counts[current].server_errors += errors.len() as u64;
+            for e in errors {
+                s.note_error(format!("client {c}: server error: {e}"));
+            }
+        }
+        if let Some(err) = broken {
+            return err.to_string();
+        }
+        for _ in 0..pings {
+            if let Err(err) = writer.lock().await.write_all(b"PONG\r\n").await {
+                return format!("write error answering PING: {err}");
+            }
+        }
+        match read_more(&mut rd, &mut buf).await {
+            Ok(true) => {}
+            Ok(false) => return "server closed the connection".to_string(),
+            Err(err) => return format!("read error: {err}"),
+        }
     }
 }
 
 fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, shared: &SharedRef) {
-    let mut s = shared.borrow_mut();
-    let current = s.current;
     if line.starts_with(b"* error") {
+        let mut s = shared.borrow_mut();
+        let current = s.current;
         s.steps_counts[current].server_errors += 1;
         let text = String::from_utf8_lossy(line).into_owned();
         s.note_error(format!("client {c}: {text}"));
@@ -609,12 +849,41 @@ fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, sh
     if line.starts_with(b"* ") {
         return;
     }
-    let Some(stamp) = wire::decode_delivery(line) else {
+    on_stamp(c, wire::decode_delivery(line), now, tracks, shared);
+}
+
+fn on_payload(
+    c: usize,
+    payload: &[u8],
+    now: u64,
+    tracks: &mut HashMap<u32, Track>,
+    shared: &SharedRef,
+) {
+    on_stamp(c, wire::decode_payload(payload), now, tracks, shared);
+}
+
+fn on_stamp(
+    c: usize,
+    stamp: Option<Stamp>,
+    now: u64,
+    tracks: &mut HashMap<u32, Track>,
+    shared: &SharedRef,
+) {
+    let mut s = shared.borrow_mut();
+    let current = s.current;
+    let Some(stamp) = stamp else {
         s.steps_counts[current].unexpected += 1;
         return;
     };
     let step = stamp.step as usize;
     let p = stamp.publisher as usize;
+    if p == c && s.proto == Proto::Redis {
+        // Redis delivers a message to every subscriber of the channel, its publisher's
+        // own subscription included: extra work it does, not a delivery.
+        let at = if step < s.steps.len() { step } else { current };
+        s.steps_counts[at].self_echo += 1;
+        return;
+    }
     let valid = step < s.steps.len()
         && s.plan.is_publisher(p)
         && p != c
@@ -672,11 +941,13 @@ fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, sh
 
 async fn publish(
     c: usize,
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    room: usize,
+    writer: Writer,
     shared: SharedRef,
     mut steps: watch::Receiver<Option<(u32, u64)>>,
 ) {
-    let mut buf = Vec::new();
+    let mut payload = Vec::new();
+    let mut frame = Vec::new();
     let mut broken = false;
     let mut timer = match PreciseTimer::new() {
         Ok(t) => Some(t),
@@ -687,6 +958,7 @@ async fn publish(
             None
         }
     };
+    let proto = shared.borrow().proto;
     while steps.changed().await.is_ok() {
         let Some((index, start_ns)) = *steps.borrow_and_update() else {
             continue;
@@ -715,9 +987,12 @@ async fn publish(
                 seq: g / publishers,
                 scheduled_ns: scheduled,
             };
-            wire::encode_payload(&stamp, size, &mut buf);
+            wire::encode_payload(&stamp, size, &mut payload);
+            // The same stamped text in every protocol; ringcast's newline is its framing.
+            peers::publish_frame(proto, room, &payload[..payload.len() - 1], &mut frame);
             let lag_us = mono_ns().saturating_sub(scheduled) / 1000;
-            if let Err(err) = writer.write_all(&buf).await {
+            let written = writer.lock().await.write_all(&frame).await;
+            if let Err(err) = written {
                 let mut s = shared.borrow_mut();
                 s.steps_counts[i].disconnects += 1;
                 s.note_error(format!("publisher {c}: write error: {err}"));

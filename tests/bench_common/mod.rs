@@ -168,3 +168,86 @@ fn serve(
     }
     Ok(())
 }
+
+/// A Redis or NATS server started for one test on a free loopback port, killed on drop.
+pub struct PeerServer {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl PeerServer {
+    /// Starts `redis-server` or `nats-server` bound to 127.0.0.1. When the binary is not
+    /// installed the test fails, naming the Debian package, unless `RINGCAST_SKIP_PEERS=1`,
+    /// in which case this says so and returns `None`.
+    pub fn start(proto: &str) -> Option<PeerServer> {
+        let binary = match proto {
+            "redis" => "redis-server",
+            "nats" => "nats-server",
+            other => panic!("no peer server for {other}"),
+        };
+        let found = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
+        if !found {
+            if std::env::var("RINGCAST_SKIP_PEERS").as_deref() == Ok("1") {
+                eprintln!("SKIPPED: {binary} is not installed and RINGCAST_SKIP_PEERS=1");
+                return None;
+            }
+            panic!(
+                "{binary} is not installed: `apt-get install -y {binary}`, or set RINGCAST_SKIP_PEERS=1 to skip the {proto} tests"
+            );
+        }
+        // A port the kernel just handed out and released; another process taking it in
+        // between would make the server fail to start, which the wait below reports.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("pick a free port")
+            .port();
+        let port_text = port.to_string();
+        let mut cmd = Command::new(binary);
+        match proto {
+            "redis" => cmd.args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port_text,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]),
+            _ => cmd.args(["-a", "127.0.0.1", "-p", &port_text]),
+        };
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {binary}: {err}"));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(addr).is_ok() {
+                return Some(PeerServer { child, addr });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{binary} exited with {status} before listening on {addr}");
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{binary} did not listen on {addr} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
