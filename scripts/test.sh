@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Linux machine with Rust: installs what the tests run
+# beside ringcast when it is missing (python3 for the asyncio client test; redis-server
+# and nats-server, the peers the harness is compared with), then runs `cargo test`.
+# Arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]} (Debian packages)" >&2
+  sudo=()
+  [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  if ! command -v apt-get >/dev/null 2>&1 ||
+    ! { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"; }; then
+    echo "test.sh: could not install ${need[*]}; install them, or run" \
+         "RINGCAST_SKIP_PEERS=1 cargo test to skip the Redis/NATS harness tests" >&2
+    exit 1
+  fi
+fi
+exec cargo test "$@"
