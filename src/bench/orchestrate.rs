@@ -8,7 +8,7 @@ use super::plan::Step;
 use super::report::{
     Config, ConnectReport, Environment, IdleReport, Report, ServerCost, StepResult, FORMAT,
 };
-use super::wire::{Command, ConnectResult, Event, PartialStep};
+use super::wire::{Command, ConnectResult, Event, PartialStep, Tally};
 use super::{hist, procfs, BenchArgs};
 use anyhow::{bail, Context as _};
 use std::collections::HashMap;
@@ -623,20 +623,24 @@ fn merge_step(
 ) -> anyhow::Result<StepResult> {
     let mut latency = hist::new();
     let mut lag = hist::new();
+    let mut t = Tally::default();
+    for p in partials {
+        t += p.tally;
+    }
     let mut r = StepResult {
         rate: step.rate,
         duration_s: step.duration.as_secs_f64(),
-        sent: 0,
-        expected: 0,
-        received: 0,
-        lost: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        stale: 0,
-        unexpected: 0,
-        disconnects: 0,
-        self_echo: 0,
-        server_errors: 0,
+        sent: t.sent,
+        expected: t.expected,
+        received: t.received,
+        lost: t.expected.saturating_sub(t.received),
+        duplicates: t.duplicates,
+        out_of_order: t.out_of_order,
+        stale: t.stale,
+        unexpected: t.unexpected,
+        disconnects: t.disconnects,
+        self_echo: t.self_echo,
+        server_errors: t.server_errors,
         send_rate: 0.0,
         throughput: 0.0,
         latency: Default::default(),
@@ -652,16 +656,6 @@ fn merge_step(
         errors: Vec::new(),
     };
     for p in partials {
-        r.sent += p.sent;
-        r.expected += p.expected;
-        r.received += p.received;
-        r.duplicates += p.duplicates;
-        r.out_of_order += p.out_of_order;
-        r.stale += p.stale;
-        r.unexpected += p.unexpected;
-        r.disconnects += p.disconnects;
-        r.self_echo += p.self_echo;
-        r.server_errors += p.server_errors;
         r.harness_cpu_s += p.cpu_us as f64 / 1e6;
         r.harness_peak_util = r
             .harness_peak_util
@@ -671,7 +665,6 @@ fn merge_step(
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
     let secs = step.duration.as_secs_f64();
-    r.lost = r.expected.saturating_sub(r.received);
     r.send_rate = r.sent as f64 / secs;
     r.throughput = r.received as f64 / secs;
     r.latency = hist::Summary::of(&latency);

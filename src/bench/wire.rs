@@ -84,12 +84,12 @@ pub struct ConnectResult {
     pub errors: Vec<String>,
 }
 
-/// One generator's share of a step; the orchestrator adds them up.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct PartialStep {
-    pub index: u32,
+/// Delivery counters of one step: kept per generator thread, added up over client groups
+/// and generator processes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
     pub sent: u64,
-    /// Deliveries this generator's clients should have received.
+    /// Deliveries the clients should have received.
     pub expected: u64,
     /// Distinct deliveries received.
     pub received: u64,
@@ -107,6 +107,29 @@ pub struct PartialStep {
     pub self_echo: u64,
     /// `* error:` lines from the server.
     pub server_errors: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.expected += other.expected;
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.stale += other.stale;
+        self.unexpected += other.unexpected;
+        self.disconnects += other.disconnects;
+        self.self_echo += other.self_echo;
+        self.server_errors += other.server_errors;
+    }
+}
+
+/// One generator's share of a step; the orchestrator adds them up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PartialStep {
+    pub index: u32,
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Latency (receive − scheduled send), µs, base64 V2.
     pub latency: String,
     /// How late sends left relative to their schedule, µs, base64 V2.

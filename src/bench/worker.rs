@@ -7,7 +7,7 @@
 use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
 use super::peers::{self, Nats, Proto, Resp};
 use super::plan::{Plan, Step};
-use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp};
+use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp, Tally};
 use super::{hist, BenchArgs};
 use anyhow::Context as _;
 use bytes::{Buf as _, BytesMut};
@@ -31,15 +31,8 @@ const MAX_ERRORS: usize = 5;
 
 /// Counters of one step within this generator.
 struct StepCounts {
-    sent: u64,
-    received: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    stale: u64,
-    unexpected: u64,
-    disconnects: u64,
-    self_echo: u64,
-    server_errors: u64,
+    /// `expected` stays 0 here: it comes from the plan when the step is reported.
+    tally: Tally,
     latency: Histogram<u64>,
     lag: Histogram<u64>,
     publishers_done: usize,
@@ -51,15 +44,7 @@ struct StepCounts {
 impl StepCounts {
     fn new() -> Self {
         Self {
-            sent: 0,
-            received: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            stale: 0,
-            unexpected: 0,
-            disconnects: 0,
-            self_echo: 0,
-            server_errors: 0,
+            tally: Tally::default(),
             latency: hist::new(),
             lag: hist::new(),
             publishers_done: 0,
@@ -309,16 +294,7 @@ fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
     let mut lag = hist::new();
     for p in parts {
         out.index = p.index;
-        out.sent += p.sent;
-        out.expected += p.expected;
-        out.received += p.received;
-        out.duplicates += p.duplicates;
-        out.out_of_order += p.out_of_order;
-        out.stale += p.stale;
-        out.unexpected += p.unexpected;
-        out.disconnects += p.disconnects;
-        out.self_echo += p.self_echo;
-        out.server_errors += p.server_errors;
+        out.tally += p.tally;
         out.peak_thread_cpu_us = out.peak_thread_cpu_us.max(p.cpu_us);
         out.errors.extend(p.errors);
         hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
@@ -411,16 +387,10 @@ async fn drive(
                     c.closed = true;
                     PartialStep {
                         index,
-                        sent: c.sent,
-                        expected,
-                        received: c.received,
-                        duplicates: c.duplicates,
-                        out_of_order: c.out_of_order,
-                        stale: c.stale,
-                        unexpected: c.unexpected,
-                        disconnects: c.disconnects,
-                        self_echo: c.self_echo,
-                        server_errors: c.server_errors,
+                        tally: Tally {
+                            expected,
+                            ..c.tally
+                        },
                         latency: hist::encode(&c.latency),
                         send_lag: hist::encode(&c.lag),
                         cpu_us: thread_cpu_us().saturating_sub(cpu_before),
@@ -481,8 +451,8 @@ async fn run_step(
         };
         // Redis echoes every message to its publisher too: wait for those as well, so the
         // self-echo count is exact rather than racing the step's end.
-        let echoes_in = s.proto != Proto::Redis || counts.self_echo >= counts.sent;
-        if (counts.received >= expected && echoes_in)
+        let echoes_in = s.proto != Proto::Redis || counts.tally.self_echo >= counts.tally.sent;
+        if (counts.tally.received >= expected && echoes_in)
             || now >= done_at + args.drain_timeout.as_nanos() as u64
         {
             return Ok(());
@@ -662,7 +632,7 @@ async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: SharedRef) {
         if !errors.is_empty() {
             let mut s = shared.borrow_mut();
             let current = s.current;
-            s.steps_counts[current].server_errors += errors.len() as u64;
+            s.steps_counts[current].tally.server_errors += errors.len() as u64;
             for e in errors {
                 s.note_error(format!("publisher {c}: {e}"));
             }
@@ -675,7 +645,7 @@ async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: SharedRef) {
     };
     let mut s = shared.borrow_mut();
     let current = s.current;
-    s.steps_counts[current].disconnects += 1;
+    s.steps_counts[current].tally.disconnects += 1;
     s.note_error(format!("publisher {c}: {error}"));
 }
 
@@ -741,7 +711,7 @@ async fn client(
     };
     let mut s = shared.borrow_mut();
     let current = s.current;
-    s.steps_counts[current].disconnects += 1;
+    s.steps_counts[current].tally.disconnects += 1;
     s.note_error(format!("client {c}: {error}"));
 }
 
@@ -816,7 +786,7 @@ async fn receive_frames(
         if !errors.is_empty() {
             let mut s = shared.borrow_mut();
             let current = s.current;
-            s.steps_counts[current].server_errors += errors.len() as u64;
+            s.steps_counts[current].tally.server_errors += errors.len() as u64;
             for e in errors {
                 s.note_error(format!("client {c}: server error: {e}"));
             }
@@ -841,7 +811,7 @@ fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, sh
     if line.starts_with(b"* error") {
         let mut s = shared.borrow_mut();
         let current = s.current;
-        s.steps_counts[current].server_errors += 1;
+        s.steps_counts[current].tally.server_errors += 1;
         let text = String::from_utf8_lossy(line).into_owned();
         s.note_error(format!("client {c}: {text}"));
         return;
@@ -872,7 +842,7 @@ fn on_stamp(
     let mut s = shared.borrow_mut();
     let current = s.current;
     let Some(stamp) = stamp else {
-        s.steps_counts[current].unexpected += 1;
+        s.steps_counts[current].tally.unexpected += 1;
         return;
     };
     let step = stamp.step as usize;
@@ -881,7 +851,7 @@ fn on_stamp(
         // Redis delivers a message to every subscriber of the channel, its publisher's
         // own subscription included: extra work it does, not a delivery.
         let at = if step < s.steps.len() { step } else { current };
-        s.steps_counts[at].self_echo += 1;
+        s.steps_counts[at].tally.self_echo += 1;
         return;
     }
     let valid = step < s.steps.len()
@@ -890,11 +860,11 @@ fn on_stamp(
         && s.plan.room_of(p) == s.plan.room_of(c)
         && stamp.seq < s.plan.sent_by(&s.steps[step], p);
     if !valid {
-        s.steps_counts[current].unexpected += 1;
+        s.steps_counts[current].tally.unexpected += 1;
         return;
     }
     if s.steps_counts[step].closed {
-        s.steps_counts[current].stale += 1;
+        s.steps_counts[current].tally.stale += 1;
         return;
     }
     let track = tracks.entry(stamp.publisher).or_insert(Track {
@@ -906,8 +876,8 @@ fn on_stamp(
         if stamp.step < track.step {
             // An earlier step's delivery after a later one's: the earlier step is still
             // open (it has not drained), so it counts there, without duplicate tracking.
-            s.steps_counts[step].received += 1;
-            s.steps_counts[step].out_of_order += 1;
+            s.steps_counts[step].tally.received += 1;
+            s.steps_counts[step].tally.out_of_order += 1;
             return;
         }
         *track = Track {
@@ -923,13 +893,13 @@ fn on_stamp(
     }
     let counts = &mut s.steps_counts[step];
     if track.seen[word] & bit != 0 {
-        counts.duplicates += 1;
+        counts.tally.duplicates += 1;
         return;
     }
     track.seen[word] |= bit;
-    counts.received += 1;
+    counts.tally.received += 1;
     if stamp.seq < track.next {
-        counts.out_of_order += 1;
+        counts.tally.out_of_order += 1;
     } else {
         track.next = stamp.seq + 1;
     }
@@ -994,13 +964,13 @@ async fn publish(
             let written = writer.lock().await.write_all(&frame).await;
             if let Err(err) = written {
                 let mut s = shared.borrow_mut();
-                s.steps_counts[i].disconnects += 1;
+                s.steps_counts[i].tally.disconnects += 1;
                 s.note_error(format!("publisher {c}: write error: {err}"));
                 broken = true;
                 break;
             }
             let mut s = shared.borrow_mut();
-            s.steps_counts[i].sent += 1;
+            s.steps_counts[i].tally.sent += 1;
             hist::record(&mut s.steps_counts[i].lag, lag_us);
             s.sent_total += 1;
             g += publishers;
