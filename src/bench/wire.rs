@@ -32,21 +32,43 @@ pub fn encode_payload(stamp: &Stamp, size: usize, out: &mut Vec<u8>) {
 
 /// Parses a delivered chat line `NAME: TEXT` (without its newline) back into its stamp.
 /// Returns `None` for server notices and for chat the harness did not send.
+///
+/// Runs once per delivery in the harness's hottest loop, so it scans bytes by hand.
 pub fn decode_delivery(line: &[u8]) -> Option<Stamp> {
-    let colon = memchr::memmem::find(line, b": ")?;
-    decode_payload(&line[colon + 2..])
+    // Names hold no `:`, so the first `:` ends the name.
+    let colon = memchr::memchr(b':', line)?;
+    let text = line.get(colon + 1..)?.strip_prefix(b" ")?;
+    decode_payload(text)
 }
 
-/// Parses the stamp at the start of a message body, as Redis and NATS deliver it.
+/// Parses the stamp at the start of a message body, as Redis and NATS deliver it: four
+/// decimal fields, each followed by one space.
 pub fn decode_payload(text: &[u8]) -> Option<Stamp> {
-    let mut fields = text.split(|&b| b == b' ');
-    let mut next = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
+    let (step, rest) = field(text)?;
+    let (publisher, rest) = field(rest)?;
+    let (seq, rest) = field(rest)?;
+    let (scheduled_ns, _) = field(rest)?;
     Some(Stamp {
-        step: u32::try_from(next()?).ok()?,
-        publisher: u32::try_from(next()?).ok()?,
-        seq: next()?,
-        scheduled_ns: next()?,
+        step: u32::try_from(step).ok()?,
+        publisher: u32::try_from(publisher).ok()?,
+        seq,
+        scheduled_ns,
     })
+}
+
+/// One decimal number (at least one digit, no overflow) and what follows its space.
+fn field(text: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value: u64 = 0;
+    for (i, &b) in text.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            }
+            b' ' if i > 0 => return Some((value, &text[i + 1..])),
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// Orchestrator → generator, one JSON object a line on the generator's stdin.
@@ -168,5 +190,33 @@ mod tests {
         // A size smaller than the stamp still sends the whole stamp.
         encode_payload(&stamp, 1, &mut buf);
         assert!(buf.starts_with(b"2 17 99 123456789 \n"));
+    }
+
+    #[test]
+    fn malformed_stamps_are_rejected() {
+        for bad in [
+            &b"1 2 3"[..],
+            b"1 2 3 4",
+            b"1 2 3 4x ",
+            b" 1 2 3 4 ",
+            b"1  2 3 4 ",
+            b"+1 2 3 4 ",
+            b"4294967296 2 3 4 ",
+            b"1 2 3 18446744073709551616 ",
+            b"",
+        ] {
+            assert_eq!(decode_payload(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            decode_payload(b"1 2 3 18446744073709551615 tail"),
+            Some(Stamp {
+                step: 1,
+                publisher: 2,
+                seq: 3,
+                scheduled_ns: u64::MAX
+            })
+        );
+        assert_eq!(decode_delivery(b"bob:1 2 3 4 "), None);
+        assert_eq!(decode_delivery(b"bob: 1 2 3 4 "), decode_payload(b"1 2 3 4 "));
     }
 }

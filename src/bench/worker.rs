@@ -13,13 +13,12 @@ use anyhow::Context as _;
 use bytes::{Buf as _, BytesMut};
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -92,6 +91,10 @@ struct Track {
     /// Sequences seen so far in `step`, to tell duplicates from late arrivals.
     seen: Vec<u64>,
 }
+
+/// A receiving client's bookkeeping per sender. Keys are small integers and are looked up
+/// once per delivery, so they are hashed with FxHash rather than SipHash.
+type Tracks = rustc_hash::FxHashMap<u32, Track>;
 
 /// Messages into a generator process's main thread.
 enum Inbox {
@@ -475,20 +478,6 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Tc
     Ok(stream)
 }
 
-/// Reads one line (without `\n`) into `buf`; `Ok(false)` at end of stream.
-async fn read_line(
-    reader: &mut BufReader<OwnedReadHalf>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    buf.clear();
-    let n = reader.read_until(b'\n', buf).await?;
-    if n == 0 || buf.last() != Some(&b'\n') {
-        return Ok(false);
-    }
-    buf.pop();
-    Ok(true)
-}
-
 /// Appends what the socket has to `buf`; `Ok(false)` at end of stream.
 async fn read_more(rd: &mut OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<bool> {
     if buf.capacity() - buf.len() < 4096 {
@@ -503,8 +492,9 @@ type Writer = Rc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
 /// A joined connection's read side, in the shape its protocol reads.
 enum Reader {
-    /// ringcast: newline-delimited lines.
-    Lines(BufReader<OwnedReadHalf>),
+    /// ringcast: newline-delimited lines, parsed from a buffer (which may already hold
+    /// the first lines after the join).
+    Lines(OwnedReadHalf, BytesMut),
     /// Redis and NATS: length-framed, parsed from a buffer (which may already hold the
     /// first frames after the join).
     Frames(OwnedReadHalf, BytesMut),
@@ -524,20 +514,23 @@ async fn join(
     let closed = "server closed the connection before the join was confirmed";
     match proto {
         Proto::Ringcast => {
-            let mut reader = BufReader::with_capacity(64 * 1024, rd);
-            let mut line = Vec::new();
+            let mut buf = BytesMut::with_capacity(4096);
             loop {
-                anyhow::ensure!(
-                    read_line(&mut reader, &mut line).await.context("reading")?,
-                    closed
-                );
-                if line.starts_with(b"* joined ") {
-                    return Ok((Reader::Lines(reader), wr));
+                while let Some(end) = memchr::memchr(b'\n', &buf) {
+                    let line = buf.split_to(end + 1);
+                    let line = &line[..end];
+                    if line.starts_with(b"* joined ") {
+                        return Ok((Reader::Lines(rd, buf), wr));
+                    }
+                    anyhow::ensure!(
+                        !line.starts_with(b"* error"),
+                        "server refused the join: {}",
+                        String::from_utf8_lossy(line)
+                    );
                 }
                 anyhow::ensure!(
-                    !line.starts_with(b"* error"),
-                    "server refused the join: {}",
-                    String::from_utf8_lossy(&line)
+                    read_more(&mut rd, &mut buf).await.context("reading")?,
+                    closed
                 );
             }
         }
@@ -706,7 +699,7 @@ async fn client(
         tokio::task::spawn_local(publish(c, room, out, shared.clone(), steps));
     }
     let error = match reader {
-        Reader::Lines(mut reader) => receive_lines(c, &mut reader, &shared).await,
+        Reader::Lines(rd, buf) => receive_lines(c, rd, buf, &shared).await,
         Reader::Frames(rd, buf) => receive_frames(c, proto, rd, buf, &writer, &shared).await,
     };
     let mut s = shared.borrow_mut();
@@ -716,19 +709,29 @@ async fn client(
 }
 
 /// Reads ringcast lines until the connection ends; returns why it ended.
+///
+/// This is the harness's hottest loop (every delivery passes through it), so each read
+/// is timestamped once and its lines are handled under one borrow of the shared state.
 async fn receive_lines(
     c: usize,
-    reader: &mut BufReader<OwnedReadHalf>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
     shared: &SharedRef,
 ) -> String {
-    let mut tracks: HashMap<u32, Track> = HashMap::new();
-    let mut line = Vec::new();
+    let mut tracks = Tracks::default();
     loop {
-        match read_line(reader, &mut line).await {
-            Ok(true) => {
-                let now = mono_ns();
-                on_line(c, &line, now, &mut tracks, shared);
+        let now = mono_ns();
+        let mut start = 0;
+        {
+            let mut s = shared.borrow_mut();
+            while let Some(end) = memchr::memchr(b'\n', &buf[start..]) {
+                on_line(c, &buf[start..start + end], now, &mut tracks, &mut s);
+                start += end + 1;
             }
+        }
+        buf.advance(start);
+        match read_more(&mut rd, &mut buf).await {
+            Ok(true) => {}
             Ok(false) => return "server closed the connection".to_string(),
             Err(err) => return format!("read error: {err}"),
         }
@@ -744,17 +747,18 @@ async fn receive_frames(
     writer: &Writer,
     shared: &SharedRef,
 ) -> String {
-    let mut tracks: HashMap<u32, Track> = HashMap::new();
+    let mut tracks = Tracks::default();
     loop {
         let now = mono_ns();
         let mut pings = 0;
         let mut errors = Vec::new();
+        let mut s = shared.borrow_mut();
         let broken = loop {
             let used = match proto {
                 Proto::Redis => match peers::parse_resp(&buf) {
                     Ok(Some((frame, n))) => {
                         if let Some((_, payload)) = peers::resp_message(&frame) {
-                            on_payload(c, payload, now, &mut tracks, shared);
+                            on_stamp(c, wire::decode_payload(payload), now, &mut tracks, &mut s);
                         } else if let Resp::Error(text) = frame {
                             errors.push(String::from_utf8_lossy(text).into_owned());
                         }
@@ -767,7 +771,7 @@ async fn receive_frames(
                     Ok(Some((op, n))) => {
                         match op {
                             Nats::Msg { payload, .. } => {
-                                on_payload(c, payload, now, &mut tracks, shared)
+                                on_stamp(c, wire::decode_payload(payload), now, &mut tracks, &mut s)
                             }
                             Nats::Ping => pings += 1,
                             Nats::Err(text) => {
@@ -784,13 +788,13 @@ async fn receive_frames(
             buf.advance(used);
         };
         if !errors.is_empty() {
-            let mut s = shared.borrow_mut();
             let current = s.current;
             s.steps_counts[current].tally.server_errors += errors.len() as u64;
             for e in errors {
                 s.note_error(format!("client {c}: server error: {e}"));
             }
         }
+        drop(s);
         if let Some(err) = broken {
             return err.to_string();
         }
@@ -807,9 +811,8 @@ async fn receive_frames(
     }
 }
 
-fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, shared: &SharedRef) {
+fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut Tracks, s: &mut Shared) {
     if line.starts_with(b"* error") {
-        let mut s = shared.borrow_mut();
         let current = s.current;
         s.steps_counts[current].tally.server_errors += 1;
         let text = String::from_utf8_lossy(line).into_owned();
@@ -819,27 +822,10 @@ fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut HashMap<u32, Track>, sh
     if line.starts_with(b"* ") {
         return;
     }
-    on_stamp(c, wire::decode_delivery(line), now, tracks, shared);
+    on_stamp(c, wire::decode_delivery(line), now, tracks, s);
 }
 
-fn on_payload(
-    c: usize,
-    payload: &[u8],
-    now: u64,
-    tracks: &mut HashMap<u32, Track>,
-    shared: &SharedRef,
-) {
-    on_stamp(c, wire::decode_payload(payload), now, tracks, shared);
-}
-
-fn on_stamp(
-    c: usize,
-    stamp: Option<Stamp>,
-    now: u64,
-    tracks: &mut HashMap<u32, Track>,
-    shared: &SharedRef,
-) {
-    let mut s = shared.borrow_mut();
+fn on_stamp(c: usize, stamp: Option<Stamp>, now: u64, tracks: &mut Tracks, s: &mut Shared) {
     let current = s.current;
     let Some(stamp) = stamp else {
         s.steps_counts[current].tally.unexpected += 1;
