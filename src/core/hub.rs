@@ -9,7 +9,7 @@ use super::directory::{Directory, Full};
 use super::outbox::{CloseReason, Outbox, Overflow};
 use super::stats::Stats;
 use crate::proto::{self, reply, Command, Frame, LineDecoder};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,11 +28,22 @@ pub struct Limits {
     pub max_outbound: usize,
 }
 
-/// A chat line for the members of `room` on another thread.
+/// Chat for the members of `room` on another thread: `lines` whole lines, one after the
+/// other in `text`.
 #[derive(Debug, Clone)]
 pub struct Handoff {
     pub room: Arc<str>,
-    pub line: Bytes,
+    pub text: Bytes,
+    pub lines: u64,
+}
+
+/// The chat lines of one read of one sender, encoded one after the other and queued to
+/// each recipient as one buffer: the per-recipient work (a queue entry, a reference
+/// count, an iovec) is paid per read instead of per line.
+#[derive(Debug, Default)]
+struct ChatBatch {
+    text: BytesMut,
+    lines: u64,
 }
 
 /// What a connection's writer should do next.
@@ -79,6 +90,8 @@ pub struct Hub<H> {
     /// Clients that started closing and may still need their queue flushed.
     flushing: Vec<ClientId>,
     overflowed: Vec<(ClientId, Overflow)>,
+    /// Chat lines of the read being handled, queued when it ends or a command comes.
+    batch: ChatBatch,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
 }
@@ -106,6 +119,7 @@ impl<H> Hub<H> {
             cuts: Vec::new(),
             flushing: Vec::new(),
             overflowed: Vec::new(),
+            batch: ChatBatch::default(),
             input_stopped: false,
         }
     }
@@ -151,6 +165,7 @@ impl<H> Hub<H> {
         }
         let mut decoder = client.decoder;
         let flow = decoder.drain(buf, |frame| self.handle_frame(id, frame));
+        self.flush_chat(id);
         self.clients[id].decoder = decoder;
         self.cut_overflowed();
         if flow.is_break() {
@@ -167,8 +182,16 @@ impl<H> Hub<H> {
                 return self.flow(id);
             }
         };
-        match proto::parse(line) {
-            Ok(Command::Chat(text)) => self.chat(id, text),
+        let command = proto::parse(line);
+        if let Ok(Command::Chat(text)) = command {
+            self.chat(id, text);
+            return ControlFlow::Continue(());
+        }
+        // Anything else may answer the sender or move it to another room: the chat before
+        // it goes out first, to the room it was said in.
+        self.flush_chat(id);
+        match command {
+            Ok(Command::Chat(_)) => {}
             Ok(Command::Empty) => {}
             Ok(Command::Join(room)) => self.join(id, room),
             Ok(Command::Nick(name)) => self.nick(id, name),
@@ -193,13 +216,25 @@ impl<H> Hub<H> {
     }
 
     fn chat(&mut self, id: ClientId, text: &[u8]) {
-        let sender = &self.clients[id];
-        let line = reply::chat(&sender.name, text);
-        let room = sender.room.clone();
-        let delivered = self.fan_out(&room, &line, Some(id));
-        self.stats.thread(self.thread).message_in(delivered);
+        reply::chat(&self.clients[id].name, text, &mut self.batch.text);
+        self.batch.lines += 1;
+    }
+
+    /// Queues the batched chat of `id` to the other members of its room, here and on
+    /// the other threads.
+    fn flush_chat(&mut self, id: ClientId) {
+        if self.batch.lines == 0 {
+            return;
+        }
+        let lines = std::mem::take(&mut self.batch.lines);
+        let text = self.batch.text.split().freeze();
+        let room = self.clients[id].room.clone();
+        let recipients = self.fan_out(&room, &text, Some(id));
+        self.stats
+            .thread(self.thread)
+            .messages_in(lines, recipients * lines);
         if self.has_peers {
-            self.handoffs.push(Handoff { room, line });
+            self.handoffs.push(Handoff { room, text, lines });
         }
     }
 
@@ -230,7 +265,7 @@ impl<H> Hub<H> {
     pub fn deliver(&mut self, handoffs: &[Handoff]) {
         let mut delivered = 0;
         for handoff in handoffs {
-            delivered += self.fan_out(&handoff.room, &handoff.line, None);
+            delivered += handoff.lines * self.fan_out(&handoff.room, &handoff.text, None);
         }
         self.stats.thread(self.thread).add_deliveries(delivered);
         self.cut_overflowed();
@@ -539,25 +574,41 @@ mod tests {
         output(&mut hub, ids[3]);
         woken(&mut hub);
 
+        // The lines of one read reach each recipient as one buffer, and are handed off
+        // to the other thread once.
         assert!(input(&mut hub, ids[0], b"hi\r\nthere\n"));
         assert_eq!(woken(&mut hub), vec![1, 2]);
-        assert_eq!(output(&mut hub, ids[1]), ["user1: hi\n", "user1: there\n"]);
-        assert_eq!(output(&mut hub, ids[2]).len(), 2);
+        assert_eq!(output(&mut hub, ids[1]), ["user1: hi\nuser1: there\n"]);
+        assert_eq!(output(&mut hub, ids[2]).len(), 1);
         assert!(output(&mut hub, ids[0]).is_empty());
         assert!(output(&mut hub, ids[3]).is_empty());
         let handoffs = hub.take_handoffs();
-        assert_eq!(handoffs.len(), 2);
+        assert_eq!(handoffs.len(), 1);
         assert_eq!(&*handoffs[0].room, "lobby");
+        assert_eq!(handoffs[0].lines, 2);
+        assert_eq!(hub.stats.totals().deliveries, 4);
+
+        // A command ends the batch: chat before it goes to the room it was said in, chat
+        // after it to the room the command moved the sender to.
+        assert!(input(&mut hub, ids[0], b"a\n/join x\nb\n"));
+        assert_eq!(output(&mut hub, ids[1]), ["user1: a\n"]);
+        assert_eq!(output(&mut hub, ids[3]), ["user1: b\n"]);
+        assert_eq!(hub.take_handoffs().len(), 2);
+        output(&mut hub, ids[0]);
+        assert!(input(&mut hub, ids[0], b"/join lobby\n"));
+        output(&mut hub, ids[0]);
+        woken(&mut hub);
 
         // A line handed off by another thread reaches every local member of its room.
         hub.deliver(&[Handoff {
             room: Arc::from("x"),
-            line: Bytes::from_static(b"far: away\n"),
+            text: Bytes::from_static(b"far: away\nfar: again\n"),
+            lines: 2,
         }]);
-        assert_eq!(output(&mut hub, ids[3]), ["far: away\n"]);
+        assert_eq!(output(&mut hub, ids[3]), ["far: away\nfar: again\n"]);
         assert!(output(&mut hub, ids[0]).is_empty());
         let totals = hub.stats.totals();
-        assert_eq!((totals.messages_in, totals.deliveries), (2, 5));
+        assert_eq!((totals.messages_in, totals.deliveries), (4, 9));
     }
 
     #[test]

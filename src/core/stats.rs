@@ -58,8 +58,9 @@ impl Stats {
 }
 
 impl ThreadCounters {
-    pub fn message_in(&self, deliveries: u64) {
-        self.messages_in.fetch_add(1, Relaxed);
+    /// `messages` chat lines came in and were queued `deliveries` times in all.
+    pub fn messages_in(&self, messages: u64, deliveries: u64) {
+        self.messages_in.fetch_add(messages, Relaxed);
         self.add_deliveries(deliveries);
     }
 

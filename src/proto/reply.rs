@@ -1,16 +1,16 @@
-//! Every line the server writes, each encoded once into a `Bytes` that all recipients share.
+//! Every line the server writes. Chat is appended to the batch of its read, which all
+//! recipients then share; notices and errors are one `Bytes` each.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::fmt::Display;
 
-/// `NAME: TEXT\n`, the line every other member of the room receives.
-pub fn chat(name: &str, text: &[u8]) -> Bytes {
-    let mut line = BytesMut::with_capacity(name.len() + 2 + text.len() + 1);
-    line.put_slice(name.as_bytes());
-    line.put_slice(b": ");
-    line.put_slice(text);
-    line.put_u8(b'\n');
-    line.freeze()
+/// Appends `NAME: TEXT\n`, the line every other member of the room receives.
+pub fn chat(name: &str, text: &[u8], out: &mut BytesMut) {
+    out.reserve(name.len() + 2 + text.len() + 1);
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(text);
+    out.put_u8(b'\n');
 }
 
 /// `* TEXT\n`: a server notice or reply.
@@ -38,7 +38,10 @@ mod tests {
 
     #[test]
     fn lines_are_framed() {
-        assert_eq!(&chat("ann", b"hi \xff")[..], b"ann: hi \xff\n");
+        let mut out = BytesMut::new();
+        chat("ann", b"hi \xff", &mut out);
+        chat("bo", b"", &mut out);
+        assert_eq!(&out[..], b"ann: hi \xff\nbo: \n");
         assert_eq!(&notice("you are bob")[..], b"* you are bob\n");
         assert_eq!(&error(LINE_TOO_LONG)[..], b"* error: line too long\n");
     }
