@@ -205,7 +205,12 @@ mod tests {
             b"1 2 3 18446744073709551616 ",
             b"",
         ] {
-            assert_eq!(decode_payload(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                decode_payload(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert_eq!(
             decode_payload(b"1 2 3 18446744073709551615 tail"),
@@ -217,6 +222,9 @@ mod tests {
             })
         );
         assert_eq!(decode_delivery(b"bob:1 2 3 4 "), None);
-        assert_eq!(decode_delivery(b"bob: 1 2 3 4 "), decode_payload(b"1 2 3 4 "));
+        assert_eq!(
+            decode_delivery(b"bob: 1 2 3 4 "),
+            decode_payload(b"1 2 3 4 ")
+        );
     }
 }

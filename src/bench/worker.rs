@@ -751,50 +751,63 @@ async fn receive_frames(
     loop {
         let now = mono_ns();
         let mut pings = 0;
-        let mut errors = Vec::new();
-        let mut s = shared.borrow_mut();
-        let broken = loop {
-            let used = match proto {
-                Proto::Redis => match peers::parse_resp(&buf) {
-                    Ok(Some((frame, n))) => {
-                        if let Some((_, payload)) = peers::resp_message(&frame) {
-                            on_stamp(c, wire::decode_payload(payload), now, &mut tracks, &mut s);
-                        } else if let Resp::Error(text) = frame {
-                            errors.push(String::from_utf8_lossy(text).into_owned());
-                        }
-                        n
-                    }
-                    Ok(None) => break None,
-                    Err(err) => break Some(err),
-                },
-                _ => match peers::parse_nats(&buf) {
-                    Ok(Some((op, n))) => {
-                        match op {
-                            Nats::Msg { payload, .. } => {
-                                on_stamp(c, wire::decode_payload(payload), now, &mut tracks, &mut s)
+        // One borrow for all the frames of this read (none of this awaits).
+        let broken = {
+            let mut s = shared.borrow_mut();
+            let mut errors = Vec::new();
+            let broken = loop {
+                let used = match proto {
+                    Proto::Redis => match peers::parse_resp(&buf) {
+                        Ok(Some((frame, n))) => {
+                            if let Some((_, payload)) = peers::resp_message(&frame) {
+                                on_stamp(
+                                    c,
+                                    wire::decode_payload(payload),
+                                    now,
+                                    &mut tracks,
+                                    &mut s,
+                                );
+                            } else if let Resp::Error(text) = frame {
+                                errors.push(String::from_utf8_lossy(text).into_owned());
                             }
-                            Nats::Ping => pings += 1,
-                            Nats::Err(text) => {
-                                errors.push(String::from_utf8_lossy(text).into_owned())
-                            }
-                            Nats::Info(_) | Nats::Pong | Nats::Ok => {}
+                            n
                         }
-                        n
-                    }
-                    Ok(None) => break None,
-                    Err(err) => break Some(err),
-                },
+                        Ok(None) => break None,
+                        Err(err) => break Some(err),
+                    },
+                    _ => match peers::parse_nats(&buf) {
+                        Ok(Some((op, n))) => {
+                            match op {
+                                Nats::Msg { payload, .. } => on_stamp(
+                                    c,
+                                    wire::decode_payload(payload),
+                                    now,
+                                    &mut tracks,
+                                    &mut s,
+                                ),
+                                Nats::Ping => pings += 1,
+                                Nats::Err(text) => {
+                                    errors.push(String::from_utf8_lossy(text).into_owned())
+                                }
+                                Nats::Info(_) | Nats::Pong | Nats::Ok => {}
+                            }
+                            n
+                        }
+                        Ok(None) => break None,
+                        Err(err) => break Some(err),
+                    },
+                };
+                buf.advance(used);
             };
-            buf.advance(used);
-        };
-        if !errors.is_empty() {
-            let current = s.current;
-            s.steps_counts[current].tally.server_errors += errors.len() as u64;
-            for e in errors {
-                s.note_error(format!("client {c}: server error: {e}"));
+            if !errors.is_empty() {
+                let current = s.current;
+                s.steps_counts[current].tally.server_errors += errors.len() as u64;
+                for e in errors {
+                    s.note_error(format!("client {c}: server error: {e}"));
+                }
             }
-        }
-        drop(s);
+            broken
+        };
         if let Some(err) = broken {
             return err.to_string();
         }

@@ -21,17 +21,17 @@ impl Listener for TcpListener {
 }
 
 impl Conn for TcpStream {
-    async fn readable(&self) -> io::Result<()> {
+    async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         // One read per scheduler turn, as a completion gives the uring backend: without
         // this a busy socket is read again and again (tokio's readiness stays cached)
         // while its lines pile up in outboxes whose writers have not had a turn.
         tokio::task::yield_now().await;
-        TcpStream::readable(self).await
-    }
-
-    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if let Err(err) = TcpStream::readable(self).await {
+            return (Err(err), Vec::new());
+        }
         // WouldBlock (a stale readiness) goes back to the caller, which returns the buffer
         // to its pool before it waits again.
+        let mut buf = take();
         let result = self.try_read_buf(&mut buf);
         (result, buf)
     }

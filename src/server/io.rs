@@ -16,11 +16,11 @@ pub(crate) trait Listener {
 
 /// An accepted connection.
 pub(crate) trait Conn: 'static {
-    /// Waits until the socket has input (or an error or EOF to report), without holding
-    /// a buffer while waiting.
-    async fn readable(&self) -> io::Result<()>;
-    /// Reads into the spare capacity of `buf` (after its length) and returns the buffer.
-    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Waits for input (or EOF or an error) without holding a buffer of the caller's,
+    /// then reads it into the spare capacity of the buffer `take` gives (after its
+    /// length) and returns that buffer; an empty `Vec` if `take` was never called.
+    /// `WouldBlock` means nothing was there after all: call again.
+    async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// One vectored write of `bufs`, which may be partial; returns the buffers.
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>);
     fn fd(&self) -> RawFd;

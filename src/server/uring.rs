@@ -1,12 +1,13 @@
-//! The io_uring backend: tokio-uring ops with owned buffers. A read owns the
-//! connection's buffer while it is in flight; a write submits all of a client's queued
-//! lines as one WRITEV of shared `Bytes`. Every op pushed during one scheduler tick
-//! reaches the kernel in one `io_uring_enter` when the thread parks.
+//! The io_uring backend: tokio-uring ops with owned buffers. A read is one
+//! IORING_OP_RECV that takes a kernel-provided buffer only when data arrives (so idle
+//! connections pin none); a write submits all of a client's queued lines as one WRITEV
+//! of shared `Bytes`. Every op pushed during one scheduler tick reaches the kernel in one
+//! `io_uring_enter` when the thread parks.
 
 use super::io::{Conn, Listener};
 use super::UringSetup;
 use bytes::Bytes;
-use io_uring::{opcode, types};
+use io_uring::{opcode, squeue, types};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use tokio_uring::buf::BoundedBuf;
@@ -40,20 +41,65 @@ impl OneshotOutputTransform for PollDone {
     }
 }
 
-impl Conn for TcpStream {
-    async fn readable(&self) -> io::Result<()> {
-        // IORING_OP_POLL_ADD through tokio-uring's public raw-op hook: unlike a pending
-        // read, a pending poll pins no buffer, so an idle connection costs no read buffer.
-        // The connection outlives the op: its reader awaits the op to completion.
-        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        let sqe = opcode::PollAdd::new(types::Fd(self.as_raw_fd()), events).build();
-        UnsubmittedOneshot::new((), PollDone, sqe).submit().await
-    }
+/// Completes a receive that picked its buffer from the thread's [`RecvBuffers`]: bytes
+/// received (or the error) and the id of the buffer the kernel filled, if it took one.
+struct RecvDone;
 
-    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let filled = buf.len();
-        let (result, slice) = TcpStream::read(self, buf.slice(filled..)).await;
-        (result, slice.into_inner())
+impl OneshotOutputTransform for RecvDone {
+    type Output = (io::Result<usize>, Option<u16>);
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> Self::Output {
+        let buffer = io_uring::cqueue::buffer_select(cqe.flags());
+        match cqe.result() {
+            res if res < 0 => (Err(io::Error::from_raw_os_error(-res)), buffer),
+            n => (Ok(n as usize), buffer),
+        }
+    }
+}
+
+/// Ignores the completion of an op whose only effect is in the kernel.
+struct Discard;
+
+impl OneshotOutputTransform for Discard {
+    type Output = ();
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), _: io_uring::cqueue::Entry) {}
+}
+
+impl Conn for TcpStream {
+    async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // The fallbacks are boxed: this future lives as long as a connection is idle, so
+        // it should hold no more than the receive op itself.
+        let Some(pool) = RecvBuffers::current() else {
+            return Box::pin(self.poll_then_read(take)).await;
+        };
+        // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
+        // only once data is there: an idle connection pins no buffer, and input costs one
+        // trip through the ring, not a poll and then a read.
+        // The length must be the buffers' (older kernels take it as is).
+        let len = RECV_BUFFER_SIZE as u32;
+        let sqe = opcode::Recv::new(types::Fd(self.as_raw_fd()), std::ptr::null_mut(), len)
+            .buf_group(RECV_GROUP)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT);
+        let (result, buffer) = UnsubmittedOneshot::new((), RecvDone, sqe).submit().await;
+        match (result, buffer) {
+            (result, Some(id)) => {
+                let mut buf = take();
+                if let Ok(n) = result {
+                    buf.extend_from_slice(pool.filled(id, n));
+                }
+                pool.give_back(id);
+                (result, buf)
+            }
+            // Every buffer of the group is out: input is waiting, read it the plain way.
+            (Err(err), None) if err.raw_os_error() == Some(libc::ENOBUFS) => {
+                Box::pin(self.read_into(take())).await
+            }
+            (result, None) => (result, take()),
+        }
     }
 
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
@@ -62,6 +108,116 @@ impl Conn for TcpStream {
 
     fn fd(&self) -> RawFd {
         self.as_raw_fd()
+    }
+}
+
+/// The plain read path, for a ring without provided buffers.
+trait PlainRead {
+    async fn poll_then_read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+}
+
+impl PlainRead for TcpStream {
+    async fn poll_then_read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // IORING_OP_POLL_ADD through tokio-uring's public raw-op hook: unlike a pending
+        // read, a pending poll pins no buffer. The connection outlives the op: its reader
+        // awaits the op to completion.
+        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let sqe = opcode::PollAdd::new(types::Fd(self.as_raw_fd()), events).build();
+        if let Err(err) = UnsubmittedOneshot::new((), PollDone, sqe).submit().await {
+            return (Err(err), Vec::new());
+        }
+        self.read_into(take()).await
+    }
+
+    async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let filled = buf.len();
+        let (result, slice) = TcpStream::read(self, buf.slice(filled..)).await;
+        (result, slice.into_inner())
+    }
+}
+
+/// Buffer group id of the receive buffers (one group per ring).
+const RECV_GROUP: u16 = 1;
+/// Receive buffers per thread and their size. Only buffers the kernel has filled are
+/// touched, and at most this many reads at once can use them; more fall back to a
+/// plain read.
+const RECV_BUFFERS: u16 = 64;
+const RECV_BUFFER_SIZE: usize = 4096;
+
+/// One thread's receive buffers, provided to its ring with IORING_OP_PROVIDE_BUFFERS.
+/// The kernel picks one when a receive finds data; its contents are copied out at once
+/// and the buffer is provided again.
+struct RecvBuffers {
+    /// Never freed: the kernel may write into it for as long as the ring lives, and the
+    /// ring lives as long as the thread.
+    memory: &'static [std::cell::UnsafeCell<u8>],
+}
+
+thread_local! {
+    static RECV_BUFFERS_OF_THREAD: std::cell::Cell<Option<&'static RecvBuffers>> =
+        const { std::cell::Cell::new(None) };
+}
+
+impl RecvBuffers {
+    /// Allocates this thread's buffers and provides them to its ring; `None` (and plain
+    /// reads) when the kernel refuses.
+    async fn install() -> Option<&'static RecvBuffers> {
+        let len = RECV_BUFFERS as usize * RECV_BUFFER_SIZE;
+        let memory: Vec<std::cell::UnsafeCell<u8>> =
+            (0..len).map(|_| std::cell::UnsafeCell::new(0)).collect();
+        let pool: &'static RecvBuffers = Box::leak(Box::new(RecvBuffers {
+            memory: Box::leak(memory.into_boxed_slice()),
+        }));
+        let sqe = opcode::ProvideBuffers::new(
+            pool.memory.as_ptr() as *mut u8,
+            RECV_BUFFER_SIZE as i32,
+            RECV_BUFFERS,
+            RECV_GROUP,
+            0,
+        )
+        .build();
+        match UnsubmittedOneshot::new((), PollDone, sqe).submit().await {
+            Ok(()) => {
+                RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool)));
+                Some(pool)
+            }
+            Err(err) => {
+                tracing::warn!("io_uring provided buffers refused ({err}): reads poll first");
+                None
+            }
+        }
+    }
+
+    fn current() -> Option<&'static RecvBuffers> {
+        RECV_BUFFERS_OF_THREAD.with(|p| p.get())
+    }
+
+    fn buffer(&self, id: u16) -> &[std::cell::UnsafeCell<u8>] {
+        let start = id as usize * RECV_BUFFER_SIZE;
+        &self.memory[start..start + RECV_BUFFER_SIZE]
+    }
+
+    /// The `n` bytes the kernel put into buffer `id`.
+    fn filled(&self, id: u16, n: usize) -> &[u8] {
+        let buffer = self.buffer(id);
+        // SAFETY: the kernel wrote buffer `id` before posting the completion that named
+        // it, and does not touch it again until `give_back` provides it anew.
+        unsafe { std::slice::from_raw_parts(buffer.as_ptr() as *const u8, n.min(buffer.len())) }
+    }
+
+    /// Provides buffer `id` to the kernel again (submitted with the thread's next batch).
+    fn give_back(&self, id: u16) {
+        let sqe = opcode::ProvideBuffers::new(
+            self.buffer(id).as_ptr() as *mut u8,
+            RECV_BUFFER_SIZE as i32,
+            1,
+            RECV_GROUP,
+            id,
+        )
+        .build();
+        // Nothing waits for this completion; tokio-uring keeps the op until it arrives.
+        drop(UnsubmittedOneshot::new((), Discard, sqe).submit());
     }
 }
 
@@ -87,7 +243,10 @@ pub(crate) fn block_on<F: std::future::Future>(
         }
         other => other?,
     };
-    Ok(runtime.block_on(future))
+    Ok(runtime.block_on(async {
+        RecvBuffers::install().await;
+        future.await
+    }))
 }
 
 fn runtime(options: &Options, setup: &[UringSetup]) -> io::Result<tokio_uring::Runtime> {

@@ -270,17 +270,15 @@ impl Worker {
         // without an allocation: an idle connection owns no read buffer.
         let mut carry: Vec<u8> = Vec::new();
         loop {
-            if let Err(err) = conn.readable().await {
-                tracing::debug!("waiting for input failed: {err}");
-                break;
-            }
-            let mut buf = self.buffers.take();
-            buf.extend_from_slice(&carry);
-            buf.reserve(READ_BUF);
-            // Boxed, like the write below: an op's state is a few hundred bytes that an idle
-            // connection's task would otherwise carry all the time (it is sized for its
-            // largest await).
-            let (result, returned) = Box::pin(conn.read(buf)).await;
+            // Not boxed: this is what an idle connection waits on, so the backends keep this
+            // future small (anything large in it, like a fallback read op, is boxed there).
+            let take = || {
+                let mut buf = self.buffers.take();
+                buf.extend_from_slice(&carry);
+                buf.reserve(READ_BUF);
+                buf
+            };
+            let (result, returned) = conn.read(take).await;
             let mut buf = returned;
             match result {
                 Ok(0) => {
@@ -431,7 +429,8 @@ impl BufferPool {
 
     fn put(&self, mut buf: Vec<u8>) {
         let mut free = self.free.borrow_mut();
-        if free.len() < POOL_MAX && buf.capacity() <= POOL_KEEP_BYTES {
+        let size = buf.capacity();
+        if free.len() < POOL_MAX && size > 0 && size <= POOL_KEEP_BYTES {
             buf.clear();
             free.push(buf);
         }
