@@ -11,10 +11,11 @@
 #              after it still override its settings:
 #                A     10,000 clients in 100 rooms, 1,000 msg/s in
 #                B     1,000 clients in 1 room, 200 msg/s in
-#                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms,
-#                      server on ONE core (CPU 0, harness on CPU 1, unless pinned otherwise)
+#                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms
 #                idle  10,000 clients that connect, join and send nothing: server RSS per
 #                      idle connection
+#              each runs the server (one thread) on CPU 0 and the harness on CPU 1 unless
+#              --server-cpus/--bench-cpus say otherwise
 # --peers      also run Redis pub/sub (redis-server) and nats-server, bound to 127.0.0.1
 #              on a free port, persistence off, started and stopped by PID; installed
 #              with apt-get when missing
@@ -35,7 +36,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 say() { echo "loadtest: $*" >&2; }
 
 WORKLOAD=${WORKLOAD:-}
@@ -52,11 +53,15 @@ case "$WORKLOAD" in
   A|a) CLIENTS=10000; ROOMS=100; PUBLISHERS=10; RATE=1000; SIZE=64 ;;
   B|b) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; RATE=200; SIZE=64 ;;
   C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
-       RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s
-       SERVER_CPUS=${SERVER_CPUS:-0}; BENCH_CPUS=${BENCH_CPUS:-1} ;;
+       RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s ;;
   idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
   *) say "unknown --workload $WORKLOAD (A, B, C or idle)"; exit 2 ;;
 esac
+if [ -n "$WORKLOAD" ]; then
+  # The workloads are measured with the server (one thread) and the harness on separate
+  # cores, so that neither takes CPU from the other.
+  SERVER_CPUS=${SERVER_CPUS:-0}; BENCH_CPUS=${BENCH_CPUS:-1}
+fi
 
 CLIENTS=${CLIENTS:-1000}
 PUBLISHERS=${PUBLISHERS:-10}
