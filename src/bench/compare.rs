@@ -184,6 +184,24 @@ fn rows() -> Vec<Row> {
             show: |v| format!("{v:.2}"),
         },
         Row {
+            name: "server CPU (share of its core)",
+            value: |_, s| s?.server.as_ref().map(|c| c.cpu_util),
+            show: |v| format!("{:.0}%", v * 100.0),
+        },
+        Row {
+            name: "harness CPU µs/delivery",
+            value: |_, s| {
+                let s = s.filter(|s| s.received > 0)?;
+                Some(s.harness_cpu_s * 1e6 / s.received as f64)
+            },
+            show: |v| format!("{v:.2}"),
+        },
+        Row {
+            name: "harness busiest thread (share of a core)",
+            value: |_, s| s.map(|s| s.harness_peak_util).filter(|&u| u > 0.0),
+            show: |v| format!("{:.0}%", v * 100.0),
+        },
+        Row {
             name: "server peak RSS",
             value: |_, s| s?.server.as_ref().map(|c| c.peak_rss_bytes as f64),
             show: |v| fmt_bytes(v as u64),
