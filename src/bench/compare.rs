@@ -184,6 +184,15 @@ fn rows() -> Vec<Row> {
             show: |v| format!("{v:.2}"),
         },
         Row {
+            name: "of it, deferred to ksoftirqd",
+            value: |_, s| {
+                let s = s?;
+                let softirq = s.server.as_ref()?.softirq_cpu_s?;
+                Some(softirq * 1e6 / s.received.max(1) as f64)
+            },
+            show: |v| format!("{v:.2}"),
+        },
+        Row {
             name: "server CPU (share of its core)",
             value: |_, s| s?.server.as_ref().map(|c| c.cpu_util),
             show: |v| format!("{:.0}%", v * 100.0),

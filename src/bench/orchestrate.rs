@@ -423,6 +423,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let steps = if idle.is_some() { Vec::new() } else { steps };
     let has_warmup = has_warmup && !steps.is_empty();
 
+    // Softirq work the kernel defers from the server to its cores' ksoftirqd threads is
+    // the server's cost too; it can be told apart only when the harness runs elsewhere.
+    let softirq_pids = match args.server_pid {
+        Some(pid) => server_softirq_threads(pid)?,
+        None => None,
+    };
+    let softirq_cpu_us = || -> anyhow::Result<Option<u64>> {
+        let Some(pids) = &softirq_pids else {
+            return Ok(None);
+        };
+        let mut total = 0;
+        for &pid in pids {
+            total += procfs::process_cpu_us(pid).context("reading ksoftirqd's CPU time")?;
+        }
+        Ok(Some(total))
+    };
+
     // Steps, one at a time across all generators.
     let mut results = Vec::new();
     let mut server_threads = stat_u64(&first, "threads");
@@ -445,6 +462,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         server_threads = server_threads.or(stat_u64(&before, "threads"));
         let server_cpu_before = args.server_pid.map(procfs::process_cpu_us).transpose();
         let server_cpu_before = server_cpu_before.context("reading the server's CPU time")?;
+        let softirq_before = softirq_cpu_us()?;
         let own_cpu_before = self_cpu_us();
         let start_ns = mono_ns() + STEP_LEAD.as_nanos() as u64;
         gens.send(&Command::Step {
@@ -493,6 +511,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             .map(procfs::process_cpu_us)
             .transpose()
             .context("reading the server's CPU time")?;
+        let softirq_after = softirq_cpu_us()?;
         let own_cpu = self_cpu_us() - own_cpu_before;
         let partials: Vec<PartialStep> = partials.into_iter().flatten().collect();
         let mut result = merge_step(step, &partials, args.slo, args.procs, wall_s)?;
@@ -513,11 +532,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
         if let (Some(b), Some(a)) = (server_cpu_before, server_cpu_after) {
-            let cpu_us = a.saturating_sub(b);
+            let softirq_us = match (softirq_before, softirq_after) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+                _ => None,
+            };
+            let cpu_us = a.saturating_sub(b) + softirq_us.unwrap_or(0);
             result.server = Some(ServerCost {
                 cpu_s: cpu_us as f64 / 1e6,
                 cpu_util: cpu_us as f64 / 1e6 / wall_s,
                 cpu_us_per_delivery: cpu_us as f64 / result.received.max(1) as f64,
+                softirq_cpu_s: softirq_us.map(|us| us as f64 / 1e6),
                 peak_rss_bytes: peak_rss,
             });
         }
@@ -687,4 +711,17 @@ fn merge_step(
         ));
     }
     Ok(r)
+}
+
+/// The ksoftirqd threads of the server's cores, when none of them is a core the harness
+/// may run on (otherwise their time could be the harness's).
+fn server_softirq_threads(pid: u32) -> anyhow::Result<Option<Vec<u32>>> {
+    let server = procfs::allowed_cpus(pid).context("reading the server's CPU affinity")?;
+    let own = procfs::allowed_cpus(std::process::id()).context("reading our CPU affinity")?;
+    if server.iter().any(|c| own.contains(c)) {
+        return Ok(None);
+    }
+    Ok(Some(
+        procfs::softirq_threads(&server).context("finding ksoftirqd threads")?,
+    ))
 }

@@ -24,6 +24,52 @@ pub fn process_cpu_us(pid: u32) -> io::Result<u64> {
     Ok(total * 1_000_000 / clock_ticks())
 }
 
+/// CPUs a process may run on, from Cpus_allowed_list in /proc/PID/status ("0-1,4").
+pub fn allowed_cpus(pid: u32) -> io::Result<Vec<usize>> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Cpus_allowed_list"))?;
+    parse_cpu_list(list.trim())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed Cpus_allowed_list"))
+}
+
+fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+/// The pids of the `ksoftirqd/N` threads of `cpus`: the kernel threads that take over a
+/// CPU's softirq work (here, loopback packet delivery) when it is not done in the
+/// context of whoever raised it.
+pub fn softirq_threads(cpus: &[usize]) -> io::Result<Vec<u32>> {
+    let wanted: Vec<String> = cpus.iter().map(|c| format!("ksoftirqd/{c}")).collect();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) {
+            if wanted.iter().any(|w| w == comm.trim_end()) {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
+}
+
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -85,5 +131,13 @@ mod tests {
         assert!(process_rss_bytes(pid).unwrap() > 0);
         process_cpu_us(pid).unwrap();
         assert!(process_cpu_us(u32::MAX).is_err());
+        assert!(!allowed_cpus(pid).unwrap().is_empty());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("x"), None);
     }
 }

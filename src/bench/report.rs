@@ -157,10 +157,17 @@ pub struct StepResult {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerCost {
+    /// The server process's CPU time, plus `softirq_cpu_s` when that is known.
     pub cpu_s: f64,
     /// Fraction of one core.
     pub cpu_util: f64,
     pub cpu_us_per_delivery: f64,
+    /// CPU time of the softirq threads (`ksoftirqd`) of the server's cores: softirq work
+    /// (loopback delivery of what the server sends) that the kernel deferred from the
+    /// server's context to them. Known only when the server is pinned to cores the
+    /// harness does not run on; included in the figures above.
+    #[serde(default)]
+    pub softirq_cpu_s: Option<f64>,
     pub peak_rss_bytes: u64,
 }
 
@@ -319,7 +326,14 @@ impl Report {
         }
         for s in &self.steps {
             let server = match &s.server {
-                Some(cost) => format!("server CPU {:.0}% of a core, ", cost.cpu_util * 100.0),
+                Some(cost) => match cost.softirq_cpu_s {
+                    Some(softirq) => format!(
+                        "server CPU {:.0}% of a core (of it {:.0}% in ksoftirqd), ",
+                        cost.cpu_util * 100.0,
+                        100.0 * softirq / cost.cpu_s.max(1e-9) * cost.cpu_util
+                    ),
+                    None => format!("server CPU {:.0}% of a core, ", cost.cpu_util * 100.0),
+                },
                 None => String::new(),
             };
             let _ = writeln!(
