@@ -76,6 +76,9 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         assert!(l.p50 < 500_000, "p50 {}µs", l.p50);
         let cost = step.server.as_ref().expect("server cost with --server-pid");
         assert!(cost.peak_rss_bytes > 0 && cost.cpu_us_per_delivery > 0.0);
+        // Server and harness share the CPUs here: ksoftirqd's time is nobody's in
+        // particular, so it is not counted.
+        assert_eq!(cost.softirq_cpu_s, None);
     }
     assert_eq!(report.steps[0].sent, 200);
     assert_eq!(report.steps[1].sent, 400);
@@ -115,6 +118,85 @@ fn epoll_small_run_is_clean_across_two_generators() {
     // Also spreads the clients over three loopback source addresses, the path that lets
     // a run go past one address's ephemeral ports.
     small_run("epoll", "2", &["--clients-per-source", "20"]);
+}
+
+/// Pins every thread of process `pid` to `cpu`.
+fn pin_process(pid: i32, cpu: usize) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let tid: i32 = task
+            .expect("task")
+            .file_name()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        pin_thread(tid, cpu).expect("sched_setaffinity");
+    }
+}
+
+fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
+    // SAFETY: sysconf has no preconditions.
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        eprintln!("skipped: needs two CPUs to pin server and harness apart");
+        return;
+    }
+    let server = Server::start("uring", &[]);
+    pin_process(server.pid(), 0);
+    let out = scratch("bench-real-pinned");
+    let addr = server.addr.to_string();
+    let pid = server.pid().to_string();
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    bench.args([
+        "bench",
+        "--addr",
+        &addr,
+        "--clients",
+        "40",
+        "--rooms",
+        "2",
+        "--rate",
+        "200",
+        "--warmup",
+        "0",
+        "--duration",
+        "1s",
+        "--server-pid",
+        &pid,
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    // SAFETY: pre_exec runs in the forked child before exec; sched_setaffinity is
+    // async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut bench, || pin_thread(0, 1));
+    }
+    let run = bench.output().expect("run ringcast bench");
+    assert!(run.status.success(), "bench failed: {}", text(&run.stderr));
+    let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
+    let report = Report::from_json(&json).expect("report parses");
+    let cost = report.steps[0].server.as_ref().expect("server cost");
+    let softirq = cost
+        .softirq_cpu_s
+        .expect("ksoftirqd time counted when pinned apart");
+    assert!(
+        softirq >= 0.0 && softirq <= cost.cpu_s,
+        "softirq {softirq}s of {}s",
+        cost.cpu_s
+    );
 }
 
 #[test]
