@@ -1,7 +1,8 @@
 //! The io_uring backend: tokio-uring ops with owned buffers. A read is one
 //! IORING_OP_RECV that takes a kernel-provided buffer only when data arrives (so idle
-//! connections pin none); a write submits all of a client's queued lines as one WRITEV
-//! of shared `Bytes`. Every op pushed during one scheduler tick reaches the kernel in one
+//! connections pin none); a write sends all of a client's queued lines as one SEND or
+//! WRITEV of shared `Bytes`; sockets are named by their slot in the ring's table of
+//! registered files. Every op pushed during one scheduler tick reaches the kernel in one
 //! `io_uring_enter` when the thread parks.
 
 use super::io::{Conn, Listener};
@@ -15,10 +16,11 @@ use tokio_uring::net::{TcpListener, TcpStream};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 impl Listener for TcpListener {
-    type Conn = TcpStream;
+    type Conn = UringConn;
 
-    async fn accept(&self) -> io::Result<TcpStream> {
-        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    async fn accept(&self) -> io::Result<UringConn> {
+        let (stream, _) = TcpListener::accept(self).await?;
+        Ok(UringConn::new(stream))
     }
 
     fn fd(&self) -> RawFd {
@@ -83,22 +85,63 @@ impl OneshotOutputTransform for Discard {
     fn transform_oneshot_output(self, _: (), _: io_uring::cqueue::Entry) {}
 }
 
-impl Conn for TcpStream {
+/// A connection of the uring backend: its socket, and the socket's slot in the ring's
+/// table of registered files when it got one (then its RECVs and SENDs name the slot,
+/// and the kernel skips looking the fd up and taking a reference on every op).
+pub(crate) struct UringConn {
+    stream: TcpStream,
+    slot: Option<u32>,
+}
+
+impl UringConn {
+    fn new(stream: TcpStream) -> Self {
+        let slot = FixedFiles::current().and_then(|files| files.register(stream.as_raw_fd()));
+        Self { stream, slot }
+    }
+}
+
+impl Drop for UringConn {
+    fn drop(&mut self) {
+        // Before the socket closes: a registered file keeps the socket open.
+        if let (Some(slot), Some(files)) = (self.slot, FixedFiles::current()) {
+            files.unregister(slot);
+        }
+    }
+}
+
+/// Builds an SQE for a connection's socket, naming it by its registered slot when it has
+/// one and by its fd otherwise.
+macro_rules! socket_sqe {
+    ($conn:expr, $target:ident => $build:expr) => {
+        match $conn.slot {
+            Some(slot) => {
+                let $target = types::Fixed(slot);
+                $build
+            }
+            None => {
+                let $target = types::Fd($conn.stream.as_raw_fd());
+                $build
+            }
+        }
+    };
+}
+
+impl Conn for UringConn {
     async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         // The fallbacks are boxed: this future lives as long as a connection is idle, so
         // it should hold no more than the receive op itself.
         let Some(pool) = RecvBuffers::current() else {
-            return Box::pin(self.poll_then_read(take)).await;
+            return Box::pin(self.stream.poll_then_read(take)).await;
         };
         // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
         // only once data is there: an idle connection pins no buffer, and input costs one
         // trip through the ring, not a poll and then a read.
         // The length must be the buffers' (older kernels take it as is).
         let len = RECV_BUFFER_SIZE as u32;
-        let sqe = opcode::Recv::new(types::Fd(self.as_raw_fd()), std::ptr::null_mut(), len)
+        let sqe = socket_sqe!(self, socket => opcode::Recv::new(socket, std::ptr::null_mut(), len)
             .buf_group(RECV_GROUP)
-            .build()
-            .flags(squeue::Flags::BUFFER_SELECT);
+            .build())
+        .flags(squeue::Flags::BUFFER_SELECT);
         let (result, buffer) = UnsubmittedOneshot::new((), RecvDone, sqe).submit().await;
         match (result, buffer) {
             (result, Some(id)) => {
@@ -111,7 +154,7 @@ impl Conn for TcpStream {
             }
             // Every buffer of the group is out: input is waiting, read it the plain way.
             (Err(err), None) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                Box::pin(self.read_into(take())).await
+                Box::pin(self.stream.read_into(take())).await
             }
             (result, None) => (result, take()),
         }
@@ -119,7 +162,7 @@ impl Conn for TcpStream {
 
     async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         if bufs.len() != 1 {
-            return TcpStream::writev(self, bufs).await;
+            return self.stream.writev(bufs).await;
         }
         // One buffer, the common case (one read's chat, shared by every recipient): an
         // IORING_OP_SEND, which skips building and importing an iovec array and the
@@ -127,16 +170,17 @@ impl Conn for TcpStream {
         let Some(buf) = bufs.pop() else {
             return (Ok(0), bufs);
         };
-        let sqe = opcode::Send::new(types::Fd(self.as_raw_fd()), buf.as_ptr(), buf.len() as u32)
+        let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
+        let sqe = socket_sqe!(self, socket => opcode::Send::new(socket, ptr, len)
             .flags(libc::MSG_NOSIGNAL)
-            .build();
+            .build());
         let (result, buf) = UnsubmittedOneshot::new(buf, SendDone, sqe).submit().await;
         bufs.push(buf);
         (result, bufs)
     }
 
     fn fd(&self) -> RawFd {
-        self.as_raw_fd()
+        self.stream.as_raw_fd()
     }
 }
 
@@ -262,6 +306,10 @@ pub(crate) fn block_on<F: std::future::Future>(
     options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
+    // Tells this thread's ring apart from the others' while it is created (below).
+    static RING_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let setup_guard = RING_SETUP.lock().unwrap_or_else(|e| e.into_inner());
+    let rings_before = io_uring_fds();
     let runtime = match runtime(options, &options.setup) {
         Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
@@ -272,6 +320,15 @@ pub(crate) fn block_on<F: std::future::Future>(
         }
         other => other?,
     };
+    let new_rings: Vec<RawFd> = io_uring_fds()
+        .into_iter()
+        .filter(|fd| !rings_before.contains(fd))
+        .collect();
+    drop(setup_guard);
+    match new_rings[..] {
+        [ring] => FixedFiles::install(ring),
+        _ => tracing::debug!("could not tell this thread's ring fd: no registered files"),
+    }
     Ok(runtime.block_on(async {
         RecvBuffers::install().await;
         future.await
@@ -289,6 +346,143 @@ fn runtime(options: &Options, setup: &[UringSetup]) -> io::Result<tokio_uring::R
     let mut builder = tokio_uring::builder();
     builder.entries(options.sq_entries).uring_builder(&ring);
     tokio_uring::Runtime::new(&builder)
+}
+
+/// The fds of this process that are io_uring instances. tokio-uring does not expose its
+/// ring's fd, which registering files needs.
+fn io_uring_fds() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
+        let target = std::fs::read_link(entry.path()).ok()?;
+        (target.as_os_str() == "anon_inode:[io_uring]").then_some(fd)
+    })
+    .collect()
+}
+
+/// Most files one ring's table holds (the kernel's limit on older kernels).
+const MAX_FIXED_FILES: u32 = 32_768;
+
+/// One thread's table of registered files (IORING_REGISTER_FILES, sparse), where each
+/// connection's socket gets a slot for its life.
+struct FixedFiles {
+    ring: RawFd,
+    capacity: u32,
+    /// Slots never used yet start here; freed ones are reused first.
+    next: std::cell::Cell<u32>,
+    free: std::cell::RefCell<Vec<u32>>,
+}
+
+thread_local! {
+    static FIXED_FILES_OF_THREAD: std::cell::Cell<Option<&'static FixedFiles>> =
+        const { std::cell::Cell::new(None) };
+}
+
+#[repr(C)]
+struct FilesUpdate {
+    offset: u32,
+    resv: u32,
+    fds: u64,
+}
+
+const IORING_REGISTER_FILES: libc::c_long = 2;
+const IORING_REGISTER_FILES_UPDATE: libc::c_long = 6;
+
+impl FixedFiles {
+    /// Registers an empty table with `ring`; without one (an old kernel, a low open-files
+    /// limit) connections are named by fd as before.
+    fn install(ring: RawFd) {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        let nofile = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+            0 => limit.rlim_cur,
+            _ => 1024,
+        };
+        let capacity = nofile.min(u64::from(MAX_FIXED_FILES)) as u32;
+        let empty: Vec<i32> = vec![-1; capacity as usize];
+        // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                ring,
+                IORING_REGISTER_FILES,
+                empty.as_ptr(),
+                capacity,
+            )
+        };
+        if done < 0 {
+            let err = io::Error::last_os_error();
+            tracing::debug!("io_uring: no registered files ({err}); ops name fds");
+            return;
+        }
+        let files: &'static FixedFiles = Box::leak(Box::new(FixedFiles {
+            ring,
+            capacity,
+            next: std::cell::Cell::new(0),
+            free: std::cell::RefCell::new(Vec::new()),
+        }));
+        FIXED_FILES_OF_THREAD.with(|f| f.set(Some(files)));
+    }
+
+    fn current() -> Option<&'static FixedFiles> {
+        FIXED_FILES_OF_THREAD.with(|f| f.get())
+    }
+
+    /// Puts `fd` into a free slot; `None` when the table is full or the kernel refuses.
+    fn register(&self, fd: RawFd) -> Option<u32> {
+        let slot = match self.free.borrow_mut().pop() {
+            Some(slot) => slot,
+            None if self.next.get() < self.capacity => {
+                let slot = self.next.get();
+                self.next.set(slot + 1);
+                slot
+            }
+            None => return None,
+        };
+        if let Err(err) = self.update(slot, fd) {
+            tracing::debug!("io_uring: registering a socket failed ({err})");
+            self.free.borrow_mut().push(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    fn unregister(&self, slot: u32) {
+        match self.update(slot, -1) {
+            Ok(()) => self.free.borrow_mut().push(slot),
+            // The slot stays taken rather than be handed out while still in use.
+            Err(err) => tracing::warn!("io_uring: clearing registered file {slot}: {err}"),
+        }
+    }
+
+    fn update(&self, slot: u32, fd: RawFd) -> io::Result<()> {
+        let fds = [fd];
+        let update = FilesUpdate {
+            offset: slot,
+            resv: 0,
+            fds: fds.as_ptr() as u64,
+        };
+        // SAFETY: `update` points at one fd in `fds`; both outlive the call.
+        let done = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring,
+                IORING_REGISTER_FILES_UPDATE,
+                &update as *const FilesUpdate,
+                1,
+            )
+        };
+        if done < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Turns a bound std listener into this backend's listener (inside the runtime).
