@@ -158,8 +158,7 @@ fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
     let out = scratch("bench-real-pinned");
     let addr = server.addr.to_string();
     let pid = server.pid().to_string();
-    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    bench.args([
+    let args = [
         "bench",
         "--addr",
         &addr,
@@ -178,13 +177,15 @@ fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    bench.args(args);
     // SAFETY: pre_exec runs in the forked child before exec; sched_setaffinity is
     // async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut bench, || pin_thread(0, 1));
     }
-    let run = bench.output().expect("run ringcast bench");
+    let run = bench_common::run(bench, &args);
     assert!(run.status.success(), "bench failed: {}", text(&run.stderr));
     let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
     let report = Report::from_json(&json).expect("report parses");

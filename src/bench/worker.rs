@@ -73,6 +73,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// A connection ended during the step now running.
+    fn note_disconnect(&mut self, message: String) {
+        let current = self.current;
+        self.steps_counts[current].tally.disconnects += 1;
+        self.note_error(message);
+    }
+
+    /// The server answered with an error.
+    fn note_server_error(&mut self, message: String) {
+        let current = self.current;
+        self.steps_counts[current].tally.server_errors += 1;
+        self.note_error(message);
+    }
+
     fn note_error(&mut self, message: String) {
         let counts = &mut self.steps_counts[self.current];
         if counts.errors.len() < MAX_ERRORS {
@@ -624,10 +638,8 @@ async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: SharedRef) {
         }
         if !errors.is_empty() {
             let mut s = shared.borrow_mut();
-            let current = s.current;
-            s.steps_counts[current].tally.server_errors += errors.len() as u64;
             for e in errors {
-                s.note_error(format!("publisher {c}: {e}"));
+                s.note_server_error(format!("publisher {c}: {e}"));
             }
         }
         match read_more(&mut rd, &mut buf).await {
@@ -636,10 +648,9 @@ async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: SharedRef) {
             Err(err) => break format!("read error on the publish connection: {err}"),
         }
     };
-    let mut s = shared.borrow_mut();
-    let current = s.current;
-    s.steps_counts[current].tally.disconnects += 1;
-    s.note_error(format!("publisher {c}: {error}"));
+    shared
+        .borrow_mut()
+        .note_disconnect(format!("publisher {c}: {error}"));
 }
 
 async fn client(
@@ -702,10 +713,9 @@ async fn client(
         Reader::Lines(rd, buf) => receive_lines(c, rd, buf, &shared).await,
         Reader::Frames(rd, buf) => receive_frames(c, proto, rd, buf, &writer, &shared).await,
     };
-    let mut s = shared.borrow_mut();
-    let current = s.current;
-    s.steps_counts[current].tally.disconnects += 1;
-    s.note_error(format!("client {c}: {error}"));
+    shared
+        .borrow_mut()
+        .note_disconnect(format!("client {c}: {error}"));
 }
 
 /// Reads ringcast lines until the connection ends; returns why it ended.
@@ -754,8 +764,11 @@ async fn receive_frames(
         // One borrow for all the frames of this read (none of this awaits).
         let broken = {
             let mut s = shared.borrow_mut();
-            let mut errors = Vec::new();
-            let broken = loop {
+            let server_error = |s: &mut Shared, text: &[u8]| {
+                let text = String::from_utf8_lossy(text);
+                s.note_server_error(format!("client {c}: server error: {text}"));
+            };
+            loop {
                 let used = match proto {
                     Proto::Redis => match peers::parse_resp(&buf) {
                         Ok(Some((frame, n))) => {
@@ -768,7 +781,7 @@ async fn receive_frames(
                                     &mut s,
                                 );
                             } else if let Resp::Error(text) = frame {
-                                errors.push(String::from_utf8_lossy(text).into_owned());
+                                server_error(&mut s, text);
                             }
                             n
                         }
@@ -786,9 +799,7 @@ async fn receive_frames(
                                     &mut s,
                                 ),
                                 Nats::Ping => pings += 1,
-                                Nats::Err(text) => {
-                                    errors.push(String::from_utf8_lossy(text).into_owned())
-                                }
+                                Nats::Err(text) => server_error(&mut s, text),
                                 Nats::Info(_) | Nats::Pong | Nats::Ok => {}
                             }
                             n
@@ -798,15 +809,7 @@ async fn receive_frames(
                     },
                 };
                 buf.advance(used);
-            };
-            if !errors.is_empty() {
-                let current = s.current;
-                s.steps_counts[current].tally.server_errors += errors.len() as u64;
-                for e in errors {
-                    s.note_error(format!("client {c}: server error: {e}"));
-                }
             }
-            broken
         };
         if let Some(err) = broken {
             return err.to_string();
@@ -826,10 +829,8 @@ async fn receive_frames(
 
 fn on_line(c: usize, line: &[u8], now: u64, tracks: &mut Tracks, s: &mut Shared) {
     if line.starts_with(b"* error") {
-        let current = s.current;
-        s.steps_counts[current].tally.server_errors += 1;
-        let text = String::from_utf8_lossy(line).into_owned();
-        s.note_error(format!("client {c}: {text}"));
+        let text = String::from_utf8_lossy(line);
+        s.note_server_error(format!("client {c}: {text}"));
         return;
     }
     if line.starts_with(b"* ") {

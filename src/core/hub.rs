@@ -183,15 +183,13 @@ impl<H> Hub<H> {
             }
         };
         let command = proto::parse(line);
-        if let Ok(Command::Chat(text)) = command {
-            self.chat(id, text);
-            return ControlFlow::Continue(());
+        if !matches!(command, Ok(Command::Chat(_))) {
+            // Anything but chat may answer the sender or move it to another room: the chat
+            // before it goes out first, to the room it was said in.
+            self.flush_chat(id);
         }
-        // Anything else may answer the sender or move it to another room: the chat before
-        // it goes out first, to the room it was said in.
-        self.flush_chat(id);
         match command {
-            Ok(Command::Chat(_)) => {}
+            Ok(Command::Chat(text)) => self.chat(id, text),
             Ok(Command::Empty) => {}
             Ok(Command::Join(room)) => self.join(id, room),
             Ok(Command::Nick(name)) => self.nick(id, name),

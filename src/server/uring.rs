@@ -28,18 +28,23 @@ impl Listener for TcpListener {
     }
 }
 
-/// Completes a poll op: readiness, or the error the kernel reported.
-struct PollDone;
+/// An op's result as the kernel reported it: a count, or an errno.
+fn cqe_result(cqe: &io_uring::cqueue::Entry) -> io::Result<usize> {
+    match cqe.result() {
+        res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+        n => Ok(n as usize),
+    }
+}
 
-impl OneshotOutputTransform for PollDone {
-    type Output = io::Result<()>;
+/// Completes an op that carries no data (a poll, providing buffers).
+struct Done;
+
+impl OneshotOutputTransform for Done {
+    type Output = io::Result<usize>;
     type StoredData = ();
 
-    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> io::Result<()> {
-        match cqe.result() {
-            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
-            _ => Ok(()),
-        }
+    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> Self::Output {
+        cqe_result(&cqe)
     }
 }
 
@@ -52,11 +57,10 @@ impl OneshotOutputTransform for RecvDone {
     type StoredData = ();
 
     fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> Self::Output {
-        let buffer = io_uring::cqueue::buffer_select(cqe.flags());
-        match cqe.result() {
-            res if res < 0 => (Err(io::Error::from_raw_os_error(-res)), buffer),
-            n => (Ok(n as usize), buffer),
-        }
+        (
+            cqe_result(&cqe),
+            io_uring::cqueue::buffer_select(cqe.flags()),
+        )
     }
 }
 
@@ -68,10 +72,7 @@ impl OneshotOutputTransform for SendDone {
     type StoredData = Bytes;
 
     fn transform_oneshot_output(self, buf: Bytes, cqe: io_uring::cqueue::Entry) -> Self::Output {
-        match cqe.result() {
-            res if res < 0 => (Err(io::Error::from_raw_os_error(-res)), buf),
-            n => (Ok(n as usize), buf),
-        }
+        (cqe_result(&cqe), buf)
     }
 }
 
@@ -156,7 +157,8 @@ impl Conn for UringConn {
             (Err(err), None) if err.raw_os_error() == Some(libc::ENOBUFS) => {
                 Box::pin(self.stream.read_into(take())).await
             }
-            (result, None) => (result, take()),
+            // EOF or an error, with no data.
+            (result, None) => (result, Vec::new()),
         }
     }
 
@@ -197,7 +199,7 @@ impl PlainRead for TcpStream {
         // awaits the op to completion.
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let sqe = opcode::PollAdd::new(types::Fd(self.as_raw_fd()), events).build();
-        if let Err(err) = UnsubmittedOneshot::new((), PollDone, sqe).submit().await {
+        if let Err(err) = UnsubmittedOneshot::new((), Done, sqe).submit().await {
             return (Err(err), Vec::new());
         }
         self.read_into(take()).await
@@ -222,9 +224,10 @@ const RECV_BUFFER_SIZE: usize = 4096;
 /// The kernel picks one when a receive finds data; its contents are copied out at once
 /// and the buffer is provided again.
 struct RecvBuffers {
-    /// Never freed: the kernel may write into it for as long as the ring lives, and the
-    /// ring lives as long as the thread.
-    memory: &'static [std::cell::UnsafeCell<u8>],
+    /// `RECV_BUFFERS` buffers of `RECV_BUFFER_SIZE` bytes. Never freed: the kernel may
+    /// write into them for as long as the ring lives, and the ring lives as long as the
+    /// thread. Only the kernel writes here; we read a buffer once its completion came.
+    memory: *mut u8,
 }
 
 thread_local! {
@@ -233,31 +236,26 @@ thread_local! {
 }
 
 impl RecvBuffers {
-    /// Allocates this thread's buffers and provides them to its ring; `None` (and plain
-    /// reads) when the kernel refuses.
-    async fn install() -> Option<&'static RecvBuffers> {
-        let len = RECV_BUFFERS as usize * RECV_BUFFER_SIZE;
-        let memory: Vec<std::cell::UnsafeCell<u8>> =
-            (0..len).map(|_| std::cell::UnsafeCell::new(0)).collect();
+    /// Allocates this thread's buffers and provides them to its ring; without them (the
+    /// kernel refused) reads poll first.
+    async fn install() {
+        // Zeroed by the allocator (fresh pages): only buffers the kernel fills get touched.
+        let memory = vec![0u8; RECV_BUFFERS as usize * RECV_BUFFER_SIZE];
         let pool: &'static RecvBuffers = Box::leak(Box::new(RecvBuffers {
-            memory: Box::leak(memory.into_boxed_slice()),
+            memory: Box::leak(memory.into_boxed_slice()).as_mut_ptr(),
         }));
         let sqe = opcode::ProvideBuffers::new(
-            pool.memory.as_ptr() as *mut u8,
+            pool.memory,
             RECV_BUFFER_SIZE as i32,
             RECV_BUFFERS,
             RECV_GROUP,
             0,
         )
         .build();
-        match UnsubmittedOneshot::new((), PollDone, sqe).submit().await {
-            Ok(()) => {
-                RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool)));
-                Some(pool)
-            }
+        match UnsubmittedOneshot::new((), Done, sqe).submit().await {
+            Ok(_) => RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool))),
             Err(err) => {
-                tracing::warn!("io_uring provided buffers refused ({err}): reads poll first");
-                None
+                tracing::warn!("io_uring provided buffers refused ({err}): reads poll first")
             }
         }
     }
@@ -266,23 +264,23 @@ impl RecvBuffers {
         RECV_BUFFERS_OF_THREAD.with(|p| p.get())
     }
 
-    fn buffer(&self, id: u16) -> &[std::cell::UnsafeCell<u8>] {
-        let start = id as usize * RECV_BUFFER_SIZE;
-        &self.memory[start..start + RECV_BUFFER_SIZE]
+    fn buffer(&self, id: u16) -> *mut u8 {
+        debug_assert!(id < RECV_BUFFERS);
+        // SAFETY: `id` names one of the `RECV_BUFFERS` buffers of the allocation.
+        unsafe { self.memory.add(id as usize * RECV_BUFFER_SIZE) }
     }
 
     /// The `n` bytes the kernel put into buffer `id`.
     fn filled(&self, id: u16, n: usize) -> &[u8] {
-        let buffer = self.buffer(id);
         // SAFETY: the kernel wrote buffer `id` before posting the completion that named
         // it, and does not touch it again until `give_back` provides it anew.
-        unsafe { std::slice::from_raw_parts(buffer.as_ptr() as *const u8, n.min(buffer.len())) }
+        unsafe { std::slice::from_raw_parts(self.buffer(id), n.min(RECV_BUFFER_SIZE)) }
     }
 
     /// Provides buffer `id` to the kernel again (submitted with the thread's next batch).
     fn give_back(&self, id: u16) {
         let sqe = opcode::ProvideBuffers::new(
-            self.buffer(id).as_ptr() as *mut u8,
+            self.buffer(id),
             RECV_BUFFER_SIZE as i32,
             1,
             RECV_GROUP,

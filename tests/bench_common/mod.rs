@@ -17,8 +17,15 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Runs `ringcast ARGS`, failing the test if it does not finish within `RUN_TIMEOUT`.
 pub fn ringcast(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    command.args(args);
+    run(command, args)
+}
+
+/// Runs `command` (a `ringcast` built by the caller, `args` naming it in messages) with
+/// the same deadline.
+pub fn run(mut command: Command, args: &[&str]) -> Output {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
