@@ -443,6 +443,13 @@ impl<H> Hub<H> {
         }
     }
 
+    /// Whether lines are queued for this client.
+    pub fn has_output(&self, id: ClientId) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|client| !client.outbox.is_empty())
+    }
+
     /// From now on input is dropped unread (shutdown has begun).
     pub fn stop_input(&mut self) {
         self.input_stopped = true;
@@ -607,6 +614,21 @@ mod tests {
         assert!(output(&mut hub, ids[0]).is_empty());
         let totals = hub.stats.totals();
         assert_eq!((totals.messages_in, totals.deliveries), (4, 9));
+    }
+
+    #[test]
+    fn has_output_says_whether_lines_wait_for_a_client() {
+        let mut hub = hub(1, 1 << 20);
+        let a = hub.connect(0).unwrap();
+        let b = hub.connect(1).unwrap();
+        output(&mut hub, a);
+        output(&mut hub, b);
+        assert!(!hub.has_output(b));
+        input(&mut hub, a, b"hello\n");
+        assert!(hub.has_output(b));
+        assert!(!hub.has_output(a));
+        output(&mut hub, b);
+        assert!(!hub.has_output(b));
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub(crate) trait Conn: 'static {
     /// length) and returns that buffer; an empty `Vec` if `take` was never called.
     /// `WouldBlock` means nothing was there after all: call again.
     async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Called by a writer whose write just completed while more lines were queued, before
+    /// it takes them. A backend whose writes reach the kernel only when the thread parks
+    /// (uring) lets the tasks this scheduler pass has already woken run first, so that
+    /// lines they read join this write instead of waiting a whole round of sends; one
+    /// whose writes leave at once (epoll) returns at once.
+    async fn yield_to_readers(&self) {}
     /// One vectored write of `bufs`, which may be partial; returns the buffers.
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>);
     fn fd(&self) -> RawFd;

@@ -353,6 +353,11 @@ impl Worker {
                         emptied
                     };
                     self.stats.thread(self.index).add_bytes_out(bytes);
+                    // With nothing queued the writer waits for a reader's wake-up, which
+                    // puts it behind that reader anyway.
+                    if self.hub.borrow().has_output(id) {
+                        conn.yield_to_readers().await;
+                    }
                 }
                 Err(err) => {
                     tracing::debug!("write failed: {err}");
