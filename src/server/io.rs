@@ -21,12 +21,13 @@ pub(crate) trait Conn: 'static {
     /// length) and returns that buffer; an empty `Vec` if `take` was never called.
     /// `WouldBlock` means nothing was there after all: call again.
     async fn read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>);
-    /// Called by a writer whose write just completed while more lines were queued, before
-    /// it takes them. A backend whose writes reach the kernel only when the thread parks
-    /// (uring) lets the tasks this scheduler pass has already woken run first, so that
-    /// lines they read join this write instead of waiting a whole round of sends; one
-    /// whose writes leave at once (epoll) returns at once.
-    async fn yield_to_readers(&self) {}
+    /// Returns once the tasks this scheduler pass has already woken have run, for the
+    /// backend whose order within a pass matters. The uring backend's ops reach the
+    /// kernel only when the thread parks, in the order they were pushed, so it yields:
+    /// a writer with lines queued then takes them after the readers of the same pass
+    /// added theirs, and a reader submits its next receive after the pass's sends, so
+    /// that it collects what arrived while they ran. epoll's calls act at once: no wait.
+    async fn end_of_pass(&self) {}
     /// One vectored write of `bufs`, which may be partial; returns the buffers.
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>);
     fn fd(&self) -> RawFd;

@@ -317,6 +317,9 @@ impl Worker {
                 // not in every connection's task.
                 Box::pin(self.hand_off(handoffs)).await;
             }
+            // A busy publisher's next line is often there already: read it after the
+            // writes this one caused.
+            conn.end_of_pass().await;
         }
         let mut hub = self.hub.borrow_mut();
         hub.peer_gone(id);
@@ -356,7 +359,7 @@ impl Worker {
                     // With nothing queued the writer waits for a reader's wake-up, which
                     // puts it behind that reader anyway.
                     if self.hub.borrow().has_output(id) {
-                        conn.yield_to_readers().await;
+                        conn.end_of_pass().await;
                     }
                 }
                 Err(err) => {
