@@ -6,10 +6,12 @@ use super::io::{Conn, Listener, RawSocket};
 use crate::core::{ClientId, Directory, Handoff, Hub, Limits, Output, Stats};
 use bytes::{Buf, Bytes};
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::spawn_local;
@@ -35,10 +37,13 @@ pub(crate) const INBOX_BATCHES: usize = 1024;
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     socket: RawSocket,
-    /// Wakes the writer when the outbox gets lines or the client starts closing.
-    wake: Notify,
+    /// Wakes the writer when the outbox gets lines or the client starts closing, and,
+    /// once the writer has finished its loop, when the reader ends.
+    wake: Signal,
     /// True while a write is in flight: a notice sent beside it could split its lines.
     writing: Cell<bool>,
+    /// True until the reader has ended (the client's input is over).
+    reading: Cell<bool>,
     /// Set when the hub has forgotten the connection, just before its socket closes:
     /// from then on `socket` must not be used (the fd number may be reused).
     released: Cell<bool>,
@@ -213,8 +218,9 @@ impl Worker {
         }
         let handle = Rc::new(ConnHandle {
             socket,
-            wake: Notify::new(),
+            wake: Signal::default(),
             writing: Cell::new(false),
+            reading: Cell::new(true),
             released: Cell::new(false),
         });
         let admitted = {
@@ -237,39 +243,29 @@ impl Worker {
     /// One connection: its reader and writer run side by side in one task, and the hub
     /// forgets the client only when both have ended (no I/O is left on the socket).
     async fn serve<C: Conn>(self: Rc<Self>, id: ClientId, conn: C, handle: Rc<ConnHandle>) {
-        let reader_done = Notify::new();
-        let reading = Cell::new(true);
-        let reader = async {
-            self.read_loop(id, &conn).await;
-            reading.set(false);
-            reader_done.notify_one();
-        };
-        let writer = async {
-            if self.write_loop(id, &conn, &handle).await {
-                // Everything was written: send FIN and give the client a moment to close
-                // its side, so that unread input does not turn our close into a reset
-                // that could destroy lines it has not read yet.
-                handle.socket.shutdown(Shutdown::Write);
-                if reading.get() {
-                    // Boxed: a timer is large, and every idle connection's task would carry
-                    // its room.
-                    let linger = Box::pin(tokio::time::timeout(LINGER, reader_done.notified()));
-                    let _ = linger.await;
-                }
-            }
-            handle.socket.shutdown(Shutdown::Both);
-        };
-        tokio::join!(reader, writer);
+        // Two plain method calls, no async blocks around them: this task is what every
+        // idle connection holds, and blocks would each store their own references.
+        tokio::join!(
+            self.read_side(id, &conn, &handle),
+            self.write_side(id, &conn, &handle)
+        );
         self.hub.borrow_mut().release(id);
         handle.released.set(true);
         self.released.notify_waiters();
     }
 
-    async fn read_loop<C: Conn>(&self, id: ClientId, conn: &C) {
+    async fn read_side<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) {
         // The start of a line whose end has not arrived yet. Nearly always empty, and then
         // without an allocation: an idle connection owns no read buffer.
         let mut carry: Vec<u8> = Vec::new();
+        let mut handled_input = false;
         loop {
+            if handled_input {
+                // A busy publisher's next line is often there already: read it after the
+                // writes the last one caused.
+                conn.end_of_pass().await;
+                handled_input = false;
+            }
             // Not boxed: this is what an idle connection waits on, so the backends keep this
             // future small (anything large in it, like a fallback read op, is boxed there).
             let take = || {
@@ -317,13 +313,35 @@ impl Worker {
                 // not in every connection's task.
                 Box::pin(self.hand_off(handoffs)).await;
             }
-            // A busy publisher's next line is often there already: read it after the
-            // writes this one caused.
-            conn.end_of_pass().await;
+            handled_input = true;
         }
-        let mut hub = self.hub.borrow_mut();
-        hub.peer_gone(id);
-        self.act(&mut hub);
+        {
+            let mut hub = self.hub.borrow_mut();
+            hub.peer_gone(id);
+            self.act(&mut hub);
+        }
+        handle.reading.set(false);
+        handle.wake.notify();
+    }
+
+    /// Writes until the client is gone or closed; a client that closed cleanly with
+    /// everything written gets a FIN and a moment to close its side first.
+    async fn write_side<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) {
+        if self.write_loop(id, conn, handle).await {
+            // Send FIN and give the client a moment to close its side, so that unread
+            // input does not turn our close into a reset that could destroy lines it has
+            // not read yet.
+            handle.socket.shutdown(Shutdown::Write);
+            let reader_done = async {
+                while handle.reading.get() {
+                    handle.wake.wait().await;
+                }
+            };
+            // Boxed: a timer is large, and every idle connection's task would carry its
+            // room.
+            let _ = Box::pin(tokio::time::timeout(LINGER, reader_done)).await;
+        }
+        handle.socket.shutdown(Shutdown::Both);
     }
 
     /// Returns true when the client closed cleanly with everything written.
@@ -334,7 +352,7 @@ impl Worker {
             match output {
                 Output::Write => {}
                 Output::Idle => {
-                    handle.wake.notified().await;
+                    handle.wake.wait().await;
                     if !self.flush_delay.is_zero() {
                         // Let more lines join this client's next write (boxed: a timer
                         // would otherwise enlarge every connection's task).
@@ -345,7 +363,9 @@ impl Worker {
                 Output::Close => return true,
             }
             handle.writing.set(true);
-            let written = write_all(conn, batch).await;
+            // Boxed: the write's future is large, and it runs only while a write is in
+            // flight, not while the connection is idle.
+            let written = Box::pin(write_all(conn, batch)).await;
             handle.writing.set(false);
             match written {
                 Ok((emptied, bytes)) => {
@@ -356,11 +376,6 @@ impl Worker {
                         emptied
                     };
                     self.stats.thread(self.index).add_bytes_out(bytes);
-                    // With nothing queued the writer waits for a reader's wake-up, which
-                    // puts it behind that reader anyway.
-                    if self.hub.borrow().has_output(id) {
-                        conn.end_of_pass().await;
-                    }
                 }
                 Err(err) => {
                     tracing::debug!("write failed: {err}");
@@ -369,6 +384,11 @@ impl Worker {
                     self.act(&mut hub);
                     return false;
                 }
+            }
+            // With nothing queued the writer waits for a reader's wake-up, which puts it
+            // behind that reader anyway.
+            if self.hub.borrow().has_output(id) {
+                conn.end_of_pass().await;
             }
         }
     }
@@ -403,7 +423,7 @@ impl Worker {
     /// Carries out what the hub asks for after an event: wake writers, cut slow consumers,
     /// put a deadline on connections that are closing.
     fn act(&self, hub: &mut Hub<Rc<ConnHandle>>) {
-        hub.drain_wakeups(|handle| handle.wake.notify_one());
+        hub.drain_wakeups(|handle| handle.wake.notify());
         hub.drain_cuts(|handle, notice| handle.cut(notice));
         let deadline = self.drain_timeout;
         hub.drain_flushing(|handle| {
@@ -418,6 +438,45 @@ impl Worker {
                 }
             });
         });
+    }
+}
+
+/// Wakes one task of this thread: a flag, and the waker of the task waiting for it.
+/// tokio's `Notify` would do, but its waiting future is 64 bytes (threads, several
+/// waiters), and every idle connection's task holds one.
+#[derive(Default)]
+struct Signal {
+    set: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    /// Sets the flag and wakes the waiting task, if any; with none, the next `wait`
+    /// returns at once.
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits until the flag is set, and clears it.
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            self.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+    }
+}
+
+impl std::fmt::Debug for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signal")
+            .field("set", &self.set.get())
+            .finish()
     }
 }
 
@@ -450,7 +509,7 @@ impl BufferPool {
 async fn write_all<C: Conn>(conn: &C, mut batch: Vec<Bytes>) -> io::Result<(Vec<Bytes>, u64)> {
     let mut total = 0u64;
     while !batch.is_empty() {
-        let (result, returned) = Box::pin(conn.writev(batch)).await;
+        let (result, returned) = conn.writev(batch).await;
         batch = returned;
         let mut written = match result {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -473,4 +532,43 @@ async fn write_all<C: Conn>(conn: &C, mut batch: Vec<Bytes>) -> io::Result<(Vec<
         }
     }
     Ok((batch, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn signal_wakes_the_waiting_task_and_keeps_one_given_before_the_wait() {
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let signal = Signal::default();
+
+        let mut wait = pin!(signal.wait());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        signal.notify();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+
+        // Given while nobody waits: the next wait returns at once, the one after waits.
+        signal.notify();
+        signal.notify();
+        assert!(pin!(signal.wait()).poll(&mut cx).is_ready());
+        assert!(pin!(signal.wait()).poll(&mut cx).is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
 }
