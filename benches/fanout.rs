@@ -12,7 +12,7 @@ use ringcast::server::{self, Backend, ServeArgs};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -84,20 +84,23 @@ async fn scenario(addr: SocketAddr) -> u64 {
 }
 
 fn run_once(backend: Backend) -> Sample {
-    let args = ServeArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        backend,
-        threads: Some(1),
-        max_line: 4096,
-        max_clients: None,
-        max_outbound: 1 << 20,
-        drain_timeout: Duration::from_secs(5),
-        flush_delay: Duration::ZERO,
-        stats_interval: Duration::ZERO,
-        log_level: "warn".into(),
-        sq_entries: 1024,
-        uring_setup: Vec::new(),
-    };
+    /// `ringcast serve`'s flags, so the defaults are the server's own.
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+    let Serve { args } = clap::Parser::parse_from([
+        "serve",
+        "--listen=127.0.0.1:0",
+        &format!("--backend={}", backend.name()),
+        "--threads=1",
+        "--max-outbound=1m",
+        "--max-msg-rate=0",
+        "--max-per-ip=0",
+        "--stats-interval=0",
+        "--log-level=warn",
+    ]);
     let server = server::start(&args).expect("start server");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,8 +2,7 @@
 
 use std::io;
 
-/// Raises the soft open-files limit to the hard limit and returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+fn nofile() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -12,6 +11,17 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(limit)
+}
+
+/// The soft open-files limit.
+pub fn nofile_limit() -> io::Result<u64> {
+    nofile().map(|limit| limit.rlim_cur)
+}
+
+/// Raises the soft open-files limit to the hard limit and returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = nofile()?;
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,

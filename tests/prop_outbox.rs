@@ -4,9 +4,13 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast::core::{Directory, Hub, Limits, Outbox, Output, Overflow, Stats};
+use ringcast::core::{
+    Action, Directory, Disconnect, Hub, Limits, Outbox, Output, Overflow, Shared,
+};
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -75,16 +79,18 @@ proptest! {
         max_outbound in 200usize..4000,
         lines in prop::collection::vec(1usize..150, 1..120),
     ) {
-        let dir = Arc::new(Directory::new(8));
-        let stats = Arc::new(Stats::new(1));
-        let limits = Limits { max_line: 150, max_outbound };
-        let mut hub: Hub<u32> = Hub::new(dir, stats.clone(), 0, 1, Arc::from("test"), limits);
-        let sender = hub.connect(0).unwrap();
-        let stuck = hub.connect(1).unwrap();
-        let reader = hub.connect(2).unwrap();
+        let shared = Shared::new(Arc::new(Directory::new(8, 0)), 1, "test");
+        let stats = shared.stats.clone();
+        let limits = Limits { max_line: 150, max_outbound, ..Limits::default() };
+        let now = Instant::now();
+        let mut hub: Hub<u32> = Hub::new(shared, 0, limits, now);
+        let peer = IpAddr::from([127, 0, 0, 1]);
+        let sender = hub.connect(0, peer, now).unwrap();
+        let stuck = hub.connect(1, peer, now).unwrap();
+        let reader = hub.connect(2, peer, now).unwrap();
         let mut batch = Vec::new();
         let read_all = |hub: &mut Hub<u32>, id, batch: &mut Vec<Bytes>| {
-            while hub.take_output(id, batch, 1024) == Output::Write {}
+            while hub.take_output(id, batch, 1024, now) == Output::Write {}
         };
         read_all(&mut hub, sender, &mut batch);
         read_all(&mut hub, reader, &mut batch);
@@ -98,19 +104,20 @@ proptest! {
             text.resize(text.len().max(*len), b'x');
             text.push(b'\n');
             let mut buf = text;
-            prop_assert!(hub.handle_input(sender, &mut buf));
+            hub.handle_input(sender, &mut buf, now);
             sent += 1;
-            hub.drain_wakeups(|_| {});
-            hub.drain_cuts(|&handle, notice| {
-                assert_eq!(notice, b"* error: disconnected: slow consumer\n");
-                cut.push(handle)
-            });
+            while let Some(action) = hub.poll_action() {
+                if let Action::Shutdown { handle, notice } = action {
+                    prop_assert_eq!(notice.as_deref(), Some(&b"* error: disconnected: slow consumer\n"[..]));
+                    cut.push(handle);
+                }
+            }
             read_all(&mut hub, reader, &mut got);
         }
         // What the stuck client could still be sent is what was queued when it was cut.
         let mut queued = Vec::new();
         let last = loop {
-            match hub.take_output(stuck, &mut queued, 1024) {
+            match hub.take_output(stuck, &mut queued, 1024, now) {
                 Output::Write => continue,
                 other => break other,
             }
@@ -125,7 +132,7 @@ proptest! {
             prop_assert_eq!(cut, vec![1]);
             prop_assert_eq!(last, Output::Close);
             prop_assert!(queued.is_empty(), "a slow consumer's outbox is dropped");
-            prop_assert_eq!(stats.totals().slow_consumers, 1);
+            prop_assert_eq!(stats.totals().disconnects(Disconnect::SlowConsumer), 1);
         } else {
             prop_assert!(cut.is_empty());
             prop_assert_eq!(last, Output::Idle);

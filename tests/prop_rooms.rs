@@ -5,9 +5,11 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast::core::{ClientId, Directory, Hub, Limits, Output, Stats};
+use ringcast::core::{Action, ClientId, Directory, Hub, Limits, Output, Shared, Stats};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const MAX_CLIENTS: usize = 5;
 /// Names that collide with each other and with the `user<N>` names the server hands out.
@@ -57,8 +59,17 @@ struct Client {
     room: String,
 }
 
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// `1 member`, `2 members`.
+fn members(n: usize) -> String {
+    format!("{n} member{}", if n == 1 { "" } else { "s" })
+}
+
 struct World {
     hubs: Vec<Hub<u32>>,
+    /// Time stands still: no deadline of the hubs' comes in these steps.
+    now: Instant,
     dir: Arc<Directory>,
     clients: Vec<Client>,
     next_user: u64,
@@ -68,26 +79,28 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let dir = Arc::new(Directory::new(MAX_CLIENTS));
-        let stats = Arc::new(Stats::new(2));
+        let dir = Arc::new(Directory::new(MAX_CLIENTS, 0));
+        let shared = Shared {
+            dir: dir.clone(),
+            stats: Arc::new(Stats::new(2)),
+            label: Arc::from("backend=test"),
+            threads: 2,
+        };
         let limits = Limits {
             max_line: 256,
             max_outbound: 1 << 20,
+            write_timeout: Some(Duration::from_secs(30)),
+            rate: None,
+            drain_timeout: Duration::from_secs(5),
+            flush_delay: Duration::ZERO,
         };
+        let now = Instant::now();
         let hubs = (0..2)
-            .map(|t| {
-                Hub::new(
-                    dir.clone(),
-                    stats.clone(),
-                    t,
-                    2,
-                    Arc::from("backend=test"),
-                    limits,
-                )
-            })
+            .map(|t| Hub::new(shared.clone(), t, limits, now))
             .collect();
         World {
             hubs,
+            now,
             dir,
             clients: Vec::new(),
             next_user: 1,
@@ -114,7 +127,7 @@ impl World {
         for c in &self.clients {
             let hub = &mut self.hubs[c.hub];
             let mut batch: Vec<Bytes> = Vec::new();
-            while hub.take_output(c.id, &mut batch, 1024) == Output::Write {}
+            while hub.take_output(c.id, &mut batch, 1024, self.now) == Output::Write {}
             all.push(
                 batch
                     .iter()
@@ -122,34 +135,46 @@ impl World {
                     .collect(),
             );
         }
-        for hub in &mut self.hubs {
-            hub.drain_wakeups(|_| {});
-            hub.drain_cuts(|h, _| panic!("client {h} cut as a slow consumer"));
+        for hub in 0..self.hubs.len() {
+            self.act(hub);
         }
         all
     }
 
+    /// Carries out the actions of hub `hub`: chat goes to the other hub; nobody may be
+    /// shut down.
+    fn act(&mut self, hub: usize) {
+        while let Some(action) = self.hubs[hub].poll_action() {
+            match action {
+                Action::Handoff(handoffs) => self.hubs[1 - hub].deliver(&handoffs, self.now),
+                Action::Shutdown { handle, .. } => panic!("client {handle} shut down"),
+                Action::Wake(_) | Action::ResumeAccept => {}
+            }
+        }
+    }
+
     /// Sends one line from client `i` and carries its chat lines to the other thread.
-    fn send(&mut self, i: usize, line: &str) -> bool {
+    fn send(&mut self, i: usize, line: &str) {
         let Client { hub, id, .. } = self.clients[i];
         let mut buf = format!("{line}\r\n").into_bytes();
-        let open = self.hubs[hub].handle_input(id, &mut buf);
+        self.hubs[hub].handle_input(id, &mut buf, self.now);
         assert!(buf.is_empty(), "a complete line was left in the buffer");
-        let handoffs = self.hubs[hub].take_handoffs();
-        self.hubs[1 - hub].deliver(&handoffs);
-        open
+        self.act(hub);
     }
 
     /// Removes client `i` from the model and from its hub, checking what it was sent
     /// on its way out.
     fn close(&mut self, i: usize, last: &[String], reset: bool) -> Result<(), TestCaseError> {
         let Client { hub, id, .. } = self.clients[i];
+        let now = self.now;
         let hub = &mut self.hubs[hub];
         if !reset {
             let mut batch = Vec::new();
             loop {
-                match hub.take_output(id, &mut batch, 1024) {
+                match hub.take_output(id, &mut batch, 1024, now) {
                     Output::Write => continue,
+                    // The client reads to the end and closes its side.
+                    Output::Finish => hub.input_ended(id, now),
                     Output::Close => break,
                     Output::Idle => return Err(TestCaseError::fail("closing client went idle")),
                 }
@@ -160,8 +185,8 @@ impl World {
                 .collect();
             prop_assert_eq!(got, last);
         }
-        prop_assert!(hub.release(id).is_some());
-        prop_assert!(hub.release(id).is_none(), "released twice");
+        prop_assert!(hub.release(id, now).is_some());
+        prop_assert!(hub.release(id, now).is_none(), "released twice");
         self.clients.remove(i);
         Ok(())
     }
@@ -176,14 +201,20 @@ impl World {
                 let hub = self.next_handle as usize % 2;
                 let handle = self.next_handle;
                 self.next_handle += 1;
-                let result = self.hubs[hub].connect(handle);
+                let result = self.hubs[hub].connect(handle, PEER, self.now);
                 if n == MAX_CLIENTS {
-                    prop_assert!(result.is_err(), "admitted past --max-clients");
+                    prop_assert!(result.is_none(), "admitted past --max-clients");
+                    let refusal = self.hubs[hub].poll_action();
+                    let told = matches!(
+                        refusal,
+                        Some(Action::Shutdown { handle: h, notice: Some(ref n) })
+                            if h == handle && n[..] == b"* error: server full\n"[..]
+                    );
+                    prop_assert!(told, "refused without a notice: {:?}", refusal);
                     return Ok(());
                 }
-                let id = match result {
-                    Ok(id) => id,
-                    Err(_) => return Err(TestCaseError::fail("refused below --max-clients")),
+                let Some(id) = result else {
+                    return Err(TestCaseError::fail("refused below --max-clients"));
                 };
                 let taken: BTreeSet<String> = self.names().into_iter().map(String::from).collect();
                 let name = loop {
@@ -193,9 +224,10 @@ impl World {
                         break candidate;
                     }
                 };
-                let members = self.rooms().get("lobby").map_or(0, BTreeSet::len) + 1;
+                let count = self.rooms().get("lobby").map_or(0, BTreeSet::len) + 1;
                 expect.push(vec![format!(
-                    "* you are {name} in lobby ({members} members); /help lists commands\n"
+                    "* you are {name} in lobby ({}); /help lists commands\n",
+                    members(count)
                 )]);
                 self.clients.push(Client {
                     hub,
@@ -212,8 +244,8 @@ impl World {
                     expect[i].push(format!("* error: you are in {room} already\n"));
                 } else {
                     self.clients[i].room = room.into();
-                    let members = self.rooms()[room].len();
-                    expect[i].push(format!("* joined {room} ({members} members)\n"));
+                    let count = self.rooms()[room].len();
+                    expect[i].push(format!("* joined {room} ({})\n", members(count)));
                 }
             }
             Op::Nick(c, k) => {
@@ -290,14 +322,14 @@ impl World {
             }
             Op::Quit(c) => {
                 let i = pick(c);
-                prop_assert!(!self.send(i, "/quit"), "reader goes on after /quit");
+                self.send(i, "/quit");
                 self.close(i, &["* bye\n".to_owned()], false)?;
                 expect.remove(i);
             }
             Op::PeerGone(c) => {
                 let i = pick(c);
                 let Client { hub, id, .. } = self.clients[i];
-                self.hubs[hub].peer_gone(id);
+                self.hubs[hub].input_ended(id, self.now);
                 self.close(i, &[], false)?;
                 expect.remove(i);
             }

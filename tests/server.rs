@@ -143,7 +143,7 @@ async fn commands_reply_and_errors_say_what_is_wrong(backend: &str) {
     let mut b = Client::connect(server.addr).await;
     assert!(a.name.starts_with("user") && b.name.starts_with("user") && a.name != b.name);
 
-    assert_eq!(a.ask("/join chess").await, "* joined chess (1 members)");
+    assert_eq!(a.ask("/join chess").await, "* joined chess (1 member)");
     assert_eq!(b.ask("/join chess").await, "* joined chess (2 members)");
     assert_eq!(
         b.ask("/join chess").await,

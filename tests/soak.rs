@@ -86,6 +86,8 @@ impl Server {
                 "32k",
                 "--stats-interval",
                 "0",
+                "--max-per-ip",
+                "0",
             ])
             .args([
                 "--log-level",

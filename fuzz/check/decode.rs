@@ -8,10 +8,12 @@
 //! only and never queues more than `max_outbound` for a client.
 
 use bytes::Bytes;
-use ringcast::core::{Directory, Hub, Limits, Output, Stats};
+use ringcast::core::{Action, Directory, Hub, Limits, Output, Shared};
 use ringcast::proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 const LIMITS: [usize; 3] = [1, 16, 4096];
 const READS: [usize; 4] = [1, 3, 512, usize::MAX];
@@ -84,35 +86,45 @@ fn check_parse(line: &[u8]) {
 /// client 2 never reads.
 fn hub(data: &[u8]) {
     let max_outbound = 1024;
-    let dir = Arc::new(Directory::new(4));
+    let dir = Arc::new(Directory::new(4, 0));
     let limits = Limits {
         max_line: 64,
         max_outbound,
+        ..Limits::default()
     };
-    let mut hub: Hub<u32> = Hub::new(
-        dir.clone(),
-        Arc::new(Stats::new(1)),
-        0,
-        1,
-        Arc::from("fuzz"),
-        limits,
-    );
+    let now = Instant::now();
+    let mut hub: Hub<u32> = Hub::new(Shared::new(dir.clone(), 1, "fuzz"), 0, limits, now);
     let ids: Vec<_> = (0..3)
-        .map(|h| hub.connect(h).expect("room for 3"))
+        .map(|h| {
+            hub.connect(h, IpAddr::from([127, 0, 0, 1]), now)
+                .expect("room for 3")
+        })
         .collect();
     let mut buf = Vec::new();
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut open = true;
     for chunk in data.chunks(7) {
         buf.extend_from_slice(chunk);
-        open = hub.handle_input(ids[0], &mut buf);
+        hub.handle_input(ids[0], &mut buf, now);
         assert!(buf.len() <= 65, "hub left more than a line pending");
+        let mut finished = false;
         for id in &ids[..2] {
-            while hub.take_output(*id, &mut batch, 1024) == Output::Write {}
+            loop {
+                match hub.take_output(*id, &mut batch, 1024, now) {
+                    Output::Write => continue,
+                    Output::Idle => break,
+                    Output::Finish | Output::Close => {
+                        finished = true;
+                        break;
+                    }
+                }
+            }
         }
-        hub.drain_wakeups(|_| {});
-        hub.drain_cuts(|&h, _| assert_eq!(h, 2, "only the client that never reads is cut"));
-        if !open {
+        while let Some(action) = hub.poll_action() {
+            if let Action::Shutdown { handle, .. } = action {
+                assert_eq!(handle, 2, "only the client that never reads is cut");
+            }
+        }
+        if finished {
             break;
         }
     }
@@ -121,12 +133,11 @@ fn hub(data: &[u8]) {
         assert!(lines.ends_with(b"\n"));
     }
     let mut stuck = Vec::new();
-    while hub.take_output(ids[2], &mut stuck, 1024) == Output::Write {}
+    while hub.take_output(ids[2], &mut stuck, 1024, now) == Output::Write {}
     assert!(stuck.iter().map(Bytes::len).sum::<usize>() <= max_outbound);
     for id in ids {
-        assert!(hub.release(id).is_some());
+        assert!(hub.release(id, now).is_some());
     }
     assert_eq!(dir.clients(), 0);
     assert_eq!(dir.room_count(), 0);
-    let _ = open;
 }

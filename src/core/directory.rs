@@ -2,7 +2,9 @@
 //! which names are in which room. It changes on connect, `/nick`, `/join` and disconnect,
 //! never per chat message, so one mutex serves it.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use super::stats::Refusal;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
@@ -10,10 +12,26 @@ use thiserror::Error;
 /// The room every client starts in.
 pub const LOBBY: &str = "lobby";
 
-/// The server has `max_clients` clients already.
-#[derive(Debug, Error, PartialEq, Eq)]
-#[error("server full")]
-pub struct Full;
+/// Why a new connection was not admitted. The `Display` text is what the client reads
+/// after `* error: ` before its connection is closed.
+#[derive(Debug, Error, PartialEq, Eq, Clone, Copy)]
+pub enum Refused {
+    /// The server has `max_clients` connections already.
+    #[error("server full")]
+    Full,
+    /// That address has `max_per_ip` connections already.
+    #[error("too many connections from your address")]
+    PerAddress,
+}
+
+impl Refused {
+    pub fn reason(self) -> Refusal {
+        match self {
+            Refused::Full => Refusal::ServerFull,
+            Refused::PerAddress => Refusal::PerAddress,
+        }
+    }
+}
 
 /// Another client has that name.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,6 +43,8 @@ struct Inner {
     names: HashSet<Arc<str>>,
     /// Room name to member names; a room exists while it has members.
     rooms: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// Open connections per peer address, kept only while `max_per_ip` is set.
+    per_address: HashMap<IpAddr, usize>,
 }
 
 /// Names, rooms and the client count of the whole server.
@@ -37,17 +57,22 @@ pub struct Directory {
     /// `max_clients` bounds, since a closing connection still holds a descriptor.
     connections: AtomicUsize,
     max_clients: usize,
+    /// Most connections from one address; 0: no limit.
+    max_per_ip: usize,
     next_user: AtomicU64,
     lobby: Arc<str>,
 }
 
 impl Directory {
-    pub fn new(max_clients: usize) -> Self {
+    /// A directory for at most `max_clients` connections, and at most `max_per_ip` from
+    /// one address (0: any number).
+    pub fn new(max_clients: usize, max_per_ip: usize) -> Self {
         Self {
             inner: Mutex::default(),
             clients: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             max_clients,
+            max_per_ip,
             next_user: AtomicU64::new(1),
             lobby: Arc::from(LOBBY),
         }
@@ -59,19 +84,28 @@ impl Directory {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a new client: gives it a fresh `user<N>` name and puts it in the lobby.
-    /// Returns `(name, lobby, members of the lobby now)`.
-    pub fn admit(&self) -> Result<(Arc<str>, Arc<str>, usize), Full> {
+    /// Admits a new client connected from `peer`: gives it a fresh `user<N>` name and
+    /// puts it in the lobby. Returns `(name, lobby, members of the lobby now)`.
+    pub fn admit(&self, peer: IpAddr) -> Result<(Arc<str>, Arc<str>, usize), Refused> {
         let admitted = self
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max_clients).then_some(n + 1)
             });
         if admitted.is_err() {
-            return Err(Full);
+            return Err(Refused::Full);
+        }
+        let mut inner = self.lock();
+        if self.max_per_ip > 0 {
+            let from_peer = inner.per_address.entry(peer).or_default();
+            if *from_peer >= self.max_per_ip {
+                drop(inner);
+                self.connections.fetch_sub(1, Ordering::AcqRel);
+                return Err(Refused::PerAddress);
+            }
+            *from_peer += 1;
         }
         self.clients.fetch_add(1, Ordering::AcqRel);
-        let mut inner = self.lock();
         let name: Arc<str> = loop {
             let n = self.next_user.fetch_add(1, Ordering::Relaxed);
             let candidate = format!("user{n}");
@@ -127,8 +161,17 @@ impl Directory {
         self.clients.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// A connection admitted by `admit` has ended: its place is free.
-    pub fn disconnected(&self) {
+    /// A connection from `peer` admitted by `admit` has ended: its place is free.
+    pub fn disconnected(&self, peer: IpAddr) {
+        if self.max_per_ip > 0 {
+            let mut inner = self.lock();
+            if let Some(n) = inner.per_address.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    inner.per_address.remove(&peer);
+                }
+            }
+        }
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -185,14 +228,16 @@ fn remove_member(inner: &mut Inner, room: &str, name: &str) {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[test]
     fn admit_rename_join_leave_keep_names_and_rooms_consistent() {
-        let dir = Directory::new(2);
-        let (a, lobby, n) = dir.admit().unwrap();
+        let dir = Directory::new(2, 0);
+        let (a, lobby, n) = dir.admit(LOCAL).unwrap();
         assert_eq!((&*a, &*lobby, n), ("user1", "lobby", 1));
-        let (b, _, n) = dir.admit().unwrap();
+        let (b, _, n) = dir.admit(LOCAL).unwrap();
         assert_eq!(n, 2);
-        assert_eq!(dir.admit(), Err(Full));
+        assert_eq!(dir.admit(LOCAL), Err(Refused::Full));
 
         assert_eq!(
             dir.rename(&b, "lobby", "user1"),
@@ -209,18 +254,34 @@ mod tests {
         assert_eq!(dir.rooms(), vec![(lobby, 1)]);
         assert_eq!(dir.clients(), 1);
         // Its connection still holds a place until it is gone.
-        assert_eq!(dir.admit(), Err(Full));
-        dir.disconnected();
-        let (c, _, _) = dir.admit().unwrap();
+        assert_eq!(dir.admit(LOCAL), Err(Refused::Full));
+        dir.disconnected(LOCAL);
+        let (c, _, _) = dir.admit(LOCAL).unwrap();
         assert_eq!(&*c, "user3");
     }
 
     #[test]
     fn fresh_names_skip_names_taken_by_nick() {
-        let dir = Directory::new(10);
-        let (a, _, _) = dir.admit().unwrap();
+        let dir = Directory::new(10, 0);
+        let (a, _, _) = dir.admit(LOCAL).unwrap();
         dir.rename(&a, "lobby", "user2").unwrap();
-        let (b, _, _) = dir.admit().unwrap();
+        let (b, _, _) = dir.admit(LOCAL).unwrap();
         assert_eq!(&*b, "user3");
+    }
+
+    #[test]
+    fn connections_per_address_are_capped_and_freed() {
+        let other: IpAddr = [127, 0, 0, 2].into();
+        let dir = Directory::new(10, 2);
+        let (a, _, _) = dir.admit(LOCAL).unwrap();
+        dir.admit(LOCAL).unwrap();
+        assert_eq!(dir.admit(LOCAL), Err(Refused::PerAddress));
+        // A refusal takes no place, and other addresses are not affected.
+        assert_eq!(dir.clients(), 2);
+        dir.admit(other).unwrap();
+        dir.leave(&a, LOBBY);
+        dir.disconnected(LOCAL);
+        dir.admit(LOCAL).unwrap();
+        assert_eq!(dir.admit(LOCAL), Err(Refused::PerAddress));
     }
 }

@@ -1,31 +1,104 @@
-//! One worker thread's share of the server: its clients, their rooms and outboxes.
+//! One worker thread's share of the server: its clients, their rooms and outboxes, and
+//! every deadline and limit that applies to them.
 //!
-//! Events go in (`connect`, `handle_input`, `deliver`, `peer_gone`, ...); what the I/O
-//! layer must do comes out (`drain_wakeups`, `drain_cuts`, `take_handoffs`, `take_output`).
-//! `H` is the I/O layer's handle for a connection; the hub only stores it and hands it
-//! back.
+//! The hub is driven from outside and never blocks or sleeps:
+//!
+//! - **Inputs**, each with the current time: [`Hub::connect`], [`Hub::handle_input`],
+//!   [`Hub::input_ended`], [`Hub::deliver`] (chat handed off by another thread),
+//!   [`Hub::take_output`] / [`Hub::wrote`] / [`Hub::write_failed`] (a connection's writer),
+//!   [`Hub::pause_accept`], [`Hub::stop_input`] and [`Hub::shutdown_all`], and
+//!   [`Hub::handle_timeout`] when the time [`Hub::poll_timeout`] named has come.
+//! - **Outputs**, one question: [`Hub::poll_action`] until it returns `None`, after every
+//!   input. Actions come in this order: socket shutdowns (with a last notice to try to
+//!   send first), then writer wake-ups, then chat for the other threads, then the
+//!   resumption of accepting. A caller that asks after every input cannot miss one.
+//!
+//! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
+//! clones back in actions.
 
-use super::directory::{Directory, Full};
-use super::outbox::{CloseReason, Outbox, Overflow};
-use super::stats::Stats;
-use crate::proto::{self, reply, Command, Frame, LineDecoder};
+use super::directory::Directory;
+use super::outbox::{Outbox, Overflow};
+use super::stats::{Disconnect, ErrorKind, Stats, ThreadCounters};
+use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
+use crate::proto::{self, reply, Command, CommandError, Frame, LineDecoder};
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// A client's index in its thread's hub.
 pub type ClientId = usize;
 
-/// Per-client limits.
+/// How long a connection whose output is all written (and FIN sent) waits for the client
+/// to close its side before the socket is shut down regardless: a close with unread
+/// input would turn into a reset that could destroy lines the client has not read.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Pause before accepting again after accept ran out of file descriptors.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Shortest time between two `slow down` notices to one client.
+pub const RATE_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+const RATE_NOTICE_NANOS: u64 = RATE_NOTICE_INTERVAL.as_nanos() as u64;
+
+/// Per-client limits and the timing rules of the server.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest accepted line, in bytes.
     pub max_line: usize,
     /// Most bytes queued for one client before it is cut off as a slow consumer.
     pub max_outbound: usize,
+    /// A client whose socket takes nothing for this long while output waits is cut off
+    /// as a slow consumer; `None`: never.
+    pub write_timeout: Option<Duration>,
+    /// Input lines a client may send; `None`: any number.
+    pub rate: Option<RateLimit>,
+    /// How long a closing client (quit, closed its side, shutdown) has to read what is
+    /// queued for it before its connection is shut down regardless.
+    pub drain_timeout: Duration,
+    /// Coalescing window: a writer with new output waits this long before taking it.
+    pub flush_delay: Duration,
+}
+
+impl Default for Limits {
+    /// Plain limits for hubs built in tests and tools (`ringcast serve` sets every field
+    /// from its flags): no rate limit, no write timeout, no coalescing window.
+    fn default() -> Self {
+        Self {
+            max_line: 4096,
+            max_outbound: 256 * 1024,
+            write_timeout: None,
+            rate: None,
+            drain_timeout: Duration::from_secs(5),
+            flush_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Shared {
+    /// The shared parts of a server of `threads` threads with this directory, labelled
+    /// `label` in `/stats`.
+    pub fn new(dir: Arc<Directory>, threads: usize, label: &str) -> Self {
+        Self {
+            dir,
+            stats: Arc::new(Stats::new(threads)),
+            label: Arc::from(label),
+            threads,
+        }
+    }
+}
+
+/// What every thread's hub shares with the others.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub dir: Arc<Directory>,
+    pub stats: Arc<Stats>,
+    /// Shown by `/stats`, e.g. `backend=uring threads=2`.
+    pub label: Arc<str>,
+    /// Worker threads in the server; with more than one, chat is also handed off.
+    pub threads: usize,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -37,6 +110,34 @@ pub struct Handoff {
     pub lines: u64,
 }
 
+/// What the I/O layer must do next; see the module documentation for the order.
+#[derive(Debug)]
+pub enum Action<H> {
+    /// Shut the socket down both ways, after trying to send `notice` without waiting:
+    /// its pending operations end, and its reader and writer with them.
+    Shutdown { handle: H, notice: Option<Bytes> },
+    /// The connection's writer has something to do (output, or closing): wake it.
+    Wake(H),
+    /// Chat lines for every other thread, from the read just handled.
+    Handoff(Vec<Handoff>),
+    /// Accepting, paused after running out of descriptors, may go on.
+    ResumeAccept,
+}
+
+/// What a connection's writer should do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Lines were moved into the batch: write them, reporting progress with `wrote`.
+    Write,
+    /// Nothing to do now: wait for a wake-up.
+    Idle,
+    /// Everything was written and the client is closing: send FIN (shut the write side
+    /// down), then wait for a wake-up.
+    Finish,
+    /// The connection is done: shut the socket down and stop writing.
+    Close,
+}
+
 /// The chat lines of one read of one sender, encoded one after the other and queued to
 /// each recipient as one buffer: the per-recipient work (a queue entry, a reference
 /// count, an iovec) is paid per read instead of per line.
@@ -44,17 +145,6 @@ pub struct Handoff {
 struct ChatBatch {
     text: BytesMut,
     lines: u64,
-}
-
-/// What a connection's writer should do next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Output {
-    /// Lines were moved into the batch: write them.
-    Write,
-    /// Nothing queued: wait for a wake-up.
-    Idle,
-    /// The client is closing and everything queued was written: close the connection.
-    Close,
 }
 
 #[derive(Debug)]
@@ -66,29 +156,51 @@ struct Client<H> {
     decoder: LineDecoder,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
-    closing: Option<CloseReason>,
+    closing: Option<Disconnect>,
+    peer: IpAddr,
+    /// The writer took lines and has not asked for more yet: a write is in flight.
+    writing: bool,
+    /// The client's input has not ended.
+    reading: bool,
+    /// Everything was written and FIN sent; waiting for the client to close its side.
+    lingering: bool,
+    /// Nothing more is written: the writer closes the connection at its next turn.
+    finished: bool,
+    /// Since when output has waited without the socket taking any of it; unset while
+    /// nothing waits.
+    stalled_since: Tick,
+    /// When a writer given output during `--flush-delay` may take it.
+    wake_at: Tick,
+    /// When a closing connection is shut down regardless (drain, then linger).
+    close_by: Tick,
+    /// This client's live entry in the hub's deadlines.
+    armed: Tick,
+    /// Input rate limit: theoretical arrival time of the next line (GCRA).
+    rate_tat: Tick,
+    /// When the last `slow down` notice was queued.
+    rate_noticed: Tick,
     handle: H,
 }
 
 /// The clients of one worker thread.
 #[derive(Debug)]
 pub struct Hub<H> {
-    dir: Arc<Directory>,
-    stats: Arc<Stats>,
+    shared: Shared,
     thread: usize,
-    /// Shown by `/stats`, e.g. `backend=uring threads=2`.
-    server_label: Arc<str>,
-    /// Whether other threads exist, so chat lines must also be handed off.
-    has_peers: bool,
     limits: Limits,
+    clock: Clock,
     clients: Slab<Client<H>>,
     /// Local members of each room that has any on this thread.
     rooms: HashMap<Arc<str>, Vec<ClientId>>,
+    deadlines: Deadlines,
+    /// Pending actions, by kind, in the order `poll_action` yields them.
+    shutdowns: VecDeque<(H, Option<Bytes>)>,
+    wakes: VecDeque<ClientId>,
     handoffs: Vec<Handoff>,
-    wake: Vec<ClientId>,
-    cuts: Vec<ClientId>,
-    /// Clients that started closing and may still need their queue flushed.
-    flushing: Vec<ClientId>,
+    resume_accept: bool,
+    /// While set, accepting is paused until then.
+    accept_paused_until: Tick,
+    accept_armed: Tick,
     overflowed: Vec<(ClientId, Overflow)>,
     /// Chat lines of the read being handled, queued when it ends or a command comes.
     batch: ChatBatch,
@@ -96,41 +208,47 @@ pub struct Hub<H> {
     input_stopped: bool,
 }
 
-impl<H> Hub<H> {
-    pub fn new(
-        dir: Arc<Directory>,
-        stats: Arc<Stats>,
-        thread: usize,
-        threads: usize,
-        server_label: Arc<str>,
-        limits: Limits,
-    ) -> Self {
+impl<H: Clone> Hub<H> {
+    /// A hub for thread `thread`, whose clock starts at `now`.
+    pub fn new(shared: Shared, thread: usize, limits: Limits, now: Instant) -> Self {
         Self {
-            dir,
-            stats,
+            shared,
             thread,
-            server_label,
-            has_peers: threads > 1,
             limits,
+            clock: Clock::new(now),
             clients: Slab::new(),
             rooms: HashMap::new(),
+            deadlines: Deadlines::default(),
+            shutdowns: VecDeque::new(),
+            wakes: VecDeque::new(),
             handoffs: Vec::new(),
-            wake: Vec::new(),
-            cuts: Vec::new(),
-            flushing: Vec::new(),
+            resume_accept: false,
+            accept_paused_until: Tick::NONE,
+            accept_armed: Tick::NONE,
             overflowed: Vec::new(),
             batch: ChatBatch::default(),
             input_stopped: false,
         }
     }
 
-    /// Admits a new connection, or gives its handle back with the reason it was refused.
-    pub fn connect(&mut self, handle: H) -> Result<ClientId, (H, Full)> {
-        let (name, room, members) = match self.dir.admit() {
+    fn counters(&self) -> &ThreadCounters {
+        self.shared.stats.thread(self.thread)
+    }
+
+    /// Admits a new connection from `peer`. A refused one is not kept: its handle comes
+    /// back in an [`Action::Shutdown`] with the notice saying why.
+    pub fn connect(&mut self, handle: H, peer: IpAddr, now: Instant) -> Option<ClientId> {
+        let (name, room, members) = match self.shared.dir.admit(peer) {
             Ok(admitted) => admitted,
-            Err(full) => return Err((handle, full)),
+            Err(refused) => {
+                tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
+                self.counters().refused(refused.reason());
+                self.shutdowns
+                    .push_back((handle, Some(reply::error(refused))));
+                return None;
+            }
         };
-        self.stats.thread(self.thread).connection();
+        self.counters().connection();
         let local = self.rooms.entry(room.clone()).or_default();
         let id = self.clients.insert(Client {
             name,
@@ -139,46 +257,68 @@ impl<H> Hub<H> {
             decoder: LineDecoder::new(self.limits.max_line),
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
+            peer,
+            writing: false,
+            reading: true,
+            lingering: false,
+            finished: false,
+            stalled_since: Tick::NONE,
+            wake_at: Tick::NONE,
+            close_by: Tick::NONE,
+            armed: Tick::NONE,
+            rate_tat: Tick::NONE,
+            rate_noticed: Tick::NONE,
             handle,
         });
         local.push(id);
         let client = &self.clients[id];
         let welcome = reply::notice(format_args!(
-            "you are {} in {} ({} members); /help lists commands",
-            client.name, client.room, members
+            "you are {} in {} ({}); /help lists commands",
+            client.name,
+            client.room,
+            reply::count(members, "member", "members")
         ));
-        self.reply(id, welcome);
+        let now = self.clock.tick(now);
+        self.reply(id, welcome, now);
         tracing::debug!(name = %self.clients[id].name, "client connected");
-        Ok(id)
+        Some(id)
     }
 
     /// Handles bytes read from a client: decodes every complete line in `buf` and removes
-    /// it, leaving at most one incomplete line. Returns false once the client is closing
-    /// (its reader should stop).
-    pub fn handle_input(&mut self, id: ClientId, buf: &mut Vec<u8>) -> bool {
+    /// it, leaving at most one incomplete line. Input of a closing client, or after
+    /// `stop_input`, is dropped.
+    pub fn handle_input(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Instant) {
         let Some(client) = self.clients.get(id) else {
-            return false;
+            buf.clear();
+            return;
         };
+        self.shared
+            .stats
+            .thread(self.thread)
+            .add_bytes_in(buf.len() as u64);
         if client.closing.is_some() || self.input_stopped {
             buf.clear();
-            return client.closing.is_none();
+            return;
         }
+        let now = self.clock.tick(now);
         let mut decoder = client.decoder;
-        let flow = decoder.drain(buf, |frame| self.handle_frame(id, frame));
-        self.flush_chat(id);
+        let flow = decoder.drain(buf, |frame| self.handle_frame(id, frame, now));
+        self.flush_chat(id, now);
         self.clients[id].decoder = decoder;
-        self.cut_overflowed();
+        self.cut_overflowed(now);
         if flow.is_break() {
             buf.clear();
         }
-        flow.is_continue()
     }
 
-    fn handle_frame(&mut self, id: ClientId, frame: Frame<'_>) -> ControlFlow<()> {
+    fn handle_frame(&mut self, id: ClientId, frame: Frame<'_>, now: Tick) -> ControlFlow<()> {
+        if !self.within_rate(id, now) {
+            return ControlFlow::Continue(());
+        }
         let line = match frame {
             Frame::Line(line) => line,
             Frame::TooLong => {
-                self.reply(id, reply::error(reply::LINE_TOO_LONG));
+                self.error(id, ErrorKind::LineTooLong, reply::LINE_TOO_LONG, now);
                 return self.flow(id);
             }
         };
@@ -186,24 +326,53 @@ impl<H> Hub<H> {
         if !matches!(command, Ok(Command::Chat(_))) {
             // Anything but chat may answer the sender or move it to another room: the chat
             // before it goes out first, to the room it was said in.
-            self.flush_chat(id);
+            self.flush_chat(id, now);
         }
         match command {
             Ok(Command::Chat(text)) => self.chat(id, text),
             Ok(Command::Empty) => {}
-            Ok(Command::Join(room)) => self.join(id, room),
-            Ok(Command::Nick(name)) => self.nick(id, name),
-            Ok(Command::Who) => self.who(id),
-            Ok(Command::Rooms) => self.list_rooms(id),
-            Ok(Command::Stats) => self.server_stats(id),
-            Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP)),
+            Ok(Command::Join(room)) => self.join(id, room, now),
+            Ok(Command::Nick(name)) => self.nick(id, name, now),
+            Ok(Command::Who) => self.who(id, now),
+            Ok(Command::Rooms) => self.list_rooms(id, now),
+            Ok(Command::Stats) => self.server_stats(id, now),
+            Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
-                self.reply(id, reply::notice(reply::BYE));
-                self.begin_close(id, CloseReason::Quit);
+                self.reply(id, reply::notice(reply::BYE), now);
+                self.begin_close(id, Disconnect::Quit, now);
             }
-            Err(err) => self.reply(id, reply::error(err)),
+            Err(err) => {
+                let kind = match err {
+                    CommandError::Unknown(_) => ErrorKind::UnknownCommand,
+                    _ => ErrorKind::BadArgument,
+                };
+                self.error(id, kind, err, now);
+            }
         }
         self.flow(id)
+    }
+
+    /// Whether one more input line of `id` is within `--max-msg-rate`; a line over it is
+    /// dropped, and the client told so at most once per `RATE_NOTICE_INTERVAL`.
+    fn within_rate(&mut self, id: ClientId, now: Tick) -> bool {
+        let Some(limit) = self.limits.rate else {
+            return true;
+        };
+        let client = &mut self.clients[id];
+        if limit.admit(&mut client.rate_tat, now) {
+            return true;
+        }
+        let noticed = client.rate_noticed;
+        let notice_due = !noticed.is_set() || now.since(noticed) >= RATE_NOTICE_NANOS;
+        if notice_due {
+            client.rate_noticed = now;
+        }
+        self.counters().rate_limited();
+        if notice_due {
+            let text = format!("slow down ({} lines/s)", limit.per_second);
+            self.error(id, ErrorKind::RateLimited, text, now);
+        }
+        false
     }
 
     fn flow(&self, id: ClientId) -> ControlFlow<()> {
@@ -220,24 +389,22 @@ impl<H> Hub<H> {
 
     /// Queues the batched chat of `id` to the other members of its room, here and on
     /// the other threads.
-    fn flush_chat(&mut self, id: ClientId) {
+    fn flush_chat(&mut self, id: ClientId, now: Tick) {
         if self.batch.lines == 0 {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
         let text = self.batch.text.split().freeze();
         let room = self.clients[id].room.clone();
-        let recipients = self.fan_out(&room, &text, Some(id));
-        self.stats
-            .thread(self.thread)
-            .messages_in(lines, recipients * lines);
-        if self.has_peers {
+        let recipients = self.fan_out(&room, &text, Some(id), now);
+        self.counters().messages_in(lines, recipients * lines);
+        if self.shared.threads > 1 {
             self.handoffs.push(Handoff { room, text, lines });
         }
     }
 
     /// Queues `line` to every local member of `room` but `except`. Returns how many got it.
-    fn fan_out(&mut self, room: &str, line: &Bytes, except: Option<ClientId>) -> u64 {
+    fn fan_out(&mut self, room: &str, line: &Bytes, except: Option<ClientId>, now: Tick) -> u64 {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
@@ -246,11 +413,19 @@ impl<H> Hub<H> {
             if Some(member) == except {
                 continue;
             }
-            match self.clients[member].outbox.push(line.clone()) {
+            let client = &mut self.clients[member];
+            match client.outbox.push(line.clone()) {
                 Ok(was_empty) => {
                     delivered += 1;
                     if was_empty {
-                        self.wake.push(member);
+                        output_pending(
+                            client,
+                            member,
+                            &self.limits,
+                            &mut self.deadlines,
+                            &mut self.wakes,
+                            now,
+                        );
                     }
                 }
                 Err(overflow) => self.overflowed.push((member, overflow)),
@@ -260,63 +435,65 @@ impl<H> Hub<H> {
     }
 
     /// Delivers chat lines handed off by another thread to the local members of their rooms.
-    pub fn deliver(&mut self, handoffs: &[Handoff]) {
+    pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
+        let now = self.clock.tick(now);
         let mut delivered = 0;
         for handoff in handoffs {
-            delivered += handoff.lines * self.fan_out(&handoff.room, &handoff.text, None);
+            delivered += handoff.lines * self.fan_out(&handoff.room, &handoff.text, None, now);
         }
-        self.stats.thread(self.thread).add_deliveries(delivered);
-        self.cut_overflowed();
+        self.counters().add_deliveries(delivered);
+        self.cut_overflowed(now);
     }
 
-    fn cut_overflowed(&mut self) {
+    fn cut_overflowed(&mut self, now: Tick) {
         while let Some((id, overflow)) = self.overflowed.pop() {
             if self.clients[id].closing.is_none() {
-                self.begin_close(
-                    id,
-                    CloseReason::SlowConsumer {
-                        queued: overflow.queued,
-                    },
+                tracing::warn!(
+                    name = %self.clients[id].name, queued = overflow.queued,
+                    "slow consumer disconnected: its queue is full"
                 );
+                self.begin_close(id, Disconnect::SlowConsumer, now);
             }
         }
     }
 
-    fn join(&mut self, id: ClientId, room: &str) {
+    fn join(&mut self, id: ClientId, room: &str, now: Tick) {
         let client = &self.clients[id];
         if &*client.room == room {
             let text = format!("you are in {room} already");
-            self.reply(id, reply::error(text));
+            self.error(id, ErrorKind::AlreadyInRoom, text, now);
             return;
         }
-        let (room, members) = self.dir.join(&client.name, &client.room, room);
+        let (room, members) = self.shared.dir.join(&client.name, &client.room, room);
         self.leave_local_room(id);
         let local = self.rooms.entry(room.clone()).or_default();
         let client = &mut self.clients[id];
         client.slot = local.len();
         client.room = room;
         local.push(id);
-        let text = format!("joined {} ({} members)", self.clients[id].room, members);
-        self.reply(id, reply::notice(text));
+        let text = format!(
+            "joined {} ({})",
+            self.clients[id].room,
+            reply::count(members, "member", "members")
+        );
+        self.reply(id, reply::notice(text), now);
     }
 
-    fn nick(&mut self, id: ClientId, name: &str) {
+    fn nick(&mut self, id: ClientId, name: &str, now: Tick) {
         let client = &self.clients[id];
-        match self.dir.rename(&client.name, &client.room, name) {
+        match self.shared.dir.rename(&client.name, &client.room, name) {
             Ok(name) => {
                 self.clients[id].name = name;
-                self.reply(
-                    id,
-                    reply::notice(format_args!("you are {}", self.clients[id].name)),
-                );
+                let text = reply::notice(format_args!("you are {}", self.clients[id].name));
+                self.reply(id, text, now);
             }
-            Err(taken) => self.reply(id, reply::error(taken)),
+            Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
         }
     }
 
-    fn who(&mut self, id: ClientId) {
+    fn who(&mut self, id: ClientId, now: Tick) {
         let room = &self.clients[id].room;
-        let members = self.dir.members(room);
+        let members = self.shared.dir.members(room);
         let mut text = format!("members of {room} ({}): ", members.len());
         for (i, name) in members.iter().enumerate() {
             if i > 0 {
@@ -324,11 +501,11 @@ impl<H> Hub<H> {
             }
             text.push_str(name);
         }
-        self.reply(id, reply::notice(text));
+        self.reply(id, reply::notice(text), now);
     }
 
-    fn list_rooms(&mut self, id: ClientId) {
-        let rooms = self.dir.rooms();
+    fn list_rooms(&mut self, id: ClientId, now: Tick) {
+        let rooms = self.shared.dir.rooms();
         let mut text = format!("rooms ({}): ", rooms.len());
         for (i, (room, members)) in rooms.iter().enumerate() {
             if i > 0 {
@@ -336,31 +513,52 @@ impl<H> Hub<H> {
             }
             let _ = write!(text, "{room} ({members})");
         }
-        self.reply(id, reply::notice(text));
+        self.reply(id, reply::notice(text), now);
     }
 
-    fn server_stats(&mut self, id: ClientId) {
-        let t = self.stats.totals();
-        let text = format!(
+    fn server_stats(&mut self, id: ClientId, now: Tick) {
+        let t = self.shared.stats.totals();
+        let mut text = format!(
             "stats {} clients={} rooms={} messages_in={} deliveries={} bytes_out={} \
              slow_consumers={} connections={}",
-            self.server_label,
-            self.dir.clients(),
-            self.dir.room_count(),
+            self.shared.label,
+            self.shared.dir.clients(),
+            self.shared.dir.room_count(),
             t.messages_in,
             t.deliveries,
             t.bytes_out,
-            t.slow_consumers,
+            t.slow_consumers(),
             t.connections
         );
-        self.reply(id, reply::notice(text));
+        for reason in Disconnect::ALL {
+            let _ = write!(text, " closed_{}={}", reason.name(), t.disconnects(reason));
+        }
+        for reason in super::stats::Refusal::ALL {
+            let _ = write!(text, " refused_{}={}", reason.name(), t.refused(reason));
+        }
+        let _ = write!(text, " rate_limited={}", t.rate_limited);
+        self.reply(id, reply::notice(text), now);
+    }
+
+    /// Queues `* error: TEXT` to the client and counts it by kind.
+    fn error(&mut self, id: ClientId, kind: ErrorKind, text: impl std::fmt::Display, now: Tick) {
+        self.counters().error(kind);
+        self.reply(id, reply::error(text), now);
     }
 
     /// Queues a reply to the client itself; a client that does not read its replies is a
     /// slow consumer like any other.
-    fn reply(&mut self, id: ClientId, line: Bytes) {
-        match self.clients[id].outbox.push(line) {
-            Ok(true) => self.wake.push(id),
+    fn reply(&mut self, id: ClientId, line: Bytes, now: Tick) {
+        let client = &mut self.clients[id];
+        match client.outbox.push(line) {
+            Ok(true) => output_pending(
+                client,
+                id,
+                &self.limits,
+                &mut self.deadlines,
+                &mut self.wakes,
+                now,
+            ),
             Ok(false) => {}
             Err(overflow) => self.overflowed.push((id, overflow)),
         }
@@ -380,67 +578,122 @@ impl<H> Hub<H> {
         }
     }
 
-    /// Takes the client out of its room and frees its name; what is queued is still
-    /// written (except for a slow consumer) before the writer closes the connection.
-    fn begin_close(&mut self, id: ClientId, reason: CloseReason) {
+    /// Takes the client out of its room and frees its name. What is queued is still
+    /// written (except to a client cut off for not keeping up) within `--drain-timeout`,
+    /// then the writer closes the connection.
+    fn begin_close(&mut self, id: ClientId, reason: Disconnect, now: Tick) {
         if self.clients[id].closing.is_some() {
             return;
         }
         self.leave_local_room(id);
+        self.counters().disconnect(reason);
+        let drain_by = now.plus(self.limits.drain_timeout);
         let client = &mut self.clients[id];
         client.closing = Some(reason);
-        self.dir.leave(&client.name, &client.room);
+        self.shared.dir.leave(&client.name, &client.room);
         match reason {
-            CloseReason::SlowConsumer { queued } => {
-                tracing::warn!(name = %client.name, queued, "slow consumer disconnected");
+            Disconnect::SlowConsumer | Disconnect::WriteTimeout => {
                 client.outbox.clear();
-                self.stats.thread(self.thread).slow_consumer();
-                self.cuts.push(id);
+                client.finished = true;
+                // The notice may go only if no write is in flight: it could split its lines.
+                let notice = (!client.writing).then(|| reply::error(reply::SLOW_CONSUMER));
+                self.shutdowns.push_back((client.handle.clone(), notice));
             }
-            CloseReason::Shutdown => {
+            Disconnect::Shutdown => {
                 client
                     .outbox
                     .push_unbounded(reply::notice(reply::SHUTTING_DOWN));
+                client.close_by = drain_by;
             }
-            CloseReason::Quit | CloseReason::PeerGone => self.flushing.push(id),
+            Disconnect::Quit | Disconnect::PeerGone => client.close_by = drain_by,
         }
-        tracing::debug!(name = %client.name, ?reason, "client closing");
-        self.wake.push(id);
+        tracing::debug!(name = %client.name, reason = reason.name(), "client closing");
+        self.wakes.push_back(id);
+        self.arm(id);
     }
 
-    /// The client closed its side (or the read failed): write what is queued, then close.
-    pub fn peer_gone(&mut self, id: ClientId) {
-        if self.clients.contains(id) {
-            self.begin_close(id, CloseReason::PeerGone);
+    /// The client's input ended (EOF, or the read failed): what is queued is still
+    /// written, then the connection closes.
+    pub fn input_ended(&mut self, id: ClientId, now: Instant) {
+        let now = self.clock.tick(now);
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        client.reading = false;
+        if client.closing.is_none() {
+            self.begin_close(id, Disconnect::PeerGone, now);
+        } else if client.lingering {
+            client.finished = true;
+            self.wakes.push_back(id);
         }
     }
 
-    /// A write failed: nothing more can reach the client.
-    pub fn write_failed(&mut self, id: ClientId) {
-        if let Some(client) = self.clients.get_mut(id) {
-            client.outbox.clear();
-            self.begin_close(id, CloseReason::PeerGone);
-        }
-    }
-
-    /// Moves up to `max_lines` queued lines for the client into `batch`.
+    /// Moves up to `max_lines` queued lines for the client into `batch`, and says what
+    /// its writer should do. Asking again also says the previous write has ended.
     pub fn take_output(
         &mut self,
         id: ClientId,
         batch: &mut Vec<Bytes>,
         max_lines: usize,
+        now: Instant,
     ) -> Output {
+        let now = self.clock.tick(now);
         let Some(client) = self.clients.get_mut(id) else {
             return Output::Close;
         };
-        if !client.outbox.is_empty() {
-            client.outbox.take(batch, max_lines);
-            Output::Write
-        } else if client.closing.is_some() {
-            Output::Close
-        } else {
-            Output::Idle
+        client.writing = false;
+        if client.finished {
+            return Output::Close;
         }
+        if !client.outbox.is_empty() {
+            if client.wake_at.is_set() {
+                // Within the coalescing window: the deadline wakes the writer.
+                return Output::Idle;
+            }
+            client.outbox.take(batch, max_lines);
+            client.writing = true;
+            if !client.stalled_since.is_set() {
+                client.stalled_since = now;
+            }
+            return Output::Write;
+        }
+        client.stalled_since = Tick::NONE;
+        match client.closing {
+            None => Output::Idle,
+            Some(_) if client.lingering => Output::Idle,
+            Some(_) if client.reading => {
+                client.lingering = true;
+                client.close_by = now.plus(LINGER);
+                self.arm(id);
+                Output::Finish
+            }
+            Some(_) => {
+                client.finished = true;
+                Output::Close
+            }
+        }
+    }
+
+    /// The client's socket took `bytes` of the write in flight.
+    pub fn wrote(&mut self, id: ClientId, bytes: usize, now: Instant) {
+        let now = self.clock.tick(now);
+        self.counters().add_bytes_out(bytes as u64);
+        if let Some(client) = self.clients.get_mut(id) {
+            if bytes > 0 && client.stalled_since.is_set() {
+                client.stalled_since = now;
+            }
+        }
+    }
+
+    /// A write failed: nothing more can reach the client.
+    pub fn write_failed(&mut self, id: ClientId, now: Instant) {
+        let now = self.clock.tick(now);
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        client.outbox.clear();
+        client.finished = true;
+        self.begin_close(id, Disconnect::PeerGone, now);
     }
 
     /// Whether lines are queued for this client.
@@ -450,71 +703,133 @@ impl<H> Hub<H> {
             .is_some_and(|client| !client.outbox.is_empty())
     }
 
+    /// Accept ran out of descriptors: resume it (an [`Action::ResumeAccept`]) after
+    /// `ACCEPT_BACKOFF`.
+    pub fn pause_accept(&mut self, now: Instant) {
+        let until = self.clock.tick(now).plus(ACCEPT_BACKOFF);
+        self.accept_paused_until = until;
+        self.deadlines
+            .arm(Owner::Hub, &mut self.accept_armed, until);
+    }
+
     /// From now on input is dropped unread (shutdown has begun).
     pub fn stop_input(&mut self) {
         self.input_stopped = true;
     }
 
-    /// Starts closing every client with a final `* server shutting down`.
-    pub fn shutdown_all(&mut self) {
+    /// Starts closing every client with a final `* server shutting down`, each with
+    /// `--drain-timeout` to read what is queued for it.
+    pub fn shutdown_all(&mut self, now: Instant) {
+        let now = self.clock.tick(now);
         let ids: Vec<ClientId> = self.clients.iter().map(|(id, _)| id).collect();
         for id in ids {
-            self.begin_close(id, CloseReason::Shutdown);
+            self.begin_close(id, Disconnect::Shutdown, now);
         }
     }
 
     /// Forgets a connection whose I/O has ended and returns its handle.
-    pub fn release(&mut self, id: ClientId) -> Option<H> {
+    pub fn release(&mut self, id: ClientId, now: Instant) -> Option<H> {
         if !self.clients.contains(id) {
             return None;
         }
-        self.begin_close(id, CloseReason::PeerGone);
+        self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
         let client = self.clients.remove(id);
-        self.dir.disconnected();
+        self.shared.dir.disconnected(client.peer);
         tracing::debug!(name = %client.name, "client released");
         Some(client.handle)
     }
 
-    /// Calls `wake` with the handle of every client that got output or started closing
-    /// since the last call.
-    pub fn drain_wakeups(&mut self, mut wake: impl FnMut(&H)) {
-        for id in self.wake.drain(..) {
-            if let Some(client) = self.clients.get(id) {
-                wake(&client.handle);
+    /// When `handle_timeout` should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.next().map(|tick| self.clock.instant(tick))
+    }
+
+    /// Acts on every deadline that has come by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let now = self.clock.tick(now);
+        let mut drained = 0;
+        while let Some((at, owner)) = self.deadlines.pop_due(now) {
+            match owner {
+                Owner::Hub => {
+                    if self.accept_armed == at {
+                        self.accept_armed = Tick::NONE;
+                        if self.accept_paused_until.due(now) {
+                            self.accept_paused_until = Tick::NONE;
+                            self.resume_accept = true;
+                        }
+                    }
+                }
+                Owner::Client(id) => {
+                    let live = self.clients.get(id).is_some_and(|c| c.armed == at);
+                    if live && self.client_due(id, now) {
+                        drained += 1;
+                    }
+                }
             }
+        }
+        if drained > 0 {
+            tracing::warn!(
+                thread = self.thread,
+                connections = drained,
+                "drain timeout: shutting down connections with unsent output"
+            );
         }
     }
 
-    /// Calls `cut` with the handle of every slow consumer found since the last call, and
-    /// the notice to try to send it before its connection is shut down.
-    pub fn drain_cuts(&mut self, mut cut: impl FnMut(&H, &[u8])) {
-        let notice = reply::error(reply::SLOW_CONSUMER);
-        for id in self.cuts.drain(..) {
+    /// Acts on what is due for one client and arms its next deadline. Returns true when
+    /// a connection closing at shutdown ran out of time.
+    fn client_due(&mut self, id: ClientId, now: Tick) -> bool {
+        let client = &mut self.clients[id];
+        client.armed = Tick::NONE;
+        if client.wake_at.due(now) {
+            client.wake_at = Tick::NONE;
+            self.wakes.push_back(id);
+        }
+        let mut shutdown_drained = false;
+        if client.close_by.due(now) {
+            client.close_by = Tick::NONE;
+            shutdown_drained = client.closing == Some(Disconnect::Shutdown) && !client.lingering;
+            client.finished = true;
+            self.shutdowns.push_back((client.handle.clone(), None));
+            self.wakes.push_back(id);
+        } else if write_deadline(client, &self.limits).due(now) {
+            tracing::warn!(
+                name = %client.name, queued = client.outbox.queued(),
+                "slow consumer disconnected: no write progress in {:?}",
+                self.limits.write_timeout.unwrap_or_default()
+            );
+            self.begin_close(id, Disconnect::WriteTimeout, now);
+        }
+        self.arm(id);
+        shutdown_drained
+    }
+
+    /// Arms the client's earliest deadline.
+    fn arm(&mut self, id: ClientId) {
+        let client = &mut self.clients[id];
+        let next = next_deadline(client, &self.limits);
+        self.deadlines
+            .arm(Owner::Client(id), &mut client.armed, next);
+    }
+
+    /// The next thing the I/O layer must do, in the documented order; `None` when
+    /// nothing is left. Ask after every input.
+    pub fn poll_action(&mut self) -> Option<Action<H>> {
+        if let Some((handle, notice)) = self.shutdowns.pop_front() {
+            return Some(Action::Shutdown { handle, notice });
+        }
+        while let Some(id) = self.wakes.pop_front() {
             if let Some(client) = self.clients.get(id) {
-                cut(&client.handle, &notice);
+                return Some(Action::Wake(client.handle.clone()));
             }
         }
-    }
-
-    /// Calls `flush` with the handle of every client that started closing (after `/quit`
-    /// or its peer's EOF) since the last call: what it has queued still goes out, but a
-    /// client that does not read it must not hold the connection forever.
-    pub fn drain_flushing(&mut self, mut flush: impl FnMut(&H)) {
-        for id in self.flushing.drain(..) {
-            if let Some(client) = self.clients.get(id) {
-                flush(&client.handle);
-            }
+        if !self.handoffs.is_empty() {
+            return Some(Action::Handoff(std::mem::take(&mut self.handoffs)));
         }
-    }
-
-    /// Chat lines for the other threads, gathered since the last call.
-    pub fn take_handoffs(&mut self) -> Vec<Handoff> {
-        std::mem::take(&mut self.handoffs)
-    }
-
-    /// Handles of all connections of this thread.
-    pub fn handles(&self) -> impl Iterator<Item = &H> {
-        self.clients.iter().map(|(_, c)| &c.handle)
+        if std::mem::take(&mut self.resume_accept) {
+            return Some(Action::ResumeAccept);
+        }
+        None
     }
 
     /// Connections of this thread that have not been released.
@@ -527,201 +842,53 @@ impl<H> Hub<H> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hub(threads: usize, max_outbound: usize) -> Hub<u32> {
-        let dir = Arc::new(Directory::new(100));
-        Hub::new(
-            dir,
-            Arc::new(Stats::new(1)),
-            0,
-            threads,
-            Arc::from("backend=test threads=1"),
-            Limits {
-                max_line: 64,
-                max_outbound,
-            },
-        )
+/// A client's outbox went from empty to not: its writer must learn of it (now, or after
+/// the coalescing window) unless a write is in flight, whose end it will ask after anyway.
+fn output_pending<H>(
+    client: &mut Client<H>,
+    id: ClientId,
+    limits: &Limits,
+    deadlines: &mut Deadlines,
+    wakes: &mut VecDeque<ClientId>,
+    now: Tick,
+) {
+    if client.writing {
+        return;
     }
-
-    /// Every line queued for the client, taken as its writer would.
-    fn output(hub: &mut Hub<u32>, id: ClientId) -> Vec<String> {
-        let mut batch = Vec::new();
-        while hub.take_output(id, &mut batch, 8) == Output::Write {}
-        batch
-            .iter()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .collect()
+    if !client.stalled_since.is_set() {
+        client.stalled_since = now;
     }
-
-    fn input(hub: &mut Hub<u32>, id: ClientId, bytes: &[u8]) -> bool {
-        let mut buf = bytes.to_vec();
-        hub.handle_input(id, &mut buf)
+    if limits.flush_delay.is_zero() || client.closing.is_some() {
+        wakes.push_back(id);
+    } else if !client.wake_at.is_set() {
+        client.wake_at = now.plus(limits.flush_delay);
+        // Earlier than anything armed but another coalescing window.
+        deadlines.arm(Owner::Client(id), &mut client.armed, client.wake_at);
     }
-
-    fn woken(hub: &mut Hub<u32>) -> Vec<u32> {
-        let mut handles = Vec::new();
-        hub.drain_wakeups(|h| handles.push(*h));
-        handles
-    }
-
-    #[test]
-    fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
-        let mut hub = hub(2, 1 << 20);
-        let ids: Vec<ClientId> = (0..4).map(|h| hub.connect(h).unwrap()).collect();
-        for &id in &ids {
-            output(&mut hub, id);
-        }
-        woken(&mut hub);
-        assert!(input(&mut hub, ids[3], b"/join x\n"));
-        output(&mut hub, ids[3]);
-        woken(&mut hub);
-
-        // The lines of one read reach each recipient as one buffer, and are handed off
-        // to the other thread once.
-        assert!(input(&mut hub, ids[0], b"hi\r\nthere\n"));
-        assert_eq!(woken(&mut hub), vec![1, 2]);
-        assert_eq!(output(&mut hub, ids[1]), ["user1: hi\nuser1: there\n"]);
-        assert_eq!(output(&mut hub, ids[2]).len(), 1);
-        assert!(output(&mut hub, ids[0]).is_empty());
-        assert!(output(&mut hub, ids[3]).is_empty());
-        let handoffs = hub.take_handoffs();
-        assert_eq!(handoffs.len(), 1);
-        assert_eq!(&*handoffs[0].room, "lobby");
-        assert_eq!(handoffs[0].lines, 2);
-        assert_eq!(hub.stats.totals().deliveries, 4);
-
-        // A command ends the batch: chat before it goes to the room it was said in, chat
-        // after it to the room the command moved the sender to.
-        assert!(input(&mut hub, ids[0], b"a\n/join x\nb\n"));
-        assert_eq!(output(&mut hub, ids[1]), ["user1: a\n"]);
-        assert_eq!(output(&mut hub, ids[3]), ["user1: b\n"]);
-        assert_eq!(hub.take_handoffs().len(), 2);
-        output(&mut hub, ids[0]);
-        assert!(input(&mut hub, ids[0], b"/join lobby\n"));
-        output(&mut hub, ids[0]);
-        woken(&mut hub);
-
-        // A line handed off by another thread reaches every local member of its room.
-        hub.deliver(&[Handoff {
-            room: Arc::from("x"),
-            text: Bytes::from_static(b"far: away\nfar: again\n"),
-            lines: 2,
-        }]);
-        assert_eq!(output(&mut hub, ids[3]), ["far: away\nfar: again\n"]);
-        assert!(output(&mut hub, ids[0]).is_empty());
-        let totals = hub.stats.totals();
-        assert_eq!((totals.messages_in, totals.deliveries), (4, 9));
-    }
-
-    #[test]
-    fn has_output_says_whether_lines_wait_for_a_client() {
-        let mut hub = hub(1, 1 << 20);
-        let a = hub.connect(0).unwrap();
-        let b = hub.connect(1).unwrap();
-        output(&mut hub, a);
-        output(&mut hub, b);
-        assert!(!hub.has_output(b));
-        input(&mut hub, a, b"hello\n");
-        assert!(hub.has_output(b));
-        assert!(!hub.has_output(a));
-        output(&mut hub, b);
-        assert!(!hub.has_output(b));
-    }
-
-    #[test]
-    fn single_thread_hands_off_nothing() {
-        let mut hub = hub(1, 1 << 20);
-        let a = hub.connect(0).unwrap();
-        input(&mut hub, a, b"alone\n");
-        assert!(hub.take_handoffs().is_empty());
-    }
-
-    #[test]
-    fn slow_consumer_is_cut_and_forgotten_while_others_receive() {
-        let mut hub = hub(1, 200);
-        let sender = hub.connect(0).unwrap();
-        let slow = hub.connect(1).unwrap();
-        let fast = hub.connect(2).unwrap();
-        for _ in 0..20 {
-            input(
-                &mut hub,
-                sender,
-                b"0123456789012345678901234567890123456789\n",
-            );
-            output(&mut hub, fast);
-        }
-        let mut cut = Vec::new();
-        hub.drain_cuts(|h, notice| cut.push((*h, notice.to_vec())));
-        assert_eq!(
-            cut,
-            vec![(1, b"* error: disconnected: slow consumer\n".to_vec())]
-        );
-        let mut batch = Vec::new();
-        assert_eq!(hub.take_output(slow, &mut batch, 8), Output::Close);
-        assert!(!hub.dir.has_name("user2"));
-        assert_eq!(hub.dir.members("lobby").len(), 2);
-        assert_eq!(hub.stats.totals().slow_consumers, 1);
-        // The slow client's departure kept the room list consistent for the others.
-        input(&mut hub, sender, b"after\n");
-        assert_eq!(output(&mut hub, fast), ["user1: after\n"]);
-        assert_eq!(hub.release(slow), Some(1));
-        assert_eq!(hub.len(), 2);
-    }
-
-    #[test]
-    fn quit_flushes_bye_then_closes_and_input_after_it_is_ignored() {
-        let mut hub = hub(1, 1 << 20);
-        let a = hub.connect(0).unwrap();
-        let b = hub.connect(1).unwrap();
-        output(&mut hub, a);
-        output(&mut hub, b);
-        assert!(!input(&mut hub, a, b"/quit\nnever sent\n"));
-        assert_eq!(output(&mut hub, a), ["* bye\n"]);
-        assert!(output(&mut hub, b).is_empty());
-        let mut batch = Vec::new();
-        assert_eq!(hub.take_output(a, &mut batch, 8), Output::Close);
-        assert!(!input(&mut hub, a, b"more\n"));
-        assert_eq!(hub.dir.clients(), 1);
-    }
-
-    #[test]
-    fn shutdown_queues_the_notice_after_everything_else() {
-        let mut hub = hub(1, 1 << 20);
-        let a = hub.connect(0).unwrap();
-        let b = hub.connect(1).unwrap();
-        output(&mut hub, b);
-        input(&mut hub, a, b"last words\n");
-        hub.stop_input();
-        assert!(input(&mut hub, a, b"dropped\n"));
-        hub.shutdown_all();
-        assert_eq!(
-            output(&mut hub, b),
-            ["user1: last words\n", "* server shutting down\n"]
-        );
-        let mut batch = Vec::new();
-        assert_eq!(hub.take_output(b, &mut batch, 8), Output::Close);
-        assert_eq!(hub.dir.clients(), 0);
-    }
-
-    #[test]
-    fn members_move_between_rooms_and_slots_stay_valid() {
-        let mut hub = hub(1, 1 << 20);
-        let ids: Vec<ClientId> = (0..5).map(|h| hub.connect(h).unwrap()).collect();
-        input(&mut hub, ids[0], b"/join r\n");
-        input(&mut hub, ids[2], b"/join r\n");
-        hub.peer_gone(ids[1]);
-        for &id in &ids {
-            output(&mut hub, id);
-        }
-        input(&mut hub, ids[3], b"lobby line\n");
-        assert_eq!(output(&mut hub, ids[4]), ["user4: lobby line\n"]);
-        assert!(output(&mut hub, ids[0]).is_empty());
-        input(&mut hub, ids[0], b"r line\n");
-        assert_eq!(output(&mut hub, ids[2]), ["user1: r line\n"]);
-        assert!(output(&mut hub, ids[4]).is_empty());
-        assert_eq!(hub.dir.rooms().len(), 2);
+    // The write deadline only when nothing is armed: an earlier entry is re-armed for
+    // it when it comes up, so the fan-out path rarely touches the heap.
+    if !client.armed.is_set() {
+        let next = next_deadline(client, limits);
+        deadlines.arm(Owner::Client(id), &mut client.armed, next);
     }
 }
+
+/// When the client is cut off for lack of write progress, if output waits.
+fn write_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
+    match limits.write_timeout {
+        Some(timeout) if client.closing.is_none() && client.stalled_since.is_set() => {
+            client.stalled_since.plus(timeout)
+        }
+        _ => Tick::NONE,
+    }
+}
+
+fn next_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
+    client
+        .wake_at
+        .earliest(client.close_by)
+        .earliest(write_deadline(client, limits))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,13 +1,20 @@
-//! The sans-IO core: rooms, names, per-client outboxes and limits. It is fed events
-//! (bytes read, a hand-off from another thread, a peer that went away) and says what to
-//! do (which writers to wake, which connections to cut). It has no tokio in it.
+//! The sans-IO core: rooms, names, per-client outboxes, limits and deadlines. It is fed
+//! events with the time they happened (bytes read, a hand-off from another thread, a
+//! write's progress, a peer that went away, a deadline that came) and says what to do
+//! through one question, [`Hub::poll_action`] (which writers to wake, which sockets to
+//! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it.
 
 mod directory;
 mod hub;
 mod outbox;
 mod stats;
+mod time;
 
-pub use directory::{Directory, Full, NameTaken};
-pub use hub::{ClientId, Handoff, Hub, Limits, Output};
-pub use outbox::{CloseReason, Outbox, Overflow};
-pub use stats::{Stats, Totals};
+pub use directory::{Directory, NameTaken, Refused};
+pub use hub::{
+    Action, ClientId, Handoff, Hub, Limits, Output, Shared, ACCEPT_BACKOFF, LINGER,
+    RATE_NOTICE_INTERVAL,
+};
+pub use outbox::{Outbox, Overflow};
+pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals};
+pub use time::RateLimit;

@@ -3,19 +3,6 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 
-/// Why a connection is being closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent `/quit`.
-    Quit,
-    /// The client closed its side, or the connection failed.
-    PeerGone,
-    /// The outbox would have grown past its limit: the client does not keep up.
-    SlowConsumer { queued: usize },
-    /// The server is shutting down.
-    Shutdown,
-}
-
 /// The push would have taken the outbox past its limit; the line was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overflow {

@@ -1,17 +1,128 @@
-//! Server-wide counters: one cache line per thread, summed when read.
+//! Server-wide counters: one cache line per thread, written only by that thread and
+//! summed when read (`/stats`, the `stats` log line, `/metrics`).
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// How a client's connection ended. Every way has a name, a counter and a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The client sent `/quit`.
+    Quit,
+    /// The client closed its side, reset, or a write failed.
+    PeerGone,
+    /// Its queue would have grown past `--max-outbound`.
+    SlowConsumer,
+    /// Its socket took nothing for `--write-timeout` while output waited.
+    WriteTimeout,
+    /// The server shut down.
+    Shutdown,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 5] = [
+        Disconnect::Quit,
+        Disconnect::PeerGone,
+        Disconnect::SlowConsumer,
+        Disconnect::WriteTimeout,
+        Disconnect::Shutdown,
+    ];
+
+    /// The name used in `/stats`, logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Disconnect::Quit => "quit",
+            Disconnect::PeerGone => "peer_gone",
+            Disconnect::SlowConsumer => "slow_consumer",
+            Disconnect::WriteTimeout => "write_timeout",
+            Disconnect::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why a connection was refused before it became a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-clients` connections were open.
+    ServerFull,
+    /// `--max-per-ip` connections from that address were open.
+    PerAddress,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 2] = [Refusal::ServerFull, Refusal::PerAddress];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::ServerFull => "server_full",
+            Refusal::PerAddress => "per_ip",
+        }
+    }
+}
+
+/// The kinds of `* error:` replies, counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    LineTooLong,
+    UnknownCommand,
+    /// A command's argument was missing, unexpected or not a valid name.
+    BadArgument,
+    NameTaken,
+    AlreadyInRoom,
+    /// A line over `--max-msg-rate` was dropped.
+    RateLimited,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::LineTooLong,
+        ErrorKind::UnknownCommand,
+        ErrorKind::BadArgument,
+        ErrorKind::NameTaken,
+        ErrorKind::AlreadyInRoom,
+        ErrorKind::RateLimited,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::LineTooLong => "line_too_long",
+            ErrorKind::UnknownCommand => "unknown_command",
+            ErrorKind::BadArgument => "bad_argument",
+            ErrorKind::NameTaken => "name_taken",
+            ErrorKind::AlreadyInRoom => "already_in_room",
+            ErrorKind::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A counter written by one thread only: a plain load and store, no locked
+/// read-modify-write on the fan-out path; readers on other threads see it relaxed.
+#[derive(Debug, Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
 
 /// Counters of one worker thread. Only that thread writes them.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct ThreadCounters {
-    messages_in: AtomicU64,
-    deliveries: AtomicU64,
-    bytes_out: AtomicU64,
-    slow_consumers: AtomicU64,
-    connections: AtomicU64,
+    messages_in: Counter,
+    deliveries: Counter,
+    bytes_in: Counter,
+    bytes_out: Counter,
+    connections: Counter,
+    rate_limited: Counter,
+    disconnects: [Counter; Disconnect::ALL.len()],
+    refused: [Counter; Refusal::ALL.len()],
+    errors: [Counter; ErrorKind::ALL.len()],
 }
 
 /// Totals since start, summed over threads.
@@ -21,12 +132,39 @@ pub struct Totals {
     pub messages_in: u64,
     /// Chat lines queued to recipients (one per recipient).
     pub deliveries: u64,
+    /// Bytes read from clients.
+    pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
-    /// Clients cut off as slow consumers.
-    pub slow_consumers: u64,
-    /// Connections accepted.
+    /// Connections accepted as clients.
     pub connections: u64,
+    /// Input lines dropped for going over `--max-msg-rate`.
+    pub rate_limited: u64,
+    /// Clients gone, by [`Disconnect`] (in the order of `Disconnect::ALL`).
+    pub disconnects: [u64; Disconnect::ALL.len()],
+    /// Connections refused, by [`Refusal`].
+    pub refused: [u64; Refusal::ALL.len()],
+    /// Error replies, by [`ErrorKind`].
+    pub errors: [u64; ErrorKind::ALL.len()],
+}
+
+impl Totals {
+    pub fn disconnects(&self, reason: Disconnect) -> u64 {
+        self.disconnects[reason as usize]
+    }
+
+    pub fn refused(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize]
+    }
+
+    pub fn errors(&self, kind: ErrorKind) -> u64 {
+        self.errors[kind as usize]
+    }
+
+    /// Clients cut off for not keeping up, by bytes queued or by time without progress.
+    pub fn slow_consumers(&self) -> u64 {
+        self.disconnects(Disconnect::SlowConsumer) + self.disconnects(Disconnect::WriteTimeout)
+    }
 }
 
 /// The counters of every worker thread.
@@ -47,38 +185,91 @@ impl Stats {
     }
 
     pub fn totals(&self) -> Totals {
-        self.threads.iter().fold(Totals::default(), |t, c| Totals {
-            messages_in: t.messages_in + c.messages_in.load(Relaxed),
-            deliveries: t.deliveries + c.deliveries.load(Relaxed),
-            bytes_out: t.bytes_out + c.bytes_out.load(Relaxed),
-            slow_consumers: t.slow_consumers + c.slow_consumers.load(Relaxed),
-            connections: t.connections + c.connections.load(Relaxed),
-        })
+        let mut t = Totals::default();
+        for c in self.threads.iter() {
+            t.messages_in += c.messages_in.get();
+            t.deliveries += c.deliveries.get();
+            t.bytes_in += c.bytes_in.get();
+            t.bytes_out += c.bytes_out.get();
+            t.connections += c.connections.get();
+            t.rate_limited += c.rate_limited.get();
+            sum_into(&mut t.disconnects, &c.disconnects);
+            sum_into(&mut t.refused, &c.refused);
+            sum_into(&mut t.errors, &c.errors);
+        }
+        t
+    }
+}
+
+fn sum_into<const N: usize>(into: &mut [u64; N], from: &[Counter; N]) {
+    for (total, counter) in into.iter_mut().zip(from) {
+        *total += counter.get();
     }
 }
 
 impl ThreadCounters {
     /// `messages` chat lines came in and were queued `deliveries` times in all.
     pub fn messages_in(&self, messages: u64, deliveries: u64) {
-        self.messages_in.fetch_add(messages, Relaxed);
+        self.messages_in.add(messages);
         self.add_deliveries(deliveries);
     }
 
     pub fn add_deliveries(&self, n: u64) {
         if n > 0 {
-            self.deliveries.fetch_add(n, Relaxed);
+            self.deliveries.add(n);
         }
     }
 
-    pub fn add_bytes_out(&self, n: u64) {
-        self.bytes_out.fetch_add(n, Relaxed);
+    pub fn add_bytes_in(&self, n: u64) {
+        self.bytes_in.add(n);
     }
 
-    pub fn slow_consumer(&self) {
-        self.slow_consumers.fetch_add(1, Relaxed);
+    pub fn add_bytes_out(&self, n: u64) {
+        self.bytes_out.add(n);
     }
 
     pub fn connection(&self) {
-        self.connections.fetch_add(1, Relaxed);
+        self.connections.add(1);
+    }
+
+    /// An input line was dropped for going over the rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.add(1);
+    }
+
+    pub fn disconnect(&self, reason: Disconnect) {
+        self.disconnects[reason as usize].add(1);
+    }
+
+    pub fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].add(1);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_threads_and_keep_reasons_apart() {
+        let stats = Stats::new(2);
+        stats.thread(0).messages_in(2, 10);
+        stats.thread(1).add_deliveries(5);
+        stats.thread(0).disconnect(Disconnect::WriteTimeout);
+        stats.thread(1).disconnect(Disconnect::SlowConsumer);
+        stats.thread(1).disconnect(Disconnect::Quit);
+        stats.thread(0).refused(Refusal::PerAddress);
+        stats.thread(1).error(ErrorKind::RateLimited);
+        let t = stats.totals();
+        assert_eq!((t.messages_in, t.deliveries), (2, 15));
+        assert_eq!(t.slow_consumers(), 2);
+        assert_eq!(t.disconnects(Disconnect::Quit), 1);
+        assert_eq!(t.refused(Refusal::PerAddress), 1);
+        assert_eq!(t.refused(Refusal::ServerFull), 0);
+        assert_eq!(t.errors(ErrorKind::RateLimited), 1);
     }
 }

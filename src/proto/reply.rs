@@ -23,6 +23,11 @@ pub fn error(text: impl Display) -> Bytes {
     Bytes::from(format!("* error: {text}\n"))
 }
 
+/// `1 member`, `2 members`: a count with the noun that agrees with it.
+pub fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub const HELP: &str = "commands: /join ROOM, /nick NAME, /who, /rooms, /stats, /quit, /help; \
      any other line is chat for your room (start it with // to send a line beginning with /)";
 

@@ -5,18 +5,14 @@
 use super::io::{Conn, Listener};
 use bytes::Bytes;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 
 impl Listener for TcpListener {
     type Conn = TcpStream;
 
-    async fn accept(&self) -> io::Result<TcpStream> {
-        TcpListener::accept(self).await.map(|(stream, _)| stream)
-    }
-
-    fn fd(&self) -> RawFd {
-        self.as_raw_fd()
+    async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        TcpListener::accept(self).await
     }
 }
 
@@ -50,10 +46,6 @@ impl Conn for TcpStream {
         };
         drop(slices);
         (result, bufs)
-    }
-
-    fn fd(&self) -> RawFd {
-        self.as_raw_fd()
     }
 }
 

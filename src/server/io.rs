@@ -4,18 +4,20 @@
 use bytes::Bytes;
 use socket2::SockRef;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 
 /// A listening socket of one worker thread.
-pub(crate) trait Listener {
+pub(crate) trait Listener: AsFd {
     type Conn: Conn;
-    async fn accept(&self) -> io::Result<Self::Conn>;
-    fn fd(&self) -> RawFd;
+    /// The next connection and the address it comes from.
+    async fn accept(&self) -> io::Result<(Self::Conn, SocketAddr)>;
 }
 
-/// An accepted connection.
-pub(crate) trait Conn: 'static {
+/// An accepted connection. It owns its socket: whoever holds the connection (or a
+/// reference to it) may make calls on the socket, and an op in flight keeps what it
+/// uses alive until its completion.
+pub(crate) trait Conn: AsFd + 'static {
     /// Waits for input (or EOF or an error) without holding a buffer of the caller's,
     /// then reads it into the spare capacity of the buffer `take` gives (after its
     /// length) and returns that buffer; an empty `Vec` if `take` was never called.
@@ -30,40 +32,19 @@ pub(crate) trait Conn: 'static {
     async fn end_of_pass(&self) {}
     /// One vectored write of `bufs`, which may be partial; returns the buffers.
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>);
-    fn fd(&self) -> RawFd;
 }
 
-/// Socket calls that do not depend on the backend, made on a connection's raw fd.
-///
-/// Whoever holds a `RawSocket` must stop using it before the connection is dropped;
-/// the worker guarantees this by removing the handle from its hub first.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RawSocket(RawFd);
+/// Shuts a socket down; a pending read or write on it completes.
+pub(crate) fn shutdown(socket: &impl AsFd, how: Shutdown) {
+    // ENOTCONN only says the peer is gone already.
+    let _ = SockRef::from(socket).shutdown(how);
+}
 
-impl RawSocket {
-    pub(crate) fn new(fd: RawFd) -> Self {
-        Self(fd)
-    }
+/// Writes what fits now without waiting.
+pub(crate) fn try_send(socket: &impl AsFd, bytes: &[u8]) -> io::Result<usize> {
+    SockRef::from(socket).send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
 
-    fn with<R>(self, f: impl FnOnce(SockRef<'_>) -> R) -> R {
-        // SAFETY: the fd belongs to a connection or listener that is still open (see the
-        // type's invariant), and the borrow does not outlive this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.0) };
-        f(SockRef::from(&fd))
-    }
-
-    /// Shuts the socket down; a pending read or write on it completes.
-    pub(crate) fn shutdown(self, how: Shutdown) {
-        // ENOTCONN only says the peer is gone already.
-        let _ = self.with(|s| s.shutdown(how));
-    }
-
-    /// Writes what fits now without waiting.
-    pub(crate) fn try_send(self, bytes: &[u8]) -> io::Result<usize> {
-        self.with(|s| s.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))
-    }
-
-    pub(crate) fn set_nodelay(self) -> io::Result<()> {
-        self.with(|s| s.set_nodelay(true))
-    }
+pub(crate) fn set_nodelay(socket: &impl AsFd) -> io::Result<()> {
+    SockRef::from(socket).set_nodelay(true)
 }

@@ -7,7 +7,7 @@ pub mod probe;
 mod uring;
 mod worker;
 
-use crate::core::{Directory, Limits, Stats, Totals};
+use crate::core::{Directory, Disconnect, Limits, RateLimit, Shared, Stats, Totals};
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -54,12 +54,27 @@ pub struct ServeArgs {
     /// Longest line a client may send, in bytes (k/m suffixes allowed).
     #[arg(long, default_value = "4096", value_parser = parse_bytes)]
     pub max_line: usize,
-    /// Most clients at once [default: the open-files limit less a reserve of 64].
+    /// Most clients at once [default: the open-files limit less 64 and 4 per thread].
     #[arg(long)]
     pub max_clients: Option<usize>,
+    /// Most connections from one IP address; more get an error and are closed (0: no
+    /// limit).
+    #[arg(long, default_value = "64")]
+    pub max_per_ip: usize,
     /// Most bytes queued for one client; a client past it is cut off as a slow consumer.
     #[arg(long, default_value = "256k", value_parser = parse_bytes)]
     pub max_outbound: usize,
+    /// A client whose socket takes nothing for this long while output waits for it is
+    /// cut off as a slow consumer, whatever `--max-outbound` is (0: never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// Input lines (chat and commands) one client may send per second on average; lines
+    /// over it are dropped and the client is told, at most once a second (0: no limit).
+    #[arg(long, default_value = "20")]
+    pub max_msg_rate: u32,
+    /// Input lines one client may send at once after a quiet spell (with --max-msg-rate).
+    #[arg(long, default_value = "100")]
+    pub max_msg_burst: u32,
     /// How long shutdown may spend flushing queued lines before it closes regardless; also
     /// how long a client that quit or closed its side has to read what is queued for it.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -152,6 +167,9 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
         bail!("--max-line must be at least 1 and --max-outbound at least --max-line + 64");
     }
+    if args.max_msg_rate > 0 && args.max_msg_burst == 0 {
+        bail!("--max-msg-burst must be at least 1 when --max-msg-rate is set");
+    }
     if args.backend == Backend::Uring {
         probe::probe().map_err(|cause| {
             anyhow::anyhow!(
@@ -167,12 +185,25 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         .local_addr()
         .context("reading the bound address")?;
 
-    let dir = Arc::new(Directory::new(max_clients));
+    let dir = Arc::new(Directory::new(max_clients, args.max_per_ip));
     let stats = Arc::new(Stats::new(threads));
     let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
+    let shared = Shared {
+        dir: dir.clone(),
+        stats: stats.clone(),
+        label,
+        threads,
+    };
     let limits = Limits {
         max_line: args.max_line,
         max_outbound: args.max_outbound,
+        write_timeout: (!args.write_timeout.is_zero()).then_some(args.write_timeout),
+        rate: (args.max_msg_rate > 0).then_some(RateLimit {
+            per_second: args.max_msg_rate,
+            burst: args.max_msg_burst,
+        }),
+        drain_timeout: args.drain_timeout,
+        flush_delay: args.flush_delay,
     };
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
@@ -181,20 +212,15 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 
     for (index, (listener, inbox)) in listeners.into_iter().zip(inbox_rx).enumerate() {
         let setup = WorkerSetup {
-            dir: dir.clone(),
-            stats: stats.clone(),
+            shared: shared.clone(),
             limits,
-            label: label.clone(),
             index,
-            threads,
             peers: (0..threads)
                 .filter(|&i| i != index)
                 .map(|i| inbox_tx[i].clone())
                 .collect(),
             inbox,
             shutdown: shutdown_rx.clone(),
-            drain_timeout: args.drain_timeout,
-            flush_delay: args.flush_delay,
         };
         let events_tx = events_tx.clone();
         let backend = args.backend;
@@ -220,7 +246,9 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 
     tracing::info!(
         %addr, backend = args.backend.name(), threads, max_clients,
-        max_line = args.max_line, max_outbound = args.max_outbound,
+        max_per_ip = args.max_per_ip, max_line = args.max_line,
+        max_outbound = args.max_outbound, write_timeout = ?args.write_timeout,
+        max_msg_rate = args.max_msg_rate, max_msg_burst = args.max_msg_burst,
         "ringcast serving"
     );
     let stats_stop = spawn_stats_thread(
@@ -351,14 +379,32 @@ fn run_worker(
 
 /// Binds `count` listeners to one address with SO_REUSEPORT, so the kernel spreads
 /// connections over the threads. With port 0 the first bind picks the port.
+///
+/// The first socket binds *without* SO_REUSEPORT and sets it only once bound: a port
+/// that anything else holds (another ringcast's group included) fails that bind with
+/// "address in use", instead of this process silently joining the other's group and
+/// splitting new clients between two separate servers. The kernel still lets a process
+/// of the same user that sets SO_REUSEPORT itself join later; ringcast never does.
 fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
         socket.set_reuse_address(true)?;
+        if i > 0 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&addr.into()).map_err(|err| {
+            if err.kind() == std::io::ErrorKind::AddrInUse {
+                std::io::Error::new(
+                    err.kind(),
+                    "address in use: another process is listening on this port",
+                )
+            } else {
+                err
+            }
+        })?;
         socket.set_reuse_port(true)?;
-        socket.bind(&addr.into())?;
         socket.listen(4096)?;
         let listener: std::net::TcpListener = socket.into();
         addr = listener.local_addr()?;
@@ -428,7 +474,9 @@ fn spawn_stats_thread(
                     msgs_in_per_s = rate(now.messages_in, last.messages_in),
                     deliveries_per_s = rate(now.deliveries, last.deliveries),
                     bytes_out_per_s = rate(now.bytes_out, last.bytes_out),
-                    slow_consumers = now.slow_consumers,
+                    slow_consumers = now.slow_consumers(),
+                    closed_write_timeout = now.disconnects(Disconnect::WriteTimeout),
+                    rate_limited = now.rate_limited,
                     messages_in = now.messages_in,
                     deliveries = now.deliveries,
                     "stats"

@@ -77,7 +77,9 @@ pub fn probe() -> Result<(), UringUnavailable> {
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .ok()
         .and_then(|v| v.trim().parse().ok());
-    let setup = io_uring::IoUring::new(4).map(drop);
+    // Under the lock every ring creation takes, so that a worker thread creating its
+    // ring meanwhile still tells its own ring fd apart.
+    let setup = super::uring::create_ring(|| io_uring::IoUring::new(4)).map(drop);
     decide(&release, disabled, setup)
 }
 

@@ -9,22 +9,35 @@ use super::io::{Conn, Listener};
 use super::UringSetup;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
-use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
-impl Listener for TcpListener {
+/// This backend's listener: tokio-uring's, which owns its socket.
+pub(crate) struct UringListener(TcpListener);
+
+impl AsFd for UringListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the listener owns the fd and keeps it open as long as it lives, which
+        // the borrow cannot outlast.
+        unsafe { BorrowedFd::borrow_raw(self.0.as_raw_fd()) }
+    }
+}
+
+impl Listener for UringListener {
     type Conn = UringConn;
 
-    async fn accept(&self) -> io::Result<UringConn> {
-        let (stream, _) = TcpListener::accept(self).await?;
-        Ok(UringConn::new(stream))
-    }
-
-    fn fd(&self) -> RawFd {
-        self.as_raw_fd()
+    async fn accept(&self) -> io::Result<(UringConn, SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        Ok((UringConn::new(stream), peer))
     }
 }
 
@@ -50,13 +63,18 @@ impl OneshotOutputTransform for Done {
 
 /// Completes a receive that picked its buffer from the thread's [`RecvBuffers`]: bytes
 /// received (or the error) and the id of the buffer the kernel filled, if it took one.
+/// The op stores its socket, so the socket stays open until the completion.
 struct RecvDone;
 
 impl OneshotOutputTransform for RecvDone {
     type Output = (io::Result<usize>, Option<u16>);
-    type StoredData = ();
+    type StoredData = Rc<UringSocket>;
 
-    fn transform_oneshot_output(self, _: (), cqe: io_uring::cqueue::Entry) -> Self::Output {
+    fn transform_oneshot_output(
+        self,
+        _: Rc<UringSocket>,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
         (
             cqe_result(&cqe),
             io_uring::cqueue::buffer_select(cqe.flags()),
@@ -64,14 +82,19 @@ impl OneshotOutputTransform for RecvDone {
     }
 }
 
-/// Completes a send: bytes sent (or the error), and the buffer back.
+/// Completes a send: bytes sent (or the error), and the buffer back. The op stores the
+/// buffer and the socket until the completion.
 struct SendDone;
 
 impl OneshotOutputTransform for SendDone {
     type Output = (io::Result<usize>, Bytes);
-    type StoredData = Bytes;
+    type StoredData = (Rc<UringSocket>, Bytes);
 
-    fn transform_oneshot_output(self, buf: Bytes, cqe: io_uring::cqueue::Entry) -> Self::Output {
+    fn transform_oneshot_output(
+        self,
+        (_, buf): (Rc<UringSocket>, Bytes),
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
         (cqe_result(&cqe), buf)
     }
 }
@@ -86,45 +109,174 @@ impl OneshotOutputTransform for Discard {
     fn transform_oneshot_output(self, _: (), _: io_uring::cqueue::Entry) {}
 }
 
-/// A connection of the uring backend: its socket, and the socket's slot in the ring's
-/// table of registered files when it got one (then its RECVs and SENDs name the slot,
-/// and the kernel skips looking the fd up and taking a reference on every op).
-pub(crate) struct UringConn {
+/// Pushes a raw SQE to this thread's ring through tokio-uring, which keeps `data` until
+/// the completion even if the returned future is dropped first.
+///
+/// # Safety
+/// Everything the SQE points at (buffers, and the socket it names by fd or registered
+/// slot) must stay valid until the completion: owned by `data`, or alive for as long as
+/// the thread's ring is.
+unsafe fn submit<D: 'static, T: OneshotOutputTransform<StoredData = D>>(
+    data: D,
+    done: T,
+    sqe: squeue::Entry,
+) -> InFlightOneshot<D, T> {
+    UnsubmittedOneshot::new(data, done, sqe).submit()
+}
+
+/// The socket of a connection, shared with every op in flight on it, and its slot in
+/// the ring's table of registered files when it got one (then its RECVs and SENDs name
+/// the slot, and the kernel skips looking the fd up and taking a reference on every op).
+pub(crate) struct UringSocket {
     stream: TcpStream,
     slot: Option<u32>,
 }
 
-impl UringConn {
-    fn new(stream: TcpStream) -> Self {
-        let slot = FixedFiles::current().and_then(|files| files.register(stream.as_raw_fd()));
-        Self { stream, slot }
-    }
-}
-
-impl Drop for UringConn {
+impl Drop for UringSocket {
     fn drop(&mut self) {
-        // Before the socket closes: a registered file keeps the socket open.
+        // Before the socket closes (its fields drop after this): a registered file
+        // keeps the socket open.
         if let (Some(slot), Some(files)) = (self.slot, FixedFiles::current()) {
             files.unregister(slot);
         }
     }
 }
 
+/// A connection of the uring backend. Its ops each hold a reference to the socket, so
+/// dropping the connection with ops in flight closes the socket only when they end.
+pub(crate) struct UringConn(Rc<UringSocket>);
+
+impl UringConn {
+    fn new(stream: TcpStream) -> Self {
+        let slot = FixedFiles::current().and_then(|files| files.register(stream.as_raw_fd()));
+        Self(Rc::new(UringSocket { stream, slot }))
+    }
+}
+
+impl AsFd for UringConn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the socket is owned by `self.0`, which the borrow cannot outlast.
+        unsafe { BorrowedFd::borrow_raw(self.0.stream.as_raw_fd()) }
+    }
+}
+
 /// Builds an SQE for a connection's socket, naming it by its registered slot when it has
 /// one and by its fd otherwise.
 macro_rules! socket_sqe {
-    ($conn:expr, $target:ident => $build:expr) => {
-        match $conn.slot {
+    ($socket:expr, $target:ident => $build:expr) => {
+        match $socket.slot {
             Some(slot) => {
                 let $target = types::Fixed(slot);
                 $build
             }
             None => {
-                let $target = types::Fd($conn.stream.as_raw_fd());
+                let $target = types::Fd($socket.stream.as_raw_fd());
                 $build
             }
         }
     };
+}
+
+/// An IORING_OP_RECV that takes its buffer from the thread's provided-buffer group.
+///
+/// # Safety
+/// The group's buffers must be `RECV_BUFFER_SIZE` bytes and valid for the ring's life;
+/// the socket must stay open until the completion.
+unsafe fn recv_sqe(socket: &UringSocket) -> squeue::Entry {
+    // The length must be the buffers' (older kernels take it as is).
+    let len = RECV_BUFFER_SIZE as u32;
+    socket_sqe!(socket, target => opcode::Recv::new(target, std::ptr::null_mut(), len)
+        .buf_group(RECV_GROUP)
+        .build())
+    .flags(squeue::Flags::BUFFER_SELECT)
+}
+
+/// An IORING_OP_SEND of `len` bytes at `ptr`.
+///
+/// # Safety
+/// The bytes must stay valid, and the socket open, until the completion.
+unsafe fn send_sqe(socket: &UringSocket, ptr: *const u8, len: u32) -> squeue::Entry {
+    socket_sqe!(socket, target => opcode::Send::new(target, ptr, len)
+        .flags(libc::MSG_NOSIGNAL)
+        .build())
+}
+
+/// A receive in flight. Dropped before its completion (its connection's task was
+/// dropped), it is handed to the thread's [`Orphans`], which waits for the completion
+/// and provides the buffer the kernel may have filled again: otherwise that buffer
+/// would leave the group for good.
+struct Recv(Option<InFlightOneshot<Rc<UringSocket>, RecvDone>>);
+
+impl Future for Recv {
+    type Output = (io::Result<usize>, Option<u16>);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(op) = self.0.as_mut() else {
+            return Poll::Ready((Err(io::Error::other("receive polled after its end")), None));
+        };
+        let output = std::task::ready!(Pin::new(op).poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl Drop for Recv {
+    fn drop(&mut self) {
+        if let Some(op) = self.0.take() {
+            Orphans::adopt(op);
+        }
+    }
+}
+
+/// Receives of this thread whose futures were dropped before their completion.
+#[derive(Default)]
+struct Orphans {
+    ops: Vec<InFlightOneshot<Rc<UringSocket>, RecvDone>>,
+    /// The task of `Orphans::reap`, woken when an orphan comes.
+    waker: Option<Waker>,
+}
+
+thread_local! {
+    static ORPHANS: RefCell<Orphans> = RefCell::default();
+}
+
+impl Orphans {
+    fn adopt(op: InFlightOneshot<Rc<UringSocket>, RecvDone>) {
+        ORPHANS.with(|o| {
+            let mut orphans = o.borrow_mut();
+            orphans.ops.push(op);
+            if let Some(waker) = orphans.waker.take() {
+                waker.wake();
+            }
+        });
+    }
+
+    /// Runs for the life of the thread's runtime: completes orphaned receives and gives
+    /// back the buffers they took.
+    async fn reap() {
+        std::future::poll_fn(|cx| {
+            let completed: Vec<Option<u16>> = ORPHANS.with(|o| {
+                let mut orphans = o.borrow_mut();
+                let mut completed = Vec::new();
+                orphans.ops.retain_mut(|op| match Pin::new(op).poll(cx) {
+                    Poll::Ready((_, buffer)) => {
+                        completed.push(buffer);
+                        false
+                    }
+                    Poll::Pending => true,
+                });
+                orphans.waker = Some(cx.waker().clone());
+                completed
+            });
+            if let Some(pool) = RecvBuffers::current() {
+                for id in completed.into_iter().flatten() {
+                    pool.give_back(id);
+                }
+            }
+            Poll::<()>::Pending
+        })
+        .await
+    }
 }
 
 impl Conn for UringConn {
@@ -132,18 +284,15 @@ impl Conn for UringConn {
         // The fallbacks are boxed: this future lives as long as a connection is idle, so
         // it should hold no more than the receive op itself.
         let Some(pool) = RecvBuffers::current() else {
-            return Box::pin(self.stream.poll_then_read(take)).await;
+            return Box::pin(self.0.poll_then_read(take)).await;
         };
         // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
         // only once data is there: an idle connection pins no buffer, and input costs one
         // trip through the ring, not a poll and then a read.
-        // The length must be the buffers' (older kernels take it as is).
-        let len = RECV_BUFFER_SIZE as u32;
-        let sqe = socket_sqe!(self, socket => opcode::Recv::new(socket, std::ptr::null_mut(), len)
-            .buf_group(RECV_GROUP)
-            .build())
-        .flags(squeue::Flags::BUFFER_SELECT);
-        let (result, buffer) = UnsubmittedOneshot::new((), RecvDone, sqe).submit().await;
+        // SAFETY: the op stores a reference to the socket, and the group's buffers live
+        // as long as the thread (`RecvBuffers`).
+        let op = unsafe { submit(self.0.clone(), RecvDone, recv_sqe(&self.0)) };
+        let (result, buffer) = Recv(Some(op)).await;
         match (result, buffer) {
             (result, Some(id)) => {
                 let mut buf = take();
@@ -155,7 +304,7 @@ impl Conn for UringConn {
             }
             // Every buffer of the group is out: input is waiting, read it the plain way.
             (Err(err), None) if err.raw_os_error() == Some(libc::ENOBUFS) => {
-                Box::pin(self.stream.read_into(take())).await
+                Box::pin(self.0.read_into(take())).await
             }
             // EOF or an error, with no data.
             (result, None) => (result, Vec::new()),
@@ -173,51 +322,65 @@ impl Conn for UringConn {
 
     async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         if bufs.len() != 1 {
-            return self.stream.writev(bufs).await;
+            // tokio-uring's own op, which holds the socket's fd itself.
+            return self.0.stream.writev(bufs).await;
         }
         // One buffer, the common case (one read's chat, shared by every recipient): an
         // IORING_OP_SEND, which skips building and importing an iovec array and the
-        // file-write layers a WRITEV goes through. The op keeps the buffer alive.
+        // file-write layers a WRITEV goes through.
         let Some(buf) = bufs.pop() else {
             return (Ok(0), bufs);
         };
         let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
-        let sqe = socket_sqe!(self, socket => opcode::Send::new(socket, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build());
-        let (result, buf) = UnsubmittedOneshot::new(buf, SendDone, sqe).submit().await;
+        // SAFETY: the op stores the buffer (a `Bytes` does not move its bytes) and a
+        // reference to the socket until the completion.
+        let sqe = unsafe { send_sqe(&self.0, ptr, len) };
+        // SAFETY: as above.
+        let op = unsafe { submit((self.0.clone(), buf), SendDone, sqe) };
+        let (result, buf) = op.await;
         bufs.push(buf);
         (result, bufs)
-    }
-
-    fn fd(&self) -> RawFd {
-        self.stream.as_raw_fd()
     }
 }
 
 /// The plain read path, for a ring without provided buffers.
-trait PlainRead {
-    async fn poll_then_read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>);
-    async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
-}
-
-impl PlainRead for TcpStream {
-    async fn poll_then_read(&self, take: impl FnOnce() -> Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        // IORING_OP_POLL_ADD through tokio-uring's public raw-op hook: unlike a pending
-        // read, a pending poll pins no buffer. The connection outlives the op: its reader
-        // awaits the op to completion.
+impl UringSocket {
+    async fn poll_then_read(
+        self: &Rc<Self>,
+        take: impl FnOnce() -> Vec<u8>,
+    ) -> (io::Result<usize>, Vec<u8>) {
+        // IORING_OP_POLL_ADD: unlike a pending read, a pending poll pins no buffer.
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
-        let sqe = opcode::PollAdd::new(types::Fd(self.as_raw_fd()), events).build();
-        if let Err(err) = UnsubmittedOneshot::new((), Done, sqe).submit().await {
+        let sqe = opcode::PollAdd::new(types::Fd(self.stream.as_raw_fd()), events).build();
+        // SAFETY: the op stores a reference to the socket until the completion.
+        let polled = unsafe { submit(self.clone(), PollDone, sqe) }.await;
+        if let Err(err) = polled {
             return (Err(err), Vec::new());
         }
         self.read_into(take()).await
     }
 
     async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        // tokio-uring's own read op, which holds the socket's fd itself.
         let filled = buf.len();
-        let (result, slice) = TcpStream::read(self, buf.slice(filled..)).await;
+        let (result, slice) = self.stream.read(buf.slice(filled..)).await;
         (result, slice.into_inner())
+    }
+}
+
+/// Completes a poll, which stores its socket until the completion.
+struct PollDone;
+
+impl OneshotOutputTransform for PollDone {
+    type Output = io::Result<usize>;
+    type StoredData = Rc<UringSocket>;
+
+    fn transform_oneshot_output(
+        self,
+        _: Rc<UringSocket>,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
+        cqe_result(&cqe)
     }
 }
 
@@ -240,8 +403,17 @@ struct RecvBuffers {
 }
 
 thread_local! {
-    static RECV_BUFFERS_OF_THREAD: std::cell::Cell<Option<&'static RecvBuffers>> =
-        const { std::cell::Cell::new(None) };
+    static RECV_BUFFERS_OF_THREAD: Cell<Option<&'static RecvBuffers>> = const { Cell::new(None) };
+}
+
+/// An IORING_OP_PROVIDE_BUFFERS of `count` buffers of `RECV_BUFFER_SIZE` bytes at
+/// `first`, with ids from `first_id`, to the receive group.
+///
+/// # Safety
+/// The buffers must stay valid for as long as the ring lives, and none of them may be
+/// with the kernel already (the kernel would hand the same memory to two receives).
+unsafe fn provide_sqe(first: *mut u8, count: u16, first_id: u16) -> squeue::Entry {
+    opcode::ProvideBuffers::new(first, RECV_BUFFER_SIZE as i32, count, RECV_GROUP, first_id).build()
 }
 
 impl RecvBuffers {
@@ -253,15 +425,11 @@ impl RecvBuffers {
         let pool: &'static RecvBuffers = Box::leak(Box::new(RecvBuffers {
             memory: Box::leak(memory.into_boxed_slice()).as_mut_ptr(),
         }));
-        let sqe = opcode::ProvideBuffers::new(
-            pool.memory,
-            RECV_BUFFER_SIZE as i32,
-            RECV_BUFFERS,
-            RECV_GROUP,
-            0,
-        )
-        .build();
-        match UnsubmittedOneshot::new((), Done, sqe).submit().await {
+        // SAFETY: the memory is leaked (lives for the process), and none of it was
+        // provided before.
+        let sqe = unsafe { provide_sqe(pool.memory, RECV_BUFFERS, 0) };
+        // SAFETY: the SQE points only at the leaked buffers.
+        match unsafe { submit((), Done, sqe) }.await {
             Ok(_) => RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool))),
             Err(err) => {
                 tracing::warn!("io_uring provided buffers refused ({err}): reads poll first")
@@ -274,7 +442,9 @@ impl RecvBuffers {
     }
 
     fn buffer(&self, id: u16) -> *mut u8 {
-        debug_assert!(id < RECV_BUFFERS);
+        // The id comes from the kernel's completion: check it names one of ours before
+        // pointing anywhere.
+        assert!(id < RECV_BUFFERS, "kernel named receive buffer {id}");
         // SAFETY: `id` names one of the `RECV_BUFFERS` buffers of the allocation.
         unsafe { self.memory.add(id as usize * RECV_BUFFER_SIZE) }
     }
@@ -287,17 +457,14 @@ impl RecvBuffers {
     }
 
     /// Provides buffer `id` to the kernel again (submitted with the thread's next batch).
+    /// Called once per completion that named it.
     fn give_back(&self, id: u16) {
-        let sqe = opcode::ProvideBuffers::new(
-            self.buffer(id),
-            RECV_BUFFER_SIZE as i32,
-            1,
-            RECV_GROUP,
-            id,
-        )
-        .build();
+        // SAFETY: the buffer lives for the process, and the kernel gave it to us with the
+        // completion whose receiver calls this, once.
+        let sqe = unsafe { provide_sqe(self.buffer(id), 1, id) };
         // Nothing waits for this completion; tokio-uring keeps the op until it arrives.
-        drop(UnsubmittedOneshot::new((), Discard, sqe).submit());
+        // SAFETY: the SQE points only at the leaked buffer.
+        drop(unsafe { submit((), Discard, sqe) });
     }
 }
 
@@ -308,35 +475,47 @@ pub(crate) struct Options {
     pub(crate) setup: Vec<UringSetup>,
 }
 
+/// Held by every creation of an io_uring instance in this process (the startup probe
+/// and each thread's runtime), so that the one new ring fd seen around a creation is
+/// that creation's.
+static RING_CREATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `create` while no other ring of this process can be created, and returns its
+/// result with the io_uring fds that appeared meanwhile.
+pub(crate) fn create_ring<T>(
+    create: impl FnOnce() -> io::Result<T>,
+) -> io::Result<(T, Vec<RawFd>)> {
+    let _guard = RING_CREATION.lock().unwrap_or_else(|e| e.into_inner());
+    let before = io_uring_fds();
+    let created = create()?;
+    let new = io_uring_fds()
+        .into_iter()
+        .filter(|fd| !before.contains(fd))
+        .collect();
+    Ok((created, new))
+}
+
 /// Runs `future` on a tokio-uring runtime on this thread.
 pub(crate) fn block_on<F: std::future::Future>(
     options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
-    // Tells this thread's ring apart from the others' while it is created (below).
-    static RING_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let setup_guard = RING_SETUP.lock().unwrap_or_else(|e| e.into_inner());
-    let rings_before = io_uring_fds();
-    let runtime = match runtime(options, &options.setup) {
+    let (runtime, new_rings) = create_ring(|| match runtime(options, &options.setup) {
         Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
             tracing::warn!(
                 "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
                 options.setup
             );
-            runtime(options, &[])?
+            runtime(options, &[])
         }
-        other => other?,
-    };
-    let new_rings: Vec<RawFd> = io_uring_fds()
-        .into_iter()
-        .filter(|fd| !rings_before.contains(fd))
-        .collect();
-    drop(setup_guard);
+        other => other,
+    })?;
     match new_rings[..] {
         [ring] => FixedFiles::install(ring),
         _ => tracing::debug!("could not tell this thread's ring fd: no registered files"),
     }
     Ok(runtime.block_on(async {
+        tokio_uring::spawn(Orphans::reap());
         RecvBuffers::install().await;
         future.await
     }))
@@ -379,13 +558,12 @@ struct FixedFiles {
     ring: RawFd,
     capacity: u32,
     /// Slots never used yet start here; freed ones are reused first.
-    next: std::cell::Cell<u32>,
-    free: std::cell::RefCell<Vec<u32>>,
+    next: Cell<u32>,
+    free: RefCell<Vec<u32>>,
 }
 
 thread_local! {
-    static FIXED_FILES_OF_THREAD: std::cell::Cell<Option<&'static FixedFiles>> =
-        const { std::cell::Cell::new(None) };
+    static FIXED_FILES_OF_THREAD: Cell<Option<&'static FixedFiles>> = const { Cell::new(None) };
 }
 
 #[repr(C)]
@@ -402,15 +580,7 @@ impl FixedFiles {
     /// Registers an empty table with `ring`; without one (an old kernel, a low open-files
     /// limit) connections are named by fd as before.
     fn install(ring: RawFd) {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes into the struct we pass.
-        let nofile = match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
-            0 => limit.rlim_cur,
-            _ => 1024,
-        };
+        let nofile = crate::sys::nofile_limit().unwrap_or(1024);
         let capacity = nofile.min(u64::from(MAX_FIXED_FILES)) as u32;
         let empty: Vec<i32> = vec![-1; capacity as usize];
         // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call.
@@ -431,14 +601,20 @@ impl FixedFiles {
         let files: &'static FixedFiles = Box::leak(Box::new(FixedFiles {
             ring,
             capacity,
-            next: std::cell::Cell::new(0),
-            free: std::cell::RefCell::new(Vec::new()),
+            next: Cell::new(0),
+            free: RefCell::new(Vec::new()),
         }));
         FIXED_FILES_OF_THREAD.with(|f| f.set(Some(files)));
     }
 
     fn current() -> Option<&'static FixedFiles> {
         FIXED_FILES_OF_THREAD.with(|f| f.get())
+    }
+
+    /// Slots holding a socket now.
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
+        self.next.get() as usize - self.free.borrow().len()
     }
 
     /// Puts `fd` into a free slot; `None` when the table is full or the kernel refuses.
@@ -493,6 +669,214 @@ impl FixedFiles {
 }
 
 /// Turns a bound std listener into this backend's listener (inside the runtime).
-pub(crate) fn listener(std: std::net::TcpListener) -> io::Result<TcpListener> {
-    Ok(TcpListener::from_std(std))
+pub(crate) fn listener(std: std::net::TcpListener) -> io::Result<UringListener> {
+    Ok(UringListener(TcpListener::from_std(std)))
+}
+
+#[cfg(test)]
+mod tests {
+    //! Cancellation, in the style of monoio's fd-leak tests: drop ops mid-flight, then
+    //! check that the provided buffers, the registered-file table and the process's
+    //! descriptors come back to where they were. Each test runs in a process of its own
+    //! (it re-runs the test binary for just itself), so that no other test's sockets
+    //! count.
+
+    use super::*;
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+
+    const ISOLATED: &str = "RINGCAST_ISOLATED_TEST";
+
+    /// True in the re-run process; in the first one, re-runs `name` alone and checks it
+    /// passed.
+    fn isolated(name: &str) -> bool {
+        if std::env::var_os(ISOLATED).is_some() {
+            return true;
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let output = std::process::Command::new(exe)
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ISOLATED, "1")
+            .output()
+            .expect("re-running the test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{name} did not pass in its own process:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        false
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .count()
+    }
+
+    /// Yields to the runtime (letting it park, submit and complete) until `done` holds;
+    /// panics after a generous bound.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Connected pairs: a plain client socket and the backend's connection.
+    async fn pairs(
+        listener: &UringListener,
+        addr: SocketAddr,
+        n: usize,
+    ) -> Vec<(std::net::TcpStream, UringConn)> {
+        let mut pairs = Vec::new();
+        for _ in 0..n {
+            let client = std::net::TcpStream::connect(addr).expect("connect");
+            let (conn, _) = listener.accept().await.expect("accept");
+            pairs.push((client, conn));
+        }
+        pairs
+    }
+
+    /// Receives `n` at once on sockets with input waiting: how many got a provided
+    /// buffer. Every buffer is given back afterwards.
+    async fn buffers_with_the_kernel(pairs: &mut [(std::net::TcpStream, UringConn)]) -> usize {
+        let pool = RecvBuffers::current().expect("provided buffers");
+        for (client, _) in pairs.iter_mut() {
+            client.write_all(b"x").expect("client write");
+        }
+        // The input must be there before the receives are submitted.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let receives: Vec<Recv> = pairs
+            .iter()
+            .map(|(_, conn)| {
+                // SAFETY: as in `UringConn::read`.
+                Recv(Some(unsafe {
+                    submit(conn.0.clone(), RecvDone, recv_sqe(&conn.0))
+                }))
+            })
+            .collect();
+        let mut taken = 0;
+        for receive in receives {
+            if let (_, Some(id)) = receive.await {
+                taken += 1;
+                pool.give_back(id);
+            }
+        }
+        taken
+    }
+
+    #[test]
+    fn dropped_receives_give_their_buffers_back() {
+        if !isolated("server::uring::tests::dropped_receives_give_their_buffers_back") {
+            return;
+        }
+        let options = Options {
+            sq_entries: 256,
+            setup: Vec::new(),
+        };
+        block_on(&options, async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_listener.local_addr().expect("addr");
+            let listener = listener(std_listener).expect("listener");
+            let files = FixedFiles::current().expect("registered files");
+            let baseline_fds = open_fds();
+
+            // Receives in flight on idle sockets, dropped, and only then given input:
+            // each completes with a buffer that nobody awaits any more.
+            let mut dropped = pairs(&listener, addr, 16).await;
+            let readers: Vec<_> = dropped
+                .iter_mut()
+                .map(|(_, conn)| {
+                    let conn = UringConn(conn.0.clone());
+                    tokio_uring::spawn(async move { conn.read(Vec::new).await })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for reader in &readers {
+                reader.abort();
+            }
+            for reader in readers {
+                assert!(reader.await.is_err(), "the read was cancelled");
+            }
+            for (client, _) in &mut dropped {
+                client.write_all(b"after the drop").expect("client write");
+            }
+            until("the orphaned receives complete", || {
+                ORPHANS.with(|o| o.borrow().ops.is_empty())
+            })
+            .await;
+
+            // Every buffer is with the kernel again: of one more receive than there are
+            // buffers, all but one get one.
+            let mut probe = pairs(&listener, addr, RECV_BUFFERS as usize + 1).await;
+            assert_eq!(
+                buffers_with_the_kernel(&mut probe).await,
+                RECV_BUFFERS as usize
+            );
+
+            drop(probe);
+            drop(dropped);
+            assert_eq!(files.in_use(), 0);
+            assert_eq!(open_fds(), baseline_fds);
+        })
+        .expect("runtime");
+    }
+
+    #[test]
+    fn a_dropped_send_keeps_its_socket_until_it_completes() {
+        if !isolated("server::uring::tests::a_dropped_send_keeps_its_socket_until_it_completes") {
+            return;
+        }
+        let options = Options {
+            sq_entries: 256,
+            setup: Vec::new(),
+        };
+        block_on(&options, async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_listener.local_addr().expect("addr");
+            let listener = listener(std_listener).expect("listener");
+            let files = FixedFiles::current().expect("registered files");
+            let baseline_fds = open_fds();
+
+            // Clients that never read: their connections' sends fill the socket and then
+            // wait in the kernel.
+            let pairs = pairs(&listener, addr, 8).await;
+            assert_eq!(files.in_use(), 8);
+            let mut clients = Vec::new();
+            let mut writers = Vec::new();
+            for (client, conn) in pairs {
+                clients.push(client);
+                writers.push(tokio_uring::spawn(async move {
+                    let big = Bytes::from(vec![7u8; 1 << 20]);
+                    loop {
+                        let (result, _) = conn.writev(vec![big.clone()]).await;
+                        if result.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for writer in &writers {
+                writer.abort();
+            }
+            for writer in writers {
+                assert!(writer.await.is_err(), "the write was cancelled");
+            }
+            // The connections are gone, but their sends still hold the sockets (and their
+            // slots) open: the kernel may still be writing from them.
+            assert_eq!(files.in_use(), 8);
+            assert_eq!(open_fds(), baseline_fds + 16);
+            // The clients go away; the sends fail, and only then are the sockets closed.
+            drop(clients);
+            until("the sends end and release their sockets", || {
+                files.in_use() == 0
+            })
+            .await;
+            assert_eq!(open_fds(), baseline_fds);
+        })
+        .expect("runtime");
+    }
 }

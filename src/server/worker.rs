@@ -1,18 +1,19 @@
 //! One worker thread, written once for both backends: the accept loop, each connection's
-//! read and write loops, the inbox of lines handed off by other threads, and shutdown.
-//! It moves bytes between the backend's sockets and the thread's [`Hub`].
+//! read and write loops, the inbox of lines handed off by other threads, the timer that
+//! sleeps until the hub's next deadline, and shutdown. It moves bytes between the
+//! backend's sockets and the thread's [`Hub`], and carries out the hub's actions; every
+//! rule about time and limits is the hub's.
 
-use super::io::{Conn, Listener, RawSocket};
-use crate::core::{ClientId, Directory, Handoff, Hub, Limits, Output, Stats};
+use super::io::{self, Conn, Listener};
+use crate::core::{Action, ClientId, Handoff, Hub, Limits, Output, Shared};
 use bytes::{Buf, Bytes};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::io;
-use std::net::Shutdown;
+use std::io as stdio;
+use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::spawn_local;
 
@@ -25,130 +26,104 @@ const POOL_MAX: usize = 256;
 const POOL_KEEP_BYTES: usize = 64 * 1024;
 /// Most buffers in one vectored write (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
-/// How long a closing connection waits for the client to close its side after the
-/// server sent everything, before the socket is shut down regardless.
-const LINGER: Duration = Duration::from_secs(2);
-/// Pause after accept fails for lack of file descriptors.
-const EMFILE_BACKOFF: Duration = Duration::from_millis(100);
 /// Batches of hand-offs one thread may queue to another before its readers wait.
 pub(crate) const INBOX_BATCHES: usize = 1024;
 
-/// The I/O layer's per-connection handle, stored in the hub.
-#[derive(Debug)]
-pub(crate) struct ConnHandle {
-    socket: RawSocket,
-    /// Wakes the writer when the outbox gets lines or the client starts closing, and,
-    /// once the writer has finished its loop, when the reader ends.
+/// A connection as the worker and the hub hold it: the backend's connection, which owns
+/// the socket, and the signal that wakes its writer. The hub keeps one reference while
+/// the client exists; the connection's task keeps another while its I/O runs.
+pub(crate) struct ConnHandle<C> {
+    conn: C,
+    /// Wakes the writer when the hub has something for it to do.
     wake: Signal,
-    /// True while a write is in flight: a notice sent beside it could split its lines.
-    writing: Cell<bool>,
-    /// True until the reader has ended (the client's input is over).
-    reading: Cell<bool>,
-    /// Set when the hub has forgotten the connection, just before its socket closes:
-    /// from then on `socket` must not be used (the fd number may be reused).
-    released: Cell<bool>,
-}
-
-impl ConnHandle {
-    /// Cuts off a slow consumer: best-effort notice, then shutdown, which also ends any
-    /// write stuck on the full socket.
-    fn cut(&self, notice: &[u8]) {
-        if !self.writing.get() {
-            let _ = self.socket.try_send(notice);
-        }
-        self.socket.shutdown(Shutdown::Both);
-    }
 }
 
 /// What a worker needs from the rest of the server.
 pub(crate) struct WorkerSetup {
-    pub(crate) dir: Arc<Directory>,
-    pub(crate) stats: Arc<Stats>,
+    pub(crate) shared: Shared,
     pub(crate) limits: Limits,
-    /// Shown by `/stats`.
-    pub(crate) label: Arc<str>,
     pub(crate) index: usize,
-    pub(crate) threads: usize,
     /// Senders to the inboxes of the other threads.
     pub(crate) peers: Vec<mpsc::Sender<Vec<Handoff>>>,
     pub(crate) inbox: mpsc::Receiver<Vec<Handoff>>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    pub(crate) drain_timeout: Duration,
-    pub(crate) flush_delay: Duration,
 }
 
-pub(crate) struct Worker {
-    hub: RefCell<Hub<Rc<ConnHandle>>>,
-    stats: Arc<Stats>,
+pub(crate) struct Worker<C> {
+    hub: RefCell<Hub<Rc<ConnHandle<C>>>>,
     index: usize,
-    /// Emptied when draining starts, so the other threads' inboxes can end.
+    /// Emptied when shutdown begins, so the other threads' inboxes can end.
     peers: RefCell<Vec<mpsc::Sender<Vec<Handoff>>>>,
-    /// Set at shutdown: accept no more, ignore further input.
-    draining: Cell<bool>,
-    /// Notified whenever a connection is released.
-    released: Notify,
+    /// Chat for the other threads that the hub asked to hand off, until the reader whose
+    /// input made it sends it (waiting while a thread's inbox is full).
+    outgoing: RefCell<Vec<Vec<Handoff>>>,
+    /// Set at shutdown: accept no more.
+    stopping: Cell<bool>,
+    /// Wakes the timer when the hub's next deadline came earlier than the one it sleeps
+    /// until; `timer_set` is that one.
+    timer: Signal,
+    timer_set: Cell<Option<Instant>>,
+    /// Wakes the accept loop when the hub says accepting may resume.
+    accept_resumed: Signal,
+    /// Notified whenever the hub forgets a connection.
+    forgotten: Notify,
     buffers: BufferPool,
-    drain_timeout: Duration,
-    /// How long a writer waits after a wake-up before it takes its client's lines.
-    flush_delay: Duration,
 }
 
-impl Worker {
-    /// Runs the worker until shutdown has drained every connection.
-    pub(crate) async fn run<L: Listener + 'static>(
+impl<C: Conn> Worker<C> {
+    /// Runs the worker until shutdown has closed every connection.
+    pub(crate) async fn run<L: Listener<Conn = C> + 'static>(
         setup: WorkerSetup,
         listener: L,
-    ) -> io::Result<()> {
+    ) -> stdio::Result<()> {
         let WorkerSetup {
-            dir,
-            stats,
+            shared,
             limits,
-            label,
             index,
-            threads,
             peers,
             inbox,
             mut shutdown,
-            drain_timeout,
-            flush_delay,
         } = setup;
-        let hub = Hub::new(dir, stats.clone(), index, threads, label, limits);
         let worker = Rc::new(Worker {
-            hub: RefCell::new(hub),
-            stats,
+            hub: RefCell::new(Hub::new(shared, index, limits, Instant::now())),
             index,
             peers: RefCell::new(peers),
-            draining: Cell::new(false),
-            released: Notify::new(),
+            outgoing: RefCell::new(Vec::new()),
+            stopping: Cell::new(false),
+            timer: Signal::default(),
+            timer_set: Cell::new(None),
+            accept_resumed: Signal::default(),
+            forgotten: Notify::new(),
             buffers: BufferPool::default(),
-            drain_timeout,
-            flush_delay,
         });
-        let listen_socket = RawSocket::new(listener.fd());
+        let listener = Rc::new(listener);
+        spawn_local(worker.clone().timer_loop());
         let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
-        let accept_task = spawn_local(worker.clone().accept_loop(listener));
+        let accept_task = spawn_local(worker.clone().accept_loop(listener.clone()));
 
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 break;
             }
         }
-        worker.drain(listen_socket, inbox_task, accept_task).await;
+        worker.shut_down(&*listener, inbox_task, accept_task).await;
         Ok(())
     }
 
     /// Shutdown: stop accepting and reading, deliver every line already accepted (ours
-    /// and those other threads hand us), then flush and close every connection.
-    async fn drain(
+    /// and those other threads hand us), then let the hub close every connection (each
+    /// within `--drain-timeout`, which the hub enforces).
+    async fn shut_down(
         self: &Rc<Self>,
-        listen_socket: RawSocket,
+        listener: &impl Listener,
         inbox_task: tokio::task::JoinHandle<()>,
         accept_task: tokio::task::JoinHandle<()>,
     ) {
-        self.draining.set(true);
+        self.stopping.set(true);
         self.hub.borrow_mut().stop_input();
         // A pending accept completes with an error once its socket is shut down.
-        listen_socket.shutdown(Shutdown::Both);
+        io::shutdown(listener, Shutdown::Both);
+        self.accept_resumed.notify();
         let _ = accept_task.await;
         // Readers send hand-offs right after reading, with no await in between, so once
         // input is ignored the only senders left are clones held by sends in progress.
@@ -158,50 +133,58 @@ impl Worker {
         let _ = inbox_task.await;
         {
             let mut hub = self.hub.borrow_mut();
-            hub.shutdown_all();
+            hub.shutdown_all(Instant::now());
             self.act(&mut hub);
         }
-        let all_closed = tokio::time::timeout(self.drain_timeout, self.until_empty()).await;
-        if all_closed.is_err() {
-            {
-                let hub = self.hub.borrow();
-                tracing::warn!(
-                    thread = self.index,
-                    connections = hub.len(),
-                    "drain timeout: closing connections with unsent output"
-                );
-                for handle in hub.handles() {
-                    handle.socket.shutdown(Shutdown::Both);
-                }
-            }
-            self.until_empty().await;
-        }
-    }
-
-    async fn until_empty(&self) {
         loop {
-            let released = self.released.notified();
+            let forgotten = self.forgotten.notified();
             if self.hub.borrow().is_empty() {
                 return;
             }
-            released.await;
+            forgotten.await;
         }
     }
 
-    async fn accept_loop<L: Listener>(self: Rc<Self>, listener: L) {
+    /// Sleeps until the hub's next deadline (or until an earlier one is set), then lets
+    /// the hub act on what is due. The only waiting on time in the worker.
+    async fn timer_loop(self: Rc<Self>) {
+        loop {
+            let next = self.hub.borrow().poll_timeout();
+            self.timer_set.set(next);
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(at.into()) => {}
+                        () = self.timer.wait() => {}
+                    }
+                }
+                None => self.timer.wait().await,
+            }
+            let mut hub = self.hub.borrow_mut();
+            hub.handle_timeout(Instant::now());
+            self.act(&mut hub);
+        }
+    }
+
+    async fn accept_loop<L: Listener<Conn = C>>(self: Rc<Self>, listener: Rc<L>) {
         loop {
             let accepted = listener.accept().await;
-            if self.draining.get() {
+            if self.stopping.get() {
                 return;
             }
             match accepted {
-                Ok(conn) => self.admit(conn),
+                Ok((conn, peer)) => self.admit(conn, peer),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
-                        "accept: out of file descriptors ({err}); pausing {EMFILE_BACKOFF:?}"
+                        "accept: out of file descriptors ({err}); pausing"
                     );
-                    tokio::time::sleep(EMFILE_BACKOFF).await;
+                    {
+                        let mut hub = self.hub.borrow_mut();
+                        hub.pause_accept(Instant::now());
+                        self.act(&mut hub);
+                    }
+                    self.accept_resumed.wait().await;
                 }
                 Err(err) => {
                     tracing::debug!(thread = self.index, "accept failed: {err}");
@@ -211,50 +194,39 @@ impl Worker {
         }
     }
 
-    fn admit<C: Conn>(self: &Rc<Self>, conn: C) {
-        let socket = RawSocket::new(conn.fd());
-        if let Err(err) = socket.set_nodelay() {
+    fn admit(self: &Rc<Self>, conn: C, peer: SocketAddr) {
+        if let Err(err) = io::set_nodelay(&conn) {
             tracing::debug!("TCP_NODELAY: {err}");
         }
         let handle = Rc::new(ConnHandle {
-            socket,
+            conn,
             wake: Signal::default(),
-            writing: Cell::new(false),
-            reading: Cell::new(true),
-            released: Cell::new(false),
         });
         let admitted = {
             let mut hub = self.hub.borrow_mut();
-            let admitted = hub.connect(handle.clone());
+            let admitted = hub.connect(handle.clone(), peer.ip(), Instant::now());
             self.act(&mut hub);
             admitted
         };
-        match admitted {
-            Ok(id) => {
-                spawn_local(self.clone().serve(id, conn, handle));
-            }
-            Err((_, full)) => {
-                tracing::warn!(thread = self.index, "refused a connection: {full}");
-                let _ = socket.try_send(&crate::proto::reply::error(full));
-            }
+        // A refused connection was told why and shut down by the hub's action; it
+        // closes when `handle` goes.
+        if let Some(id) = admitted {
+            spawn_local(self.clone().serve(id, handle));
         }
     }
 
     /// One connection: its reader and writer run side by side in one task, and the hub
     /// forgets the client only when both have ended (no I/O is left on the socket).
-    async fn serve<C: Conn>(self: Rc<Self>, id: ClientId, conn: C, handle: Rc<ConnHandle>) {
+    async fn serve(self: Rc<Self>, id: ClientId, handle: Rc<ConnHandle<C>>) {
         // Two plain method calls, no async blocks around them: this task is what every
         // idle connection holds, and blocks would each store their own references.
-        tokio::join!(
-            self.read_side(id, &conn, &handle),
-            self.write_side(id, &conn, &handle)
-        );
-        self.hub.borrow_mut().release(id);
-        handle.released.set(true);
-        self.released.notify_waiters();
+        tokio::join!(self.read_side(id, &handle), self.write_side(id, &handle));
+        self.hub.borrow_mut().release(id, Instant::now());
+        self.forgotten.notify_waiters();
     }
 
-    async fn read_side<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) {
+    async fn read_side(&self, id: ClientId, handle: &ConnHandle<C>) {
+        let conn = &handle.conn;
         // The start of a line whose end has not arrived yet. Nearly always empty, and then
         // without an allocation: an idle connection owns no read buffer.
         let mut carry: Vec<u8> = Vec::new();
@@ -282,7 +254,7 @@ impl Worker {
                     break;
                 }
                 Ok(_) => {}
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                Err(err) if err.kind() == stdio::ErrorKind::WouldBlock => {
                     self.buffers.put(buf);
                     continue;
                 }
@@ -292,15 +264,13 @@ impl Worker {
                     break;
                 }
             }
-            let handoffs = {
+            {
                 let mut hub = self.hub.borrow_mut();
                 // Once the client is closing its input is read and dropped, so that it is
                 // not left unread when the socket closes.
-                hub.handle_input(id, &mut buf);
-                let handoffs = hub.take_handoffs();
+                hub.handle_input(id, &mut buf, Instant::now());
                 self.act(&mut hub);
-                handoffs
-            };
+            }
             if buf.is_empty() {
                 carry = Vec::new();
             } else {
@@ -308,81 +278,57 @@ impl Worker {
                 carry.extend_from_slice(&buf);
             }
             self.buffers.put(buf);
-            if !handoffs.is_empty() {
+            if !self.outgoing.borrow().is_empty() {
                 // Boxed so the room for a channel send is allocated only while one runs,
                 // not in every connection's task.
-                Box::pin(self.hand_off(handoffs)).await;
+                Box::pin(self.hand_off()).await;
             }
             handled_input = true;
         }
-        {
-            let mut hub = self.hub.borrow_mut();
-            hub.peer_gone(id);
-            self.act(&mut hub);
-        }
-        handle.reading.set(false);
-        handle.wake.notify();
+        let mut hub = self.hub.borrow_mut();
+        hub.input_ended(id, Instant::now());
+        self.act(&mut hub);
     }
 
-    /// Writes until the client is gone or closed; a client that closed cleanly with
-    /// everything written gets a FIN and a moment to close its side first.
-    async fn write_side<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) {
-        if self.write_loop(id, conn, handle).await {
-            // Send FIN and give the client a moment to close its side, so that unread
-            // input does not turn our close into a reset that could destroy lines it has
-            // not read yet.
-            handle.socket.shutdown(Shutdown::Write);
-            let reader_done = async {
-                while handle.reading.get() {
-                    handle.wake.wait().await;
-                }
-            };
-            // Boxed: a timer is large, and every idle connection's task would carry its
-            // room.
-            let _ = Box::pin(tokio::time::timeout(LINGER, reader_done)).await;
-        }
-        handle.socket.shutdown(Shutdown::Both);
-    }
-
-    /// Returns true when the client closed cleanly with everything written.
-    async fn write_loop<C: Conn>(&self, id: ClientId, conn: &C, handle: &ConnHandle) -> bool {
+    /// Does what the hub says the connection's writer should, until it says close.
+    async fn write_side(&self, id: ClientId, handle: &ConnHandle<C>) {
+        let conn = &handle.conn;
         let mut batch: Vec<Bytes> = Vec::new();
         loop {
-            let output = self.hub.borrow_mut().take_output(id, &mut batch, IOV_MAX);
+            let output = self
+                .hub
+                .borrow_mut()
+                .take_output(id, &mut batch, IOV_MAX, Instant::now());
             match output {
                 Output::Write => {}
                 Output::Idle => {
                     handle.wake.wait().await;
-                    if !self.flush_delay.is_zero() {
-                        // Let more lines join this client's next write (boxed: a timer
-                        // would otherwise enlarge every connection's task).
-                        Box::pin(tokio::time::sleep(self.flush_delay)).await;
-                    }
                     continue;
                 }
-                Output::Close => return true,
+                Output::Finish => {
+                    // FIN: the client reads what is left, then closes its side.
+                    io::shutdown(conn, Shutdown::Write);
+                    handle.wake.wait().await;
+                    continue;
+                }
+                Output::Close => {
+                    io::shutdown(conn, Shutdown::Both);
+                    return;
+                }
             }
-            handle.writing.set(true);
             // Boxed: the write's future is large, and it runs only while a write is in
             // flight, not while the connection is idle.
-            let written = Box::pin(write_all(conn, batch)).await;
-            handle.writing.set(false);
-            match written {
-                Ok((emptied, bytes)) => {
-                    // Keep a small vector for the next batch; let a burst's big one go.
-                    batch = if emptied.capacity() > 64 {
-                        Vec::new()
-                    } else {
-                        emptied
-                    };
-                    self.stats.thread(self.index).add_bytes_out(bytes);
-                }
+            match Box::pin(self.write_all(id, conn, batch)).await {
+                // Keep a small vector for the next batch; let a burst's big one go.
+                Ok(emptied) if emptied.capacity() <= 64 => batch = emptied,
+                Ok(_) => batch = Vec::new(),
                 Err(err) => {
                     tracing::debug!("write failed: {err}");
+                    batch = Vec::new();
                     let mut hub = self.hub.borrow_mut();
-                    hub.write_failed(id);
+                    hub.write_failed(id, Instant::now());
                     self.act(&mut hub);
-                    return false;
+                    continue;
                 }
             }
             // With nothing queued the writer waits for a reader's wake-up, which puts it
@@ -393,51 +339,90 @@ impl Worker {
         }
     }
 
-    /// Sends this read's chat lines to every other thread: one hand-off per thread.
-    async fn hand_off(&self, handoffs: Vec<Handoff>) {
-        if handoffs.is_empty() {
-            return;
+    /// Writes every buffer in `batch`, retrying partial writes and telling the hub of
+    /// each one's progress; returns the emptied vector (to reuse its allocation).
+    async fn write_all(
+        &self,
+        id: ClientId,
+        conn: &C,
+        mut batch: Vec<Bytes>,
+    ) -> stdio::Result<Vec<Bytes>> {
+        while !batch.is_empty() {
+            let (result, returned) = conn.writev(batch).await;
+            batch = returned;
+            let mut written = match result {
+                Ok(0) => return Err(stdio::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(err) if err.kind() == stdio::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            self.hub.borrow_mut().wrote(id, written, Instant::now());
+            let done = batch.iter().take_while(|b| {
+                let whole = b.len() <= written;
+                if whole {
+                    written -= b.len();
+                }
+                whole
+            });
+            let done = done.count();
+            batch.drain(..done);
+            if let Some(first) = batch.first_mut() {
+                first.advance(written);
+            }
         }
+        Ok(batch)
+    }
+
+    /// Sends the chat the hub asked to hand off to every other thread: one batch per
+    /// thread per read.
+    async fn hand_off(&self) {
+        let batches = std::mem::take(&mut *self.outgoing.borrow_mut());
         let peers = self.peers.borrow().clone();
-        let Some((last, others)) = peers.split_last() else {
-            return;
-        };
-        for peer in others {
-            // A closed inbox means that thread has finished; nothing is left to deliver to.
-            let _ = peer.send(handoffs.clone()).await;
+        for handoffs in batches {
+            let Some((last, others)) = peers.split_last() else {
+                return;
+            };
+            for peer in others {
+                // A closed inbox means that thread has finished; nothing is left to
+                // deliver to.
+                let _ = peer.send(handoffs.clone()).await;
+            }
+            let _ = last.send(handoffs).await;
         }
-        let _ = last.send(handoffs).await;
     }
 
     async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Vec<Handoff>>) {
         let mut batches = Vec::new();
         while inbox.recv_many(&mut batches, 64).await > 0 {
             let mut hub = self.hub.borrow_mut();
+            let now = Instant::now();
             for batch in batches.drain(..) {
-                hub.deliver(&batch);
+                hub.deliver(&batch, now);
             }
             self.act(&mut hub);
         }
     }
 
-    /// Carries out what the hub asks for after an event: wake writers, cut slow consumers,
-    /// put a deadline on connections that are closing.
-    fn act(&self, hub: &mut Hub<Rc<ConnHandle>>) {
-        hub.drain_wakeups(|handle| handle.wake.notify());
-        hub.drain_cuts(|handle, notice| handle.cut(notice));
-        let deadline = self.drain_timeout;
-        hub.drain_flushing(|handle| {
-            let handle = handle.clone();
-            spawn_local(async move {
-                tokio::time::sleep(deadline).await;
-                // A client that closed its side, or quit, but does not read what is still
-                // queued for it would otherwise hold its connection forever.
-                if !handle.released.get() {
-                    tracing::debug!("closing connection did not flush in {deadline:?}");
-                    handle.socket.shutdown(Shutdown::Both);
+    /// Carries out everything the hub asks for, in its order. Called after every input
+    /// given to the hub.
+    fn act(&self, hub: &mut Hub<Rc<ConnHandle<C>>>) {
+        while let Some(action) = hub.poll_action() {
+            match action {
+                Action::Shutdown { handle, notice } => {
+                    if let Some(notice) = notice {
+                        let _ = io::try_send(&handle.conn, &notice);
+                    }
+                    io::shutdown(&handle.conn, Shutdown::Both);
                 }
-            });
-        });
+                Action::Wake(handle) => handle.wake.notify(),
+                Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
+                Action::ResumeAccept => self.accept_resumed.notify(),
+            }
+        }
+        let next = hub.poll_timeout();
+        if next.is_some_and(|next| self.timer_set.get().is_none_or(|set| next < set)) {
+            self.timer.notify();
+        }
     }
 }
 
@@ -502,36 +487,6 @@ impl BufferPool {
             free.push(buf);
         }
     }
-}
-
-/// Writes every buffer in `batch`, retrying partial writes; returns the emptied vector
-/// (to reuse its allocation) and the bytes written.
-async fn write_all<C: Conn>(conn: &C, mut batch: Vec<Bytes>) -> io::Result<(Vec<Bytes>, u64)> {
-    let mut total = 0u64;
-    while !batch.is_empty() {
-        let (result, returned) = conn.writev(batch).await;
-        batch = returned;
-        let mut written = match result {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        total += written as u64;
-        let done = batch.iter().take_while(|b| {
-            let whole = b.len() <= written;
-            if whole {
-                written -= b.len();
-            }
-            whole
-        });
-        let done = done.count();
-        batch.drain(..done);
-        if let Some(first) = batch.first_mut() {
-            first.advance(written);
-        }
-    }
-    Ok((batch, total))
 }
 
 #[cfg(test)]

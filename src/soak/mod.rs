@@ -227,6 +227,11 @@ async fn soak_backend(
         &args.max_line.to_string(),
         "--stats-interval",
         "0",
+        // The soak's clients all come from 127.0.0.1 and publish faster than a person.
+        "--max-msg-rate",
+        "0",
+        "--max-per-ip",
+        "0",
         "--log-level",
         "error",
     ]

@@ -63,11 +63,18 @@ impl Server {
             "--threads",
             "2",
         ])
-        .args(if extra.contains(&"--stats-interval") {
-            &[][..]
-        } else {
-            &["--stats-interval", "0"][..]
-        })
+        // Tests send from one address faster than a person would: no limits on either
+        // unless a test sets them.
+        .args(
+            [
+                ["--stats-interval", "0"],
+                ["--max-msg-rate", "0"],
+                ["--max-per-ip", "0"],
+            ]
+            .into_iter()
+            .filter(|[flag, _]| !extra.contains(flag))
+            .flatten(),
+        )
         .args(extra)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

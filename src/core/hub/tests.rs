@@ -1,0 +1,616 @@
+//! The hub on simulated time: no sockets, no sleeps. A test owns the clock and moves it.
+
+use super::*;
+use crate::core::{Refusal, Totals};
+use std::net::Ipv4Addr;
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn limits() -> Limits {
+    Limits {
+        max_line: 64,
+        max_outbound: 1 << 20,
+        write_timeout: None,
+        rate: None,
+        drain_timeout: Duration::from_secs(5),
+        flush_delay: Duration::ZERO,
+    }
+}
+
+/// A hub whose handles are plain numbers, and the time it is at.
+struct Sim {
+    hub: Hub<u32>,
+    now: Instant,
+    next_handle: u32,
+}
+
+impl Sim {
+    fn new(threads: usize, limits: Limits) -> Self {
+        Self::with_dir(threads, limits, Directory::new(100, 0))
+    }
+
+    fn with_dir(threads: usize, limits: Limits, dir: Directory) -> Self {
+        let now = Instant::now();
+        let shared = Shared {
+            dir: Arc::new(dir),
+            stats: Arc::new(Stats::new(1)),
+            label: Arc::from("backend=test threads=1"),
+            threads,
+        };
+        Self {
+            hub: Hub::new(shared, 0, limits, now),
+            now,
+            next_handle: 0,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+    }
+
+    /// Moves the clock to the hub's next deadline and handles it.
+    fn run_next_deadline(&mut self) -> Instant {
+        let at = self.hub.poll_timeout().expect("a deadline");
+        self.now = self.now.max(at);
+        self.hub.handle_timeout(self.now);
+        at
+    }
+
+    /// Connects a client (its handle is the next number) and reads its welcome.
+    fn connect(&mut self) -> ClientId {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let id = self.hub.connect(handle, LOCAL, self.now).expect("admitted");
+        self.output(id);
+        self.actions();
+        id
+    }
+
+    fn input(&mut self, id: ClientId, bytes: &[u8]) {
+        let mut buf = bytes.to_vec();
+        self.hub.handle_input(id, &mut buf, self.now);
+    }
+
+    /// Every line queued for the client, taken and written as its writer would.
+    fn output(&mut self, id: ClientId) -> Vec<String> {
+        self.output_then(id).0
+    }
+
+    /// Like `output`, with what the writer was told after the last write.
+    fn output_then(&mut self, id: ClientId) -> (Vec<String>, Output) {
+        let mut batch = Vec::new();
+        let last = loop {
+            match self.hub.take_output(id, &mut batch, 8, self.now) {
+                Output::Write => {
+                    let n = batch.iter().map(Bytes::len).sum();
+                    self.hub.wrote(id, n, self.now);
+                }
+                other => break other,
+            }
+        };
+        let lines = batch
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        (lines, last)
+    }
+
+    fn take(&mut self, id: ClientId) -> Output {
+        self.hub.take_output(id, &mut Vec::new(), 8, self.now)
+    }
+
+    fn actions(&mut self) -> Vec<Action<u32>> {
+        std::iter::from_fn(|| self.hub.poll_action()).collect()
+    }
+
+    /// Handles of the writers the pending actions wake (other actions are dropped).
+    fn woken(&mut self) -> Vec<u32> {
+        self.actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Wake(h) => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Totals {
+        self.hub.shared.stats.totals()
+    }
+}
+
+fn shutdowns(actions: &[Action<u32>]) -> Vec<(u32, Option<String>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Shutdown { handle, notice } => Some((
+                *handle,
+                notice
+                    .as_ref()
+                    .map(|n| String::from_utf8_lossy(n).into_owned()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
+    let mut sim = Sim::new(2, limits());
+    let ids: Vec<ClientId> = (0..4).map(|_| sim.connect()).collect();
+    sim.input(ids[3], b"/join x\n");
+    sim.output(ids[3]);
+    sim.actions();
+
+    // The lines of one read reach each recipient as one buffer, and are handed off to
+    // the other thread once, after the wake-ups.
+    sim.input(ids[0], b"hi\r\nthere\n");
+    let actions = sim.actions();
+    assert!(matches!(
+        actions[..],
+        [Action::Wake(1), Action::Wake(2), Action::Handoff(_)]
+    ));
+    let Action::Handoff(handoffs) = &actions[2] else {
+        unreachable!()
+    };
+    assert_eq!(handoffs.len(), 1);
+    assert_eq!(&*handoffs[0].room, "lobby");
+    assert_eq!(handoffs[0].lines, 2);
+    assert_eq!(sim.output(ids[1]), ["user1: hi\nuser1: there\n"]);
+    assert_eq!(sim.output(ids[2]).len(), 1);
+    assert!(sim.output(ids[0]).is_empty());
+    assert!(sim.output(ids[3]).is_empty());
+    assert_eq!(sim.stats().deliveries, 4);
+
+    // A command ends the batch: chat before it goes to the room it was said in, chat
+    // after it to the room the command moved the sender to.
+    sim.input(ids[0], b"a\n/join x\nb\n");
+    assert_eq!(sim.output(ids[1]), ["user1: a\n"]);
+    assert_eq!(sim.output(ids[3]), ["user1: b\n"]);
+    let handed: usize = sim
+        .actions()
+        .iter()
+        .map(|a| match a {
+            Action::Handoff(h) => h.len(),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(handed, 2);
+    sim.output(ids[0]);
+    sim.input(ids[0], b"/join lobby\n");
+    sim.output(ids[0]);
+    sim.actions();
+
+    // A line handed off by another thread reaches every local member of its room.
+    sim.hub.deliver(
+        &[Handoff {
+            room: Arc::from("x"),
+            text: Bytes::from_static(b"far: away\nfar: again\n"),
+            lines: 2,
+        }],
+        sim.now,
+    );
+    assert_eq!(sim.output(ids[3]), ["far: away\nfar: again\n"]);
+    assert!(sim.output(ids[0]).is_empty());
+    let totals = sim.stats();
+    assert_eq!((totals.messages_in, totals.deliveries), (4, 9));
+}
+
+#[test]
+fn welcome_and_join_count_members_in_words_that_agree() {
+    let mut sim = Sim::new(1, limits());
+    let id = sim.hub.connect(7, LOCAL, sim.now).unwrap();
+    assert_eq!(
+        sim.output(id),
+        ["* you are user1 in lobby (1 member); /help lists commands\n"]
+    );
+    let other = sim.connect();
+    sim.input(other, b"/join x\n");
+    assert_eq!(sim.output(other), ["* joined x (1 member)\n"]);
+    sim.input(id, b"/join x\n");
+    assert_eq!(sim.output(id), ["* joined x (2 members)\n"]);
+}
+
+#[test]
+fn has_output_says_whether_lines_wait_for_a_client() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    let b = sim.connect();
+    assert!(!sim.hub.has_output(b));
+    sim.input(a, b"hello\n");
+    assert!(sim.hub.has_output(b));
+    assert!(!sim.hub.has_output(a));
+    sim.output(b);
+    assert!(!sim.hub.has_output(b));
+}
+
+#[test]
+fn single_thread_hands_off_nothing() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    sim.input(a, b"alone\n");
+    assert!(!sim
+        .actions()
+        .iter()
+        .any(|a| matches!(a, Action::Handoff(_))));
+}
+
+#[test]
+fn slow_consumer_is_cut_and_forgotten_while_others_receive() {
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            max_outbound: 200,
+            ..limits()
+        },
+    );
+    let sender = sim.connect();
+    let slow = sim.connect();
+    let fast = sim.connect();
+    let mut cut = Vec::new();
+    for _ in 0..20 {
+        sim.input(sender, b"0123456789012345678901234567890123456789\n");
+        sim.output(fast);
+        cut.extend(shutdowns(&sim.actions()));
+    }
+    assert_eq!(
+        cut,
+        [(1, Some("* error: disconnected: slow consumer\n".to_owned()))]
+    );
+    assert_eq!(sim.take(slow), Output::Close);
+    assert!(!sim.hub.shared.dir.has_name("user2"));
+    assert_eq!(sim.hub.shared.dir.members("lobby").len(), 2);
+    assert_eq!(sim.stats().disconnects(Disconnect::SlowConsumer), 1);
+    // The slow client's departure kept the room list consistent for the others.
+    sim.input(sender, b"after\n");
+    assert_eq!(sim.output(fast), ["user1: after\n"]);
+    assert_eq!(sim.hub.release(slow, sim.now), Some(1));
+    assert_eq!(sim.hub.len(), 2);
+}
+
+#[test]
+fn a_cut_during_a_write_sends_no_notice_that_could_split_its_lines() {
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            max_outbound: 100,
+            ..limits()
+        },
+    );
+    let sender = sim.connect();
+    let slow = sim.connect();
+    sim.input(sender, b"first\n");
+    assert_eq!(
+        sim.hub.take_output(slow, &mut Vec::new(), 8, sim.now),
+        Output::Write
+    );
+    for _ in 0..10 {
+        sim.input(sender, b"0123456789012345678901234567890123456789\n");
+    }
+    assert_eq!(shutdowns(&sim.actions()), [(1, None)]);
+}
+
+#[test]
+fn quit_flushes_bye_then_finishes_and_input_after_it_is_ignored() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    let b = sim.connect();
+    sim.input(a, b"/quit\nnever sent\n");
+    // Everything written: FIN, then wait for the client to close its side.
+    assert_eq!(
+        sim.output_then(a),
+        (vec!["* bye\n".to_owned()], Output::Finish)
+    );
+    assert!(sim.output(b).is_empty());
+    assert_eq!(sim.take(a), Output::Idle);
+    sim.input(a, b"more\n");
+    assert!(sim.output(b).is_empty());
+    sim.actions();
+    sim.hub.input_ended(a, sim.now);
+    assert_eq!(sim.woken(), [0]);
+    assert_eq!(sim.take(a), Output::Close);
+    assert_eq!(sim.hub.shared.dir.clients(), 1);
+    assert_eq!(sim.stats().disconnects(Disconnect::Quit), 1);
+}
+
+#[test]
+fn linger_ends_at_its_deadline_when_the_client_never_closes() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    sim.input(a, b"/quit\n");
+    let finished_at = sim.now;
+    assert_eq!(sim.output_then(a).1, Output::Finish);
+    sim.actions();
+    assert_eq!(sim.hub.poll_timeout(), Some(finished_at + LINGER));
+    sim.advance(LINGER - Duration::from_millis(1));
+    sim.hub.handle_timeout(sim.now);
+    assert!(sim.actions().is_empty(), "nothing before the deadline");
+    assert_eq!(sim.run_next_deadline(), finished_at + LINGER);
+    let actions = sim.actions();
+    assert_eq!(shutdowns(&actions), [(0, None)]);
+    assert!(matches!(actions[1], Action::Wake(0)));
+    assert_eq!(sim.take(a), Output::Close);
+}
+
+#[test]
+fn a_closing_client_that_does_not_read_is_shut_down_after_the_drain_timeout() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    let b = sim.connect();
+    sim.input(b, b"for a\n");
+    sim.hub.input_ended(a, sim.now);
+    let ended_at = sim.now;
+    // Its writer takes the line, and the socket takes nothing of it.
+    assert_eq!(
+        sim.hub.take_output(a, &mut Vec::new(), 8, sim.now),
+        Output::Write
+    );
+    sim.actions();
+    assert_eq!(sim.run_next_deadline(), ended_at + Duration::from_secs(5));
+    assert_eq!(shutdowns(&sim.actions()), [(0, None)]);
+    assert_eq!(sim.take(a), Output::Close);
+    assert_eq!(sim.stats().disconnects(Disconnect::PeerGone), 1);
+}
+
+#[test]
+fn flush_delay_holds_output_until_its_window_ends() {
+    let delay = Duration::from_millis(2);
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            flush_delay: delay,
+            // A later deadline armed already must not hide the window's end.
+            write_timeout: Some(Duration::from_secs(30)),
+            ..limits()
+        },
+    );
+    let a = sim.connect();
+    let b = sim.connect();
+    // Replies wait for the window too: let the welcomes go first.
+    sim.run_next_deadline();
+    sim.output(a);
+    sim.output(b);
+    sim.actions();
+    sim.input(a, b"one\n");
+    let first_at = sim.now;
+    assert!(sim.woken().is_empty(), "no wake-up inside the window");
+    assert_eq!(sim.take(b), Output::Idle);
+    sim.advance(Duration::from_millis(1));
+    sim.input(a, b"two\n");
+    assert_eq!(sim.run_next_deadline(), first_at + delay);
+    assert_eq!(sim.woken(), [1]);
+    // Both lines, in one write.
+    assert_eq!(sim.output(b), ["user1: one\n", "user1: two\n"]);
+    // And again for the next line, with the write deadline still armed.
+    sim.input(a, b"three\n");
+    let third_at = sim.now;
+    assert!(sim.woken().is_empty());
+    assert_eq!(sim.run_next_deadline(), third_at + delay);
+    assert_eq!(sim.woken(), [1]);
+    assert_eq!(sim.output(b), ["user1: three\n"]);
+}
+
+#[test]
+fn write_timeout_cuts_a_client_whose_socket_takes_nothing_and_spares_one_that_progresses() {
+    let timeout = Duration::from_secs(2);
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            write_timeout: Some(timeout),
+            ..limits()
+        },
+    );
+    let sender = sim.connect();
+    let stuck = sim.connect();
+    let slow = sim.connect();
+    sim.actions();
+    sim.input(sender, b"hello\n");
+    let started = sim.now;
+    for id in [stuck, slow] {
+        assert_eq!(
+            sim.hub.take_output(id, &mut Vec::new(), 8, sim.now),
+            Output::Write
+        );
+    }
+    sim.actions();
+    // `slow` makes a little progress every second; `stuck` never does.
+    for _ in 0..5 {
+        sim.advance(Duration::from_secs(1));
+        sim.hub.wrote(slow, 1, sim.now);
+        sim.hub.handle_timeout(sim.now);
+        if sim.now - started >= timeout {
+            break;
+        }
+        assert!(sim.actions().is_empty());
+    }
+    assert_eq!(sim.now - started, timeout);
+    assert_eq!(shutdowns(&sim.actions()), [(1, None)]);
+    assert_eq!(sim.stats().disconnects(Disconnect::WriteTimeout), 1);
+    assert_eq!(sim.stats().slow_consumers(), 1);
+    assert!(!sim.hub.shared.dir.has_name("user2"));
+    assert!(sim.hub.shared.dir.has_name("user3"));
+    // An idle client with nothing queued is never cut, however long it waits.
+    sim.hub.take_output(slow, &mut Vec::new(), 8, sim.now);
+    assert_eq!(sim.take(slow), Output::Idle);
+    sim.advance(Duration::from_secs(3600));
+    sim.hub.handle_timeout(sim.now);
+    assert!(shutdowns(&sim.actions()).is_empty());
+}
+
+#[test]
+fn write_timeout_counts_from_when_output_started_waiting_not_from_the_last_write() {
+    let timeout = Duration::from_secs(2);
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            write_timeout: Some(timeout),
+            ..limits()
+        },
+    );
+    let sender = sim.connect();
+    let reader = sim.connect();
+    sim.actions();
+    // An hour of quiet, then a line its socket never takes.
+    sim.advance(Duration::from_secs(3600));
+    sim.input(sender, b"late\n");
+    let queued_at = sim.now;
+    sim.hub.take_output(reader, &mut Vec::new(), 8, sim.now);
+    sim.actions();
+    sim.advance(Duration::from_millis(1999));
+    sim.hub.handle_timeout(sim.now);
+    assert!(shutdowns(&sim.actions()).is_empty());
+    assert_eq!(sim.run_next_deadline(), queued_at + timeout);
+    assert_eq!(shutdowns(&sim.actions()), [(1, None)]);
+}
+
+#[test]
+fn rate_limit_drops_lines_over_it_and_says_so_at_most_once_a_second() {
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            rate: Some(RateLimit {
+                per_second: 50,
+                burst: 100,
+            }),
+            ..limits()
+        },
+    );
+    let flooder = sim.connect();
+    let reader = sim.connect();
+    // 5,000 lines/s for 2 s, in reads of 10 lines every 2 ms.
+    let mut notices = Vec::new();
+    let start = sim.now;
+    for read in 0..1000u32 {
+        let mut text = String::new();
+        for i in 0..10 {
+            text.push_str(&format!("line {}\n", read * 10 + i));
+        }
+        sim.input(flooder, text.as_bytes());
+        for line in sim.output(flooder) {
+            notices.push((sim.now - start, line));
+        }
+        sim.advance(Duration::from_millis(2));
+    }
+    let received: usize = sim
+        .output(reader)
+        .iter()
+        .map(|b| b.matches('\n').count())
+        .sum();
+    // The burst, then 50 a second for 2 s.
+    assert!((195..=205).contains(&received), "{received}");
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert_eq!(notices[0].1, "* error: slow down (50 lines/s)\n");
+    assert!(notices[1].0 - notices[0].0 >= RATE_NOTICE_INTERVAL);
+    let stats = sim.stats();
+    assert_eq!(stats.rate_limited, 10_000 - received as u64);
+    assert_eq!(stats.errors(ErrorKind::RateLimited), 2);
+    // The flooder stays connected and is heard again once it slows down.
+    sim.advance(Duration::from_secs(10));
+    sim.input(flooder, b"calm now\n");
+    assert_eq!(sim.output(reader), ["user1: calm now\n"]);
+}
+
+#[test]
+fn refused_connections_get_their_reason_and_are_shut_down() {
+    let mut sim = Sim::with_dir(1, limits(), Directory::new(3, 2));
+    sim.connect();
+    sim.connect();
+    assert_eq!(sim.hub.connect(9, LOCAL, sim.now), None);
+    let other: IpAddr = [127, 0, 0, 2].into();
+    assert!(sim.hub.connect(10, other, sim.now).is_some());
+    assert_eq!(sim.hub.connect(11, other, sim.now), None);
+    let actions = sim.actions();
+    assert_eq!(
+        shutdowns(&actions),
+        [
+            (
+                9,
+                Some("* error: too many connections from your address\n".to_owned())
+            ),
+            (11, Some("* error: server full\n".to_owned()))
+        ]
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.refused(Refusal::PerAddress),
+            stats.refused(Refusal::ServerFull)
+        ),
+        (1, 1)
+    );
+}
+
+#[test]
+fn accept_resumes_after_the_backoff() {
+    let mut sim = Sim::new(1, limits());
+    let paused_at = sim.now;
+    sim.hub.pause_accept(sim.now);
+    assert!(sim.actions().is_empty());
+    assert_eq!(sim.run_next_deadline(), paused_at + ACCEPT_BACKOFF);
+    assert!(matches!(sim.actions()[..], [Action::ResumeAccept]));
+    assert_eq!(sim.hub.poll_timeout(), None);
+}
+
+#[test]
+fn shutdown_queues_the_notice_after_everything_else_then_drains_with_a_deadline() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    let b = sim.connect();
+    let c = sim.connect();
+    sim.input(a, b"last words\n");
+    sim.hub.stop_input();
+    sim.input(a, b"dropped\n");
+    let started = sim.now;
+    sim.hub.shutdown_all(sim.now);
+    let expected = ["user1: last words\n", "* server shutting down\n"].map(str::to_owned);
+    assert_eq!(sim.output_then(b), (expected.to_vec(), Output::Finish));
+    sim.hub.input_ended(b, sim.now);
+    assert_eq!(sim.take(b), Output::Close);
+    assert_eq!(sim.output_then(a).1, Output::Finish);
+    sim.hub.input_ended(a, sim.now);
+    assert_eq!(sim.hub.shared.dir.clients(), 0);
+    // `c` never reads: it is shut down when the drain timeout ends.
+    sim.hub.take_output(c, &mut Vec::new(), 8, sim.now);
+    sim.actions();
+    let mut at = sim.run_next_deadline();
+    while shutdowns(&sim.actions()) != [(2, None)] {
+        at = sim.run_next_deadline();
+    }
+    assert_eq!(at, started + Duration::from_secs(5));
+    assert_eq!(sim.stats().disconnects(Disconnect::Shutdown), 3);
+}
+
+#[test]
+fn members_move_between_rooms_and_slots_stay_valid() {
+    let mut sim = Sim::new(1, limits());
+    let ids: Vec<ClientId> = (0..5).map(|_| sim.connect()).collect();
+    sim.input(ids[0], b"/join r\n");
+    sim.input(ids[2], b"/join r\n");
+    sim.hub.input_ended(ids[1], sim.now);
+    for &id in &ids {
+        sim.output(id);
+    }
+    sim.input(ids[3], b"lobby line\n");
+    assert_eq!(sim.output(ids[4]), ["user4: lobby line\n"]);
+    assert!(sim.output(ids[0]).is_empty());
+    sim.input(ids[0], b"r line\n");
+    assert_eq!(sim.output(ids[2]), ["user1: r line\n"]);
+    assert!(sim.output(ids[4]).is_empty());
+    assert_eq!(sim.hub.shared.dir.rooms().len(), 2);
+}
+
+#[test]
+fn errors_are_counted_by_kind() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    sim.input(a, b"/dance\n/join\n/join lobby\n");
+    sim.input(a, &[b'x'; 100]);
+    sim.input(a, b"\n");
+    let replies = sim.output(a);
+    assert_eq!(replies.len(), 4, "{replies:?}");
+    let stats = sim.stats();
+    assert_eq!(stats.errors(ErrorKind::UnknownCommand), 1);
+    assert_eq!(stats.errors(ErrorKind::BadArgument), 1);
+    assert_eq!(stats.errors(ErrorKind::AlreadyInRoom), 1);
+    assert_eq!(stats.errors(ErrorKind::LineTooLong), 1);
+}
