@@ -241,6 +241,7 @@ async fn server_full_refuses_one_more(backend: &str) {
         .unwrap();
     assert_eq!(refused, "* error: server full\n");
     server.wait_log("refused a connection: server full").await;
+    assert_eq!(stat(&a.ask("/stats").await, "refused_server_full"), 1);
     // The refusal cost nobody else anything; a quit frees the place once the connection
     // is gone (a closing connection still holds its descriptor, so it still counts).
     assert_eq!(a.ask("/quit").await, "* bye");
