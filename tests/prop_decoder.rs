@@ -20,7 +20,7 @@ fn decode_split(max_line: usize, input: &[u8], cuts: &[usize]) -> (Vec<Owned>, V
         let end = end.clamp(start, input.len());
         buf.extend_from_slice(&input[start..end]);
         start = end;
-        let flow = dec.drain(&mut buf, |frame| {
+        let flow = dec.decode_all(&mut buf, |frame| {
             out.push(match frame {
                 Frame::Line(line) => {
                     assert!(

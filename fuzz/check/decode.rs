@@ -40,7 +40,7 @@ fn decode(max_line: usize, data: &[u8], read: usize) -> (Vec<Option<Vec<u8>>>, V
     let mut frames = Vec::new();
     for chunk in data.chunks(read.min(data.len()).max(1)) {
         buf.extend_from_slice(chunk);
-        let flow = dec.drain(&mut buf, |frame| {
+        let flow = dec.decode_all(&mut buf, |frame| {
             match frame {
                 Frame::Line(line) => {
                     assert!(line.len() <= max_line, "line over the limit");

@@ -152,7 +152,7 @@ struct Client<H> {
     name: Arc<str>,
     room: Arc<str>,
     /// Index of this client in `rooms[room]`, so leaving a room is O(1).
-    slot: usize,
+    slot: u32,
     decoder: LineDecoder,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
@@ -253,7 +253,7 @@ impl<H: Clone> Hub<H> {
         let id = self.clients.insert(Client {
             name,
             room,
-            slot: local.len(),
+            slot: local.len() as u32,
             decoder: LineDecoder::new(self.limits.max_line),
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
@@ -302,7 +302,7 @@ impl<H: Clone> Hub<H> {
         }
         let now = self.clock.tick(now);
         let mut decoder = client.decoder;
-        let flow = decoder.drain(buf, |frame| self.handle_frame(id, frame, now));
+        let flow = decoder.decode_all(buf, |frame| self.handle_frame(id, frame, now));
         self.flush_chat(id, now);
         self.clients[id].decoder = decoder;
         self.cut_overflowed(now);
@@ -468,7 +468,7 @@ impl<H: Clone> Hub<H> {
         self.leave_local_room(id);
         let local = self.rooms.entry(room.clone()).or_default();
         let client = &mut self.clients[id];
-        client.slot = local.len();
+        client.slot = local.len() as u32;
         client.room = room;
         local.push(id);
         let text = format!(
@@ -518,9 +518,9 @@ impl<H: Clone> Hub<H> {
 
     fn server_stats(&mut self, id: ClientId, now: Tick) {
         let t = self.shared.stats.totals();
-        let mut text = format!(
+        let text = format!(
             "stats {} clients={} rooms={} messages_in={} deliveries={} bytes_out={} \
-             slow_consumers={} connections={}",
+             slow_consumers={} connections={} {}",
             self.shared.label,
             self.shared.dir.clients(),
             self.shared.dir.room_count(),
@@ -528,15 +528,9 @@ impl<H: Clone> Hub<H> {
             t.deliveries,
             t.bytes_out,
             t.slow_consumers(),
-            t.connections
+            t.connections,
+            t.reasons()
         );
-        for reason in Disconnect::ALL {
-            let _ = write!(text, " closed_{}={}", reason.name(), t.disconnects(reason));
-        }
-        for reason in super::stats::Refusal::ALL {
-            let _ = write!(text, " refused_{}={}", reason.name(), t.refused(reason));
-        }
-        let _ = write!(text, " rate_limited={}", t.rate_limited);
         self.reply(id, reply::notice(text), now);
     }
 
@@ -566,11 +560,11 @@ impl<H: Clone> Hub<H> {
 
     fn leave_local_room(&mut self, id: ClientId) {
         let client = &self.clients[id];
-        let slot = client.slot;
+        let slot = client.slot as usize;
         if let Some(members) = self.rooms.get_mut(&*client.room) {
             members.swap_remove(slot);
             if let Some(&moved) = members.get(slot) {
-                self.clients[moved].slot = slot;
+                self.clients[moved].slot = slot as u32;
             }
             if members.is_empty() {
                 self.rooms.remove(&*self.clients[id].room);

@@ -15,6 +15,6 @@ pub use hub::{
     Action, ClientId, Handoff, Hub, Limits, Output, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,
 };
-pub use outbox::{Outbox, Overflow};
+pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
 pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals};
 pub use time::RateLimit;

@@ -10,33 +10,40 @@ pub struct Overflow {
     pub queued: usize,
 }
 
+/// Largest limit an outbox takes, so that its counts fit in 32 bits (one per client, for
+/// every connected client) with room for a final notice past the limit.
+pub const MAX_OUTBOX_BYTES: usize = (u32::MAX as usize) - (1 << 20);
+
 /// Lines waiting to be written to one client, never more than `max_bytes` in all.
 #[derive(Debug)]
 pub struct Outbox {
     queue: VecDeque<Bytes>,
-    queued: usize,
-    max_bytes: usize,
+    queued: u32,
+    max_bytes: u32,
 }
 
 impl Outbox {
+    /// An outbox for at most `max_bytes` (at most [`MAX_OUTBOX_BYTES`]: more is taken as
+    /// that).
     pub fn new(max_bytes: usize) -> Self {
         Self {
             queue: VecDeque::new(),
             queued: 0,
-            max_bytes,
+            max_bytes: max_bytes.min(MAX_OUTBOX_BYTES) as u32,
         }
     }
 
     /// Queues a line. Returns `Ok(true)` when the outbox was empty before (its writer
     /// needs a wake-up) and `Err` when the line does not fit under the limit.
     pub fn push(&mut self, line: Bytes) -> Result<bool, Overflow> {
-        if self.queued + line.len() > self.max_bytes {
+        if self.queued() + line.len() > self.max_bytes as usize {
             return Err(Overflow {
-                queued: self.queued,
+                queued: self.queued(),
             });
         }
         let was_empty = self.queue.is_empty();
-        self.queued += line.len();
+        // Fits: the sum is at most `max_bytes`.
+        self.queued += line.len() as u32;
         self.queue.push_back(line);
         Ok(was_empty)
     }
@@ -44,7 +51,7 @@ impl Outbox {
     /// Queues a line even past the limit (a final notice to a closing client).
     pub fn push_unbounded(&mut self, line: Bytes) -> bool {
         let was_empty = self.queue.is_empty();
-        self.queued += line.len();
+        self.queued = self.queued.saturating_add(line.len() as u32);
         self.queue.push_back(line);
         was_empty
     }
@@ -53,7 +60,7 @@ impl Outbox {
     pub fn take(&mut self, into: &mut Vec<Bytes>, max_lines: usize) {
         let n = self.queue.len().min(max_lines);
         for line in self.queue.drain(..n) {
-            self.queued -= line.len();
+            self.queued = self.queued.saturating_sub(line.len() as u32);
             into.push(line);
         }
         // An idle client should not keep the memory of a past burst.
@@ -73,7 +80,7 @@ impl Outbox {
 
     /// Bytes queued now.
     pub fn queued(&self) -> usize {
-        self.queued
+        self.queued as usize
     }
 }
 

@@ -161,6 +161,27 @@ impl Totals {
         self.errors[kind as usize]
     }
 
+    /// `closed_quit=.. closed_peer_gone=.. ... refused_server_full=.. refused_per_ip=..
+    /// rate_limited=..`: every way a connection ended or input was refused, as `/stats`
+    /// and the `stats` log line show them.
+    pub fn reasons(&self) -> String {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for reason in Disconnect::ALL {
+            let _ = write!(
+                text,
+                "closed_{}={} ",
+                reason.name(),
+                self.disconnects(reason)
+            );
+        }
+        for reason in Refusal::ALL {
+            let _ = write!(text, "refused_{}={} ", reason.name(), self.refused(reason));
+        }
+        let _ = write!(text, "rate_limited={}", self.rate_limited);
+        text
+    }
+
     /// Clients cut off for not keeping up, by bytes queued or by time without progress.
     pub fn slow_consumers(&self) -> u64 {
         self.disconnects(Disconnect::SlowConsumer) + self.disconnects(Disconnect::WriteTimeout)

@@ -17,7 +17,8 @@ pub enum Frame<'a> {
 /// into it with an owned-buffer API) and the decoder consumes complete lines from its front.
 #[derive(Debug, Clone, Copy)]
 pub struct LineDecoder {
-    max_line: usize,
+    /// 32 bits: one decoder per client, and `--max-line` is far below 4 GiB.
+    max_line: u32,
     /// True after a too-long line was reported and until its terminating `\n` arrives:
     /// the rest of that line is dropped as it comes, so it never occupies memory.
     discarding: bool,
@@ -25,17 +26,18 @@ pub struct LineDecoder {
 
 impl LineDecoder {
     /// A decoder for lines of at most `max_line` bytes (not counting `\r\n`).
+    /// (Limits above 4 GiB are taken as 4 GiB.)
     pub fn new(max_line: usize) -> Self {
         Self {
-            max_line,
+            max_line: u32::try_from(max_line).unwrap_or(u32::MAX),
             discarding: false,
         }
     }
 
-    /// Longest partial line `drain` may leave in the buffer: a line of `max_line` bytes
+    /// Longest partial line `decode_all` may leave in the buffer: a line of `max_line` bytes
     /// plus its `\r` while the `\n` has not arrived yet.
     pub fn max_pending(&self) -> usize {
-        self.max_line + 1
+        self.max_line as usize + 1
     }
 
     /// Decodes the next frame from the front of `buf`.
@@ -58,7 +60,7 @@ impl LineDecoder {
             }
             Some(end) => {
                 let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
-                if line.len() > self.max_line {
+                if line.len() > self.max_line as usize {
                     Ok(Some((Frame::TooLong, end + 1)))
                 } else {
                     Ok(Some((Frame::Line(line), end + 1)))
@@ -75,7 +77,7 @@ impl LineDecoder {
     /// Decodes every complete frame in `buf`, in order, and removes what was consumed,
     /// leaving at most `max_pending()` bytes of an incomplete line. Stops early (leaving
     /// the rest unread) when `on_frame` breaks.
-    pub fn drain(
+    pub fn decode_all(
         &mut self,
         buf: &mut Vec<u8>,
         mut on_frame: impl FnMut(Frame<'_>) -> ControlFlow<()>,
@@ -111,7 +113,7 @@ mod tests {
         let mut out = Vec::new();
         for chunk in chunks {
             buf.extend_from_slice(chunk);
-            let _ = dec.drain(&mut buf, |f| {
+            let _ = dec.decode_all(&mut buf, |f| {
                 out.push(match f {
                     Frame::Line(l) => Some(l.to_vec()),
                     Frame::TooLong => None,
@@ -186,11 +188,11 @@ mod tests {
     }
 
     #[test]
-    fn drain_stops_when_asked_and_keeps_the_rest() {
+    fn decode_all_stops_when_asked_and_keeps_the_rest() {
         let mut dec = LineDecoder::new(16);
         let mut buf = b"a\nb\nc\n".to_vec();
         let mut seen = 0;
-        let flow = dec.drain(&mut buf, |_| {
+        let flow = dec.decode_all(&mut buf, |_| {
             seen += 1;
             if seen == 2 {
                 ControlFlow::Break(())

@@ -7,7 +7,7 @@ pub mod probe;
 mod uring;
 mod worker;
 
-use crate::core::{Directory, Disconnect, Limits, RateLimit, Shared, Stats, Totals};
+use crate::core::{Directory, Limits, RateLimit, Shared, Stats, Totals};
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -166,6 +166,12 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     };
     if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
         bail!("--max-line must be at least 1 and --max-outbound at least --max-line + 64");
+    }
+    if args.max_outbound > crate::core::MAX_OUTBOX_BYTES {
+        bail!(
+            "--max-outbound must be at most {} bytes (4 GiB less 1 MiB)",
+            crate::core::MAX_OUTBOX_BYTES
+        );
     }
     if args.max_msg_rate > 0 && args.max_msg_burst == 0 {
         bail!("--max-msg-burst must be at least 1 when --max-msg-rate is set");
@@ -475,11 +481,10 @@ fn spawn_stats_thread(
                     deliveries_per_s = rate(now.deliveries, last.deliveries),
                     bytes_out_per_s = rate(now.bytes_out, last.bytes_out),
                     slow_consumers = now.slow_consumers(),
-                    closed_write_timeout = now.disconnects(Disconnect::WriteTimeout),
-                    rate_limited = now.rate_limited,
                     messages_in = now.messages_in,
                     deliveries = now.deliveries,
-                    "stats"
+                    "stats {}",
+                    now.reasons()
                 );
                 last = now;
                 last_at = Instant::now();
