@@ -225,8 +225,11 @@ start_server() {
   addr=
   case "$system" in
     uring|epoll)
+      # Every simulated client comes from 127.0.0.1 and publishers send far faster than a
+      # person: the per-address cap and the input rate limit are off for the load test.
       ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
-        --threads "$THREADS" --stats-interval 0 >"$dir/server.stdout" 2>"$dir/server.log" &
+        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 \
+        >"$dir/server.stdout" 2>"$dir/server.log" &
       server_pid=$!
       for _ in $(seq 100); do  # up to 10 s for the "listening on" line
         kill -0 "$server_pid" 2>/dev/null || break
