@@ -98,6 +98,7 @@ fn run_once(backend: Backend) -> Sample {
         "--max-outbound=1m",
         "--max-msg-rate=0",
         "--max-per-ip=0",
+        "--http=off",
         "--stats-interval=0",
         "--log-level=warn",
     ]);

@@ -228,7 +228,7 @@ start_server() {
       # Every simulated client comes from 127.0.0.1 and publishers send far faster than a
       # person: the per-address cap and the input rate limit are off for the load test.
       ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
-        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 \
+        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http off \
         >"$dir/server.stdout" 2>"$dir/server.log" &
       server_pid=$!
       for _ in $(seq 100); do  # up to 10 s for the "listening on" line

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use ringcast::core::{
-    Action, Directory, Disconnect, Hub, Limits, Outbox, Output, Overflow, Shared,
+    Action, Directory, Disconnect, Hub, Limits, Outbox, Output, Overflow, Protocol, Shared,
 };
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -85,9 +85,9 @@ proptest! {
         let now = Instant::now();
         let mut hub: Hub<u32> = Hub::new(shared, 0, limits, now);
         let peer = IpAddr::from([127, 0, 0, 1]);
-        let sender = hub.connect(0, peer, now).unwrap();
-        let stuck = hub.connect(1, peer, now).unwrap();
-        let reader = hub.connect(2, peer, now).unwrap();
+        let sender = hub.connect(0, peer, Protocol::Line, now).unwrap();
+        let stuck = hub.connect(1, peer, Protocol::Line, now).unwrap();
+        let reader = hub.connect(2, peer, Protocol::Line, now).unwrap();
         let mut batch = Vec::new();
         let read_all = |hub: &mut Hub<u32>, id, batch: &mut Vec<Bytes>| {
             while hub.take_output(id, batch, 1024, now) == Output::Write {}

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast::core::{Action, ClientId, Directory, Hub, Limits, Output, Shared, Stats};
+use ringcast::core::{Action, ClientId, Directory, Hub, Limits, Output, Protocol, Shared, Stats};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -201,7 +201,7 @@ impl World {
                 let hub = self.next_handle as usize % 2;
                 let handle = self.next_handle;
                 self.next_handle += 1;
-                let result = self.hubs[hub].connect(handle, PEER, self.now);
+                let result = self.hubs[hub].connect(handle, PEER, Protocol::Line, self.now);
                 if n == MAX_CLIENTS {
                     prop_assert!(result.is_none(), "admitted past --max-clients");
                     let refusal = self.hubs[hub].poll_action();

@@ -88,6 +88,8 @@ impl Server {
                 "0",
                 "--max-per-ip",
                 "0",
+                "--http",
+                "off",
             ])
             .args([
                 "--log-level",

@@ -8,7 +8,7 @@
 //! only and never queues more than `max_outbound` for a client.
 
 use bytes::Bytes;
-use ringcast::core::{Action, Directory, Hub, Limits, Output, Shared};
+use ringcast::core::{Action, Directory, Hub, Limits, Output, Protocol, Shared};
 use ringcast::proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
 use std::net::IpAddr;
 use std::ops::ControlFlow;
@@ -96,7 +96,7 @@ fn hub(data: &[u8]) {
     let mut hub: Hub<u32> = Hub::new(Shared::new(dir.clone(), 1, "fuzz"), 0, limits, now);
     let ids: Vec<_> = (0..3)
         .map(|h| {
-            hub.connect(h, IpAddr::from([127, 0, 0, 1]), now)
+            hub.connect(h, IpAddr::from([127, 0, 0, 1]), Protocol::Line, now)
                 .expect("room for 3")
         })
         .collect();

@@ -2,7 +2,7 @@
 //! which names are in which room. It changes on connect, `/nick`, `/join` and disconnect,
 //! never per chat message, so one mutex serves it.
 
-use super::stats::Refusal;
+use super::stats::{Refusal, Transport};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,8 +51,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct Directory {
     inner: Mutex<Inner>,
-    /// Clients with a name and a room.
-    clients: AtomicUsize,
+    /// Clients with a name and a room, by transport.
+    clients: [AtomicUsize; Transport::ALL.len()],
     /// Connections admitted and not yet disconnected, closing ones included: this is what
     /// `max_clients` bounds, since a closing connection still holds a descriptor.
     connections: AtomicUsize,
@@ -69,7 +69,7 @@ impl Directory {
     pub fn new(max_clients: usize, max_per_ip: usize) -> Self {
         Self {
             inner: Mutex::default(),
-            clients: AtomicUsize::new(0),
+            clients: Default::default(),
             connections: AtomicUsize::new(0),
             max_clients,
             max_per_ip,
@@ -84,9 +84,9 @@ impl Directory {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Admits a new client connected from `peer`: gives it a fresh `user<N>` name and
-    /// puts it in the lobby. Returns `(name, lobby, members of the lobby now)`.
-    pub fn admit(&self, peer: IpAddr) -> Result<(Arc<str>, Arc<str>, usize), Refused> {
+    /// Admits a new connection from `peer` (a chat client, or an HTTP request that may
+    /// become one): it holds a place until `disconnected`.
+    pub fn admit_connection(&self, peer: IpAddr) -> Result<(), Refused> {
         let admitted = self
             .connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -95,8 +95,8 @@ impl Directory {
         if admitted.is_err() {
             return Err(Refused::Full);
         }
-        let mut inner = self.lock();
         if self.max_per_ip > 0 {
+            let mut inner = self.lock();
             let from_peer = inner.per_address.entry(peer).or_default();
             if *from_peer >= self.max_per_ip {
                 drop(inner);
@@ -105,7 +105,14 @@ impl Directory {
             }
             *from_peer += 1;
         }
-        self.clients.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Makes an admitted connection a chat client: gives it a fresh `user<N>` name and
+    /// puts it in the lobby. Returns `(name, lobby, members of the lobby now)`.
+    pub fn add_member(&self, transport: Transport) -> (Arc<str>, Arc<str>, usize) {
+        self.clients[transport as usize].fetch_add(1, Ordering::AcqRel);
+        let mut inner = self.lock();
         let name: Arc<str> = loop {
             let n = self.next_user.fetch_add(1, Ordering::Relaxed);
             let candidate = format!("user{n}");
@@ -116,7 +123,13 @@ impl Directory {
         inner.names.insert(name.clone());
         let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
         lobby.insert(name.clone());
-        Ok((name, self.lobby.clone(), lobby.len()))
+        (name, self.lobby.clone(), lobby.len())
+    }
+
+    /// Admits a line client from `peer`: `admit_connection` and `add_member`.
+    pub fn admit(&self, peer: IpAddr) -> Result<(Arc<str>, Arc<str>, usize), Refused> {
+        self.admit_connection(peer)?;
+        Ok(self.add_member(Transport::Tcp))
     }
 
     /// Renames a client. Renaming to the current name succeeds and changes nothing.
@@ -153,12 +166,12 @@ impl Directory {
     }
 
     /// Forgets a client that left: its name is free again.
-    pub fn leave(&self, name: &Arc<str>, room: &str) {
+    pub fn leave(&self, name: &Arc<str>, room: &str, transport: Transport) {
         let mut inner = self.lock();
         remove_member(&mut inner, room, name);
         inner.names.remove(name);
         drop(inner);
-        self.clients.fetch_sub(1, Ordering::AcqRel);
+        self.clients[transport as usize].fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A connection from `peer` admitted by `admit` has ended: its place is free.
@@ -195,9 +208,14 @@ impl Directory {
             .collect()
     }
 
-    /// Clients connected now.
+    /// Chat clients connected now.
     pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Acquire)
+        Transport::ALL.iter().map(|&t| self.clients_by(t)).sum()
+    }
+
+    /// Chat clients connected now over `transport`.
+    pub fn clients_by(&self, transport: Transport) -> usize {
+        self.clients[transport as usize].load(Ordering::Acquire)
     }
 
     pub fn max_clients(&self) -> usize {
@@ -250,7 +268,7 @@ mod tests {
         assert_eq!(dir.members("lobby"), vec![b.clone()]);
         assert_eq!(dir.rooms().len(), 2);
 
-        dir.leave(&a, "chess");
+        dir.leave(&a, "chess", Transport::Tcp);
         assert_eq!(dir.rooms(), vec![(lobby, 1)]);
         assert_eq!(dir.clients(), 1);
         // Its connection still holds a place until it is gone.
@@ -279,7 +297,7 @@ mod tests {
         // A refusal takes no place, and other addresses are not affected.
         assert_eq!(dir.clients(), 2);
         dir.admit(other).unwrap();
-        dir.leave(&a, LOBBY);
+        dir.leave(&a, LOBBY, Transport::Tcp);
         dir.disconnected(LOCAL);
         dir.admit(LOCAL).unwrap();
         assert_eq!(dir.admit(LOCAL), Err(Refused::PerAddress));

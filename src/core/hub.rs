@@ -13,14 +13,22 @@
 //!   send first), then writer wake-ups, then chat for the other threads, then the
 //!   resumption of accepting. A caller that asks after every input cannot miss one.
 //!
+//! A connection is a line client (TCP listener), or an HTTP request (HTTP listener) that
+//! is answered and closed or becomes a WebSocket client. Line and WebSocket clients are
+//! the same chat members; the hub only knows which encoding each wants: a read's chat is
+//! encoded once per encoding its room needs, and that buffer is shared by every member
+//! wanting it.
+//!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
 use super::directory::Directory;
 use super::outbox::{Outbox, Overflow};
-use super::stats::{Disconnect, ErrorKind, Stats, ThreadCounters};
+use super::stats::{Disconnect, ErrorKind, Stats, ThreadCounters, Transport};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
-use crate::proto::{self, reply, Command, CommandError, Frame, LineDecoder};
+use super::web::{self, Route};
+use crate::proto::ws::{self, CloseCode, Message, Violation, WsCodec};
+use crate::proto::{self, http, reply, Command, CommandError, Frame, LineDecoder};
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
@@ -108,6 +116,17 @@ pub struct Handoff {
     pub room: Arc<str>,
     pub text: Bytes,
     pub lines: u64,
+    /// The same lines as WebSocket frames, when the sending thread built them already.
+    pub frames: Option<Bytes>,
+}
+
+/// Which listener a connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The line protocol: the connection is a chat client at once.
+    Line,
+    /// HTTP: one request, answered, or upgraded to a WebSocket chat client.
+    Http,
 }
 
 /// What the I/O layer must do next; see the module documentation for the order.
@@ -147,13 +166,40 @@ struct ChatBatch {
     lines: u64,
 }
 
+/// A chat member's place: its name, its room and its index among the room's local
+/// members (so leaving a room is O(1)).
 #[derive(Debug)]
-struct Client<H> {
+struct Member {
     name: Arc<str>,
     room: Arc<str>,
-    /// Index of this client in `rooms[room]`, so leaving a room is O(1).
     slot: u32,
-    decoder: LineDecoder,
+}
+
+/// How a connection's input is read and its output encoded.
+#[derive(Debug)]
+enum Codec {
+    /// Lines in, lines out.
+    Line(LineDecoder),
+    /// An HTTP request head in, one response out.
+    Http,
+    /// WebSocket frames both ways; the fragmented text message in progress, if any.
+    Ws(Option<Box<Vec<u8>>>),
+}
+
+impl Codec {
+    fn transport(&self) -> Transport {
+        match self {
+            Codec::Ws(_) => Transport::Ws,
+            _ => Transport::Tcp,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Client<H> {
+    /// Set while the connection is a chat client: an HTTP request has none.
+    member: Option<Member>,
+    codec: Codec,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
     closing: Option<Disconnect>,
@@ -171,7 +217,8 @@ struct Client<H> {
     stalled_since: Tick,
     /// When a writer given output during `--flush-delay` may take it.
     wake_at: Tick,
-    /// When a closing connection is shut down regardless (drain, then linger).
+    /// When the connection is shut down regardless: a closing one (drain, then linger),
+    /// or an HTTP request whose head has not come.
     close_by: Tick,
     /// This client's live entry in the hub's deadlines.
     armed: Tick,
@@ -180,6 +227,21 @@ struct Client<H> {
     /// When the last `slow down` notice was queued.
     rate_noticed: Tick,
     handle: H,
+}
+
+impl<H> Client<H> {
+    fn member(&self) -> &Member {
+        // Only called for chat clients: lines and WebSocket messages come from members.
+        self.member
+            .as_ref()
+            .expect("chat input comes only from chat members")
+    }
+}
+
+/// One read's chat in each encoding its room needs, built on first use.
+struct Encoded<'a> {
+    lines: &'a Bytes,
+    frames: Option<Bytes>,
 }
 
 /// The clients of one worker thread.
@@ -204,6 +266,8 @@ pub struct Hub<H> {
     overflowed: Vec<(ClientId, Overflow)>,
     /// Chat lines of the read being handled, queued when it ends or a command comes.
     batch: ChatBatch,
+    /// Frames WebSocket output and reads WebSocket input, for every client of the thread.
+    ws: WsCodec,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
 }
@@ -227,6 +291,7 @@ impl<H: Clone> Hub<H> {
             accept_armed: Tick::NONE,
             overflowed: Vec::new(),
             batch: ChatBatch::default(),
+            ws: WsCodec::new(limits.max_line),
             input_stopped: false,
         }
     }
@@ -235,26 +300,33 @@ impl<H: Clone> Hub<H> {
         self.shared.stats.thread(self.thread)
     }
 
-    /// Admits a new connection from `peer`. A refused one is not kept: its handle comes
-    /// back in an [`Action::Shutdown`] with the notice saying why.
-    pub fn connect(&mut self, handle: H, peer: IpAddr, now: Instant) -> Option<ClientId> {
-        let (name, room, members) = match self.shared.dir.admit(peer) {
-            Ok(admitted) => admitted,
-            Err(refused) => {
-                tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
-                self.counters().refused(refused.reason());
-                self.shutdowns
-                    .push_back((handle, Some(reply::error(refused))));
-                return None;
-            }
-        };
-        self.counters().connection();
-        let local = self.rooms.entry(room.clone()).or_default();
+    /// Admits a new connection from `peer` on a listener of `protocol`. A refused one is
+    /// not kept: its handle comes back in an [`Action::Shutdown`] with the notice saying
+    /// why.
+    pub fn connect(
+        &mut self,
+        handle: H,
+        peer: IpAddr,
+        protocol: Protocol,
+        now: Instant,
+    ) -> Option<ClientId> {
+        if let Err(refused) = self.shared.dir.admit_connection(peer) {
+            tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
+            self.counters().refused(refused.reason());
+            let notice = match protocol {
+                Protocol::Line => reply::error(refused),
+                Protocol::Http => http::text(503, &format!("{refused}\n")),
+            };
+            self.shutdowns.push_back((handle, Some(notice)));
+            return None;
+        }
+        let now = self.clock.tick(now);
         let id = self.clients.insert(Client {
-            name,
-            room,
-            slot: local.len() as u32,
-            decoder: LineDecoder::new(self.limits.max_line),
+            member: None,
+            codec: match protocol {
+                Protocol::Line => Codec::Line(LineDecoder::new(self.limits.max_line)),
+                Protocol::Http => Codec::Http,
+            },
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
             peer,
@@ -270,48 +342,172 @@ impl<H: Clone> Hub<H> {
             rate_noticed: Tick::NONE,
             handle,
         });
-        local.push(id);
-        let client = &self.clients[id];
-        let welcome = reply::notice(format_args!(
-            "you are {} in {} ({}); /help lists commands",
-            client.name,
-            client.room,
-            reply::count(members, "member", "members")
-        ));
-        let now = self.clock.tick(now);
-        self.reply(id, welcome, now);
-        tracing::debug!(name = %self.clients[id].name, "client connected");
+        match protocol {
+            Protocol::Line => self.add_member(id, now),
+            Protocol::Http => {
+                self.clients[id].close_by = now.plus(web::HEAD_TIMEOUT);
+                self.arm(id);
+            }
+        }
         Some(id)
     }
 
-    /// Handles bytes read from a client: decodes every complete line in `buf` and removes
-    /// it, leaving at most one incomplete line. Input of a closing client, or after
-    /// `stop_input`, is dropped.
+    /// Makes a connection a chat client in the lobby, and welcomes it.
+    fn add_member(&mut self, id: ClientId, now: Tick) {
+        let transport = self.clients[id].codec.transport();
+        let (name, room, members) = self.shared.dir.add_member(transport);
+        self.counters().connection(transport);
+        let local = self.rooms.entry(room.clone()).or_default();
+        let slot = local.len() as u32;
+        local.push(id);
+        let welcome = reply::notice(format_args!(
+            "you are {name} in {room} ({}); /help lists commands",
+            reply::count(members, "member", "members")
+        ));
+        tracing::debug!(%name, transport = transport.name(), "client connected");
+        self.clients[id].member = Some(Member { name, room, slot });
+        self.reply(id, welcome, now);
+    }
+
+    /// Handles bytes read from a connection: decodes every complete line, message or
+    /// request head in `buf` and removes it, leaving at most one incomplete one. Input of
+    /// a closing client, or of a chat client after `stop_input`, is dropped.
     pub fn handle_input(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Instant) {
         let Some(client) = self.clients.get(id) else {
             buf.clear();
             return;
         };
-        self.shared
-            .stats
-            .thread(self.thread)
-            .add_bytes_in(buf.len() as u64);
-        if client.closing.is_some() || self.input_stopped {
+        self.counters().add_bytes_in(buf.len() as u64);
+        let stopped = self.input_stopped && client.member.is_some();
+        if client.closing.is_some() || stopped {
             buf.clear();
             return;
         }
         let now = self.clock.tick(now);
-        let mut decoder = client.decoder;
-        let flow = decoder.decode_all(buf, |frame| self.handle_frame(id, frame, now));
+        if matches!(client.codec, Codec::Http) {
+            self.handle_request(id, buf, now);
+        }
+        let flow = match &mut self.clients[id].codec {
+            Codec::Line(decoder) => {
+                let mut decoder = *decoder;
+                let flow = decoder.decode_all(buf, |frame| self.handle_line(id, frame, now));
+                if let Codec::Line(kept) = &mut self.clients[id].codec {
+                    *kept = decoder;
+                }
+                flow
+            }
+            Codec::Ws(partial) => {
+                let mut partial = partial.take();
+                let codec = self.ws.clone();
+                let decoded = codec.decode_all(&mut partial, buf, |message| {
+                    self.handle_message(id, message, now)
+                });
+                if let Codec::Ws(kept) = &mut self.clients[id].codec {
+                    *kept = partial;
+                }
+                match decoded {
+                    Ok(flow) => flow,
+                    Err(violation) => {
+                        self.flush_chat(id, now);
+                        self.violation(id, violation, now);
+                        ControlFlow::Break(())
+                    }
+                }
+            }
+            Codec::Http => ControlFlow::Continue(()),
+        };
         self.flush_chat(id, now);
-        self.clients[id].decoder = decoder;
         self.cut_overflowed(now);
         if flow.is_break() {
             buf.clear();
         }
     }
 
-    fn handle_frame(&mut self, id: ClientId, frame: Frame<'_>, now: Tick) -> ControlFlow<()> {
+    /// An HTTP connection's input: once its request head is complete, answers it (and
+    /// closes) or upgrades the connection to a WebSocket chat client, whose first frames
+    /// may follow in `buf`.
+    fn handle_request(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
+        let request = match http::parse_head(buf) {
+            Ok(None) => return,
+            Ok(Some((request, len))) => {
+                buf.drain(..len);
+                request
+            }
+            Err(err) => {
+                buf.clear();
+                tracing::debug!(peer = %self.clients[id].peer, "HTTP request refused: {err}");
+                self.respond(id, err.response(), now);
+                return;
+            }
+        };
+        match web::route(&request, self.input_stopped) {
+            Route::Respond(response) => {
+                buf.clear();
+                self.respond(id, response, now);
+            }
+            Route::Upgrade(response) => {
+                let client = &mut self.clients[id];
+                client.codec = Codec::Ws(None);
+                client.close_by = Tick::NONE;
+                self.push_raw(id, response, now);
+                self.add_member(id, now);
+            }
+        }
+    }
+
+    /// Sends a whole HTTP response, then closes the connection.
+    fn respond(&mut self, id: ClientId, response: Bytes, now: Tick) {
+        self.counters().http_request();
+        self.push_raw(id, response, now);
+        self.begin_close(id, Disconnect::Quit, now);
+    }
+
+    /// One WebSocket message of a chat client.
+    fn handle_message(&mut self, id: ClientId, message: Message<'_>, now: Tick) -> ControlFlow<()> {
+        match message {
+            // As on TCP: each `\n` in it ends a line, and the message's end ends one too.
+            Message::Text(text) => {
+                for line in text.split(|&b| b == b'\n') {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    self.handle_line(id, Frame::Line(line), now)?;
+                }
+                ControlFlow::Continue(())
+            }
+            Message::Ping(payload) => {
+                let pong = self.ws.pong(payload);
+                self.push_raw(id, pong, now);
+                ControlFlow::Continue(())
+            }
+            Message::Close(code) => {
+                // Answer the close handshake with the client's code when it may be
+                // echoed, and leave.
+                let code = match code {
+                    None => CloseCode::Normal as u16,
+                    Some(code) if ws::valid_close_code(code) => code,
+                    Some(_) => CloseCode::ProtocolError as u16,
+                };
+                self.flush_chat(id, now);
+                let close = self.ws.close(code, "");
+                self.push_raw(id, close, now);
+                self.begin_close(id, Disconnect::Quit, now);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// A WebSocket client broke the protocol: a close frame says how, and it is closed.
+    fn violation(&mut self, id: ClientId, violation: Violation, now: Tick) {
+        tracing::debug!(
+            name = %self.clients[id].member().name, code = violation.code as u16,
+            "WebSocket protocol error: {}", violation.reason
+        );
+        let close = self.ws.close(violation.code as u16, violation.reason);
+        self.push_raw(id, close, now);
+        self.begin_close(id, Disconnect::ProtocolError, now);
+    }
+
+    /// One input line of a chat client (from TCP, or a line of a WebSocket message).
+    fn handle_line(&mut self, id: ClientId, frame: Frame<'_>, now: Tick) -> ControlFlow<()> {
         if !self.within_rate(id, now) {
             return ControlFlow::Continue(());
         }
@@ -339,6 +535,10 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
+                if matches!(self.clients[id].codec, Codec::Ws(_)) {
+                    let close = self.ws.close(CloseCode::Normal as u16, "");
+                    self.push_raw(id, close, now);
+                }
                 self.begin_close(id, Disconnect::Quit, now);
             }
             Err(err) => {
@@ -383,7 +583,7 @@ impl<H: Clone> Hub<H> {
     }
 
     fn chat(&mut self, id: ClientId, text: &[u8]) {
-        reply::chat(&self.clients[id].name, text, &mut self.batch.text);
+        reply::chat(&self.clients[id].member().name, text, &mut self.batch.text);
         self.batch.lines += 1;
     }
 
@@ -395,16 +595,34 @@ impl<H: Clone> Hub<H> {
         }
         let lines = std::mem::take(&mut self.batch.lines);
         let text = self.batch.text.split().freeze();
-        let room = self.clients[id].room.clone();
-        let recipients = self.fan_out(&room, &text, Some(id), now);
+        let room = self.clients[id].member().room.clone();
+        let mut encoded = Encoded {
+            lines: &text,
+            frames: None,
+        };
+        let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
+        let frames = encoded.frames;
         self.counters().messages_in(lines, recipients * lines);
         if self.shared.threads > 1 {
-            self.handoffs.push(Handoff { room, text, lines });
+            self.handoffs.push(Handoff {
+                room,
+                text,
+                lines,
+                frames,
+            });
         }
     }
 
-    /// Queues `line` to every local member of `room` but `except`. Returns how many got it.
-    fn fan_out(&mut self, room: &str, line: &Bytes, except: Option<ClientId>, now: Tick) -> u64 {
+    /// Queues a read's chat to every local member of `room` but `except`, each in the
+    /// encoding it wants (the frames are built once, for the first WebSocket member).
+    /// Returns how many got it.
+    fn fan_out(
+        &mut self,
+        room: &str,
+        encoded: &mut Encoded<'_>,
+        except: Option<ClientId>,
+        now: Tick,
+    ) -> u64 {
         let Some(members) = self.rooms.get(room) else {
             return 0;
         };
@@ -414,7 +632,14 @@ impl<H: Clone> Hub<H> {
                 continue;
             }
             let client = &mut self.clients[member];
-            match client.outbox.push(line.clone()) {
+            let bytes = match client.codec {
+                Codec::Ws(_) => encoded
+                    .frames
+                    .get_or_insert_with(|| self.ws.lines(encoded.lines))
+                    .clone(),
+                _ => encoded.lines.clone(),
+            };
+            match client.outbox.push(bytes) {
                 Ok(was_empty) => {
                     delivered += 1;
                     if was_empty {
@@ -439,7 +664,11 @@ impl<H: Clone> Hub<H> {
         let now = self.clock.tick(now);
         let mut delivered = 0;
         for handoff in handoffs {
-            delivered += handoff.lines * self.fan_out(&handoff.room, &handoff.text, None, now);
+            let mut encoded = Encoded {
+                lines: &handoff.text,
+                frames: handoff.frames.clone(),
+            };
+            delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
         }
         self.counters().add_deliveries(delivered);
         self.cut_overflowed(now);
@@ -449,7 +678,7 @@ impl<H: Clone> Hub<H> {
         while let Some((id, overflow)) = self.overflowed.pop() {
             if self.clients[id].closing.is_none() {
                 tracing::warn!(
-                    name = %self.clients[id].name, queued = overflow.queued,
+                    name = %self.clients[id].member().name, queued = overflow.queued,
                     "slow consumer disconnected: its queue is full"
                 );
                 self.begin_close(id, Disconnect::SlowConsumer, now);
@@ -458,33 +687,33 @@ impl<H: Clone> Hub<H> {
     }
 
     fn join(&mut self, id: ClientId, room: &str, now: Tick) {
-        let client = &self.clients[id];
-        if &*client.room == room {
+        let member = self.clients[id].member();
+        if &*member.room == room {
             let text = format!("you are in {room} already");
             self.error(id, ErrorKind::AlreadyInRoom, text, now);
             return;
         }
-        let (room, members) = self.shared.dir.join(&client.name, &client.room, room);
+        let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
         self.leave_local_room(id);
         let local = self.rooms.entry(room.clone()).or_default();
-        let client = &mut self.clients[id];
-        client.slot = local.len() as u32;
-        client.room = room;
+        let slot = local.len() as u32;
         local.push(id);
-        let text = format!(
-            "joined {} ({})",
-            self.clients[id].room,
-            reply::count(members, "member", "members")
-        );
+        let text = format!("joined {room} ({})", reply::count(members, "member", "members"));
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.slot = slot;
+            member.room = room;
+        }
         self.reply(id, reply::notice(text), now);
     }
 
     fn nick(&mut self, id: ClientId, name: &str, now: Tick) {
-        let client = &self.clients[id];
-        match self.shared.dir.rename(&client.name, &client.room, name) {
+        let member = self.clients[id].member();
+        match self.shared.dir.rename(&member.name, &member.room, name) {
             Ok(name) => {
-                self.clients[id].name = name;
-                let text = reply::notice(format_args!("you are {}", self.clients[id].name));
+                let text = reply::notice(format_args!("you are {name}"));
+                if let Some(member) = self.clients[id].member.as_mut() {
+                    member.name = name;
+                }
                 self.reply(id, text, now);
             }
             Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
@@ -492,7 +721,7 @@ impl<H: Clone> Hub<H> {
     }
 
     fn who(&mut self, id: ClientId, now: Tick) {
-        let room = &self.clients[id].room;
+        let room = &self.clients[id].member().room;
         let members = self.shared.dir.members(room);
         let mut text = format!("members of {room} ({}): ", members.len());
         for (i, name) in members.iter().enumerate() {
@@ -540,11 +769,20 @@ impl<H: Clone> Hub<H> {
         self.reply(id, reply::error(text), now);
     }
 
-    /// Queues a reply to the client itself; a client that does not read its replies is a
-    /// slow consumer like any other.
+    /// Queues a reply line (`* ...\n`) to the client itself, in its encoding; a client
+    /// that does not read its replies is a slow consumer like any other.
     fn reply(&mut self, id: ClientId, line: Bytes, now: Tick) {
+        let bytes = match self.clients[id].codec {
+            Codec::Ws(_) => self.ws.lines(&line),
+            _ => line,
+        };
+        self.push_raw(id, bytes, now);
+    }
+
+    /// Queues bytes as they are (already encoded for the client).
+    fn push_raw(&mut self, id: ClientId, bytes: Bytes, now: Tick) {
         let client = &mut self.clients[id];
-        match client.outbox.push(line) {
+        match client.outbox.push(bytes) {
             Ok(true) => output_pending(
                 client,
                 id,
@@ -559,49 +797,78 @@ impl<H: Clone> Hub<H> {
     }
 
     fn leave_local_room(&mut self, id: ClientId) {
-        let client = &self.clients[id];
-        let slot = client.slot as usize;
-        if let Some(members) = self.rooms.get_mut(&*client.room) {
+        let Some(member) = self.clients[id].member.as_ref() else {
+            return;
+        };
+        let (slot, room) = (member.slot as usize, member.room.clone());
+        if let Some(members) = self.rooms.get_mut(&*room) {
             members.swap_remove(slot);
             if let Some(&moved) = members.get(slot) {
-                self.clients[moved].slot = slot as u32;
+                if let Some(moved) = self.clients[moved].member.as_mut() {
+                    moved.slot = slot as u32;
+                }
             }
             if members.is_empty() {
-                self.rooms.remove(&*self.clients[id].room);
+                self.rooms.remove(&*room);
             }
         }
     }
 
     /// Takes the client out of its room and frees its name. What is queued is still
     /// written (except to a client cut off for not keeping up) within `--drain-timeout`,
-    /// then the writer closes the connection.
+    /// then the writer closes the connection. An HTTP connection (no member) just closes
+    /// once its response is written; it counts as no chat client's departure.
     fn begin_close(&mut self, id: ClientId, reason: Disconnect, now: Tick) {
         if self.clients[id].closing.is_some() {
             return;
         }
         self.leave_local_room(id);
-        self.counters().disconnect(reason);
+        let is_member = self.clients[id].member.is_some();
+        if is_member {
+            self.counters().disconnect(reason);
+        }
         let drain_by = now.plus(self.limits.drain_timeout);
+        let websocket = matches!(self.clients[id].codec, Codec::Ws(_));
         let client = &mut self.clients[id];
         client.closing = Some(reason);
-        self.shared.dir.leave(&client.name, &client.room);
+        if let Some(member) = &client.member {
+            let transport = client.codec.transport();
+            self.shared
+                .dir
+                .leave(&member.name, &member.room, transport);
+        }
         match reason {
             Disconnect::SlowConsumer | Disconnect::WriteTimeout => {
                 client.outbox.clear();
                 client.finished = true;
                 // The notice may go only if no write is in flight: it could split its lines.
-                let notice = (!client.writing).then(|| reply::error(reply::SLOW_CONSUMER));
+                let notice = (!client.writing).then(|| {
+                    let line = reply::error(reply::SLOW_CONSUMER);
+                    if websocket {
+                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
+                        out.extend_from_slice(&self.ws.close(CloseCode::Policy as u16, "slow consumer"));
+                        out.freeze()
+                    } else {
+                        line
+                    }
+                });
                 self.shutdowns.push_back((client.handle.clone(), notice));
             }
             Disconnect::Shutdown => {
-                client
-                    .outbox
-                    .push_unbounded(reply::notice(reply::SHUTTING_DOWN));
+                let mut farewell = reply::notice(reply::SHUTTING_DOWN);
+                if websocket {
+                    let mut out = BytesMut::from(&self.ws.lines(&farewell)[..]);
+                    out.extend_from_slice(&self.ws.close(CloseCode::GoingAway as u16, ""));
+                    farewell = out.freeze();
+                }
+                client.outbox.push_unbounded(farewell);
                 client.close_by = drain_by;
             }
-            Disconnect::Quit | Disconnect::PeerGone => client.close_by = drain_by,
+            Disconnect::Quit | Disconnect::PeerGone | Disconnect::ProtocolError => {
+                client.close_by = drain_by
+            }
         }
-        tracing::debug!(name = %client.name, reason = reason.name(), "client closing");
+        tracing::debug!(reason = reason.name(), "connection closing");
         self.wakes.push_back(id);
         self.arm(id);
     }
@@ -729,7 +996,9 @@ impl<H: Clone> Hub<H> {
         self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
         let client = self.clients.remove(id);
         self.shared.dir.disconnected(client.peer);
-        tracing::debug!(name = %client.name, "client released");
+        if let Some(member) = &client.member {
+            tracing::debug!(name = %member.name, "client released");
+        }
         Some(client.handle)
     }
 
@@ -788,7 +1057,7 @@ impl<H: Clone> Hub<H> {
             self.wakes.push_back(id);
         } else if write_deadline(client, &self.limits).due(now) {
             tracing::warn!(
-                name = %client.name, queued = client.outbox.queued(),
+                name = %client.member().name, queued = client.outbox.queued(),
                 "slow consumer disconnected: no write progress in {:?}",
                 self.limits.write_timeout.unwrap_or_default()
             );

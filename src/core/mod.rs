@@ -9,12 +9,14 @@ mod hub;
 mod outbox;
 mod stats;
 mod time;
+mod web;
 
 pub use directory::{Directory, NameTaken, Refused};
 pub use hub::{
-    Action, ClientId, Handoff, Hub, Limits, Output, Shared, ACCEPT_BACKOFF, LINGER,
+    Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,
 };
+pub use web::{CHAT_PAGE, HEAD_TIMEOUT};
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
-pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals};
+pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals, Transport};
 pub use time::RateLimit;

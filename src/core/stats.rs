@@ -17,15 +17,19 @@ pub enum Disconnect {
     WriteTimeout,
     /// The server shut down.
     Shutdown,
+    /// A WebSocket client broke the protocol (unmasked frame, binary message, bad
+    /// UTF-8, a message over `--max-line`, ...).
+    ProtocolError,
 }
 
 impl Disconnect {
-    pub const ALL: [Disconnect; 5] = [
+    pub const ALL: [Disconnect; 6] = [
         Disconnect::Quit,
         Disconnect::PeerGone,
         Disconnect::SlowConsumer,
         Disconnect::WriteTimeout,
         Disconnect::Shutdown,
+        Disconnect::ProtocolError,
     ];
 
     /// The name used in `/stats`, logs and metric labels.
@@ -36,6 +40,27 @@ impl Disconnect {
             Disconnect::SlowConsumer => "slow_consumer",
             Disconnect::WriteTimeout => "write_timeout",
             Disconnect::Shutdown => "shutdown",
+            Disconnect::ProtocolError => "protocol_error",
+        }
+    }
+}
+
+/// How a chat client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Lines over TCP.
+    Tcp,
+    /// WebSocket text frames, after an HTTP upgrade.
+    Ws,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Tcp, Transport::Ws];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
         }
     }
 }
@@ -118,7 +143,8 @@ pub struct ThreadCounters {
     deliveries: Counter,
     bytes_in: Counter,
     bytes_out: Counter,
-    connections: Counter,
+    connections: [Counter; Transport::ALL.len()],
+    http_requests: Counter,
     rate_limited: Counter,
     disconnects: [Counter; Disconnect::ALL.len()],
     refused: [Counter; Refusal::ALL.len()],
@@ -136,8 +162,12 @@ pub struct Totals {
     pub bytes_in: u64,
     /// Bytes written to clients.
     pub bytes_out: u64,
-    /// Connections accepted as clients.
+    /// Chat clients accepted (line and WebSocket).
     pub connections: u64,
+    /// Chat clients accepted, by [`Transport`].
+    pub connections_by: [u64; Transport::ALL.len()],
+    /// HTTP requests answered without becoming a client (the page, `/healthz`, ...).
+    pub http_requests: u64,
     /// Input lines dropped for going over `--max-msg-rate`.
     pub rate_limited: u64,
     /// Clients gone, by [`Disconnect`] (in the order of `Disconnect::ALL`).
@@ -212,12 +242,14 @@ impl Stats {
             t.deliveries += c.deliveries.get();
             t.bytes_in += c.bytes_in.get();
             t.bytes_out += c.bytes_out.get();
-            t.connections += c.connections.get();
+            sum_into(&mut t.connections_by, &c.connections);
+            t.http_requests += c.http_requests.get();
             t.rate_limited += c.rate_limited.get();
             sum_into(&mut t.disconnects, &c.disconnects);
             sum_into(&mut t.refused, &c.refused);
             sum_into(&mut t.errors, &c.errors);
         }
+        t.connections = t.connections_by.iter().sum();
         t
     }
 }
@@ -249,8 +281,14 @@ impl ThreadCounters {
         self.bytes_out.add(n);
     }
 
-    pub fn connection(&self) {
-        self.connections.add(1);
+    /// A chat client was accepted.
+    pub fn connection(&self, transport: Transport) {
+        self.connections[transport as usize].add(1);
+    }
+
+    /// An HTTP request was answered.
+    pub fn http_request(&self) {
+        self.http_requests.add(1);
     }
 
     /// An input line was dropped for going over the rate limit.

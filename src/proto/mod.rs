@@ -1,9 +1,12 @@
-//! Protocol v1, bytes only: the line decoder, the command parser and the formatting of
-//! every line the server sends. Nothing here knows about sockets, rooms or threads.
+//! The protocols, bytes only: the line decoder, the command parser and the formatting of
+//! every line the server sends; the HTTP request head and responses; WebSocket frames.
+//! Nothing here knows about sockets, rooms or threads.
 
 mod command;
 mod decoder;
+pub mod http;
 pub mod reply;
+pub mod ws;
 
 pub use command::{parse, Command, CommandError, NAME_MAX};
 pub use decoder::{Frame, LineDecoder};

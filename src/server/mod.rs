@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
+    /// Address of the HTTP listener (the chat page at /, WebSocket clients at /ws,
+    /// /healthz), or `off`; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7879", value_parser = parse_http)]
+    pub http: Http,
     /// I/O backend.
     #[arg(long, value_enum, default_value = "uring")]
     pub backend: Backend,
@@ -98,6 +102,19 @@ pub struct ServeArgs {
     pub uring_setup: Vec<UringSetup>,
 }
 
+/// The HTTP listener's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http(pub Option<SocketAddr>);
+
+fn parse_http(text: &str) -> Result<Http, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Http(None));
+    }
+    text.parse()
+        .map(|addr| Http(Some(addr)))
+        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7879, or off"))
+}
+
 /// Optional io_uring setup flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UringSetup {
@@ -124,6 +141,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", server.addr).context("writing to stdout")?;
+        if let Some(http) = server.http_addr {
+            writeln!(stdout, "http listening on {http}").context("writing to stdout")?;
+        }
         stdout.flush().context("writing to stdout")?;
     }
     server.wait(false)
@@ -132,6 +152,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// A server running in this process (its worker threads run in the background).
 pub struct Running {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
     events_tx: std_mpsc::Sender<Event>,
@@ -190,6 +211,22 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let addr = listeners[0]
         .local_addr()
         .context("reading the bound address")?;
+    let http_listeners: Vec<Option<std::net::TcpListener>> = match args.http.0 {
+        Some(http) => bind_reuseport(http, threads)
+            .with_context(|| format!("http listening on {http}"))?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..threads).map(|_| None).collect(),
+    };
+    let http_addr = match http_listeners.first() {
+        Some(Some(listener)) => Some(
+            listener
+                .local_addr()
+                .context("reading the bound HTTP address")?,
+        ),
+        _ => None,
+    };
 
     let dir = Arc::new(Directory::new(max_clients, args.max_per_ip));
     let stats = Arc::new(Stats::new(threads));
@@ -216,7 +253,8 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
 
-    for (index, (listener, inbox)) in listeners.into_iter().zip(inbox_rx).enumerate() {
+    let per_thread = listeners.into_iter().zip(http_listeners).zip(inbox_rx);
+    for (index, ((listener, http_listener), inbox)) in per_thread.enumerate() {
         let setup = WorkerSetup {
             shared: shared.clone(),
             limits,
@@ -238,7 +276,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             .name(format!("ringcast-{}-{index}", backend.name()))
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_worker(backend, &uring_options, setup, listener)
+                    run_worker(backend, &uring_options, setup, listener, http_listener)
                 }));
                 let result = match result {
                     Ok(result) => result,
@@ -251,7 +289,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     drop(inbox_tx);
 
     tracing::info!(
-        %addr, backend = args.backend.name(), threads, max_clients,
+        %addr, http = ?http_addr, backend = args.backend.name(), threads, max_clients,
         max_per_ip = args.max_per_ip, max_line = args.max_line,
         max_outbound = args.max_outbound, write_timeout = ?args.write_timeout,
         max_msg_rate = args.max_msg_rate, max_msg_burst = args.max_msg_burst,
@@ -265,6 +303,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     )?;
     Ok(Running {
         addr,
+        http_addr,
         stats,
         shutdown: shutdown_tx,
         events_tx,
@@ -279,6 +318,11 @@ impl Running {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP listener, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Counters since start.
@@ -367,15 +411,18 @@ fn run_worker(
     uring_options: &uring::Options,
     setup: WorkerSetup,
     listener: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
 ) -> Result<(), String> {
     let index = setup.index;
     let result = match backend {
         Backend::Uring => uring::block_on(uring_options, async move {
-            Worker::run(setup, uring::listener(listener)?).await
+            let http = http.map(uring::listener).transpose()?;
+            Worker::run(setup, uring::listener(listener)?, http).await
         }),
-        Backend::Epoll => {
-            epoll::block_on(async move { Worker::run(setup, epoll::listener(listener)?).await })
-        }
+        Backend::Epoll => epoll::block_on(async move {
+            let http = http.map(epoll::listener).transpose()?;
+            Worker::run(setup, epoll::listener(listener)?, http).await
+        }),
     };
     match result {
         Ok(Ok(())) => Ok(()),

@@ -5,7 +5,7 @@
 //! rule about time and limits is the hub's.
 
 use super::io::{self, Conn, Listener};
-use crate::core::{Action, ClientId, Handoff, Hub, Limits, Output, Shared};
+use crate::core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
 use bytes::{Buf, Bytes};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -71,10 +71,12 @@ pub(crate) struct Worker<C> {
 }
 
 impl<C: Conn> Worker<C> {
-    /// Runs the worker until shutdown has closed every connection.
+    /// Runs the worker until shutdown has closed every connection: line clients come
+    /// through `listener`, HTTP requests (the page, WebSocket clients) through `http`.
     pub(crate) async fn run<L: Listener<Conn = C> + 'static>(
         setup: WorkerSetup,
         listener: L,
+        http: Option<L>,
     ) -> stdio::Result<()> {
         let WorkerSetup {
             shared,
@@ -96,35 +98,49 @@ impl<C: Conn> Worker<C> {
             forgotten: Notify::new(),
             buffers: BufferPool::default(),
         });
-        let listener = Rc::new(listener);
         spawn_local(worker.clone().timer_loop());
         let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
-        let accept_task = spawn_local(worker.clone().accept_loop(listener.clone()));
+        let listeners: Vec<(Rc<L>, Protocol)> = std::iter::once((listener, Protocol::Line))
+            .chain(http.map(|http| (http, Protocol::Http)))
+            .map(|(listener, protocol)| (Rc::new(listener), protocol))
+            .collect();
+        let accept_tasks: Vec<_> = listeners
+            .iter()
+            .map(|(listener, protocol)| {
+                spawn_local(worker.clone().accept_loop(listener.clone(), *protocol))
+            })
+            .collect();
 
         while !*shutdown.borrow_and_update() {
             if shutdown.changed().await.is_err() {
                 break;
             }
         }
-        worker.shut_down(&*listener, inbox_task, accept_task).await;
+        worker
+            .shut_down(&listeners, inbox_task, accept_tasks)
+            .await;
         Ok(())
     }
 
     /// Shutdown: stop accepting and reading, deliver every line already accepted (ours
     /// and those other threads hand us), then let the hub close every connection (each
     /// within `--drain-timeout`, which the hub enforces).
-    async fn shut_down(
+    async fn shut_down<L: Listener>(
         self: &Rc<Self>,
-        listener: &impl Listener,
+        listeners: &[(Rc<L>, Protocol)],
         inbox_task: tokio::task::JoinHandle<()>,
-        accept_task: tokio::task::JoinHandle<()>,
+        accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     ) {
         self.stopping.set(true);
         self.hub.borrow_mut().stop_input();
         // A pending accept completes with an error once its socket is shut down.
-        io::shutdown(listener, Shutdown::Both);
+        for (listener, _) in listeners {
+            io::shutdown(&**listener, Shutdown::Both);
+        }
         self.accept_resumed.notify();
-        let _ = accept_task.await;
+        for task in accept_tasks {
+            let _ = task.await;
+        }
         // Readers send hand-offs right after reading, with no await in between, so once
         // input is ignored the only senders left are clones held by sends in progress.
         self.peers.borrow_mut().clear();
@@ -166,14 +182,14 @@ impl<C: Conn> Worker<C> {
         }
     }
 
-    async fn accept_loop<L: Listener<Conn = C>>(self: Rc<Self>, listener: Rc<L>) {
+    async fn accept_loop<L: Listener<Conn = C>>(self: Rc<Self>, listener: Rc<L>, protocol: Protocol) {
         loop {
             let accepted = listener.accept().await;
             if self.stopping.get() {
                 return;
             }
             match accepted {
-                Ok((conn, peer)) => self.admit(conn, peer),
+                Ok((conn, peer)) => self.admit(conn, peer, protocol),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
@@ -194,7 +210,7 @@ impl<C: Conn> Worker<C> {
         }
     }
 
-    fn admit(self: &Rc<Self>, conn: C, peer: SocketAddr) {
+    fn admit(self: &Rc<Self>, conn: C, peer: SocketAddr, protocol: Protocol) {
         if let Err(err) = io::set_nodelay(&conn) {
             tracing::debug!("TCP_NODELAY: {err}");
         }
@@ -204,7 +220,7 @@ impl<C: Conn> Worker<C> {
         });
         let admitted = {
             let mut hub = self.hub.borrow_mut();
-            let admitted = hub.connect(handle.clone(), peer.ip(), Instant::now());
+            let admitted = hub.connect(handle.clone(), peer.ip(), protocol, Instant::now());
             self.act(&mut hub);
             admitted
         };

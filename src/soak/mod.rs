@@ -232,6 +232,8 @@ async fn soak_backend(
         "0",
         "--max-per-ip",
         "0",
+        "--http",
+        "off",
         "--log-level",
         "error",
     ]

@@ -70,6 +70,8 @@ impl Server {
                 ["--stats-interval", "0"],
                 ["--max-msg-rate", "0"],
                 ["--max-per-ip", "0"],
+                // Many servers run at once: never the fixed default port.
+                ["--http", "127.0.0.1:0"],
             ]
             .into_iter()
             .filter(|[flag, _]| !extra.contains(flag))

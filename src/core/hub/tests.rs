@@ -60,7 +60,7 @@ impl Sim {
     fn connect(&mut self) -> ClientId {
         let handle = self.next_handle;
         self.next_handle += 1;
-        let id = self.hub.connect(handle, LOCAL, self.now).expect("admitted");
+        let id = self.hub.connect(handle, LOCAL, Protocol::Line, self.now).expect("admitted");
         self.output(id);
         self.actions();
         id
@@ -187,6 +187,7 @@ fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
             room: Arc::from("x"),
             text: Bytes::from_static(b"far: away\nfar: again\n"),
             lines: 2,
+            frames: None,
         }],
         sim.now,
     );
@@ -199,7 +200,7 @@ fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
 #[test]
 fn welcome_and_join_count_members_in_words_that_agree() {
     let mut sim = Sim::new(1, limits());
-    let id = sim.hub.connect(7, LOCAL, sim.now).unwrap();
+    let id = sim.hub.connect(7, LOCAL, Protocol::Line, sim.now).unwrap();
     assert_eq!(
         sim.output(id),
         ["* you are user1 in lobby (1 member); /help lists commands\n"]
@@ -515,10 +516,10 @@ fn refused_connections_get_their_reason_and_are_shut_down() {
     let mut sim = Sim::with_dir(1, limits(), Directory::new(3, 2));
     sim.connect();
     sim.connect();
-    assert_eq!(sim.hub.connect(9, LOCAL, sim.now), None);
+    assert_eq!(sim.hub.connect(9, LOCAL, Protocol::Line, sim.now), None);
     let other: IpAddr = [127, 0, 0, 2].into();
-    assert!(sim.hub.connect(10, other, sim.now).is_some());
-    assert_eq!(sim.hub.connect(11, other, sim.now), None);
+    assert!(sim.hub.connect(10, other, Protocol::Line, sim.now).is_some());
+    assert_eq!(sim.hub.connect(11, other, Protocol::Line, sim.now), None);
     let actions = sim.actions();
     assert_eq!(
         shutdowns(&actions),
