@@ -17,6 +17,5 @@ pub mod bench;
 pub mod core;
 pub mod proto;
 pub mod server;
-pub mod soak;
 pub mod sys;
 pub mod units;

@@ -1,37 +1,34 @@
 //! The short soak through the real binary, for each backend, so `cargo test` covers it:
 //! healthy clients must lose and reorder nothing while churn, slow consumers, garbage,
 //! resets, half-closes and bursts past `--max-clients` hit the same server, RSS and fds
-//! must stay flat, and the server must exit 0 on SIGTERM. See `src/soak/`.
+//! must stay flat, and the server must exit 0 on SIGTERM. See `testkit/src/soak/`.
 
-use std::process::Command;
+use clap::Parser as _;
+use ringcast_testkit::soak::SoakArgs;
+use ringcast_testkit::ServerProcess;
+use std::path::Path;
 
 fn soak(backend: &str) {
     let report = std::env::temp_dir().join(format!(
         "ringcast-soak-test-{backend}-{}.json",
         std::process::id()
     ));
-    let bin = env!("CARGO_BIN_EXE_ringcast");
-    let out = Command::new(bin)
-        .args([
-            "soak",
-            "--backends",
-            backend,
-            "--duration",
-            "15s",
-            "--server-bin",
-            bin,
-        ])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("running ringcast soak");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let args = SoakArgs::try_parse_from([
+        "ringcast-soak",
+        "--backends",
+        backend,
+        "--duration",
+        "15s",
+        "--server-bin",
+        env!("CARGO_BIN_EXE_ringcast"),
+        "--report",
+        report.to_str().expect("utf-8 temp path"),
+    ])
+    .expect("soak arguments");
+    let passed = ringcast_testkit::soak::run(args).expect("running the soak");
     assert!(
-        out.status.success(),
-        "soak {backend} failed: {}",
-        out.status
+        passed,
+        "soak {backend} failed (its findings are printed above)"
     );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("soak report")).expect("JSON");
@@ -68,59 +65,28 @@ fn short_soak_epoll() {
     soak("epoll");
 }
 
-/// The server binary on 127.0.0.1:0, killed when dropped.
-struct Server {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Server {
-    fn start(backend: &str, max_clients: usize) -> Server {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
-            .args([
-                "--threads",
-                "1",
-                "--max-outbound",
-                "32k",
-                "--stats-interval",
-                "0",
-            ])
-            .args([
-                "--log-level",
-                "error",
-                "--max-clients",
-                &max_clients.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting the server");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading the address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server { child, addr }
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("/proc/PID/fd")
-            .count()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server binary on 127.0.0.1:0 with one thread, `--max-outbound 32k` and
+/// `--max-clients max_clients`.
+fn start_server(backend: &str, max_clients: usize) -> ServerProcess {
+    let max_clients = max_clients.to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        backend,
+        "--threads",
+        "1",
+        "--max-outbound",
+        "32k",
+        "--stats-interval",
+        "0",
+        "--log-level",
+        "error",
+        "--max-clients",
+        &max_clients,
+    ];
+    ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_ringcast")), args, |_| {})
+        .unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// A connection that reads its `/stats` replies, to watch the server's `bytes_out`.
@@ -165,10 +131,10 @@ impl Monitor {
 fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
     use std::io::Write;
     use std::time::{Duration, Instant};
-    let server = Server::start(backend, 4);
+    let server = start_server(backend, 4);
     let mut monitor = Monitor::connect(server.addr);
     std::thread::sleep(Duration::from_millis(200));
-    let baseline = server.fds();
+    let baseline = fds(&server);
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
@@ -196,17 +162,21 @@ fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
         "cut as a slow consumer: {stats}"
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while server.fds() > baseline {
+    while fds(&server) > baseline {
         assert!(
             Instant::now() < deadline,
             "{backend}: 15 s after the client half-closed, the server still holds its \
              connection ({} fds, {baseline} before) though it no longer counts it: {}",
-            server.fds(),
+            fds(&server),
             monitor.stats().trim()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(stream);
+}
+
+fn fds(server: &ServerProcess) -> u64 {
+    server.open_fds().expect("/proc/PID/fd of the server")
 }
 
 #[test]

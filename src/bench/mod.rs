@@ -16,7 +16,7 @@ mod orchestrate;
 pub mod peers;
 pub mod plan;
 mod plot;
-mod procfs;
+pub mod procfs;
 pub mod report;
 mod wire;
 mod worker;
