@@ -54,7 +54,7 @@ fn lossy_server_is_caught() {
     let report = Report::load(&out).expect("report");
     let step = &report.steps[0];
     // 2 rooms of 10, 200 messages: 1800 expected, every 10th dropped.
-    assert_eq!(step.expected, 1800);
+    assert_eq!(step.tally.expected, 1800);
     assert_eq!(step.lost, 180);
     assert_eq!(report.lost, 180);
     assert!(!step.held);
@@ -143,7 +143,7 @@ fn compare_refuses_different_workloads_unless_forced() {
     let one = Report::load(&a).unwrap();
     let two = Report::load(&merged_dir).unwrap();
     assert_eq!(two.config.clients, 2 * one.config.clients);
-    assert_eq!(two.steps[0].received, 2 * one.steps[0].received);
+    assert_eq!(two.steps[0].tally.received, 2 * one.steps[0].tally.received);
     assert_eq!(two.steps[0].latency.count, 2 * one.steps[0].latency.count);
 }
 

@@ -62,15 +62,24 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
     let warmup = report.warmup.as_ref().expect("a warm-up step");
     for step in report.steps.iter().chain([warmup]) {
         // 5 publishers, one per room of 10 members: 9 deliveries per message.
-        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
-        assert_eq!(step.received, step.expected);
         assert_eq!(
-            (step.duplicates, step.out_of_order, step.disconnects),
+            step.tally.expected,
+            step.tally.sent * 9,
+            "rate {}",
+            step.rate
+        );
+        assert_eq!(step.tally.received, step.tally.expected);
+        assert_eq!(
+            (
+                step.tally.duplicates,
+                step.tally.out_of_order,
+                step.tally.disconnects
+            ),
             (0, 0, 0)
         );
         assert!(step.count_mismatch.expect("count check") <= 0.01);
         let l = &step.latency;
-        assert_eq!(l.count, step.received);
+        assert_eq!(l.count, step.tally.received);
         assert!(l.min > 0 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
         // Loopback at a few hundred messages per second: anything near a second is broken.
         assert!(l.p50 < 500_000, "p50 {}µs", l.p50);
@@ -80,15 +89,15 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         // particular, so it is not counted.
         assert_eq!(cost.softirq_cpu_s, None);
     }
-    assert_eq!(report.steps[0].sent, 200);
-    assert_eq!(report.steps[1].sent, 400);
+    assert_eq!(report.steps[0].tally.sent, 200);
+    assert_eq!(report.steps[1].tally.sent, 400);
 
     // Independent check: the server's own count over the whole run.
     let received: u64 = report
         .steps
         .iter()
         .chain([warmup])
-        .map(|s| s.received)
+        .map(|s| s.tally.received)
         .sum();
     let server = after - before;
     assert!(
@@ -261,21 +270,30 @@ fn peer_small_run(proto: &str) {
     assert_eq!(report.lost, 0, "{stdout}");
     let warmup = report.warmup.as_ref().expect("a warm-up step");
     for step in report.steps.iter().chain([warmup]) {
-        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
-        assert_eq!(step.received, step.expected);
         assert_eq!(
-            (step.duplicates, step.unexpected, step.disconnects),
+            step.tally.expected,
+            step.tally.sent * 9,
+            "rate {}",
+            step.rate
+        );
+        assert_eq!(step.tally.received, step.tally.expected);
+        assert_eq!(
+            (
+                step.tally.duplicates,
+                step.tally.unexpected,
+                step.tally.disconnects
+            ),
             (0, 0, 0)
         );
-        assert_eq!(step.server_errors, 0, "{:?}", step.errors);
+        assert_eq!(step.tally.server_errors, 0, "{:?}", step.errors);
         // Redis hands each message back to its publisher's own subscription; NATS with
         // echo off does not.
-        let echo = if proto == "redis" { step.sent } else { 0 };
-        assert_eq!(step.self_echo, echo);
+        let echo = if proto == "redis" { step.tally.sent } else { 0 };
+        assert_eq!(step.tally.self_echo, echo);
         assert_eq!(step.count_mismatch, None);
         assert!(step.server.as_ref().expect("server cost").cpu_s >= 0.0);
     }
-    assert_eq!(report.steps[1].sent, 400);
+    assert_eq!(report.steps[1].tally.sent, 400);
     assert!(stdout.contains("count check: skipped"), "{stdout}");
     assert_eq!(stdout.contains("self-echo"), proto == "redis", "{stdout}");
 }

@@ -188,7 +188,7 @@ fn rows() -> Vec<Row> {
             value: |_, s| {
                 let s = s?;
                 let softirq = s.server.as_ref()?.softirq_cpu_s?;
-                Some(softirq * 1e6 / s.received.max(1) as f64)
+                Some(softirq * 1e6 / s.tally.received.max(1) as f64)
             },
             show: |v| format!("{v:.2}"),
         },
@@ -200,8 +200,8 @@ fn rows() -> Vec<Row> {
         Row {
             name: "harness CPU µs/delivery",
             value: |_, s| {
-                let s = s.filter(|s| s.received > 0)?;
-                Some(s.harness_cpu_s * 1e6 / s.received as f64)
+                let s = s.filter(|s| s.tally.received > 0)?;
+                Some(s.harness_cpu_s * 1e6 / s.tally.received as f64)
             },
             show: |v| format!("{v:.2}"),
         },
@@ -222,7 +222,10 @@ fn rows() -> Vec<Row> {
         },
         Row {
             name: "self-echo, discarded (extra server work)",
-            value: |_, s| s.filter(|s| s.self_echo > 0).map(|s| s.self_echo as f64),
+            value: |_, s| {
+                s.filter(|s| s.tally.self_echo > 0)
+                    .map(|s| s.tally.self_echo as f64)
+            },
             show: |v| format!("{v:.0}"),
         },
         Row {
@@ -571,7 +574,7 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
     merged.connect.histogram = hist::encode(&connect);
     let slo_us = (merged.config.slo_ms * 1e3) as u64;
     for s in &mut merged.steps {
-        s.held = s.lost == 0 && s.disconnects == 0 && s.latency.p99 <= slo_us;
+        s.held = s.lost == 0 && s.tally.disconnects == 0 && s.latency.p99 <= slo_us;
     }
     merged.capacity_rate = merged.steps.iter().filter(|s| s.held).map(|s| s.rate).max();
     merged.headline = merged
@@ -590,17 +593,8 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
 fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     let mut latency = hist::decode(&into.histogram)?;
     hist::merge(&mut latency, &hist::decode(&other.histogram)?)?;
-    into.sent += other.sent;
-    into.expected += other.expected;
-    into.received += other.received;
+    into.tally += other.tally;
     into.lost += other.lost;
-    into.duplicates += other.duplicates;
-    into.out_of_order += other.out_of_order;
-    into.stale += other.stale;
-    into.unexpected += other.unexpected;
-    into.disconnects += other.disconnects;
-    into.self_echo += other.self_echo;
-    into.server_errors += other.server_errors;
     into.send_rate += other.send_rate;
     into.throughput += other.throughput;
     into.harness_cpu_s += other.harness_cpu_s;
@@ -612,7 +606,7 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     // Each machine saw the same server; its own view of the server's cost is kept from
     // the first report, and the per-delivery cost is recomputed over all deliveries.
     if let Some(cost) = into.server.as_mut() {
-        cost.cpu_us_per_delivery = cost.cpu_s * 1e6 / into.received.max(1) as f64;
+        cost.cpu_us_per_delivery = cost.cpu_s * 1e6 / into.tally.received.max(1) as f64;
     }
     into.server_deliveries = None;
     into.count_mismatch = None;

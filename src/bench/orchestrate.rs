@@ -521,7 +521,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             stat_u64(&after, "deliveries"),
         ) {
             let server = a.saturating_sub(b);
-            let harness = result.received + result.duplicates;
+            let harness = result.tally.received + result.tally.duplicates;
             result.server_deliveries = Some(server);
             let mismatch = server.abs_diff(harness) as f64 / harness.max(1) as f64;
             result.count_mismatch = Some(mismatch);
@@ -540,7 +540,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             result.server = Some(ServerCost {
                 cpu_s: cpu_us as f64 / 1e6,
                 cpu_util: cpu_us as f64 / 1e6 / wall_s,
-                cpu_us_per_delivery: cpu_us as f64 / result.received.max(1) as f64,
+                cpu_us_per_delivery: cpu_us as f64 / result.tally.received.max(1) as f64,
                 softirq_cpu_s: softirq_us.map(|us| us as f64 / 1e6),
                 peak_rss_bytes: peak_rss,
             });
@@ -548,8 +548,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         if !args.quiet {
             eprintln!(
                 "{phase}: sent {} delivered {} lost {} p99 {}",
-                result.sent,
-                result.received,
+                result.tally.sent,
+                result.tally.received,
                 result.lost,
                 super::report::fmt_us(result.latency.p99)
             );
@@ -654,17 +654,8 @@ fn merge_step(
     let mut r = StepResult {
         rate: step.rate,
         duration_s: step.duration.as_secs_f64(),
-        sent: t.sent,
-        expected: t.expected,
-        received: t.received,
+        tally: t,
         lost: t.expected.saturating_sub(t.received),
-        duplicates: t.duplicates,
-        out_of_order: t.out_of_order,
-        stale: t.stale,
-        unexpected: t.unexpected,
-        disconnects: t.disconnects,
-        self_echo: t.self_echo,
-        server_errors: t.server_errors,
         send_rate: 0.0,
         throughput: 0.0,
         latency: Default::default(),
@@ -689,13 +680,13 @@ fn merge_step(
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
     let secs = step.duration.as_secs_f64();
-    r.send_rate = r.sent as f64 / secs;
-    r.throughput = r.received as f64 / secs;
+    r.send_rate = r.tally.sent as f64 / secs;
+    r.throughput = r.tally.received as f64 / secs;
     r.latency = hist::Summary::of(&latency);
     r.histogram = hist::encode(&latency);
     r.send_lag = hist::Summary::of(&lag);
     let slo_us = slo.as_micros() as u64;
-    r.held = r.lost == 0 && r.disconnects == 0 && r.latency.p99 <= slo_us;
+    r.held = r.lost == 0 && r.tally.disconnects == 0 && r.latency.p99 <= slo_us;
     // When sends leave late or a generator is saturated, the latency measures the
     // harness as much as the server.
     if r.send_lag.p99 > (slo_us / 4).max(1_000) {

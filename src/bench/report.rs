@@ -117,20 +117,11 @@ pub struct StepResult {
     /// Target publish rate, messages/s over all publishers.
     pub rate: u64,
     pub duration_s: f64,
-    pub sent: u64,
-    pub expected: u64,
-    pub received: u64,
+    /// What was sent, expected and received (kept at the top level of the JSON).
+    #[serde(flatten)]
+    pub tally: Tally,
+    /// Expected deliveries that never arrived: `expected − received`.
     pub lost: u64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-    pub stale: u64,
-    pub unexpected: u64,
-    pub disconnects: u64,
-    /// A publisher's own messages delivered back to it, discarded (Redis pub/sub does this;
-    /// ringcast and NATS with `echo:false` do not).
-    #[serde(default)]
-    pub self_echo: u64,
-    pub server_errors: u64,
     /// Messages published per second, as achieved.
     pub send_rate: f64,
     /// Deliveries received per second.
@@ -153,6 +144,47 @@ pub struct StepResult {
     pub held: bool,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
+}
+
+/// Delivery counters of one step: kept per generator thread, added up over client groups,
+/// generator processes and load machines (`compare --merge`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub sent: u64,
+    /// Deliveries the clients should have received.
+    pub expected: u64,
+    /// Distinct deliveries received.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later sequence number of the same sender.
+    pub out_of_order: u64,
+    /// Deliveries of an earlier step, arriving after that step's drain ended.
+    pub stale: u64,
+    /// Deliveries that carried no valid stamp or came from a publisher outside the room.
+    pub unexpected: u64,
+    /// Connections lost during the step (closed by the server or failed).
+    pub disconnects: u64,
+    /// A publisher's own messages delivered back to it, discarded (Redis pub/sub does this;
+    /// ringcast and NATS with `echo:false` do not).
+    #[serde(default)]
+    pub self_echo: u64,
+    /// `* error:` lines from the server.
+    pub server_errors: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.expected += other.expected;
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.stale += other.stale;
+        self.unexpected += other.unexpected;
+        self.disconnects += other.disconnects;
+        self.self_echo += other.self_echo;
+        self.server_errors += other.server_errors;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,7 +343,7 @@ impl Report {
                 out,
                 "{:>8} {:>9} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>5}",
                 s.rate,
-                s.sent,
+                s.tally.sent,
                 s.throughput,
                 fmt_us(s.latency.p50),
                 fmt_us(s.latency.p90),
@@ -367,7 +399,7 @@ impl Report {
                     out,
                     "count check at {}/s: harness received {}, server queued {} ({:.2}% apart)",
                     s.rate,
-                    s.received + s.duplicates,
+                    s.tally.received + s.tally.duplicates,
                     server,
                     mismatch * 100.0
                 );
@@ -380,7 +412,7 @@ impl Report {
                 e.backend
             );
         }
-        let echoed: u64 = self.steps.iter().map(|s| s.self_echo).sum();
+        let echoed: u64 = self.steps.iter().map(|s| s.tally.self_echo).sum();
         if echoed > 0 {
             let _ = writeln!(
                 out,

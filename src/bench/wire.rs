@@ -1,6 +1,7 @@
 //! What travels on the wire: the chat payload the harness sends through the server, and
 //! the line-delimited JSON between the orchestrating process and its generator processes.
 
+pub use super::report::Tally;
 use serde::{Deserialize, Serialize};
 
 /// Identity of one published message, carried in its text.
@@ -104,46 +105,6 @@ pub struct ConnectResult {
     pub histogram: String,
     /// First few connection errors, verbatim.
     pub errors: Vec<String>,
-}
-
-/// Delivery counters of one step: kept per generator thread, added up over client groups
-/// and generator processes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    pub sent: u64,
-    /// Deliveries the clients should have received.
-    pub expected: u64,
-    /// Distinct deliveries received.
-    pub received: u64,
-    pub duplicates: u64,
-    /// Deliveries that arrived after a later sequence number of the same sender.
-    pub out_of_order: u64,
-    /// Deliveries of an earlier step, arriving after that step's drain ended.
-    pub stale: u64,
-    /// Deliveries that carried no valid stamp or came from a publisher outside the room.
-    pub unexpected: u64,
-    /// Connections lost during the step (closed by the server or failed).
-    pub disconnects: u64,
-    /// A publisher's own messages delivered back to it (Redis pub/sub does this); discarded.
-    #[serde(default)]
-    pub self_echo: u64,
-    /// `* error:` lines from the server.
-    pub server_errors: u64,
-}
-
-impl std::ops::AddAssign for Tally {
-    fn add_assign(&mut self, other: Tally) {
-        self.sent += other.sent;
-        self.expected += other.expected;
-        self.received += other.received;
-        self.duplicates += other.duplicates;
-        self.out_of_order += other.out_of_order;
-        self.stale += other.stale;
-        self.unexpected += other.unexpected;
-        self.disconnects += other.disconnects;
-        self.self_echo += other.self_echo;
-        self.server_errors += other.server_errors;
-    }
 }
 
 /// One generator's share of a step; the orchestrator adds them up.
