@@ -557,10 +557,7 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
         merged.config.procs += o.config.procs;
         merged.connect.connected += o.connect.connected;
         merged.connect.failed += o.connect.failed;
-        merged
-            .connect
-            .errors
-            .extend(o.connect.errors.iter().cloned());
+        merged.connect.errors.merge(&o.connect.errors);
         hist::merge(&mut connect, &hist::decode(&o.connect.histogram)?)?;
         if let (Some(w), Some(ow)) = (merged.warmup.as_mut(), o.warmup.as_ref()) {
             add_step(w, ow)?;
@@ -576,10 +573,10 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
     for s in &mut merged.steps {
         s.held = s.lost == 0 && s.tally.disconnects == 0 && s.latency.p99 <= slo_us;
     }
-    merged.capacity_rate = merged.steps.iter().filter(|s| s.held).map(|s| s.rate).max();
+    merged.capacity_rate = super::report::capacity(&merged.steps, merged.config.slo_ms).rate;
     merged.headline = merged
         .capacity_rate
-        .and_then(|rate| merged.steps.iter().position(|s| s.held && s.rate == rate))
+        .and_then(|rate| merged.steps.iter().position(|s| s.rate == rate))
         .unwrap_or(merged.steps.len().saturating_sub(1));
     merged.lost = merged
         .steps
@@ -602,7 +599,7 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.latency = hist::Summary::of(&latency);
     into.histogram = hist::encode(&latency);
     into.warnings.extend(other.warnings.iter().cloned());
-    into.errors.extend(other.errors.iter().cloned());
+    into.errors.merge(&other.errors);
     // Each machine saw the same server; its own view of the server's cost is kept from
     // the first report, and the per-delivery cost is recomputed over all deliveries.
     if let Some(cost) = into.server.as_mut() {

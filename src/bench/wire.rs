@@ -1,7 +1,7 @@
 //! What travels on the wire: the chat payload the harness sends through the server, and
 //! the line-delimited JSON between the orchestrating process and its generator processes.
 
-pub use super::report::Tally;
+pub use super::report::{ErrorCounts, Tally};
 use serde::{Deserialize, Serialize};
 
 /// Identity of one published message, carried in its text.
@@ -84,14 +84,25 @@ pub enum Command {
 /// Generator → orchestrator, one JSON object a line on the generator's stdout.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
+    /// Sent a few times a second while clients connect: how many have joined or failed so
+    /// far, and the first error of each kind not reported before.
+    Connecting {
+        connected: u64,
+        failed: u64,
+        new_errors: Vec<String>,
+    },
     /// Every client has connected and joined its room (or failed to).
     Ready(ConnectResult),
-    /// Sent about once a second while a step runs.
+    /// Sent a few times a second while a step runs; counts are of that step only.
     Progress {
+        step: u32,
         sent: u64,
         received: u64,
         /// p99 of the deliveries received since the previous progress event, in µs.
         p99_us: u64,
+        /// The first error of each kind not reported before (lost connections, server
+        /// errors).
+        new_errors: Vec<String>,
     },
     /// A step is over: its publishers are done and its deliveries drained or timed out.
     StepDone(PartialStep),
@@ -103,8 +114,8 @@ pub struct ConnectResult {
     pub failed: u64,
     /// Connect times (TCP connect until the room join is confirmed), µs, base64 V2.
     pub histogram: String,
-    /// First few connection errors, verbatim.
-    pub errors: Vec<String>,
+    /// Connection errors, counted by kind.
+    pub errors: ErrorCounts,
 }
 
 /// One generator's share of a step; the orchestrator adds them up.
@@ -122,8 +133,8 @@ pub struct PartialStep {
     /// CPU time of its busiest thread, µs: a thread near 100% of a core is a bottleneck
     /// even when the process as a whole is not.
     pub peak_thread_cpu_us: u64,
-    /// First few errors, verbatim.
-    pub errors: Vec<String>,
+    /// Errors (lost connections, server errors), counted by kind.
+    pub errors: ErrorCounts,
 }
 
 #[cfg(test)]
