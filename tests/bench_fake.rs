@@ -103,7 +103,7 @@ fn compare_refuses_different_workloads_unless_forced() {
     let table = text(&same.stdout);
     assert!(same.status.success(), "{}", text(&same.stderr));
     assert!(
-        table.contains("| p99 |") && table.contains("(×1.00)"),
+        table.contains("| p99 at 200 msg/s | lower |") && table.contains("(×1.00)"),
         "{table}"
     );
     let chart = std::fs::read_to_string(&svg).expect("svg written");
@@ -202,9 +202,20 @@ fn compare_groups_rounds_into_medians() {
     let run = ringcast(&args);
     let table = text(&run.stdout);
     assert!(run.status.success(), "{table}\n{}", text(&run.stderr));
-    assert!(table.starts_with("| metric | fake | redis |\n"), "{table}");
+    assert!(table.starts_with("**Verdict.** "), "{table}");
     assert!(
-        table.contains("| p99 | 200µs [100µs–900µs] | 2.00ms (×10.00) [1.00ms–4.00ms] |"),
+        table.contains("\n| metric | better | fake | redis |\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "| p99 at 200 msg/s | lower | 200µs [100µs–900µs] | 2.00ms (×10.00) [1.00ms–4.00ms] |"
+        ),
+        "{table}"
+    );
+    // The ranges do not overlap: the verdict calls it, with the rule it used.
+    assert!(
+        table.contains("was lower at 200 msg/s (0.10×)") && table.contains("3 rounds"),
         "{table}"
     );
     assert!(
@@ -221,7 +232,11 @@ fn compare_groups_rounds_into_medians() {
     let run = ringcast(&args);
     let table = text(&run.stdout);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    assert_eq!(table.lines().next().unwrap().matches("redis").count(), 3);
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("metric"))
+        .unwrap_or_else(|| panic!("no header: {table}"));
+    assert_eq!(header.matches("redis").count(), 3, "{header}");
 }
 
 #[test]

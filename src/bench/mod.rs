@@ -8,7 +8,8 @@
 //! - `orchestrate`: the process the user starts; refuses a load the machine's limits
 //!   cannot carry (`preflight`), runs the generators step by step, samples the server and
 //!   shows progress (`progress`).
-//! - [`report`]: the report format; [`compare`](mod@compare) and `plot` read it back.
+//! - [`report`]: the report format; [`compare`](mod@compare), [`verdict`] and `plot` read
+//!   it back.
 
 mod clock;
 pub mod compare;
@@ -21,6 +22,7 @@ mod preflight;
 pub mod procfs;
 mod progress;
 pub mod report;
+pub mod verdict;
 mod wire;
 mod worker;
 
