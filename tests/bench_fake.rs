@@ -246,6 +246,29 @@ fn bad_reports_are_refused() {
     let run = ringcast(&["compare", dir.to_str().unwrap()]);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("is not a ringcast report"));
+
+    // One cause per error line: the OS error is said once.
+    let missing = dir.join("nope.json");
+    let run = ringcast(&["compare", missing.to_str().unwrap()]);
+    let err = text(&run.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    // A folder of report folders (what loadtest.sh writes) is explained, not misread.
+    let top = scratch("bench-report-folders");
+    for system in ["uring", "epoll"] {
+        std::fs::create_dir_all(top.join(system)).unwrap();
+        std::fs::copy(
+            dir.join("report.json"),
+            top.join(system).join("report.json"),
+        )
+        .unwrap();
+    }
+    let run = ringcast(&["compare", top.to_str().unwrap()]);
+    let err = text(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("is not a report folder"), "{err}");
+    assert!(err.contains("report folders epoll and uring"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 /// Pids of the processes whose parent is `parent`.

@@ -11,18 +11,40 @@ pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a ringcast report: {source}")]
+    #[error("{path} is not a ringcast report")]
     Parse {
         path: String,
+        #[source]
         source: serde_json::Error,
     },
     #[error("{path} has report format {found}, this ringcast reads format {FORMAT}")]
     Format { path: String, found: u32 },
+    #[error(
+        "{path} is not a report folder (one holds the report.json that `ringcast bench --out DIR` writes){}",
+        hint(path, inside)
+    )]
+    NotAFolder { path: String, inside: Vec<String> },
+}
+
+/// What to compare instead, when a folder holds report folders (loadtest.sh's
+/// `reports/<time>/` holds one per system).
+fn hint(path: &str, inside: &[String]) -> String {
+    if inside.is_empty() {
+        return String::new();
+    }
+    let dir = path.trim_end_matches('/');
+    let paths: Vec<String> = inside.iter().map(|name| format!("{dir}/{name}")).collect();
+    format!(
+        "; it holds the report folders {}: `ringcast compare --group {}`",
+        join_words(inside),
+        paths.join(" ")
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -319,7 +341,14 @@ impl Report {
     /// Reads `PATH/report.json`, or `PATH` itself when it is a file.
     pub fn load(path: &Path) -> Result<Self, ReportError> {
         let file = if path.is_dir() {
-            path.join("report.json")
+            let file = path.join("report.json");
+            if !file.exists() {
+                return Err(ReportError::NotAFolder {
+                    path: path.display().to_string(),
+                    inside: report_folders(path),
+                });
+            }
+            file
         } else {
             path.to_path_buf()
         };
@@ -709,6 +738,40 @@ pub fn plural(n: u64, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
+}
+
+/// The folders under `dir` that hold a report.json, one level or two down (loadtest.sh's
+/// `<system>/` and `round<K>/<system>/`), sorted.
+fn report_folders(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let entries = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for sub in entries(dir) {
+        if sub.join("report.json").is_file() {
+            found.push(sub);
+            continue;
+        }
+        found.extend(
+            entries(&sub)
+                .into_iter()
+                .filter(|p| p.join("report.json").is_file()),
+        );
+    }
+    found
+        .iter()
+        .filter_map(|p| p.strip_prefix(dir).ok())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// `123µs`, `1.23ms`, `1.23s`.
