@@ -35,8 +35,8 @@
 # ringcast servers run with --max-msg-rate 0 --max-per-ip 0 when their --help lists
 # those flags: the harness sends many lines from many connections on 127.0.0.1, which a
 # public server's input limits would refuse. Before each run the script waits (up to
-# 70 s) for sockets left in TIME_WAIT by a previous large run to expire, so that they
-# do not take the ephemeral ports the next run's clients need.
+# 70 s) for sockets left in TIME_WAIT by a previous large run to expire when, with this
+# run's clients, they would take most of the ephemeral ports.
 #
 # Exit status: 0 when every run was clean; 1 when a server failed to start or crashed,
 # the harness failed, or any delivery was lost.
@@ -199,13 +199,19 @@ done
 time_wait() {
   awk 'FNR > 1 && $4 == "06"' /proc/net/tcp /proc/net/tcp6 2>/dev/null | wc -l
 }
-# Waits up to 70 s for TIME_WAIT sockets to fall under 1,000.
+# Waits (up to 70 s) while the sockets in TIME_WAIT and this run's connections together
+# would take more than three quarters of the ephemeral ports: the next run's connects
+# would then fail with "Cannot assign requested address".
+ports=$(awk '{print $2 - $1 + 1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 28232)
 wait_time_wait() {
-  local n waited=0
+  local n waited=0 limit
+  limit=$(( ports * 3 / 4 - CLIENTS - PUBLISHERS ))
+  [ "$limit" -gt 0 ] || limit=0
   n=$(time_wait)
-  [ "$n" -ge 1000 ] || return 0
-  say "waiting for $n sockets in TIME_WAIT (left by a previous run) to expire, up to 70 s"
-  while [ "$n" -ge 1000 ] && [ "$waited" -lt 70 ]; do
+  [ "$n" -gt "$limit" ] || return 0
+  say "waiting for $n sockets in TIME_WAIT (left by a previous run) to expire, up to 70 s:" \
+    "with $CLIENTS more clients they would take most of the $ports ephemeral ports"
+  while [ "$n" -gt "$limit" ] && [ "$waited" -lt 70 ]; do
     sleep 2; waited=$((waited + 2)); n=$(time_wait)
   done
   say "$n sockets in TIME_WAIT after ${waited} s"
@@ -368,13 +374,13 @@ if [ ${#compared[@]} -gt 0 ]; then
     echo
     "$BIN" compare --group --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
     echo
+    # compare's notes name the clients, rooms and sizes; this adds how the run was made.
     if [ -n "$IDLE" ]; then
-      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS idle clients in $ROOMS rooms (connected and" \
-        "joined, sending nothing); server threads $THREADS$pinning.$rounds"
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: clients connected and joined, sending" \
+        "nothing; server threads $THREADS$pinning.$rounds"
     else
-      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS clients ($PUBLISHERS publishers) in $ROOMS rooms," \
-        "rates $RATE msg/s, $SIZE-byte messages, $DURATION per rate after $WARMUP warm-up, SLO $SLO;" \
-        "server threads $THREADS, harness processes $PROCS$pinning.$rounds"
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: rates $RATE msg/s, $DURATION per rate after" \
+        "$WARMUP warm-up, SLO $SLO; server threads $THREADS, harness processes $PROCS$pinning.$rounds"
     fi
     echo
     echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT" \

@@ -121,7 +121,7 @@ pub fn svg(groups: &[Group<'_>]) -> anyhow::Result<String> {
             Area {
                 left: 70.0,
                 top: 500.0,
-                right: WIDTH - 20.0,
+                right: WIDTH - 50.0,
                 bottom: height - 60.0,
             },
             &mut out,

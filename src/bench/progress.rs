@@ -1,7 +1,7 @@
 //! What `ringcast bench` shows while it runs: a progress bar (indicatif) on a terminal,
-//! one plain line a second otherwise (a log, a pipe), nothing with `--quiet`. Errors and
-//! the end of each phase are printed as lines in every mode but quiet... and errors even
-//! then: a failure must reach the terminal.
+//! one plain line a second otherwise (a log, a pipe), nothing with `--quiet`. The end of
+//! each phase is a line of its own (not with `--quiet`); errors are printed in every
+//! mode, `--quiet` included, because a failure must reach the terminal.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal as _;
