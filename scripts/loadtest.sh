@@ -7,8 +7,8 @@
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
 #                       [--procs N] [--backends "uring epoll"] [--out DIR]
 #
-# --workload   the scenarios of issue 6 (64-byte messages, 10 publishers); flags given
-#              after it still override its settings:
+# --workload   the workloads of README's Performance section (64-byte messages, 10
+#              publishers); flags given after it still override its settings:
 #                A     10,000 clients in 100 rooms, 1,000 msg/s in
 #                B     1,000 clients in 1 room, 200 msg/s in
 #                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms
@@ -26,9 +26,17 @@
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
 # SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
-# THREADS, PROCS, BACKENDS, OUT). Results go to reports/<timestamp>/<system>/ (with
-# --repeat, reports/<timestamp>/round<K>/<system>/): report.json, latency.hgrm, logs;
-# then reports/<timestamp>/summary.md and comparison.svg.
+# THREADS, PROCS, BACKENDS, OUT). --out DIR (OUT) writes the results there instead of
+# reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
+# <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
+# which opens with the verdict, and the chart comparison.svg (and comparison.png when
+# rsvg-convert is installed).
+#
+# ringcast servers run with --max-msg-rate 0 --max-per-ip 0 when their --help lists
+# those flags: the harness sends many lines from many connections on 127.0.0.1, which a
+# public server's input limits would refuse. Before each run the script waits (up to
+# 70 s) for sockets left in TIME_WAIT by a previous large run to expire when, with this
+# run's clients, they would take most of the ephemeral ports.
 #
 # Exit status: 0 when every run was clean; 1 when a server failed to start or crashed,
 # the harness failed, or any delivery was lost.
@@ -149,8 +157,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # --- Build ------------------------------------------------------------------------------
-say "building release"
-cargo build --release --quiet
+say "building release (cargo's own progress below)"
+cargo build --release --bin ringcast
 BIN="${CARGO_TARGET_DIR:-target}/release/ringcast"
 [ -x "$BIN" ] || { say "no binary at $BIN"; exit 1; }
 
@@ -177,10 +185,34 @@ fi
 if [ -n "$SERVER_CPUS" ]; then server_pin=(taskset -c "$SERVER_CPUS"); fi
 if [ -n "$BENCH_CPUS" ]; then bench_pin=(taskset -c "$BENCH_CPUS"); fi
 
+# Sockets in TIME_WAIT (state 06 in /proc/net/tcp): a run of many clients leaves one per
+# client for about a minute after it ends, and they hold ephemeral ports.
+time_wait() {
+  awk 'FNR > 1 && $4 == "06"' /proc/net/tcp /proc/net/tcp6 2>/dev/null | wc -l
+}
+# Waits (up to 70 s) while the sockets in TIME_WAIT and this run's connections together
+# would take more than three quarters of the ephemeral ports: the next run's connects
+# would then fail with "Cannot assign requested address".
+ports=$(awk '{print $2 - $1 + 1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 28232)
+wait_time_wait() {
+  local n waited=0 limit
+  limit=$(( ports * 3 / 4 - CLIENTS - PUBLISHERS ))
+  [ "$limit" -gt 0 ] || limit=0
+  n=$(time_wait)
+  [ "$n" -gt "$limit" ] || return 0
+  say "waiting for $n sockets in TIME_WAIT (left by a previous run) to expire, up to 70 s:" \
+    "with $CLIENTS more clients they would take most of the $ports ephemeral ports"
+  while [ "$n" -gt "$limit" ] && [ "$waited" -lt 70 ]; do
+    sleep 2; waited=$((waited + 2)); n=$(time_wait)
+  done
+  say "$n sockets in TIME_WAIT after ${waited} s"
+}
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-reports/$stamp}
 mkdir -p "$OUT"
-say "kernel $kernel, $(nproc) cores, ulimit -n $nofile; systems: $SYSTEMS; $REPEAT round(s); results in $OUT"
+if [ "$REPEAT" -eq 1 ]; then rounds_text="1 round"; else rounds_text="$REPEAT rounds"; fi
+say "kernel $kernel, $(nproc) cores, ulimit -n $nofile; systems: $SYSTEMS; $rounds_text; results in $OUT"
 
 failed=0
 server_pid=
@@ -263,6 +295,7 @@ run_system() {
   local system=$1 dir=$2 proto=ringcast status bench_status
   case "$system" in redis|nats) proto=$system ;; esac
   mkdir -p "$dir"
+  wait_time_wait
   say "=== $system: starting the server"
   local tries=1
   # A peer's port can still be taken between the check and its bind: try another one.
@@ -332,13 +365,15 @@ if [ ${#compared[@]} -gt 0 ]; then
   {
     echo "# ringcast load test $stamp"
     echo
+    "$BIN" compare --group --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
+    echo
+    # compare's notes name the clients, rooms and sizes; this adds how the run was made.
     if [ -n "$IDLE" ]; then
-      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS idle clients in $ROOMS rooms (connected and" \
-        "joined, sending nothing); server threads $THREADS$pinning.$rounds"
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: clients connected and joined, sending" \
+        "nothing; server threads $THREADS$pinning.$rounds"
     else
-      echo "Scenario${WORKLOAD:+ $WORKLOAD}: $CLIENTS clients ($PUBLISHERS publishers) in $ROOMS rooms," \
-        "rates $RATE msg/s, $SIZE-byte messages, $DURATION per rate after $WARMUP warm-up, SLO $SLO;" \
-        "server threads $THREADS, harness processes $PROCS$pinning.$rounds"
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: rates $RATE msg/s, $DURATION per rate after" \
+        "$WARMUP warm-up, SLO $SLO; server threads $THREADS, harness processes $PROCS$pinning.$rounds"
     fi
     echo
     echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT" \
@@ -346,13 +381,17 @@ if [ ${#compared[@]} -gt 0 ]; then
       "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
       "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}\`"
     echo
-    "$BIN" compare --group --markdown --svg "$OUT/comparison.svg" "${compared[@]}"
-    echo
     if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
     echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \
-      "The chart's bars are medians; its latency curve per system is the run with the median p99."
+      "The chart ([comparison.svg](comparison.svg)) plots every rate of the sweep; its percentile curves are each system's run with the median p99."
   } >"$OUT/summary.md" || { say "compare failed"; failed=1; }
   cat "$OUT/summary.md"
+  chart="$OUT/comparison.svg"
+  if [ -f "$chart" ] && command -v rsvg-convert >/dev/null; then
+    rsvg-convert "$chart" -o "$OUT/comparison.png" 2>/dev/null && chart="$chart (and $OUT/comparison.png)"
+  fi
+  say "summary: $OUT/summary.md"
+  say "chart:   $chart"
 fi
 say "results in $OUT"
 exit "$failed"

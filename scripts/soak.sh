@@ -6,10 +6,11 @@
 #   scripts/soak.sh --short    40 seconds per backend, for CI
 #   scripts/soak.sh --short --backends epoll --duration 20s --report reports/x.json
 #
-# Any other option goes to `ringcast soak` (see `ringcast soak --help`). The binary is
-# built in release mode unless RINGCAST_BIN points at one. The report is written to
-# reports/soak[-short].json unless --report is given. Loopback only; the soak kills its
-# server on exit (it also dies with the soak, through PR_SET_PDEATHSIG).
+# Any other option goes to the soak driver, `ringcast-soak` (see `ringcast-soak --help`,
+# built from testkit/). Both binaries are built in release mode; RINGCAST_BIN points the
+# soak at another server binary. The report is written to reports/soak[-short].json
+# unless --report is given. Loopback only; the soak kills its server on exit (it also dies
+# with the soak, through PR_SET_PDEATHSIG).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ args=("$@")
 report=reports/soak.json
 for arg in "${args[@]}"; do
     case "$arg" in
+        -h|--help) ;;
         --short) report=reports/soak-short.json ;;
         --report|--report=*) report="" ;;
     esac
@@ -26,9 +28,7 @@ if [[ -n "$report" ]]; then
     args+=(--report "$report")
 fi
 
-if [[ -z "${RINGCAST_BIN:-}" ]]; then
-    cargo build --release --quiet --bin ringcast
-    RINGCAST_BIN="${CARGO_TARGET_DIR:-target}/release/ringcast"
-fi
-
-exec "$RINGCAST_BIN" soak --server-bin "$RINGCAST_BIN" "${args[@]}"
+echo "soak: building release" >&2
+cargo build --release --bin ringcast --bin ringcast-soak
+target_dir="${CARGO_TARGET_DIR:-target}/release"
+exec "$target_dir/ringcast-soak" --server-bin "${RINGCAST_BIN:-$target_dir/ringcast}" "${args[@]}"

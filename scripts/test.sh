@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Linux machine with Rust: installs what the tests run
 # beside ringcast when it is missing (python3 for the asyncio client test; redis-server
 # and nats-server, the peers the harness is compared with), then runs `cargo test`.
-# Arguments go to cargo test.
+# apt-get's output goes to a log that is shown only if the install fails. Arguments go
+# to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,12 +15,18 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]} (Debian packages)" >&2
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  log=$(mktemp "${TMPDIR:-/tmp}/ringcast-apt.XXXXXX")
   if ! command -v apt-get >/dev/null 2>&1 ||
-    ! { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need[@]}"; }; then
-    echo "test.sh: could not install ${need[*]}; install them, or run" \
-         "RINGCAST_SKIP_PEERS=1 cargo test to skip the Redis/NATS harness tests" >&2
+    ! { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q &&
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${need[@]}"; } \
+      >"$log" 2>&1; then
+    echo "test.sh: could not install ${need[*]}; apt-get said:" >&2
+    tail -n 30 "$log" >&2 || true
+    echo "test.sh: install them by hand, or run RINGCAST_SKIP_PEERS=1 cargo test to skip" \
+         "the Redis/NATS harness tests" >&2
+    rm -f "$log"
     exit 1
   fi
+  rm -f "$log"
 fi
 exec cargo test "$@"

@@ -12,11 +12,13 @@
 //!   (tokio-uring, completion-based) and `epoll` (tokio, readiness-based).
 //! - [`bench`](mod@bench): the load harness (`ringcast bench`, `ringcast compare`). It talks to a
 //!   server only over TCP, as users do.
+//!
+//! What only tests and tools need (starting server processes, the soak driver) is in the
+//! `ringcast-testkit` crate beside this one, which the `ringcast` binary never links.
 
 pub mod bench;
 pub mod core;
 pub mod proto;
 pub mod server;
-pub mod soak;
 pub mod sys;
 pub mod units;

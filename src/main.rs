@@ -21,8 +21,6 @@ enum Command {
     Bench(ringcast::bench::BenchArgs),
     /// Put benchmark reports side by side.
     Compare(ringcast::bench::CompareArgs),
-    /// Run the server under churn and faults for a set time and check nothing leaks or is lost.
-    Soak(ringcast::soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,7 +29,6 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => ringcast::server::run(args),
         Command::Bench(args) => ringcast::bench::run(args),
         Command::Compare(args) => ringcast::bench::compare(args),
-        Command::Soak(args) => ringcast::soak::run(args),
     };
     match result {
         Ok(code) => code,

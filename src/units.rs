@@ -30,6 +30,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a byte size: `4096`, `64k`, `1m`, `1MiB`, `2g` (binary multiples).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let lower = text.trim().to_ascii_lowercase();
+    if lower.starts_with('-') {
+        return Err(format!("invalid size {text:?}: a size cannot be negative"));
+    }
     let digits_end = lower
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(lower.len());
@@ -71,6 +74,10 @@ mod tests {
         assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
         assert!(parse_bytes("1x").is_err());
         assert!(parse_bytes("k").is_err());
+        assert_eq!(
+            parse_bytes("-5"),
+            Err("invalid size \"-5\": a size cannot be negative".to_string())
+        );
         assert!(parse_bytes("99999999999999999999g").is_err());
     }
 }

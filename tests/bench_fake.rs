@@ -54,7 +54,7 @@ fn lossy_server_is_caught() {
     let report = Report::load(&out).expect("report");
     let step = &report.steps[0];
     // 2 rooms of 10, 200 messages: 1800 expected, every 10th dropped.
-    assert_eq!(step.expected, 1800);
+    assert_eq!(step.tally.expected, 1800);
     assert_eq!(step.lost, 180);
     assert_eq!(report.lost, 180);
     assert!(!step.held);
@@ -103,7 +103,7 @@ fn compare_refuses_different_workloads_unless_forced() {
     let table = text(&same.stdout);
     assert!(same.status.success(), "{}", text(&same.stderr));
     assert!(
-        table.contains("| p99 |") && table.contains("(×1.00)"),
+        table.contains("| p99 at 200 msg/s | lower |") && table.contains("(×1.00)"),
         "{table}"
     );
     let chart = std::fs::read_to_string(&svg).expect("svg written");
@@ -143,7 +143,7 @@ fn compare_refuses_different_workloads_unless_forced() {
     let one = Report::load(&a).unwrap();
     let two = Report::load(&merged_dir).unwrap();
     assert_eq!(two.config.clients, 2 * one.config.clients);
-    assert_eq!(two.steps[0].received, 2 * one.steps[0].received);
+    assert_eq!(two.steps[0].tally.received, 2 * one.steps[0].tally.received);
     assert_eq!(two.steps[0].latency.count, 2 * one.steps[0].latency.count);
 }
 
@@ -202,9 +202,20 @@ fn compare_groups_rounds_into_medians() {
     let run = ringcast(&args);
     let table = text(&run.stdout);
     assert!(run.status.success(), "{table}\n{}", text(&run.stderr));
-    assert!(table.starts_with("| metric | fake | redis |\n"), "{table}");
+    assert!(table.starts_with("**Verdict.** "), "{table}");
     assert!(
-        table.contains("| p99 | 200µs [100µs–900µs] | 2.00ms (×10.00) [1.00ms–4.00ms] |"),
+        table.contains("\n| metric | better | fake | redis |\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains(
+            "| p99 at 200 msg/s | lower | 200µs [100µs–900µs] | 2.00ms (×10.00) [1.00ms–4.00ms] |"
+        ),
+        "{table}"
+    );
+    // The ranges do not overlap: the verdict calls it, with the rule it used.
+    assert!(
+        table.contains("was lower at 200 msg/s (0.10×)") && table.contains("3 rounds"),
         "{table}"
     );
     assert!(
@@ -221,7 +232,11 @@ fn compare_groups_rounds_into_medians() {
     let run = ringcast(&args);
     let table = text(&run.stdout);
     assert!(run.status.success(), "{}", text(&run.stderr));
-    assert_eq!(table.lines().next().unwrap().matches("redis").count(), 3);
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("metric"))
+        .unwrap_or_else(|| panic!("no header: {table}"));
+    assert_eq!(header.matches("redis").count(), 3, "{header}");
 }
 
 #[test]
@@ -231,6 +246,29 @@ fn bad_reports_are_refused() {
     let run = ringcast(&["compare", dir.to_str().unwrap()]);
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("is not a ringcast report"));
+
+    // One cause per error line: the OS error is said once.
+    let missing = dir.join("nope.json");
+    let run = ringcast(&["compare", missing.to_str().unwrap()]);
+    let err = text(&run.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+
+    // A folder of report folders (what loadtest.sh writes) is explained, not misread.
+    let top = scratch("bench-report-folders");
+    for system in ["uring", "epoll"] {
+        std::fs::create_dir_all(top.join(system)).unwrap();
+        std::fs::copy(
+            dir.join("report.json"),
+            top.join(system).join("report.json"),
+        )
+        .unwrap();
+    }
+    let run = ringcast(&["compare", top.to_str().unwrap()]);
+    let err = text(&run.stderr);
+    assert!(!run.status.success());
+    assert!(err.contains("is not a report folder"), "{err}");
+    assert!(err.contains("report folders epoll and uring"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }
 
 /// Pids of the processes whose parent is `parent`.

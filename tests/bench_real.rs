@@ -62,15 +62,24 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
     let warmup = report.warmup.as_ref().expect("a warm-up step");
     for step in report.steps.iter().chain([warmup]) {
         // 5 publishers, one per room of 10 members: 9 deliveries per message.
-        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
-        assert_eq!(step.received, step.expected);
         assert_eq!(
-            (step.duplicates, step.out_of_order, step.disconnects),
+            step.tally.expected,
+            step.tally.sent * 9,
+            "rate {}",
+            step.rate
+        );
+        assert_eq!(step.tally.received, step.tally.expected);
+        assert_eq!(
+            (
+                step.tally.duplicates,
+                step.tally.out_of_order,
+                step.tally.disconnects
+            ),
             (0, 0, 0)
         );
         assert!(step.count_mismatch.expect("count check") <= 0.01);
         let l = &step.latency;
-        assert_eq!(l.count, step.received);
+        assert_eq!(l.count, step.tally.received);
         assert!(l.min > 0 && l.p50 <= l.p99 && l.p99 <= l.max, "{l:?}");
         // Loopback at a few hundred messages per second: anything near a second is broken.
         assert!(l.p50 < 500_000, "p50 {}µs", l.p50);
@@ -80,15 +89,15 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         // particular, so it is not counted.
         assert_eq!(cost.softirq_cpu_s, None);
     }
-    assert_eq!(report.steps[0].sent, 200);
-    assert_eq!(report.steps[1].sent, 400);
+    assert_eq!(report.steps[0].tally.sent, 200);
+    assert_eq!(report.steps[1].tally.sent, 400);
 
     // Independent check: the server's own count over the whole run.
     let received: u64 = report
         .steps
         .iter()
         .chain([warmup])
-        .map(|s| s.received)
+        .map(|s| s.tally.received)
         .sum();
     let server = after - before;
     assert!(
@@ -108,16 +117,187 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
     assert!(stdout.contains("capacity:"), "{stdout}");
 }
 
-#[test]
-fn uring_small_run_is_clean() {
-    small_run("uring", "1", &[]);
+fn small_run_is_clean(backend: &str) {
+    small_run(backend, "1", &[]);
 }
 
-#[test]
-fn epoll_small_run_is_clean_across_two_generators() {
+fn small_run_is_clean_across_two_generators(backend: &str) {
     // Also spreads the clients over three loopback source addresses, the path that lets
     // a run go past one address's ephemeral ports.
-    small_run("epoll", "2", &["--clients-per-source", "20"]);
+    small_run(backend, "2", &["--clients-per-source", "20"]);
+}
+
+/// The server's total of accepted connections, asked over a connection kept open.
+struct Stats(std::io::BufReader<std::net::TcpStream>);
+
+impl Stats {
+    fn connect(addr: std::net::SocketAddr) -> Stats {
+        use std::io::BufRead as _;
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut welcome = String::new();
+        reader.read_line(&mut welcome).expect("welcome");
+        Stats(reader)
+    }
+
+    fn connections(&mut self) -> u64 {
+        use std::io::{BufRead as _, Write as _};
+        self.0
+            .get_mut()
+            .write_all(b"/stats\n")
+            .expect("send /stats");
+        let mut line = String::new();
+        self.0.read_line(&mut line).expect("read /stats");
+        common::stat(&line, "connections")
+    }
+}
+
+/// More clients than one process may open files for: refused at once, before any
+/// connection, naming the limit and `--procs`.
+fn too_many_clients_are_refused_before_connecting(backend: &str) {
+    use std::os::unix::process::CommandExt as _;
+    let server = Server::start(backend, &[]);
+    let mut stats = Stats::connect(server.addr);
+    let before = stats.connections();
+    let addr = server.addr.to_string();
+    let args = ["bench", "--addr", &addr, "--clients", "50000"];
+    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    bench.args(args);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child. A fixed limit
+    // makes the test the same on any machine.
+    unsafe {
+        bench.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = std::time::Instant::now();
+    let run = bench_common::run(bench, &args);
+    let took = started.elapsed();
+    let err = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert!(err.contains("open-files limit is 4096"), "{err}");
+    assert!(err.contains("--procs 13"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, one cause: {err}");
+    assert!(run.stdout.is_empty(), "{}", text(&run.stdout));
+    // Not one connection reached the server (the probe asks over the connection it has).
+    assert_eq!(stats.connections(), before);
+}
+
+/// A run whose clients could not all connect stops after connecting with exit 1 and the
+/// cause on the terminal, unless `--allow-partial`.
+fn partial_connect_fails_unless_allowed(backend: &str) {
+    let server = Server::start(backend, &["--max-clients", "20"]);
+    let addr = server.addr.to_string();
+    let out = scratch(&format!("bench-partial-{backend}"));
+    let args = [
+        "bench",
+        "--addr",
+        &addr,
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--rate",
+        "100",
+        "--warmup",
+        "0",
+        "--duration",
+        "500ms",
+        "--drain-timeout",
+        "500ms",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let run = ringcast(&args);
+    let err = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{err}");
+    // The harness's /stats connection takes one of the 20 places: 19 clients join.
+    assert!(
+        err.contains("11 × server refused the join: * error: server full"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-partial"), "{err}");
+    assert!(
+        !out.join("report.json").exists(),
+        "no report for a run that did not run"
+    );
+    assert!(!text(&run.stdout).contains("report.json"));
+
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-partial");
+    let run = ringcast(&allowed);
+    let stdout = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(2), "{stdout}{}", text(&run.stderr));
+    assert!(stdout.contains("11 failed"), "{stdout}");
+    assert!(stdout.contains("server full"), "{stdout}");
+    assert!(out.join("report.json").exists());
+}
+
+/// Every harness test against a ringcast server runs once per backend.
+mod uring {
+    #[test]
+    fn small_run_is_clean() {
+        super::small_run_is_clean("uring");
+    }
+    #[test]
+    fn small_run_is_clean_across_two_generators() {
+        super::small_run_is_clean_across_two_generators("uring");
+    }
+    #[test]
+    fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
+        super::pinned_apart_the_servers_cost_includes_its_cores_softirq_threads("uring");
+    }
+    #[test]
+    fn idle_run_measures_memory_per_connection() {
+        super::idle_run_measures_memory_per_connection("uring");
+    }
+    #[test]
+    fn too_many_clients_are_refused_before_connecting() {
+        super::too_many_clients_are_refused_before_connecting("uring");
+    }
+    #[test]
+    fn partial_connect_fails_unless_allowed() {
+        super::partial_connect_fails_unless_allowed("uring");
+    }
+}
+
+mod epoll {
+    #[test]
+    fn small_run_is_clean() {
+        super::small_run_is_clean("epoll");
+    }
+    #[test]
+    fn small_run_is_clean_across_two_generators() {
+        super::small_run_is_clean_across_two_generators("epoll");
+    }
+    #[test]
+    fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
+        super::pinned_apart_the_servers_cost_includes_its_cores_softirq_threads("epoll");
+    }
+    #[test]
+    fn idle_run_measures_memory_per_connection() {
+        super::idle_run_measures_memory_per_connection("epoll");
+    }
+    #[test]
+    fn too_many_clients_are_refused_before_connecting() {
+        super::too_many_clients_are_refused_before_connecting("epoll");
+    }
+    #[test]
+    fn partial_connect_fails_unless_allowed() {
+        super::partial_connect_fails_unless_allowed("epoll");
+    }
 }
 
 /// Pins every thread of process `pid` to `cpu`.
@@ -146,16 +326,15 @@ fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
-fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
+fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads(backend: &str) {
     // SAFETY: sysconf has no preconditions.
     if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
         eprintln!("skipped: needs two CPUs to pin server and harness apart");
         return;
     }
-    let server = Server::start("uring", &[]);
+    let server = Server::start(backend, &[]);
     pin_process(server.pid(), 0);
-    let out = scratch("bench-real-pinned");
+    let out = scratch(&format!("bench-real-pinned-{backend}"));
     let addr = server.addr.to_string();
     let pid = server.pid().to_string();
     let args = [
@@ -261,21 +440,30 @@ fn peer_small_run(proto: &str) {
     assert_eq!(report.lost, 0, "{stdout}");
     let warmup = report.warmup.as_ref().expect("a warm-up step");
     for step in report.steps.iter().chain([warmup]) {
-        assert_eq!(step.expected, step.sent * 9, "rate {}", step.rate);
-        assert_eq!(step.received, step.expected);
         assert_eq!(
-            (step.duplicates, step.unexpected, step.disconnects),
+            step.tally.expected,
+            step.tally.sent * 9,
+            "rate {}",
+            step.rate
+        );
+        assert_eq!(step.tally.received, step.tally.expected);
+        assert_eq!(
+            (
+                step.tally.duplicates,
+                step.tally.unexpected,
+                step.tally.disconnects
+            ),
             (0, 0, 0)
         );
-        assert_eq!(step.server_errors, 0, "{:?}", step.errors);
+        assert_eq!(step.tally.server_errors, 0, "{:?}", step.errors);
         // Redis hands each message back to its publisher's own subscription; NATS with
         // echo off does not.
-        let echo = if proto == "redis" { step.sent } else { 0 };
-        assert_eq!(step.self_echo, echo);
+        let echo = if proto == "redis" { step.tally.sent } else { 0 };
+        assert_eq!(step.tally.self_echo, echo);
         assert_eq!(step.count_mismatch, None);
         assert!(step.server.as_ref().expect("server cost").cpu_s >= 0.0);
     }
-    assert_eq!(report.steps[1].sent, 400);
+    assert_eq!(report.steps[1].tally.sent, 400);
     assert!(stdout.contains("count check: skipped"), "{stdout}");
     assert_eq!(stdout.contains("self-echo"), proto == "redis", "{stdout}");
 }
@@ -292,7 +480,7 @@ fn nats_small_run_is_clean() {
 
 /// `--idle` connects, measures the server's RSS growth and runs no step.
 fn idle_run(proto: &str, addr: &str, pid: &str) -> Report {
-    let out = scratch(&format!("bench-idle-{proto}"));
+    let out = scratch(&format!("bench-idle-{proto}-{addr}"));
     let run = ringcast(&[
         "bench",
         "--proto",
@@ -321,14 +509,17 @@ fn idle_run(proto: &str, addr: &str, pid: &str) -> Report {
     report
 }
 
-#[test]
-fn idle_run_measures_memory_per_connection() {
-    let server = Server::start("epoll", &[]);
+fn idle_run_measures_memory_per_connection(backend: &str) {
+    let server = Server::start(backend, &[]);
     idle_run(
         "ringcast",
         &server.addr.to_string(),
         &server.pid().to_string(),
     );
+    if backend != "epoll" {
+        // Redis's figure is checked once.
+        return;
+    }
     if let Some(redis) = PeerServer::start("redis") {
         let report = idle_run("redis", &redis.addr.to_string(), &redis.pid().to_string());
         // Redis keeps a client structure and buffers per connection: kilobytes each.

@@ -1,37 +1,34 @@
 //! The short soak through the real binary, for each backend, so `cargo test` covers it:
 //! healthy clients must lose and reorder nothing while churn, slow consumers, garbage,
 //! resets, half-closes and bursts past `--max-clients` hit the same server, RSS and fds
-//! must stay flat, and the server must exit 0 on SIGTERM. See `src/soak/`.
+//! must stay flat, and the server must exit 0 on SIGTERM. See `testkit/src/soak/`.
 
-use std::process::Command;
+use clap::Parser as _;
+use ringcast_testkit::soak::SoakArgs;
+use ringcast_testkit::ServerProcess;
+use std::path::Path;
 
 fn soak(backend: &str) {
     let report = std::env::temp_dir().join(format!(
         "ringcast-soak-test-{backend}-{}.json",
         std::process::id()
     ));
-    let bin = env!("CARGO_BIN_EXE_ringcast");
-    let out = Command::new(bin)
-        .args([
-            "soak",
-            "--backends",
-            backend,
-            "--duration",
-            "15s",
-            "--server-bin",
-            bin,
-        ])
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("running ringcast soak");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let args = SoakArgs::try_parse_from([
+        "ringcast-soak",
+        "--backends",
+        backend,
+        "--duration",
+        "15s",
+        "--server-bin",
+        env!("CARGO_BIN_EXE_ringcast"),
+        "--report",
+        report.to_str().expect("utf-8 temp path"),
+    ])
+    .expect("soak arguments");
+    let passed = ringcast_testkit::soak::run(args).expect("running the soak");
     assert!(
-        out.status.success(),
-        "soak {backend} failed: {}",
-        out.status
+        passed,
+        "soak {backend} failed (its findings are printed above)"
     );
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("soak report")).expect("JSON");
@@ -68,63 +65,32 @@ fn short_soak_epoll() {
     soak("epoll");
 }
 
-/// The server binary on 127.0.0.1:0, killed when dropped.
-struct Server {
-    child: std::process::Child,
-    addr: std::net::SocketAddr,
-}
-
-impl Server {
-    fn start(backend: &str, max_clients: usize) -> Server {
-        use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
-            .args([
-                "--threads",
-                "1",
-                "--max-outbound",
-                "32k",
-                "--stats-interval",
-                "0",
-                "--max-per-ip",
-                "0",
-                "--http",
-                "off",
-            ])
-            .args([
-                "--log-level",
-                "error",
-                "--max-clients",
-                &max_clients.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting the server");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("reading the address");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server { child, addr }
-    }
-
-    fn fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .expect("/proc/PID/fd")
-            .count()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server binary on 127.0.0.1:0 with one thread, `--max-outbound 32k` and
+/// `--max-clients max_clients`.
+fn start_server(backend: &str, max_clients: usize) -> ServerProcess {
+    let max_clients = max_clients.to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        backend,
+        "--threads",
+        "1",
+        "--max-outbound",
+        "64m",
+        "--stats-interval",
+        "0",
+        "--max-msg-rate",
+        "0",
+        "--http",
+        "off",
+        "--log-level",
+        "error",
+        "--max-clients",
+        &max_clients,
+    ];
+    ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_ringcast")), args, |_| {})
+        .unwrap_or_else(|err| panic!("{err}"))
 }
 
 /// A connection that reads its `/stats` replies, to watch the server's `bytes_out`.
@@ -150,47 +116,41 @@ impl Monitor {
         self.reader.read_line(&mut line).expect("read");
         line
     }
-
-    fn bytes_out(&mut self) -> u64 {
-        let line = self.stats();
-        line.split(' ')
-            .find_map(|w| w.strip_prefix("bytes_out="))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no bytes_out in {line:?}"))
-    }
 }
 
-/// A client that asks for replies it never reads until the server's socket send buffer
-/// is full (staying far under `--max-outbound`, so it is not a slow consumer), then
-/// half-closes. Regression: the server's writer used to wait on the full socket with no
-/// deadline while the client no longer counted against `--max-clients`, so such
-/// connections piled up fds and kernel memory. A closing connection now gets
-/// `--drain-timeout` to flush and is then shut down.
+/// The most a socket's send buffer can grow to on this machine (`net.ipv4.tcp_wmem`'s
+/// third field).
+fn max_send_buffer() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
+    wmem.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem max")
+}
+
+/// A client that asks for replies it never reads, more than its socket can ever take
+/// (so some must wait in the server, whatever the machine's load, yet far under
+/// `--max-outbound`, so it is not a slow consumer), then half-closes. Regression: the
+/// server's writer used to wait on the full socket with no deadline while the client no
+/// longer counted against `--max-clients`, so such connections piled up fds and kernel
+/// memory. A closing connection now gets `--drain-timeout` to flush and is then shut down.
 fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
     use std::io::Write;
     use std::time::{Duration, Instant};
-    let server = Server::start(backend, 4);
+    let server = start_server(backend, 4);
     let mut monitor = Monitor::connect(server.addr);
-    std::thread::sleep(Duration::from_millis(200));
-    let baseline = server.fds();
+    monitor.stats();
+    let baseline = fds(&server);
     let socket =
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
     socket.connect(&server.addr.into()).expect("connect");
     let mut stream: std::net::TcpStream = socket.into();
-    // 50 /help ask for ~8 KB of replies; once the server cannot write them all, its send
-    // buffer is full and only a few KB sit in the outbox (limit 32k).
-    let batch = b"/help\n".repeat(50);
-    let mut written = monitor.bytes_out();
-    for _ in 0..2000 {
-        stream.write_all(&batch).expect("write");
-        std::thread::sleep(Duration::from_millis(30));
-        let now = monitor.bytes_out();
-        if now - written < 7000 {
-            break;
-        }
-        written = now;
-    }
+    let help_reply = "* commands: /join ROOM, /nick NAME, /who, /rooms, /stats, /quit, /help; \
+         any other line is chat for your room (start it with // to send a line beginning with /)\n"
+        .len();
+    let asks = (max_send_buffer() + (1 << 20)) / help_reply;
+    stream.write_all(&b"/help\n".repeat(asks)).expect("write");
     stream
         .shutdown(std::net::Shutdown::Write)
         .expect("shutdown(Write)");
@@ -200,17 +160,23 @@ fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
         "cut as a slow consumer: {stats}"
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while server.fds() > baseline {
+    while fds(&server) > baseline {
         assert!(
             Instant::now() < deadline,
             "{backend}: 15 s after the client half-closed, the server still holds its \
              connection ({} fds, {baseline} before) though it no longer counts it: {}",
-            server.fds(),
+            fds(&server),
             monitor.stats().trim()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let stats = monitor.stats();
+    assert!(stats.contains("closed_peer_gone=1"), "{stats}");
     drop(stream);
+}
+
+fn fds(server: &ServerProcess) -> u64 {
+    server.open_fds().expect("/proc/PID/fd of the server")
 }
 
 #[test]

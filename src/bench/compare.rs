@@ -4,7 +4,8 @@
 use super::hist;
 use super::peers::Proto;
 use super::plot;
-use super::report::{fmt_bytes, fmt_us, Report, StepResult};
+use super::report::{fmt_bytes, fmt_us, plural, Report, StepResult};
+use super::verdict;
 use anyhow::{bail, Context as _};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -69,9 +70,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let groups = groups(&reports, args.group);
     print!("{}", table(&groups, args.markdown));
     if let Some(path) = &args.svg {
-        let rate = comparison_rate(&reports);
-        let shown: Vec<Labeled> = groups.iter().map(|g| chart_run(g, rate)).collect();
-        std::fs::write(path, plot::svg(&shown)?)
+        std::fs::write(path, plot::svg(&groups)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -131,117 +130,89 @@ pub fn workload_differences(reports: &[Labeled]) -> Vec<String> {
     out
 }
 
+/// A figure of the at-one-rate part of the table.
 struct Row {
     name: &'static str,
-    /// Value used for ratios; `None` when the report has no such number.
+    /// Which direction wins.
+    better: &'static str,
+    /// The figure; `None` when the report has no such number.
     value: fn(&Report, Option<&StepResult>) -> Option<f64>,
     show: fn(f64) -> String,
 }
 
+fn us(v: f64) -> String {
+    fmt_us(v as u64)
+}
+
+/// The figures shown at the verdict's rate only (p50, p99 and CPU per delivery are shown
+/// at every rate, above them).
 fn rows() -> Vec<Row> {
-    fn us(v: f64) -> String {
-        fmt_us(v as u64)
-    }
     vec![
         Row {
-            name: "throughput (deliveries/s)",
-            value: |_, s| s.map(|s| s.throughput),
-            show: |v| format!("{v:.0}"),
-        },
-        Row {
-            name: "capacity (msg/s)",
-            value: |r, _| r.capacity_rate.map(|c| c as f64),
-            show: |v| format!("{v:.0}"),
-        },
-        Row {
-            name: "p50",
-            value: |_, s| s.map(|s| s.latency.p50 as f64),
-            show: us,
-        },
-        Row {
             name: "p90",
+            better: "lower",
             value: |_, s| s.map(|s| s.latency.p90 as f64),
             show: us,
         },
         Row {
-            name: "p99",
-            value: |_, s| s.map(|s| s.latency.p99 as f64),
-            show: us,
-        },
-        Row {
             name: "p99.9",
+            better: "lower",
             value: |_, s| s.map(|s| s.latency.p999 as f64),
             show: us,
         },
         Row {
             name: "max",
+            better: "lower",
             value: |_, s| s.map(|s| s.latency.max as f64),
             show: us,
         },
         Row {
-            name: "server CPU µs/delivery",
-            value: |_, s| s?.server.as_ref().map(|c| c.cpu_us_per_delivery),
-            show: |v| format!("{v:.2}"),
-        },
-        Row {
-            name: "of it, deferred to ksoftirqd",
+            name: "server CPU µs/delivery deferred to ksoftirqd",
+            better: "lower",
             value: |_, s| {
                 let s = s?;
                 let softirq = s.server.as_ref()?.softirq_cpu_s?;
-                Some(softirq * 1e6 / s.received.max(1) as f64)
+                Some(softirq * 1e6 / s.tally.received.max(1) as f64)
             },
             show: |v| format!("{v:.2}"),
         },
         Row {
             name: "server CPU (share of its core)",
+            better: "lower",
             value: |_, s| s?.server.as_ref().map(|c| c.cpu_util),
             show: |v| format!("{:.0}%", v * 100.0),
         },
         Row {
             name: "harness CPU µs/delivery",
+            better: "-",
             value: |_, s| {
-                let s = s.filter(|s| s.received > 0)?;
-                Some(s.harness_cpu_s * 1e6 / s.received as f64)
+                let s = s.filter(|s| s.tally.received > 0)?;
+                Some(s.harness_cpu_s * 1e6 / s.tally.received as f64)
             },
             show: |v| format!("{v:.2}"),
         },
         Row {
             name: "harness busiest thread (share of a core)",
+            better: "-",
             value: |_, s| s.map(|s| s.harness_peak_util).filter(|&u| u > 0.0),
             show: |v| format!("{:.0}%", v * 100.0),
         },
         Row {
             name: "server peak RSS",
+            better: "lower",
             value: |_, s| s?.server.as_ref().map(|c| c.peak_rss_bytes as f64),
             show: |v| fmt_bytes(v as u64),
         },
         Row {
-            name: "lost",
-            value: |r, _| (!r.config.idle).then_some(r.lost as f64),
-            show: |v| format!("{v:.0}"),
-        },
-        Row {
             name: "self-echo, discarded (extra server work)",
-            value: |_, s| s.filter(|s| s.self_echo > 0).map(|s| s.self_echo as f64),
+            better: "lower",
+            value: |_, s| {
+                s.filter(|s| s.tally.self_echo > 0)
+                    .map(|s| s.tally.self_echo as f64)
+            },
             show: |v| format!("{v:.0}"),
-        },
-        Row {
-            name: "idle connections",
-            value: |r, _| r.idle.as_ref().map(|i| i.connections as f64),
-            show: |v| format!("{v:.0}"),
-        },
-        Row {
-            name: "server RSS per idle connection",
-            value: |r, _| r.idle.as_ref().map(|i| i.bytes_per_connection),
-            show: |v| format!("{v:.0} B"),
         },
     ]
-}
-
-/// The rate every report is compared at: the first report's headline rate (its capacity,
-/// or its last step), so that all columns describe the same offered load.
-pub fn comparison_rate(reports: &[Labeled]) -> Option<u64> {
-    reports.first()?.report.headline_step().map(|s| s.rate)
 }
 
 /// A report's step at `rate`, or its headline step when it has none at that rate.
@@ -325,65 +296,25 @@ impl Spread {
     }
 }
 
-/// The run a chart draws for a group: the one whose p99 at `rate` is the median (the lower
-/// of the middle two for an even count).
+/// The run a chart draws a percentile curve for: the one whose p99 at `rate` is the
+/// median (the lower of the middle two for an even count).
 pub fn representative<'a>(group: &Group<'a>, rate: Option<u64>) -> &'a Report {
     let mut runs = group.runs.clone();
     runs.sort_by_key(|r| step_at(r, rate).map_or(0, |s| s.latency.p99));
     runs[(runs.len() - 1) / 2]
 }
 
-/// What the chart draws for a group: the latency curve of its run with the median p99,
-/// with the bars' figures (throughput, server CPU per delivery, idle memory) set to the
-/// group's medians, so that chart and table agree.
-fn chart_run(group: &Group<'_>, rate: Option<u64>) -> Labeled {
-    let mut report = representative(group, rate).clone();
-    let median = |value: &dyn Fn(&Report) -> Option<f64>| {
-        Spread::of(group.runs.iter().filter_map(|r| value(r))).map(|s| s.median)
-    };
-    let throughput = median(&|r| step_at(r, rate).map(|s| s.throughput));
-    let cpu = median(&|r| {
-        step_at(r, rate)
-            .and_then(|s| s.server.as_ref())
-            .map(|c| c.cpu_us_per_delivery)
-    });
-    let idle = median(&|r| r.idle.as_ref().map(|i| i.bytes_per_connection));
-    // The step `step_at` picks, as an index so it can be changed.
-    let at = rate
-        .and_then(|rate| report.steps.iter().position(|s| s.rate == rate))
-        .unwrap_or(report.headline);
-    if let Some(step) = report.steps.get_mut(at) {
-        if let Some(t) = throughput {
-            step.throughput = t;
-        }
-        if let (Some(c), Some(server)) = (cpu, step.server.as_mut()) {
-            server.cpu_us_per_delivery = c;
-        }
-    }
-    if let (Some(b), Some(i)) = (idle, report.idle.as_mut()) {
-        i.bytes_per_connection = b;
-    }
-    Labeled {
-        label: group.label.to_string(),
-        report,
-    }
-}
-
-/// One table line: each group's figure, with ratios of medians against the first, and the
-/// range when a group has several runs.
+/// One table line: each group's figure, with ratios of medians against the first, the
+/// range when a group has several runs, and a mark where the harness was the bottleneck.
 fn ratio_line(
     name: String,
+    better: &str,
     values: &[Option<Spread>],
+    marks: &[bool],
     show: fn(f64) -> String,
-    ratios: bool,
 ) -> Vec<String> {
-    let base = values
-        .first()
-        .copied()
-        .flatten()
-        .map(|s| s.median)
-        .filter(|_| ratios);
-    let mut line = vec![name];
+    let base = values.first().copied().flatten().map(|s| s.median);
+    let mut line = vec![name, better.to_string()];
     for (i, v) in values.iter().enumerate() {
         let Some(v) = v else {
             line.push("-".into());
@@ -396,65 +327,145 @@ fn ratio_line(
         if v.runs > 1 {
             let _ = write!(cell, " [{}–{}]", show(v.min), show(v.max));
         }
+        if marks.get(i).copied().unwrap_or(false) {
+            cell.push_str(" (H)");
+        }
         line.push(cell);
     }
     line
 }
 
-/// The side-by-side table: every system at the comparison rate, then, for a sweep, p99 and
-/// server CPU per delivery at each rate. Rows no report has a figure for are left out.
+/// The comparison: the verdict, then one table with p50, p99 and server CPU per delivery
+/// at every rate of the sweep, capacity, the other figures at the verdict's rate, and
+/// notes on how to read it. Rows no report has a figure for are left out.
 pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
     let first = groups[0].runs[0];
-    let rate = first.headline_step().map(|s| s.rate);
-    let mut header = vec!["metric".to_string()];
+    let rate = verdict::verdict_rate(groups);
+    let mut header = vec!["metric".to_string(), "better".to_string()];
     header.extend(groups.iter().map(|g| g.label.to_string()));
     let mut cells: Vec<Vec<String>> = vec![header];
     let spread = |g: &Group<'_>, value: &dyn Fn(&Report) -> Option<f64>| {
         Spread::of(g.runs.iter().filter_map(|r| value(r)))
     };
-    let mut push = |name: String, values: Vec<Option<Spread>>, show: fn(f64) -> String| {
+    fn push(
+        cells: &mut Vec<Vec<String>>,
+        name: String,
+        better: &str,
+        values: Vec<Option<Spread>>,
+        marks: Vec<bool>,
+        show: fn(f64) -> String,
+    ) {
         if values.iter().any(Option::is_some) {
-            // The offered rate is the same by design: a ratio there says nothing.
-            let ratios = !name.starts_with("rate ");
-            cells.push(ratio_line(name, &values, show, ratios));
+            cells.push(ratio_line(name, better, &values, &marks, show));
         }
-    };
-    let rates: Vec<Option<Spread>> = groups
-        .iter()
-        .map(|g| spread(g, &|r| step_at(r, rate).map(|s| s.rate as f64)))
-        .collect();
-    push("rate (msg/s)".into(), rates, |v| format!("{v:.0}"));
+    }
+    let sweep = verdict::rates(groups);
+    type Figure = fn(&StepResult) -> Option<f64>;
+    type Show = fn(f64) -> String;
+    let per_rate: [(&str, Figure, Show); 3] = [
+        ("p50", verdict::p50, us),
+        ("p99", verdict::p99, us),
+        ("server CPU µs/delivery", verdict::cpu, |v| {
+            format!("{v:.2}")
+        }),
+    ];
+    for (name, value, show) in per_rate {
+        for &at in &sweep {
+            let values = groups
+                .iter()
+                .map(|g| {
+                    spread(g, &|r| {
+                        r.steps.iter().find(|s| s.rate == at).and_then(value)
+                    })
+                })
+                .collect();
+            let marks = groups
+                .iter()
+                .map(|g| verdict::harness_bound_at(g, at))
+                .collect();
+            push(
+                &mut cells,
+                format!("{name} at {} msg/s", verdict::thousands(at)),
+                "lower",
+                values,
+                marks,
+                show,
+            );
+        }
+    }
+    if sweep.len() > 1 {
+        let mut line = vec!["capacity".to_string(), "higher".to_string()];
+        line.extend(
+            groups
+                .iter()
+                .map(|g| verdict::capacity_cell(g).unwrap_or_else(|| "-".into())),
+        );
+        cells.push(line);
+    }
+    let at = rate.map(|r| format!(" at {} msg/s", verdict::thousands(r)));
     for row in rows() {
         let values = groups
             .iter()
             .map(|g| spread(g, &|r| (row.value)(r, step_at(r, rate))))
             .collect();
-        push(row.name.to_string(), values, row.show);
+        let marks = match rate {
+            Some(r) => groups
+                .iter()
+                .map(|g| verdict::harness_bound_at(g, r))
+                .collect(),
+            None => Vec::new(),
+        };
+        let name = format!("{}{}", row.name, at.as_deref().unwrap_or(""));
+        push(&mut cells, name, row.better, values, marks, row.show);
     }
-    if first.steps.len() > 1 {
-        for step in &first.steps {
-            let at = |r: &Report| r.steps.iter().find(|s| s.rate == step.rate).cloned();
-            let p99 = groups
-                .iter()
-                .map(|g| spread(g, &|r| at(r).map(|s| s.latency.p99 as f64)))
-                .collect();
-            push(format!("p99 at {}/s", step.rate), p99, |v| fmt_us(v as u64));
-            let cpu = groups
-                .iter()
-                .map(|g| {
-                    spread(g, &|r| {
-                        at(r).and_then(|s| s.server).map(|c| c.cpu_us_per_delivery)
-                    })
-                })
-                .collect();
-            push(
-                format!("server CPU µs/delivery at {}/s", step.rate),
-                cpu,
-                |v| format!("{v:.2}"),
-            );
-        }
+    type Whole = fn(&Report) -> Option<f64>;
+    let idle_rows: [(&str, Whole, Show); 3] = [
+        (
+            "lost deliveries (whole run)",
+            |r| (!r.config.idle).then_some(r.lost as f64),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "idle connections",
+            |r| r.idle.as_ref().map(|i| i.connections as f64),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "server RSS per idle connection",
+            |r| r.idle.as_ref().map(|i| i.bytes_per_connection),
+            |v| format!("{v:.0} B"),
+        ),
+    ];
+    for (name, value, show) in idle_rows {
+        let values = groups.iter().map(|g| spread(g, &value)).collect();
+        let better = if name == "idle connections" {
+            "-"
+        } else {
+            "lower"
+        };
+        push(
+            &mut cells,
+            name.to_string(),
+            better,
+            values,
+            Vec::new(),
+            show,
+        );
     }
     let mut out = String::new();
+    let verdict = verdict::verdict(groups);
+    if markdown {
+        let _ = writeln!(out, "**Verdict.** {verdict}\n");
+    } else {
+        let _ = writeln!(out, "Verdict: {verdict}\n");
+    }
+    render(&cells, markdown, &mut out);
+    notes(groups, first, &mut out);
+    out
+}
+
+/// The table as Markdown or aligned plain text.
+fn render(cells: &[Vec<String>], markdown: bool, out: &mut String) {
     if markdown {
         for (i, line) in cells.iter().enumerate() {
             let _ = writeln!(out, "| {} |", line.join(" | "));
@@ -462,51 +473,77 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
                 let seps: Vec<&str> = line
                     .iter()
                     .enumerate()
-                    .map(|(j, _)| if j == 0 { "---" } else { "---:" })
+                    .map(|(j, _)| if j < 2 { "---" } else { "---:" })
                     .collect();
                 let _ = writeln!(out, "| {} |", seps.join(" | "));
             }
         }
-    } else {
-        let columns = cells[0].len();
-        let widths: Vec<usize> = (0..columns)
-            .map(|j| {
-                cells
-                    .iter()
-                    .map(|l| l[j].chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for line in &cells {
-            for (j, cell) in line.iter().enumerate() {
-                let pad = widths[j] - cell.chars().count();
-                if j == 0 {
-                    let _ = write!(out, "{cell}{}", " ".repeat(pad));
-                } else {
-                    let _ = write!(out, "  {}{cell}", " ".repeat(pad));
-                }
-            }
-            out.push('\n');
-        }
+        return;
     }
+    let columns = cells[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|j| {
+            cells
+                .iter()
+                .map(|l| l[j].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for line in cells {
+        for (j, cell) in line.iter().enumerate() {
+            let pad = widths[j] - cell.chars().count();
+            if j < 2 {
+                let _ = write!(out, "{cell}{}  ", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "{}{cell}  ", " ".repeat(pad));
+            }
+        }
+        let trimmed = out.trim_end_matches(' ').len();
+        out.truncate(trimmed);
+        out.push('\n');
+    }
+}
+
+/// How to read the table: ratios, marks, the scenario, the systems and their servers.
+fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
     let e = &first.environment;
     let c = &first.config;
+    let _ = writeln!(
+        out,
+        "\n(×N): the figure divided by {}'s; the \"better\" column says which direction wins. (H): the harness was the bottleneck at that rate in at least one run (sends late or a generator thread saturated; see each run's summary.txt): its latency includes the harness's delay and it is used neither for the verdict's latency nor for capacity.",
+        groups[0].label
+    );
     let scenario = if c.idle {
-        format!("{} idle clients in {} rooms", c.clients, c.rooms)
+        format!(
+            "{} in {}",
+            plural(c.clients as u64, "idle client"),
+            plural(c.rooms as u64, "room")
+        )
     } else {
         format!(
-            "{} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
-            c.clients, c.publishers, c.rooms, c.size, c.duration_s
+            "{} ({}) in {}, {}-byte messages, {}s per step",
+            plural(c.clients as u64, "client"),
+            plural(c.publishers as u64, "publisher"),
+            plural(c.rooms as u64, "room"),
+            c.size,
+            c.duration_s
         )
     };
     let _ = writeln!(
         out,
-        "\n{scenario}; ratios against {}. Machine: {}, {} cores, Linux {}.",
-        groups[0].label, e.cpu_model, e.cores, e.kernel
+        "\nScenario: {scenario}. Machine: {}, {}, Linux {}.",
+        e.cpu_model,
+        plural(e.cores as u64, "core"),
+        e.kernel
     );
     let systems: Vec<String> = groups.iter().map(describe).collect();
     let _ = writeln!(out, "Systems: {}.", systems.join("; "));
+    for g in groups {
+        if let Some(command) = &g.runs[0].config.server_command {
+            let _ = writeln!(out, "Server of {}: `{}`", g.label, command.join(" "));
+        }
+    }
     let most = groups.iter().map(|g| g.runs.len()).max().unwrap_or(0);
     if most > 1 {
         let _ = writeln!(
@@ -524,7 +561,6 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
             "Redis and NATS have no /stats: their delivery counts rest on the harness alone."
         );
     }
-    out
 }
 
 /// Adds up reports taken on several load machines against one server: counts and
@@ -554,10 +590,7 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
         merged.config.procs += o.config.procs;
         merged.connect.connected += o.connect.connected;
         merged.connect.failed += o.connect.failed;
-        merged
-            .connect
-            .errors
-            .extend(o.connect.errors.iter().cloned());
+        merged.connect.errors.merge(&o.connect.errors);
         hist::merge(&mut connect, &hist::decode(&o.connect.histogram)?)?;
         if let (Some(w), Some(ow)) = (merged.warmup.as_mut(), o.warmup.as_ref()) {
             add_step(w, ow)?;
@@ -571,12 +604,12 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
     merged.connect.histogram = hist::encode(&connect);
     let slo_us = (merged.config.slo_ms * 1e3) as u64;
     for s in &mut merged.steps {
-        s.held = s.lost == 0 && s.disconnects == 0 && s.latency.p99 <= slo_us;
+        s.held = s.lost == 0 && s.tally.disconnects == 0 && s.latency.p99 <= slo_us;
     }
-    merged.capacity_rate = merged.steps.iter().filter(|s| s.held).map(|s| s.rate).max();
+    merged.capacity_rate = super::report::capacity(&merged.steps, merged.config.slo_ms).rate;
     merged.headline = merged
         .capacity_rate
-        .and_then(|rate| merged.steps.iter().position(|s| s.held && s.rate == rate))
+        .and_then(|rate| merged.steps.iter().position(|s| s.rate == rate))
         .unwrap_or(merged.steps.len().saturating_sub(1));
     merged.lost = merged
         .steps
@@ -590,17 +623,8 @@ pub fn merge(reports: &[Labeled], force: bool) -> anyhow::Result<Report> {
 fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     let mut latency = hist::decode(&into.histogram)?;
     hist::merge(&mut latency, &hist::decode(&other.histogram)?)?;
-    into.sent += other.sent;
-    into.expected += other.expected;
-    into.received += other.received;
+    into.tally += other.tally;
     into.lost += other.lost;
-    into.duplicates += other.duplicates;
-    into.out_of_order += other.out_of_order;
-    into.stale += other.stale;
-    into.unexpected += other.unexpected;
-    into.disconnects += other.disconnects;
-    into.self_echo += other.self_echo;
-    into.server_errors += other.server_errors;
     into.send_rate += other.send_rate;
     into.throughput += other.throughput;
     into.harness_cpu_s += other.harness_cpu_s;
@@ -608,11 +632,11 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.latency = hist::Summary::of(&latency);
     into.histogram = hist::encode(&latency);
     into.warnings.extend(other.warnings.iter().cloned());
-    into.errors.extend(other.errors.iter().cloned());
+    into.errors.merge(&other.errors);
     // Each machine saw the same server; its own view of the server's cost is kept from
     // the first report, and the per-delivery cost is recomputed over all deliveries.
     if let Some(cost) = into.server.as_mut() {
-        cost.cpu_us_per_delivery = cost.cpu_s * 1e6 / into.received.max(1) as f64;
+        cost.cpu_us_per_delivery = cost.cpu_s * 1e6 / into.tally.received.max(1) as f64;
     }
     into.server_deliveries = None;
     into.count_mismatch = None;
@@ -638,7 +662,9 @@ mod tests {
     fn cells_show_ratio_of_medians_and_range() {
         let a = Spread::of([100.0, 300.0, 200.0]);
         let b = Spread::of([50.0]);
-        let line = ratio_line("x".into(), &[a, b, None], |v| format!("{v:.0}"), true);
-        assert_eq!(line, ["x", "200 [100–300]", "50 (×0.25)", "-"]);
+        let line = ratio_line("x".into(), "lower", &[a, b, None], &[false, true], |v| {
+            format!("{v:.0}")
+        });
+        assert_eq!(line, ["x", "lower", "200 [100–300]", "50 (×0.25) (H)", "-"]);
     }
 }

@@ -16,7 +16,7 @@ const HIGHEST: u64 = 3_600_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistError {
-    #[error("histogram is not valid base64: {0}")]
+    #[error("histogram is not valid base64")]
     Base64(#[from] base64::DecodeError),
     #[error("histogram does not decode: {0:?}")]
     Decode(hdrhistogram::serialization::DeserializeError),

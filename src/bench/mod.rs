@@ -5,9 +5,11 @@
 //! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
 //!   frame codecs.
 //! - `worker`: a generator process running a share of the simulated clients.
-//! - `orchestrate`: the process the user starts; runs the generators step by step and
-//!   samples the server.
-//! - [`report`]: the report format; [`compare`](mod@compare) and `plot` read it back.
+//! - `orchestrate`: the process the user starts; refuses a load the machine's limits
+//!   cannot carry (`preflight`), runs the generators step by step, samples the server and
+//!   shows progress (`progress`).
+//! - [`report`]: the report format; [`compare`](mod@compare), [`verdict`] and `plot` read
+//!   it back.
 
 mod clock;
 pub mod compare;
@@ -16,8 +18,11 @@ mod orchestrate;
 pub mod peers;
 pub mod plan;
 mod plot;
-mod procfs;
+mod preflight;
+pub mod procfs;
+mod progress;
 pub mod report;
+pub mod verdict;
 mod wire;
 mod worker;
 
@@ -46,51 +51,66 @@ pub struct BenchArgs {
     #[arg(long)]
     pub idle: bool,
     /// Simulated clients, publishers included.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
     pub clients: usize,
     /// How many of the clients also publish.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub publishers: usize,
     /// Rooms; clients and publishers are spread evenly over them.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub rooms: usize,
     /// Messages/s over all publishers; a comma-separated list runs a sweep.
-    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000",
+        allow_hyphen_values = true
+    )]
     pub rate: Vec<u64>,
     /// Payload bytes per message (k suffix allowed); at least the stamp, about 40 bytes.
-    #[arg(long, default_value = "128", value_parser = parse_bytes)]
+    #[arg(long, default_value = "128", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub size: usize,
     /// Publishing before the first measured step, at the first rate; 0 skips it.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub warmup: Duration,
     /// Measured time per rate.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Duration,
     /// New connections per second while ramping up.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, allow_hyphen_values = true)]
     pub connect_rate: u64,
     /// Generator processes the clients are split over. Each is capped by its open-files
     /// limit, and runs its publishers and its subscribers on one thread each.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub procs: usize,
-    /// Server process to sample for CPU and RSS.
-    #[arg(long)]
+    /// Server process to sample for CPU and RSS (and whose command line the report keeps).
+    #[arg(long, allow_hyphen_values = true)]
     pub server_pid: Option<u32>,
     /// p99 a step must stay under to count towards capacity.
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "10ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub slo: Duration,
     /// How long after its last send a step waits for missing deliveries.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
     /// Directory for report.json and latency.hgrm.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// No progress line on stderr.
+    /// No progress on stderr (errors are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Run even when some clients could not connect (their deliveries count as lost);
+    /// without it such a run stops after connecting, with exit status 1.
+    #[arg(long)]
+    pub allow_partial: bool,
     /// Clients per loopback source address: past this many clients in all, connections
-    /// spread over 127.0.0.1, 127.0.0.2, ... (each source has ~28,000 ephemeral ports).
-    #[arg(long, default_value_t = 25_000, hide_short_help = true)]
+    /// spread over 127.0.0.1, 127.0.0.2, ... (each source address has as many ephemeral
+    /// ports as net.ipv4.ip_local_port_range holds, 28,232 by default).
+    #[arg(
+        long,
+        default_value_t = 25_000,
+        hide_short_help = true,
+        allow_hyphen_values = true
+    )]
     pub clients_per_source: usize,
     /// Internal: run as generator process N of --procs.
     #[arg(long, hide = true)]
@@ -165,7 +185,8 @@ impl BenchArgs {
     }
 }
 
-/// Runs `ringcast bench`: exit 0 on a clean run, 2 when deliveries were lost.
+/// Runs `ringcast bench`: exit 0 on a clean run, 2 when deliveries were lost (an error,
+/// such as clients that could not connect, is exit 1).
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     args.validate()?;
     match args.worker_index {

@@ -5,15 +5,17 @@
 use super::clock::{mono_ns, self_cpu_us};
 use super::peers::{self, Proto};
 use super::plan::Step;
+use super::progress::{Progress, StepView};
 use super::report::{
-    Config, ConnectReport, Environment, IdleReport, Report, ServerCost, StepResult, FORMAT,
+    fmt_us, plural, Config, ConnectReport, Environment, ErrorCounts, HarnessBound, IdleReport,
+    Report, ServerCost, StepResult, FORMAT, HARNESS_THREAD_LIMIT,
 };
 use super::wire::{Command, ConnectResult, Event, PartialStep, Tally};
-use super::{hist, procfs, BenchArgs};
+use super::{hist, preflight, procfs, BenchArgs};
 use anyhow::{bail, Context as _};
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -261,176 +263,84 @@ fn git_rev() -> String {
     }
 }
 
-struct Progress {
-    quiet: bool,
-    tty: bool,
-    last_print: u64,
-    last_received: u64,
-    per_child: Vec<(u64, u64, u64)>,
+/// The system under test, as learnt before any generator starts.
+struct Target {
+    addr: SocketAddr,
+    /// ringcast's `/stats` connection; `None` for Redis and NATS.
+    control: Option<Control>,
+    /// `/stats` before the run.
+    first: HashMap<String, String>,
+    backend: String,
+    system_version: Option<String>,
+    /// The server's command line, from /proc, when its pid is known.
+    command: Option<Vec<String>>,
 }
 
-impl Progress {
-    fn update(&mut self, i: usize, sent: u64, received: u64, p99: u64) {
-        self.per_child[i] = (sent, received, p99);
-    }
-
-    fn print(&mut self, phase: &str, elapsed: f64) {
-        if self.quiet {
-            return;
-        }
-        let now = mono_ns();
-        if now < self.last_print + 1_000_000_000 {
-            return;
-        }
-        let dt = (now - self.last_print) as f64 / 1e9;
-        self.last_print = now;
-        let sent: u64 = self.per_child.iter().map(|c| c.0).sum();
-        let received: u64 = self.per_child.iter().map(|c| c.1).sum();
-        let p99 = self.per_child.iter().map(|c| c.2).max().unwrap_or(0);
-        let rate = received.saturating_sub(self.last_received) as f64 / dt;
-        self.last_received = received;
-        // On a terminal the line rewrites itself; in a log it is one line per second.
-        let (start, end) = if self.tty {
-            ("\r\x1b[K", "")
-        } else {
-            ("", "\n")
+impl Target {
+    /// Connects to the server (a wrong address fails here, before any process starts):
+    /// ringcast is asked for `/stats`, a peer for its version.
+    fn probe(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<Target> {
+        let command = match args.server_pid {
+            Some(pid) => Some(
+                procfs::command_line(pid)
+                    .with_context(|| format!("reading the command line of process {pid}"))?,
+            ),
+            None => None,
         };
-        eprint!(
-            "{start}{phase} {elapsed:5.1}s  sent {sent}  delivered/s {rate:.0}  p99 {}",
-            super::report::fmt_us(p99)
-        );
-        eprint!("{end}");
+        match args.proto {
+            Proto::Ringcast => {
+                let mut control = Control::connect(addr)?;
+                let first = control.stats().context("asking the server for /stats")?;
+                let backend = first
+                    .get("backend")
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
+                Ok(Target {
+                    addr,
+                    control: Some(control),
+                    first,
+                    backend,
+                    system_version: None,
+                    command,
+                })
+            }
+            peer => Ok(Target {
+                addr,
+                control: None,
+                first: HashMap::new(),
+                backend: peer.name().to_string(),
+                system_version: peer_version(peer, addr)?,
+                command,
+            }),
+        }
     }
 
-    fn clear(&self) {
-        if !self.quiet && self.tty {
-            eprint!("\r\x1b[K");
+    fn stats(&mut self) -> anyhow::Result<HashMap<String, String>> {
+        match self.control.as_mut() {
+            Some(control) => control.stats(),
+            None => Ok(HashMap::new()),
         }
     }
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let addr = args.resolve_addr()?;
-    let steps = args.steps();
-    let has_warmup = !args.warmup.is_zero();
-    let mut warnings = Vec::new();
+/// Softirq work the kernel defers from the server to its cores' ksoftirqd threads is the
+/// server's cost too; it can be told apart only when the harness runs on other cores.
+struct Softirq {
+    pids: Option<Vec<u32>>,
+}
 
-    // The server is checked first so a wrong address fails fast, before any process starts.
-    // Only ringcast has `/stats`; a peer is asked its version instead.
-    let (mut control, first, backend, system_version) = match args.proto {
-        Proto::Ringcast => {
-            let mut control = Control::connect(addr)?;
-            let first = control.stats().context("asking the server for /stats")?;
-            let backend = first
-                .get("backend")
-                .cloned()
-                .unwrap_or_else(|| "unknown".into());
-            (Some(control), first, backend, None)
-        }
-        peer => {
-            let version = peer_version(peer, addr)?;
-            (None, HashMap::new(), peer.name().to_string(), version)
-        }
-    };
-    let rss_before = match (args.idle, args.server_pid) {
-        (true, Some(pid)) => Some(
-            procfs::process_rss_bytes(pid)
-                .with_context(|| format!("reading the RSS of server process {pid}"))?,
-        ),
-        _ => None,
-    };
-
-    let mut gens = Generators::spawn(args.procs)?;
-    let mut progress = Progress {
-        quiet: args.quiet,
-        // SAFETY: isatty only inspects the descriptor.
-        tty: unsafe { libc::isatty(2) } == 1,
-        last_print: mono_ns(),
-        last_received: 0,
-        per_child: vec![(0, 0, 0); args.procs],
-    };
-
-    // Connect phase.
-    let connect_budget = Duration::from_secs_f64(args.clients as f64 / args.connect_rate as f64)
-        + Duration::from_secs(30);
-    let connect_start = mono_ns();
-    let mut ready: Vec<Option<ConnectResult>> = vec![None; args.procs];
-    while ready.iter().any(Option::is_none) {
-        let (i, event) = gens
-            .events
-            .recv_timeout(SAMPLE_EVERY)
-            .or_else(|err| match err {
-                mpsc::RecvTimeoutError::Timeout => Ok((usize::MAX, None)),
-                mpsc::RecvTimeoutError::Disconnected => Err(err),
-            })
-            .context("generators vanished")?;
-        match event {
-            Some(Event::Ready(r)) => ready[i] = Some(r),
-            Some(_) => {}
-            None if i != usize::MAX => bail!("generator {i} exited while connecting"),
-            None => {}
-        }
-        if mono_ns() - connect_start > connect_budget.as_nanos() as u64 {
-            bail!("clients did not finish connecting within {connect_budget:?}");
-        }
-        progress.print("connecting", (mono_ns() - connect_start) as f64 / 1e9);
-    }
-    let mut connect_hist = hist::new();
-    let mut connect = ConnectReport {
-        connected: 0,
-        failed: 0,
-        latency: Default::default(),
-        histogram: String::new(),
-        errors: Vec::new(),
-    };
-    for r in ready.into_iter().flatten() {
-        connect.connected += r.connected;
-        connect.failed += r.failed;
-        connect.errors.extend(r.errors);
-        hist::merge(&mut connect_hist, &hist::decode(&r.histogram)?)?;
-    }
-    connect.latency = hist::Summary::of(&connect_hist);
-    connect.histogram = hist::encode(&connect_hist);
-    if connect.connected == 0 {
-        bail!(
-            "no client could connect: {}",
-            connect.errors.first().map_or("", String::as_str)
-        );
-    }
-    if connect.failed > 0 {
-        warnings.push(format!(
-            "{} of {} clients failed to connect; their deliveries count as lost",
-            connect.failed, args.clients
-        ));
+impl Softirq {
+    fn discover(server_pid: Option<u32>) -> anyhow::Result<Softirq> {
+        let pids = match server_pid {
+            Some(pid) => server_softirq_threads(pid)?,
+            None => None,
+        };
+        Ok(Softirq { pids })
     }
 
-    let idle = match (rss_before, args.server_pid) {
-        (Some(before), Some(pid)) => {
-            progress.clear();
-            let after = settled_rss(pid)
-                .with_context(|| format!("reading the RSS of server process {pid}"))?;
-            Some(IdleReport {
-                connections: connect.connected,
-                rss_before_bytes: before,
-                rss_after_bytes: after,
-                bytes_per_connection: after.saturating_sub(before) as f64
-                    / connect.connected.max(1) as f64,
-            })
-        }
-        _ => None,
-    };
-    // An idle run has no steps.
-    let steps = if idle.is_some() { Vec::new() } else { steps };
-    let has_warmup = has_warmup && !steps.is_empty();
-
-    // Softirq work the kernel defers from the server to its cores' ksoftirqd threads is
-    // the server's cost too; it can be told apart only when the harness runs elsewhere.
-    let softirq_pids = match args.server_pid {
-        Some(pid) => server_softirq_threads(pid)?,
-        None => None,
-    };
-    let softirq_cpu_us = || -> anyhow::Result<Option<u64>> {
-        let Some(pids) = &softirq_pids else {
+    /// CPU time of the server cores' ksoftirqd threads, µs; `None` when not counted.
+    fn cpu_us(&self) -> anyhow::Result<Option<u64>> {
+        let Some(pids) = &self.pids else {
             return Ok(None);
         };
         let mut total = 0;
@@ -438,190 +348,79 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             total += procfs::process_cpu_us(pid).context("reading ksoftirqd's CPU time")?;
         }
         Ok(Some(total))
-    };
+    }
+}
 
-    // Steps, one at a time across all generators.
-    let mut results = Vec::new();
-    let mut server_threads = stat_u64(&first, "threads");
-    for (index, step) in steps.iter().enumerate() {
-        let is_warmup = has_warmup && index == 0;
-        let phase = if is_warmup {
-            format!("warmup {}/s", step.rate)
-        } else {
-            format!(
-                "step {}/{} {}/s",
-                index + usize::from(!has_warmup),
-                args.rate.len(),
-                step.rate
-            )
-        };
-        let before = match control.as_mut() {
-            Some(control) => control.stats()?,
-            None => HashMap::new(),
-        };
-        server_threads = server_threads.or(stat_u64(&before, "threads"));
-        let server_cpu_before = args.server_pid.map(procfs::process_cpu_us).transpose();
-        let server_cpu_before = server_cpu_before.context("reading the server's CPU time")?;
-        let softirq_before = softirq_cpu_us()?;
-        let own_cpu_before = self_cpu_us();
-        let start_ns = mono_ns() + STEP_LEAD.as_nanos() as u64;
-        gens.send(&Command::Step {
-            index: index as u32,
-            start_ns,
-        })?;
-        let budget = step.duration + args.drain_timeout + Duration::from_secs(30);
-        let mut partials: Vec<Option<PartialStep>> = vec![None; args.procs];
-        let mut peak_rss = 0u64;
-        while partials.iter().any(Option::is_none) {
-            match gens.events.recv_timeout(SAMPLE_EVERY) {
-                Ok((i, Some(Event::StepDone(p)))) => partials[i] = Some(p),
-                Ok((
-                    i,
-                    Some(Event::Progress {
-                        sent,
-                        received,
-                        p99_us,
-                    }),
-                )) => progress.update(i, sent, received, p99_us),
-                Ok((_, Some(Event::Ready(_)))) => {}
-                Ok((i, None)) => bail!("generator {i} exited during {phase}"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("generators vanished"),
-            }
-            if let Some(pid) = args.server_pid {
-                match procfs::process_rss_bytes(pid) {
-                    Ok(rss) => peak_rss = peak_rss.max(rss),
-                    Err(err) => bail!("server process {pid} is gone ({err}); did it crash?"),
-                }
-            }
-            let now = mono_ns();
-            if now > start_ns + budget.as_nanos() as u64 {
-                bail!("{phase} did not finish within {budget:?}");
-            }
-            progress.print(&phase, now.saturating_sub(start_ns) as f64 / 1e9);
-        }
-        progress.clear();
-        let wall_s = (mono_ns() - start_ns) as f64 / 1e9;
-        let after = match control.as_mut() {
-            Some(control) => control.stats()?,
-            None => HashMap::new(),
-        };
-        let server_cpu_after = args
-            .server_pid
-            .map(procfs::process_cpu_us)
-            .transpose()
-            .context("reading the server's CPU time")?;
-        let softirq_after = softirq_cpu_us()?;
-        let own_cpu = self_cpu_us() - own_cpu_before;
-        let partials: Vec<PartialStep> = partials.into_iter().flatten().collect();
-        let mut result = merge_step(step, &partials, args.slo, args.procs, wall_s)?;
-        result.harness_cpu_s += own_cpu as f64 / 1e6;
-        if let (Some(b), Some(a)) = (
-            stat_u64(&before, "deliveries"),
-            stat_u64(&after, "deliveries"),
-        ) {
-            let server = a.saturating_sub(b);
-            let harness = result.received + result.duplicates;
-            result.server_deliveries = Some(server);
-            let mismatch = server.abs_diff(harness) as f64 / harness.max(1) as f64;
-            result.count_mismatch = Some(mismatch);
-            if mismatch > 0.01 {
-                result.warnings.push(format!(
-                    "the server queued {server} deliveries but the harness received {harness}: more than 1% apart"
-                ));
-            }
-        }
-        if let (Some(b), Some(a)) = (server_cpu_before, server_cpu_after) {
-            let softirq_us = match (softirq_before, softirq_after) {
-                (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-                _ => None,
-            };
-            let cpu_us = a.saturating_sub(b) + softirq_us.unwrap_or(0);
-            result.server = Some(ServerCost {
-                cpu_s: cpu_us as f64 / 1e6,
-                cpu_util: cpu_us as f64 / 1e6 / wall_s,
-                cpu_us_per_delivery: cpu_us as f64 / result.received.max(1) as f64,
-                softirq_cpu_s: softirq_us.map(|us| us as f64 / 1e6),
-                peak_rss_bytes: peak_rss,
-            });
-        }
-        if !args.quiet {
-            eprintln!(
-                "{phase}: sent {} delivered {} lost {} p99 {}",
-                result.sent,
-                result.received,
-                result.lost,
-                super::report::fmt_us(result.latency.p99)
+/// Runs `ringcast bench` as the orchestrator: checks, connect, (idle memory), steps,
+/// report.
+pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let addr = args.resolve_addr()?;
+    preflight(args, addr)?;
+    let mut target = Target::probe(args, addr)?;
+    let rss_before = match (args.idle, args.server_pid) {
+        (true, Some(pid)) => Some(
+            procfs::process_rss_bytes(pid)
+                .with_context(|| format!("reading the RSS of server process {pid}"))?,
+        ),
+        _ => None,
+    };
+    let mut gens = Generators::spawn(args.procs)?;
+    let mut progress = Progress::new(args.quiet);
+    let connect = connect_clients(args, &mut gens, &mut progress)?;
+    let mut warnings = Vec::new();
+    if connect.failed > 0 {
+        if !args.allow_partial {
+            bail!(
+                "{} of {} clients could not connect (causes above); --allow-partial runs with the {} that did",
+                connect.failed,
+                args.clients,
+                connect.connected
             );
         }
+        warnings.push(format!(
+            "{} of {} clients failed to connect (--allow-partial); their deliveries count as lost",
+            connect.failed, args.clients
+        ));
+    }
+    let idle = match (rss_before, args.server_pid) {
+        (Some(before), Some(pid)) => Some(measure_idle(pid, before, connect.connected)?),
+        _ => None,
+    };
+    let softirq = Softirq::discover(args.server_pid)?;
+    // An idle run has no steps.
+    let steps = if idle.is_some() {
+        Vec::new()
+    } else {
+        args.steps()
+    };
+    let has_warmup = !args.warmup.is_zero() && !steps.is_empty();
+    let mut results = Vec::new();
+    let mut server_threads = stat_u64(&target.first, "threads");
+    for (index, step) in steps.iter().enumerate() {
+        let phase = phase_name(args, index, has_warmup, step);
+        let run = StepRun {
+            args,
+            index,
+            step,
+            phase: &phase,
+            softirq: &softirq,
+        };
+        let (result, threads) = run.measure(&mut gens, &mut target, &mut progress)?;
+        server_threads = server_threads.or(threads);
         results.push(result);
     }
+    progress.end();
     gens.finish()?;
-
-    let warmup = if has_warmup {
-        Some(results.remove(0))
-    } else {
-        None
-    };
-    let capacity_rate = results.iter().filter(|s| s.held).map(|s| s.rate).max();
-    let headline = capacity_rate
-        .and_then(|rate| results.iter().position(|s| s.held && s.rate == rate))
-        .unwrap_or(results.len().saturating_sub(1));
-    let lost = results.iter().chain(warmup.iter()).map(|s| s.lost).sum();
-    for s in results.iter().chain(warmup.iter()) {
-        for w in &s.warnings {
-            let at = if warmup.as_ref().is_some_and(|w| std::ptr::eq(w, s)) {
-                "during the warm-up".to_string()
-            } else {
-                format!("at {}/s", s.rate)
-            };
-            warnings.push(format!("{at}: {w}"));
-        }
-    }
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let report = Report {
-        format: FORMAT,
-        ringcast_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_rev: git_rev(),
-        timestamp: super::report::rfc3339(unix),
-        config: Config {
-            addr: addr.to_string(),
-            clients: args.clients,
-            publishers: args.publishers,
-            rooms: args.rooms,
-            rates: args.rate.clone(),
-            size: args.size,
-            warmup_s: args.warmup.as_secs_f64(),
-            duration_s: args.duration.as_secs_f64(),
-            connect_rate: args.connect_rate,
-            procs: args.procs,
-            slo_ms: args.slo.as_secs_f64() * 1e3,
-            drain_timeout_s: args.drain_timeout.as_secs_f64(),
-            server_pid: args.server_pid,
-            proto: args.proto,
-            idle: args.idle,
-        },
-        environment: Environment {
-            kernel: procfs::kernel_version(),
-            cpu_model: procfs::cpu_model(),
-            cores: procfs::cores(),
-            backend,
-            system_version,
-            server_threads,
-        },
+    let report = build_report(
+        args,
+        &target,
+        server_threads,
         connect,
-        warmup,
-        steps: results,
-        capacity_rate,
-        headline,
-        lost,
+        has_warmup,
+        results,
         warnings,
-        merged_from: Vec::new(),
         idle,
-    };
+    );
     print!("{}", report.summary());
     if let Some(dir) = &args.out {
         report.write(dir)?;
@@ -637,12 +436,442 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Refuses, before any connection, a run the open-files limit or the ephemeral ports
+/// cannot carry.
+fn preflight(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
+    let limits = preflight::Limits::read().context("reading the open-files limit")?;
+    let extra = match args.proto {
+        Proto::Redis if !args.idle => args.publishers as u64,
+        _ => 0,
+    };
+    let load = preflight::Load {
+        clients: args.clients as u64,
+        procs: args.procs as u64,
+        extra_connections: extra,
+        clients_per_source: args.clients_per_source as u64,
+        server: addr,
+    };
+    preflight::check(&load, &limits)?;
+    Ok(())
+}
+
+/// Waits for every generator to connect its clients, showing the counts and the first
+/// error of each kind as they come.
+fn connect_clients(
+    args: &BenchArgs,
+    gens: &mut Generators,
+    progress: &mut Progress,
+) -> anyhow::Result<ConnectReport> {
+    let budget = Duration::from_secs_f64(args.clients as f64 / args.connect_rate as f64)
+        + Duration::from_secs(30);
+    let start = mono_ns();
+    let mut ready: Vec<Option<ConnectResult>> = vec![None; args.procs];
+    let mut counts = vec![(0u64, 0u64); args.procs];
+    let mut seen = ErrorCounts::default();
+    progress.begin("connecting", args.clients as u64, "clients");
+    while ready.iter().any(Option::is_none) {
+        match gens.events.recv_timeout(SAMPLE_EVERY) {
+            Ok((i, Some(Event::Ready(r)))) => {
+                counts[i] = (r.connected, r.failed);
+                ready[i] = Some(r);
+            }
+            Ok((
+                i,
+                Some(Event::Connecting {
+                    connected,
+                    failed,
+                    new_errors,
+                }),
+            )) => {
+                counts[i] = (connected, failed);
+                for e in new_errors {
+                    if seen.note(e.clone()) {
+                        progress.error(&format!("connect error: {e}"));
+                    }
+                }
+            }
+            Ok((_, Some(_))) => {}
+            Ok((i, None)) => bail!("generator {i} exited while connecting"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("generators vanished"),
+        }
+        if mono_ns() - start > budget.as_nanos() as u64 {
+            bail!("clients did not finish connecting within {budget:?}");
+        }
+        let connected = counts.iter().map(|c| c.0).sum();
+        let failed = counts.iter().map(|c| c.1).sum();
+        progress.connecting(connected, failed, args.clients as u64);
+    }
+    progress.end();
+    let mut histogram = hist::new();
+    let mut connect = ConnectReport {
+        connected: 0,
+        failed: 0,
+        latency: Default::default(),
+        histogram: String::new(),
+        errors: ErrorCounts::default(),
+    };
+    for r in ready.into_iter().flatten() {
+        connect.connected += r.connected;
+        connect.failed += r.failed;
+        connect.errors.merge(&r.errors);
+        hist::merge(&mut histogram, &hist::decode(&r.histogram)?)?;
+    }
+    connect.latency = hist::Summary::of(&histogram);
+    connect.histogram = hist::encode(&histogram);
+    progress.note(&format!(
+        "connect: {} of {} clients connected, {} failed; p50 {} p99 {}",
+        connect.connected,
+        args.clients,
+        connect.failed,
+        fmt_us(connect.latency.p50),
+        fmt_us(connect.latency.p99)
+    ));
+    for line in connect.errors.lines() {
+        progress.error(&format!("connect errors: {line}"));
+    }
+    if connect.connected == 0 {
+        bail!("no client could connect (causes above)");
+    }
+    Ok(connect)
+}
+
+/// The server's RSS growth per idle connection.
+fn measure_idle(pid: u32, before: u64, connections: u64) -> anyhow::Result<IdleReport> {
+    let after =
+        settled_rss(pid).with_context(|| format!("reading the RSS of server process {pid}"))?;
+    Ok(IdleReport {
+        connections,
+        rss_before_bytes: before,
+        rss_after_bytes: after,
+        bytes_per_connection: after.saturating_sub(before) as f64 / connections.max(1) as f64,
+    })
+}
+
+/// "warmup 250/s", "step 2/4 500/s".
+fn phase_name(args: &BenchArgs, index: usize, has_warmup: bool, step: &Step) -> String {
+    if has_warmup && index == 0 {
+        format!("warmup {}/s", step.rate)
+    } else {
+        format!(
+            "step {}/{} {}/s",
+            index + usize::from(!has_warmup),
+            args.rate.len(),
+            step.rate
+        )
+    }
+}
+
+/// One step, run across every generator and measured on the server.
+struct StepRun<'a> {
+    args: &'a BenchArgs,
+    index: usize,
+    step: &'a Step,
+    phase: &'a str,
+    softirq: &'a Softirq,
+}
+
+/// Server-side counters read before and after a step.
+struct ServerSnapshot {
+    stats: HashMap<String, String>,
+    cpu_us: Option<u64>,
+    softirq_us: Option<u64>,
+}
+
+impl StepRun<'_> {
+    /// Runs the step; returns its result and the server's thread count if `/stats` said.
+    fn measure(
+        &self,
+        gens: &mut Generators,
+        target: &mut Target,
+        progress: &mut Progress,
+    ) -> anyhow::Result<(StepResult, Option<u64>)> {
+        let args = self.args;
+        let before = self.snapshot(target)?;
+        let own_cpu_before = self_cpu_us();
+        let start_ns = mono_ns() + STEP_LEAD.as_nanos() as u64;
+        gens.send(&Command::Step {
+            index: self.index as u32,
+            start_ns,
+        })?;
+        let (partials, peak_rss) = self.wait(gens, start_ns, progress)?;
+        let wall_s = (mono_ns() - start_ns) as f64 / 1e9;
+        let after = self.snapshot(target)?;
+        let limits = HarnessLimits::new(args);
+        let mut result = merge_step(self.step, &partials, args.slo, &limits, wall_s)?;
+        result.harness_cpu_s += (self_cpu_us() - own_cpu_before) as f64 / 1e6;
+        count_check(&mut result, &before.stats, &after.stats);
+        result.server = server_cost(&before, &after, wall_s, peak_rss, result.tally.received);
+        self.report_end(&result, progress);
+        Ok((result, stat_u64(&before.stats, "threads")))
+    }
+
+    fn snapshot(&self, target: &mut Target) -> anyhow::Result<ServerSnapshot> {
+        let stats = target.stats()?;
+        let cpu_us = self
+            .args
+            .server_pid
+            .map(procfs::process_cpu_us)
+            .transpose()
+            .context("reading the server's CPU time")?;
+        Ok(ServerSnapshot {
+            stats,
+            cpu_us,
+            softirq_us: self.softirq.cpu_us()?,
+        })
+    }
+
+    /// Waits for every generator's share of the step, sampling the server's RSS and
+    /// showing progress; returns the shares and the peak RSS.
+    fn wait(
+        &self,
+        gens: &mut Generators,
+        start_ns: u64,
+        progress: &mut Progress,
+    ) -> anyhow::Result<(Vec<PartialStep>, u64)> {
+        let args = self.args;
+        let budget = self.step.duration + args.drain_timeout + Duration::from_secs(30);
+        let plan = args.plan();
+        let to_send = self.step.total_messages();
+        let expected = plan.expected_total(self.step);
+        let mut partials: Vec<Option<PartialStep>> = vec![None; args.procs];
+        let mut shown = vec![(0u64, 0u64, 0u64); args.procs];
+        let mut seen = ErrorCounts::default();
+        let mut peak_rss = 0u64;
+        progress.begin(self.phase, to_send, "messages");
+        while partials.iter().any(Option::is_none) {
+            match gens.events.recv_timeout(SAMPLE_EVERY) {
+                Ok((i, Some(Event::StepDone(p)))) => {
+                    shown[i] = (p.tally.sent, p.tally.received, shown[i].2);
+                    partials[i] = Some(p);
+                }
+                Ok((
+                    i,
+                    Some(Event::Progress {
+                        step,
+                        sent,
+                        received,
+                        p99_us,
+                        new_errors,
+                    }),
+                )) if step as usize == self.index => {
+                    shown[i] = (sent, received, p99_us);
+                    for e in new_errors {
+                        if seen.note(e.clone()) {
+                            progress.error(&format!("{}: {e}", self.phase));
+                        }
+                    }
+                }
+                Ok((_, Some(_))) => {}
+                Ok((i, None)) => bail!("generator {i} exited during {}", self.phase),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!("generators vanished"),
+            }
+            if let Some(pid) = args.server_pid {
+                match procfs::process_rss_bytes(pid) {
+                    Ok(rss) => peak_rss = peak_rss.max(rss),
+                    Err(err) => bail!("server process {pid} is gone ({err}); did it crash?"),
+                }
+            }
+            let now = mono_ns();
+            if now > start_ns + budget.as_nanos() as u64 {
+                bail!("{} did not finish within {budget:?}", self.phase);
+            }
+            let p99 = fmt_us(shown.iter().map(|s| s.2).max().unwrap_or(0));
+            progress.step(&StepView {
+                phase: self.phase,
+                elapsed_s: now.saturating_sub(start_ns) as f64 / 1e9,
+                duration_s: self.step.duration.as_secs_f64(),
+                sent: shown.iter().map(|s| s.0).sum(),
+                to_send,
+                received: shown.iter().map(|s| s.1).sum(),
+                expected,
+                p99: &p99,
+            });
+        }
+        progress.end();
+        Ok((partials.into_iter().flatten().collect(), peak_rss))
+    }
+
+    /// The step's line, and its errors and warnings, as it ends.
+    fn report_end(&self, r: &StepResult, progress: &Progress) {
+        let t = &r.tally;
+        progress.note(&format!(
+            "{}: sent {}/{}, received {}/{}, lost {}, p99 {}",
+            self.phase,
+            t.sent,
+            self.step.total_messages(),
+            t.received,
+            t.expected,
+            r.lost,
+            fmt_us(r.latency.p99)
+        ));
+        for line in r.errors.lines() {
+            progress.error(&format!("{}: errors: {line}", self.phase));
+        }
+        for w in &r.warnings {
+            progress.error(&format!("{}: warning: {w}", self.phase));
+        }
+    }
+}
+
+/// The server's own delivery count for the step against the harness's.
+fn count_check(
+    result: &mut StepResult,
+    before: &HashMap<String, String>,
+    after: &HashMap<String, String>,
+) {
+    let (Some(b), Some(a)) = (
+        stat_u64(before, "deliveries"),
+        stat_u64(after, "deliveries"),
+    ) else {
+        return;
+    };
+    let server = a.saturating_sub(b);
+    let harness = result.tally.received + result.tally.duplicates;
+    result.server_deliveries = Some(server);
+    let mismatch = server.abs_diff(harness) as f64 / harness.max(1) as f64;
+    result.count_mismatch = Some(mismatch);
+    if mismatch > 0.01 {
+        result.warnings.push(format!(
+            "the server queued {server} deliveries but the harness received {harness}: more than 1% apart"
+        ));
+    }
+}
+
+/// The server's CPU (with its cores' ksoftirqd when known) and peak RSS over the step.
+fn server_cost(
+    before: &ServerSnapshot,
+    after: &ServerSnapshot,
+    wall_s: f64,
+    peak_rss: u64,
+    received: u64,
+) -> Option<ServerCost> {
+    let (Some(b), Some(a)) = (before.cpu_us, after.cpu_us) else {
+        return None;
+    };
+    let softirq_us = match (before.softirq_us, after.softirq_us) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    let cpu_us = a.saturating_sub(b) + softirq_us.unwrap_or(0);
+    Some(ServerCost {
+        cpu_s: cpu_us as f64 / 1e6,
+        cpu_util: cpu_us as f64 / 1e6 / wall_s,
+        cpu_us_per_delivery: cpu_us as f64 / received.max(1) as f64,
+        softirq_cpu_s: softirq_us.map(|us| us as f64 / 1e6),
+        peak_rss_bytes: peak_rss,
+    })
+}
+
+/// Puts the run together into its report.
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    args: &BenchArgs,
+    target: &Target,
+    server_threads: Option<u64>,
+    connect: ConnectReport,
+    has_warmup: bool,
+    mut results: Vec<StepResult>,
+    mut warnings: Vec<String>,
+    idle: Option<IdleReport>,
+) -> Report {
+    let warmup = if has_warmup {
+        Some(results.remove(0))
+    } else {
+        None
+    };
+    let slo_ms = args.slo.as_secs_f64() * 1e3;
+    let capacity_rate = super::report::capacity(&results, slo_ms).rate;
+    let headline = capacity_rate
+        .and_then(|rate| results.iter().position(|s| s.rate == rate))
+        .unwrap_or(results.len().saturating_sub(1));
+    let lost = results.iter().chain(warmup.iter()).map(|s| s.lost).sum();
+    for w in warmup.iter().flat_map(|s| &s.warnings) {
+        warnings.push(format!("during the warm-up: {w}"));
+    }
+    for s in &results {
+        for w in &s.warnings {
+            warnings.push(format!("at {}/s: {w}", s.rate));
+        }
+    }
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Report {
+        format: FORMAT,
+        ringcast_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_rev: git_rev(),
+        timestamp: super::report::rfc3339(unix),
+        config: Config {
+            addr: target.addr.to_string(),
+            clients: args.clients,
+            publishers: args.publishers,
+            rooms: args.rooms,
+            rates: args.rate.clone(),
+            size: args.size,
+            warmup_s: args.warmup.as_secs_f64(),
+            duration_s: args.duration.as_secs_f64(),
+            connect_rate: args.connect_rate,
+            procs: args.procs,
+            slo_ms,
+            drain_timeout_s: args.drain_timeout.as_secs_f64(),
+            server_pid: args.server_pid,
+            proto: args.proto,
+            idle: args.idle,
+            server_command: target.command.clone(),
+        },
+        environment: Environment {
+            kernel: procfs::kernel_version(),
+            cpu_model: procfs::cpu_model(),
+            cores: procfs::cores(),
+            backend: target.backend.clone(),
+            system_version: target.system_version.clone(),
+            server_threads,
+        },
+        connect,
+        warmup,
+        steps: results,
+        capacity_rate,
+        headline,
+        lost,
+        warnings,
+        merged_from: Vec::new(),
+        idle,
+    }
+}
+
+/// What the harness may use before it, not the server, is what is measured.
+struct HarnessLimits {
+    procs: usize,
+    /// CPUs this process may run on: more generator processes help only up to these.
+    cpus: Vec<usize>,
+    /// Whether the server may run on some of those CPUs; `None` without `--server-pid`.
+    shares_cpus: Option<bool>,
+}
+
+impl HarnessLimits {
+    fn new(args: &BenchArgs) -> Self {
+        let cpus = procfs::allowed_cpus(std::process::id()).unwrap_or_default();
+        let shares_cpus = args
+            .server_pid
+            .and_then(|pid| procfs::allowed_cpus(pid).ok())
+            .map(|server| server.iter().any(|c| cpus.contains(c)));
+        HarnessLimits {
+            procs: args.procs,
+            cpus,
+            shares_cpus,
+        }
+    }
+}
+
 /// Adds up the generators' shares of one step.
 fn merge_step(
     step: &Step,
     partials: &[PartialStep],
     slo: Duration,
-    procs: usize,
+    limits: &HarnessLimits,
     wall_s: f64,
 ) -> anyhow::Result<StepResult> {
     let mut latency = hist::new();
@@ -654,17 +883,8 @@ fn merge_step(
     let mut r = StepResult {
         rate: step.rate,
         duration_s: step.duration.as_secs_f64(),
-        sent: t.sent,
-        expected: t.expected,
-        received: t.received,
+        tally: t,
         lost: t.expected.saturating_sub(t.received),
-        duplicates: t.duplicates,
-        out_of_order: t.out_of_order,
-        stale: t.stale,
-        unexpected: t.unexpected,
-        disconnects: t.disconnects,
-        self_echo: t.self_echo,
-        server_errors: t.server_errors,
         send_rate: 0.0,
         throughput: 0.0,
         latency: Default::default(),
@@ -677,40 +897,74 @@ fn merge_step(
         harness_peak_util: 0.0,
         held: false,
         warnings: Vec::new(),
-        errors: Vec::new(),
+        errors: ErrorCounts::default(),
     };
     for p in partials {
         r.harness_cpu_s += p.cpu_us as f64 / 1e6;
         r.harness_peak_util = r
             .harness_peak_util
             .max(p.peak_thread_cpu_us as f64 / 1e6 / wall_s);
-        r.errors.extend(p.errors.iter().cloned());
+        r.errors.merge(&p.errors);
         hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
     let secs = step.duration.as_secs_f64();
-    r.send_rate = r.sent as f64 / secs;
-    r.throughput = r.received as f64 / secs;
+    r.send_rate = r.tally.sent as f64 / secs;
+    r.throughput = r.tally.received as f64 / secs;
     r.latency = hist::Summary::of(&latency);
     r.histogram = hist::encode(&latency);
     r.send_lag = hist::Summary::of(&lag);
-    let slo_us = slo.as_micros() as u64;
-    r.held = r.lost == 0 && r.disconnects == 0 && r.latency.p99 <= slo_us;
-    // When sends leave late or a generator is saturated, the latency measures the
-    // harness as much as the server.
-    if r.send_lag.p99 > (slo_us / 4).max(1_000) {
-        r.warnings.push(format!(
-            "the harness is the bottleneck: p99 of sends left {} behind schedule (harness overloaded or short of CPU), so latency here measures the harness too; pin server and harness to separate cores, lower the rate, or add --procs",
-            super::report::fmt_us(r.send_lag.p99)
-        ));
-    }
-    if r.harness_peak_util > 0.9 {
-        r.warnings.push(format!(
-            "the harness is the bottleneck: a generator thread used {:.0}% of a core; use more --procs (now {procs})",
-            r.harness_peak_util * 100.0
-        ));
+    let slo_ms = slo.as_secs_f64() * 1e3;
+    r.held = r.lost == 0 && r.tally.disconnects == 0 && r.latency.p99 <= slo.as_micros() as u64;
+    if let Some(bound) = r.harness_bound(slo_ms) {
+        r.warnings.push(bottleneck_warning(&bound, limits));
     }
     Ok(r)
+}
+
+/// The bottleneck warning: what was measured against which threshold, and what to do
+/// about it that applies to this run.
+fn bottleneck_warning(bound: &HarnessBound, limits: &HarnessLimits) -> String {
+    let lag = format!(
+        "sends left late (p99 {} behind schedule, threshold {})",
+        fmt_us(bound.lag_p99_us),
+        fmt_us(bound.lag_limit_us)
+    );
+    let busiest = format!(
+        "its busiest thread used {:.0}% of a core (threshold {:.0}%)",
+        bound.peak_util * 100.0,
+        HARNESS_THREAD_LIMIT * 100.0
+    );
+    let cpus = limits.cpus.len();
+    let (measured, advice) = if bound.util_over() {
+        let measured = if bound.lag_over() {
+            format!("{busiest} and {lag}")
+        } else {
+            busiest
+        };
+        let advice = if cpus > limits.procs {
+            format!(
+                "split the clients over more generator processes (--procs {}; the harness may use {cpus} CPUs)",
+                limits.procs + 1
+            )
+        } else {
+            format!(
+                "more --procs would not help (the harness may use {} for its {}): give it more cores or lower the rate",
+                plural(cpus as u64, "CPU"),
+                plural(limits.procs as u64, "generator process")
+            )
+        };
+        (measured, advice)
+    } else {
+        let advice = match limits.shares_cpus {
+            Some(false) => "the harness is pinned apart from the server, so other work on its CPUs held it back: stop that work or lower the rate".to_string(),
+            _ => "it was short of CPU, not busy: pin server and harness to separate cores (loadtest.sh --server-cpus 0 --bench-cpus 1, or taskset) or lower the rate".to_string(),
+        };
+        (format!("{lag} while {busiest}"), advice)
+    };
+    format!(
+        "harness-bound: {measured}; latency here includes the harness's delay and the step does not count towards capacity; {advice}"
+    )
 }
 
 /// The ksoftirqd threads of the server's cores, when none of them is a core the harness

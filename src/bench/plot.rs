@@ -1,19 +1,21 @@
-//! The comparison chart, written as SVG by hand: latency by percentile on the log
-//! "1/(1−p)" axis HdrHistogram plots use, then throughput and CPU-per-delivery bars.
+//! The comparison chart, written as SVG by hand. For a load run: p99 and p50 latency
+//! against the offered rate, server CPU per delivery against the rate (medians, with
+//! min–max whiskers over repeated runs), and the latency-by-percentile curves at the
+//! verdict's rate on the log "1/(1−p)" axis HdrHistogram plots use. For an idle run: server
+//! memory per idle connection. Every panel says that lower is better; steps where the
+//! harness was the bottleneck are drawn hollow.
 
-use super::compare::{comparison_rate, step_at, Labeled};
+use super::compare::{representative, Group, Spread};
 use super::hist;
+use super::report::{plural, StepResult};
+use super::verdict::{self, thousands};
 use std::fmt::Write as _;
 
-const WIDTH: f64 = 900.0;
-const CURVE_HEIGHT: f64 = 420.0;
-const BAR_HEIGHT: f64 = 220.0;
-const MARGIN_LEFT: f64 = 70.0;
-const MARGIN_RIGHT: f64 = 20.0;
+const WIDTH: f64 = 960.0;
 const COLORS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
-/// Right end of the x axis: 99.9999%.
+/// Right end of the percentile axis: 99.9999%.
 const MAX_NINES: f64 = 6.0;
 
 fn escape(text: &str) -> String {
@@ -35,27 +37,329 @@ fn nice_ceiling(v: f64) -> f64 {
         .unwrap_or(10.0 * magnitude)
 }
 
-pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
-    let rate = comparison_rate(reports);
-    let mut curves = Vec::new();
-    for r in reports {
-        let points = match step_at(&r.report, rate) {
-            Some(step) => hist::percentile_curve(&hist::decode(&step.histogram)?),
-            None => Vec::new(),
-        };
-        curves.push(points);
+/// A round number at or below `v`, for the bottom of a log axis.
+fn nice_floor(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 0.01;
     }
-    let height = CURVE_HEIGHT + BAR_HEIGHT + 40.0;
+    let magnitude = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|&c| c <= v)
+        .unwrap_or(magnitude)
+}
+
+/// A rectangle of the drawing.
+#[derive(Clone, Copy)]
+struct Area {
+    left: f64,
+    top: f64,
+    right: f64,
+    bottom: f64,
+}
+
+/// One system's series on a by-rate panel: (x index, median, min, max, harness-bound).
+type Series = Vec<(usize, f64, f64, f64, bool)>;
+
+pub fn svg(groups: &[Group<'_>]) -> anyhow::Result<String> {
+    let idle = groups.iter().any(|g| g.runs[0].idle.is_some());
+    let height = if idle { 420.0 } else { 880.0 };
     let mut out = String::new();
     let _ = writeln!(
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(out, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    title(groups, &mut out);
+    legend(groups, &mut out);
+    if idle {
+        idle_bars(
+            groups,
+            Area {
+                left: 90.0,
+                top: 90.0,
+                right: WIDTH - 40.0,
+                bottom: height - 50.0,
+            },
+            &mut out,
+        );
+    } else {
+        let rates = verdict::rates(groups);
+        let half = WIDTH / 2.0;
+        by_rate(
+            groups,
+            &rates,
+            Area {
+                left: 70.0,
+                top: 100.0,
+                right: half - 20.0,
+                bottom: 400.0,
+            },
+            "p99 (solid) and p50 (dashed) vs offered rate (ms, log; lower is better)",
+            &[verdict::p99, verdict::p50],
+            true,
+            &mut out,
+        );
+        by_rate(
+            groups,
+            &rates,
+            Area {
+                left: half + 60.0,
+                top: 100.0,
+                right: WIDTH - 20.0,
+                bottom: 400.0,
+            },
+            "Server CPU per delivery vs offered rate (µs; lower is better)",
+            &[verdict::cpu],
+            false,
+            &mut out,
+        );
+        percentiles(
+            groups,
+            verdict::verdict_rate(groups),
+            Area {
+                left: 70.0,
+                top: 500.0,
+                right: WIDTH - 50.0,
+                bottom: height - 60.0,
+            },
+            &mut out,
+        )?;
+    }
+    out.push_str("</svg>\n");
+    Ok(out)
+}
 
-    // Latency by percentile.
-    let (top, bottom) = (40.0, CURVE_HEIGHT - 40.0);
-    let (left, right) = (MARGIN_LEFT, WIDTH - MARGIN_RIGHT - 160.0);
+fn title(groups: &[Group<'_>], out: &mut String) {
+    let c = &groups[0].runs[0].config;
+    let rounds = groups.iter().map(|g| g.runs.len()).max().unwrap_or(1);
+    let scenario = if c.idle {
+        format!(
+            "{} in {}",
+            plural(c.clients as u64, "idle client"),
+            plural(c.rooms as u64, "room")
+        )
+    } else {
+        format!(
+            "{} ({}) in {}, {}-byte messages, {}s per rate",
+            plural(c.clients as u64, "client"),
+            plural(c.publishers as u64, "publisher"),
+            plural(c.rooms as u64, "room"),
+            c.size,
+            c.duration_s
+        )
+    };
+    let spread = if rounds > 1 {
+        format!("{rounds} rounds: medians, whiskers min–max")
+    } else {
+        "1 round".to_string()
+    };
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="24" font-size="16" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&format!("{scenario} — {spread}"))
+    );
+}
+
+fn legend(groups: &[Group<'_>], out: &mut String) {
+    let mut x = 70.0;
+    for (i, g) in groups.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let _ = writeln!(
+            out,
+            r#"<rect x="{x}" y="40" width="12" height="12" fill="{color}"/><text x="{}" y="50">{}</text>"#,
+            x + 16.0,
+            escape(g.label)
+        );
+        x += 30.0 + 8.0 * g.label.chars().count() as f64;
+    }
+    let _ = writeln!(
+        out,
+        r##"<circle cx="{}" cy="46" r="4" fill="white" stroke="#555" stroke-width="2"/><text x="{}" y="50">hollow: the harness was the bottleneck at that rate (not judged)</text>"##,
+        x + 10.0,
+        x + 20.0
+    );
+}
+
+/// One by-rate panel: a line per system and figure, rates evenly spaced on x.
+#[allow(clippy::too_many_arguments)]
+fn by_rate(
+    groups: &[Group<'_>],
+    rates: &[u64],
+    area: Area,
+    heading: &str,
+    figures: &[fn(&StepResult) -> Option<f64>],
+    log: bool,
+    out: &mut String,
+) {
+    // Latency is in µs in the reports and drawn in ms.
+    let scale = if log { 1e-3 } else { 1.0 };
+    let mut all: Vec<(usize, usize, Series)> = Vec::new();
+    for (gi, g) in groups.iter().enumerate() {
+        for (fi, figure) in figures.iter().enumerate() {
+            let mut series = Series::new();
+            for (xi, &rate) in rates.iter().enumerate() {
+                let values = g
+                    .runs
+                    .iter()
+                    .filter_map(|r| r.steps.iter().find(|s| s.rate == rate).and_then(figure));
+                if let Some(s) = Spread::of(values.map(|v| v * scale)) {
+                    series.push((
+                        xi,
+                        s.median,
+                        s.min,
+                        s.max,
+                        verdict::harness_bound_at(g, rate),
+                    ));
+                }
+            }
+            all.push((gi, fi, series));
+        }
+    }
+    let values = all
+        .iter()
+        .flat_map(|(_, _, s)| s.iter().flat_map(|p| [p.2, p.3]));
+    let (lo, hi) = values.fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">{}</text>"#,
+        (area.left + area.right) / 2.0,
+        area.top - 14.0,
+        escape(heading)
+    );
+    if all.iter().all(|(_, _, s)| s.is_empty()) {
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" text-anchor="middle">no figures (no --server-pid?)</text>"#,
+            (area.left + area.right) / 2.0,
+            (area.top + area.bottom) / 2.0
+        );
+        return;
+    }
+    let (y_lo, y_hi) = if log {
+        (nice_floor(lo.max(0.01)), nice_ceiling(hi.max(0.02)))
+    } else {
+        (0.0, nice_ceiling(hi))
+    };
+    let y = |v: f64| {
+        let f = if log {
+            (v.max(y_lo).ln() - y_lo.ln()) / (y_hi.ln() - y_lo.ln())
+        } else {
+            v / y_hi
+        };
+        area.bottom - (area.bottom - area.top) * f
+    };
+    let n = rates.len().max(1);
+    let x = |i: usize| area.left + (area.right - area.left) * (i as f64 + 0.5) / n as f64;
+    // Axes and grid.
+    let ticks: Vec<f64> = if log {
+        let mut t = Vec::new();
+        let mut decade = 10f64.powf(y_lo.log10().floor());
+        while decade <= y_hi * 1.0001 {
+            for m in [1.0, 2.0, 5.0] {
+                let v = decade * m;
+                if v >= y_lo * 0.9999 && v <= y_hi * 1.0001 {
+                    t.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        t
+    } else {
+        (0..=5).map(|k| y_hi * k as f64 / 5.0).collect()
+    };
+    for v in ticks {
+        let yy = y(v);
+        let label = if v >= 1.0 || v == 0.0 {
+            format!("{v}")
+        } else {
+            format!("{v:.2}").trim_end_matches('0').to_string()
+        };
+        let _ = writeln!(
+            out,
+            r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
+            area.left,
+            area.right,
+            area.left - 6.0,
+            yy + 4.0
+        );
+    }
+    for (i, &rate) in rates.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            x(i),
+            area.bottom + 16.0,
+            thousands(rate)
+        );
+    }
+    let _ = writeln!(
+        out,
+        r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#888"/><text x="{3}" y="{4}" text-anchor="middle">offered rate (msg/s)</text>"##,
+        area.left,
+        area.bottom,
+        area.right,
+        (area.left + area.right) / 2.0,
+        area.bottom + 34.0
+    );
+    // Series: a small offset per system keeps whiskers apart.
+    let shift = |gi: usize| (gi as f64 - (groups.len() as f64 - 1.0) / 2.0) * 4.0;
+    for (gi, fi, series) in &all {
+        let color = COLORS[gi % COLORS.len()];
+        let dash = if *fi == 0 {
+            ""
+        } else {
+            r#" stroke-dasharray="6 4""#
+        };
+        let points: Vec<String> = series
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0) + shift(*gi), y(p.1)))
+            .collect();
+        if points.len() > 1 {
+            let _ = writeln!(
+                out,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
+                points.join(" ")
+            );
+        }
+        for p in series {
+            let (px, py) = (x(p.0) + shift(*gi), y(p.1));
+            if p.3 > p.2 {
+                let _ = writeln!(
+                    out,
+                    r#"<line x1="{px:.1}" y1="{:.1}" x2="{px:.1}" y2="{:.1}" stroke="{color}"/>"#,
+                    y(p.2),
+                    y(p.3)
+                );
+            }
+            let fill = if p.4 { "white" } else { color };
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="4" fill="{fill}" stroke="{color}" stroke-width="2"/>"#
+            );
+        }
+    }
+}
+
+/// Latency by percentile at `rate`, one curve per system (its run with the median p99).
+fn percentiles(
+    groups: &[Group<'_>],
+    rate: Option<u64>,
+    area: Area,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let mut curves = Vec::new();
+    for g in groups {
+        let report = representative(g, rate);
+        let step = rate.and_then(|rate| report.steps.iter().find(|s| s.rate == rate));
+        let points = match step {
+            Some(step) => hist::percentile_curve(&hist::decode(&step.histogram)?),
+            None => Vec::new(),
+        };
+        curves.push(points);
+    }
     let finite = |q: f64| (1.0 / (1.0 - q)).log10().min(MAX_NINES);
     // The axis ends one decade past the deepest percentile any curve reaches; the 100th
     // percentile (the max) is drawn at that end.
@@ -78,13 +382,16 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
         .flat_map(|c| c.iter().map(|&(_, v)| v as f64))
         .fold(0.0f64, f64::max);
     let y_max = nice_ceiling(y_max_us / 1000.0);
-    let px = |n: f64| left + (right - left) * n / x_max;
-    let py = |ms: f64| bottom - (bottom - top) * ms / y_max;
+    let px = |n: f64| area.left + (area.right - area.left) * n / x_max;
+    let py = |ms: f64| area.bottom - (area.bottom - area.top) * ms / y_max;
+    let at = rate
+        .map(|r| format!(" at {} msg/s (the verdict's rate)", thousands(r)))
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">Latency by percentile (receive − scheduled send){}</text>"#,
-        WIDTH / 2.0,
-        rate.map(|r| format!(" at {r} msg/s")).unwrap_or_default()
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Latency by percentile{at}: receive − scheduled send (ms; lower is better)</text>"#,
+        (area.left + area.right) / 2.0,
+        area.top - 14.0
     );
     for k in 0..=x_max as usize {
         let x = px(k as f64);
@@ -94,8 +401,10 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
         };
         let _ = writeln!(
             out,
-            r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"##,
-            bottom + 16.0
+            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">{label}</text>"##,
+            area.top,
+            area.bottom,
+            area.bottom + 16.0
         );
     }
     for k in 0..=5 {
@@ -103,18 +412,20 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
         let y = py(ms);
         let _ = writeln!(
             out,
-            r##"<line x1="{left}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{ms} ms</text>"##,
-            left - 6.0,
+            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{ms}</text>"##,
+            area.left,
+            area.right,
+            area.left - 6.0,
             y + 4.0
         );
     }
     let _ = writeln!(
         out,
         r#"<text x="{}" y="{}" text-anchor="middle">percentile (log scale of 1/(1−p))</text>"#,
-        (left + right) / 2.0,
-        bottom + 34.0
+        (area.left + area.right) / 2.0,
+        area.bottom + 34.0
     );
-    for (i, (points, r)) in curves.iter().zip(reports).enumerate() {
+    for (i, points) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = points
             .iter()
@@ -127,102 +438,68 @@ pub fn svg(reports: &[Labeled]) -> anyhow::Result<String> {
                 path.join(" ")
             );
         }
-        let y = top + 18.0 * i as f64;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{}" y="{}" width="12" height="12" fill="{color}"/><text x="{}" y="{}">{}</text>"#,
-            right + 12.0,
-            y,
-            right + 30.0,
-            y + 10.0,
-            escape(&r.label)
-        );
     }
+    Ok(())
+}
 
-    // Bars: throughput and server CPU per delivery.
-    type Value = Box<dyn Fn(&Labeled) -> Option<f64>>;
-    // An idle run (`bench --idle`) has no latency or throughput, only memory.
-    let bars: Vec<(&str, Value)> = if reports.iter().any(|r| r.report.idle.is_some()) {
-        vec![(
-            "Server RSS per idle connection (bytes)",
-            Box::new(|r: &Labeled| r.report.idle.as_ref().map(|i| i.bytes_per_connection)),
-        )]
-    } else {
-        vec![
-            (
-                "Throughput (deliveries/s)",
-                Box::new(move |r: &Labeled| step_at(&r.report, rate).map(|s| s.throughput)),
-            ),
-            (
-                "Server CPU per delivery (µs)",
-                Box::new(move |r: &Labeled| {
-                    step_at(&r.report, rate)
-                        .and_then(|s| s.server.as_ref())
-                        .map(|c| c.cpu_us_per_delivery)
-                }),
-            ),
-        ]
-    };
-    let panel_width = (WIDTH - MARGIN_LEFT - MARGIN_RIGHT) / 2.0;
-    let panel_top = CURVE_HEIGHT + 10.0;
-    for (p, (title, value)) in bars.iter().enumerate() {
-        let x0 = MARGIN_LEFT + panel_width * p as f64;
-        let values: Vec<Option<f64>> = reports.iter().map(value).collect();
-        let max = nice_ceiling(values.iter().flatten().fold(0.0f64, |a, &b| a.max(b)));
-        let chart_top = panel_top + 30.0;
-        let chart_bottom = panel_top + BAR_HEIGHT - 20.0;
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}" font-size="14" text-anchor="middle">{title}</text>"#,
-            x0 + panel_width / 2.0,
-            panel_top + 14.0
-        );
-        let _ = writeln!(
-            out,
-            r##"<line x1="{x0}" y1="{chart_bottom}" x2="{}" y2="{chart_bottom}" stroke="#888"/>"##,
-            x0 + panel_width - 20.0
-        );
-        let slot = (panel_width - 20.0) / reports.len().max(1) as f64;
-        for (i, v) in values.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let bx = x0 + slot * i as f64 + slot * 0.2;
-            let bw = slot * 0.6;
-            match v {
-                Some(v) => {
-                    let h = (chart_bottom - chart_top) * v / max;
-                    let text = if *v >= 100.0 {
-                        format!("{v:.0}")
-                    } else {
-                        format!("{v:.2}")
-                    };
-                    let _ = writeln!(
-                        out,
-                        r#"<rect x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{h:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{text}</text>"#,
-                        chart_bottom - h,
-                        bx + bw / 2.0,
-                        chart_bottom - h - 4.0
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">n/a</text>"#,
-                        bx + bw / 2.0,
-                        chart_bottom - 4.0
-                    );
-                }
-            }
+/// Server memory per idle connection, one bar per system (median, whisker min–max).
+fn idle_bars(groups: &[Group<'_>], area: Area, out: &mut String) {
+    let values: Vec<Option<Spread>> = groups
+        .iter()
+        .map(|g| {
+            Spread::of(
+                g.runs
+                    .iter()
+                    .filter_map(|r| r.idle.as_ref().map(|i| i.bytes_per_connection)),
+            )
+        })
+        .collect();
+    let max = nice_ceiling(values.iter().flatten().fold(0.0f64, |a, s| a.max(s.max)));
+    let _ = writeln!(
+        out,
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Server RSS per idle connection (bytes; lower is better)</text>"#,
+        (area.left + area.right) / 2.0,
+        area.top - 14.0
+    );
+    let _ = writeln!(
+        out,
+        r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#888"/>"##,
+        area.left, area.bottom, area.right
+    );
+    let slot = (area.right - area.left) / groups.len().max(1) as f64;
+    let y = |v: f64| area.bottom - (area.bottom - area.top) * v / max;
+    for (i, v) in values.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let bx = area.left + slot * i as f64 + slot * 0.25;
+        let bw = slot * 0.5;
+        if let Some(s) = v {
             let _ = writeln!(
                 out,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                r#"<rect x="{bx:.1}" y="{:.1}" width="{bw:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{:.0} B</text>"#,
+                y(s.median),
+                area.bottom - y(s.median),
                 bx + bw / 2.0,
-                chart_bottom + 14.0,
-                escape(&reports[i].label)
+                y(s.max) - 6.0,
+                s.median
             );
+            if s.max > s.min {
+                let cx = bx + bw / 2.0;
+                let _ = writeln!(
+                    out,
+                    r##"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="#333"/>"##,
+                    y(s.min),
+                    y(s.max)
+                );
+            }
         }
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            bx + bw / 2.0,
+            area.bottom + 16.0,
+            escape(groups[i].label)
+        );
     }
-    out.push_str("</svg>\n");
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -235,5 +512,7 @@ mod tests {
         assert_eq!(nice_ceiling(3.2), 5.0);
         assert_eq!(nice_ceiling(120.0), 200.0);
         assert_eq!(nice_ceiling(0.0), 1.0);
+        assert_eq!(nice_floor(0.7), 0.5);
+        assert_eq!(nice_floor(3.2), 2.0);
     }
 }

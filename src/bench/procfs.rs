@@ -91,6 +91,21 @@ pub fn process_rss_bytes(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc status"))
 }
 
+/// A process's command line, one argument per entry, from /proc/PID/cmdline.
+pub fn command_line(pid: u32) -> io::Result<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
+    Ok(raw
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect())
+}
+
+/// Descriptors a process has open, from the entries of /proc/PID/fd.
+pub fn open_fds(pid: u32) -> io::Result<u64> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
 pub fn kernel_version() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -129,6 +144,8 @@ mod tests {
     fn reads_own_process() {
         let pid = std::process::id();
         assert!(process_rss_bytes(pid).unwrap() > 0);
+        assert!(open_fds(pid).unwrap() >= 3);
+        assert!(!command_line(pid).unwrap().is_empty());
         process_cpu_us(pid).unwrap();
         assert!(process_cpu_us(u32::MAX).is_err());
         assert!(!allowed_cpus(pid).unwrap().is_empty());

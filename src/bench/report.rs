@@ -11,18 +11,40 @@ pub const FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
+        #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a ringcast report: {source}")]
+    #[error("{path} is not a ringcast report")]
     Parse {
         path: String,
+        #[source]
         source: serde_json::Error,
     },
     #[error("{path} has report format {found}, this ringcast reads format {FORMAT}")]
     Format { path: String, found: u32 },
+    #[error(
+        "{path} is not a report folder (one holds the report.json that `ringcast bench --out DIR` writes){}",
+        hint(path, inside)
+    )]
+    NotAFolder { path: String, inside: Vec<String> },
+}
+
+/// What to compare instead, when a folder holds report folders (loadtest.sh's
+/// `reports/<time>/` holds one per system).
+fn hint(path: &str, inside: &[String]) -> String {
+    if inside.is_empty() {
+        return String::new();
+    }
+    let dir = path.trim_end_matches('/');
+    let paths: Vec<String> = inside.iter().map(|name| format!("{dir}/{name}")).collect();
+    format!(
+        "; it holds the report folders {}: `ringcast compare --group {}`",
+        join_words(inside),
+        paths.join(" ")
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +108,9 @@ pub struct Config {
     /// A `--idle` run: connections only, no steps.
     #[serde(default)]
     pub idle: bool,
+    /// The server's command line (from /proc with `--server-pid`): its configuration.
+    #[serde(default)]
+    pub server_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +134,8 @@ pub struct ConnectReport {
     /// Connect time: TCP connect until the room join is confirmed, µs.
     pub latency: Summary,
     pub histogram: String,
-    pub errors: Vec<String>,
+    /// Why clients could not connect, by kind.
+    pub errors: ErrorCounts,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,20 +143,11 @@ pub struct StepResult {
     /// Target publish rate, messages/s over all publishers.
     pub rate: u64,
     pub duration_s: f64,
-    pub sent: u64,
-    pub expected: u64,
-    pub received: u64,
+    /// What was sent, expected and received (kept at the top level of the JSON).
+    #[serde(flatten)]
+    pub tally: Tally,
+    /// Expected deliveries that never arrived: `expected − received`.
     pub lost: u64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-    pub stale: u64,
-    pub unexpected: u64,
-    pub disconnects: u64,
-    /// A publisher's own messages delivered back to it, discarded (Redis pub/sub does this;
-    /// ringcast and NATS with `echo:false` do not).
-    #[serde(default)]
-    pub self_echo: u64,
-    pub server_errors: u64,
     /// Messages published per second, as achieved.
     pub send_rate: f64,
     /// Deliveries received per second.
@@ -152,7 +169,156 @@ pub struct StepResult {
     pub harness_peak_util: f64,
     pub held: bool,
     pub warnings: Vec<String>,
-    pub errors: Vec<String>,
+    /// Lost connections and server errors, by kind.
+    pub errors: ErrorCounts,
+}
+
+/// Delivery counters of one step: kept per generator thread, added up over client groups,
+/// generator processes and load machines (`compare --merge`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub sent: u64,
+    /// Deliveries the clients should have received.
+    pub expected: u64,
+    /// Distinct deliveries received.
+    pub received: u64,
+    pub duplicates: u64,
+    /// Deliveries that arrived after a later sequence number of the same sender.
+    pub out_of_order: u64,
+    /// Deliveries of an earlier step, arriving after that step's drain ended.
+    pub stale: u64,
+    /// Deliveries that carried no valid stamp or came from a publisher outside the room.
+    pub unexpected: u64,
+    /// Connections lost during the step (closed by the server or failed).
+    pub disconnects: u64,
+    /// A publisher's own messages delivered back to it, discarded (Redis pub/sub does this;
+    /// ringcast and NATS with `echo:false` do not).
+    #[serde(default)]
+    pub self_echo: u64,
+    /// `* error:` lines from the server.
+    pub server_errors: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.sent += other.sent;
+        self.expected += other.expected;
+        self.received += other.received;
+        self.duplicates += other.duplicates;
+        self.out_of_order += other.out_of_order;
+        self.stale += other.stale;
+        self.unexpected += other.unexpected;
+        self.disconnects += other.disconnects;
+        self.self_echo += other.self_echo;
+        self.server_errors += other.server_errors;
+    }
+}
+
+/// Errors counted by kind, with the first message of each kind verbatim. The kind is the
+/// message without its `client N: ` prefix, so thousands of clients failing the same way
+/// make one line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ErrorCounts(pub Vec<ErrorCount>);
+
+/// Reads counted errors, and the plain list of messages that reports before the counts
+/// held.
+impl<'de> Deserialize<'de> for ErrorCounts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Counted(ErrorCount),
+            Plain(String),
+        }
+        let mut out = ErrorCounts::default();
+        for item in Vec::<Item>::deserialize(d)? {
+            match item {
+                Item::Counted(e) => out.add(e.kind, e.count, e.first),
+                Item::Plain(message) => out.note(message),
+            };
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCount {
+    pub kind: String,
+    pub count: u64,
+    /// The first message of this kind, verbatim (it names the client).
+    pub first: String,
+}
+
+/// Kinds kept apart; further kinds are counted under one "other errors" entry.
+const MAX_ERROR_KINDS: usize = 16;
+
+impl ErrorCounts {
+    /// Counts `message`; returns true when it is the first of its kind.
+    pub fn note(&mut self, message: String) -> bool {
+        self.add(error_kind(&message), 1, message)
+    }
+
+    fn add(&mut self, kind: String, count: u64, first: String) -> bool {
+        if let Some(known) = self.0.iter_mut().find(|e| e.kind == kind) {
+            known.count += count;
+            return false;
+        }
+        if self.0.len() >= MAX_ERROR_KINDS {
+            return self.add("other errors".into(), count, first);
+        }
+        self.0.push(ErrorCount { kind, count, first });
+        true
+    }
+
+    /// Adds another set of counts to this one.
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for e in &other.0 {
+            self.add(e.kind.clone(), e.count, e.first.clone());
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|e| e.count).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One line per kind, most frequent first: `30073 × connect: ... (first: client 19928)`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut kinds: Vec<&ErrorCount> = self.0.iter().collect();
+        kinds.sort_by_key(|e| std::cmp::Reverse(e.count));
+        kinds
+            .into_iter()
+            .map(|e| {
+                let who = e.first.strip_suffix(e.kind.as_str()).unwrap_or("");
+                let who = who.trim_end_matches(": ");
+                if who.is_empty() || e.count == 1 {
+                    format!("{} × {}", e.count, e.first)
+                } else {
+                    format!("{} × {} (first: {who})", e.count, e.kind)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The kind of an error message: the message without a leading `client N: ` or
+/// `publisher N: `.
+pub fn error_kind(message: &str) -> String {
+    for who in ["client ", "publisher "] {
+        if let Some(rest) = message.strip_prefix(who) {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits > 0 {
+                if let Some(kind) = rest[digits..].strip_prefix(": ") {
+                    return kind.to_string();
+                }
+            }
+        }
+    }
+    message.to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,7 +341,14 @@ impl Report {
     /// Reads `PATH/report.json`, or `PATH` itself when it is a file.
     pub fn load(path: &Path) -> Result<Self, ReportError> {
         let file = if path.is_dir() {
-            path.join("report.json")
+            let file = path.join("report.json");
+            if !file.exists() {
+                return Err(ReportError::NotAFolder {
+                    path: path.display().to_string(),
+                    inside: report_folders(path),
+                });
+            }
+            file
         } else {
             path.to_path_buf()
         };
@@ -237,52 +410,100 @@ impl Report {
 
     /// The human summary printed at the end of a run.
     pub fn summary(&self) -> String {
-        let c = &self.config;
-        let e = &self.environment;
         let mut out = String::new();
-        let threads = e
-            .server_threads
-            .map(|t| format!(", {t} server threads"))
-            .unwrap_or_default();
-        let system = match (c.proto, &e.system_version) {
+        if let Some(idle) = &self.idle {
+            self.idle_summary(idle, &mut out);
+        } else {
+            self.header(&mut out);
+            self.connect_line(&mut out);
+            self.step_table(&mut out);
+            self.cost_lines(&mut out);
+            self.capacity_line(&mut out);
+            self.count_checks(&mut out);
+            self.error_lines(&mut out);
+        }
+        for w in &self.warnings {
+            let _ = writeln!(out, "warning: {w}");
+        }
+        if self.lost > 0 {
+            let _ = writeln!(
+                out,
+                "LOSS: {} deliveries were never received (their causes are counted above)",
+                self.lost
+            );
+        }
+        out
+    }
+
+    /// "backend uring, 1 server thread".
+    fn system(&self) -> String {
+        let e = &self.environment;
+        let system = match (self.config.proto, &e.system_version) {
             (Proto::Ringcast, _) => format!("backend {}", e.backend),
             (_, Some(version)) => format!("{} {version}", e.backend),
             (_, None) => e.backend.clone(),
         };
-        if let Some(idle) = &self.idle {
-            let _ = writeln!(
-                out,
-                "ringcast bench --idle: {system}{threads} at {}; {} idle clients in {} rooms",
-                c.addr, c.clients, c.rooms
-            );
-            let _ = writeln!(
-                out,
-                "idle: {} connections; server RSS {} before, {} with them: {:.0} bytes per idle connection",
-                idle.connections,
-                fmt_bytes(idle.rss_before_bytes),
-                fmt_bytes(idle.rss_after_bytes),
-                idle.bytes_per_connection
-            );
-            for w in &self.warnings {
-                let _ = writeln!(out, "warning: {w}");
-            }
-            return out;
+        match e.server_threads {
+            Some(t) => format!("{system}, {}", plural(t, "server thread")),
+            None => system,
         }
+    }
+
+    fn idle_summary(&self, idle: &IdleReport, out: &mut String) {
+        let c = &self.config;
         let _ = writeln!(
             out,
-            "ringcast bench: {system}{threads} at {}; {} clients ({} publishers) in {} rooms, {}-byte messages, {}s per step",
-            c.addr, c.clients, c.publishers, c.rooms, c.size, c.duration_s
+            "ringcast bench --idle: {} at {}; {} in {}",
+            self.system(),
+            c.addr,
+            plural(c.clients as u64, "idle client"),
+            plural(c.rooms as u64, "room")
         );
+        let _ = writeln!(
+            out,
+            "idle: {}; server RSS {} before, {} with them: {:.0} bytes per idle connection",
+            plural(idle.connections, "connection"),
+            fmt_bytes(idle.rss_before_bytes),
+            fmt_bytes(idle.rss_after_bytes),
+            idle.bytes_per_connection
+        );
+    }
+
+    fn header(&self, out: &mut String) {
+        let c = &self.config;
+        let _ = writeln!(
+            out,
+            "ringcast bench: {} at {}; {} ({}) in {}, {}-byte messages, {}s per step",
+            self.system(),
+            c.addr,
+            plural(c.clients as u64, "client"),
+            plural(c.publishers as u64, "publisher"),
+            plural(c.rooms as u64, "room"),
+            c.size,
+            c.duration_s
+        );
+        if let Some(command) = &c.server_command {
+            let _ = writeln!(out, "server command: {}", command.join(" "));
+        }
+    }
+
+    fn connect_line(&self, out: &mut String) {
         let k = &self.connect;
         let _ = writeln!(
             out,
-            "connect: {} ok, {} failed; p50 {} p99 {} max {}",
+            "connect: {} connected, {} failed; p50 {} p99 {} max {}",
             k.connected,
             k.failed,
             fmt_us(k.latency.p50),
             fmt_us(k.latency.p99),
             fmt_us(k.latency.max)
         );
+        for line in k.errors.lines() {
+            let _ = writeln!(out, "  connect errors: {line}");
+        }
+    }
+
+    fn step_table(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "{:>8} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>5}",
@@ -307,11 +528,16 @@ impl Report {
                 ),
                 None => ("-".into(), "-".into()),
             };
+            let held = match (s.held, s.harness_bound(self.config.slo_ms).is_some()) {
+                (_, true) => "H",
+                (true, false) => "yes",
+                (false, false) => "NO",
+            };
             let _ = writeln!(
                 out,
                 "{:>8} {:>9} {:>12.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>5}",
                 s.rate,
-                s.sent,
+                s.tally.sent,
                 s.throughput,
                 fmt_us(s.latency.p50),
                 fmt_us(s.latency.p90),
@@ -321,9 +547,22 @@ impl Report {
                 s.lost,
                 cpu,
                 rss,
-                if s.held { "yes" } else { "NO" }
+                held
             );
         }
+        if self
+            .steps
+            .iter()
+            .any(|s| s.harness_bound(self.config.slo_ms).is_some())
+        {
+            let _ = writeln!(
+                out,
+                "(held H: the harness was the bottleneck at that rate; see the warnings)"
+            );
+        }
+    }
+
+    fn cost_lines(&self, out: &mut String) {
         for s in &self.steps {
             let server = match &s.server {
                 Some(cost) => match cost.softirq_cpu_s {
@@ -345,42 +584,54 @@ impl Report {
                 fmt_us(s.send_lag.p99)
             );
         }
-        match self.capacity_rate {
-            Some(rate) => {
-                let _ = writeln!(
-                    out,
-                    "capacity: {rate} msg/s (highest rate with no loss and p99 under {} ms)",
-                    c.slo_ms
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    out,
-                    "capacity: no rate held (loss, or p99 over {} ms)",
-                    c.slo_ms
-                );
-            }
-        }
+    }
+
+    fn capacity_line(&self, out: &mut String) {
+        let c = &self.config;
+        let cap = capacity(&self.steps, c.slo_ms);
+        let skipped = match cap.skipped.as_slice() {
+            [] => String::new(),
+            rates => format!(
+                "; not judged at {} msg/s, where the harness was the bottleneck",
+                join_rates(rates)
+            ),
+        };
+        let _ = match cap.rate {
+            Some(rate) => writeln!(
+                out,
+                "capacity: {rate} msg/s (highest rate with no loss and p99 under {} ms{skipped})",
+                c.slo_ms
+            ),
+            None => writeln!(
+                out,
+                "capacity: no rate held (loss, or p99 over {} ms{skipped})",
+                c.slo_ms
+            ),
+        };
+    }
+
+    fn count_checks(&self, out: &mut String) {
         for s in &self.steps {
             if let (Some(server), Some(mismatch)) = (s.server_deliveries, s.count_mismatch) {
                 let _ = writeln!(
                     out,
                     "count check at {}/s: harness received {}, server queued {} ({:.2}% apart)",
                     s.rate,
-                    s.received + s.duplicates,
+                    s.tally.received + s.tally.duplicates,
                     server,
                     mismatch * 100.0
                 );
             }
         }
-        if c.proto != Proto::Ringcast {
+        let e = &self.environment;
+        if self.config.proto != Proto::Ringcast {
             let _ = writeln!(
                 out,
                 "count check: skipped ({} has no /stats to count its deliveries independently)",
                 e.backend
             );
         }
-        let echoed: u64 = self.steps.iter().map(|s| s.self_echo).sum();
+        let echoed: u64 = self.steps.iter().map(|s| s.tally.self_echo).sum();
         if echoed > 0 {
             let _ = writeln!(
                 out,
@@ -388,18 +639,139 @@ impl Report {
                 e.backend
             );
         }
-        for w in &self.warnings {
-            let _ = writeln!(out, "warning: {w}");
-        }
-        if self.lost > 0 {
-            let _ = writeln!(
-                out,
-                "LOSS: {} deliveries were never received; see the errors in report.json",
-                self.lost
-            );
-        }
-        out
     }
+
+    fn error_lines(&self, out: &mut String) {
+        for s in self.warmup.iter().chain(&self.steps) {
+            for line in s.errors.lines() {
+                let _ = writeln!(out, "errors at {}/s: {line}", s.rate);
+            }
+        }
+    }
+}
+
+/// What the harness measured against the limits past which it, not the server, sets the
+/// figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HarnessBound {
+    /// p99 of how late sends left, µs.
+    pub lag_p99_us: u64,
+    /// The most sends may be late: a quarter of the SLO, at least 1 ms.
+    pub lag_limit_us: u64,
+    /// Busiest generator thread's CPU, as a share of one core.
+    pub peak_util: f64,
+}
+
+/// A generator thread above this share of a core is saturated.
+pub const HARNESS_THREAD_LIMIT: f64 = 0.9;
+
+impl HarnessBound {
+    pub fn lag_over(&self) -> bool {
+        self.lag_p99_us > self.lag_limit_us
+    }
+
+    pub fn util_over(&self) -> bool {
+        self.peak_util > HARNESS_THREAD_LIMIT
+    }
+}
+
+impl StepResult {
+    /// `Some` when the harness was the bottleneck of this step: its sends left late, or a
+    /// generator thread was saturated. Its latency then measures the harness too.
+    pub fn harness_bound(&self, slo_ms: f64) -> Option<HarnessBound> {
+        let bound = HarnessBound {
+            lag_p99_us: self.send_lag.p99,
+            lag_limit_us: ((slo_ms * 1e3 / 4.0) as u64).max(1_000),
+            peak_util: self.harness_peak_util,
+        };
+        (bound.lag_over() || bound.util_over()).then_some(bound)
+    }
+}
+
+/// The highest rate a system carried, and the rates it could not be judged at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capacity {
+    /// Highest rate with no loss, no lost connection and p99 within the SLO, where the
+    /// harness was not the bottleneck.
+    pub rate: Option<u64>,
+    /// Rates above `rate` where the harness was the bottleneck: the system may carry them,
+    /// the run cannot tell.
+    pub skipped: Vec<u64>,
+}
+
+/// The capacity of a sweep: harness-bound steps are never counted.
+pub fn capacity(steps: &[StepResult], slo_ms: f64) -> Capacity {
+    let rate = steps
+        .iter()
+        .filter(|s| s.held && s.harness_bound(slo_ms).is_none())
+        .map(|s| s.rate)
+        .max();
+    let skipped = steps
+        .iter()
+        .filter(|s| s.harness_bound(slo_ms).is_some() && Some(s.rate) > rate)
+        .map(|s| s.rate)
+        .collect();
+    Capacity { rate, skipped }
+}
+
+/// "500", "500 and 1000", "500, 1000 and 2000".
+pub fn join_rates(rates: &[u64]) -> String {
+    let words: Vec<String> = rates.iter().map(u64::to_string).collect();
+    join_words(&words)
+}
+
+/// "a", "a and b", "a, b and c".
+pub fn join_words(words: &[String]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// "1 room", "2 rooms".
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else if noun.ends_with('s') {
+        format!("{n} {noun}es")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// The folders under `dir` that hold a report.json, one level or two down (loadtest.sh's
+/// `<system>/` and `round<K>/<system>/`), sorted.
+fn report_folders(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let entries = |d: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for sub in entries(dir) {
+        if sub.join("report.json").is_file() {
+            found.push(sub);
+            continue;
+        }
+        found.extend(
+            entries(&sub)
+                .into_iter()
+                .filter(|p| p.join("report.json").is_file()),
+        );
+    }
+    found
+        .iter()
+        .filter_map(|p| p.strip_prefix(dir).ok())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// `123µs`, `1.23ms`, `1.23s`.
@@ -455,5 +827,32 @@ mod tests {
         assert_eq!(fmt_us(999), "999µs");
         assert_eq!(fmt_us(1_500), "1.50ms");
         assert_eq!(fmt_bytes(3 << 20), "3.0MiB");
+        assert_eq!(plural(1, "server thread"), "1 server thread");
+        assert_eq!(plural(2, "room"), "2 rooms");
+        assert_eq!(plural(0, "process"), "0 processes");
+        assert_eq!(join_rates(&[250, 500, 1000]), "250, 500 and 1000");
+    }
+
+    #[test]
+    fn errors_count_by_kind() {
+        let mut e = ErrorCounts::default();
+        assert!(e.note("client 7: connect: Cannot assign requested address (os error 99)".into()));
+        assert!(!e.note("client 9: connect: Cannot assign requested address (os error 99)".into()));
+        assert!(e.note("client 12: server refused the join: * error: server full".into()));
+        assert!(e.note("the generator said no".into()));
+        assert_eq!(e.total(), 4);
+        assert_eq!(
+            e.lines(),
+            [
+                "2 × connect: Cannot assign requested address (os error 99) (first: client 7)",
+                "1 × client 12: server refused the join: * error: server full",
+                "1 × the generator said no",
+            ]
+        );
+        // Reports written before the counts held a plain list of messages.
+        let old: ErrorCounts = serde_json::from_str(r#"["client 1: x", "client 2: x"]"#).unwrap();
+        assert_eq!(old.lines(), ["2 × x (first: client 1)"]);
+        let again: ErrorCounts = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+        assert_eq!(again, e);
     }
 }

@@ -1,6 +1,7 @@
 //! What travels on the wire: the chat payload the harness sends through the server, and
 //! the line-delimited JSON between the orchestrating process and its generator processes.
 
+pub use super::report::{ErrorCounts, Tally};
 use serde::{Deserialize, Serialize};
 
 /// Identity of one published message, carried in its text.
@@ -83,14 +84,25 @@ pub enum Command {
 /// Generator → orchestrator, one JSON object a line on the generator's stdout.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Event {
+    /// Sent a few times a second while clients connect: how many have joined or failed so
+    /// far, and the first error of each kind not reported before.
+    Connecting {
+        connected: u64,
+        failed: u64,
+        new_errors: Vec<String>,
+    },
     /// Every client has connected and joined its room (or failed to).
     Ready(ConnectResult),
-    /// Sent about once a second while a step runs.
+    /// Sent a few times a second while a step runs; counts are of that step only.
     Progress {
+        step: u32,
         sent: u64,
         received: u64,
         /// p99 of the deliveries received since the previous progress event, in µs.
         p99_us: u64,
+        /// The first error of each kind not reported before (lost connections, server
+        /// errors).
+        new_errors: Vec<String>,
     },
     /// A step is over: its publishers are done and its deliveries drained or timed out.
     StepDone(PartialStep),
@@ -102,48 +114,8 @@ pub struct ConnectResult {
     pub failed: u64,
     /// Connect times (TCP connect until the room join is confirmed), µs, base64 V2.
     pub histogram: String,
-    /// First few connection errors, verbatim.
-    pub errors: Vec<String>,
-}
-
-/// Delivery counters of one step: kept per generator thread, added up over client groups
-/// and generator processes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    pub sent: u64,
-    /// Deliveries the clients should have received.
-    pub expected: u64,
-    /// Distinct deliveries received.
-    pub received: u64,
-    pub duplicates: u64,
-    /// Deliveries that arrived after a later sequence number of the same sender.
-    pub out_of_order: u64,
-    /// Deliveries of an earlier step, arriving after that step's drain ended.
-    pub stale: u64,
-    /// Deliveries that carried no valid stamp or came from a publisher outside the room.
-    pub unexpected: u64,
-    /// Connections lost during the step (closed by the server or failed).
-    pub disconnects: u64,
-    /// A publisher's own messages delivered back to it (Redis pub/sub does this); discarded.
-    #[serde(default)]
-    pub self_echo: u64,
-    /// `* error:` lines from the server.
-    pub server_errors: u64,
-}
-
-impl std::ops::AddAssign for Tally {
-    fn add_assign(&mut self, other: Tally) {
-        self.sent += other.sent;
-        self.expected += other.expected;
-        self.received += other.received;
-        self.duplicates += other.duplicates;
-        self.out_of_order += other.out_of_order;
-        self.stale += other.stale;
-        self.unexpected += other.unexpected;
-        self.disconnects += other.disconnects;
-        self.self_echo += other.self_echo;
-        self.server_errors += other.server_errors;
-    }
+    /// Connection errors, counted by kind.
+    pub errors: ErrorCounts,
 }
 
 /// One generator's share of a step; the orchestrator adds them up.
@@ -161,8 +133,8 @@ pub struct PartialStep {
     /// CPU time of its busiest thread, µs: a thread near 100% of a core is a bottleneck
     /// even when the process as a whole is not.
     pub peak_thread_cpu_us: u64,
-    /// First few errors, verbatim.
-    pub errors: Vec<String>,
+    /// Errors (lost connections, server errors), counted by kind.
+    pub errors: ErrorCounts,
 }
 
 #[cfg(test)]

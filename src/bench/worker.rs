@@ -7,7 +7,7 @@
 use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
 use super::peers::{self, Nats, Proto, Resp};
 use super::plan::{Plan, Step};
-use super::wire::{self, Command, ConnectResult, Event, PartialStep, Stamp, Tally};
+use super::wire::{self, Command, ConnectResult, ErrorCounts, Event, PartialStep, Stamp, Tally};
 use super::{hist, BenchArgs};
 use anyhow::Context as _;
 use bytes::{Buf as _, BytesMut};
@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 
 /// Time one client may take to connect and join before it counts as failed.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Errors kept verbatim per step; the rest are only counted.
-const MAX_ERRORS: usize = 5;
+/// How often a client group reports connect and step progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Counters of one step within this generator.
 struct StepCounts {
@@ -37,7 +37,7 @@ struct StepCounts {
     publishers_done: usize,
     /// Set when the step's report was sent; later deliveries of it count as stale.
     closed: bool,
-    errors: Vec<String>,
+    errors: ErrorCounts,
 }
 
 impl StepCounts {
@@ -48,7 +48,7 @@ impl StepCounts {
             lag: hist::new(),
             publishers_done: 0,
             closed: false,
-            errors: Vec::new(),
+            errors: ErrorCounts::default(),
         }
     }
 }
@@ -64,8 +64,8 @@ struct Shared {
     steps_counts: Vec<StepCounts>,
     /// Step whose counters take disconnects and stale deliveries right now.
     current: usize,
-    sent_total: u64,
-    received_total: u64,
+    /// The first error of each kind since the last progress event, to show at once.
+    new_errors: Vec<String>,
     /// Publishers that connected; a step waits for each of them to finish its schedule.
     live_publishers: usize,
     /// Latencies since the last progress event.
@@ -89,8 +89,8 @@ impl Shared {
 
     fn note_error(&mut self, message: String) {
         let counts = &mut self.steps_counts[self.current];
-        if counts.errors.len() < MAX_ERRORS {
-            counts.errors.push(message);
+        if counts.errors.note(message.clone()) {
+            self.new_errors.push(message);
         }
     }
 }
@@ -142,6 +142,44 @@ fn write_event(event: &Event) -> anyhow::Result<()> {
 
 pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
     crate::sys::raise_nofile_limit().context("raising the open-files limit")?;
+    let (inbox_tx, inbox) = std::sync::mpsc::channel::<Inbox>();
+    spawn_stdin_reader(inbox_tx.clone())?;
+    let commands = spawn_groups(args, index, &inbox_tx)?;
+    drop(inbox_tx);
+    Relay::new(commands).run(&inbox)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Commands arrive on stdin; a plain thread forwards them because the runtime has no
+/// async stdin without an extra tokio feature.
+fn spawn_stdin_reader(tx: std::sync::mpsc::Sender<Inbox>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("bench-stdin".into())
+        .spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Command>(&line) {
+                    Ok(cmd) => {
+                        if tx.send(Inbox::Command(cmd)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => eprintln!("ringcast bench worker: bad command {line:?}: {err}"),
+                }
+            }
+            let _ = tx.send(Inbox::StdinClosed);
+        })
+        .context("starting the stdin thread")?;
+    Ok(())
+}
+
+/// Starts this process's client groups, each on a thread with its own runtime; returns
+/// the channels that command them.
+fn spawn_groups(
+    args: &BenchArgs,
+    index: usize,
+    inbox_tx: &std::sync::mpsc::Sender<Inbox>,
+) -> anyhow::Result<Vec<mpsc::Sender<Command>>> {
     let plan = args.plan();
     let steps = args.steps();
     let share = plan.share(index, args.procs);
@@ -155,29 +193,6 @@ pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|g| !g.is_empty())
         .collect();
-    let (inbox_tx, inbox) = std::sync::mpsc::channel::<Inbox>();
-
-    // Commands arrive on stdin; a plain thread forwards them because the runtime has no
-    // async stdin without an extra tokio feature.
-    let stdin_tx = inbox_tx.clone();
-    std::thread::Builder::new()
-        .name("bench-stdin".into())
-        .spawn(move || {
-            for line in std::io::stdin().lines() {
-                let Ok(line) = line else { break };
-                match serde_json::from_str::<Command>(&line) {
-                    Ok(cmd) => {
-                        if stdin_tx.send(Inbox::Command(cmd)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(err) => eprintln!("ringcast bench worker: bad command {line:?}: {err}"),
-                }
-            }
-            let _ = stdin_tx.send(Inbox::StdinClosed);
-        })
-        .context("starting the stdin thread")?;
-
     let per_proc_rate = (args.connect_rate as f64 / args.procs as f64).max(1.0);
     let mut commands = Vec::new();
     for (group, clients) in groups.into_iter().enumerate() {
@@ -192,8 +207,7 @@ pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
             steps: steps.clone(),
             size: args.size,
             current: 0,
-            sent_total: 0,
-            received_total: 0,
+            new_errors: Vec::new(),
             live_publishers: 0,
             interval: hist::new(),
         };
@@ -223,69 +237,113 @@ pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
             })
             .context("starting a generator thread")?;
     }
-    drop(inbox_tx);
+    Ok(commands)
+}
 
-    let n = commands.len();
-    let mut ready: Vec<Option<ConnectResult>> = vec![None; n];
-    let mut partials: Vec<Option<PartialStep>> = vec![None; n];
-    let mut progress = vec![(0u64, 0u64, 0u64); n];
-    let mut last_progress = 0u64;
-    let mut cpu_before = self_cpu_us();
-    while let Ok(message) = inbox.recv() {
-        match message {
-            Inbox::Command(cmd) => {
-                let finish = matches!(cmd, Command::Finish);
-                if !finish {
-                    cpu_before = self_cpu_us();
+/// The generator's main thread: passes commands to the client groups and their events,
+/// merged over the groups, to the orchestrator.
+struct Relay {
+    commands: Vec<mpsc::Sender<Command>>,
+    ready: Vec<Option<ConnectResult>>,
+    partials: Vec<Option<PartialStep>>,
+    /// Each group's latest connect counts (connected, failed).
+    connecting: Vec<(u64, u64)>,
+    /// Each group's latest step progress (step, sent, received, p99).
+    progress: Vec<(u32, u64, u64, u64)>,
+    cpu_before: u64,
+}
+
+impl Relay {
+    fn new(commands: Vec<mpsc::Sender<Command>>) -> Self {
+        let n = commands.len();
+        Relay {
+            commands,
+            ready: vec![None; n],
+            partials: vec![None; n],
+            connecting: vec![(0, 0); n],
+            progress: vec![(0, 0, 0, 0); n],
+            cpu_before: self_cpu_us(),
+        }
+    }
+
+    fn run(&mut self, inbox: &std::sync::mpsc::Receiver<Inbox>) -> anyhow::Result<()> {
+        while let Ok(message) = inbox.recv() {
+            match message {
+                Inbox::Command(cmd) => {
+                    let finish = matches!(cmd, Command::Finish);
+                    if !finish {
+                        self.cpu_before = self_cpu_us();
+                    }
+                    for tx in &self.commands {
+                        // A group that already exited reports why through GroupFailed.
+                        let _ = tx.blocking_send(cmd.clone());
+                    }
+                    if finish {
+                        break;
+                    }
                 }
-                for tx in &commands {
-                    // A group that already exited reports why through GroupFailed.
-                    let _ = tx.blocking_send(cmd.clone());
-                }
-                if finish {
-                    break;
-                }
+                Inbox::StdinClosed => break,
+                Inbox::GroupFailed(group, err) => anyhow::bail!("client group {group}: {err}"),
+                Inbox::Event(group, event) => self.event(group, event)?,
             }
-            Inbox::StdinClosed => break,
-            Inbox::GroupFailed(group, err) => anyhow::bail!("client group {group}: {err}"),
-            Inbox::Event(group, Event::Ready(r)) => {
-                ready[group] = Some(r);
-                if ready.iter().all(Option::is_some) {
-                    write_event(&Event::Ready(merge_connects(ready.iter_mut())?))?;
-                }
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, group: usize, event: Event) -> anyhow::Result<()> {
+        match event {
+            Event::Connecting {
+                connected,
+                failed,
+                new_errors,
+            } => {
+                self.connecting[group] = (connected, failed);
+                write_event(&Event::Connecting {
+                    connected: self.connecting.iter().map(|c| c.0).sum(),
+                    failed: self.connecting.iter().map(|c| c.1).sum(),
+                    new_errors,
+                })
             }
-            Inbox::Event(
-                group,
-                Event::Progress {
+            Event::Ready(r) => {
+                self.ready[group] = Some(r);
+                if self.ready.iter().all(Option::is_some) {
+                    write_event(&Event::Ready(merge_connects(self.ready.iter_mut())?))?;
+                }
+                Ok(())
+            }
+            Event::Progress {
+                step,
+                sent,
+                received,
+                p99_us,
+                new_errors,
+            } => {
+                self.progress[group] = (step, sent, received, p99_us);
+                let current = self.progress.iter().filter(|p| p.0 == step);
+                let (sent, received, p99_us) = current.fold((0, 0, 0), |acc, p| {
+                    (acc.0 + p.1, acc.1 + p.2, acc.2.max(p.3))
+                });
+                write_event(&Event::Progress {
+                    step,
                     sent,
                     received,
                     p99_us,
-                },
-            ) => {
-                progress[group] = (sent, received, p99_us);
-                let now = mono_ns();
-                if now >= last_progress + 900_000_000 {
-                    last_progress = now;
-                    write_event(&Event::Progress {
-                        sent: progress.iter().map(|p| p.0).sum(),
-                        received: progress.iter().map(|p| p.1).sum(),
-                        p99_us: progress.iter().map(|p| p.2).max().unwrap_or(0),
-                    })?;
-                }
+                    new_errors,
+                })
             }
-            Inbox::Event(group, Event::StepDone(p)) => {
-                partials[group] = Some(p);
-                if partials.iter().all(Option::is_some) {
+            Event::StepDone(p) => {
+                self.partials[group] = Some(p);
+                if self.partials.iter().all(Option::is_some) {
                     let parts: Vec<PartialStep> =
-                        partials.iter_mut().filter_map(Option::take).collect();
+                        self.partials.iter_mut().filter_map(Option::take).collect();
                     let mut merged = merge_partials(parts)?;
-                    merged.cpu_us = self_cpu_us().saturating_sub(cpu_before);
+                    merged.cpu_us = self_cpu_us().saturating_sub(self.cpu_before);
                     write_event(&Event::StepDone(merged))?;
                 }
+                Ok(())
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn merge_connects<'a>(
@@ -296,10 +354,9 @@ fn merge_connects<'a>(
     for part in parts.filter_map(Option::take) {
         out.connected += part.connected;
         out.failed += part.failed;
-        out.errors.extend(part.errors);
+        out.errors.merge(&part.errors);
         hist::merge(&mut h, &hist::decode(&part.histogram)?)?;
     }
-    out.errors.truncate(MAX_ERRORS);
     out.histogram = hist::encode(&h);
     Ok(out)
 }
@@ -313,11 +370,10 @@ fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
         out.index = p.index;
         out.tally += p.tally;
         out.peak_thread_cpu_us = out.peak_thread_cpu_us.max(p.cpu_us);
-        out.errors.extend(p.errors);
+        out.errors.merge(&p.errors);
         hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
-    out.errors.truncate(MAX_ERRORS);
     out.latency = hist::encode(&latency);
     out.send_lag = hist::encode(&lag);
     Ok(out)
@@ -333,54 +389,8 @@ async fn drive(
     out: &Emitter,
 ) -> anyhow::Result<()> {
     let (step_tx, step_rx) = watch::channel::<Option<(u32, u64)>>(None);
-    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<u64, String>>(1024);
-    // Past `clients_per_source` clients in all, connections spread over 127.0.0.1, .2, ...
-    // so that one source address does not run out of its ~28,000 ephemeral ports.
-    let per_source = args.clients_per_source.max(1);
-    let multi_source = shared.borrow().plan.clients > per_source;
-    let t0 = mono_ns();
-    for (k, &c) in clients.iter().enumerate() {
-        let source = match addr {
-            SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
-                let octet = 1 + (c / per_source).min(253) as u8;
-                Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
-            }
-            _ => None,
-        };
-        let connect_at = t0 + (k as f64 * 1e9 / connect_rate) as u64;
-        tokio::task::spawn_local(client(
-            c,
-            addr,
-            source,
-            connect_at,
-            shared.clone(),
-            ready_tx.clone(),
-            step_rx.clone(),
-        ));
-    }
-    drop(ready_tx);
-    let mut connect = hist::new();
-    let mut result = ConnectResult::default();
-    while let Some(outcome) = ready_rx.recv().await {
-        match outcome {
-            Ok(us) => {
-                hist::record(&mut connect, us);
-                result.connected += 1;
-            }
-            Err(err) => {
-                result.failed += 1;
-                if result.errors.len() < MAX_ERRORS {
-                    result.errors.push(err);
-                }
-            }
-        }
-        if result.connected + result.failed == clients.len() as u64 {
-            break;
-        }
-    }
-    result.histogram = hist::encode(&connect);
+    let result = connect_all(&shared, &clients, addr, connect_rate, args, step_rx, out).await;
     out.emit(Event::Ready(result))?;
-
     while let Some(cmd) = commands.recv().await {
         match cmd {
             Command::Finish => break,
@@ -422,8 +432,78 @@ async fn drive(
     Ok(())
 }
 
+/// Starts every client of the group at its time in the connect ramp and waits until each
+/// has joined or failed, reporting counts and new kinds of error a few times a second.
+async fn connect_all(
+    shared: &SharedRef,
+    clients: &[usize],
+    addr: SocketAddr,
+    connect_rate: f64,
+    args: &BenchArgs,
+    step_rx: watch::Receiver<Option<(u32, u64)>>,
+    out: &Emitter,
+) -> ConnectResult {
+    let (ready_tx, mut ready_rx) = mpsc::channel::<Result<u64, String>>(1024);
+    // Past `clients_per_source` clients in all, connections spread over 127.0.0.1, .2, ...
+    // so that one source address does not run out of its ephemeral ports.
+    let per_source = args.clients_per_source.max(1);
+    let multi_source = shared.borrow().plan.clients > per_source;
+    let t0 = mono_ns();
+    for (k, &c) in clients.iter().enumerate() {
+        let source = match addr {
+            SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
+                let octet = 1 + (c / per_source).min(253) as u8;
+                Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
+            }
+            _ => None,
+        };
+        let connect_at = t0 + (k as f64 * 1e9 / connect_rate) as u64;
+        tokio::task::spawn_local(client(
+            c,
+            addr,
+            source,
+            connect_at,
+            shared.clone(),
+            ready_tx.clone(),
+            step_rx.clone(),
+        ));
+    }
+    drop(ready_tx);
+    let mut connect = hist::new();
+    let mut result = ConnectResult::default();
+    let mut new_errors = Vec::new();
+    let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+    while result.connected + result.failed < clients.len() as u64 {
+        tokio::select! {
+            outcome = ready_rx.recv() => match outcome {
+                Some(Ok(us)) => {
+                    hist::record(&mut connect, us);
+                    result.connected += 1;
+                }
+                Some(Err(err)) => {
+                    result.failed += 1;
+                    if result.errors.note(err.clone()) {
+                        new_errors.push(err);
+                    }
+                }
+                None => break,
+            },
+            _ = ticks.tick() => {
+                // The orchestrator only displays these: a closed channel shows up at Ready.
+                let _ = out.emit(Event::Connecting {
+                    connected: result.connected,
+                    failed: result.failed,
+                    new_errors: std::mem::take(&mut new_errors),
+                });
+            }
+        }
+    }
+    result.histogram = hist::encode(&connect);
+    result
+}
+
 /// Waits for the step to finish: every local publisher done, then every expected delivery
-/// received or the drain timeout passed. Reports progress about once a second meanwhile.
+/// received or the drain timeout passed. Reports progress a few times a second meanwhile.
 async fn run_step(
     shared: &SharedRef,
     i: usize,
@@ -435,13 +515,13 @@ async fn run_step(
 ) -> anyhow::Result<()> {
     let schedule_end = start_ns + step.duration.as_nanos() as u64;
     let mut publishers_done_at: Option<u64> = None;
-    let mut next_progress = mono_ns() + 1_000_000_000;
+    let mut next_progress = mono_ns();
     let mut poll = tokio::time::interval(Duration::from_millis(5));
     loop {
         poll.tick().await;
         let now = mono_ns();
-        if !args.quiet && now >= next_progress {
-            next_progress = now + 1_000_000_000;
+        if now >= next_progress {
+            next_progress = now + PROGRESS_EVERY.as_nanos() as u64;
             let event = {
                 let mut s = shared.borrow_mut();
                 let p99 = if s.interval.is_empty() {
@@ -451,9 +531,11 @@ async fn run_step(
                 };
                 s.interval.reset();
                 Event::Progress {
-                    sent: s.sent_total,
-                    received: s.received_total,
+                    step: i as u32,
+                    sent: s.steps_counts[i].tally.sent,
+                    received: s.steps_counts[i].tally.received,
                     p99_us: p99,
+                    new_errors: std::mem::take(&mut s.new_errors),
                 }
             };
             out.emit(event)?;
@@ -906,7 +988,6 @@ fn on_stamp(c: usize, stamp: Option<Stamp>, now: u64, tracks: &mut Tracks, s: &m
     let latency_us = now.saturating_sub(stamp.scheduled_ns) / 1000;
     hist::record(&mut counts.latency, latency_us);
     hist::record(&mut s.interval, latency_us);
-    s.received_total += 1;
 }
 
 async fn publish(
@@ -972,7 +1053,6 @@ async fn publish(
             let mut s = shared.borrow_mut();
             s.steps_counts[i].tally.sent += 1;
             hist::record(&mut s.steps_counts[i].lag, lag_us);
-            s.sent_total += 1;
             g += publishers;
         }
         shared.borrow_mut().steps_counts[i].publishers_done += 1;

@@ -183,7 +183,7 @@ enum Codec {
     /// An HTTP request head in, one response out.
     Http,
     /// WebSocket frames both ways; the fragmented text message in progress, if any.
-    Ws(Option<Box<Vec<u8>>>),
+    Ws(ws::Partial),
 }
 
 impl Codec {
@@ -698,7 +698,10 @@ impl<H: Clone> Hub<H> {
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;
         local.push(id);
-        let text = format!("joined {room} ({})", reply::count(members, "member", "members"));
+        let text = format!(
+            "joined {room} ({})",
+            reply::count(members, "member", "members")
+        );
         if let Some(member) = self.clients[id].member.as_mut() {
             member.slot = slot;
             member.room = room;
@@ -833,9 +836,7 @@ impl<H: Clone> Hub<H> {
         client.closing = Some(reason);
         if let Some(member) = &client.member {
             let transport = client.codec.transport();
-            self.shared
-                .dir
-                .leave(&member.name, &member.room, transport);
+            self.shared.dir.leave(&member.name, &member.room, transport);
         }
         match reason {
             Disconnect::SlowConsumer | Disconnect::WriteTimeout => {
@@ -846,7 +847,9 @@ impl<H: Clone> Hub<H> {
                     let line = reply::error(reply::SLOW_CONSUMER);
                     if websocket {
                         let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
-                        out.extend_from_slice(&self.ws.close(CloseCode::Policy as u16, "slow consumer"));
+                        out.extend_from_slice(
+                            &self.ws.close(CloseCode::Policy as u16, "slow consumer"),
+                        );
                         out.freeze()
                     } else {
                         line

@@ -16,7 +16,7 @@ pub use hub::{
     Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,
 };
-pub use web::{CHAT_PAGE, HEAD_TIMEOUT};
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
 pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals, Transport};
 pub use time::RateLimit;
+pub use web::{CHAT_PAGE, HEAD_TIMEOUT};

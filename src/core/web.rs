@@ -69,7 +69,11 @@ fn upgrade(request: &Request, draining: bool) -> Route {
             b"unsupported WebSocket version\n",
         ));
     }
-    let Some(key) = request.websocket_key.as_deref().filter(|k| ws::valid_key(k)) else {
+    let Some(key) = request
+        .websocket_key
+        .as_deref()
+        .filter(|k| ws::valid_key(k))
+    else {
         return Route::Respond(http::text(400, "missing or invalid Sec-WebSocket-Key\n"));
     };
     if draining {
@@ -98,9 +102,18 @@ mod tests {
     #[test]
     fn routes_answer_what_they_should() {
         assert_eq!(status(route(&request("GET", "/"), false)), "HTTP/1.1 200");
-        assert_eq!(status(route(&request("GET", "/healthz"), false)), "HTTP/1.1 200");
-        assert_eq!(status(route(&request("GET", "/healthz"), true)), "HTTP/1.1 503");
-        assert_eq!(status(route(&request("GET", "/nope"), false)), "HTTP/1.1 404");
+        assert_eq!(
+            status(route(&request("GET", "/healthz"), false)),
+            "HTTP/1.1 200"
+        );
+        assert_eq!(
+            status(route(&request("GET", "/healthz"), true)),
+            "HTTP/1.1 503"
+        );
+        assert_eq!(
+            status(route(&request("GET", "/nope"), false)),
+            "HTTP/1.1 404"
+        );
         assert_eq!(status(route(&request("POST", "/"), false)), "HTTP/1.1 405");
         assert_eq!(status(route(&request("GET", "/ws"), false)), "HTTP/1.1 426");
     }

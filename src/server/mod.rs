@@ -140,10 +140,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on {}", server.addr).context("writing to stdout")?;
+        // One write: a reader that takes the first line and goes must not make the second
+        // fail and stop the server.
+        let mut lines = format!("listening on {}\n", server.addr);
         if let Some(http) = server.http_addr {
-            writeln!(stdout, "http listening on {http}").context("writing to stdout")?;
+            lines.push_str(&format!("http listening on {http}\n"));
         }
+        stdout
+            .write_all(lines.as_bytes())
+            .context("writing to stdout")?;
         stdout.flush().context("writing to stdout")?;
     }
     server.wait(false)

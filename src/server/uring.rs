@@ -580,7 +580,7 @@ impl FixedFiles {
     /// Registers an empty table with `ring`; without one (an old kernel, a low open-files
     /// limit) connections are named by fd as before.
     fn install(ring: RawFd) {
-        let nofile = crate::sys::nofile_limit().unwrap_or(1024);
+        let nofile = crate::sys::nofile_limit().map_or(1024, |limit| limit.soft);
         let capacity = nofile.min(u64::from(MAX_FIXED_FILES)) as u32;
         let empty: Vec<i32> = vec![-1; capacity as usize];
         // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call.

@@ -116,9 +116,7 @@ impl<C: Conn> Worker<C> {
                 break;
             }
         }
-        worker
-            .shut_down(&listeners, inbox_task, accept_tasks)
-            .await;
+        worker.shut_down(&listeners, inbox_task, accept_tasks).await;
         Ok(())
     }
 
@@ -182,7 +180,11 @@ impl<C: Conn> Worker<C> {
         }
     }
 
-    async fn accept_loop<L: Listener<Conn = C>>(self: Rc<Self>, listener: Rc<L>, protocol: Protocol) {
+    async fn accept_loop<L: Listener<Conn = C>>(
+        self: Rc<Self>,
+        listener: Rc<L>,
+        protocol: Protocol,
+    ) {
         loop {
             let accepted = listener.accept().await;
             if self.stopping.get() {

@@ -2,10 +2,10 @@
 //! clients, and a macro that runs every test against both backends.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use ringcast_testkit::ServerProcess;
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -40,9 +40,8 @@ macro_rules! backend_tests {
 
 /// A running server process, killed on drop.
 pub struct Server {
-    child: Child,
+    process: ServerProcess,
     pub addr: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -53,97 +52,60 @@ impl Server {
 
     /// Like `start`, with a hook to adjust the command (e.g. resource limits).
     pub fn start_with(backend: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringcast"));
-        cmd.args([
-            "serve",
+        let mut args = vec![
             "--listen",
             "127.0.0.1:0",
             "--backend",
             backend,
             "--threads",
             "2",
-        ])
+        ];
         // Tests send from one address faster than a person would: no limits on either
-        // unless a test sets them.
-        .args(
-            [
-                ["--stats-interval", "0"],
-                ["--max-msg-rate", "0"],
-                ["--max-per-ip", "0"],
-                // Many servers run at once: never the fixed default port.
-                ["--http", "127.0.0.1:0"],
-            ]
-            .into_iter()
-            .filter(|[flag, _]| !extra.contains(flag))
-            .flatten(),
-        )
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        adjust(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn ringcast serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
+        // unless a test sets them; and many servers run at once: never a fixed HTTP port.
+        for default in [
+            ["--stats-interval", "0"],
+            ["--max-msg-rate", "0"],
+            ["--max-per-ip", "0"],
+            ["--http", "127.0.0.1:0"],
+        ] {
+            if !extra.contains(&default[0]) {
+                args.extend(default);
             }
-        });
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut first = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("read server stdout");
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "server did not start: {first:?}; log:\n{}",
-                    log.lock().unwrap()
-                )
-            })
-            .parse()
-            .expect("bound address");
-        Server { child, addr, log }
+        }
+        args.extend_from_slice(extra);
+        let bin = Path::new(env!("CARGO_BIN_EXE_ringcast"));
+        let process = ServerProcess::start(bin, &args, |cmd| {
+            // The tests read the log at info level whatever the caller's RUST_LOG says.
+            cmd.env("RUST_LOG", "info");
+            adjust(cmd);
+        })
+        .unwrap_or_else(|err| panic!("server did not start: {err}"));
+        Server {
+            addr: process.addr,
+            process,
+        }
     }
 
     pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        self.process.pid() as i32
     }
 
     /// Sends a real signal to the server process.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill has no memory effects; the pid is our own child.
-        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+        self.process.signal(signal).expect("kill");
     }
 
     /// Waits for the process to exit (panics after `TIMEOUT`).
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        match self.process.wait_exit(TIMEOUT) {
+            Some(status) => status,
+            None => panic!("server did not exit; log:\n{}", self.log()),
         }
     }
 
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.process.log()
     }
 
     /// Waits until the log contains `needle`.
@@ -164,19 +126,7 @@ impl Server {
 
     /// Resident memory of the server, in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.rss_bytes().expect("VmRSS of the server") / 1024
     }
 }
 

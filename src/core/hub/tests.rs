@@ -60,7 +60,10 @@ impl Sim {
     fn connect(&mut self) -> ClientId {
         let handle = self.next_handle;
         self.next_handle += 1;
-        let id = self.hub.connect(handle, LOCAL, Protocol::Line, self.now).expect("admitted");
+        let id = self
+            .hub
+            .connect(handle, LOCAL, Protocol::Line, self.now)
+            .expect("admitted");
         self.output(id);
         self.actions();
         id
@@ -518,7 +521,10 @@ fn refused_connections_get_their_reason_and_are_shut_down() {
     sim.connect();
     assert_eq!(sim.hub.connect(9, LOCAL, Protocol::Line, sim.now), None);
     let other: IpAddr = [127, 0, 0, 2].into();
-    assert!(sim.hub.connect(10, other, Protocol::Line, sim.now).is_some());
+    assert!(sim
+        .hub
+        .connect(10, other, Protocol::Line, sim.now)
+        .is_some());
     assert_eq!(sim.hub.connect(11, other, Protocol::Line, sim.now), None);
     let actions = sim.actions();
     assert_eq!(

@@ -2,7 +2,7 @@
 //! and the faulty kinds (slow consumers, garbage, resets, half-closes, bursts).
 //!
 //! Each talks to the server over TCP only, and each records what it did and anything it
-//! saw go wrong in the shared [`Tally`].
+//! saw go wrong in the shared [`Findings`].
 
 use anyhow::{anyhow, bail, Context};
 use socket2::SockRef;
@@ -26,7 +26,7 @@ const MAX_FAILURES: usize = 50;
 
 /// Everything the clients did and saw, shared by all of them.
 #[derive(Debug, Default)]
-pub(crate) struct Tally {
+pub(crate) struct Findings {
     /// TCP connections opened to the server (admitted or refused).
     pub(crate) connections: AtomicU64,
     /// Connections refused with `* error: server full`.
@@ -37,7 +37,7 @@ pub(crate) struct Tally {
     failures: Mutex<(u64, Vec<String>)>,
 }
 
-impl Tally {
+impl Findings {
     pub(crate) fn fault(&self, kind: &'static str, n: u64) {
         *self
             .faults
@@ -113,7 +113,7 @@ impl Client {
     /// Connects; `rcvbuf` shrinks the receive buffer (slow consumers fill up sooner).
     pub(crate) async fn connect(
         addr: SocketAddr,
-        tally: &Tally,
+        findings: &Findings,
         rcvbuf: Option<u32>,
     ) -> anyhow::Result<(Client, Admission)> {
         let socket = TcpSocket::new_v4().context("socket")?;
@@ -124,11 +124,11 @@ impl Client {
             .await
             .map_err(|_| anyhow!("connect timed out"))?
             .context("connect")?;
-        tally.connections.fetch_add(1, Relaxed);
-        Self::admit(stream, tally).await
+        findings.connections.fetch_add(1, Relaxed);
+        Self::admit(stream, findings).await
     }
 
-    async fn admit(stream: TcpStream, tally: &Tally) -> anyhow::Result<(Client, Admission)> {
+    async fn admit(stream: TcpStream, findings: &Findings) -> anyhow::Result<(Client, Admission)> {
         let (reader, writer) = stream.into_split();
         let mut client = Client {
             reader: BufReader::new(reader),
@@ -142,7 +142,7 @@ impl Client {
         if first.starts_with("* you are ") && first.contains(" in lobby (") {
             Ok((client, Admission::Welcome))
         } else if first == "* error: server full" {
-            tally.refused_full.fetch_add(1, Relaxed);
+            findings.refused_full.fetch_add(1, Relaxed);
             client
                 .expect_closed(IO_TIMEOUT)
                 .await
@@ -269,8 +269,12 @@ pub(crate) fn healthy_name(index: usize, publishers: usize) -> String {
 }
 
 /// Connects a healthy client, names it and puts it in the soak room.
-pub(crate) async fn healthy(addr: SocketAddr, tally: &Tally, name: &str) -> anyhow::Result<Client> {
-    let (mut client, admission) = Client::connect(addr, tally, None).await?;
+pub(crate) async fn healthy(
+    addr: SocketAddr,
+    findings: &Findings,
+    name: &str,
+) -> anyhow::Result<Client> {
+    let (mut client, admission) = Client::connect(addr, findings, None).await?;
     if admission != Admission::Welcome {
         bail!("healthy client {name} refused: server full");
     }
@@ -288,7 +292,7 @@ pub(crate) async fn publish(
     rate: f64,
     until: Instant,
     name: &str,
-    tally: &Tally,
+    findings: &Findings,
 ) -> u64 {
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -299,11 +303,11 @@ pub(crate) async fn publish(
         match timeout(IO_TIMEOUT, writer.write_all(line.as_bytes())).await {
             Ok(Ok(())) => seq += 1,
             Ok(Err(err)) => {
-                tally.fail(format!("publisher {name}: write failed: {err}"));
+                findings.fail(format!("publisher {name}: write failed: {err}"));
                 break;
             }
             Err(_) => {
-                tally.fail(format!(
+                findings.fail(format!(
                     "publisher {name}: write blocked for {IO_TIMEOUT:?}"
                 ));
                 break;
@@ -322,7 +326,7 @@ pub(crate) async fn verify(
     name: String,
     publishers: usize,
     targets: tokio::sync::watch::Receiver<Option<Vec<u64>>>,
-    tally: Arc<Tally>,
+    findings: Arc<Findings>,
 ) -> Client {
     let mut next = vec![0u64; publishers];
     let mut deadline: Option<Instant> = None;
@@ -340,7 +344,7 @@ pub(crate) async fn verify(
                     .filter(|&k| k != me && next[k] < targets[k])
                     .map(|k| format!("sp{k}: got {} of {}", next[k], targets[k]))
                     .collect();
-                tally.fail(format!(
+                findings.fail(format!(
                     "healthy client {name} lost messages: {}",
                     missing.join(", ")
                 ));
@@ -351,20 +355,20 @@ pub(crate) async fn verify(
             Ok(None) => continue,
             Ok(Some(Some(line))) => line,
             Ok(Some(None)) => {
-                tally.fail(format!(
+                findings.fail(format!(
                     "healthy client {name} was disconnected by the server"
                 ));
                 return client;
             }
             Err(err) => {
-                tally.fail(format!("healthy client {name}: {err:#}"));
+                findings.fail(format!("healthy client {name}: {err:#}"));
                 return client;
             }
         };
         match check_chat(&line, me, publishers) {
             Ok((k, seq)) if seq == next[k] => {
                 next[k] += 1;
-                tally.verified.fetch_add(1, Relaxed);
+                findings.verified.fetch_add(1, Relaxed);
             }
             Ok((k, seq)) => {
                 let what = if seq > next[k] {
@@ -372,13 +376,13 @@ pub(crate) async fn verify(
                 } else {
                     "reordered or duplicated"
                 };
-                tally.fail(format!(
+                findings.fail(format!(
                     "healthy client {name}: from sp{k} expected #{} but got #{seq} ({what})",
                     next[k]
                 ));
                 next[k] = next[k].max(seq + 1);
             }
-            Err(err) => tally.fail(format!("healthy client {name}: {err}")),
+            Err(err) => findings.fail(format!("healthy client {name}: {err}")),
         }
     }
 }
@@ -437,11 +441,11 @@ pub(crate) enum Leave {
 /// One churn connection: connect, maybe ask `/who`, then leave in the given way.
 pub(crate) async fn churn(
     addr: SocketAddr,
-    tally: &Tally,
+    findings: &Findings,
     leave: Leave,
     ask: bool,
 ) -> anyhow::Result<()> {
-    let (mut client, admission) = Client::connect(addr, tally, None).await?;
+    let (mut client, admission) = Client::connect(addr, findings, None).await?;
     if admission == Admission::Full {
         return Ok(());
     }
@@ -460,7 +464,7 @@ pub(crate) async fn churn(
             // A partial line in flight, then a reset.
             client.send(b"half a line that never ends").await?;
             client.reset()?;
-            tally.fault("reset", 1);
+            findings.fault("reset", 1);
         }
         Leave::HalfClose => {
             // FIN after a request: the reply must still arrive, then the server's close.
@@ -470,7 +474,7 @@ pub(crate) async fn churn(
             }
             client.expect_notice("* rooms (").await?;
             client.expect_closed(IO_TIMEOUT).await?;
-            tally.fault("half_close", 1);
+            findings.fault("half_close", 1);
         }
     }
     Ok(())
@@ -478,8 +482,8 @@ pub(crate) async fn churn(
 
 /// A client that stops reading while asking for more and more replies, in the soak room
 /// where chat also flows to it: the server must cut it off (close its connection).
-pub(crate) async fn slow_consumer(addr: SocketAddr, tally: &Tally) -> anyhow::Result<()> {
-    let (mut client, admission) = Client::connect(addr, tally, Some(4096)).await?;
+pub(crate) async fn slow_consumer(addr: SocketAddr, findings: &Findings) -> anyhow::Result<()> {
+    let (mut client, admission) = Client::connect(addr, findings, Some(4096)).await?;
     if admission == Admission::Full {
         return Ok(());
     }
@@ -505,7 +509,7 @@ pub(crate) async fn slow_consumer(addr: SocketAddr, tally: &Tally) -> anyhow::Re
             .await
             .context("a client that stopped reading was not cut off as a slow consumer")?;
     }
-    tally.fault("slow_consumer", 1);
+    findings.fault("slow_consumer", 1);
     Ok(())
 }
 
@@ -513,7 +517,7 @@ pub(crate) async fn slow_consumer(addr: SocketAddr, tally: &Tally) -> anyhow::Re
 /// its `* error: ...` reply, then `/quit` still works.
 pub(crate) async fn garbage(
     addr: SocketAddr,
-    tally: &Tally,
+    findings: &Findings,
     max_line: usize,
     rng: &mut Rng,
 ) -> anyhow::Result<()> {
@@ -527,7 +531,7 @@ pub(crate) async fn garbage(
         "/JOIN x",
         "/join aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     ];
-    let (mut client, admission) = Client::connect(addr, tally, None).await?;
+    let (mut client, admission) = Client::connect(addr, findings, None).await?;
     if admission == Admission::Full {
         return Ok(());
     }
@@ -587,9 +591,9 @@ pub(crate) async fn garbage(
         );
     }
     client.expect_closed(IO_TIMEOUT).await?;
-    tally.fault("garbage_line", 3);
-    tally.fault("over_long_line", 2);
-    tally.fault("invalid_command", INVALID.len() as u64);
+    findings.fault("garbage_line", 3);
+    findings.fault("over_long_line", 2);
+    findings.fault("invalid_command", INVALID.len() as u64);
     Ok(())
 }
 
@@ -597,7 +601,7 @@ pub(crate) async fn garbage(
 /// them briefly, then lets them go (half of them with a reset).
 pub(crate) async fn burst(
     addr: SocketAddr,
-    tally: &Tally,
+    findings: &Findings,
     max_clients: usize,
 ) -> anyhow::Result<()> {
     const REFUSALS: usize = 3;
@@ -606,7 +610,7 @@ pub(crate) async fn burst(
     let mut attempts = 0;
     while refused < REFUSALS && attempts < max_clients + 20 {
         attempts += 1;
-        match Client::connect(addr, tally, None).await? {
+        match Client::connect(addr, findings, None).await? {
             (client, Admission::Welcome) => held.push(client),
             (_, Admission::Full) => refused += 1,
         }
@@ -614,7 +618,7 @@ pub(crate) async fn burst(
     if refused == 0 {
         bail!("{attempts} connections with --max-clients {max_clients} and none refused");
     }
-    tally.fault("burst_refused", refused as u64);
+    findings.fault("burst_refused", refused as u64);
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, client) in held.into_iter().enumerate() {
         if i % 2 == 0 {
@@ -625,8 +629,8 @@ pub(crate) async fn burst(
 }
 
 /// Asks the server for `/stats` on a fresh connection; returns its `clients=` count.
-pub(crate) async fn server_clients(addr: SocketAddr, tally: &Tally) -> anyhow::Result<usize> {
-    let (mut client, admission) = Client::connect(addr, tally, None).await?;
+pub(crate) async fn server_clients(addr: SocketAddr, findings: &Findings) -> anyhow::Result<usize> {
+    let (mut client, admission) = Client::connect(addr, findings, None).await?;
     if admission == Admission::Full {
         bail!("server full");
     }

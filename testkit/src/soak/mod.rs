@@ -1,6 +1,6 @@
-//! `ringcast soak`: runs the real server binary under a mix of healthy and hostile
-//! clients for a set time, per backend, and fails on lost or reordered messages, on a
-//! server that dies, or on memory or file descriptors that grow.
+//! The soak driver (`ringcast-soak`, `scripts/soak.sh`): runs the real server binary under
+//! a mix of healthy and hostile clients for a set time, per backend, and fails on lost or
+//! reordered messages, on a server that dies, or on memory or file descriptors that grow.
 //!
 //! The mix, all over loopback TCP like any user:
 //! - healthy publishers and readers in one room: every reader checks every line it gets
@@ -20,36 +20,57 @@
 //! and the server must exit 0. A JSON report and a few human lines say what happened.
 
 mod clients;
-mod server;
 
-use crate::server::Backend;
-use crate::units::{parse_bytes, parse_duration};
+use crate::server::ServerProcess;
 use anyhow::{bail, Context};
-use clients::{Leave, Rng, Tally, IO_TIMEOUT};
+use clients::{Client, Findings, Leave, Rng, IO_TIMEOUT};
+use ringcast::units::{parse_bytes, parse_duration};
 use serde::Serialize;
-use server::{Sample, ServerProcess};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Options of `ringcast soak`.
-#[derive(Debug, Clone, clap::Args)]
+/// The server backends a soak can run, as `ringcast serve --backend` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Options of `ringcast-soak`.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ringcast-soak",
+    about = "Run `ringcast serve` under churn and faults for a set time per backend and check that nothing leaks or is lost"
+)]
 pub struct SoakArgs {
     /// Backends to soak, one after the other.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "uring,epoll")]
     pub backends: Vec<Backend>,
     /// Time under load per backend [default: 10m, or 40s with --short].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
     /// The short variant for CI (40 s per backend unless --duration is given).
     #[arg(long)]
     pub short: bool,
-    /// Server binary to run [default: this executable].
+    /// The `ringcast` binary to run as the server [default: the `ringcast` beside this
+    /// executable, as cargo builds them].
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
     /// Server worker threads.
@@ -59,11 +80,14 @@ pub struct SoakArgs {
     #[arg(long, default_value = "48")]
     pub max_clients: usize,
     /// Server --max-outbound (small, so slow consumers are cut quickly).
-    #[arg(long, default_value = "32k", value_parser = parse_bytes)]
+    #[arg(long, default_value = "32k", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub max_outbound: usize,
     /// Server --max-line.
-    #[arg(long, default_value = "512", value_parser = parse_bytes)]
+    #[arg(long, default_value = "512", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub max_line: usize,
+    /// Extra arguments for `ringcast serve`, one per flag (`--server-arg=--flush-delay=1ms`).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
     /// Healthy clients that publish (and verify what the others publish).
     #[arg(long, default_value = "3")]
     pub publishers: usize,
@@ -77,18 +101,18 @@ pub struct SoakArgs {
     #[arg(long, default_value = "10")]
     pub churn_rate: f64,
     /// Time between two injected faults.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub fault_interval: Duration,
     /// Start of the part of the run where growth counts as a leak [default: a quarter
     /// of --duration].
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
     pub warmup: Option<Duration>,
     /// Allowed RSS growth from the first to the last third after warm-up, in percent...
     #[arg(long, default_value = "10")]
     pub rss_tolerance_pct: f64,
     /// ...plus this much (allocator noise). Small enough that a few hundred bytes kept per
     /// connection fail a 10-minute run (some 4,000 connections between the two thirds).
-    #[arg(long, default_value = "1m", value_parser = parse_bytes)]
+    #[arg(long, default_value = "1m", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub rss_slack: usize,
     /// Allowed rise of the lowest fd count from the first to the last third.
     #[arg(long, default_value = "4")]
@@ -99,6 +123,15 @@ pub struct SoakArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "reports/soak.json")]
     pub report: PathBuf,
+}
+
+/// One sample of the server's resource use.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Sample {
+    /// Seconds since the load started.
+    t: f64,
+    rss_kib: u64,
+    fds: u64,
 }
 
 /// What one backend's soak found.
@@ -146,8 +179,9 @@ struct Report<'a> {
     runs: &'a [BackendReport],
 }
 
-/// Runs `ringcast soak`.
-pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
+/// Runs the soak for every backend in `args`, prints what each found and writes the JSON
+/// report. `Ok(true)` when every backend passed.
+pub fn run(args: SoakArgs) -> anyhow::Result<bool> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -161,40 +195,44 @@ pub fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     if args.backends.is_empty() {
         bail!("no --backends to soak");
     }
-    let bin = match &args.server_bin {
+    let server_bin = match &args.server_bin {
         Some(bin) => bin.clone(),
-        None => std::env::current_exe().context("finding the ringcast executable")?,
+        None => std::env::current_exe()
+            .context("finding this executable")?
+            .with_file_name("ringcast"),
     };
+    if !server_bin.is_file() {
+        bail!(
+            "no server binary at {} (build it with `cargo build --release`, or pass --server-bin)",
+            server_bin.display()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let mut reports = Vec::new();
     for &backend in &args.backends {
-        let report = runtime.block_on(soak_backend(&args, &bin, backend))?;
+        let report = runtime.block_on(soak_backend(&args, &server_bin, backend))?;
         print_human(&report);
         reports.push(report);
     }
     let passed = reports.iter().all(|r| r.passed);
-    if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&Report {
-        passed,
-        runs: &reports,
-    })?;
-    std::fs::write(&args.report, json + "\n")
-        .with_context(|| format!("writing {}", args.report.display()))?;
+    write_report(&args.report, passed, &reports)?;
     println!(
         "soak {}: report in {}",
         if passed { "PASSED" } else { "FAILED" },
         args.report.display()
     );
-    Ok(if passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(passed)
+}
+
+fn write_report(path: &Path, passed: bool, runs: &[BackendReport]) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&Report { passed, runs })?;
+    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 fn duration(args: &SoakArgs) -> Duration {
@@ -205,26 +243,114 @@ fn duration(args: &SoakArgs) -> Duration {
     })
 }
 
+/// The server under soak and what is learnt about it while the load runs.
+struct Watched {
+    server: Mutex<ServerProcess>,
+    samples: Mutex<Vec<Sample>>,
+    /// When the load started; samples are timed from here.
+    start: Instant,
+}
+
+impl Watched {
+    fn sample(&self) -> Option<Sample> {
+        let server = lock(&self.server);
+        let sample = Sample {
+            t: self.start.elapsed().as_secs_f64(),
+            rss_kib: server.rss_bytes().ok()? / 1024,
+            fds: server.open_fds().ok()?,
+        };
+        Some(sample)
+    }
+}
+
+/// The healthy clients once connected: their write halves (publishers first) and the
+/// tasks that read and verify what they receive.
+struct Healthy {
+    writers: Vec<(String, OwnedWriteHalf)>,
+    verifiers: JoinSet<(usize, String, Client)>,
+    /// How many lines each publisher sent, once they have stopped.
+    targets: watch::Sender<Option<Vec<u64>>>,
+}
+
 async fn soak_backend(
     args: &SoakArgs,
-    bin: &std::path::Path,
+    bin: &Path,
     backend: Backend,
 ) -> anyhow::Result<BackendReport> {
     let duration = duration(args);
     let warmup = args.warmup.unwrap_or(duration / 4).min(duration / 2);
-    let server_args: Vec<String> = [
+    let server = start_server(args, bin, backend)?;
+    let addr = server.addr;
+    eprintln!(
+        "soak {}: server pid {} on {addr}, {} under load (warm-up {})",
+        backend.name(),
+        server.pid(),
+        secs(duration),
+        secs(warmup)
+    );
+    let findings = Arc::new(Findings::default());
+    let healthy = connect_healthy(addr, args, &findings).await?;
+    // Give the healthy clients' joins time to settle before the fd baseline is taken.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watched = Arc::new(Watched {
+        server: Mutex::new(server),
+        samples: Mutex::new(Vec::new()),
+        start: Instant::now(),
+    });
+    let baseline_fds = watched.sample().map_or(0, |s| s.fds);
+    let (stop_sampling, sampler) = spawn_sampler(&watched, duration, args.seed, &findings);
+
+    let end = watched.start + duration;
+    let (messages_sent, writers, verified) = load(addr, args, end, healthy, &findings).await?;
+    let last_fds = fds_back_to_baseline(&watched, baseline_fds, &findings).await;
+    let server_clients = check_server_clients(addr, args, &findings).await;
+    let _ = stop_sampling.send(());
+    let _ = sampler.await;
+    let server_exit = shut_down(&watched, writers, verified, &findings).await;
+
+    let samples = std::mem::take(&mut *lock(&watched.samples));
+    let (rss, fds) = check_growth(args, &samples, warmup, baseline_fds, last_fds, &findings);
+    let (failure_count, failures) = findings.failures();
+    Ok(BackendReport {
+        backend: backend.name(),
+        passed: failure_count == 0,
+        duration_s: duration.as_secs_f64(),
+        warmup_s: warmup.as_secs_f64(),
+        connections: findings.connections.load(Relaxed),
+        refused_server_full: findings.refused_full.load(Relaxed),
+        faults: findings.faults(),
+        healthy_clients: args.publishers + args.readers,
+        messages_sent,
+        messages_verified: findings.verified.load(Relaxed),
+        rss_kib: rss,
+        fds,
+        server_clients_at_end: server_clients,
+        server_exit,
+        failure_count,
+        failures,
+        samples,
+    })
+}
+
+/// Starts the server with the soak's small limits, killed if the soak dies.
+fn start_server(args: &SoakArgs, bin: &Path, backend: Backend) -> anyhow::Result<ServerProcess> {
+    let threads = args.threads.to_string();
+    let max_clients = args.max_clients.to_string();
+    let max_outbound = args.max_outbound.to_string();
+    let max_line = args.max_line.to_string();
+    let mut server_args = vec![
         "--listen",
         "127.0.0.1:0",
         "--backend",
         backend.name(),
         "--threads",
-        &args.threads.to_string(),
+        &threads,
         "--max-clients",
-        &args.max_clients.to_string(),
+        &max_clients,
         "--max-outbound",
-        &args.max_outbound.to_string(),
+        &max_outbound,
         "--max-line",
-        &args.max_line.to_string(),
+        &max_line,
         "--stats-interval",
         "0",
         // The soak's clients all come from 127.0.0.1 and publish faster than a person.
@@ -236,80 +362,117 @@ async fn soak_backend(
         "off",
         "--log-level",
         "error",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let server = ServerProcess::start(bin, &server_args)
-        .with_context(|| format!("starting the {} server", backend.name()))?;
-    let addr = server.addr;
-    eprintln!(
-        "soak {}: server pid {} on {addr}, {} under load (warm-up {})",
-        backend.name(),
-        server.pid,
-        secs(duration),
-        secs(warmup)
-    );
-    let server = Arc::new(Mutex::new(server));
-    let tally = Arc::new(Tally::default());
+    ];
+    server_args.extend(args.server_args.iter().map(String::as_str));
+    ServerProcess::start(bin, &server_args, |command| {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        // The server dies with the soak, even when the soak is killed and cannot clean up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .with_context(|| format!("starting the {} server", backend.name()))
+}
 
-    // Healthy clients first, all in the room before anyone publishes.
-    let healthy_count = args.publishers + args.readers;
+/// Connects the healthy clients, all in the room before anyone publishes, and starts
+/// their verifiers.
+async fn connect_healthy(
+    addr: SocketAddr,
+    args: &SoakArgs,
+    findings: &Arc<Findings>,
+) -> anyhow::Result<Healthy> {
+    let (targets, targets_rx) = watch::channel(None);
     let mut writers = Vec::new();
-    let (targets_tx, targets_rx) = tokio::sync::watch::channel(None);
     let mut verifiers = JoinSet::new();
-    for index in 0..healthy_count {
+    for index in 0..args.publishers + args.readers {
         let name = clients::healthy_name(index, args.publishers);
-        let client = clients::healthy(addr, &tally, &name)
+        let client = clients::healthy(addr, findings, &name)
             .await
             .with_context(|| format!("connecting healthy client {name}"))?;
         let (client, writer) = client.split_writer();
         writers.push((name.clone(), writer));
-        let (tally, targets) = (tally.clone(), targets_rx.clone());
+        let (findings, targets) = (findings.clone(), targets_rx.clone());
         let publishers = args.publishers;
         verifiers.spawn(async move {
             let client =
-                clients::verify(client, index, name.clone(), publishers, targets, tally).await;
+                clients::verify(client, index, name.clone(), publishers, targets, findings).await;
             (index, name, client)
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start = Instant::now();
-    let end = start + duration;
-    let baseline_fds = lock(&server).sample(0.0).map_or(0, |s| s.fds);
+    Ok(Healthy {
+        writers,
+        verifiers,
+        targets,
+    })
+}
 
-    // The sampler watches the server until told to stop.
-    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
-    let (stop_sampling, mut sampling_stopped) = tokio::sync::oneshot::channel::<()>();
-    let sampler = {
-        let (server, samples, tally) = (server.clone(), samples.clone(), tally.clone());
-        let every = (duration / 120).clamp(Duration::from_millis(100), Duration::from_secs(2));
-        let mut rng = Rng::new(args.seed ^ 0x5a5a_5a5a);
-        tokio::spawn(async move {
-            loop {
-                // Jittered (0.5 to 1.5 periods), so samples do not keep the same phase
-                // as the fault schedule and miss (or always hit) its bursts.
-                let pause = every.mul_f64(0.5 + rng.below(1000) as f64 / 1000.0);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = &mut sampling_stopped => return,
-                }
-                let mut server = lock(&server);
+/// Samples the server's RSS and fds until told to stop, and notes a server that died.
+fn spawn_sampler(
+    watched: &Arc<Watched>,
+    duration: Duration,
+    seed: u64,
+    findings: &Arc<Findings>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let (watched, findings) = (watched.clone(), findings.clone());
+    let every = (duration / 120).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut rng = Rng::new(seed ^ 0x5a5a_5a5a);
+    let task = tokio::spawn(async move {
+        loop {
+            // Jittered (0.5 to 1.5 periods), so samples do not keep the same phase as the
+            // fault schedule and miss (or always hit) its bursts.
+            let pause = every.mul_f64(0.5 + rng.below(1000) as f64 / 1000.0);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = &mut stopped => return,
+            }
+            {
+                let mut server = lock(&watched.server);
                 if let Some(status) = server.exited() {
-                    tally.fail(format!(
+                    findings.fail(format!(
                         "the server died during the soak ({status}); its log:\n{}",
-                        server.log_tail()
+                        server.log_tail(40)
                     ));
                     return;
                 }
-                if let Some(sample) = server.sample(start.elapsed().as_secs_f64()) {
-                    lock(&samples).push(sample);
-                }
             }
-        })
-    };
+            if let Some(sample) = watched.sample() {
+                lock(&watched.samples).push(sample);
+            }
+        }
+    });
+    (stop, task)
+}
 
-    // Publishers.
+/// The load until `end`: publishers, churn and faults; then the readers get the rest.
+/// Returns the lines published, the healthy clients' write halves by index and the
+/// healthy clients themselves.
+#[allow(clippy::type_complexity)]
+async fn load(
+    addr: SocketAddr,
+    args: &SoakArgs,
+    end: Instant,
+    healthy: Healthy,
+    findings: &Arc<Findings>,
+) -> anyhow::Result<(
+    u64,
+    Vec<(usize, OwnedWriteHalf)>,
+    Vec<(usize, String, Client)>,
+)> {
+    let Healthy {
+        writers,
+        mut verifiers,
+        targets,
+    } = healthy;
     let mut publishers = JoinSet::new();
     let mut held_writers = Vec::new();
     for (k, (name, mut writer)) in writers.into_iter().enumerate() {
@@ -317,21 +480,18 @@ async fn soak_backend(
             held_writers.push((k, writer));
             continue;
         }
-        let (tally, rate) = (tally.clone(), args.rate);
+        let (findings, rate) = (findings.clone(), args.rate);
         publishers.spawn(async move {
-            let sent = clients::publish(&mut writer, rate, end, &name, &tally).await;
+            let sent = clients::publish(&mut writer, rate, end, &name, &findings).await;
             (k, sent, writer)
         });
     }
-
     // Churn and faults run until `end`, each connection in its own task.
     let chaos = {
-        let tally = tally.clone();
+        let findings = findings.clone();
         let args = args.clone();
-        tokio::spawn(async move { chaos(addr, &args, end, tally).await })
+        tokio::spawn(async move { chaos(addr, &args, end, findings).await })
     };
-
-    // The end: publishers stop, readers get the rest, chaos winds down.
     let mut sent = vec![0u64; args.publishers];
     while let Some(done) = publishers.join_next().await {
         let (k, n, writer) = done.context("publisher task")?;
@@ -339,116 +499,105 @@ async fn soak_backend(
         held_writers.push((k, writer));
     }
     let messages_sent: u64 = sent.iter().sum();
-    let _ = targets_tx.send(Some(sent));
-    let mut healthy = Vec::new();
+    let _ = targets.send(Some(sent));
+    let mut verified = Vec::new();
     while let Some(done) = verifiers.join_next().await {
-        healthy.push(done.context("verifier task")?);
+        verified.push(done.context("verifier task")?);
     }
     if let Err(err) = chaos.await.context("chaos task")? {
-        tally.fail(format!("{err:#}"));
+        findings.fail(format!("{err:#}"));
     }
+    Ok((messages_sent, held_writers, verified))
+}
 
-    // With the churn gone, the fd count must come back to where it was.
-    let fd_deadline = Instant::now() + IO_TIMEOUT;
-    let mut last_fds = baseline_fds;
-    while Instant::now() < fd_deadline {
-        if let Some(sample) = lock(&server).sample(start.elapsed().as_secs_f64()) {
-            last_fds = sample.fds;
-            if last_fds <= baseline_fds {
-                break;
+/// With the churn gone, the fd count must come back to where it was; returns the last
+/// count seen.
+async fn fds_back_to_baseline(watched: &Watched, baseline: u64, findings: &Findings) -> u64 {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut last = baseline;
+    while Instant::now() < deadline {
+        if let Some(sample) = watched.sample() {
+            last = sample.fds;
+            if last <= baseline {
+                return last;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    if last_fds > baseline_fds {
-        tally.fail(format!(
-            "fd count did not return to its baseline: {last_fds} open, {baseline_fds} before the churn"
-        ));
-    }
-    let server_clients = match clients::server_clients(addr, &tally).await {
+    findings.fail(format!(
+        "fd count did not return to its baseline: {last} open, {baseline} before the churn"
+    ));
+    last
+}
+
+/// The server must count exactly the healthy clients (and the probe) as connected.
+async fn check_server_clients(
+    addr: SocketAddr,
+    args: &SoakArgs,
+    findings: &Findings,
+) -> Option<usize> {
+    let expected = args.publishers + args.readers + 1;
+    match clients::server_clients(addr, findings).await {
         Ok(n) => {
-            // The healthy clients and the probe itself.
-            if n != healthy_count + 1 {
-                tally.fail(format!(
-                    "/stats says clients={n} with {} connected",
-                    healthy_count + 1
-                ));
+            if n != expected {
+                findings.fail(format!("/stats says clients={n} with {expected} connected"));
             }
             Some(n)
         }
         Err(err) => {
-            tally.fail(format!("/stats probe: {err:#}"));
+            findings.fail(format!("/stats probe: {err:#}"));
             None
         }
-    };
-    let _ = stop_sampling.send(());
-    let _ = sampler.await;
+    }
+}
 
-    // Healthy clients leave with /quit but the last, which must see the server's
-    // shutdown notice; then the server must exit 0.
+/// Healthy clients leave with /quit but the last, which must see the server's shutdown
+/// notice after SIGTERM; then the server must exit 0. Returns how it exited.
+async fn shut_down(
+    watched: &Watched,
+    mut writers: Vec<(usize, OwnedWriteHalf)>,
+    mut healthy: Vec<(usize, String, Client)>,
+    findings: &Findings,
+) -> String {
     healthy.sort_by_key(|(index, _, _)| *index);
-    held_writers.sort_by_key(|(k, _)| *k);
-    let mut writers = held_writers.into_iter().map(|(_, w)| w);
+    writers.sort_by_key(|(k, _)| *k);
+    let count = healthy.len();
+    let mut writers = writers.into_iter().map(|(_, w)| w);
     let mut remaining = None;
     for (index, name, client) in healthy {
         let Some(writer) = writers.next() else {
             continue;
         };
         let client = client.rejoin(writer);
-        if index + 1 == healthy_count {
+        if index + 1 == count {
             remaining = Some(client);
         } else if let Err(err) = clients::quit(client, &name).await {
-            tally.fail(format!("{name}: {err:#}"));
+            findings.fail(format!("{name}: {err:#}"));
         }
     }
-    let signalled = lock(&server).sigterm();
+    let signalled = lock(&watched.server).signal(libc::SIGTERM);
     if let Err(err) = signalled {
-        tally.fail(format!("{err:#}"));
+        findings.fail(format!("sending SIGTERM to the server: {err}"));
     } else if let Some(client) = remaining {
         if let Err(err) = clients::expect_shutdown(client).await {
-            tally.fail(format!("client connected at SIGTERM: {err:#}"));
+            findings.fail(format!("client connected at SIGTERM: {err:#}"));
         }
     }
-    let server_exit = {
-        let mut server = lock(&server);
-        match server.wait_exit(Duration::from_secs(20)) {
-            Ok(status) if status.success() => status.to_string(),
-            Ok(status) => {
-                tally.fail(format!(
-                    "the server exited with {status} after SIGTERM; its log:\n{}",
-                    server.log_tail()
-                ));
-                status.to_string()
-            }
-            Err(err) => {
-                tally.fail(format!("{err:#}"));
-                "did not exit (killed)".to_owned()
-            }
+    let mut server = lock(&watched.server);
+    match server.wait_exit(Duration::from_secs(20)) {
+        Some(status) if status.success() => status.to_string(),
+        Some(status) => {
+            findings.fail(format!(
+                "the server exited with {status} after SIGTERM; its log:\n{}",
+                server.log_tail(40)
+            ));
+            status.to_string()
         }
-    };
-
-    let samples = std::mem::take(&mut *lock(&samples));
-    let (rss, fds) = check_growth(args, &samples, warmup, baseline_fds, last_fds, &tally);
-    let (failure_count, failures) = tally.failures();
-    Ok(BackendReport {
-        backend: backend.name(),
-        passed: failure_count == 0,
-        duration_s: duration.as_secs_f64(),
-        warmup_s: warmup.as_secs_f64(),
-        connections: tally.connections.load(Relaxed),
-        refused_server_full: tally.refused_full.load(Relaxed),
-        faults: tally.faults(),
-        healthy_clients: healthy_count,
-        messages_sent,
-        messages_verified: tally.verified.load(Relaxed),
-        rss_kib: rss,
-        fds,
-        server_clients_at_end: server_clients,
-        server_exit,
-        failure_count,
-        failures,
-        samples,
-    })
+        None => {
+            findings.fail("the server did not exit within 20s of SIGTERM");
+            "did not exit (killed)".to_owned()
+        }
+    }
 }
 
 /// Churn at `--churn-rate` and one fault every `--fault-interval` until `end`; then waits
@@ -457,7 +606,7 @@ async fn chaos(
     addr: std::net::SocketAddr,
     args: &SoakArgs,
     end: Instant,
-    tally: Arc<Tally>,
+    findings: Arc<Findings>,
 ) -> anyhow::Result<()> {
     /// Most churn connections alive at once, so a slow server is not buried.
     const MAX_CHURN: usize = 16;
@@ -481,29 +630,29 @@ async fn chaos(
                 let leave = [Leave::Quit, Leave::Drop, Leave::Reset, Leave::HalfClose][churned % 4];
                 let ask = churned % 3 == 0;
                 churned += 1;
-                let tally = tally.clone();
+                let findings = findings.clone();
                 churn.spawn(async move {
-                    if let Err(err) = clients::churn(addr, &tally, leave, ask).await {
-                        tally.fail(format!("churn client ({leave:?}): {err:#}"));
+                    if let Err(err) = clients::churn(addr, &findings, leave, ask).await {
+                        findings.fail(format!("churn client ({leave:?}): {err:#}"));
                     }
                 });
             }
             _ = fault_ticks.tick() => {
                 while faults.try_join_next().is_some() {}
-                let tally = tally.clone();
+                let findings = findings.clone();
                 let (max_line, max_clients) = (args.max_line, args.max_clients);
                 let mut rng = Rng::new(rng.next());
                 let kind = injected % 10;
                 injected += 1;
                 faults.spawn(async move {
                     let result = match kind {
-                        9 => clients::burst(addr, &tally, max_clients).await,
-                        k if k % 2 == 0 => clients::slow_consumer(addr, &tally).await,
-                        _ => clients::garbage(addr, &tally, max_line, &mut rng).await,
+                        9 => clients::burst(addr, &findings, max_clients).await,
+                        k if k % 2 == 0 => clients::slow_consumer(addr, &findings).await,
+                        _ => clients::garbage(addr, &findings, max_line, &mut rng).await,
                     };
                     if let Err(err) = result {
                         let kind = match kind { 9 => "burst", k if k % 2 == 0 => "slow consumer", _ => "garbage" };
-                        tally.fail(format!("{kind} client: {err:#}"));
+                        findings.fail(format!("{kind} client: {err:#}"));
                     }
                 });
             }
@@ -532,7 +681,7 @@ fn check_growth(
     warmup: Duration,
     baseline_fds: u64,
     last_fds: u64,
-    tally: &Tally,
+    findings: &Findings,
 ) -> (RssFigures, FdFigures) {
     let warm: Vec<&Sample> = samples
         .iter()
@@ -549,7 +698,7 @@ fn check_growth(
         ..FdFigures::default()
     };
     if warm.len() < 6 {
-        tally.fail(format!(
+        findings.fail(format!(
             "only {} samples after warm-up: too few to judge growth",
             warm.len()
         ));
@@ -562,7 +711,7 @@ fn check_growth(
     rss.limit = (rss.first_third_max as f64 * (1.0 + args.rss_tolerance_pct / 100.0)) as u64
         + args.rss_slack as u64 / 1024;
     if rss.last_third_max > rss.limit {
-        tally.fail(format!(
+        findings.fail(format!(
             "server RSS grew after warm-up: max {} KiB in the last third vs {} KiB in the first \
              (limit {} KiB)",
             rss.last_third_max, rss.first_third_max, rss.limit
@@ -571,7 +720,7 @@ fn check_growth(
     fds.first_third_min = first.iter().map(|s| s.fds).min().unwrap_or(0);
     fds.last_third_min = last.iter().map(|s| s.fds).min().unwrap_or(0);
     if fds.last_third_min > fds.first_third_min + args.fd_tolerance {
-        tally.fail(format!(
+        findings.fail(format!(
             "server fds crept up after warm-up: at least {} in the last third vs {} in the first",
             fds.last_third_min, fds.first_third_min
         ));

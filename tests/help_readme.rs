@@ -1,0 +1,177 @@
+//! The help of `ringcast bench`, `ringcast compare` and `scripts/loadtest.sh` against
+//! README's tables of them: every flag the help lists is in the table and the other way
+//! round, and `bench`'s defaults agree. (`serve`'s table is checked by hand: its flags
+//! change with the server.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README")
+}
+
+/// The flag table that follows `heading` in README: flag → default cell.
+fn table_after(readme: &str, heading: &str) -> BTreeMap<String, String> {
+    let start = readme
+        .find(heading)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+    let mut rows = BTreeMap::new();
+    let mut in_table = false;
+    for line in readme[start..].lines().skip(1) {
+        if line.starts_with("| flag") {
+            in_table = true;
+            continue;
+        }
+        if !in_table {
+            if line.starts_with("## ") || line.starts_with("### ") {
+                break;
+            }
+            continue;
+        }
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        if cells[0].starts_with("| ---") {
+            continue;
+        }
+        let default = cells.get(1).copied().unwrap_or("").replace('`', "");
+        for flag in flags_in(cells[0]) {
+            rows.insert(flag, default.clone());
+        }
+    }
+    assert!(!rows.is_empty(), "no flag table after {heading:?}");
+    rows
+}
+
+/// Every `--long-flag` in a piece of text.
+fn flags_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("--") {
+        let start = i + at + 2;
+        let len = text[start..]
+            .bytes()
+            .take_while(|b| b.is_ascii_lowercase() || *b == b'-')
+            .count();
+        let before_ok = i + at == 0 || !bytes[i + at - 1].is_ascii_alphanumeric();
+        if len > 0 && before_ok {
+            out.push(format!("--{}", &text[start..start + len]));
+        }
+        i = start + len;
+    }
+    out
+}
+
+/// The flags of a clap `--help` and their defaults.
+fn help_flags(args: &[&str]) -> BTreeMap<String, Option<String>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(args)
+        .output()
+        .expect("running ringcast --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut flags = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        if line.starts_with("  ") && trimmed.starts_with("--") && line.len() - trimmed.len() <= 6 {
+            let flag = flags_in(trimmed.split(' ').next().unwrap_or(""));
+            current = flag.first().cloned();
+            if let Some(f) = &current {
+                flags.insert(f.clone(), None);
+            }
+        } else if let (Some(f), Some(rest)) = (&current, trimmed.strip_prefix("[default: ")) {
+            flags.insert(f.clone(), Some(rest.trim_end_matches(']').to_string()));
+        }
+    }
+    flags.remove("--help");
+    flags.remove("--version");
+    flags
+}
+
+fn same_flags(what: &str, help: &BTreeSet<String>, readme: &BTreeSet<String>) {
+    let missing: Vec<_> = help.difference(readme).collect();
+    let extra: Vec<_> = readme.difference(help).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: in --help but not README: {missing:?}; in README but not --help: {extra:?}"
+    );
+}
+
+#[test]
+fn bench_help_and_readme_agree() {
+    let help = help_flags(&["bench", "--help"]);
+    let table = table_after(&readme(), "### `ringcast bench` directly");
+    same_flags(
+        "ringcast bench",
+        &help.keys().cloned().collect(),
+        &table.keys().cloned().collect(),
+    );
+    for (flag, default) in &help {
+        let readme_default = table[flag].replace(',', "");
+        match default {
+            Some(d) => assert_eq!(&readme_default, d, "default of {flag}"),
+            None => assert!(
+                ["none", "off"].contains(&readme_default.as_str()),
+                "{flag} has no default in --help but README says {readme_default:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn compare_help_and_readme_agree() {
+    let help = help_flags(&["compare", "--help"]);
+    let table = table_after(&readme(), "### Comparing report folders");
+    same_flags(
+        "ringcast compare",
+        &help.keys().cloned().collect(),
+        &table.keys().cloned().collect(),
+    );
+}
+
+#[test]
+fn loadtest_help_and_readme_agree() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/loadtest.sh");
+    let out = Command::new("bash")
+        .args([script, "--help"])
+        .output()
+        .expect("running loadtest.sh --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The usage block at the top lists every flag.
+    let usage: String = help
+        .lines()
+        .take_while(|l| !l.starts_with("--workload"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut flags: BTreeSet<String> = flags_in(&usage).into_iter().collect();
+    flags.remove("--help");
+    let table = table_after(&readme(), "### One command");
+    same_flags(
+        "scripts/loadtest.sh",
+        &flags,
+        &table.keys().cloned().collect(),
+    );
+}
+
+#[test]
+fn the_product_lists_only_serve_bench_and_compare() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--help")
+        .output()
+        .expect("ringcast --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let commands: Vec<&str> = help
+        .split("Commands:")
+        .nth(1)
+        .expect("a command list")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(commands, ["serve", "bench", "compare", "help"]);
+}
