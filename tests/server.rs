@@ -25,6 +25,36 @@ backend_tests!(
     python_asyncio_readline_client_can_chat,
 );
 
+/// The uring backend submits while a scheduler pass runs (every `--submit-every` ops), not
+/// only when the thread parks: a fan-out longer than that starts its first sends before
+/// the pass ends. Pinned through the count of such submits in `/stats`, so a change that
+/// returns to submit-at-park fails here. (uring only: epoll has no submission queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_submits_while_a_long_fan_out_runs() {
+    for (every, expect_early) in [("8", true), ("0", false)] {
+        let server = Server::start("uring", &["--threads", "1", "--submit-every", every]);
+        let mut clients = Vec::new();
+        for _ in 0..60 {
+            clients.push(Client::connect(server.addr).await);
+        }
+        let before = stat(&clients[0].ask("/stats").await, "early_submits");
+        clients[0].send("one line for 59 members").await;
+        for client in &mut clients[1..] {
+            assert!(client.line().await.ends_with("one line for 59 members"));
+        }
+        let after = stat(&clients[0].ask("/stats").await, "early_submits");
+        if expect_early {
+            // 59 sends in one pass: at least 59 / 8 submits before it ends.
+            assert!(
+                after - before >= 7,
+                "--submit-every {every}: {before} -> {after}"
+            );
+        } else {
+            assert_eq!(after, 0, "--submit-every 0 must submit only at park");
+        }
+    }
+}
+
 async fn chat_reaches_every_other_member_of_the_room_only(backend: &str) {
     let server = Server::start(backend, &[]);
     let mut a = Client::connect(server.addr).await;

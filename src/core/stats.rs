@@ -146,6 +146,7 @@ pub struct ThreadCounters {
     connections: [Counter; Transport::ALL.len()],
     http_requests: Counter,
     rate_limited: Counter,
+    early_submits: Counter,
     disconnects: [Counter; Disconnect::ALL.len()],
     refused: [Counter; Refusal::ALL.len()],
     errors: [Counter; ErrorKind::ALL.len()],
@@ -170,6 +171,9 @@ pub struct Totals {
     pub http_requests: u64,
     /// Input lines dropped for going over `--max-msg-rate`.
     pub rate_limited: u64,
+    /// uring backend: `io_uring_enter` calls made while a scheduler pass ran (every
+    /// `--submit-every` ops), besides those tokio-uring makes when the thread parks.
+    pub early_submits: u64,
     /// Clients gone, by [`Disconnect`] (in the order of `Disconnect::ALL`).
     pub disconnects: [u64; Disconnect::ALL.len()],
     /// Connections refused, by [`Refusal`].
@@ -208,7 +212,11 @@ impl Totals {
         for reason in Refusal::ALL {
             let _ = write!(text, "refused_{}={} ", reason.name(), self.refused(reason));
         }
-        let _ = write!(text, "rate_limited={}", self.rate_limited);
+        let _ = write!(
+            text,
+            "rate_limited={} early_submits={}",
+            self.rate_limited, self.early_submits
+        );
         text
     }
 
@@ -245,6 +253,7 @@ impl Stats {
             sum_into(&mut t.connections_by, &c.connections);
             t.http_requests += c.http_requests.get();
             t.rate_limited += c.rate_limited.get();
+            t.early_submits += c.early_submits.get();
             sum_into(&mut t.disconnects, &c.disconnects);
             sum_into(&mut t.refused, &c.refused);
             sum_into(&mut t.errors, &c.errors);
@@ -289,6 +298,11 @@ impl ThreadCounters {
     /// An HTTP request was answered.
     pub fn http_request(&self) {
         self.http_requests.add(1);
+    }
+
+    /// The uring backend entered the kernel to submit while a pass ran.
+    pub fn early_submit(&self) {
+        self.early_submits.add(1);
     }
 
     /// An input line was dropped for going over the rate limit.

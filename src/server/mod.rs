@@ -96,6 +96,14 @@ pub struct ServeArgs {
     /// Submission queue entries per io_uring (uring backend).
     #[arg(long, default_value = "1024")]
     pub sq_entries: u32,
+    /// Completion queue entries per io_uring (uring backend) [default: 4 x the SQ, at
+    /// least 16384].
+    #[arg(long, default_value = "0", hide_default_value = true)]
+    pub cq_entries: u32,
+    /// uring backend: submit to the kernel after every N ops pushed while a scheduler
+    /// pass runs, not only when the thread parks (0: only at park).
+    #[arg(long, default_value = "64")]
+    pub submit_every: u32,
     /// io_uring setup flags (uring backend), comma-separated; a kernel that lacks one
     /// gets a ring without it (logged).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -275,7 +283,11 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         let backend = args.backend;
         let uring_options = uring::Options {
             sq_entries: args.sq_entries,
+            cq_entries: args.cq_entries,
+            submit_every: args.submit_every,
             setup: args.uring_setup.clone(),
+            stats: stats.clone(),
+            thread: index,
         };
         std::thread::Builder::new()
             .name(format!("ringcast-{}-{index}", backend.name()))

@@ -121,7 +121,73 @@ unsafe fn submit<D: 'static, T: OneshotOutputTransform<StoredData = D>>(
     done: T,
     sqe: squeue::Entry,
 ) -> InFlightOneshot<D, T> {
-    UnsubmittedOneshot::new(data, done, sqe).submit()
+    let op = UnsubmittedOneshot::new(data, done, sqe).submit();
+    if let Some(early) = EarlySubmit::current() {
+        early.pushed();
+    }
+    op
+}
+
+/// Submitting while a scheduler pass runs (issue 11). tokio-uring enters the kernel only
+/// when the thread parks (or the SQ is full), so a pass of 1,000 writers used to send all
+/// its SENDs at its very end. Every `every` ops this thread pushes, one submit-only
+/// `io_uring_enter` starts them: the first recipients' data leaves while the pass goes
+/// on, as each epoll backend's write leaves when its task runs.
+struct EarlySubmit {
+    ring: RawFd,
+    every: u32,
+    /// At most this many SQEs can be waiting (the SQ's size).
+    sq_entries: u32,
+    /// Ops pushed since the last early submit.
+    pushed: Cell<u32>,
+    stats: std::sync::Arc<crate::core::Stats>,
+    thread: usize,
+}
+
+thread_local! {
+    static EARLY_SUBMIT_OF_THREAD: Cell<Option<&'static EarlySubmit>> = const { Cell::new(None) };
+}
+
+impl EarlySubmit {
+    fn current() -> Option<&'static EarlySubmit> {
+        EARLY_SUBMIT_OF_THREAD.with(|e| e.get())
+    }
+
+    fn pushed(&self) {
+        let pushed = self.pushed.get() + 1;
+        if pushed < self.every {
+            self.pushed.set(pushed);
+            return;
+        }
+        self.pushed.set(0);
+        // SAFETY: a submit-only enter (no IORING_ENTER_GETEVENTS, min_complete 0, no
+        // signal mask) on this thread's own ring, from the thread that owns it (so it
+        // stays within IORING_SETUP_SINGLE_ISSUER). It only makes the kernel consume the
+        // SQEs between the SQ's head and the tail that io-uring's `push` published (with
+        // a release store, on this same thread); it never touches the CQ, which
+        // tokio-uring alone reaps. io-uring re-reads the head from the shared ring on
+        // every `submission()` and `submit()`, so SQEs consumed here are neither pushed
+        // over nor submitted twice: its next `submit()` finds fewer (or none) waiting.
+        // The memory each SQE points at is kept by the op's stored data until its
+        // completion, however early it is submitted. `to_submit` above the number
+        // waiting is capped by the kernel.
+        let submitted = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.ring,
+                self.sq_entries,
+                0,
+                0,
+                std::ptr::null::<libc::sigset_t>(),
+                0,
+            )
+        };
+        // EBUSY or EAGAIN (completions backing up): what was not taken now goes when the
+        // thread parks, as before.
+        if submitted > 0 {
+            self.stats.thread(self.thread).early_submit();
+        }
+    }
 }
 
 /// The socket of a connection, shared with every op in flight on it, and its slot in
@@ -198,6 +264,16 @@ unsafe fn recv_sqe(socket: &UringSocket) -> squeue::Entry {
 unsafe fn send_sqe(socket: &UringSocket, ptr: *const u8, len: u32) -> squeue::Entry {
     socket_sqe!(socket, target => opcode::Send::new(target, ptr, len)
         .flags(libc::MSG_NOSIGNAL)
+        .build())
+}
+
+/// An IORING_OP_WRITEV of the buffers `iovecs` describes.
+///
+/// # Safety
+/// The iovec array and the bytes it points at must stay valid, and the socket open,
+/// until the completion.
+unsafe fn writev_sqe(socket: &UringSocket, iovecs: &[libc::iovec]) -> squeue::Entry {
+    socket_sqe!(socket, target => opcode::Writev::new(target, iovecs.as_ptr(), iovecs.len() as u32)
         .build())
 }
 
@@ -322,8 +398,20 @@ impl Conn for UringConn {
 
     async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         if bufs.len() != 1 {
-            // tokio-uring's own op, which holds the socket's fd itself.
-            return self.0.stream.writev(bufs).await;
+            let iovecs: Vec<libc::iovec> = bufs
+                .iter()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: the op stores the buffers (a `Bytes` does not move its bytes), the
+            // iovec array (a `Vec`'s elements do not move when the `Vec` does) and a
+            // reference to the socket until the completion.
+            let sqe = unsafe { writev_sqe(&self.0, &iovecs) };
+            // SAFETY: as above.
+            let op = unsafe { submit((self.0.clone(), bufs, iovecs), WritevDone, sqe) };
+            return op.await;
         }
         // One buffer, the common case (one read's chat, shared by every recipient): an
         // IORING_OP_SEND, which skips building and importing an iovec array and the
@@ -340,6 +428,23 @@ impl Conn for UringConn {
         let (result, buf) = op.await;
         bufs.push(buf);
         (result, bufs)
+    }
+}
+
+/// Completes a vectored write: bytes written (or the error), and the buffers back. The
+/// op stores the socket, the buffers and their iovec array until the completion.
+struct WritevDone;
+
+impl OneshotOutputTransform for WritevDone {
+    type Output = (io::Result<usize>, Vec<Bytes>);
+    type StoredData = (Rc<UringSocket>, Vec<Bytes>, Vec<libc::iovec>);
+
+    fn transform_oneshot_output(
+        self,
+        (_, bufs, _): Self::StoredData,
+        cqe: io_uring::cqueue::Entry,
+    ) -> Self::Output {
+        (cqe_result(&cqe), bufs)
     }
 }
 
@@ -472,7 +577,24 @@ impl RecvBuffers {
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub(crate) sq_entries: u32,
+    /// Completion queue entries; 0: four times the SQ, and at least 16,384 (a pass can
+    /// complete one receive per connection and more: an overflowing CQ stalls the ring).
+    pub(crate) cq_entries: u32,
+    /// Ops pushed between two early submits; 0: submit only when the thread parks.
+    pub(crate) submit_every: u32,
     pub(crate) setup: Vec<UringSetup>,
+    /// The server's counters, and this thread's index in them.
+    pub(crate) stats: std::sync::Arc<crate::core::Stats>,
+    pub(crate) thread: usize,
+}
+
+impl Options {
+    fn cq_entries(&self) -> u32 {
+        match self.cq_entries {
+            0 => (4 * self.sq_entries).max(16_384),
+            n => n,
+        }
+    }
 }
 
 /// Held by every creation of an io_uring instance in this process (the startup probe
@@ -511,8 +633,23 @@ pub(crate) fn block_on<F: std::future::Future>(
         other => other,
     })?;
     match new_rings[..] {
-        [ring] => FixedFiles::install(ring),
-        _ => tracing::debug!("could not tell this thread's ring fd: no registered files"),
+        [ring] => {
+            FixedFiles::install(ring);
+            if options.submit_every > 0 {
+                let early: &'static EarlySubmit = Box::leak(Box::new(EarlySubmit {
+                    ring,
+                    every: options.submit_every,
+                    sq_entries: options.sq_entries,
+                    pushed: Cell::new(0),
+                    stats: options.stats.clone(),
+                    thread: options.thread,
+                }));
+                EARLY_SUBMIT_OF_THREAD.with(|e| e.set(Some(early)));
+            }
+        }
+        _ => tracing::warn!(
+            "could not tell this thread's ring fd: no registered files, no early submits"
+        ),
     }
     Ok(runtime.block_on(async {
         tokio_uring::spawn(Orphans::reap());
@@ -523,6 +660,7 @@ pub(crate) fn block_on<F: std::future::Future>(
 
 fn runtime(options: &Options, setup: &[UringSetup]) -> io::Result<tokio_uring::Runtime> {
     let mut ring = tokio_uring::uring_builder();
+    ring.setup_cqsize(options.cq_entries());
     for flag in setup {
         match flag {
             UringSetup::CoopTaskrun => ring.setup_coop_taskrun().setup_taskrun_flag(),
@@ -774,7 +912,11 @@ mod tests {
         }
         let options = Options {
             sq_entries: 256,
+            cq_entries: 0,
+            submit_every: 0,
             setup: Vec::new(),
+            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
+            thread: 0,
         };
         block_on(&options, async {
             let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -831,7 +973,11 @@ mod tests {
         }
         let options = Options {
             sq_entries: 256,
+            cq_entries: 0,
+            submit_every: 0,
             setup: Vec::new(),
+            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
+            thread: 0,
         };
         block_on(&options, async {
             let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -840,25 +986,45 @@ mod tests {
             let files = FixedFiles::current().expect("registered files");
             let baseline_fds = open_fds();
 
-            // Clients that never read: their connections' sends fill the socket and then
-            // wait in the kernel.
-            let pairs = pairs(&listener, addr, 8).await;
+            // Clients that never read: each connection's socket is filled until the kernel
+            // refuses more (EAGAIN), so the send then pushed waits in the kernel for good.
+            // Fixed, small buffers on both ends: no autotuning can open room later.
+            let mut pairs = Vec::new();
+            for _ in 0..8 {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+                socket.connect(&addr.into()).expect("connect");
+                let (conn, _) = listener.accept().await.expect("accept");
+                socket2::SockRef::from(&conn)
+                    .set_send_buffer_size(4096)
+                    .expect("SO_SNDBUF");
+                pairs.push((std::net::TcpStream::from(socket), conn));
+            }
             assert_eq!(files.in_use(), 8);
             let mut clients = Vec::new();
             let mut writers = Vec::new();
+            let started = Rc::new(Cell::new(0));
             for (client, conn) in pairs {
-                clients.push(client);
-                writers.push(tokio_uring::spawn(async move {
-                    let big = Bytes::from(vec![7u8; 1 << 20]);
-                    loop {
-                        let (result, _) = conn.writev(vec![big.clone()]).await;
-                        if result.is_err() {
-                            return;
-                        }
+                let chunk = [0u8; 65536];
+                loop {
+                    match crate::server::io::try_send(&conn, &chunk) {
+                        Ok(_) => continue,
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(err) => panic!("filling the socket: {err}"),
                     }
+                }
+                clients.push(client);
+                let started = started.clone();
+                writers.push(tokio_uring::spawn(async move {
+                    // The send is pushed in the same poll that counts it.
+                    started.set(started.get() + 1);
+                    let (result, _) = conn.writev(vec![Bytes::from_static(b"stuck")]).await;
+                    panic!("a send on a full socket completed: {result:?}");
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            until("every connection's send is pushed", || started.get() == 8).await;
             for writer in &writers {
                 writer.abort();
             }

@@ -52,17 +52,11 @@ impl Server {
 
     /// Like `start`, with a hook to adjust the command (e.g. resource limits).
     pub fn start_with(backend: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-            "--threads",
-            "2",
-        ];
+        let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
         // Tests send from one address faster than a person would: no limits on either
         // unless a test sets them; and many servers run at once: never a fixed HTTP port.
         for default in [
+            ["--threads", "2"],
             ["--stats-interval", "0"],
             ["--max-msg-rate", "0"],
             ["--max-per-ip", "0"],
