@@ -17,6 +17,7 @@
 //! `ringcast-testkit` crate beside this one, which the `ringcast` binary never links.
 
 pub mod bench;
+pub mod cluster;
 pub mod core;
 pub mod proto;
 pub mod server;

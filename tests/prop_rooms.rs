@@ -85,6 +85,7 @@ impl World {
             stats: Arc::new(Stats::new(2)),
             label: Arc::from("backend=test"),
             threads: 2,
+            cluster: None,
         };
         let limits = Limits {
             max_line: 256,
@@ -149,6 +150,7 @@ impl World {
                 Action::Handoff(handoffs) => self.hubs[1 - hub].deliver(&handoffs, self.now),
                 Action::Shutdown { handle, .. } => panic!("client {handle} shut down"),
                 Action::Wake(_) | Action::ResumeAccept => {}
+                Action::Cluster(request) => panic!("a single node asked the cluster {request:?}"),
             }
         }
     }

@@ -60,6 +60,11 @@ pub struct Directory {
     /// Most connections from one address; 0: no limit.
     max_per_ip: usize,
     next_user: AtomicU64,
+    /// Default names are `user<N>` with N = k * stride + offset for k = 1, 2, ...: in a
+    /// cluster each node has its own offset, so defaults are unique across nodes by
+    /// construction (stride 1, offset 0 on a single node).
+    name_stride: AtomicU64,
+    name_offset: AtomicU64,
     lobby: Arc<str>,
 }
 
@@ -74,6 +79,8 @@ impl Directory {
             max_clients,
             max_per_ip,
             next_user: AtomicU64::new(1),
+            name_stride: AtomicU64::new(1),
+            name_offset: AtomicU64::new(0),
             lobby: Arc::from(LOBBY),
         }
     }
@@ -108,18 +115,34 @@ impl Directory {
         Ok(())
     }
 
+    /// Numbers default names `user<k * stride + offset>` from now on (cluster mode: this
+    /// node's share of the numbers).
+    pub fn number_names(&self, stride: u64, offset: u64) {
+        self.name_stride.store(stride.max(1), Ordering::Relaxed);
+        self.name_offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// A default name free on this server.
+    fn fresh_name(&self, inner: &Inner) -> Arc<str> {
+        let (stride, offset) = (
+            self.name_stride.load(Ordering::Relaxed),
+            self.name_offset.load(Ordering::Relaxed),
+        );
+        loop {
+            let k = self.next_user.fetch_add(1, Ordering::Relaxed);
+            let candidate = format!("user{}", k * stride + offset);
+            if !inner.names.contains(candidate.as_str()) {
+                break Arc::from(candidate);
+            }
+        }
+    }
+
     /// Makes an admitted connection a chat client: gives it a fresh `user<N>` name and
     /// puts it in the lobby. Returns `(name, lobby, members of the lobby now)`.
     pub fn add_member(&self, transport: Transport) -> (Arc<str>, Arc<str>, usize) {
         self.clients[transport as usize].fetch_add(1, Ordering::AcqRel);
         let mut inner = self.lock();
-        let name: Arc<str> = loop {
-            let n = self.next_user.fetch_add(1, Ordering::Relaxed);
-            let candidate = format!("user{n}");
-            if !inner.names.contains(candidate.as_str()) {
-                break Arc::from(candidate);
-            }
-        };
+        let name = self.fresh_name(&inner);
         inner.names.insert(name.clone());
         let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
         lobby.insert(name.clone());
@@ -149,6 +172,30 @@ impl Directory {
             members.insert(new.clone());
         }
         Ok(new)
+    }
+
+    /// Gives a client a fresh default name instead of `old` (whose cluster-wide claim
+    /// was lost); returns the new name.
+    pub fn rename_fresh(&self, old: &Arc<str>, room: &str) -> Arc<str> {
+        let mut inner = self.lock();
+        let new = self.fresh_name(&inner);
+        inner.names.remove(old);
+        inner.names.insert(new.clone());
+        if let Some(members) = inner.rooms.get_mut(room) {
+            members.remove(old);
+            members.insert(new.clone());
+        }
+        new
+    }
+
+    /// Every name in use on this server.
+    pub fn names(&self) -> Vec<Arc<str>> {
+        self.lock().names.iter().cloned().collect()
+    }
+
+    /// Members in `room` on this server.
+    pub fn room_size(&self, room: &str) -> usize {
+        self.lock().rooms.get(room).map_or(0, BTreeSet::len)
     }
 
     /// Moves a client to another room. Returns the room's shared name and its member count.

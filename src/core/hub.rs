@@ -10,8 +10,9 @@
 //!   [`Hub::handle_timeout`] when the time [`Hub::poll_timeout`] named has come.
 //! - **Outputs**, one question: [`Hub::poll_action`] until it returns `None`, after every
 //!   input. Actions come in this order: socket shutdowns (with a last notice to try to
-//!   send first), then writer wake-ups, then chat for the other threads, then the
-//!   resumption of accepting. A caller that asks after every input cannot miss one.
+//!   send first), then writer wake-ups, then chat for the other threads (and nodes),
+//!   then the resumption of accepting, then questions for the cluster bridge. A caller
+//!   that asks after every input cannot miss one.
 //!
 //! A connection is a line client (TCP listener), or an HTTP request (HTTP listener) that
 //! is answered and closed or becomes a WebSocket client. Line and WebSocket clients are
@@ -22,6 +23,7 @@
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
+use super::cluster::{Answer, Claim, ClusterView, Request};
 use super::directory::Directory;
 use super::outbox::{Outbox, Overflow};
 use super::stats::{Disconnect, ErrorKind, Stats, ThreadCounters, Transport};
@@ -94,7 +96,13 @@ impl Shared {
             stats: Arc::new(Stats::new(threads)),
             label: Arc::from(label),
             threads,
+            cluster: None,
         }
+    }
+
+    /// Whether a read's chat must also be handed off (to other threads or nodes).
+    fn hands_off(&self) -> bool {
+        self.threads > 1 || self.cluster.is_some()
     }
 }
 
@@ -107,6 +115,9 @@ pub struct Shared {
     pub label: Arc<str>,
     /// Worker threads in the server; with more than one, chat is also handed off.
     pub threads: usize,
+    /// Set when this node is one of a cluster: chat also goes to the bridge, and names,
+    /// `/who`, `/rooms` and subscriptions to rooms are the cluster's.
+    pub cluster: Option<Arc<ClusterView>>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -141,6 +152,9 @@ pub enum Action<H> {
     Handoff(Vec<Handoff>),
     /// Accepting, paused after running out of descriptors, may go on.
     ResumeAccept,
+    /// A question for the cluster bridge (cluster mode only); its answer comes back
+    /// through [`Hub::handle_answer`].
+    Cluster(Request),
 }
 
 /// What a connection's writer should do next.
@@ -199,6 +213,11 @@ impl Codec {
 struct Client<H> {
     /// Set while the connection is a chat client: an HTTP request has none.
     member: Option<Member>,
+    /// Unique among this hub's connections for its life, so an answer from the cluster
+    /// never reaches a later connection that got the same slab slot.
+    serial: u64,
+    /// A `/nick` waits for the cluster's answer.
+    nick_pending: bool,
     codec: Codec,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
@@ -238,6 +257,26 @@ impl<H> Client<H> {
     }
 }
 
+/// What a client waits for from the cluster.
+#[derive(Debug)]
+struct Pending {
+    client: ClientId,
+    serial: u64,
+    what: Awaited,
+}
+
+#[derive(Debug)]
+enum Awaited {
+    /// `/join ROOM`: the reply, once this node receives the room's chat.
+    Join { room: Arc<str>, members: usize },
+    /// `/nick NAME`.
+    Nick { name: Arc<str> },
+    /// The default name given at connect, in case someone else has it.
+    Default { name: Arc<str> },
+    /// A `/who` or `/rooms` reply.
+    Text,
+}
+
 /// One read's chat in each encoding its room needs, built on first use.
 struct Encoded<'a> {
     lines: &'a Bytes,
@@ -268,6 +307,12 @@ pub struct Hub<H> {
     batch: ChatBatch,
     /// Frames WebSocket output and reads WebSocket input, for every client of the thread.
     ws: WsCodec,
+    /// Questions asked of the cluster and not answered yet, by request id.
+    pending: HashMap<u64, Pending>,
+    /// The last request id and connection serial given out.
+    next_id: u64,
+    /// Questions for the cluster, yielded by `poll_action` after the hand-offs.
+    requests: VecDeque<Request>,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
 }
@@ -292,6 +337,9 @@ impl<H: Clone> Hub<H> {
             overflowed: Vec::new(),
             batch: ChatBatch::default(),
             ws: WsCodec::new(limits.max_line),
+            pending: HashMap::new(),
+            next_id: 0,
+            requests: VecDeque::new(),
             input_stopped: false,
         }
     }
@@ -321,8 +369,11 @@ impl<H: Clone> Hub<H> {
             return None;
         }
         let now = self.clock.tick(now);
+        self.next_id += 1;
         let id = self.clients.insert(Client {
             member: None,
+            serial: self.next_id,
+            nick_pending: false,
             codec: match protocol {
                 Protocol::Line => Codec::Line(LineDecoder::new(self.limits.max_line)),
                 Protocol::Http => Codec::Http,
@@ -365,8 +416,154 @@ impl<H: Clone> Hub<H> {
             reply::count(members, "member", "members")
         ));
         tracing::debug!(%name, transport = transport.name(), "client connected");
+        if self.shared.cluster.is_some() {
+            let name = name.clone();
+            self.ask(id, Awaited::Default { name: name.clone() }, |thread, id| {
+                Request::Register { thread, id, name }
+            });
+        }
         self.clients[id].member = Some(Member { name, room, slot });
         self.reply(id, welcome, now);
+    }
+
+    /// Asks the cluster a question on behalf of client `id`; `request` is built from
+    /// this thread's index and the request's id.
+    fn ask(&mut self, id: ClientId, what: Awaited, request: impl FnOnce(usize, u64) -> Request) {
+        self.next_id += 1;
+        let request_id = self.next_id;
+        self.pending.insert(
+            request_id,
+            Pending {
+                client: id,
+                serial: self.clients[id].serial,
+                what,
+            },
+        );
+        self.requests.push_back(request(self.thread, request_id));
+    }
+
+    /// The cluster's answer to an earlier question. An answer for a client that has
+    /// gone (or is closing) is dropped.
+    pub fn handle_answer(&mut self, answer: Answer, now: Instant) {
+        let now = self.clock.tick(now);
+        let id = match &answer {
+            Answer::Joined { id }
+            | Answer::Name { id, .. }
+            | Answer::DefaultTaken { id }
+            | Answer::Text { id, .. } => *id,
+            Answer::NameLost { name } => {
+                let holder = self.clients.iter().find_map(|(client, c)| {
+                    let held = c.member.as_ref().is_some_and(|m| m.name == *name);
+                    (held && c.closing.is_none()).then_some(client)
+                });
+                if let Some(client) = holder {
+                    self.rename_to_default(client, name.clone(), now);
+                }
+                return;
+            }
+        };
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let client = pending.client;
+        let live = self.clients.get(client).is_some_and(|c| {
+            c.serial == pending.serial && c.closing.is_none() && c.member.is_some()
+        });
+        if !live {
+            // The claim was granted to a client that is gone: give the name back.
+            if let (
+                Awaited::Nick { name },
+                Answer::Name {
+                    claim: Claim::Granted,
+                    ..
+                },
+            ) = (&pending.what, &answer)
+            {
+                self.requests
+                    .push_back(Request::Release { name: name.clone() });
+            }
+            return;
+        }
+        match (pending.what, answer) {
+            (Awaited::Join { room, members }, Answer::Joined { .. }) => {
+                let text = format!(
+                    "joined {room} ({} on this node)",
+                    reply::count(members, "member", "members")
+                );
+                self.reply(client, reply::notice(text), now);
+            }
+            (Awaited::Nick { name }, Answer::Name { claim, .. }) => {
+                self.clients[client].nick_pending = false;
+                self.claimed(client, name, claim, now);
+            }
+            (Awaited::Default { name }, Answer::DefaultTaken { .. }) => {
+                if self.clients[client].member().name == name {
+                    self.rename_to_default(client, name, now);
+                }
+            }
+            (Awaited::Text, Answer::Text { text, .. }) => {
+                self.reply(client, reply::notice(text), now);
+            }
+            _ => tracing::warn!("cluster answer of the wrong kind dropped"),
+        }
+    }
+
+    /// `name`, which `client` holds here, belongs to another client of the cluster: this
+    /// one gets a fresh default name and a notice saying so.
+    fn rename_to_default(&mut self, client: ClientId, name: Arc<str>, now: Tick) {
+        let member = self.clients[client].member();
+        let fresh = self.shared.dir.rename_fresh(&member.name, &member.room);
+        tracing::info!(%name, %fresh, "name taken elsewhere in the cluster; renamed");
+        if let Some(member) = self.clients[client].member.as_mut() {
+            member.name = fresh.clone();
+        }
+        let text = format!("your name {name} was taken elsewhere; you are {fresh}");
+        self.reply(client, reply::notice(text), now);
+        self.ask(
+            client,
+            Awaited::Default {
+                name: fresh.clone(),
+            },
+            |thread, id| Request::Register {
+                thread,
+                id,
+                name: fresh,
+            },
+        );
+    }
+
+    /// The end of a cluster-wide `/nick`.
+    fn claimed(&mut self, id: ClientId, name: Arc<str>, claim: Claim, now: Tick) {
+        match claim {
+            Claim::Granted => {
+                let member = self.clients[id].member();
+                let old = member.name.clone();
+                match self.shared.dir.rename(&old, &member.room, &name) {
+                    Ok(name) => {
+                        if let Some(member) = self.clients[id].member.as_mut() {
+                            member.name = name.clone();
+                        }
+                        self.requests.push_back(Request::Release { name: old });
+                        let text = reply::notice(format_args!("you are {name}"));
+                        self.reply(id, text, now);
+                    }
+                    // Another client of this node took it meanwhile (its own claim was
+                    // granted first): this one is refused, and the cluster's entry stays
+                    // with that client.
+                    Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
+                }
+            }
+            Claim::Taken => {
+                let taken = super::directory::NameTaken(name.to_string());
+                self.error(id, ErrorKind::NameTaken, taken, now);
+            }
+            Claim::Unavailable => self.error(
+                id,
+                ErrorKind::ClusterUnavailable,
+                reply::CLUSTER_UNAVAILABLE,
+                now,
+            ),
+        }
     }
 
     /// Handles bytes read from a connection: decodes every complete line, message or
@@ -603,7 +800,7 @@ impl<H: Clone> Hub<H> {
         let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
         let frames = encoded.frames;
         self.counters().messages_in(lines, recipients * lines);
-        if self.shared.threads > 1 {
+        if self.shared.hands_off() {
             self.handoffs.push(Handoff {
                 room,
                 text,
@@ -698,19 +895,53 @@ impl<H: Clone> Hub<H> {
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;
         local.push(id);
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.slot = slot;
+            member.room = room.clone();
+        }
+        if self.shared.cluster.is_some() {
+            // Confirmed once this node receives the room's chat from the others, so a
+            // line sent right after the reply reaches this client from any node.
+            self.ask(
+                id,
+                Awaited::Join {
+                    room: room.clone(),
+                    members,
+                },
+                |thread, id| Request::Join { thread, id, room },
+            );
+            return;
+        }
         let text = format!(
             "joined {room} ({})",
             reply::count(members, "member", "members")
         );
-        if let Some(member) = self.clients[id].member.as_mut() {
-            member.slot = slot;
-            member.room = room;
-        }
         self.reply(id, reply::notice(text), now);
     }
 
     fn nick(&mut self, id: ClientId, name: &str, now: Tick) {
         let member = self.clients[id].member();
+        if let Some(cluster) = &self.shared.cluster {
+            if &*member.name == name {
+                let text = reply::notice(format_args!("you are {name}"));
+                self.reply(id, text, now);
+            } else if self.clients[id].nick_pending {
+                self.error(id, ErrorKind::BadArgument, reply::NICK_PENDING, now);
+            } else if self.shared.dir.has_name(name) {
+                let taken = super::directory::NameTaken(name.to_owned());
+                self.error(id, ErrorKind::NameTaken, taken, now);
+            } else if !cluster.is_available() {
+                let text = reply::CLUSTER_UNAVAILABLE;
+                self.error(id, ErrorKind::ClusterUnavailable, text, now);
+            } else {
+                self.clients[id].nick_pending = true;
+                let name: Arc<str> = Arc::from(name);
+                self.ask(id, Awaited::Nick { name: name.clone() }, |thread, id| {
+                    Request::ClaimName { thread, id, name }
+                });
+            }
+            return;
+        }
         match self.shared.dir.rename(&member.name, &member.room, name) {
             Ok(name) => {
                 let text = reply::notice(format_args!("you are {name}"));
@@ -724,6 +955,15 @@ impl<H: Clone> Hub<H> {
     }
 
     fn who(&mut self, id: ClientId, now: Tick) {
+        if self.shared.cluster.is_some() {
+            let room = self.clients[id].member().room.clone();
+            self.ask(id, Awaited::Text, |thread, id| Request::Who {
+                thread,
+                id,
+                room,
+            });
+            return;
+        }
         let room = &self.clients[id].member().room;
         let members = self.shared.dir.members(room);
         let mut text = format!("members of {room} ({}): ", members.len());
@@ -737,6 +977,13 @@ impl<H: Clone> Hub<H> {
     }
 
     fn list_rooms(&mut self, id: ClientId, now: Tick) {
+        if self.shared.cluster.is_some() {
+            self.ask(id, Awaited::Text, |thread, id| Request::Rooms {
+                thread,
+                id,
+            });
+            return;
+        }
         let rooms = self.shared.dir.rooms();
         let mut text = format!("rooms ({}): ", rooms.len());
         for (i, (room, members)) in rooms.iter().enumerate() {
@@ -763,6 +1010,10 @@ impl<H: Clone> Hub<H> {
             t.connections,
             t.reasons()
         );
+        let text = match &self.shared.cluster {
+            Some(cluster) => format!("{text} {}", cluster.stats()),
+            None => text,
+        };
         self.reply(id, reply::notice(text), now);
     }
 
@@ -815,6 +1066,9 @@ impl<H: Clone> Hub<H> {
                 self.rooms.remove(&*room);
             }
         }
+        if self.shared.cluster.is_some() && self.shared.dir.room_size(&room) == 0 {
+            self.requests.push_back(Request::Left { room });
+        }
     }
 
     /// Takes the client out of its room and frees its name. What is queued is still
@@ -825,6 +1079,17 @@ impl<H: Clone> Hub<H> {
         if self.clients[id].closing.is_some() {
             return;
         }
+        if let Some(member) = &self.clients[id].member {
+            let transport = self.clients[id].codec.transport();
+            self.shared.dir.leave(&member.name, &member.room, transport);
+            if self.shared.cluster.is_some() {
+                self.requests.push_back(Request::Release {
+                    name: member.name.clone(),
+                });
+            }
+        }
+        // After the directory forgot it, so the room's size there says whether this node
+        // still has members in it.
         self.leave_local_room(id);
         let is_member = self.clients[id].member.is_some();
         if is_member {
@@ -834,10 +1099,6 @@ impl<H: Clone> Hub<H> {
         let websocket = matches!(self.clients[id].codec, Codec::Ws(_));
         let client = &mut self.clients[id];
         client.closing = Some(reason);
-        if let Some(member) = &client.member {
-            let transport = client.codec.transport();
-            self.shared.dir.leave(&member.name, &member.room, transport);
-        }
         match reason {
             Disconnect::SlowConsumer | Disconnect::WriteTimeout => {
                 client.outbox.clear();
@@ -1095,7 +1356,22 @@ impl<H: Clone> Hub<H> {
         if std::mem::take(&mut self.resume_accept) {
             return Some(Action::ResumeAccept);
         }
-        None
+        self.requests.pop_front().map(Action::Cluster)
+    }
+
+    /// A message for the cluster bridge was dropped: its queue was full (NATS is slow).
+    pub fn cluster_dropped(&self) {
+        if let Some(cluster) = &self.shared.cluster {
+            let dropped = cluster
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped = dropped + 1,
+                    "queue towards the cluster full: dropped"
+                );
+            }
+        }
     }
 
     /// Connections of this thread that have not been released.

@@ -4,6 +4,7 @@
 //! through one question, [`Hub::poll_action`] (which writers to wake, which sockets to
 //! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it.
 
+pub mod cluster;
 mod directory;
 mod hub;
 mod outbox;
@@ -11,7 +12,7 @@ mod stats;
 mod time;
 mod web;
 
-pub use directory::{Directory, NameTaken, Refused};
+pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use hub::{
     Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,

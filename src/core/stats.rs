@@ -96,16 +96,19 @@ pub enum ErrorKind {
     AlreadyInRoom,
     /// A line over `--max-msg-rate` was dropped.
     RateLimited,
+    /// A cluster-wide `/nick` could not be decided: the cluster did not answer.
+    ClusterUnavailable,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::LineTooLong,
         ErrorKind::UnknownCommand,
         ErrorKind::BadArgument,
         ErrorKind::NameTaken,
         ErrorKind::AlreadyInRoom,
         ErrorKind::RateLimited,
+        ErrorKind::ClusterUnavailable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +119,7 @@ impl ErrorKind {
             ErrorKind::NameTaken => "name_taken",
             ErrorKind::AlreadyInRoom => "already_in_room",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ClusterUnavailable => "cluster_unavailable",
         }
     }
 }

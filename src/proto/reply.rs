@@ -36,6 +36,8 @@ pub const SERVER_FULL: &str = "server full";
 pub const SLOW_CONSUMER: &str = "disconnected: slow consumer";
 pub const SHUTTING_DOWN: &str = "server shutting down";
 pub const BYE: &str = "bye";
+pub const CLUSTER_UNAVAILABLE: &str = "cluster unavailable, try again";
+pub const NICK_PENDING: &str = "a name change is already in progress";
 
 #[cfg(test)]
 mod tests {

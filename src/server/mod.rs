@@ -90,6 +90,16 @@ pub struct ServeArgs {
     /// Interval of the stats log line; 0 turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stats_interval: Duration,
+    /// Join a cluster of ringcast nodes through this NATS server (`nats://HOST:PORT`,
+    /// JetStream on): rooms and names are shared with every node of the cluster.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster [default: host name and process id].
+    #[arg(long, requires = "cluster")]
+    pub node: Option<String>,
+    /// How long a dead node's names and members are remembered by the cluster.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "cluster")]
+    pub cluster_lease: Duration,
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -165,6 +175,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// A server running in this process (its worker threads run in the background).
 pub struct Running {
     addr: SocketAddr,
+    /// The cluster bridge, when this node is one of a cluster; it ends after the workers.
+    bridge: Option<crate::cluster::Bridge>,
     http_addr: Option<SocketAddr>,
     stats: Arc<Stats>,
     shutdown: watch::Sender<bool>,
@@ -244,11 +256,33 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let dir = Arc::new(Directory::new(max_clients, args.max_per_ip));
     let stats = Arc::new(Stats::new(threads));
     let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
+    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
+    let (bridge, bridge_tx) = match &args.cluster {
+        Some(url) => {
+            if args.cluster_lease < Duration::from_secs(1) {
+                bail!("--cluster-lease must be at least 1s");
+            }
+            let config = crate::cluster::Config {
+                url: url.clone(),
+                node: args
+                    .node
+                    .clone()
+                    .unwrap_or_else(crate::cluster::default_node_name),
+                lease: args.cluster_lease,
+            };
+            let (tx, rx) = mpsc::channel(INBOX_BATCHES);
+            let bridge = crate::cluster::start(config, dir.clone(), inbox_tx.clone(), rx)?;
+            (Some(bridge), Some(tx))
+        }
+        None => (None, None),
+    };
     let shared = Shared {
         dir: dir.clone(),
         stats: stats.clone(),
         label,
         threads,
+        cluster: bridge.as_ref().map(|bridge| bridge.view.clone()),
     };
     let limits = Limits {
         max_line: args.max_line,
@@ -261,8 +295,6 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         drain_timeout: args.drain_timeout,
         flush_delay: args.flush_delay,
     };
-    let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
-        (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
 
@@ -277,6 +309,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
                 .map(|i| inbox_tx[i].clone())
                 .collect(),
             inbox,
+            bridge: bridge_tx.clone(),
             shutdown: shutdown_rx.clone(),
         };
         let events_tx = events_tx.clone();
@@ -304,6 +337,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             .context("starting a worker thread")?;
     }
     drop(inbox_tx);
+    drop(bridge_tx);
 
     tracing::info!(
         %addr, http = ?http_addr, backend = args.backend.name(), threads, max_clients,
@@ -320,6 +354,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     )?;
     Ok(Running {
         addr,
+        bridge,
         http_addr,
         stats,
         shutdown: shutdown_tx,
@@ -361,6 +396,7 @@ impl Running {
             shutdown: shutdown_tx,
             threads,
             drain_timeout,
+            bridge,
             ..
         } = self;
         let mut stopping_since = stopping.then(Instant::now);
@@ -411,6 +447,13 @@ impl Running {
                         let _ = shutdown_tx.send(true);
                     }
                 }
+            }
+        }
+        if failure.is_none() {
+            // The workers dropped their senders: the bridge gives back this node's names
+            // and ends.
+            if let Some(bridge) = bridge {
+                bridge.join();
             }
         }
         match failure {

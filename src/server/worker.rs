@@ -5,6 +5,7 @@
 //! rule about time and limits is the hub's.
 
 use super::io::{self, Conn, Listener};
+use crate::core::cluster::{Inbox, ToBridge};
 use crate::core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
 use bytes::{Buf, Bytes};
 use std::cell::{Cell, RefCell};
@@ -44,8 +45,10 @@ pub(crate) struct WorkerSetup {
     pub(crate) limits: Limits,
     pub(crate) index: usize,
     /// Senders to the inboxes of the other threads.
-    pub(crate) peers: Vec<mpsc::Sender<Vec<Handoff>>>,
-    pub(crate) inbox: mpsc::Receiver<Vec<Handoff>>,
+    pub(crate) peers: Vec<mpsc::Sender<Inbox>>,
+    pub(crate) inbox: mpsc::Receiver<Inbox>,
+    /// The cluster bridge's inbox (cluster mode).
+    pub(crate) bridge: Option<mpsc::Sender<ToBridge>>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -53,7 +56,11 @@ pub(crate) struct Worker<C> {
     hub: RefCell<Hub<Rc<ConnHandle<C>>>>,
     index: usize,
     /// Emptied when shutdown begins, so the other threads' inboxes can end.
-    peers: RefCell<Vec<mpsc::Sender<Vec<Handoff>>>>,
+    peers: RefCell<Vec<mpsc::Sender<Inbox>>>,
+    /// The cluster bridge's inbox; dropped when shutdown begins, like `peers`. Chat and
+    /// questions go there without waiting: a full queue towards NATS drops (and counts)
+    /// rather than hold back local chat.
+    bridge: RefCell<Option<mpsc::Sender<ToBridge>>>,
     /// Chat for the other threads that the hub asked to hand off, until the reader whose
     /// input made it sends it (waiting while a thread's inbox is full).
     outgoing: RefCell<Vec<Vec<Handoff>>>,
@@ -84,12 +91,14 @@ impl<C: Conn> Worker<C> {
             index,
             peers,
             inbox,
+            bridge,
             mut shutdown,
         } = setup;
         let worker = Rc::new(Worker {
             hub: RefCell::new(Hub::new(shared, index, limits, Instant::now())),
             index,
             peers: RefCell::new(peers),
+            bridge: RefCell::new(bridge),
             outgoing: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
             timer: Signal::default(),
@@ -142,6 +151,7 @@ impl<C: Conn> Worker<C> {
         // Readers send hand-offs right after reading, with no await in between, so once
         // input is ignored the only senders left are clones held by sends in progress.
         self.peers.borrow_mut().clear();
+        self.bridge.borrow_mut().take();
         // Ends when every other thread has dropped its senders to us: then every line
         // accepted anywhere is in our outboxes.
         let _ = inbox_task.await;
@@ -391,31 +401,49 @@ impl<C: Conn> Worker<C> {
         Ok(batch)
     }
 
-    /// Sends the chat the hub asked to hand off to every other thread: one batch per
-    /// thread per read.
+    /// Sends the chat the hub asked to hand off to every other thread (one batch per
+    /// thread per read, waiting while an inbox is full) and to the cluster bridge (never
+    /// waiting).
     async fn hand_off(&self) {
         let batches = std::mem::take(&mut *self.outgoing.borrow_mut());
         let peers = self.peers.borrow().clone();
         for handoffs in batches {
+            self.to_bridge(|| ToBridge::Chat(handoffs.clone()));
             let Some((last, others)) = peers.split_last() else {
-                return;
+                continue;
             };
             for peer in others {
                 // A closed inbox means that thread has finished; nothing is left to
                 // deliver to.
-                let _ = peer.send(handoffs.clone()).await;
+                let _ = peer.send(Inbox::Chat(handoffs.clone())).await;
             }
-            let _ = last.send(handoffs).await;
+            let _ = last.send(Inbox::Chat(handoffs)).await;
         }
     }
 
-    async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Vec<Handoff>>) {
-        let mut batches = Vec::new();
-        while inbox.recv_many(&mut batches, 64).await > 0 {
+    /// Gives the cluster bridge a message if there is a bridge and room in its queue;
+    /// counts what is dropped.
+    fn to_bridge(&self, message: impl FnOnce() -> ToBridge) {
+        let bridge = self.bridge.borrow();
+        let Some(bridge) = bridge.as_ref() else {
+            return;
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = bridge.try_send(message()) {
+            let hub = self.hub.borrow();
+            hub.cluster_dropped();
+        }
+    }
+
+    async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Inbox>) {
+        let mut messages = Vec::new();
+        while inbox.recv_many(&mut messages, 64).await > 0 {
             let mut hub = self.hub.borrow_mut();
             let now = Instant::now();
-            for batch in batches.drain(..) {
-                hub.deliver(&batch, now);
+            for message in messages.drain(..) {
+                match message {
+                    Inbox::Chat(batch) => hub.deliver(&batch, now),
+                    Inbox::Answer(answer) => hub.handle_answer(answer, now),
+                }
             }
             self.act(&mut hub);
         }
@@ -435,6 +463,15 @@ impl<C: Conn> Worker<C> {
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
                 Action::ResumeAccept => self.accept_resumed.notify(),
+                Action::Cluster(request) => {
+                    let bridge = self.bridge.borrow();
+                    let full = bridge
+                        .as_ref()
+                        .is_some_and(|bridge| bridge.try_send(ToBridge::Request(request)).is_err());
+                    if full {
+                        hub.cluster_dropped();
+                    }
+                }
             }
         }
         let next = hub.poll_timeout();

@@ -36,6 +36,7 @@ impl Sim {
             stats: Arc::new(Stats::new(1)),
             label: Arc::from("backend=test threads=1"),
             threads,
+            cluster: None,
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),

@@ -1,0 +1,130 @@
+//! A `nats-server` child process with JetStream, on a loopback port, for cluster tests
+//! and the cluster soak: started, signalled, killed and started again on the same port
+//! by PID.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why a nats-server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error(
+        "nats-server is not installed: `apt-get install -y nats-server` (scripts/test.sh \
+         does), or set RINGCAST_SKIP_PEERS=1 to skip the tests that need it"
+    )]
+    Missing,
+    #[error("nats-server is not installed and RINGCAST_SKIP_PEERS=1: skipped")]
+    Skipped,
+    #[error("starting nats-server")]
+    Spawn(#[source] std::io::Error),
+    #[error("nats-server exited with {0} before listening on {1}")]
+    Exited(std::process::ExitStatus, SocketAddr),
+    #[error("nats-server did not listen on {0} within 10 s")]
+    NoListen(SocketAddr),
+}
+
+/// A running nats-server, killed on drop; its JetStream store is a temporary folder.
+pub struct NatsServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts nats-server with JetStream on a free loopback port. A missing binary is an
+    /// error naming the package, or `Skipped` when `RINGCAST_SKIP_PEERS=1`.
+    pub fn start() -> Result<NatsServer, NatsError> {
+        if !installed() {
+            if std::env::var("RINGCAST_SKIP_PEERS").as_deref() == Ok("1") {
+                return Err(NatsError::Skipped);
+            }
+            return Err(NatsError::Missing);
+        }
+        // A port the kernel just handed out and released; if another process takes it
+        // meanwhile, the server fails to start and says so below.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(NatsError::Spawn)?
+            .port();
+        let store =
+            std::env::temp_dir().join(format!("ringcast-nats-{}-{port}", std::process::id()));
+        let mut server = NatsServer {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            store,
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a real signal (SIGSTOP, SIGCONT, ...) to the server process.
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory effects; the pid is our own unreaped child.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server (again) on the same port, waiting until it listens.
+    pub fn restart(&mut self) -> Result<(), NatsError> {
+        self.kill();
+        let port = self.addr.port().to_string();
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(NatsError::Spawn)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(self.addr).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(NatsError::Exited(status, self.addr));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(NatsError::NoListen(self.addr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        // SIGKILL ends a stopped (SIGSTOP) process too.
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+fn installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    })
+}

@@ -1,0 +1,354 @@
+//! Several ringcast nodes sharing rooms and names over a real nats-server (JetStream on),
+//! all on loopback, every process started and stopped by PID. Each test runs for both
+//! backends. Without nats-server installed these tests fail, naming the package, unless
+//! `RINGCAST_SKIP_PEERS=1`.
+
+mod common;
+
+use common::{Client, Server, TIMEOUT};
+use ringcast_testkit::nats::NatsError;
+use ringcast_testkit::NatsServer;
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+backend_tests!(
+    every_line_reaches_every_member_on_every_node_once_in_order,
+    one_name_claimed_on_two_nodes_at_once_goes_to_one,
+    a_killed_node_frees_its_names_and_members_within_the_lease,
+    a_nats_outage_keeps_local_chat_and_loses_only_its_window,
+    nothing_listening_at_the_cluster_url_stops_the_server_at_start,
+);
+
+/// Lease of the tests' clusters: short, so that expiry is tested in seconds.
+const LEASE: &str = "2s";
+
+/// nats-server, or `None` when it is missing and skipping was asked for.
+fn nats() -> Option<NatsServer> {
+    match NatsServer::start() {
+        Ok(nats) => Some(nats),
+        Err(NatsError::Skipped) => {
+            eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
+            None
+        }
+        Err(err) => panic!("{err}"),
+    }
+}
+
+fn node(backend: &str, nats: &NatsServer, name: &str) -> Server {
+    Server::start(
+        backend,
+        &[
+            "--cluster",
+            &nats.url(),
+            "--node",
+            name,
+            "--cluster-lease",
+            LEASE,
+        ],
+    )
+}
+
+/// Asks `line` until the reply satisfies `done` (the cluster settles in its own time);
+/// returns that reply.
+async fn ask_until(client: &mut Client, line: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = client.ask(line).await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "{line}: still {reply:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn every_line_reaches_every_member_on_every_node_once_in_order(backend: &str) {
+    let Some(nats) = nats() else { return };
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| node(backend, &nats, &format!("n{i}")))
+        .collect();
+    // A line said in the lobby right after someone connects elsewhere reaches them.
+    let mut first = Client::connect(nodes[0].addr).await;
+    let mut fresh = Client::connect(nodes[2].addr).await;
+    first.send("welcome").await;
+    assert_eq!(fresh.line().await, format!("{}: welcome", first.name));
+    drop((first, fresh));
+
+    // Two members per node in room `r`; a line sent right after the joins reaches all.
+    let mut members: Vec<Client> = Vec::new();
+    for server in &nodes {
+        for _ in 0..2 {
+            let mut client = Client::connect(server.addr).await;
+            let reply = client.ask("/join r").await;
+            assert!(reply.starts_with("* joined r ("), "{reply}");
+            members.push(client);
+        }
+    }
+    members[0].send("after the joins").await;
+    for member in &mut members[1..] {
+        assert!(member.line().await.ends_with(": after the joins"));
+    }
+
+    // One sender per node, 500 lines each, all at once.
+    const LINES: u32 = 500;
+    let senders = [0, 2, 4];
+    let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    let mut tasks = Vec::new();
+    for (i, member) in members.into_iter().enumerate() {
+        let names = names.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut member = member;
+            if senders.contains(&i) {
+                let mut burst = String::new();
+                for seq in 0..LINES {
+                    burst.push_str(&format!("seq {seq}\n"));
+                }
+                member.send_raw(burst.as_bytes()).await;
+            }
+            let from: Vec<&String> = senders
+                .iter()
+                .filter(|&&s| s != i)
+                .map(|&s| &names[s])
+                .collect();
+            let mut next: HashMap<String, u32> = from.iter().map(|n| ((*n).clone(), 0)).collect();
+            for _ in 0..from.len() as u32 * LINES {
+                let line = member.line().await;
+                let (name, seq) = line.split_once(": ").expect("a chat line");
+                let expected = next.get_mut(name).unwrap_or_else(|| panic!("from {name}?"));
+                assert_eq!(seq, format!("seq {expected}"), "{} from {name}", names[i]);
+                *expected += 1;
+            }
+            // Nothing more: no line came twice.
+            let reply = member.ask("/help").await;
+            assert!(reply.starts_with("* commands"), "{reply}");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("member");
+    }
+}
+
+async fn one_name_claimed_on_two_nodes_at_once_goes_to_one(backend: &str) {
+    let Some(nats) = nats() else { return };
+    let a = node(backend, &nats, "a");
+    let b = node(backend, &nats, "b");
+    let mut on_a = Client::connect(a.addr).await;
+    let mut on_b = Client::connect(b.addr).await;
+    for name in ["bob", "eve", "mallory"] {
+        let line = format!("/nick {name}");
+        let (from_a, from_b) = tokio::join!(on_a.ask(&line), on_b.ask(&line));
+        let won = format!("* you are {name}");
+        let lost = format!("* error: name {name} is taken");
+        assert!(
+            (from_a == won && from_b == lost) || (from_a == lost && from_b == won),
+            "{name}: {from_a:?} / {from_b:?}"
+        );
+        // Whoever lost still cannot have it a moment later.
+        let loser = if from_a == lost { &mut on_a } else { &mut on_b };
+        assert_eq!(loser.ask(&line).await, lost);
+    }
+    // /who lists the members of every node.
+    let who = on_a.ask("/who").await;
+    assert!(who.starts_with("* members of lobby (2): "), "{who}");
+}
+
+async fn a_killed_node_frees_its_names_and_members_within_the_lease(backend: &str) {
+    let Some(nats) = nats() else { return };
+    let a = node(backend, &nats, "a");
+    let mut b = node(backend, &nats, "b");
+    let mut on_a = Client::connect(a.addr).await;
+    let mut on_b = Client::connect(b.addr).await;
+    on_b.nick("carol").await;
+    ask_until(&mut on_a, "/who", |who| who.contains("carol")).await;
+    assert_eq!(
+        on_a.ask("/nick carol").await,
+        "* error: name carol is taken"
+    );
+
+    b.signal(libc::SIGKILL);
+    b.wait_exit();
+    let killed = Instant::now();
+    // Within the lease (and one refresh), the name is free and the member gone.
+    let nick = ask_until(&mut on_a, "/nick carol", |reply| reply == "* you are carol").await;
+    assert_eq!(nick, "* you are carol");
+    let who = ask_until(&mut on_a, "/who", |who| {
+        who == "* members of lobby (1): carol"
+    })
+    .await;
+    assert_eq!(who, "* members of lobby (1): carol");
+    assert!(
+        killed.elapsed() < Duration::from_secs(2 * 2 + 3),
+        "took {:?} with a 2 s lease",
+        killed.elapsed()
+    );
+    let stats = on_a.ask("/stats").await;
+    assert!(stats.contains(" nodes=1 "), "{stats}");
+}
+
+async fn a_nats_outage_keeps_local_chat_and_loses_only_its_window(backend: &str) {
+    let Some(mut nats) = nats() else { return };
+    let a = node(backend, &nats, "a");
+    let b = node(backend, &nats, "b");
+    let talker = Client::connect(a.addr).await;
+    let mut local = Client::connect(a.addr).await;
+    let mut remote = Client::connect(b.addr).await;
+
+    // The talker says numbered lines all along; `remote` (on the other node) records
+    // which arrive, `local` (same node) must get every one.
+    let (mut talker_in, mut talker_out) = talker.into_parts();
+    let _ = &mut talker_in;
+    let sent: std::sync::Arc<std::sync::Mutex<Vec<(u32, Instant)>>> = Default::default();
+    let sent_log = sent.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_talking = stop.clone();
+    let talking = tokio::spawn(async move {
+        let mut seq = 0u32;
+        while !stop_talking.load(std::sync::atomic::Ordering::Relaxed) {
+            let line = format!("n {seq}\n");
+            tokio::io::AsyncWriteExt::write_all(&mut talker_out, line.as_bytes())
+                .await
+                .expect("talk");
+            sent_log.lock().unwrap().push((seq, Instant::now()));
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        talker_out
+    });
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(u32, Instant)>>> = Default::default();
+    let received_log = received.clone();
+    let remote_name = remote.name.clone();
+    let listening = tokio::spawn(async move {
+        loop {
+            let Some(line) = remote.try_line().await else {
+                break;
+            };
+            if let Some(seq) = line.split_once(": n ").and_then(|(_, s)| s.parse().ok()) {
+                received_log.lock().unwrap().push((seq, Instant::now()));
+            }
+            if line.ends_with(": the end") {
+                break;
+            }
+        }
+        remote
+    });
+    let got_since = |since: Instant| {
+        let received = received.clone();
+        async move {
+            let deadline = Instant::now() + TIMEOUT;
+            while !received.lock().unwrap().iter().any(|(_, at)| *at > since) {
+                assert!(Instant::now() < deadline, "cross-node chat never came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Instant::now()
+        }
+    };
+    got_since(Instant::now()).await;
+
+    let mut windows = Vec::new();
+    for fault in ["stop", "kill"] {
+        let fault_at = Instant::now();
+        match fault {
+            "stop" => nats.signal(libc::SIGSTOP),
+            _ => nats.kill(),
+        }
+        // Local chat goes on; a new name cannot be checked, so it is refused.
+        local.send("local still works").await;
+        let mut saw_local = false;
+        let nick = loop {
+            let reply = local.ask("/nick zed").await;
+            if reply.starts_with("* error: cluster unavailable") {
+                break reply;
+            }
+            saw_local |= reply.ends_with(": local still works") || reply.contains(": n ");
+            assert!(
+                fault_at.elapsed() < TIMEOUT,
+                "{fault}: /nick not refused: {reply}"
+            );
+        };
+        assert_eq!(nick, "* error: cluster unavailable, try again");
+        let _ = saw_local;
+        match fault {
+            "stop" => nats.signal(libc::SIGCONT),
+            _ => nats.restart().expect("restarting nats-server"),
+        }
+        let back_at = Instant::now();
+        let recovered = got_since(back_at).await;
+        assert!(
+            recovered - back_at < Duration::from_secs(10),
+            "{fault}: cross-node chat came back only after {:?}",
+            recovered - back_at
+        );
+        windows.push((fault_at, recovered));
+        // Names work again once the bucket is back.
+        ask_until(&mut local, "/nick zed", |reply| {
+            reply == "* you are zed" || reply.contains("is taken")
+        })
+        .await;
+        local.send("/nick anon").await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut talker_out = talking.await.expect("talker");
+    tokio::io::AsyncWriteExt::write_all(&mut talker_out, b"the end\n")
+        .await
+        .expect("the end");
+    let remote = tokio::time::timeout(TIMEOUT, listening)
+        .await
+        .expect("remote listener")
+        .expect("join");
+    drop(remote);
+
+    // At most once, in order, and nothing lost outside the outage windows.
+    let sent = sent.lock().unwrap().clone();
+    let received = received.lock().unwrap().clone();
+    let seqs: Vec<u32> = received.iter().map(|(s, _)| *s).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "{remote_name}: out of order or twice"
+    );
+    let got: std::collections::HashSet<u32> = seqs.into_iter().collect();
+    for (seq, at) in &sent {
+        let in_window = windows
+            .iter()
+            .any(|(from, to)| *at >= *from - Duration::from_millis(500) && *at <= *to);
+        assert!(
+            in_window || got.contains(seq),
+            "line {seq} was lost outside every outage window"
+        );
+    }
+    let lost = sent.len() - got.len();
+    eprintln!(
+        "{backend}: {} lines sent, {lost} lost, all inside the outage windows",
+        sent.len()
+    );
+}
+
+async fn nothing_listening_at_the_cluster_url_stops_the_server_at_start(backend: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--http", "off"])
+        .args(["--backend", backend, "--cluster", &url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ringcast serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&url) && stderr.contains("cannot reach the cluster"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).contains("listening on"),
+        "it claimed to listen"
+    );
+}
