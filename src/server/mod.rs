@@ -53,42 +53,42 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "uring")]
     pub backend: Backend,
     /// Worker threads, each with its own runtime and listener [default: available cores].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub threads: Option<usize>,
     /// Longest line a client may send, in bytes (k/m suffixes allowed).
-    #[arg(long, default_value = "4096", value_parser = parse_bytes)]
+    #[arg(long, default_value = "4096", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub max_line: usize,
     /// Most clients at once [default: the open-files limit less 64 and 4 per thread].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub max_clients: Option<usize>,
     /// Most connections from one IP address; more get an error and are closed (0: no
     /// limit).
-    #[arg(long, default_value = "64")]
+    #[arg(long, default_value = "64", allow_hyphen_values = true)]
     pub max_per_ip: usize,
     /// Most bytes queued for one client; a client past it is cut off as a slow consumer.
-    #[arg(long, default_value = "256k", value_parser = parse_bytes)]
+    #[arg(long, default_value = "256k", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub max_outbound: usize,
     /// A client whose socket takes nothing for this long while output waits for it is
     /// cut off as a slow consumer, whatever `--max-outbound` is (0: never).
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub write_timeout: Duration,
     /// Input lines (chat and commands) one client may send per second on average; lines
     /// over it are dropped and the client is told, at most once a second (0: no limit).
-    #[arg(long, default_value = "20")]
+    #[arg(long, default_value = "20", allow_hyphen_values = true)]
     pub max_msg_rate: u32,
     /// Input lines one client may send at once after a quiet spell (with --max-msg-rate).
-    #[arg(long, default_value = "100")]
+    #[arg(long, default_value = "100", allow_hyphen_values = true)]
     pub max_msg_burst: u32,
     /// How long shutdown may spend flushing queued lines before it closes regardless; also
     /// how long a client that quit or closed its side has to read what is queued for it.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub drain_timeout: Duration,
     /// Coalescing window: a writer woken by a new line waits this long before writing,
     /// so lines arriving meanwhile share one write. Trades latency for CPU; 0 is off.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    #[arg(long, default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
     pub flush_delay: Duration,
     /// Interval of the stats log line; 0 turns it off.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub stats_interval: Duration,
     /// Join a cluster of ringcast nodes through this NATS server (`nats://HOST:PORT`,
     /// JetStream on): rooms and names are shared with every node of the cluster.
@@ -98,21 +98,21 @@ pub struct ServeArgs {
     #[arg(long, requires = "cluster")]
     pub node: Option<String>,
     /// How long a dead node's names and members are remembered by the cluster.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "cluster")]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "cluster", allow_hyphen_values = true)]
     pub cluster_lease: Duration,
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     pub log_level: String,
     /// Submission queue entries per io_uring (uring backend).
-    #[arg(long, default_value = "1024")]
+    #[arg(long, default_value = "1024", allow_hyphen_values = true)]
     pub sq_entries: u32,
     /// Completion queue entries per io_uring (uring backend) [default: 4 x the SQ, at
     /// least 16384].
-    #[arg(long, default_value = "0", hide_default_value = true)]
+    #[arg(long, default_value = "0", hide_default_value = true, allow_hyphen_values = true)]
     pub cq_entries: u32,
     /// uring backend: submit to the kernel after every N ops pushed while a scheduler
     /// pass runs, not only when the thread parks (0: only at park).
-    #[arg(long, default_value = "64")]
+    #[arg(long, default_value = "64", allow_hyphen_values = true)]
     pub submit_every: u32,
     /// io_uring setup flags (uring backend), comma-separated; a kernel that lacks one
     /// gets a ring without it (logged).
@@ -412,7 +412,10 @@ impl Running {
                         Ok(event) => event,
                         Err(_) => {
                             failure.get_or_insert_with(|| {
-                                format!("{running} worker threads did not stop")
+                                format!(
+                                    "{running} worker {} did not stop",
+                                    if running == 1 { "thread" } else { "threads" }
+                                )
                             });
                             break;
                         }
