@@ -41,7 +41,11 @@ macro_rules! backend_tests {
 /// A running server process, killed on drop.
 pub struct Server {
     process: ServerProcess,
+    /// The line protocol's listener.
     pub addr: SocketAddr,
+    /// The HTTP listener (the page, `/healthz`, WebSocket clients at `/ws`); none when
+    /// the test passed `--http off`.
+    pub http: Option<SocketAddr>,
 }
 
 impl Server {
@@ -73,17 +77,29 @@ impl Server {
             }
         }
         args.extend_from_slice(extra);
+        let http_off = args.windows(2).any(|w| w[0] == "--http" && w[1] == "off");
         let bin = Path::new(env!("CARGO_BIN_EXE_ringcast"));
-        let process = ServerProcess::start(bin, &args, |cmd| {
+        let mut process = ServerProcess::start(bin, &args, |cmd| {
             // The tests read the log at info level whatever the caller's RUST_LOG says.
             cmd.env("RUST_LOG", "info");
             adjust(cmd);
         })
         .unwrap_or_else(|err| panic!("server did not start: {err}"));
+        let http = (!http_off).then(|| {
+            process
+                .http_addr()
+                .unwrap_or_else(|err| panic!("server did not start: {err}"))
+        });
         Server {
             addr: process.addr,
+            http,
             process,
         }
+    }
+
+    /// The HTTP listener's address (panics for a server started with `--http off`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("this server was started with --http off")
     }
 
     pub fn pid(&self) -> i32 {
