@@ -49,24 +49,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `ringcast serve` with two threads and `extra` flags.
+    /// Starts `ringcast serve` with `extra` flags (by default on 127.0.0.1 port 0, two
+    /// threads).
     pub fn start(backend: &str, extra: &[&str]) -> Server {
         Self::start_with(backend, extra, |_| {})
     }
 
     /// Like `start`, with a hook to adjust the command (e.g. resource limits).
     pub fn start_with(backend: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            backend,
-            "--threads",
-            "2",
-        ];
+        let mut args = vec!["--backend", backend];
         // Tests send from one address faster than a person would: no limits on either
         // unless a test sets them; and many servers run at once: never a fixed HTTP port.
         for default in [
+            ["--listen", "127.0.0.1:0"],
+            ["--threads", "2"],
             ["--stats-interval", "0"],
             ["--max-msg-rate", "0"],
             ["--max-per-ip", "0"],
