@@ -24,6 +24,7 @@ backend_tests!(
     a_websocket_client_that_stops_reading_is_cut_while_others_get_everything,
     tcp_and_websocket_members_keep_per_sender_order,
     healthz_says_503_while_a_shutdown_drains,
+    both_listeners_resume_after_descriptors_ran_out,
 );
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -656,4 +657,46 @@ async fn healthz_says_503_while_a_shutdown_drains(backend: &str) {
     let status = server.wait_exit();
     assert!(status.success(), "exit {status:?}; log:\n{}", server.log());
     assert!(TcpStream::connect(http).await.is_err());
+}
+
+async fn both_listeners_resume_after_descriptors_ran_out(backend: &str) {
+    const LIMIT: u64 = 96;
+    // One thread: its two accept loops both pause, and must both resume.
+    let server = Server::start_with(
+        backend,
+        &["--threads", "1", "--max-clients", "500"],
+        |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: LIMIT,
+                        rlim_max: LIMIT,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        },
+    );
+    let http = server.http_addr();
+    let mut extra = Vec::new();
+    for _ in 0..LIMIT {
+        extra.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    server.wait_log("listener=Line").await;
+    // Waiting in the HTTP listener's queue while no descriptor is free.
+    for _ in 0..4 {
+        extra.push(TcpStream::connect(http).await.expect("connect"));
+    }
+    server.wait_log("listener=Http").await;
+    extra.clear();
+    // Descriptors are free again: each listener accepts.
+    let line = Client::connect(server.addr).await;
+    assert!(line.name.starts_with("user"));
+    let health = http_get(http, "GET /healthz HTTP/1.1\r\n\r\n").await;
+    assert!(health.starts_with("HTTP/1.1 200 "), "{health}");
 }

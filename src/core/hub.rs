@@ -1034,6 +1034,12 @@ impl<H: Clone> Hub<H> {
                         if self.accept_paused_until.due(now) {
                             self.accept_paused_until = Tick::NONE;
                             self.resume_accept = true;
+                        } else {
+                            // A later pause (the other listener's) moved the end: wait
+                            // for that one, or accepting would stay paused for good.
+                            let until = self.accept_paused_until;
+                            self.deadlines
+                                .arm(Owner::Hub, &mut self.accept_armed, until);
                         }
                     }
                 }

@@ -221,6 +221,7 @@ impl<C: Conn> Worker<C> {
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
+                        listener = ?protocol,
                         "accept: out of file descriptors ({err}); pausing"
                     );
                     {

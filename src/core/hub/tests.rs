@@ -559,6 +559,24 @@ fn accept_resumes_after_the_backoff() {
 }
 
 #[test]
+fn accept_resumes_when_a_second_pause_moved_the_end() {
+    // Both listeners of a thread ran out of descriptors, one after the other.
+    let mut sim = Sim::new(1, limits());
+    sim.hub.pause_accept(sim.now);
+    sim.advance(Duration::from_millis(30));
+    let second = sim.now;
+    sim.hub.pause_accept(sim.now);
+    sim.run_next_deadline();
+    assert!(
+        sim.actions().is_empty(),
+        "resumed before the second pause ended"
+    );
+    assert_eq!(sim.run_next_deadline(), second + ACCEPT_BACKOFF);
+    assert!(matches!(sim.actions()[..], [Action::ResumeAccept]));
+    assert_eq!(sim.hub.poll_timeout(), None);
+}
+
+#[test]
 fn shutdown_queues_the_notice_after_everything_else_then_drains_with_a_deadline() {
     let mut sim = Sim::new(1, limits());
     let a = sim.connect();
