@@ -339,7 +339,20 @@ async fn the_handshake_answers_the_accept_key_and_refuses_what_it_must(backend: 
         head.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
         "{head}"
     );
-    assert!(!lower.contains("sec-websocket-extensions"), "{head}");
+    assert!(ws.text().await.starts_with("* you are user"));
+    // An offer of compression is declined: the 101 agrees to no extension.
+    let offer = upgrade_request(Some(KEY), "13").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n",
+    );
+    let (head, mut ws) = Ws::request(http, offer.as_bytes()).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
     assert!(ws.text().await.starts_with("* you are user"));
     let fresh = Ws::connect(http).await;
     assert!(fresh.name.starts_with("user"));
@@ -447,7 +460,17 @@ async fn protocol_violations_close_with_their_codes(backend: &str) {
             1002,
         ),
         ("fragmented ping", frame(PING, false, b"", true), 1002),
+        (
+            "ping over 125 bytes",
+            frame(PING, true, &[b'p'; 126], true),
+            1002,
+        ),
+        ("reserved opcode", frame(0x3, true, b"x", true), 1002),
     ];
+    // RSV1, which only an agreed extension (none is) may set.
+    let mut rsv1 = frame(TEXT, true, b"x", true);
+    rsv1[0] |= 0x40;
+    cases.push(("reserved bit", rsv1, 1002));
     let mut across = frame(TEXT, false, &[b'a'; 60], true);
     across.extend(frame(CONTINUATION, true, &[b'a'; 60], true));
     cases.push(("over --max-line across fragments", across, 1009));
