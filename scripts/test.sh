@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Linux machine with Rust: installs what the tests run
-# beside ringcast when it is missing (python3 for the asyncio client test; redis-server
+# beside ringcast when it is missing (python3 for the asyncio client test; Debian's
+# python3-websockets for the WebSocket conformance test; chromium, chromium-driver and
+# python3-selenium for the browser test, unless RINGCAST_SKIP_BROWSER=1; redis-server
 # and nats-server, the peers the harness is compared with), then runs `cargo test`.
+# The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
+# (a python3 earlier on PATH, e.g. pyenv's, may not have them).
 # apt-get's output goes to a log that is shown only if the install fails. Arguments go
 # to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-command -v python3 >/dev/null 2>&1 || need+=(python3)
+has_module() { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "import $1" >/dev/null 2>&1; }
+{ command -v python3 >/dev/null 2>&1 && [ -x /usr/bin/python3 ]; } || need+=(python3)
+has_module websockets || need+=(python3-websockets)
+if [ "${RINGCAST_SKIP_BROWSER:-}" != 1 ]; then
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+  has_module selenium || need+=(python3-selenium)
+fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
@@ -22,8 +33,9 @@ if [ ${#need[@]} -gt 0 ]; then
       >"$log" 2>&1; then
     echo "test.sh: could not install ${need[*]}; apt-get said:" >&2
     tail -n 30 "$log" >&2 || true
-    echo "test.sh: install them by hand, or run RINGCAST_SKIP_PEERS=1 cargo test to skip" \
-         "the Redis/NATS harness tests" >&2
+    echo "test.sh: install them by hand, or skip what needs them:" \
+         "RINGCAST_SKIP_PEERS=1 (the Redis/NATS harness tests)," \
+         "RINGCAST_SKIP_BROWSER=1 (the browser test)" >&2
     rm -f "$log"
     exit 1
   fi

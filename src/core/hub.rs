@@ -291,6 +291,9 @@ pub struct Hub<H> {
     limits: Limits,
     clock: Clock,
     clients: Slab<Client<H>>,
+    /// Clients that are (or were, until released) chat members, line or WebSocket: at
+    /// shutdown the HTTP listener answers until there are none.
+    members: usize,
     /// Local members of each room that has any on this thread.
     rooms: HashMap<Arc<str>, Vec<ClientId>>,
     deadlines: Deadlines,
@@ -326,6 +329,7 @@ impl<H: Clone> Hub<H> {
             limits,
             clock: Clock::new(now),
             clients: Slab::new(),
+            members: 0,
             rooms: HashMap::new(),
             deadlines: Deadlines::default(),
             shutdowns: VecDeque::new(),
@@ -423,6 +427,7 @@ impl<H: Clone> Hub<H> {
             });
         }
         self.clients[id].member = Some(Member { name, room, slot });
+        self.members += 1;
         self.reply(id, welcome, now);
     }
 
@@ -1119,12 +1124,18 @@ impl<H: Clone> Hub<H> {
                 self.shutdowns.push_back((client.handle.clone(), notice));
             }
             Disconnect::Shutdown => {
-                let mut farewell = reply::notice(reply::SHUTTING_DOWN);
-                if websocket {
-                    let mut out = BytesMut::from(&self.ws.lines(&farewell)[..]);
-                    out.extend_from_slice(&self.ws.close(CloseCode::GoingAway as u16, ""));
-                    farewell = out.freeze();
-                }
+                let farewell = match client.codec {
+                    Codec::Line(_) => reply::notice(reply::SHUTTING_DOWN),
+                    Codec::Ws(_) => {
+                        let line = reply::notice(reply::SHUTTING_DOWN);
+                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
+                        out.extend_from_slice(&self.ws.close(CloseCode::GoingAway as u16, ""));
+                        out.freeze()
+                    }
+                    // A request whose head has not come yet (an answered one is closing
+                    // already): an HTTP answer, not a chat line.
+                    Codec::Http => http::text(503, "shutting down\n"),
+                };
                 client.outbox.push_unbounded(farewell);
                 client.close_by = drain_by;
             }
@@ -1261,6 +1272,7 @@ impl<H: Clone> Hub<H> {
         let client = self.clients.remove(id);
         self.shared.dir.disconnected(client.peer);
         if let Some(member) = &client.member {
+            self.members -= 1;
             tracing::debug!(name = %member.name, "client released");
         }
         Some(client.handle)
@@ -1283,6 +1295,12 @@ impl<H: Clone> Hub<H> {
                         if self.accept_paused_until.due(now) {
                             self.accept_paused_until = Tick::NONE;
                             self.resume_accept = true;
+                        } else {
+                            // A later pause (the other listener's) moved the end: wait
+                            // for that one, or accepting would stay paused for good.
+                            let until = self.accept_paused_until;
+                            self.deadlines
+                                .arm(Owner::Hub, &mut self.accept_armed, until);
                         }
                     }
                 }
@@ -1381,6 +1399,11 @@ impl<H: Clone> Hub<H> {
 
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
+    }
+
+    /// Chat clients (line or WebSocket) of this thread that have not been released.
+    pub fn members(&self) -> usize {
+        self.members
     }
 }
 

@@ -108,7 +108,12 @@ pub struct ServeArgs {
     pub sq_entries: u32,
     /// Completion queue entries per io_uring (uring backend) [default: 4 x the SQ, at
     /// least 16384].
-    #[arg(long, default_value = "0", hide_default_value = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value = "0",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
     pub cq_entries: u32,
     /// uring backend: submit to the kernel after every N ops pushed while a scheduler
     /// pass runs, not only when the thread parks (0: only at park).

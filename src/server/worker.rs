@@ -64,14 +64,18 @@ pub(crate) struct Worker<C> {
     /// Chat for the other threads that the hub asked to hand off, until the reader whose
     /// input made it sends it (waiting while a thread's inbox is full).
     outgoing: RefCell<Vec<Vec<Handoff>>>,
-    /// Set at shutdown: accept no more.
+    /// Set at shutdown: accept no more chat clients on the line listener.
     stopping: Cell<bool>,
+    /// Set once every chat client has gone at shutdown: the HTTP listener, which answers
+    /// `/healthz` with 503 while the drain lasts, accepts no more either.
+    http_stopping: Cell<bool>,
     /// Wakes the timer when the hub's next deadline came earlier than the one it sleeps
     /// until; `timer_set` is that one.
     timer: Signal,
     timer_set: Cell<Option<Instant>>,
-    /// Wakes the accept loop when the hub says accepting may resume.
-    accept_resumed: Signal,
+    /// Wake the accept loops (line, HTTP) when the hub says accepting may resume: one
+    /// signal each, as a signal wakes one waiting task and both may be paused at once.
+    accept_resumed: [Signal; 2],
     /// Notified whenever the hub forgets a connection.
     forgotten: Notify,
     buffers: BufferPool,
@@ -101,9 +105,10 @@ impl<C: Conn> Worker<C> {
             bridge: RefCell::new(bridge),
             outgoing: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
+            http_stopping: Cell::new(false),
             timer: Signal::default(),
             timer_set: Cell::new(None),
-            accept_resumed: Signal::default(),
+            accept_resumed: Default::default(),
             forgotten: Notify::new(),
             buffers: BufferPool::default(),
         });
@@ -129,9 +134,12 @@ impl<C: Conn> Worker<C> {
         Ok(())
     }
 
-    /// Shutdown: stop accepting and reading, deliver every line already accepted (ours
-    /// and those other threads hand us), then let the hub close every connection (each
-    /// within `--drain-timeout`, which the hub enforces).
+    /// Shutdown: stop accepting chat clients and reading, deliver every line already
+    /// accepted (ours and those other threads hand us), then let the hub close every
+    /// connection (each within `--drain-timeout`, which the hub enforces). The HTTP
+    /// listener keeps answering until the chat clients have gone, so that `/healthz`
+    /// says 503 (and `/ws` refuses) while the drain lasts, instead of the port going
+    /// dark at once.
     async fn shut_down<L: Listener>(
         self: &Rc<Self>,
         listeners: &[(Rc<L>, Protocol)],
@@ -140,14 +148,12 @@ impl<C: Conn> Worker<C> {
     ) {
         self.stopping.set(true);
         self.hub.borrow_mut().stop_input();
+        let mut accept_tasks = listeners.iter().zip(accept_tasks);
         // A pending accept completes with an error once its socket is shut down.
-        for (listener, _) in listeners {
-            io::shutdown(&**listener, Shutdown::Both);
-        }
-        self.accept_resumed.notify();
-        for task in accept_tasks {
-            let _ = task.await;
-        }
+        let (line_listener, line_task) = accept_tasks.next().expect("the line listener");
+        io::shutdown(&*line_listener.0, Shutdown::Both);
+        self.accept_resumed[0].notify();
+        let _ = line_task.await;
         // Readers send hand-offs right after reading, with no await in between, so once
         // input is ignored the only senders left are clones held by sends in progress.
         self.peers.borrow_mut().clear();
@@ -160,9 +166,25 @@ impl<C: Conn> Worker<C> {
             hub.shutdown_all(Instant::now());
             self.act(&mut hub);
         }
+        self.until_forgotten(|hub| hub.members() == 0).await;
+        self.http_stopping.set(true);
+        if let Some(((http_listener, _), http_task)) = accept_tasks.next() {
+            io::shutdown(&**http_listener, Shutdown::Both);
+            self.accept_resumed[1].notify();
+            let _ = http_task.await;
+            // Requests that came during the drain and are still unanswered.
+            let mut hub = self.hub.borrow_mut();
+            hub.shutdown_all(Instant::now());
+            self.act(&mut hub);
+        }
+        self.until_forgotten(Hub::is_empty).await;
+    }
+
+    /// Waits until the hub, checked each time it forgets a connection, is `done`.
+    async fn until_forgotten(&self, done: impl Fn(&Hub<Rc<ConnHandle<C>>>) -> bool) {
         loop {
             let forgotten = self.forgotten.notified();
-            if self.hub.borrow().is_empty() {
+            if done(&self.hub.borrow()) {
                 return;
             }
             forgotten.await;
@@ -195,9 +217,13 @@ impl<C: Conn> Worker<C> {
         listener: Rc<L>,
         protocol: Protocol,
     ) {
+        let (stopping, resumed) = match protocol {
+            Protocol::Line => (&self.stopping, &self.accept_resumed[0]),
+            Protocol::Http => (&self.http_stopping, &self.accept_resumed[1]),
+        };
         loop {
             let accepted = listener.accept().await;
-            if self.stopping.get() {
+            if stopping.get() {
                 return;
             }
             match accepted {
@@ -205,6 +231,7 @@ impl<C: Conn> Worker<C> {
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
+                        listener = ?protocol,
                         "accept: out of file descriptors ({err}); pausing"
                     );
                     {
@@ -212,7 +239,7 @@ impl<C: Conn> Worker<C> {
                         hub.pause_accept(Instant::now());
                         self.act(&mut hub);
                     }
-                    self.accept_resumed.wait().await;
+                    resumed.wait().await;
                 }
                 Err(err) => {
                     tracing::debug!(thread = self.index, "accept failed: {err}");
@@ -462,7 +489,7 @@ impl<C: Conn> Worker<C> {
                 }
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
-                Action::ResumeAccept => self.accept_resumed.notify(),
+                Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
                 Action::Cluster(request) => {
                     let bridge = self.bridge.borrow();
                     let full = bridge

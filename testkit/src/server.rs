@@ -1,5 +1,6 @@
 //! A `ringcast serve` child process: started on the command line a user would type, its
-//! bound address read from its `listening on ADDR` line, its log kept, its memory and
+//! bound addresses read from its `listening on ADDR` and `http listening on ADDR` lines,
+//! its log kept, its memory and
 //! descriptors read from `/proc`, and killed when dropped.
 
 use std::collections::VecDeque;
@@ -29,6 +30,11 @@ pub enum StartError {
     NoAddress { log: String },
     #[error("the server's first line was {line:?}, not `listening on ADDR`; its log:\n{log}")]
     BadAddress { line: String, log: String },
+    #[error(
+        "the server's second line was {line:?}, not `http listening on ADDR` \
+         (was it started with --http off?); its log:\n{log}"
+    )]
+    BadHttpAddress { line: String, log: String },
 }
 
 /// A running server process. Dropping it kills the process if it still runs.
@@ -36,6 +42,11 @@ pub struct ServerProcess {
     child: Child,
     /// The address the server bound, from its `listening on ADDR` line.
     pub addr: SocketAddr,
+    /// The first two lines the server wrote to stdout, as they come: the line listener's
+    /// address, then the HTTP listener's (none with `--http off`).
+    stdout_lines: mpsc::Receiver<Option<io::Result<String>>>,
+    /// The HTTP listener's address, once read from its line.
+    http_addr: Option<SocketAddr>,
     /// Lines the server wrote to stderr (its log), the last `LOG_LINES` of them.
     log: Arc<Mutex<VecDeque<String>>>,
     /// Set once the exit status was collected: from then on the pid may name another
@@ -80,23 +91,27 @@ impl ServerProcess {
                 }
             });
         }
-        // The address is read on a thread so that a server that never prints cannot hang
-        // the caller; the thread then drains stdout so the server never blocks on it.
+        // The addresses are read on a thread so that a server that never prints cannot
+        // hang the caller; the thread then drains stdout so the server never blocks on it.
         let (tx, rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
                 let mut lines = BufReader::new(stdout).lines();
-                let _ = tx.send(lines.next());
+                for _ in 0..2 {
+                    let _ = tx.send(lines.next());
+                }
                 for _ in lines {}
             });
         }
         let mut server = ServerProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stdout_lines: rx,
+            http_addr: None,
             log,
             reaped: false,
         };
-        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
+        let line = match server.stdout_lines.recv_timeout(STARTUP_TIMEOUT) {
             Ok(Some(Ok(line))) => line,
             _ => {
                 // The log thread may still be catching up with a server that just died.
@@ -117,6 +132,35 @@ impl ServerProcess {
             }
         }
         Ok(server)
+    }
+
+    /// The HTTP listener's address, from the server's second line (`http listening on
+    /// ADDR`). Only for a server started with its HTTP listener on: with `--http off`
+    /// that line never comes, and this fails after the startup timeout.
+    pub fn http_addr(&mut self) -> Result<SocketAddr, StartError> {
+        if let Some(addr) = self.http_addr {
+            return Ok(addr);
+        }
+        // The server writes both lines in one write: the second is there with the first.
+        let line = match self.stdout_lines.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            _ => {
+                self.settle_log();
+                return Err(StartError::NoAddress {
+                    log: self.log_tail(40),
+                });
+            }
+        };
+        match parse_http_listening(&line) {
+            Some(addr) => {
+                self.http_addr = Some(addr);
+                Ok(addr)
+            }
+            None => Err(StartError::BadHttpAddress {
+                line,
+                log: self.log_tail(40),
+            }),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -205,6 +249,11 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     line.trim().strip_prefix("listening on ")?.parse().ok()
 }
 
+/// The address in a server's `http listening on ADDR` line.
+pub fn parse_http_listening(line: &str) -> Option<SocketAddr> {
+    line.trim().strip_prefix("http ").and_then(parse_listening)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -221,5 +270,10 @@ mod tests {
         );
         assert_eq!(parse_listening("listening on nowhere"), None);
         assert_eq!(parse_listening("hello"), None);
+        assert_eq!(
+            parse_http_listening("http listening on 127.0.0.1:4001\n"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 4001)))
+        );
+        assert_eq!(parse_http_listening("listening on 127.0.0.1:4001"), None);
     }
 }

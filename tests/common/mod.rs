@@ -41,21 +41,27 @@ macro_rules! backend_tests {
 /// A running server process, killed on drop.
 pub struct Server {
     process: ServerProcess,
+    /// The line protocol's listener.
     pub addr: SocketAddr,
+    /// The HTTP listener (the page, `/healthz`, WebSocket clients at `/ws`); none when
+    /// the test passed `--http off`.
+    pub http: Option<SocketAddr>,
 }
 
 impl Server {
-    /// Starts `ringcast serve` with two threads and `extra` flags.
+    /// Starts `ringcast serve` with `extra` flags (by default on 127.0.0.1 port 0, two
+    /// threads).
     pub fn start(backend: &str, extra: &[&str]) -> Server {
         Self::start_with(backend, extra, |_| {})
     }
 
     /// Like `start`, with a hook to adjust the command (e.g. resource limits).
     pub fn start_with(backend: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
-        let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+        let mut args = vec!["--backend", backend];
         // Tests send from one address faster than a person would: no limits on either
         // unless a test sets them; and many servers run at once: never a fixed HTTP port.
         for default in [
+            ["--listen", "127.0.0.1:0"],
             ["--threads", "2"],
             ["--stats-interval", "0"],
             ["--max-msg-rate", "0"],
@@ -67,17 +73,29 @@ impl Server {
             }
         }
         args.extend_from_slice(extra);
+        let http_off = args.windows(2).any(|w| w[0] == "--http" && w[1] == "off");
         let bin = Path::new(env!("CARGO_BIN_EXE_ringcast"));
-        let process = ServerProcess::start(bin, &args, |cmd| {
+        let mut process = ServerProcess::start(bin, &args, |cmd| {
             // The tests read the log at info level whatever the caller's RUST_LOG says.
             cmd.env("RUST_LOG", "info");
             adjust(cmd);
         })
         .unwrap_or_else(|err| panic!("server did not start: {err}"));
+        let http = (!http_off).then(|| {
+            process
+                .http_addr()
+                .unwrap_or_else(|err| panic!("server did not start: {err}"))
+        });
         Server {
             addr: process.addr,
+            http,
             process,
         }
+    }
+
+    /// The HTTP listener's address (panics for a server started with `--http off`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("this server was started with --http off")
     }
 
     pub fn pid(&self) -> i32 {

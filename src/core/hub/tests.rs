@@ -560,6 +560,24 @@ fn accept_resumes_after_the_backoff() {
 }
 
 #[test]
+fn accept_resumes_when_a_second_pause_moved_the_end() {
+    // Both listeners of a thread ran out of descriptors, one after the other.
+    let mut sim = Sim::new(1, limits());
+    sim.hub.pause_accept(sim.now);
+    sim.advance(Duration::from_millis(30));
+    let second = sim.now;
+    sim.hub.pause_accept(sim.now);
+    sim.run_next_deadline();
+    assert!(
+        sim.actions().is_empty(),
+        "resumed before the second pause ended"
+    );
+    assert_eq!(sim.run_next_deadline(), second + ACCEPT_BACKOFF);
+    assert!(matches!(sim.actions()[..], [Action::ResumeAccept]));
+    assert_eq!(sim.hub.poll_timeout(), None);
+}
+
+#[test]
 fn shutdown_queues_the_notice_after_everything_else_then_drains_with_a_deadline() {
     let mut sim = Sim::new(1, limits());
     let a = sim.connect();
@@ -621,4 +639,121 @@ fn errors_are_counted_by_kind() {
     assert_eq!(stats.errors(ErrorKind::BadArgument), 1);
     assert_eq!(stats.errors(ErrorKind::AlreadyInRoom), 1);
     assert_eq!(stats.errors(ErrorKind::LineTooLong), 1);
+}
+
+/// The head of a browser's WebSocket handshake.
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+    Sec-WebSocket-Version: 13\r\n\r\n";
+
+impl Sim {
+    /// Connects an HTTP client (its handle is the next number) without input yet.
+    fn connect_http(&mut self) -> ClientId {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        self.hub
+            .connect(handle, LOCAL, Protocol::Http, self.now)
+            .expect("admitted")
+    }
+
+    /// Connects a WebSocket client: the handshake, then its 101 and welcome are read.
+    fn connect_ws(&mut self) -> ClientId {
+        let id = self.connect_http();
+        self.input(id, UPGRADE);
+        let out = self.output(id).concat();
+        assert!(out.starts_with("HTTP/1.1 101 "), "{out}");
+        assert!(out.contains("* you are"), "{out}");
+        self.actions();
+        id
+    }
+
+    /// The buffers the client's writer takes, as they are.
+    fn raw_output(&mut self, id: ClientId) -> Vec<Bytes> {
+        let mut batch = Vec::new();
+        while self.hub.take_output(id, &mut batch, 8, self.now) == Output::Write {}
+        batch
+    }
+}
+
+#[test]
+fn websocket_members_share_one_framed_buffer_and_line_members_get_lines() {
+    let mut sim = Sim::new(2, limits());
+    let sender = sim.connect();
+    let line = sim.connect();
+    let ws = [sim.connect_ws(), sim.connect_ws()];
+    sim.actions();
+
+    sim.input(sender, b"hi\nthere \xff\n");
+    let [a, b] = ws.map(|id| sim.raw_output(id));
+    assert_eq!(a.len(), 1);
+    assert_eq!(b.len(), 1);
+    // One framing for every WebSocket member: the same bytes, not a copy.
+    assert_eq!(a[0].as_ptr(), b[0].as_ptr());
+    assert_eq!(
+        &a[0][..],
+        b"\x81\x09user1: hi\x81\x10user1: there \xef\xbf\xbd"
+    );
+    assert_eq!(
+        sim.raw_output(line),
+        [Bytes::from_static(b"user1: hi\nuser1: there \xff\n")]
+    );
+    // The other thread gets the frames built here, not a reason to frame again.
+    let handoff = sim
+        .actions()
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Handoff(h) => Some(h),
+            _ => None,
+        })
+        .expect("a hand-off");
+    let frames = handoff[0].frames.as_ref().expect("frames handed off");
+    assert_eq!(frames.as_ptr(), a[0].as_ptr());
+
+    // Chat from another thread reaches local WebSocket members in one shared buffer too.
+    sim.hub.deliver(
+        &[Handoff {
+            room: Arc::from("lobby"),
+            text: Bytes::from_static(b"far: away\n"),
+            lines: 1,
+            frames: None,
+        }],
+        sim.now,
+    );
+    let [a, b] = ws.map(|id| sim.raw_output(id));
+    assert_eq!(a[0].as_ptr(), b[0].as_ptr());
+    assert_eq!(&a[0][..], b"\x81\x09far: away");
+}
+
+#[test]
+fn a_request_pending_at_shutdown_gets_503_and_members_are_counted_until_released() {
+    let mut sim = Sim::new(1, limits());
+    let line = sim.connect();
+    let ws = sim.connect_ws();
+    let pending = sim.connect_http();
+    sim.input(pending, b"GET /healthz HTTP/1.1\r\n");
+    assert_eq!(sim.hub.members(), 2);
+
+    sim.hub.stop_input();
+    sim.hub.shutdown_all(sim.now);
+    let answer = sim.output(pending).concat();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nshutting down\n"), "{answer}");
+    // A chat member gets the notice; a WebSocket one also a close frame (1001).
+    assert_eq!(sim.output(line), ["* server shutting down\n"]);
+    let farewell = sim.raw_output(ws).concat();
+    assert!(farewell.ends_with(b"\x88\x02\x03\xe9"), "{farewell:?}");
+
+    // A request that comes while the drain lasts is answered as draining.
+    let late = sim.connect_http();
+    sim.input(late, b"GET /healthz HTTP/1.1\r\n\r\n");
+    let answer = sim.output(late).concat();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with("draining\n"), "{answer}");
+
+    sim.hub.release(line, sim.now);
+    assert_eq!(sim.hub.members(), 1);
+    sim.hub.release(pending, sim.now);
+    assert_eq!(sim.hub.members(), 1);
+    sim.hub.release(ws, sim.now);
+    assert_eq!(sim.hub.members(), 0);
 }
