@@ -862,6 +862,30 @@ mod tests {
         }
     }
 
+    /// Runs `test` on a ring of this thread with registered files, given a listener, its
+    /// address, the file table and the process's descriptor count before any connection.
+    fn on_a_ring<F: std::future::Future<Output = ()>>(
+        test: impl FnOnce(UringListener, SocketAddr, &'static FixedFiles, usize) -> F,
+    ) {
+        let options = Options {
+            sq_entries: 256,
+            cq_entries: 0,
+            submit_every: 0,
+            setup: Vec::new(),
+            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
+            thread: 0,
+        };
+        block_on(&options, async {
+            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = std_listener.local_addr().expect("addr");
+            let listener = listener(std_listener).expect("listener");
+            let files = FixedFiles::current().expect("registered files");
+            let baseline_fds = open_fds();
+            test(listener, addr, files, baseline_fds).await;
+        })
+        .expect("runtime");
+    }
+
     /// Connected pairs: a plain client socket and the backend's connection.
     async fn pairs(
         listener: &UringListener,
@@ -910,21 +934,7 @@ mod tests {
         if !isolated("server::uring::tests::dropped_receives_give_their_buffers_back") {
             return;
         }
-        let options = Options {
-            sq_entries: 256,
-            cq_entries: 0,
-            submit_every: 0,
-            setup: Vec::new(),
-            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
-            thread: 0,
-        };
-        block_on(&options, async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let addr = std_listener.local_addr().expect("addr");
-            let listener = listener(std_listener).expect("listener");
-            let files = FixedFiles::current().expect("registered files");
-            let baseline_fds = open_fds();
-
+        on_a_ring(|listener, addr, files, baseline_fds| async move {
             // Receives in flight on idle sockets, dropped, and only then given input:
             // each completes with a buffer that nobody awaits any more.
             let mut dropped = pairs(&listener, addr, 16).await;
@@ -962,8 +972,7 @@ mod tests {
             drop(dropped);
             assert_eq!(files.in_use(), 0);
             assert_eq!(open_fds(), baseline_fds);
-        })
-        .expect("runtime");
+        });
     }
 
     #[test]
@@ -971,21 +980,7 @@ mod tests {
         if !isolated("server::uring::tests::a_dropped_send_keeps_its_socket_until_it_completes") {
             return;
         }
-        let options = Options {
-            sq_entries: 256,
-            cq_entries: 0,
-            submit_every: 0,
-            setup: Vec::new(),
-            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
-            thread: 0,
-        };
-        block_on(&options, async {
-            let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let addr = std_listener.local_addr().expect("addr");
-            let listener = listener(std_listener).expect("listener");
-            let files = FixedFiles::current().expect("registered files");
-            let baseline_fds = open_fds();
-
+        on_a_ring(|listener, addr, files, baseline_fds| async move {
             // Clients that never read: each connection's socket is filled until the kernel
             // refuses more (EAGAIN), so the send then pushed waits in the kernel for good.
             // Fixed, small buffers on both ends: no autotuning can open room later.
@@ -1042,7 +1037,6 @@ mod tests {
             })
             .await;
             assert_eq!(open_fds(), baseline_fds);
-        })
-        .expect("runtime");
+        });
     }
 }
