@@ -6,7 +6,9 @@
 //! `io_uring_enter` when the thread parks.
 
 use super::io::{Conn, Listener};
+use super::ring::{self, pushing};
 use super::UringSetup;
+use crate::core::UringOp;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
 use std::cell::{Cell, RefCell};
@@ -36,6 +38,7 @@ impl Listener for UringListener {
     type Conn = UringConn;
 
     async fn accept(&self) -> io::Result<(UringConn, SocketAddr)> {
+        pushing(UringOp::Accept);
         let (stream, peer) = self.0.accept().await?;
         Ok((UringConn::new(stream), peer))
     }
@@ -289,6 +292,7 @@ impl Conn for UringConn {
         // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
         // only once data is there: an idle connection pins no buffer, and input costs one
         // trip through the ring, not a poll and then a read.
+        pushing(UringOp::Recv);
         // SAFETY: the op stores a reference to the socket, and the group's buffers live
         // as long as the thread (`RecvBuffers`).
         let op = unsafe { submit(self.0.clone(), RecvDone, recv_sqe(&self.0)) };
@@ -323,6 +327,7 @@ impl Conn for UringConn {
     async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         if bufs.len() != 1 {
             // tokio-uring's own op, which holds the socket's fd itself.
+            pushing(UringOp::Writev);
             return self.0.stream.writev(bufs).await;
         }
         // One buffer, the common case (one read's chat, shared by every recipient): an
@@ -335,6 +340,7 @@ impl Conn for UringConn {
         // SAFETY: the op stores the buffer (a `Bytes` does not move its bytes) and a
         // reference to the socket until the completion.
         let sqe = unsafe { send_sqe(&self.0, ptr, len) };
+        pushing(UringOp::Send);
         // SAFETY: as above.
         let op = unsafe { submit((self.0.clone(), buf), SendDone, sqe) };
         let (result, buf) = op.await;
@@ -352,6 +358,7 @@ impl UringSocket {
         // IORING_OP_POLL_ADD: unlike a pending read, a pending poll pins no buffer.
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let sqe = opcode::PollAdd::new(types::Fd(self.stream.as_raw_fd()), events).build();
+        pushing(UringOp::PollAdd);
         // SAFETY: the op stores a reference to the socket until the completion.
         let polled = unsafe { submit(self.clone(), PollDone, sqe) }.await;
         if let Err(err) = polled {
@@ -363,6 +370,7 @@ impl UringSocket {
     async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         // tokio-uring's own read op, which holds the socket's fd itself.
         let filled = buf.len();
+        pushing(UringOp::Read);
         let (result, slice) = self.stream.read(buf.slice(filled..)).await;
         (result, slice.into_inner())
     }
@@ -428,6 +436,7 @@ impl RecvBuffers {
         // SAFETY: the memory is leaked (lives for the process), and none of it was
         // provided before.
         let sqe = unsafe { provide_sqe(pool.memory, RECV_BUFFERS, 0) };
+        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffers.
         match unsafe { submit((), Done, sqe) }.await {
             Ok(_) => RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool))),
@@ -463,6 +472,7 @@ impl RecvBuffers {
         // completion whose receiver calls this, once.
         let sqe = unsafe { provide_sqe(self.buffer(id), 1, id) };
         // Nothing waits for this completion; tokio-uring keeps the op until it arrives.
+        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffer.
         drop(unsafe { submit((), Discard, sqe) });
     }
@@ -500,18 +510,25 @@ pub(crate) fn block_on<F: std::future::Future>(
     options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
-    let (runtime, new_rings) = create_ring(|| match runtime(options, &options.setup) {
-        Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(
-                "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
-                options.setup
-            );
-            runtime(options, &[])
+    let (runtime, new_rings) = create_ring(|| {
+        // Inside the creation lock: it makes a short-lived ring of its own.
+        ring::learn_layout();
+        match runtime(options, &options.setup) {
+            Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
+                    options.setup
+                );
+                runtime(options, &[])
+            }
+            other => other,
         }
-        other => other,
     })?;
     match new_rings[..] {
-        [ring] => FixedFiles::install(ring),
+        [ring] => {
+            FixedFiles::install(ring);
+            ring::install(ring);
+        }
         _ => tracing::debug!("could not tell this thread's ring fd: no registered files"),
     }
     Ok(runtime.block_on(async {
