@@ -36,6 +36,9 @@ pub struct ServerProcess {
     child: Child,
     /// The address the server bound, from its `listening on ADDR` line.
     pub addr: SocketAddr,
+    /// The HTTP listener's address, from its `http listening on ADDR` line (none with
+    /// `--http off`).
+    pub http_addr: Option<SocketAddr>,
     /// Lines the server wrote to stderr (its log), the last `LOG_LINES` of them.
     log: Arc<Mutex<VecDeque<String>>>,
     /// Set once the exit status was collected: from then on the pid may name another
@@ -80,24 +83,35 @@ impl ServerProcess {
                 }
             });
         }
-        // The address is read on a thread so that a server that never prints cannot hang
-        // the caller; the thread then drains stdout so the server never blocks on it.
+        // The addresses are read on a thread so that a server that never prints cannot
+        // hang the caller; the thread then drains stdout so the server never blocks on it.
         let (tx, rx) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
-                let mut lines = BufReader::new(stdout).lines();
-                let _ = tx.send(lines.next());
-                for _ in lines {}
+                let mut reader = BufReader::new(stdout);
+                let first = read_line(&mut reader);
+                // The server prints both lines in one write: the HTTP line, if any, is
+                // in the buffer already, and nothing is waited for when there is none.
+                let second = (!reader.buffer().is_empty())
+                    .then(|| read_line(&mut reader))
+                    .flatten()
+                    .and_then(Result::ok);
+                let _ = tx.send((first, second));
+                for _ in reader.lines() {}
             });
         }
         let mut server = ServerProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: None,
             log,
             reaped: false,
         };
         let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Some(Ok(line))) => line,
+            Ok((Some(Ok(line)), http)) => {
+                server.http_addr = http.as_deref().and_then(parse_http_listening);
+                line
+            }
             _ => {
                 // The log thread may still be catching up with a server that just died.
                 server.settle_log();
@@ -205,6 +219,21 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     line.trim().strip_prefix("listening on ")?.parse().ok()
 }
 
+/// The address in a server's `http listening on ADDR` line.
+pub fn parse_http_listening(line: &str) -> Option<SocketAddr> {
+    line.trim().strip_prefix("http listening on ")?.parse().ok()
+}
+
+/// One line without its end; `None` at EOF.
+fn read_line(reader: &mut impl BufRead) -> Option<io::Result<String>> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(0) => None,
+        Ok(_) => Some(Ok(line.trim_end().to_owned())),
+        Err(err) => Some(Err(err)),
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -221,5 +250,9 @@ mod tests {
         );
         assert_eq!(parse_listening("listening on nowhere"), None);
         assert_eq!(parse_listening("hello"), None);
+        assert_eq!(
+            parse_http_listening("http listening on 127.0.0.1:4001"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 4001)))
+        );
     }
 }

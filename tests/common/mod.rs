@@ -42,6 +42,8 @@ macro_rules! backend_tests {
 pub struct Server {
     process: ServerProcess,
     pub addr: SocketAddr,
+    /// The HTTP listener (tests start one on port 0 unless they pass `--http`).
+    pub http: Option<SocketAddr>,
 }
 
 impl Server {
@@ -82,6 +84,7 @@ impl Server {
         .unwrap_or_else(|err| panic!("server did not start: {err}"));
         Server {
             addr: process.addr,
+            http: process.http_addr,
             process,
         }
     }
