@@ -417,7 +417,89 @@ async fn formats_are_negotiated_and_metrics_can_be_off(backend: &str) {
     assert_eq!(stat(&stats, "deliveries"), 1);
 }
 
+/// `ringcast bench --metrics-url` reads the server's own fan-out for each step: every
+/// line the step sent, and quantiles in order.
+async fn bench_reports_the_servers_fanout(backend: &str) {
+    let server = Server::start(backend, &[]);
+    let http = server.http.expect("an HTTP listener");
+    let out = std::env::temp_dir().join(format!(
+        "ringcast-metrics-bench-{backend}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    let addr = server.addr.to_string();
+    let url = format!("http://{http}/metrics");
+    let out_arg = out.display().to_string();
+    let args = [
+        "bench",
+        "--addr",
+        &addr,
+        "--metrics-url",
+        &url,
+        "--clients",
+        "20",
+        "--publishers",
+        "2",
+        "--rooms",
+        "1",
+        "--rate",
+        "100,200",
+        "--size",
+        "64",
+        "--warmup",
+        "0",
+        "--duration",
+        "1s",
+        "--quiet",
+        "--out",
+        &out_arg,
+    ];
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("bench finished in time")
+    .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("server fan-out at 100/s (its /metrics): p50 "),
+        "{stdout}"
+    );
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("report.json")).expect("report.json"),
+    )
+    .expect("JSON report");
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2);
+    for step in steps {
+        let fanout = &step["server_fanout"];
+        // Every line the step sent was read and fanned out by the server within it. The
+        // server records a line a moment after its last recipient has it, so one that
+        // came last may fall after the step's closing scrape on a loaded machine.
+        let (lines, sent) = (
+            fanout["lines"].as_u64().expect("lines"),
+            step["sent"].as_u64().expect("sent"),
+        );
+        assert!(lines <= sent && lines + 3 >= sent, "{step:#}");
+        let (p50, p99) = (
+            fanout["p50_us"].as_f64().expect("p50"),
+            fanout["p99_us"].as_f64().expect("p99"),
+        );
+        assert!(p50 > 0.0 && p50 <= p99, "p50 {p50} p99 {p99}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 backend_tests!(
     a_known_workload_gives_exact_counts,
     formats_are_negotiated_and_metrics_can_be_off,
+    bench_reports_the_servers_fanout,
 );
