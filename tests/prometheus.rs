@@ -302,6 +302,26 @@ async fn prometheus_scrapes_ringcast(backend: &str) {
             "histogram_quantile(0.5, ringcast_fanout_seconds_bucket)",
             |r| r.len() == 1 && r[0].1 > 0.0,
         );
+        // Every expression of the Grafana dashboard is PromQL this Prometheus accepts,
+        // and those of this backend's panels find their series.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana-ringcast.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard"))
+                .expect("dashboard JSON");
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let promql = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$instance", ".*");
+                let result = prometheus.query(&promql);
+                let other = if backend == "uring" { "epoll" } else { "uring" };
+                // (A range function needs two scrapes in its window: not asked of it.)
+                if !expr.contains(&format!("ringcast_{other}_")) && !expr.contains('[') {
+                    assert!(!result.is_empty(), "{expr} found nothing");
+                }
+            }
+        }
     })
     .await
     .expect("the Prometheus checks");
