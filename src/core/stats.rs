@@ -861,4 +861,128 @@ mod tests {
         assert_eq!(t.refused(Refusal::ServerFull), 0);
         assert_eq!(t.errors(ErrorKind::RateLimited), 1);
     }
+
+    mod fanout {
+        //! The fan-out clock on real hubs of two threads: a read's chat records once, when
+        //! the last clone of its buffer goes (the last write carrying it has ended),
+        //! with the weight of its lines, on the thread that lets it go; WebSocket frames
+        //! made from it keep it alive.
+
+        use super::*;
+        use crate::core::{Action, Directory, Handoff, Hub, Limits, Output, Protocol, Shared};
+        use bytes::Bytes;
+        use std::net::{IpAddr, Ipv4Addr};
+        use std::sync::mpsc;
+        use std::time::Instant;
+
+        const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+        fn lines_recorded(stats: &Stats, thread: usize) -> u64 {
+            let mut h = HistogramTotals::default();
+            stats.thread(thread).fanout.read_into(&mut h);
+            h.count()
+        }
+
+        /// Everything queued for `id`, as its writer takes it (and would write it).
+        fn take(hub: &mut Hub<u32>, id: usize) -> Vec<Bytes> {
+            let mut batch = Vec::new();
+            while hub.take_output(id, &mut batch, 64, Instant::now()) == Output::Write {}
+            batch
+        }
+
+        fn handoffs(hub: &mut Hub<u32>) -> Vec<Handoff> {
+            std::iter::from_fn(|| hub.poll_action())
+                .filter_map(|action| match action {
+                    Action::Handoff(h) => Some(h),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        }
+
+        #[test]
+        fn a_read_records_once_when_its_last_write_ends_on_the_thread_that_ends_it() {
+            let stats = Arc::new(Stats::new(2));
+            let shared = Shared {
+                dir: Arc::new(Directory::new(16, 0)),
+                stats: stats.clone(),
+                label: Arc::from("test"),
+                threads: 2,
+            };
+            let _bound = stats.bind_thread(0);
+            let now = Instant::now();
+            let mut hub = Hub::new(shared.clone(), 0, Limits::default(), now);
+            let sender = hub.connect(1, LOCAL, Protocol::Line, now).expect("sender");
+            let line = hub
+                .connect(2, LOCAL, Protocol::Line, now)
+                .expect("line client");
+            let ws = hub
+                .connect(3, LOCAL, Protocol::Http, now)
+                .expect("ws client");
+            let mut upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec();
+            hub.handle_input(ws, &mut upgrade, now);
+            for id in [sender, line, ws] {
+                take(&mut hub, id);
+            }
+
+            // Thread 1: one line client, fed by hand-offs; it lets go of what it wrote
+            // when told, and says when it has.
+            let (to_other, inbox) = mpsc::channel::<Vec<Handoff>>();
+            let (delivered, delivered_rx) = mpsc::channel::<()>();
+            let (let_go, let_go_rx) = mpsc::channel::<()>();
+            let (gone, gone_rx) = mpsc::channel::<()>();
+            let other_stats = stats.clone();
+            let other = std::thread::spawn(move || {
+                let _bound = other_stats.bind_thread(1);
+                let mut hub = Hub::new(shared, 1, Limits::default(), Instant::now());
+                let client = hub
+                    .connect(4, LOCAL, Protocol::Line, Instant::now())
+                    .expect("c");
+                take(&mut hub, client);
+                for handoffs in inbox {
+                    hub.deliver(&handoffs, Instant::now());
+                    drop(handoffs);
+                    let written = take(&mut hub, client);
+                    assert_eq!(written.concat(), b"user1: a\nuser1: b\n");
+                    delivered.send(()).expect("main thread");
+                    let_go_rx.recv().expect("main thread");
+                    drop(written);
+                    gone.send(()).expect("main thread");
+                }
+            });
+
+            // Two lines in one read; the WebSocket client's frames go last: thread 0
+            // records both lines, once.
+            hub.handle_input(sender, &mut b"a\nb\n".to_vec(), now);
+            to_other.send(handoffs(&mut hub)).expect("thread 1");
+            let written = take(&mut hub, line);
+            let frames = take(&mut hub, ws);
+            assert!(frames.concat().ends_with(b"user1: b"));
+            delivered_rx.recv().expect("thread 1 delivered");
+            drop(written);
+            let_go.send(()).expect("thread 1");
+            gone_rx.recv().expect("thread 1 let go");
+            assert_eq!(lines_recorded(&stats, 0) + lines_recorded(&stats, 1), 0);
+            drop(frames);
+            assert_eq!(lines_recorded(&stats, 0), 2);
+            assert_eq!(lines_recorded(&stats, 1), 0);
+
+            // Again, with thread 1's write ending last: thread 1 records them.
+            hub.handle_input(sender, &mut b"a\nb\n".to_vec(), now);
+            to_other.send(handoffs(&mut hub)).expect("thread 1");
+            drop(take(&mut hub, line));
+            drop(take(&mut hub, ws));
+            delivered_rx.recv().expect("thread 1 delivered");
+            assert_eq!(lines_recorded(&stats, 0) + lines_recorded(&stats, 1), 2);
+            let_go.send(()).expect("thread 1");
+            gone_rx.recv().expect("thread 1 let go");
+            drop(to_other);
+            other.join().expect("thread 1");
+            assert_eq!(lines_recorded(&stats, 1), 2);
+            assert_eq!(lines_recorded(&stats, 0), 2);
+            assert_eq!(stats.totals().messages_in, 4);
+        }
+    }
 }
