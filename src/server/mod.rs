@@ -89,8 +89,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     pub flush_delay: Duration,
     /// `GET /metrics` on the HTTP listener (Prometheus), with the fan-out timing and the
-    /// I/O counters only it shows; `off` measures none of it (what it costs is the
-    /// difference).
+    /// I/O counters only it shows; `off` (or `--http off`) measures none of it (what it
+    /// costs is the difference).
     #[arg(long, value_enum, default_value = "on")]
     pub metrics: Switch,
     /// Interval of the stats log line; 0 turns it off.
@@ -251,7 +251,9 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         backend: args.backend.name().to_owned(),
         ..ServerInfo::default()
     };
-    let stats = Arc::new(Stats::with_info(threads, info, args.metrics == Switch::On));
+    // Without the HTTP listener nobody can scrape: then nothing is measured for it.
+    let metrics = args.metrics == Switch::On && args.http.0.is_some();
+    let stats = Arc::new(Stats::with_info(threads, info, metrics));
     let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
     let shared = Shared {
         dir: dir.clone(),
