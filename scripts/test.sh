@@ -3,7 +3,8 @@
 # beside ringcast when it is missing (python3 for the asyncio client test; Debian's
 # python3-websockets for the WebSocket conformance test; chromium, chromium-driver and
 # python3-selenium for the browser test, unless RINGCAST_SKIP_BROWSER=1; redis-server
-# and nats-server, the peers the harness is compared with), then runs `cargo test`.
+# and nats-server, the peers the harness and the cluster are tested with; prometheus,
+# whose server and promtool check /metrics), then runs `cargo test`.
 # The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
 # (a python3 earlier on PATH, e.g. pyenv's, may not have them).
 # apt-get's output goes to a log that is shown only if the install fails. Arguments go
@@ -22,6 +23,7 @@ if [ "${RINGCAST_SKIP_BROWSER:-}" != 1 ]; then
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]} (Debian packages)" >&2
   sudo=()
@@ -29,12 +31,12 @@ if [ ${#need[@]} -gt 0 ]; then
   log=$(mktemp "${TMPDIR:-/tmp}/ringcast-apt.XXXXXX")
   if ! command -v apt-get >/dev/null 2>&1 ||
     ! { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get update -q &&
-        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${need[@]}"; } \
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${need[@]}"; } \
       >"$log" 2>&1; then
     echo "test.sh: could not install ${need[*]}; apt-get said:" >&2
     tail -n 30 "$log" >&2 || true
     echo "test.sh: install them by hand, or skip what needs them:" \
-         "RINGCAST_SKIP_PEERS=1 (the Redis/NATS harness tests)," \
+         "RINGCAST_SKIP_PEERS=1 (the Redis/NATS harness, cluster and Prometheus tests)," \
          "RINGCAST_SKIP_BROWSER=1 (the browser test)" >&2
     rm -f "$log"
     exit 1

@@ -67,6 +67,7 @@ fn step(f: &Fig) -> StepResult {
         }),
         server_deliveries: Some(received),
         count_mismatch: Some(0.0),
+        server_fanout: None,
         harness_cpu_s: 1.0,
         harness_peak_util: 0.3,
         warnings: Vec::new(),

@@ -22,6 +22,7 @@ mod preflight;
 pub mod procfs;
 mod progress;
 pub mod report;
+pub mod scrape;
 pub mod verdict;
 mod wire;
 mod worker;
@@ -86,6 +87,11 @@ pub struct BenchArgs {
     /// Server process to sample for CPU and RSS (and whose command line the report keeps).
     #[arg(long, allow_hyphen_values = true)]
     pub server_pid: Option<u32>,
+    /// The server's /metrics (e.g. http://127.0.0.1:7879/metrics), scraped at the start
+    /// and end of each step: the report shows the server's own fan-out p50/p99 beside
+    /// the clients' latency (ringcast only).
+    #[arg(long)]
+    pub metrics_url: Option<String>,
     /// p99 a step must stay under to count towards capacity.
     #[arg(long, default_value = "10ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub slo: Duration,
@@ -146,6 +152,9 @@ impl BenchArgs {
         }
         if self.duration.is_zero() {
             bail!("--duration must be above 0");
+        }
+        if self.metrics_url.is_some() && self.proto != Proto::Ringcast {
+            bail!("--metrics-url reads a ringcast server's /metrics: --proto ringcast only");
         }
         if self.idle && self.server_pid.is_none() {
             bail!("--idle measures the server's memory: it needs --server-pid");

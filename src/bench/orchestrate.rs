@@ -11,7 +11,7 @@ use super::report::{
     Report, ServerCost, StepResult, FORMAT, HARNESS_THREAD_LIMIT,
 };
 use super::wire::{Command, ConnectResult, Event, PartialStep, Tally};
-use super::{hist, preflight, procfs, BenchArgs};
+use super::{hist, preflight, procfs, scrape, BenchArgs};
 use anyhow::{bail, Context as _};
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -357,6 +357,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let addr = args.resolve_addr()?;
     preflight(args, addr)?;
     let mut target = Target::probe(args, addr)?;
+    if let Some(url) = &args.metrics_url {
+        // A wrong URL fails here, before any client connects.
+        scrape::fetch(url)
+            .and_then(|text| scrape::Histogram::parse(&text))
+            .with_context(|| format!("reading the server's metrics at {url}"))?;
+    }
     let rss_before = match (args.idle, args.server_pid) {
         (true, Some(pid)) => Some(
             procfs::process_rss_bytes(pid)
@@ -574,6 +580,8 @@ struct StepRun<'a> {
 /// Server-side counters read before and after a step.
 struct ServerSnapshot {
     stats: HashMap<String, String>,
+    /// The fan-out histogram of `/metrics`, with `--metrics-url`.
+    fanout: Option<scrape::Histogram>,
     cpu_us: Option<u64>,
     softirq_us: Option<u64>,
 }
@@ -602,6 +610,9 @@ impl StepRun<'_> {
         result.harness_cpu_s += (self_cpu_us() - own_cpu_before) as f64 / 1e6;
         count_check(&mut result, &before.stats, &after.stats);
         result.server = server_cost(&before, &after, wall_s, peak_rss, result.tally.received);
+        if let (Some(b), Some(a)) = (&before.fanout, &after.fanout) {
+            result.server_fanout = a.since(b)?.fanout();
+        }
         self.report_end(&result, progress);
         Ok((result, stat_u64(&before.stats, "threads")))
     }
@@ -614,8 +625,17 @@ impl StepRun<'_> {
             .map(procfs::process_cpu_us)
             .transpose()
             .context("reading the server's CPU time")?;
+        let fanout = match &self.args.metrics_url {
+            Some(url) => Some(
+                scrape::fetch(url)
+                    .and_then(|text| scrape::Histogram::parse(&text))
+                    .with_context(|| format!("scraping {url} for {}", self.phase))?,
+            ),
+            None => None,
+        };
         Ok(ServerSnapshot {
             stats,
+            fanout,
             cpu_us,
             softirq_us: self.softirq.cpu_us()?,
         })
@@ -893,6 +913,7 @@ fn merge_step(
         server: None,
         server_deliveries: None,
         count_mismatch: None,
+        server_fanout: None,
         harness_cpu_s: 0.0,
         harness_peak_util: 0.0,
         held: false,

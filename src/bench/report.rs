@@ -2,6 +2,7 @@
 
 use super::hist::{self, Summary};
 use super::peers::Proto;
+pub use super::scrape::ServerFanout;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -163,6 +164,10 @@ pub struct StepResult {
     pub server_deliveries: Option<u64>,
     /// |server − harness| / harness for the delivery counts.
     pub count_mismatch: Option<f64>,
+    /// The server's own fan-out time over the step (`--metrics-url`): from its read of
+    /// a line to the end of the last write carrying it.
+    #[serde(default)]
+    pub server_fanout: Option<ServerFanout>,
     /// CPU the harness used (all its processes), seconds.
     pub harness_cpu_s: f64,
     /// Busiest generator process's CPU use as a fraction of one core.
@@ -417,6 +422,7 @@ impl Report {
             self.header(&mut out);
             self.connect_line(&mut out);
             self.step_table(&mut out);
+            self.fanout_lines(&mut out);
             self.cost_lines(&mut out);
             self.capacity_line(&mut out);
             self.count_checks(&mut out);
@@ -608,6 +614,26 @@ impl Report {
                 c.slo_ms
             ),
         };
+    }
+
+    /// The server's fan-out quantiles beside the clients' latency, per step measured
+    /// with `--metrics-url`.
+    fn fanout_lines(&self, out: &mut String) {
+        for s in &self.steps {
+            let Some(f) = &s.server_fanout else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "server fan-out at {}/s (its /metrics): p50 {} p99 {} over {} lines; clients' latency p50 {} p99 {}",
+                s.rate,
+                fmt_us(f.p50_us.round() as u64),
+                fmt_us(f.p99_us.round() as u64),
+                f.lines,
+                fmt_us(s.latency.p50),
+                fmt_us(s.latency.p99)
+            );
+        }
     }
 
     fn count_checks(&self, out: &mut String) {

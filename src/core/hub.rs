@@ -24,9 +24,10 @@
 //! clones back in actions.
 
 use super::cluster::{Answer, Claim, ClusterView, Request};
-use super::directory::Directory;
+use super::directory::{Directory, Refused};
+use super::metrics::{self, Format};
 use super::outbox::{Outbox, Overflow};
-use super::stats::{Disconnect, ErrorKind, Stats, ThreadCounters, Transport};
+use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters, Transport};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
 use super::web::{self, Route};
 use crate::proto::ws::{self, CloseCode, Message, Violation, WsCodec};
@@ -280,7 +281,11 @@ enum Awaited {
 /// One read's chat in each encoding its room needs, built on first use.
 struct Encoded<'a> {
     lines: &'a Bytes,
+    /// How many lines.
+    count: u64,
     frames: Option<Bytes>,
+    /// `lines` is timed (see `metrics::timed_batch`): frames built from it keep it alive.
+    timed: bool,
 }
 
 /// The clients of one worker thread.
@@ -366,8 +371,17 @@ impl<H: Clone> Hub<H> {
             tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
             self.counters().refused(refused.reason());
             let notice = match protocol {
-                Protocol::Line => reply::error(refused),
-                Protocol::Http => http::text(503, &format!("{refused}\n")),
+                Protocol::Line => {
+                    self.counters().error(match refused {
+                        Refused::Full => ErrorKind::ServerFull,
+                        Refused::PerAddress => ErrorKind::PerAddress,
+                    });
+                    reply::error(refused)
+                }
+                Protocol::Http => {
+                    self.counters().http_response(HttpStatus::Unavailable);
+                    http::text(503, &format!("{refused}\n"))
+                }
             };
             self.shutdowns.push_back((handle, Some(notice)));
             return None;
@@ -647,7 +661,14 @@ impl<H: Clone> Hub<H> {
                 buf.clear();
                 self.respond(id, response, now);
             }
+            Route::Metrics(format) => {
+                buf.clear();
+                let response = self.metrics(format);
+                self.respond(id, response, now);
+            }
             Route::Upgrade(response) => {
+                self.counters()
+                    .http_response(HttpStatus::SwitchingProtocols);
                 let client = &mut self.clients[id];
                 client.codec = Codec::Ws(None);
                 client.close_by = Tick::NONE;
@@ -657,9 +678,21 @@ impl<H: Clone> Hub<H> {
         }
     }
 
+    /// The response to `GET /metrics`: the exposition, or 404 with `--metrics off`.
+    fn metrics(&self, format: Format) -> Bytes {
+        let stats = &self.shared.stats;
+        if !stats.metrics_enabled() {
+            return http::text(404, "metrics are off (--metrics off)\n");
+        }
+        let body = metrics::render(stats, &self.shared.dir, format);
+        http::response(200, format.content_type(), &[], body.as_bytes())
+    }
+
     /// Sends a whole HTTP response, then closes the connection.
     fn respond(&mut self, id: ClientId, response: Bytes, now: Tick) {
         self.counters().http_request();
+        self.counters()
+            .http_response(HttpStatus::of_response(&response));
         self.push_raw(id, response, now);
         self.begin_close(id, Disconnect::Quit, now);
     }
@@ -796,11 +829,17 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
-        let text = self.batch.text.split().freeze();
+        let timed = self.shared.stats.metrics_enabled();
+        let text = match timed {
+            true => metrics::timed_batch(self.batch.text.split(), self.clock.instant(now), lines),
+            false => self.batch.text.split().freeze(),
+        };
         let room = self.clients[id].member().room.clone();
         let mut encoded = Encoded {
             lines: &text,
+            count: lines,
             frames: None,
+            timed,
         };
         let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
         let frames = encoded.frames;
@@ -829,6 +868,8 @@ impl<H: Clone> Hub<H> {
             return 0;
         };
         let mut delivered = 0;
+        let mut queued = 0;
+        let lines = u32::try_from(encoded.count).unwrap_or(u32::MAX);
         for &member in members {
             if Some(member) == except {
                 continue;
@@ -837,13 +878,21 @@ impl<H: Clone> Hub<H> {
             let bytes = match client.codec {
                 Codec::Ws(_) => encoded
                     .frames
-                    .get_or_insert_with(|| self.ws.lines(encoded.lines))
+                    .get_or_insert_with(|| {
+                        let frames = self.ws.lines(encoded.lines);
+                        match encoded.timed {
+                            true => metrics::linked(frames, encoded.lines),
+                            false => frames,
+                        }
+                    })
                     .clone(),
                 _ => encoded.lines.clone(),
             };
-            match client.outbox.push(bytes) {
+            let len = bytes.len();
+            match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
                     delivered += 1;
+                    queued += len;
                     if was_empty {
                         output_pending(
                             client,
@@ -858,6 +907,11 @@ impl<H: Clone> Hub<H> {
                 Err(overflow) => self.overflowed.push((member, overflow)),
             }
         }
+        // One store per read, not per recipient.
+        self.shared
+            .stats
+            .thread(self.thread)
+            .queued_bytes(queued as i64);
         delivered
     }
 
@@ -868,7 +922,9 @@ impl<H: Clone> Hub<H> {
         for handoff in handoffs {
             let mut encoded = Encoded {
                 lines: &handoff.text,
+                count: handoff.lines,
                 frames: handoff.frames.clone(),
+                timed: self.shared.stats.metrics_enabled(),
             };
             delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
         }
@@ -1040,8 +1096,14 @@ impl<H: Clone> Hub<H> {
 
     /// Queues bytes as they are (already encoded for the client).
     fn push_raw(&mut self, id: ClientId, bytes: Bytes, now: Tick) {
+        let len = bytes.len() as i64;
         let client = &mut self.clients[id];
-        match client.outbox.push(bytes) {
+        let pushed = client.outbox.push(bytes);
+        if pushed.is_ok() {
+            self.shared.stats.thread(self.thread).queued_bytes(len);
+        }
+        let client = &mut self.clients[id];
+        match pushed {
             Ok(true) => output_pending(
                 client,
                 id,
@@ -1106,10 +1168,14 @@ impl<H: Clone> Hub<H> {
         client.closing = Some(reason);
         match reason {
             Disconnect::SlowConsumer | Disconnect::WriteTimeout => {
+                let dropped = client.outbox.queued() as i64;
                 client.outbox.clear();
                 client.finished = true;
+                let counters = self.shared.stats.thread(self.thread);
+                counters.queued_bytes(-dropped);
                 // The notice may go only if no write is in flight: it could split its lines.
                 let notice = (!client.writing).then(|| {
+                    counters.error(ErrorKind::SlowConsumer);
                     let line = reply::error(reply::SLOW_CONSUMER);
                     if websocket {
                         let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
@@ -1136,6 +1202,10 @@ impl<H: Clone> Hub<H> {
                     // already): an HTTP answer, not a chat line.
                     Codec::Http => http::text(503, "shutting down\n"),
                 };
+                self.shared
+                    .stats
+                    .thread(self.thread)
+                    .queued_bytes(farewell.len() as i64);
                 client.outbox.push_unbounded(farewell);
                 client.close_by = drain_by;
             }
@@ -1186,8 +1256,14 @@ impl<H: Clone> Hub<H> {
                 // Within the coalescing window: the deadline wakes the writer.
                 return Output::Idle;
             }
-            client.outbox.take(batch, max_lines);
+            let queued = client.outbox.queued();
+            let lines = client.outbox.take(batch, max_lines);
             client.writing = true;
+            let counters = self.shared.stats.thread(self.thread);
+            counters.queued_bytes(client.outbox.queued() as i64 - queued as i64);
+            if self.shared.stats.metrics_enabled() {
+                counters.write_batch(lines);
+            }
             if !client.stalled_since.is_set() {
                 client.stalled_since = now;
             }
@@ -1227,8 +1303,10 @@ impl<H: Clone> Hub<H> {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
+        let dropped = client.outbox.queued() as i64;
         client.outbox.clear();
         client.finished = true;
+        self.counters().queued_bytes(-dropped);
         self.begin_close(id, Disconnect::PeerGone, now);
     }
 
@@ -1270,6 +1348,8 @@ impl<H: Clone> Hub<H> {
         }
         self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
         let client = self.clients.remove(id);
+        self.counters()
+            .queued_bytes(-(client.outbox.queued() as i64));
         self.shared.dir.disconnected(client.peer);
         if let Some(member) = &client.member {
             self.members -= 1;

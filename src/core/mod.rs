@@ -7,6 +7,7 @@
 pub mod cluster;
 mod directory;
 mod hub;
+pub mod metrics;
 mod outbox;
 mod stats;
 mod time;
@@ -18,6 +19,10 @@ pub use hub::{
     RATE_NOTICE_INTERVAL,
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
-pub use stats::{Disconnect, ErrorKind, Refusal, Stats, Totals, Transport};
+pub use stats::{
+    this_thread, Disconnect, EpollCall, ErrorKind, HistogramTotals, HttpStatus, Probe, Refusal,
+    RingReading, ServerInfo, Snapshot, Stats, ThreadBinding, ThreadCounters, Totals, Transport,
+    UringOp, UringSubmit, FANOUT_BOUNDS_NS, WRITE_LINES_BOUNDS,
+};
 pub use time::RateLimit;
 pub use web::{CHAT_PAGE, HEAD_TIMEOUT};

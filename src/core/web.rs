@@ -1,7 +1,9 @@
 //! What the HTTP listener answers, decided from a parsed request head: the chat page,
-//! health, and the WebSocket upgrade that turns the connection into a chat client.
+//! health, metrics, and the WebSocket upgrade that turns the connection into a chat
+//! client.
 //! Every other request gets a short error; a connection serves one request.
 
+use super::metrics::Format;
 use crate::proto::http::{self, Request};
 use crate::proto::ws;
 use bytes::Bytes;
@@ -20,12 +22,14 @@ pub(crate) enum Route {
     /// Send this 101 response: from then on the connection speaks WebSocket as a chat
     /// client.
     Upgrade(Bytes),
+    /// Send the server's metrics in this format (the hub has them), then close.
+    Metrics(Format),
 }
 
 /// Routes one request; `draining` is true once shutdown has begun.
 pub(crate) fn route(request: &Request, draining: bool) -> Route {
     let path = request.path.as_str();
-    let known = matches!(path, "/" | "/index.html" | "/healthz" | "/ws");
+    let known = matches!(path, "/" | "/index.html" | "/healthz" | "/ws" | "/metrics");
     if !known {
         return Route::Respond(http::text(404, "not found\n"));
     }
@@ -41,6 +45,7 @@ pub(crate) fn route(request: &Request, draining: bool) -> Route {
         "/healthz" if draining => Route::Respond(http::text(503, "draining\n")),
         "/healthz" => Route::Respond(http::text(200, "ok\n")),
         "/ws" => upgrade(request, draining),
+        "/metrics" => Route::Metrics(Format::negotiate(request.accept.as_deref())),
         _ => Route::Respond(http::response(
             200,
             "text/html; charset=utf-8",
@@ -95,7 +100,9 @@ mod tests {
     }
 
     fn status(route: Route) -> String {
-        let (Route::Respond(bytes) | Route::Upgrade(bytes)) = route;
+        let (Route::Respond(bytes) | Route::Upgrade(bytes)) = route else {
+            return "metrics".into();
+        };
         String::from_utf8_lossy(&bytes[..12]).into_owned()
     }
 
@@ -116,6 +123,20 @@ mod tests {
         );
         assert_eq!(status(route(&request("POST", "/"), false)), "HTTP/1.1 405");
         assert_eq!(status(route(&request("GET", "/ws"), false)), "HTTP/1.1 426");
+        assert_eq!(
+            status(route(&request("POST", "/metrics"), false)),
+            "HTTP/1.1 405"
+        );
+    }
+
+    #[test]
+    fn metrics_are_served_in_the_format_accept_asks_for() {
+        let mut get = request("GET", "/metrics");
+        assert_eq!(route(&get, false), Route::Metrics(Format::Classic));
+        // Also while draining: a scraper sees the drain happen.
+        assert_eq!(route(&get, true), Route::Metrics(Format::Classic));
+        get.accept = Some("application/openmetrics-text;version=1.0.0".into());
+        assert_eq!(route(&get, false), Route::Metrics(Format::OpenMetrics));
     }
 
     #[test]

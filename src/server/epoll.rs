@@ -3,6 +3,7 @@
 //! write at once and waits for writability only when the socket is full.
 
 use super::io::{Conn, Listener};
+use crate::core::{this_thread, EpollCall};
 use bytes::Bytes;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -29,13 +30,16 @@ impl Conn for TcpStream {
         // to its pool before it waits again.
         let mut buf = take();
         let result = self.try_read_buf(&mut buf);
+        count(EpollCall::Read, &result);
         (result, buf)
     }
 
     async fn writev(&self, bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         let slices: Vec<IoSlice<'_>> = bufs.iter().map(|b| IoSlice::new(b)).collect();
         let result = loop {
-            match self.try_write_vectored(&slices) {
+            let result = self.try_write_vectored(&slices);
+            count(EpollCall::Write, &result);
+            match result {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(err) = self.writable().await {
                         break Err(err);
@@ -47,6 +51,12 @@ impl Conn for TcpStream {
         drop(slices);
         (result, bufs)
     }
+}
+
+/// Counts a socket call in this thread's counters (`/metrics`).
+fn count(call: EpollCall, result: &io::Result<usize>) {
+    let would_block = matches!(result, Err(err) if err.kind() == io::ErrorKind::WouldBlock);
+    this_thread(|counters| counters.epoll_call(call, would_block));
 }
 
 /// Runs `future` on a current-thread tokio runtime on this thread.

@@ -4,10 +4,11 @@
 mod epoll;
 mod io;
 pub mod probe;
+mod ring;
 mod uring;
 mod worker;
 
-use crate::core::{Directory, Limits, RateLimit, Shared, Stats, Totals};
+use crate::core::{Directory, Limits, RateLimit, ServerInfo, Shared, Stats, Totals};
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -87,6 +88,11 @@ pub struct ServeArgs {
     /// so lines arriving meanwhile share one write. Trades latency for CPU; 0 is off.
     #[arg(long, default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
     pub flush_delay: Duration,
+    /// `GET /metrics` on the HTTP listener (Prometheus), with the fan-out timing and the
+    /// I/O counters only it shows; `off` (or `--http off`) measures none of it (what it
+    /// costs is the difference).
+    #[arg(long, value_enum, default_value = "on")]
+    pub metrics: Switch,
     /// Interval of the stats log line; 0 turns it off.
     #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub stats_interval: Duration,
@@ -123,6 +129,13 @@ pub struct ServeArgs {
     /// gets a ring without it (logged).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub uring_setup: Vec<UringSetup>,
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// The HTTP listener's address, or none.
@@ -259,7 +272,13 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     };
 
     let dir = Arc::new(Directory::new(max_clients, args.max_per_ip));
-    let stats = Arc::new(Stats::new(threads));
+    let info = ServerInfo {
+        backend: args.backend.name().to_owned(),
+        ..ServerInfo::default()
+    };
+    // Without the HTTP listener nobody can scrape: then nothing is measured for it.
+    let metrics = args.metrics == Switch::On && args.http.0.is_some();
+    let stats = Arc::new(Stats::with_info(threads, info, metrics));
     let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
@@ -324,8 +343,6 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             cq_entries: args.cq_entries,
             submit_every: args.submit_every,
             setup: args.uring_setup.clone(),
-            stats: stats.clone(),
-            thread: index,
         };
         std::thread::Builder::new()
             .name(format!("ringcast-{}-{index}", backend.name()))
@@ -482,6 +499,13 @@ fn run_worker(
     http: Option<std::net::TcpListener>,
 ) -> Result<(), String> {
     let index = setup.index;
+    // The fan-out clock and the backend's counters find this thread's counters through
+    // the binding; with metrics off nothing is bound and they count nothing.
+    let _binding = setup
+        .shared
+        .stats
+        .metrics_enabled()
+        .then(|| setup.shared.stats.bind_thread(index));
     let result = match backend {
         Backend::Uring => uring::block_on(uring_options, async move {
             let http = http.map(uring::listener).transpose()?;

@@ -6,7 +6,9 @@
 //! `io_uring_enter` when the thread parks.
 
 use super::io::{Conn, Listener};
+use super::ring::{self, pushing};
 use super::UringSetup;
+use crate::core::UringOp;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
 use std::cell::{Cell, RefCell};
@@ -36,6 +38,7 @@ impl Listener for UringListener {
     type Conn = UringConn;
 
     async fn accept(&self) -> io::Result<(UringConn, SocketAddr)> {
+        pushing(UringOp::Accept);
         let (stream, peer) = self.0.accept().await?;
         Ok((UringConn::new(stream), peer))
     }
@@ -140,8 +143,6 @@ struct EarlySubmit {
     sq_entries: u32,
     /// Ops pushed since the last early submit.
     pushed: Cell<u32>,
-    stats: std::sync::Arc<crate::core::Stats>,
-    thread: usize,
 }
 
 thread_local! {
@@ -185,7 +186,7 @@ impl EarlySubmit {
         // EBUSY or EAGAIN (completions backing up): what was not taken now goes when the
         // thread parks, as before.
         if submitted > 0 {
-            self.stats.thread(self.thread).early_submit();
+            crate::core::this_thread(|c| c.uring_submit(crate::core::UringSubmit::MidPass));
         }
     }
 }
@@ -365,6 +366,7 @@ impl Conn for UringConn {
         // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
         // only once data is there: an idle connection pins no buffer, and input costs one
         // trip through the ring, not a poll and then a read.
+        pushing(UringOp::Recv);
         // SAFETY: the op stores a reference to the socket, and the group's buffers live
         // as long as the thread (`RecvBuffers`).
         let op = unsafe { submit(self.0.clone(), RecvDone, recv_sqe(&self.0)) };
@@ -409,6 +411,7 @@ impl Conn for UringConn {
             // iovec array (a `Vec`'s elements do not move when the `Vec` does) and a
             // reference to the socket until the completion.
             let sqe = unsafe { writev_sqe(&self.0, &iovecs) };
+            pushing(UringOp::Writev);
             // SAFETY: as above.
             let op = unsafe { submit((self.0.clone(), bufs, iovecs), WritevDone, sqe) };
             return op.await;
@@ -423,6 +426,7 @@ impl Conn for UringConn {
         // SAFETY: the op stores the buffer (a `Bytes` does not move its bytes) and a
         // reference to the socket until the completion.
         let sqe = unsafe { send_sqe(&self.0, ptr, len) };
+        pushing(UringOp::Send);
         // SAFETY: as above.
         let op = unsafe { submit((self.0.clone(), buf), SendDone, sqe) };
         let (result, buf) = op.await;
@@ -457,6 +461,7 @@ impl UringSocket {
         // IORING_OP_POLL_ADD: unlike a pending read, a pending poll pins no buffer.
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let sqe = opcode::PollAdd::new(types::Fd(self.stream.as_raw_fd()), events).build();
+        pushing(UringOp::PollAdd);
         // SAFETY: the op stores a reference to the socket until the completion.
         let polled = unsafe { submit(self.clone(), PollDone, sqe) }.await;
         if let Err(err) = polled {
@@ -468,6 +473,7 @@ impl UringSocket {
     async fn read_into(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         // tokio-uring's own read op, which holds the socket's fd itself.
         let filled = buf.len();
+        pushing(UringOp::Read);
         let (result, slice) = self.stream.read(buf.slice(filled..)).await;
         (result, slice.into_inner())
     }
@@ -533,6 +539,7 @@ impl RecvBuffers {
         // SAFETY: the memory is leaked (lives for the process), and none of it was
         // provided before.
         let sqe = unsafe { provide_sqe(pool.memory, RECV_BUFFERS, 0) };
+        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffers.
         match unsafe { submit((), Done, sqe) }.await {
             Ok(_) => RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool))),
@@ -568,6 +575,7 @@ impl RecvBuffers {
         // completion whose receiver calls this, once.
         let sqe = unsafe { provide_sqe(self.buffer(id), 1, id) };
         // Nothing waits for this completion; tokio-uring keeps the op until it arrives.
+        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffer.
         drop(unsafe { submit((), Discard, sqe) });
     }
@@ -583,9 +591,6 @@ pub(crate) struct Options {
     /// Ops pushed between two early submits; 0: submit only when the thread parks.
     pub(crate) submit_every: u32,
     pub(crate) setup: Vec<UringSetup>,
-    /// The server's counters, and this thread's index in them.
-    pub(crate) stats: std::sync::Arc<crate::core::Stats>,
-    pub(crate) thread: usize,
 }
 
 impl Options {
@@ -622,27 +627,30 @@ pub(crate) fn block_on<F: std::future::Future>(
     options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
-    let (runtime, new_rings) = create_ring(|| match runtime(options, &options.setup) {
-        Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!(
-                "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
-                options.setup
-            );
-            runtime(options, &[])
+    let (runtime, new_rings) = create_ring(|| {
+        // Inside the creation lock: it makes a short-lived ring of its own.
+        ring::learn_layout();
+        match runtime(options, &options.setup) {
+            Err(err) if !options.setup.is_empty() && err.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(
+                    "io_uring setup flags {:?} refused by this kernel ({err}); running without them",
+                    options.setup
+                );
+                runtime(options, &[])
+            }
+            other => other,
         }
-        other => other,
     })?;
     match new_rings[..] {
         [ring] => {
             FixedFiles::install(ring);
+            ring::install(ring);
             if options.submit_every > 0 {
                 let early: &'static EarlySubmit = Box::leak(Box::new(EarlySubmit {
                     ring,
                     every: options.submit_every,
                     sq_entries: options.sq_entries,
                     pushed: Cell::new(0),
-                    stats: options.stats.clone(),
-                    thread: options.thread,
                 }));
                 EARLY_SUBMIT_OF_THREAD.with(|e| e.set(Some(early)));
             }
@@ -872,8 +880,6 @@ mod tests {
             cq_entries: 0,
             submit_every: 0,
             setup: Vec::new(),
-            stats: std::sync::Arc::new(crate::core::Stats::new(1)),
-            thread: 0,
         };
         block_on(&options, async {
             let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
