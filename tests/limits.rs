@@ -141,16 +141,34 @@ async fn a_flooder_is_held_to_its_rate_and_nobody_else_is(backend: &str) {
     let flood_time = started.elapsed();
     talker.send("talk done").await;
 
-    // The reader gets every line of the talker and the flooder's allowance.
+    // Still connected: once it calms down it is answered, and its last line is heard.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    flood_out.write_all(b"/help\n").await.expect("help");
+    let notices = tokio::time::timeout(TIMEOUT, notices)
+        .await
+        .expect("flooder's reader")
+        .expect("join");
+    flood_out
+        .write_all(b"flood over\n")
+        .await
+        .expect("last line");
+
+    // The reader gets every line of the talker and the flooder's allowance, the latter
+    // ending (per-sender order) with its last line.
     let mut flooded = 0;
     let mut talked = 0;
-    loop {
+    let (mut talk_done, mut flood_over) = (false, false);
+    while !(talk_done && flood_over) {
         let line = reader.line().await;
         if let Some(text) = line.strip_prefix(&format!("{flooder_name}: ")) {
+            if text == "flood over" {
+                flood_over = true;
+                continue;
+            }
             assert!(text.starts_with("flood "), "{line}");
             flooded += 1;
         } else if line.ends_with("talk done") {
-            break;
+            talk_done = true;
         } else {
             assert_eq!(line, format!("{}: talk {talked}", talker.name));
             talked += 1;
@@ -163,13 +181,6 @@ async fn a_flooder_is_held_to_its_rate_and_nobody_else_is(backend: &str) {
         "{flooded} of {seq} flood lines got through in {flood_time:?}; about {allowed} allowed"
     );
 
-    // Still connected: once it calms down it is answered.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    flood_out.write_all(b"/help\n").await.expect("help");
-    let notices = tokio::time::timeout(TIMEOUT, notices)
-        .await
-        .expect("flooder's reader")
-        .expect("join");
     // Besides the talker's chat, the flooder was told to slow down, and answered.
     let notices: Vec<_> = notices
         .into_iter()
