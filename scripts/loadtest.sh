@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs one load scenario against each system and compares them.
 #
-#   scripts/loadtest.sh [--workload A|B|C|idle] [--peers] [--repeat N]
+#   scripts/loadtest.sh [--workload A|B|C|idle] [--peers] [--repeat N] [--proto line|ws]
 #                       [--server-cpus LIST] [--bench-cpus LIST]
 #                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
@@ -21,11 +21,14 @@
 #              with apt-get when missing
 # --repeat N   N rounds, the systems alternating within each (uring, epoll, redis, nats,
 #              uring, ...); the summary shows each figure's median with [min–max]
+# --proto ws   load the ringcast backends over WebSocket (their HTTP listener's /ws)
+#              instead of the line protocol (the default, `line`); Redis and NATS speak
+#              their own protocols either way
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
-# SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
+# PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
 # THREADS, PROCS, BACKENDS, OUT). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
@@ -56,6 +59,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   fi
 done
 IDLE=
+# Extra flags for the ringcast servers (a workload's limits).
+SERVER_ARGS=()
 case "$WORKLOAD" in
   "") ;;
   A|a) CLIENTS=10000; ROOMS=100; PUBLISHERS=10; RATE=1000; SIZE=64 ;;
@@ -84,6 +89,7 @@ PROCS=${PROCS:-1}
 BACKENDS=${BACKENDS:-"uring epoll"}
 PEERS=${PEERS:-}
 REPEAT=${REPEAT:-1}
+PROTO=${PROTO:-line}
 SERVER_CPUS=${SERVER_CPUS:-}
 BENCH_CPUS=${BENCH_CPUS:-}
 OUT=${OUT:-}
@@ -93,6 +99,7 @@ while [ $# -gt 0 ]; do
     --workload) shift 2 ;;  # applied above
     --peers) PEERS=1; shift ;;
     --repeat) REPEAT=$2; shift 2 ;;
+    --proto) PROTO=$2; shift 2 ;;
     --server-cpus) SERVER_CPUS=$2; shift 2 ;;
     --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
@@ -114,6 +121,10 @@ done
 
 case "$REPEAT" in
   ''|*[!0-9]*|0) say "--repeat needs a whole number of rounds, 1 or more"; exit 2 ;;
+esac
+case "$PROTO" in
+  line|ws) ;;
+  *) say "unknown --proto $PROTO (line or ws)"; exit 2 ;;
 esac
 SYSTEMS=$BACKENDS
 if [ -n "$PEERS" ]; then
@@ -259,13 +270,19 @@ start_server() {
     uring|epoll)
       # Every simulated client comes from 127.0.0.1 and publishers send far faster than a
       # person: the per-address cap and the input rate limit are off for the load test.
+      # Over WebSocket the harness loads the HTTP listener, whose address is the second
+      # line the server prints.
+      local http=off
+      if [ "$PROTO" = ws ]; then http=127.0.0.1:0; fi
       ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
-        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http off \
-        >"$dir/server.stdout" 2>"$dir/server.log" &
+        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http "$http" \
+        ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} >"$dir/server.stdout" 2>"$dir/server.log" &
       server_pid=$!
-      for _ in $(seq 100); do  # up to 10 s for the "listening on" line
+      local prefix='listening on '
+      if [ "$PROTO" = ws ]; then prefix='http listening on '; fi
+      for _ in $(seq 100); do  # up to 10 s for the address line
         kill -0 "$server_pid" 2>/dev/null || break
-        addr=$(sed -n 's/^listening on //p' "$dir/server.stdout" 2>/dev/null | head -n1)
+        addr=$(sed -n "s/^$prefix//p" "$dir/server.stdout" 2>/dev/null | head -n1)
         [ -n "$addr" ] && break
         sleep 0.1
       done
@@ -293,13 +310,14 @@ start_server() {
 # One run of system $1 into folder $2.
 run_system() {
   local system=$1 dir=$2 proto=ringcast status bench_status
+  if [ "$PROTO" = ws ]; then proto=ws; fi
   case "$system" in redis|nats) proto=$system ;; esac
   mkdir -p "$dir"
   wait_time_wait
   say "=== $system: starting the server"
   local tries=1
   # A peer's port can still be taken between the check and its bind: try another one.
-  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ]; do
+  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ] || [ "$proto" = ws ]; do
     cleanup; server_pid=; tries=$((tries + 1))
     say "$system: did not start (port taken?), trying again"
   done
@@ -372,11 +390,13 @@ if [ ${#compared[@]} -gt 0 ]; then
       echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: clients connected and joined, sending" \
         "nothing; server threads $THREADS$pinning.$rounds"
     else
-      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: rates $RATE msg/s, $DURATION per rate after" \
+      transport=
+      if [ "$PROTO" = ws ]; then transport=" ringcast loaded over WebSocket;"; fi
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}:$transport rates $RATE msg/s, $DURATION per rate after" \
         "$WARMUP warm-up, SLO $SLO; server threads $THREADS, harness processes $PROCS$pinning.$rounds"
     fi
     echo
-    echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT" \
+    echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT --proto $PROTO" \
       "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
       "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
       "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}\`"

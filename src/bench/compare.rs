@@ -149,6 +149,12 @@ fn us(v: f64) -> String {
 fn rows() -> Vec<Row> {
     vec![
         Row {
+            name: "harness queueing at p99 (p99 − socket p99)",
+            better: "-",
+            value: |_, s| s?.harness_queueing_p99().map(|v| v as f64),
+            show: us,
+        },
+        Row {
             name: "p90",
             better: "lower",
             value: |_, s| s.map(|s| s.latency.p90 as f64),
@@ -253,7 +259,19 @@ fn describe(group: &Group<'_>) -> String {
         .map(|v| format!(" {v}"))
         .unwrap_or_default();
     let what = match r.config.proto {
-        Proto::Ringcast => format!("ringcast {} backend", e.backend),
+        Proto::Ringcast | Proto::Ws => {
+            let transport = if r.config.proto == Proto::Ws {
+                " over WebSocket"
+            } else {
+                ""
+            };
+            let build = e
+                .system_version
+                .as_deref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default();
+            format!("ringcast {} backend{transport}{build}", e.backend)
+        }
         Proto::Redis => format!("Redis pub/sub{version}"),
         Proto::Nats => format!("nats-server{version}"),
     };
@@ -362,9 +380,11 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
     let sweep = verdict::rates(groups);
     type Figure = fn(&StepResult) -> Option<f64>;
     type Show = fn(f64) -> String;
-    let per_rate: [(&str, Figure, Show); 3] = [
+    let per_rate: [(&str, Figure, Show); 5] = [
         ("p50", verdict::p50, us),
         ("p99", verdict::p99, us),
+        ("socket p50", verdict::socket_p50, us),
+        ("socket p99", verdict::socket_p99, us),
         ("server CPU µs/delivery", verdict::cpu, |v| {
             format!("{v:.2}")
         }),
@@ -514,6 +534,16 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
         "\n(×N): the figure divided by {}'s; the \"better\" column says which direction wins. (H): the harness was the bottleneck at that rate in at least one run (sends late or a generator thread saturated; see each run's summary.txt): its latency includes the harness's delay and it is used neither for the verdict's latency nor for capacity.",
         groups[0].label
     );
+    if groups.iter().any(|g| {
+        g.runs
+            .iter()
+            .any(|r| r.steps.iter().any(|s| s.socket_latency.is_some()))
+    }) {
+        let _ = writeln!(
+            out,
+            "p50 and p99 are read latency (when the harness read the delivery − its scheduled send); socket p50 and p99 end when the delivery reached the client's socket (the kernel's receive timestamp), so they leave out the harness's own queueing, which the \"harness queueing\" row shows at p99."
+        );
+    }
     let scenario = if c.idle {
         format!(
             "{} in {}",
@@ -554,7 +584,7 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
     if !c.idle
         && groups
             .iter()
-            .any(|g| g.runs.iter().any(|r| r.config.proto != Proto::Ringcast))
+            .any(|g| g.runs.iter().any(|r| !r.config.proto.is_ringcast()))
     {
         let _ = writeln!(
             out,
@@ -631,6 +661,20 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.harness_peak_util = into.harness_peak_util.max(other.harness_peak_util);
     into.latency = hist::Summary::of(&latency);
     into.histogram = hist::encode(&latency);
+    // Socket latency adds up only where both machines measured it.
+    match (&into.socket_histogram, &other.socket_histogram) {
+        (Some(a), Some(b)) => {
+            let mut socket = hist::decode(a)?;
+            hist::merge(&mut socket, &hist::decode(b)?)?;
+            into.socket_latency = Some(hist::Summary::of(&socket));
+            into.socket_histogram = Some(hist::encode(&socket));
+        }
+        _ => {
+            into.socket_latency = None;
+            into.socket_histogram = None;
+        }
+    }
+    into.unstamped += other.unstamped;
     into.warnings.extend(other.warnings.iter().cloned());
     into.errors.merge(&other.errors);
     // Each machine saw the same server; its own view of the server's cost is kept from

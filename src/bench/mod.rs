@@ -3,7 +3,9 @@
 //!
 //! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
 //! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
-//!   frame codecs.
+//!   frame codecs; [`ws`]: ringcast over WebSocket, the client side of RFC 6455.
+//! - [`rx`]: when a delivery reached its socket (kernel receive timestamps), beside when
+//!   the harness read it.
 //! - `worker`: a generator process running a share of the simulated clients.
 //! - `orchestrate`: the process the user starts; refuses a load the machine's limits
 //!   cannot carry (`preflight`), runs the generators step by step, samples the server and
@@ -22,9 +24,11 @@ mod preflight;
 pub mod procfs;
 mod progress;
 pub mod report;
+pub mod rx;
 pub mod verdict;
 mod wire;
 mod worker;
+pub mod ws;
 
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context as _};
@@ -42,8 +46,9 @@ pub struct BenchArgs {
     /// Server to load.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub addr: String,
-    /// Protocol, and so the system under test: a ringcast server, Redis pub/sub
-    /// (SUBSCRIBE/PUBLISH) or nats-server (SUB/PUB), under the same workload and accounting.
+    /// Protocol, and so the system under test: a ringcast server over its line protocol or
+    /// over WebSocket (--addr is then its HTTP address), Redis pub/sub (SUBSCRIBE/PUBLISH)
+    /// or nats-server (SUB/PUB), under the same workload and accounting.
     #[arg(long, value_enum, default_value_t = Proto::Ringcast)]
     pub proto: Proto,
     /// Connect and join every client, send nothing, and report the server's resident
@@ -112,9 +117,33 @@ pub struct BenchArgs {
         allow_hyphen_values = true
     )]
     pub clients_per_source: usize,
+    /// Ask every client socket for kernel receive timestamps and report socket latency
+    /// (arrival at the socket − scheduled send) beside read latency.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub rx_timestamps: OnOff,
+    /// Testing aid: every client group without publishers stops reading for this long,
+    /// once, half-way through each step (a harness short of CPU).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub stall_reads: Option<Duration>,
     /// Internal: run as generator process N of --procs.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
 }
 
 impl BenchArgs {

@@ -111,6 +111,9 @@ pub struct Config {
     /// The server's command line (from /proc with `--server-pid`): its configuration.
     #[serde(default)]
     pub server_command: Option<Vec<String>>,
+    /// Kernel receive stamps were asked for (`--rx-timestamps on`).
+    #[serde(default)]
+    pub rx_timestamps: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +139,9 @@ pub struct ConnectReport {
     pub histogram: String,
     /// Why clients could not connect, by kind.
     pub errors: ErrorCounts,
+    /// Client sockets that refused receive stamps.
+    #[serde(default)]
+    pub stamps_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,10 +158,22 @@ pub struct StepResult {
     pub send_rate: f64,
     /// Deliveries received per second.
     pub throughput: f64,
-    /// Latency, receive − scheduled send, µs.
+    /// Read latency: when the harness read the delivery − its scheduled send, µs.
     pub latency: Summary,
     /// The merged latency histogram, HdrHistogram V2 serialization, base64.
     pub histogram: String,
+    /// Socket latency: when the delivery reached its client's socket (the kernel's
+    /// receive stamp) − its scheduled send, µs. It leaves out the harness's own queueing
+    /// (read latency − socket latency). `None` when not measured: `--rx-timestamps off`,
+    /// the kernel refused the stamps, or they could not be trusted (the warnings say why).
+    #[serde(default)]
+    pub socket_latency: Option<Summary>,
+    /// The merged socket latency histogram, like `histogram`.
+    #[serde(default)]
+    pub socket_histogram: Option<String>,
+    /// Deliveries that came without a receive stamp although stamps were asked for.
+    #[serde(default)]
+    pub unstamped: u64,
     /// How late sends left relative to their schedule, µs.
     pub send_lag: Summary,
     pub server: Option<ServerCost>,
@@ -383,7 +401,8 @@ impl Report {
     }
 
     /// Writes `report.json` and `latency.hgrm` (of the headline step) into `dir`, plus
-    /// `latency-RATE.hgrm` per step of a sweep.
+    /// `latency-RATE.hgrm` per step of a sweep; the same as `latency-socket*.hgrm` for
+    /// socket latency when it was measured.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         use anyhow::Context as _;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -397,12 +416,23 @@ impl Report {
             std::fs::write(&path, hist::percentile_text(&h))
                 .with_context(|| format!("writing {}", path.display()))
         };
+        let socket_hgrm = |step: &StepResult, name: &str| -> anyhow::Result<()> {
+            let Some(text) = &step.socket_histogram else {
+                return Ok(());
+            };
+            let h = hist::decode(text).context("decoding a socket latency histogram")?;
+            let path = dir.join(name);
+            std::fs::write(&path, hist::percentile_text(&h))
+                .with_context(|| format!("writing {}", path.display()))
+        };
         if let Some(step) = self.headline_step() {
             hgrm(step, "latency.hgrm")?;
+            socket_hgrm(step, "latency-socket.hgrm")?;
         }
         if self.steps.len() > 1 {
             for step in &self.steps {
                 hgrm(step, &format!("latency-{}.hgrm", step.rate))?;
+                socket_hgrm(step, &format!("latency-socket-{}.hgrm", step.rate))?;
             }
         }
         Ok(())
@@ -417,6 +447,7 @@ impl Report {
             self.header(&mut out);
             self.connect_line(&mut out);
             self.step_table(&mut out);
+            self.socket_lines(&mut out);
             self.cost_lines(&mut out);
             self.capacity_line(&mut out);
             self.count_checks(&mut out);
@@ -439,7 +470,18 @@ impl Report {
     fn system(&self) -> String {
         let e = &self.environment;
         let system = match (self.config.proto, &e.system_version) {
-            (Proto::Ringcast, _) => format!("backend {}", e.backend),
+            (Proto::Ringcast | Proto::Ws, version) => {
+                let transport = if self.config.proto == Proto::Ws {
+                    " over WebSocket"
+                } else {
+                    ""
+                };
+                let build = version
+                    .as_deref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default();
+                format!("backend {}{transport}{build}", e.backend)
+            }
             (_, Some(version)) => format!("{} {version}", e.backend),
             (_, None) => e.backend.clone(),
         };
@@ -562,6 +604,29 @@ impl Report {
         }
     }
 
+    /// Socket latency per step, and how much of read p99 was the harness's own queueing.
+    fn socket_lines(&self, out: &mut String) {
+        for s in &self.steps {
+            let Some(socket) = &s.socket_latency else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "at {}/s: socket latency (arrival at the client's socket) p50 {} p90 {} p99 {} p99.9 {} max {}; harness queueing at p99 (read − socket) {}",
+                s.rate,
+                fmt_us(socket.p50),
+                fmt_us(socket.p90),
+                fmt_us(socket.p99),
+                fmt_us(socket.p999),
+                fmt_us(socket.max),
+                fmt_us(s.latency.p99.saturating_sub(socket.p99))
+            );
+        }
+        if self.config.rx_timestamps && self.steps.iter().all(|s| s.socket_latency.is_none()) {
+            let _ = writeln!(out, "socket latency: not measured (see the warnings)");
+        }
+    }
+
     fn cost_lines(&self, out: &mut String) {
         for s in &self.steps {
             let server = match &s.server {
@@ -624,7 +689,7 @@ impl Report {
             }
         }
         let e = &self.environment;
-        if self.config.proto != Proto::Ringcast {
+        if !self.config.proto.is_ringcast() {
             let _ = writeln!(
                 out,
                 "count check: skipped ({} has no /stats to count its deliveries independently)",
@@ -660,6 +725,9 @@ pub struct HarnessBound {
     pub lag_limit_us: u64,
     /// Busiest generator thread's CPU, as a share of one core.
     pub peak_util: f64,
+    /// Read p99 − socket p99, µs: how much of the p99 the harness's own queueing took,
+    /// when socket latency was measured.
+    pub queueing_p99_us: Option<u64>,
 }
 
 /// A generator thread above this share of a core is saturated.
@@ -676,6 +744,13 @@ impl HarnessBound {
 }
 
 impl StepResult {
+    /// Read p99 − socket p99, µs: the part of the p99 spent between the delivery reaching
+    /// its socket and the harness reading it. `None` without socket latency.
+    pub fn harness_queueing_p99(&self) -> Option<u64> {
+        let socket = self.socket_latency.as_ref()?;
+        Some(self.latency.p99.saturating_sub(socket.p99))
+    }
+
     /// `Some` when the harness was the bottleneck of this step: its sends left late, or a
     /// generator thread was saturated. Its latency then measures the harness too.
     pub fn harness_bound(&self, slo_ms: f64) -> Option<HarnessBound> {
@@ -683,6 +758,7 @@ impl StepResult {
             lag_p99_us: self.send_lag.p99,
             lag_limit_us: ((slo_ms * 1e3 / 4.0) as u64).max(1_000),
             peak_util: self.harness_peak_util,
+            queueing_p99_us: self.harness_queueing_p99(),
         };
         (bound.lag_over() || bound.util_over()).then_some(bound)
     }
