@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Runs one load scenario against each system and compares them.
 #
-#   scripts/loadtest.sh [--workload A|B|C|idle] [--peers] [--repeat N] [--proto line|ws]
+#   scripts/loadtest.sh [--workload A|B|C|D|idle] [--peers] [--repeat N] [--proto line|ws]
 #                       [--server-cpus LIST] [--bench-cpus LIST]
 #                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
 #                       [--procs N] [--backends "uring epoll"] [--out DIR]
+#                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
+#                       [--churners N] [--churn R] [--slow-readers N]
 #
 # --workload   the workloads of README's Performance section (64-byte messages, 10
 #              publishers); flags given after it still override its settings:
 #                A     10,000 clients in 100 rooms, 1,000 msg/s in
 #                B     1,000 clients in 1 room, 200 msg/s in
 #                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms
+#                D     a realistic mix: 10,000 clients in 500 rooms of Zipf sizes (the
+#                      largest 1,400, most under 20), 100 publishers (by room size),
+#                      300 msg/s of 20-400 bytes (median 60), 500 churners making 50
+#                      joins/leaves/switches a second, 5 slow readers the servers must cut
+#                      (limits below); 5 s warm-up, 20 s measured
 #                idle  10,000 clients that connect, join and send nothing: server RSS per
 #                      idle connection
 #              each runs the server (one thread) on CPU 0 and the harness on CPU 1 unless
@@ -26,10 +33,16 @@
 #              their own protocols either way
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
+# --room-sizes, --size-dist, --churners, --churn, --slow-readers   the parts of a mixed
+#              workload, as `ringcast bench` takes them. With slow readers the servers get
+#              limits that cut a client which stops reading, and leave alone one that
+#              reads: ringcast --max-outbound 64k --write-timeout 5s; Redis
+#              client-output-buffer-limit pubsub 64kb 32kb 5; NATS max_pending 64 KiB,
+#              write_deadline 5s (a config file)
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
 # PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
-# THREADS, PROCS, BACKENDS, OUT). --out DIR (OUT) writes the results there instead of
+# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
 # which opens with the verdict, and the chart comparison.svg (and comparison.png when
@@ -67,8 +80,10 @@ case "$WORKLOAD" in
   B|b) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; RATE=200; SIZE=64 ;;
   C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
        RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s ;;
+  D|d) CLIENTS=10000; ROOMS=500; PUBLISHERS=100; RATE=300; SIZE=60; SIZE_DIST=20-400
+       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=5s; DURATION=20s ;;
   idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
-  *) say "unknown --workload $WORKLOAD (A, B, C or idle)"; exit 2 ;;
+  *) say "unknown --workload $WORKLOAD (A, B, C, D or idle)"; exit 2 ;;
 esac
 if [ -n "$WORKLOAD" ]; then
   # The workloads are measured with the server (one thread) and the harness on separate
@@ -93,6 +108,11 @@ PROTO=${PROTO:-line}
 SERVER_CPUS=${SERVER_CPUS:-}
 BENCH_CPUS=${BENCH_CPUS:-}
 OUT=${OUT:-}
+ROOM_SIZES=${ROOM_SIZES:-uniform}
+SIZE_DIST=${SIZE_DIST:-}
+CHURNERS=${CHURNERS:-0}
+CHURN=${CHURN:-0}
+SLOW_READERS=${SLOW_READERS:-0}
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -114,6 +134,11 @@ while [ $# -gt 0 ]; do
     --procs) PROCS=$2; shift 2 ;;
     --backends) BACKENDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --room-sizes) ROOM_SIZES=$2; shift 2 ;;
+    --size-dist) SIZE_DIST=$2; shift 2 ;;
+    --churners) CHURNERS=$2; shift 2 ;;
+    --churn) CHURN=$2; shift 2 ;;
+    --slow-readers) SLOW_READERS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
@@ -219,6 +244,16 @@ wait_time_wait() {
   say "$n sockets in TIME_WAIT after ${waited} s"
 }
 
+# A client that stops reading must be cut within the run; one that reads must not be.
+REDIS_LIMITS=()
+if [ "$SLOW_READERS" != 0 ]; then
+  SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
+  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 32kb 5")
+fi
+# The mix's parts for `ringcast bench`.
+MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
+if [ -n "$SIZE_DIST" ]; then MIX+=(--size-dist "$SIZE_DIST"); fi
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-reports/$stamp}
 mkdir -p "$OUT"
@@ -292,14 +327,20 @@ start_server() {
       # Room for every client, the publishers' second connections and some slack.
       ${server_pin[@]+"${server_pin[@]}"} redis-server --bind 127.0.0.1 --port "$port" \
         --save '' --appendonly no --daemonize no --maxclients $((CLIENTS + PUBLISHERS + 100)) \
-        >"$dir/server.log" 2>&1 &
+        ${REDIS_LIMITS[@]+"${REDIS_LIMITS[@]}"} >"$dir/server.log" 2>&1 &
       server_pid=$!
       wait_listening "$port" && addr=127.0.0.1:$port
       ;;
     nats)
       port=$(free_port) || return 1
+      local nats_conf=()
+      if [ "$SLOW_READERS" != 0 ]; then
+        # No command-line flags for these; max_payload may not exceed max_pending.
+        printf 'max_payload: 65536\nmax_pending: 65536\nwrite_deadline: "5s"\n' >"$dir/nats.conf"
+        nats_conf=(-c "$dir/nats.conf")
+      fi
       ${server_pin[@]+"${server_pin[@]}"} nats-server -a 127.0.0.1 -p "$port" \
-        >"$dir/server.log" 2>&1 &
+        ${nats_conf[@]+"${nats_conf[@]}"} >"$dir/server.log" 2>&1 &
       server_pid=$!
       wait_listening "$port" && addr=127.0.0.1:$port
       ;;
@@ -334,7 +375,7 @@ run_system() {
   set +e
   ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --proto "$proto" --addr "$addr" \
     --server-pid "$server_pid" --clients "$CLIENTS" --publishers "$PUBLISHERS" \
-    --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" \
+    --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" "${MIX[@]}" \
     --out "$dir" 2> >(tee "$dir/bench.log" >&2) | tee "$dir/summary.txt"
   bench_status=${PIPESTATUS[0]}
   set -e
@@ -399,7 +440,8 @@ if [ ${#compared[@]} -gt 0 ]; then
     echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT --proto $PROTO" \
       "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
       "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
-      "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}\`"
+      "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}" \
+      "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS\`"
     echo
     if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
     echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \

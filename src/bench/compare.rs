@@ -107,6 +107,11 @@ fn workload(report: &Report) -> Vec<(&'static str, String)> {
         ("warmup_s", c.warmup_s.to_string()),
         ("slo_ms", c.slo_ms.to_string()),
         ("mode", if c.idle { "idle" } else { "load" }.to_string()),
+        ("room_sizes", c.room_sizes.to_string()),
+        ("size_dist", format!("{:?}", c.size_dist)),
+        ("churners", c.churners.to_string()),
+        ("churn", c.churn.to_string()),
+        ("slow_readers", c.slow_readers.to_string()),
     ]
 }
 
@@ -208,6 +213,24 @@ fn rows() -> Vec<Row> {
             better: "lower",
             value: |_, s| s?.server.as_ref().map(|c| c.peak_rss_bytes as f64),
             show: |v| fmt_bytes(v as u64),
+        },
+        Row {
+            name: "room changes confirmed",
+            better: "-",
+            value: |r, s| {
+                s.filter(|_| r.config.churners > 0)
+                    .map(|s| s.tally.churn_ops as f64)
+            },
+            show: |v| format!("{v:.0}"),
+        },
+        Row {
+            name: "in doubt: sent while the recipient moved (not loss)",
+            better: "-",
+            value: |r, s| {
+                s.filter(|_| r.config.churners > 0)
+                    .map(|s| (s.tally.in_doubt + s.tally.in_doubt_received) as f64)
+            },
+            show: |v| format!("{v:.0}"),
         },
         Row {
             name: "self-echo, discarded (extra server work)",
@@ -439,10 +462,23 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
         push(&mut cells, name, row.better, values, marks, row.show);
     }
     type Whole = fn(&Report) -> Option<f64>;
-    let idle_rows: [(&str, Whole, Show); 3] = [
+    let idle_rows: [(&str, Whole, Show); 4] = [
         (
             "lost deliveries (whole run)",
             |r| (!r.config.idle).then_some(r.lost as f64),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "slow readers cut off by the server (expected)",
+            |r| {
+                (r.config.slow_readers > 0).then(|| {
+                    r.steps
+                        .iter()
+                        .chain(r.warmup.iter())
+                        .map(|s| s.tally.slow_reader_cuts as f64)
+                        .sum()
+                })
+            },
             |v| format!("{v:.0}"),
         ),
         (
@@ -458,10 +494,10 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
     ];
     for (name, value, show) in idle_rows {
         let values = groups.iter().map(|g| spread(g, &value)).collect();
-        let better = if name == "idle connections" {
-            "-"
-        } else {
+        let better = if name.starts_with("lost") || name.starts_with("server RSS") {
             "lower"
+        } else {
+            "-"
         };
         push(
             &mut cells,
@@ -551,13 +587,19 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
             plural(c.rooms as u64, "room")
         )
     } else {
+        let mix = c.mix();
         format!(
-            "{} ({}) in {}, {}-byte messages, {}s per step",
+            "{} ({}) in {}, {}, {}s per step{}",
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
-            c.duration_s
+            c.message_sizes(),
+            c.duration_s,
+            if mix.is_empty() {
+                String::new()
+            } else {
+                format!("; {mix}")
+            }
         )
     };
     let _ = writeln!(

@@ -203,6 +203,72 @@ pub fn resp_message<'a>(frame: &Resp<'a>) -> Option<(&'a [u8], &'a [u8])> {
     }
 }
 
+/// A (un)subscription's confirmation: `(true, channel)` for `["subscribe", channel,
+/// count]`, `(false, channel)` for `["unsubscribe", channel, count]`.
+pub fn resp_subscription<'a>(frame: &Resp<'a>) -> Option<(bool, &'a [u8])> {
+    let Resp::Array(Some(items)) = frame else {
+        return None;
+    };
+    match items.as_slice() {
+        [Resp::Bulk(Some(kind)), Resp::Bulk(Some(channel)), Resp::Integer(_)] => {
+            if kind.eq_ignore_ascii_case(b"subscribe") {
+                Some((true, channel))
+            } else if kind.eq_ignore_ascii_case(b"unsubscribe") {
+                Some((false, channel))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+/// What a client in `from` (or in no room) sends to move to `to` (or to no room). Its
+/// answer confirms the move: ringcast `* joined ROOM` (no room is the lobby, where the
+/// harness sends nothing); Redis the `subscribe` reply (or `unsubscribe` when leaving);
+/// NATS the `PONG` after the subscription changes, `sid` being the current subscription's
+/// id (the new one is `sid + 1`).
+pub fn move_request(
+    proto: Proto,
+    from: Option<usize>,
+    to: Option<usize>,
+    sid: u32,
+    masker: &mut Masker,
+    out: &mut Vec<u8>,
+) {
+    use std::io::Write as _;
+    out.clear();
+    let target = to.map_or_else(|| "lobby".to_string(), room_subject);
+    match proto {
+        Proto::Ringcast => {
+            let _ = writeln!(out, "/join {target}");
+        }
+        Proto::Ws => ws::encode_frame(
+            ws::OP_TEXT,
+            format!("/join {target}").as_bytes(),
+            masker,
+            out,
+        ),
+        Proto::Redis => {
+            if let Some(from) = from {
+                encode_resp_command(&[b"UNSUBSCRIBE", room_subject(from).as_bytes()], out);
+            }
+            if let Some(to) = to {
+                encode_resp_command(&[b"SUBSCRIBE", room_subject(to).as_bytes()], out);
+            }
+        }
+        Proto::Nats => {
+            if from.is_some() {
+                let _ = write!(out, "UNSUB {sid}\r\n");
+            }
+            if let Some(to) = to {
+                let _ = write!(out, "SUB room{to} {}\r\n", sid + 1);
+            }
+            out.extend_from_slice(b"PING\r\n");
+        }
+    }
+}
+
 /// The confirmation of `SUBSCRIBE channel`: `["subscribe", channel, count]`.
 pub fn resp_is_subscribed(frame: &Resp<'_>, channel: &[u8]) -> bool {
     let Resp::Array(Some(items)) = frame else {
@@ -565,6 +631,30 @@ mod tests {
             .map(|(i, b)| b ^ header[2 + i % 4])
             .collect();
         assert_eq!(unmasked, b"hello");
+    }
+
+    #[test]
+    fn moves_between_rooms() {
+        let mut out = Vec::new();
+        let m = &mut Masker::new(1);
+        move_request(Proto::Ringcast, Some(1), Some(2), 1, m, &mut out);
+        assert_eq!(out, b"/join room2\n");
+        move_request(Proto::Ringcast, Some(1), None, 1, m, &mut out);
+        assert_eq!(out, b"/join lobby\n");
+        move_request(Proto::Redis, Some(1), Some(2), 1, m, &mut out);
+        assert_eq!(
+            out,
+            b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$5\r\nroom1\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nroom2\r\n"
+        );
+        move_request(Proto::Redis, None, Some(3), 1, m, &mut out);
+        assert_eq!(out, b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nroom3\r\n");
+        move_request(Proto::Nats, Some(1), Some(2), 4, m, &mut out);
+        assert_eq!(out, b"UNSUB 4\r\nSUB room2 5\r\nPING\r\n");
+        move_request(Proto::Nats, Some(1), None, 4, m, &mut out);
+        assert_eq!(out, b"UNSUB 4\r\nPING\r\n");
+        let unsub = b"*3\r\n$11\r\nunsubscribe\r\n$5\r\nroom1\r\n:0\r\n";
+        let (frame, _) = parse_resp(unsub).unwrap().unwrap();
+        assert_eq!(resp_subscription(&frame), Some((false, &b"room1"[..])));
     }
 
     #[test]

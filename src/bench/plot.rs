@@ -142,11 +142,11 @@ fn title(groups: &[Group<'_>], out: &mut String) {
         )
     } else {
         format!(
-            "{} ({}) in {}, {}-byte messages, {}s per rate",
+            "{} ({}) in {}, {}, {}s per rate",
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
+            c.message_sizes(),
             c.duration_s
         )
     };

@@ -2,6 +2,7 @@
 
 use super::hist::{self, Summary};
 use super::peers::Proto;
+use super::plan::RoomSizes;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -114,6 +115,53 @@ pub struct Config {
     /// Kernel receive stamps were asked for (`--rx-timestamps on`).
     #[serde(default)]
     pub rx_timestamps: bool,
+    /// How clients spread over rooms.
+    #[serde(default)]
+    pub room_sizes: RoomSizes,
+    /// Payload sizes drawn from this range (log-normal, median `size`), when set.
+    #[serde(default)]
+    pub size_dist: Option<(usize, usize)>,
+    /// Clients that moved between rooms, and their room changes per second.
+    #[serde(default)]
+    pub churners: usize,
+    #[serde(default)]
+    pub churn: f64,
+    /// Clients that stopped reading once joined, to be cut off by the server.
+    #[serde(default)]
+    pub slow_readers: usize,
+}
+
+impl Config {
+    /// "64-byte messages", or "messages of 20-400 bytes (median 60)".
+    pub fn message_sizes(&self) -> String {
+        match self.size_dist {
+            Some((min, max)) => format!("messages of {min}-{max} bytes (median {})", self.size),
+            None => format!("{}-byte messages", self.size),
+        }
+    }
+
+    /// The workload's moving parts beyond clients, rooms and sizes, as a phrase (empty
+    /// for a uniform, still workload).
+    pub fn mix(&self) -> String {
+        let mut parts = Vec::new();
+        if let RoomSizes::Zipf(s) = self.room_sizes {
+            parts.push(format!("Zipf room sizes (s = {s})"));
+        }
+        if self.churners > 0 {
+            parts.push(format!(
+                "{} making {} room changes/s",
+                plural(self.churners as u64, "churner"),
+                self.churn
+            ));
+        }
+        if self.slow_readers > 0 {
+            parts.push(format!(
+                "{} expected to be cut",
+                plural(self.slow_readers as u64, "slow reader")
+            ));
+        }
+        join_words(&parts)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,7 +227,13 @@ pub struct StepResult {
     pub server: Option<ServerCost>,
     /// Deliveries the server counted for this step (`/stats` delta).
     pub server_deliveries: Option<u64>,
-    /// |server − harness| / harness for the delivery counts.
+    /// Clients the server cut off as slow consumers during this step (`/stats` delta of
+    /// `slow_consumers`), when it says.
+    #[serde(default)]
+    pub server_cuts: Option<u64>,
+    /// |server − harness| / harness for the delivery counts (with slow readers, how far
+    /// the server's count lies outside what the harness saw plus what it may have queued
+    /// for them).
     pub count_mismatch: Option<f64>,
     /// CPU the harness used (all its processes), seconds.
     pub harness_cpu_s: f64,
@@ -215,6 +269,26 @@ pub struct Tally {
     pub self_echo: u64,
     /// `* error:` lines from the server.
     pub server_errors: u64,
+    /// Messages a churner did not receive that were sent while it was in, or moving into
+    /// or out of, their room, and that nothing shows were due (`churn.rs`): neither
+    /// expected nor lost.
+    #[serde(default)]
+    pub in_doubt: u64,
+    /// Deliveries that arrived but may not have been due: a NATS subscription's messages
+    /// after its `UNSUB` was sent. Not counted as received.
+    #[serde(default)]
+    pub in_doubt_received: u64,
+    /// Room changes (joins, leaves, switches) the server confirmed.
+    #[serde(default)]
+    pub churn_ops: u64,
+    /// Deliveries read by slow readers before they were cut: not counted as received.
+    #[serde(default)]
+    pub slow_reader_deliveries: u64,
+    /// Slow readers found cut off by the server (expected, so not loss). They are read
+    /// only after the last step, so these and `slow_reader_deliveries` are the whole run's,
+    /// reported with the last step.
+    #[serde(default)]
+    pub slow_reader_cuts: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -229,6 +303,11 @@ impl std::ops::AddAssign for Tally {
         self.disconnects += other.disconnects;
         self.self_echo += other.self_echo;
         self.server_errors += other.server_errors;
+        self.in_doubt += other.in_doubt;
+        self.in_doubt_received += other.in_doubt_received;
+        self.churn_ops += other.churn_ops;
+        self.slow_reader_deliveries += other.slow_reader_deliveries;
+        self.slow_reader_cuts += other.slow_reader_cuts;
     }
 }
 
@@ -448,6 +527,7 @@ impl Report {
             self.connect_line(&mut out);
             self.step_table(&mut out);
             self.socket_lines(&mut out);
+            self.mix_lines(&mut out);
             self.cost_lines(&mut out);
             self.capacity_line(&mut out);
             self.count_checks(&mut out);
@@ -513,15 +593,21 @@ impl Report {
 
     fn header(&self, out: &mut String) {
         let c = &self.config;
+        let mix = c.mix();
+        let mix = if mix.is_empty() {
+            String::new()
+        } else {
+            format!("; {mix}")
+        };
         let _ = writeln!(
             out,
-            "ringcast bench: {} at {}; {} ({}) in {}, {}-byte messages, {}s per step",
+            "ringcast bench: {} at {}; {} ({}) in {}, {}, {}s per step{mix}",
             self.system(),
             c.addr,
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
+            c.message_sizes(),
             c.duration_s
         );
         if let Some(command) = &c.server_command {
@@ -627,6 +713,48 @@ impl Report {
         }
     }
 
+    /// Room changes, deliveries in doubt and slow readers' cut-offs, apart from loss.
+    fn mix_lines(&self, out: &mut String) {
+        let c = &self.config;
+        for s in self.warmup.iter().chain(&self.steps) {
+            if c.churners > 0 {
+                let late = match s.tally.in_doubt_received {
+                    0 => String::new(),
+                    n => format!(", and {n} that arrived after their recipient left the room"),
+                };
+                let _ = writeln!(
+                    out,
+                    "at {}/s: churn: {} room changes confirmed; in doubt (neither expected nor lost): {} messages sent while their recipient was moving that it did not receive{late}",
+                    s.rate, s.tally.churn_ops, s.tally.in_doubt
+                );
+            }
+        }
+        if c.slow_readers > 0 {
+            let steps = self.warmup.iter().chain(&self.steps);
+            let (cuts, read) = steps.fold((0, 0), |(cuts, read), s| {
+                (
+                    cuts + s.tally.slow_reader_cuts,
+                    read + s.tally.slow_reader_deliveries,
+                )
+            });
+            let server: Option<u64> = self
+                .steps
+                .iter()
+                .chain(self.warmup.iter())
+                .map(|s| s.server_cuts)
+                .sum();
+            let said = match server {
+                Some(n) => format!("; the server counted {n} slow consumers cut"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "slow readers: {cuts} of {} cut off by the server (expected, not loss), having read {read} deliveries (not counted as received){said}",
+                c.slow_readers
+            );
+        }
+    }
+
     fn cost_lines(&self, out: &mut String) {
         for s in &self.steps {
             let server = match &s.server {
@@ -678,11 +806,16 @@ impl Report {
     fn count_checks(&self, out: &mut String) {
         for s in &self.steps {
             if let (Some(server), Some(mismatch)) = (s.server_deliveries, s.count_mismatch) {
+                let slow = if self.config.slow_readers > 0 {
+                    ", the difference allowing for what it queued for the slow readers"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart)",
+                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart{slow})",
                     s.rate,
-                    s.tally.received + s.tally.duplicates,
+                    harness_count(&s.tally),
                     server,
                     mismatch * 100.0
                 );
@@ -713,6 +846,14 @@ impl Report {
             }
         }
     }
+}
+
+/// Deliveries the harness saw during a step, to set against the server's own count:
+/// received, duplicated, and in doubt yet arrived. (Slow readers' deliveries are read only
+/// at the end of the run, so they cannot be set against one step's count; the server
+/// counts what it queued for them, a few tens of KiB each before it cuts them.)
+pub fn harness_count(t: &Tally) -> u64 {
+    t.received + t.duplicates + t.in_doubt_received
 }
 
 /// What the harness measured against the limits past which it, not the server, sets the

@@ -4,9 +4,10 @@
 //! runtime (more parallelism comes from `--procs`). It obeys step commands on stdin and
 //! reports events, merged over its groups, as JSON lines on stdout.
 
+use super::churn::{self, Interval, Owed};
 use super::clock::{instant_at, mono_ns, self_cpu_us, thread_cpu_us, PreciseTimer};
 use super::peers::{self, Nats, Proto, Resp};
-use super::plan::{Plan, Step};
+use super::plan::{Plan, Sizes, Step};
 use super::rx::{self, ClockMap};
 use super::wire::{self, Command, ConnectResult, ErrorCounts, Event, PartialStep, Stamp, Tally};
 use super::ws::{self, Masker};
@@ -14,6 +15,7 @@ use super::{hist, BenchArgs};
 use anyhow::Context as _;
 use bytes::{Buf as _, BytesMut};
 use hdrhistogram::Histogram;
+use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,6 +44,8 @@ struct StepCounts {
     unstamped: u64,
     /// Deliveries whose stamp mapped to after their read: a clock mapping gone wrong.
     stamp_after_read: u64,
+    /// Of `tally.received`, the churners': the rest is what the static clients are owed.
+    churner_received: u64,
     lag: Histogram<u64>,
     publishers_done: usize,
     /// Set when the step's report was sent; later deliveries of it count as stale.
@@ -57,6 +61,7 @@ impl StepCounts {
             socket: hist::new(),
             unstamped: 0,
             stamp_after_read: 0,
+            churner_received: 0,
             lag: hist::new(),
             publishers_done: 0,
             closed: false,
@@ -102,8 +107,14 @@ struct Shared {
     idle: bool,
     plan: Plan,
     steps: Vec<Step>,
-    size: usize,
+    sizes: Sizes,
     steps_counts: Vec<StepCounts>,
+    /// This group's churners, by client number.
+    churners: FxHashMap<usize, Churner>,
+    /// Room changes per second this group makes.
+    churn_rate: f64,
+    /// This group's slow readers, joined and no longer read.
+    slow: Vec<SlowReader>,
     /// Step whose counters take disconnects and stale deliveries right now.
     current: usize,
     /// The first error of each kind since the last progress event, to show at once.
@@ -124,6 +135,29 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(args: &BenchArgs, plan: Plan, steps: Vec<Step>, churn_rate: f64) -> Shared {
+        Shared {
+            proto: args.proto,
+            idle: args.idle,
+            steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
+            plan,
+            steps,
+            sizes: args.sizes(),
+            churners: FxHashMap::default(),
+            churn_rate,
+            slow: Vec::new(),
+            current: 0,
+            new_errors: Vec::new(),
+            live_publishers: 0,
+            interval: hist::new(),
+            rx_timestamps: args.rx_timestamps.on(),
+            clock: ClockMap::measure(),
+            stamps_refused: 0,
+            stamps_refusal: None,
+            stall_reads: args.stall_reads,
+        }
+    }
+
     fn note_stamps_refused(&mut self, c: usize, err: &std::io::Error) {
         self.stamps_refused += 1;
         if self.stamps_refusal.is_none() {
@@ -164,6 +198,71 @@ impl Shared {
 }
 
 type SharedRef = Rc<RefCell<Shared>>;
+
+/// A client that moves between rooms, and what its connection has shown of its stays.
+struct Churner {
+    writer: Writer,
+    /// The room whose deliveries its connection carries now, as far as the replies read
+    /// so far say (`None`: no room). NATS: changed when a move is sent, since NATS does
+    /// not order its answer with deliveries.
+    current: Option<usize>,
+    /// NATS: the room left by the latest move, whose messages may still arrive.
+    previous: Option<usize>,
+    /// The move sent and not yet confirmed.
+    moving: Option<Move>,
+    /// Its stays, for the accounting of the steps they overlap.
+    intervals: Vec<Interval>,
+    /// Its deliveries per sender, read at the end of a step by the accounting.
+    tracks: Tracks,
+    /// NATS: the current subscription's id.
+    sid: u32,
+    /// Its connection ended: it makes no more moves.
+    gone: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Move {
+    to: Option<usize>,
+    /// Redis: the `unsubscribe` reply is still to come (before the `subscribe` one).
+    awaiting_unsubscribe: bool,
+}
+
+impl Churner {
+    /// The stay being left by the move in flight, if any.
+    fn leaving(&mut self) -> Option<&mut Interval> {
+        self.intervals
+            .iter_mut()
+            .rev()
+            .find(|i| i.leave_sent.is_some() && i.leave_confirmed.is_none())
+    }
+
+    /// The stay being entered by the move in flight, if any.
+    fn entering(&mut self) -> Option<&mut Interval> {
+        self.intervals
+            .last_mut()
+            .filter(|i| i.join_confirmed.is_none())
+    }
+
+    /// The stay whose deliveries the connection carries now.
+    fn staying(&mut self) -> Option<&mut Interval> {
+        let room = self.current?;
+        self.intervals
+            .iter_mut()
+            .rev()
+            .find(|i| i.room == room && i.leave_confirmed.is_none())
+    }
+}
+
+/// A client that stopped reading once joined; its socket is drained after the last step
+/// to see whether the server has cut it off.
+struct SlowReader {
+    half: OwnedReadHalf,
+    /// Kept so that the connection is not half-closed.
+    _writer: WriteSide,
+    buf: BytesMut,
+    reassembly: ws::Reassembly,
+    cut: bool,
+}
 
 /// A delivery whose socket latency waits for a later read's stamp.
 #[derive(Debug, Clone, Copy)]
@@ -227,7 +326,8 @@ type Tracks = rustc_hash::FxHashMap<u32, Track>;
 enum Inbox {
     Command(Command),
     StdinClosed,
-    Event(usize, Event),
+    /// Boxed: a step's results are large, and most messages are small.
+    Event(usize, Box<Event>),
     GroupFailed(usize, String),
 }
 
@@ -240,7 +340,7 @@ struct Emitter {
 impl Emitter {
     fn emit(&self, event: Event) -> anyhow::Result<()> {
         self.tx
-            .send(Inbox::Event(self.group, event))
+            .send(Inbox::Event(self.group, Box::new(event)))
             .map_err(|_| anyhow::anyhow!("the generator's main thread is gone"))
     }
 }
@@ -293,7 +393,7 @@ fn spawn_groups(
     index: usize,
     inbox_tx: &std::sync::mpsc::Sender<Inbox>,
 ) -> anyhow::Result<Vec<mpsc::Sender<Command>>> {
-    let plan = args.plan();
+    let plan = args.plan()?;
     let steps = args.steps();
     let share = plan.share(index, args.procs);
     let addr: SocketAddr = args.resolve_addr()?;
@@ -312,23 +412,15 @@ fn spawn_groups(
         let (cmd_tx, cmd_rx) = mpsc::channel::<Command>(8);
         commands.push(cmd_tx);
         let rate = per_proc_rate * clients.len() as f64 / share.len() as f64;
-        let shared = Shared {
-            proto: args.proto,
-            idle: args.idle,
-            steps_counts: steps.iter().map(|_| StepCounts::new()).collect(),
-            plan: plan.clone(),
-            steps: steps.clone(),
-            size: args.size,
-            current: 0,
-            new_errors: Vec::new(),
-            live_publishers: 0,
-            interval: hist::new(),
-            rx_timestamps: args.rx_timestamps.on(),
-            clock: ClockMap::measure(),
-            stamps_refused: 0,
-            stamps_refusal: None,
-            stall_reads: args.stall_reads,
+        // This group's share of the room changes, by its share of the churners.
+        let churners = clients.iter().filter(|&&c| plan.is_churner(c)).count();
+        let churn_rate = if churners > 0 {
+            args.churn * churners as f64 / plan.churners as f64
+        } else {
+            0.0
         };
+        let plan = plan.clone();
+        let steps = steps.clone();
         let args = args.clone();
         let out = Emitter {
             group,
@@ -343,7 +435,9 @@ fn spawn_groups(
                         .build()
                         .context("starting a generator runtime")?;
                     let local = tokio::task::LocalSet::new();
-                    let shared = Rc::new(RefCell::new(shared));
+                    // Built on its thread: it holds the group's connections, which stay
+                    // there.
+                    let shared = Rc::new(RefCell::new(Shared::new(&args, plan, steps, churn_rate)));
                     local.block_on(
                         &runtime,
                         drive(shared, clients, addr, rate, &args, cmd_rx, &out),
@@ -402,7 +496,7 @@ impl Relay {
                 }
                 Inbox::StdinClosed => break,
                 Inbox::GroupFailed(group, err) => anyhow::bail!("client group {group}: {err}"),
-                Inbox::Event(group, event) => self.event(group, event)?,
+                Inbox::Event(group, event) => self.event(group, *event)?,
             }
         }
         Ok(())
@@ -519,8 +613,20 @@ async fn drive(
     out: &Emitter,
 ) -> anyhow::Result<()> {
     let (step_tx, step_rx) = watch::channel::<Option<(u32, u64)>>(None);
-    let result = connect_all(&shared, &clients, addr, connect_rate, args, step_rx, out).await;
+    let result = connect_all(
+        &shared,
+        &clients,
+        addr,
+        connect_rate,
+        args,
+        step_rx.clone(),
+        out,
+    )
+    .await;
     out.emit(Event::Ready(result))?;
+    if shared.borrow().churn_rate > 0.0 {
+        tokio::task::spawn_local(churn_driver(shared.clone(), step_rx));
+    }
     while let Some(cmd) = commands.recv().await {
         match cmd {
             Command::Finish => break,
@@ -537,9 +643,15 @@ async fn drive(
                 };
                 let cpu_before = thread_cpu_us();
                 step_tx.send_replace(Some((index, start_ns)));
-                run_step(&shared, i, &step, start_ns, expected, args, out).await?;
+                let owed = run_step(&shared, i, &step, start_ns, expected, args, out).await?;
+                // Slow readers are read only once, after the last step: reading earlier
+                // would let the server's queue for them drain.
+                if i + 1 == shared.borrow().steps.len() {
+                    check_slow_readers(&shared, i).await;
+                }
                 let partial = {
                     let mut s = shared.borrow_mut();
+                    prune_stays(&mut s, start_ns);
                     // The wall clock's offset again: a step in it since the group started
                     // would misplace every stamp.
                     let clock_drift_ns = s.clock.drift_from(&ClockMap::measure());
@@ -549,7 +661,8 @@ async fn drive(
                     PartialStep {
                         index,
                         tally: Tally {
-                            expected,
+                            expected: expected + owed.expected,
+                            in_doubt: owed.in_doubt,
                             ..c.tally
                         },
                         latency: hist::encode(&c.latency),
@@ -645,6 +758,7 @@ async fn connect_all(
 
 /// Waits for the step to finish: every local publisher done, then every expected delivery
 /// received or the drain timeout passed. Reports progress a few times a second meanwhile.
+/// `expected` is what the static clients are owed; returns what the churners were owed.
 async fn run_step(
     shared: &SharedRef,
     i: usize,
@@ -653,7 +767,7 @@ async fn run_step(
     expected: u64,
     args: &BenchArgs,
     out: &Emitter,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Owed> {
     let schedule_end = start_ns + step.duration.as_nanos() as u64;
     let mut publishers_done_at: Option<u64> = None;
     let mut next_progress = mono_ns();
@@ -665,6 +779,7 @@ async fn run_step(
         s.stall_reads.filter(|_| s.live_publishers == 0)
     };
     let stall_at = start_ns + step.duration.as_nanos() as u64 / 2;
+    let mut next_owed = 0;
     loop {
         poll.tick().await;
         let now = mono_ns();
@@ -704,15 +819,304 @@ async fn run_step(
         // Redis echoes every message to its publisher too: wait for those as well, so the
         // self-echo count is exact rather than racing the step's end.
         let echoes_in = s.proto != Proto::Redis || counts.tally.self_echo >= counts.tally.sent;
-        if (counts.tally.received >= expected && echoes_in)
-            || now >= done_at + args.drain_timeout.as_nanos() as u64
-        {
-            return Ok(());
+        let timed_out = now >= done_at + args.drain_timeout.as_nanos() as u64;
+        let statics = counts.tally.received - counts.churner_received;
+        // The churners' share is known only from their timelines: once the static clients
+        // have theirs, it is worked out (every 100 ms at most: it walks every message of
+        // the step per churner) until it is in too.
+        if (statics >= expected && echoes_in && now >= next_owed) || timed_out {
+            next_owed = now + 100_000_000;
+            let owed = churn_owed(&s, i, start_ns);
+            if owed.received >= owed.expected || timed_out {
+                return Ok(owed);
+            }
         }
     }
 }
 
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+/// What the churners of this group were owed in step `i`.
+fn churn_owed(s: &Shared, i: usize, start_ns: u64) -> Owed {
+    let mut total = Owed::default();
+    for ch in s.churners.values() {
+        let seen = |p: usize, seq: u64| {
+            ch.tracks.get(&(p as u32)).is_some_and(|t| {
+                t.step == i as u32
+                    && t.seen
+                        .get((seq / 64) as usize)
+                        .is_some_and(|word| word & (1 << (seq % 64)) != 0)
+            })
+        };
+        let owed = churn::owed(
+            &s.plan,
+            i as u32,
+            &s.steps[i],
+            start_ns,
+            &ch.intervals,
+            seen,
+        );
+        total.expected += owed.expected;
+        total.received += owed.received;
+        total.in_doubt += owed.in_doubt;
+    }
+    total
+}
+
+/// Forgets the stays that ended before the step that just finished began: no later step
+/// can owe anything in them.
+fn prune_stays(s: &mut Shared, start_ns: u64) {
+    for ch in s.churners.values_mut() {
+        ch.intervals
+            .retain(|stay| stay.leave_confirmed.is_none_or(|t| t >= start_ns));
+    }
+}
+
+/// Makes this group's room changes, `churn_rate` a second, evenly spaced, from the first
+/// step on: each time a churner not already moving, picked at random, joins a room when
+/// it is in none, or else switches to another room (two times in three) or leaves (one
+/// in three). Rooms are drawn in proportion to their sizes, so the popular rooms draw
+/// the most visitors.
+async fn churn_driver(shared: SharedRef, mut steps: watch::Receiver<Option<(u32, u64)>>) {
+    while steps.borrow_and_update().is_none() {
+        if steps.changed().await.is_err() {
+            return;
+        }
+    }
+    let (period_ns, proto, ids, cumulative) = {
+        let s = shared.borrow();
+        let mut ids: Vec<usize> = s.churners.keys().copied().collect();
+        ids.sort_unstable();
+        let mut total = 0;
+        let cumulative: Vec<u64> = (0..s.plan.rooms)
+            .map(|r| {
+                total += s.plan.members(r);
+                total
+            })
+            .collect();
+        ((1e9 / s.churn_rate) as u64, s.proto, ids, cumulative)
+    };
+    if ids.is_empty() {
+        return;
+    }
+    let mut rng = Masker::new(mono_ns());
+    let mut frame = Vec::new();
+    let mut next = mono_ns();
+    loop {
+        next += period_ns;
+        tokio::time::sleep_until(instant_at(next)).await;
+        let picked = {
+            let mut s = shared.borrow_mut();
+            pick_move(&mut s, &ids, &cumulative, &mut rng)
+        };
+        let Some(Picked {
+            c,
+            writer,
+            from,
+            to,
+            sid,
+        }) = picked
+        else {
+            continue;
+        };
+        let mut w = writer.lock().await;
+        let w = &mut *w;
+        peers::move_request(proto, from, to, sid, &mut w.masker, &mut frame);
+        if let Err(err) = w.half.write_all(&frame).await {
+            shared.borrow_mut().note_error(format!(
+                "client {c}: write error moving between rooms: {err}"
+            ));
+        }
+    }
+}
+
+/// A move chosen to be sent.
+struct Picked {
+    c: usize,
+    writer: Writer,
+    from: Option<usize>,
+    to: Option<usize>,
+    /// NATS: the current subscription's id.
+    sid: u32,
+}
+
+/// Chooses the next move and enters it in the churner's timeline (before it is sent, so
+/// that its answer always finds it).
+fn pick_move(
+    s: &mut Shared,
+    ids: &[usize],
+    cumulative: &[u64],
+    rng: &mut Masker,
+) -> Option<Picked> {
+    let proto = s.proto;
+    let start = (rng.next_u64() % ids.len() as u64) as usize;
+    // The first churner from a random place on that is not moving (and still connected).
+    let c = (0..ids.len())
+        .map(|k| ids[(start + k) % ids.len()])
+        .find(|c| {
+            s.churners
+                .get(c)
+                .is_some_and(|ch| ch.moving.is_none() && !ch.gone)
+        })?;
+    let total = *cumulative.last()?;
+    let ch = s.churners.get_mut(&c)?;
+    let from = ch.current;
+    let roll = rng.next_u64() % 3;
+    let to = match from {
+        Some(_) if roll == 0 => None,
+        _ => {
+            // A room by size, other than the one it is in (when there is another).
+            let mut room = from;
+            for _ in 0..16 {
+                let point = rng.next_u64() % total;
+                room = Some(cumulative.partition_point(|&end| end <= point));
+                if room != from {
+                    break;
+                }
+            }
+            if room == from {
+                return None;
+            }
+            room
+        }
+    };
+    let now = mono_ns();
+    if let Some(stay) = ch.staying() {
+        stay.leave_sent = Some(now);
+    }
+    if let Some(room) = to {
+        ch.intervals.push(Interval::new(room, now));
+    }
+    let sid = ch.sid;
+    if proto == Proto::Nats {
+        // NATS does not order the PONG with deliveries already routed: the new room's
+        // messages count from now on, and the old room's in doubt.
+        ch.previous = from;
+        ch.current = to;
+        if to.is_some() {
+            ch.sid += 1;
+        }
+    }
+    ch.moving = Some(Move {
+        to,
+        awaiting_unsubscribe: proto == Proto::Redis && from.is_some(),
+    });
+    Some(Picked {
+        c,
+        writer: ch.writer.clone(),
+        from,
+        to,
+        sid,
+    })
+}
+
+/// Drains each slow reader's socket: counts what it was sent, and finds the end of the
+/// stream when the server has cut it off. A cut connection may still be flushing what the
+/// server's kernel held for it, so a reader that is making progress gets a few short waits
+/// for the end.
+async fn check_slow_readers(shared: &SharedRef, i: usize) {
+    let (mut readers, proto) = {
+        let mut s = shared.borrow_mut();
+        (std::mem::take(&mut s.slow), s.proto)
+    };
+    let mut deliveries = 0;
+    let mut cuts = 0;
+    for r in readers.iter_mut().filter(|r| !r.cut) {
+        for _ in 0..20 {
+            let mut progress = false;
+            loop {
+                reserve(&mut r.buf);
+                match r.half.try_read_buf(&mut r.buf) {
+                    Ok(0) => {
+                        r.cut = true;
+                        break;
+                    }
+                    Ok(_) => {
+                        progress = true;
+                        deliveries += count_deliveries(proto, r);
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        // Reset by the server: cut too.
+                        r.cut = true;
+                        break;
+                    }
+                }
+            }
+            if r.cut || !progress {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), r.half.readable()).await;
+        }
+        if r.cut {
+            cuts += 1;
+        }
+    }
+    let mut s = shared.borrow_mut();
+    s.slow = readers;
+    let counts = &mut s.steps_counts[i];
+    counts.tally.slow_reader_deliveries += deliveries;
+    counts.tally.slow_reader_cuts += cuts;
+}
+
+/// Deliveries among the complete lines or frames in a slow reader's buffer (consumed).
+fn count_deliveries(proto: Proto, r: &mut SlowReader) -> u64 {
+    let mut n = 0;
+    let mut used = 0;
+    let is_chat = |line: &[u8]| !line.starts_with(b"* ");
+    loop {
+        let buf = &r.buf[used..];
+        let step = match proto {
+            Proto::Ringcast => memchr::memchr(b'\n', buf).map(|end| {
+                n += u64::from(is_chat(&buf[..end]));
+                end + 1
+            }),
+            Proto::Ws => match ws::parse_frame(buf) {
+                Ok(Some((frame, len))) => {
+                    if let Ok(Some(ws::Message::Text(line))) = r.reassembly.feed(frame) {
+                        n += u64::from(is_chat(line));
+                    }
+                    Some(len)
+                }
+                _ => None,
+            },
+            Proto::Redis => match peers::parse_resp(buf) {
+                Ok(Some((frame, len))) => {
+                    n += u64::from(peers::resp_message(&frame).is_some());
+                    Some(len)
+                }
+                _ => None,
+            },
+            Proto::Nats => match peers::parse_nats(buf) {
+                Ok(Some((op, len))) => {
+                    n += u64::from(matches!(op, Nats::Msg { .. }));
+                    Some(len)
+                }
+                _ => None,
+            },
+        };
+        match step {
+            Some(len) => used += len,
+            None => break,
+        }
+    }
+    r.buf.advance(used);
+    n
+}
+
+/// A slow reader's receive buffer: small, so that the server's queue for it fills (and
+/// it is cut) soon after it stops reading, and few of the deliveries the server counts
+/// sit unread in it.
+const SLOW_READER_BUFFER: u32 = 4096;
+/// A slow reader's advertised MSS. On loopback the MSS is ~64 KiB, and the kernel sizes a
+/// sender's buffer from it (twice ten segments: megabytes), which a slow reader would
+/// have to leave unread before the server's own queue grew at all. A small MSS brings the
+/// server's kernel buffer for it down to tens of KiB, as on a real network.
+const SLOW_READER_MSS: libc::c_int = 536;
+
+async fn connect(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -721,10 +1125,34 @@ async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Tc
     if let Some(ip) = source {
         socket.bind(SocketAddr::new(ip, 0))?;
     }
+    if let Some(bytes) = recv_buffer {
+        // Before connecting, so that the window and MSS it advertises are small from the
+        // start.
+        socket.set_recv_buffer_size(bytes)?;
+        set_mss(&socket, SLOW_READER_MSS)?;
+    }
     let stream = socket.connect(addr).await?;
     // Chat lines are small and latency is what we measure: do not let Nagle batch them.
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+fn set_mss(socket: &TcpSocket, mss: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a c_int option of the size we pass, on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mss as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Appends what the socket has to `buf` (with a plain read: for the join and the Redis
@@ -857,8 +1285,11 @@ async fn join(
     source: Option<IpAddr>,
     room: usize,
     mut masker: Masker,
+    recv_buffer: Option<u32>,
 ) -> anyhow::Result<(OwnedReadHalf, BytesMut, Framing, WriteSide)> {
-    let stream = connect(addr, source).await.context("connect")?;
+    let stream = connect(addr, source, recv_buffer)
+        .await
+        .context("connect")?;
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4096);
     if proto == Proto::Ws {
@@ -1019,7 +1450,7 @@ async fn redis_publish_connection(
     source: Option<IpAddr>,
     shared: &SharedRef,
 ) -> anyhow::Result<OwnedWriteHalf> {
-    let stream = connect(addr, source)
+    let stream = connect(addr, source, None)
         .await
         .context("connect (publish connection)")?;
     let (rd, wr) = stream.into_split();
@@ -1073,20 +1504,23 @@ async fn client(
     steps: watch::Receiver<Option<(u32, u64)>>,
 ) {
     tokio::time::sleep_until(instant_at(connect_at)).await;
-    let (proto, room, publisher, want_stamps) = {
+    let (proto, room, publisher, want_stamps, slow, churner) = {
         let s = shared.borrow();
         (
             s.proto,
             s.plan.room_of(c),
             s.plan.is_publisher(c) && !s.idle,
             s.rx_timestamps,
+            s.plan.is_slow_reader(c) && !s.idle,
+            s.plan.is_churner(c) && !s.idle,
         )
     };
     let started = mono_ns();
     // Masking keys differ per connection and per run.
     let masker = Masker::new(started ^ ((c as u64) << 40));
+    let recv_buffer = slow.then_some(SLOW_READER_BUFFER);
     let connected = async {
-        let joined = join(proto, addr, source, room, masker).await?;
+        let joined = join(proto, addr, source, room, masker, recv_buffer).await?;
         let publish_writer = match (publisher, proto) {
             (true, Proto::Redis) => Some(redis_publish_connection(c, addr, source, &shared).await?),
             _ => None,
@@ -1109,15 +1543,44 @@ async fn client(
             return;
         }
     };
+    let joined_at = mono_ns();
+    let _ = ready.send(Ok((joined_at - started) / 1000)).await;
+    drop(ready);
+    if slow {
+        // From now on nobody reads this connection, until a step ends.
+        shared.borrow_mut().slow.push(SlowReader {
+            half: rd,
+            _writer: writer,
+            buf,
+            reassembly: ws::Reassembly::default(),
+            cut: false,
+        });
+        return;
+    }
     let (inbound, refused) = Inbound::new(rd, buf, want_stamps);
     if let Some(err) = refused {
         shared.borrow_mut().note_stamps_refused(c, &err);
     }
-    let _ = ready.send(Ok((mono_ns() - started) / 1000)).await;
-    drop(ready);
     // The write side stays alive while the client reads (dropping it would half-close the
     // connection), and pings are answered through it.
     let writer: Writer = Rc::new(tokio::sync::Mutex::new(writer));
+    if churner {
+        let mut first = Interval::new(room, started);
+        first.join_confirmed = Some(joined_at);
+        shared.borrow_mut().churners.insert(
+            c,
+            Churner {
+                writer: writer.clone(),
+                current: Some(room),
+                previous: None,
+                moving: None,
+                intervals: vec![first],
+                tracks: Tracks::default(),
+                sid: 1,
+                gone: false,
+            },
+        );
+    }
     if publisher {
         shared.borrow_mut().live_publishers += 1;
         let out = match publish_writer {
@@ -1134,9 +1597,11 @@ async fn client(
         Framing::WebSocket => receive_websocket(c, inbound, &writer, &shared).await,
         Framing::Peer => receive_frames(c, proto, inbound, &writer, &shared).await,
     };
-    shared
-        .borrow_mut()
-        .note_disconnect(format!("client {c}: {error}"));
+    let mut s = shared.borrow_mut();
+    if let Some(ch) = s.churners.get_mut(&c) {
+        ch.gone = true;
+    }
+    s.note_disconnect(format!("client {c}: {error}"));
 }
 
 /// Why a connection's reading ended, from the result of its last read.
@@ -1286,6 +1751,15 @@ async fn receive_frames(
                             if let Some((_, payload)) = peers::resp_message(&frame) {
                                 let stamp = wire::decode_payload(payload);
                                 on_stamp(&mut conn, stamp, now, at, &mut s);
+                            } else if let Some((subscribed, channel)) =
+                                peers::resp_subscription(&frame)
+                            {
+                                let reply = if subscribed {
+                                    Reply::Subscribed(channel)
+                                } else {
+                                    Reply::Unsubscribed
+                                };
+                                confirm(&mut s, c, reply, now);
                             } else if let Resp::Error(text) = frame {
                                 server_error(&mut s, text);
                             }
@@ -1303,7 +1777,8 @@ async fn receive_frames(
                                 }
                                 Nats::Ping => pings += 1,
                                 Nats::Err(text) => server_error(&mut s, text),
-                                Nats::Info(_) | Nats::Pong | Nats::Ok => {}
+                                Nats::Pong => confirm(&mut s, c, Reply::Pong, now),
+                                Nats::Info(_) | Nats::Ok => {}
                             }
                             n
                         }
@@ -1348,10 +1823,80 @@ fn on_line(conn: &mut Conn, line: &[u8], now: u64, at: At, s: &mut Shared) {
         s.note_server_error(format!("client {c}: {text}"));
         return;
     }
+    if let Some(rest) = line.strip_prefix(b"* joined ") {
+        let room = rest.split(|&b| b == b' ').next().unwrap_or(b"");
+        confirm(s, c, Reply::Joined(room), now);
+        return;
+    }
     if line.starts_with(b"* ") {
         return;
     }
     on_stamp(conn, wire::decode_delivery(line), now, at, s);
+}
+
+/// A server's answer that may confirm a churner's move.
+#[derive(Debug, Clone, Copy)]
+enum Reply<'a> {
+    /// ringcast: `* joined ROOM`.
+    Joined(&'a [u8]),
+    /// Redis: a `subscribe` or `unsubscribe` reply.
+    Subscribed(&'a [u8]),
+    Unsubscribed,
+    /// NATS: the `PONG` after a subscription change.
+    Pong,
+}
+
+/// Takes a reply read at `now` into churner `c`'s timeline when it confirms its move.
+fn confirm(s: &mut Shared, c: usize, reply: Reply<'_>, now: u64) {
+    let current = s.current;
+    let Some(ch) = s.churners.get_mut(&c) else {
+        return;
+    };
+    let Some(mv) = ch.moving else {
+        return;
+    };
+    let target = mv
+        .to
+        .map_or_else(|| "lobby".to_string(), peers::room_subject);
+    match reply {
+        Reply::Joined(room) if room == target.as_bytes() => {}
+        Reply::Unsubscribed if mv.awaiting_unsubscribe => {
+            if let Some(stay) = ch.leaving() {
+                stay.leave_confirmed = Some(now);
+            }
+            ch.current = None;
+            if mv.to.is_some() {
+                // The subscription to the new room is still to be confirmed.
+                ch.moving = Some(Move {
+                    awaiting_unsubscribe: false,
+                    ..mv
+                });
+                return;
+            }
+        }
+        Reply::Subscribed(room) if !mv.awaiting_unsubscribe && room == target.as_bytes() => {}
+        Reply::Pong => {}
+        _ => return,
+    }
+    if let Some(stay) = ch.leaving() {
+        stay.leave_confirmed = Some(now);
+    }
+    if let Some(stay) = ch.entering() {
+        stay.join_confirmed = Some(now);
+    }
+    ch.current = mv.to;
+    ch.moving = None;
+    s.steps_counts[current].tally.churn_ops += 1;
+}
+
+/// Whether a delivery from `room` was for client `c`, given where its connection says it
+/// is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Yes,
+    /// NATS: a message of the room a churner just left.
+    Doubt,
+    No,
 }
 
 fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, s: &mut Shared) {
@@ -1373,9 +1918,16 @@ fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, s: &mut Sha
     let valid = step < s.steps.len()
         && s.plan.is_publisher(p)
         && p != c
-        && s.plan.room_of(p) == s.plan.room_of(c)
         && stamp.seq < s.plan.sent_by(&s.steps[step], p);
-    if !valid {
+    let room = s.plan.room_of(p);
+    let member = match s.churners.get(&c) {
+        None if room == s.plan.room_of(c) => Member::Yes,
+        None => Member::No,
+        Some(ch) if ch.current == Some(room) => Member::Yes,
+        Some(ch) if s.proto == Proto::Nats && ch.previous == Some(room) => Member::Doubt,
+        Some(_) => Member::No,
+    };
+    if !valid || member == Member::No {
         s.steps_counts[current].tally.unexpected += 1;
         return;
     }
@@ -1383,16 +1935,36 @@ fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, s: &mut Sha
         s.steps_counts[current].tally.stale += 1;
         return;
     }
-    let track = conn.tracks.entry(stamp.publisher).or_insert(Track {
+    let Shared {
+        churners,
+        steps_counts,
+        interval,
+        ..
+    } = s;
+    // A churner's deliveries are tracked where the step's accounting can read them.
+    let churner = churners.get_mut(&c);
+    let is_churner = churner.is_some();
+    let tracks = match churner {
+        Some(ch) => {
+            if member == Member::Yes {
+                if let Some(stay) = ch.staying() {
+                    stay.note(stamp.publisher, (stamp.step, stamp.seq));
+                }
+            }
+            &mut ch.tracks
+        }
+        None => &mut conn.tracks,
+    };
+    let track = tracks.entry(stamp.publisher).or_insert(Track {
         step: stamp.step,
         next: 0,
         seen: Vec::new(),
     });
+    let counts = &mut steps_counts[step];
     if track.step != stamp.step {
         if stamp.step < track.step {
             // An earlier step's delivery after a later one's: the earlier step is still
             // open (it has not drained), so it counts there, without duplicate tracking.
-            let counts = &mut s.steps_counts[step];
             counts.tally.received += 1;
             counts.tally.out_of_order += 1;
             counts.record_read(stamp.scheduled_ns, now);
@@ -1410,13 +1982,18 @@ fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, s: &mut Sha
     if track.seen.len() <= word {
         track.seen.resize(word + 1, 0);
     }
-    let counts = &mut s.steps_counts[step];
     if track.seen[word] & bit != 0 {
         counts.tally.duplicates += 1;
         return;
     }
     track.seen[word] |= bit;
+    if member == Member::Doubt {
+        // Seen (so that the accounting does not count it in doubt twice), not received.
+        counts.tally.in_doubt_received += 1;
+        return;
+    }
     counts.tally.received += 1;
+    counts.churner_received += u64::from(is_churner);
     if stamp.seq < track.next {
         counts.tally.out_of_order += 1;
     } else {
@@ -1424,7 +2001,7 @@ fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, s: &mut Sha
     }
     let latency_us = counts.record_read(stamp.scheduled_ns, now);
     socket_latency(conn, counts, &stamp, now, at);
-    hist::record(&mut s.interval, latency_us);
+    hist::record(interval, latency_us);
 }
 
 /// Records a delivery's socket latency now, or later when its read's stamp cannot be
@@ -1466,9 +2043,9 @@ async fn publish(
             continue;
         };
         let i = index as usize;
-        let (step, publishers, size) = {
+        let (step, publishers, sizes) = {
             let s = shared.borrow();
-            (s.steps[i], s.plan.publishers as u64, s.size)
+            (s.steps[i], s.plan.publishers as u64, s.sizes.clone())
         };
         let total = step.total_messages();
         let mut g = c as u64;
@@ -1489,6 +2066,7 @@ async fn publish(
                 seq: g / publishers,
                 scheduled_ns: scheduled,
             };
+            let size = sizes.of(index, c, stamp.seq);
             wire::encode_payload(&stamp, size, &mut payload);
             let lag_us = mono_ns().saturating_sub(scheduled) / 1000;
             let written = {
@@ -1534,13 +2112,12 @@ mod tests {
         Shared {
             proto: Proto::Ringcast,
             idle: false,
-            plan: Plan {
-                clients: 4,
-                publishers: 2,
-                rooms: 1,
-            },
+            plan: Plan::uniform(4, 2, 1),
             steps: vec![step],
-            size: 64,
+            sizes: Sizes::fixed(64),
+            churners: FxHashMap::default(),
+            churn_rate: 0.0,
+            slow: Vec::new(),
             steps_counts: vec![StepCounts::new()],
             current: 0,
             new_errors: Vec::new(),

@@ -187,6 +187,11 @@ impl PeerServer {
     /// installed the test fails, naming the Debian package, unless `RINGCAST_SKIP_PEERS=1`,
     /// in which case this says so and returns `None`.
     pub fn start(proto: &str) -> Option<PeerServer> {
+        Self::start_with(proto, &[])
+    }
+
+    /// Like `start`, with `extra` arguments for the server.
+    pub fn start_with(proto: &str, extra: &[&str]) -> Option<PeerServer> {
         let binary = match proto {
             "redis" => "redis-server",
             "nats" => "nats-server",
@@ -224,6 +229,7 @@ impl PeerServer {
             ]),
             _ => cmd.args(["-a", "127.0.0.1", "-p", &port_text]),
         };
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
