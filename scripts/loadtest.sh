@@ -18,7 +18,9 @@
 #                      largest 1,400, most under 20), 100 publishers (by room size),
 #                      300 msg/s of 20-400 bytes (median 60), 500 churners making 50
 #                      joins/leaves/switches a second, 5 slow readers the servers must cut
-#                      (limits below); 5 s warm-up, 20 s measured
+#                      (limits below); 30 s warm-up (the kernel holds ~140 KB for a stalled
+#                      reader before a server sees anything: ~40 s of its room's traffic,
+#                      so the cut-offs fall in the measured time), 20 s measured
 #                idle  10,000 clients that connect, join and send nothing: server RSS per
 #                      idle connection
 #              each runs the server (one thread) on CPU 0 and the harness on CPU 1 unless
@@ -37,7 +39,7 @@
 #              workload, as `ringcast bench` takes them. With slow readers the servers get
 #              limits that cut a client which stops reading, and leave alone one that
 #              reads: ringcast --max-outbound 64k --write-timeout 5s; Redis
-#              client-output-buffer-limit pubsub 64kb 32kb 5; NATS max_pending 64 KiB,
+#              client-output-buffer-limit pubsub 32kb 16kb 5; NATS max_pending 32 KiB,
 #              write_deadline 5s (a config file)
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
@@ -81,7 +83,7 @@ case "$WORKLOAD" in
   C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
        RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s ;;
   D|d) CLIENTS=10000; ROOMS=500; PUBLISHERS=100; RATE=300; SIZE=60; SIZE_DIST=20-400
-       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=5s; DURATION=20s ;;
+       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=30s; DURATION=20s ;;
   idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
   *) say "unknown --workload $WORKLOAD (A, B, C, D or idle)"; exit 2 ;;
 esac
@@ -248,7 +250,7 @@ wait_time_wait() {
 REDIS_LIMITS=()
 if [ "$SLOW_READERS" != 0 ]; then
   SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
-  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 32kb 5")
+  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 32kb 16kb 5")
 fi
 # The mix's parts for `ringcast bench`.
 MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
@@ -336,7 +338,7 @@ start_server() {
       local nats_conf=()
       if [ "$SLOW_READERS" != 0 ]; then
         # No command-line flags for these; max_payload may not exceed max_pending.
-        printf 'max_payload: 65536\nmax_pending: 65536\nwrite_deadline: "5s"\n' >"$dir/nats.conf"
+        printf 'max_payload: 32768\nmax_pending: 32768\nwrite_deadline: "5s"\n' >"$dir/nats.conf"
         nats_conf=(-c "$dir/nats.conf")
       fi
       ${server_pin[@]+"${server_pin[@]}"} nats-server -a 127.0.0.1 -p "$port" \
