@@ -18,7 +18,7 @@
 #                      largest 1,400, most under 20), 100 publishers (by room size),
 #                      300 msg/s of 20-400 bytes (median 60), 500 churners making 50
 #                      joins/leaves/switches a second, 5 slow readers the servers must cut
-#                      (limits below); 30 s warm-up (the kernel holds ~140 KB for a stalled
+#                      (limits below); 40 s warm-up (the kernel holds ~140 KB for a stalled
 #                      reader before a server sees anything: ~40 s of its room's traffic,
 #                      so the cut-offs fall in the measured time), 20 s measured
 #                idle  10,000 clients that connect, join and send nothing: server RSS per
@@ -39,7 +39,9 @@
 #              workload, as `ringcast bench` takes them. With slow readers the servers get
 #              limits that cut a client which stops reading, and leave alone one that
 #              reads: ringcast --max-outbound 64k --write-timeout 5s; Redis
-#              client-output-buffer-limit pubsub 32kb 16kb 5; NATS max_pending 32 KiB,
+#              client-output-buffer-limit pubsub 64kb 0 0 (Redis counts its reply list
+#              in ~16 KB chunks: a reader with one message spilled already shows 20 KB,
+#              so a soft limit near that cuts readers); NATS max_pending 32 KiB,
 #              write_deadline 5s (a config file)
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
@@ -83,7 +85,7 @@ case "$WORKLOAD" in
   C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
        RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s ;;
   D|d) CLIENTS=10000; ROOMS=500; PUBLISHERS=100; RATE=300; SIZE=60; SIZE_DIST=20-400
-       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=30s; DURATION=20s ;;
+       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=40s; DURATION=20s ;;
   idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
   *) say "unknown --workload $WORKLOAD (A, B, C, D or idle)"; exit 2 ;;
 esac
@@ -250,7 +252,7 @@ wait_time_wait() {
 REDIS_LIMITS=()
 if [ "$SLOW_READERS" != 0 ]; then
   SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
-  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 32kb 16kb 5")
+  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 0 0")
 fi
 # The mix's parts for `ringcast bench`.
 MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
