@@ -97,10 +97,11 @@ pub fn owed(
     seen: impl Fn(usize, u64) -> bool,
 ) -> Owed {
     let mut out = Owed::default();
-    let step_end = start_ns + step.duration.as_nanos() as u64;
+    // A stay begun after the step's last send still counts: a message handled late can
+    // reach a churner that arrived during the drain.
     let stays: Vec<&Interval> = intervals
         .iter()
-        .filter(|stay| stay.join_sent <= step_end && stay.window_end() >= start_ns)
+        .filter(|stay| stay.window_end() >= start_ns)
         .collect();
     // A message may look doubtful from one stay and be due in another (a later stay in
     // the same room): then it is due. Rooms visited once in the step (nearly all) are
@@ -312,5 +313,16 @@ mod tests {
         let after = stay(1, (START + 2_000 * MS, START + 2_010 * MS), None);
         let owed = owed(&plan, 0, &step, START, &[before, after], |_, _| false);
         assert_eq!(owed, Owed::default());
+    }
+
+    #[test]
+    fn a_late_message_received_after_the_schedule_is_due_where_it_arrived() {
+        let (plan, step) = plan();
+        // Joined room 0 after the step's last send (at 1.2 s, during the drain) and still
+        // received message 9, which the server handled late: it is due there.
+        let mut late = stay(0, (START + 1_200 * MS, START + 1_210 * MS), None);
+        late.note(0, (0, 9));
+        let owed = owed(&plan, 0, &step, START, &[late], |p, k| p == 0 && k == 9);
+        assert_eq!((owed.expected, owed.received, owed.in_doubt), (1, 1, 0));
     }
 }
