@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # Runs one load scenario against each system and compares them.
 #
-#   scripts/loadtest.sh [--workload A|B|C|idle] [--peers] [--repeat N]
+#   scripts/loadtest.sh [--workload A|B|C|D|idle] [--peers] [--repeat N] [--proto line|ws]
 #                       [--server-cpus LIST] [--bench-cpus LIST]
 #                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
 #                       [--procs N] [--backends "uring epoll"] [--out DIR]
+#                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
+#                       [--churners N] [--churn R] [--slow-readers N]
 #
 # --workload   the workloads of README's Performance section (64-byte messages, 10
 #              publishers); flags given after it still override its settings:
 #                A     10,000 clients in 100 rooms, 1,000 msg/s in
 #                B     1,000 clients in 1 room, 200 msg/s in
 #                C     1,000 clients in 1 room, a rate sweep up to capacity, --slo 20ms
+#                D     a realistic mix: 10,000 clients in 500 rooms of Zipf sizes (the
+#                      largest 1,400, most under 20), 100 publishers (by room size),
+#                      300 msg/s of 20-400 bytes (median 60), 500 churners making 50
+#                      joins/leaves/switches a second, 5 slow readers the servers must cut
+#                      (limits below); 40 s warm-up (the kernel holds ~140 KB for a stalled
+#                      reader before a server sees anything: ~40 s of its room's traffic,
+#                      so the cut-offs fall in the measured time), 20 s measured
 #                idle  10,000 clients that connect, join and send nothing: server RSS per
 #                      idle connection
 #              each runs the server (one thread) on CPU 0 and the harness on CPU 1 unless
@@ -21,12 +30,23 @@
 #              with apt-get when missing
 # --repeat N   N rounds, the systems alternating within each (uring, epoll, redis, nats,
 #              uring, ...); the summary shows each figure's median with [min–max]
+# --proto ws   load the ringcast backends over WebSocket (their HTTP listener's /ws)
+#              instead of the line protocol (the default, `line`); Redis and NATS speak
+#              their own protocols either way
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
+# --room-sizes, --size-dist, --churners, --churn, --slow-readers   the parts of a mixed
+#              workload, as `ringcast bench` takes them. With slow readers the servers get
+#              limits that cut a client which stops reading, and leave alone one that
+#              reads: ringcast --max-outbound 64k --write-timeout 5s; Redis
+#              client-output-buffer-limit pubsub 64kb 0 0 (Redis counts its reply list
+#              in ~16 KB chunks: a reader with one message spilled already shows 20 KB,
+#              so a soft limit near that cuts readers); NATS max_pending 32 KiB,
+#              write_deadline 5s (a config file)
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, REPEAT,
-# SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
-# THREADS, PROCS, BACKENDS, OUT). --out DIR (OUT) writes the results there instead of
+# PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
+# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
 # which opens with the verdict, and the chart comparison.svg (and comparison.png when
@@ -56,14 +76,18 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   fi
 done
 IDLE=
+# Extra flags for the ringcast servers (a workload's limits).
+SERVER_ARGS=()
 case "$WORKLOAD" in
   "") ;;
   A|a) CLIENTS=10000; ROOMS=100; PUBLISHERS=10; RATE=1000; SIZE=64 ;;
   B|b) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; RATE=200; SIZE=64 ;;
   C|c) CLIENTS=1000; ROOMS=1; PUBLISHERS=10; SIZE=64; SLO=20ms; THREADS=1
        RATE=500,1000,2000,3000,4000,5000,6000; DURATION=5s ;;
+  D|d) CLIENTS=10000; ROOMS=500; PUBLISHERS=100; RATE=300; SIZE=60; SIZE_DIST=20-400
+       ROOM_SIZES=zipf; CHURNERS=500; CHURN=50; SLOW_READERS=5; WARMUP=40s; DURATION=20s ;;
   idle) CLIENTS=10000; ROOMS=100; IDLE=1 ;;
-  *) say "unknown --workload $WORKLOAD (A, B, C or idle)"; exit 2 ;;
+  *) say "unknown --workload $WORKLOAD (A, B, C, D or idle)"; exit 2 ;;
 esac
 if [ -n "$WORKLOAD" ]; then
   # The workloads are measured with the server (one thread) and the harness on separate
@@ -84,15 +108,22 @@ PROCS=${PROCS:-1}
 BACKENDS=${BACKENDS:-"uring epoll"}
 PEERS=${PEERS:-}
 REPEAT=${REPEAT:-1}
+PROTO=${PROTO:-line}
 SERVER_CPUS=${SERVER_CPUS:-}
 BENCH_CPUS=${BENCH_CPUS:-}
 OUT=${OUT:-}
+ROOM_SIZES=${ROOM_SIZES:-uniform}
+SIZE_DIST=${SIZE_DIST:-}
+CHURNERS=${CHURNERS:-0}
+CHURN=${CHURN:-0}
+SLOW_READERS=${SLOW_READERS:-0}
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --workload) shift 2 ;;  # applied above
     --peers) PEERS=1; shift ;;
     --repeat) REPEAT=$2; shift 2 ;;
+    --proto) PROTO=$2; shift 2 ;;
     --server-cpus) SERVER_CPUS=$2; shift 2 ;;
     --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
@@ -107,6 +138,11 @@ while [ $# -gt 0 ]; do
     --procs) PROCS=$2; shift 2 ;;
     --backends) BACKENDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --room-sizes) ROOM_SIZES=$2; shift 2 ;;
+    --size-dist) SIZE_DIST=$2; shift 2 ;;
+    --churners) CHURNERS=$2; shift 2 ;;
+    --churn) CHURN=$2; shift 2 ;;
+    --slow-readers) SLOW_READERS=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
@@ -114,6 +150,10 @@ done
 
 case "$REPEAT" in
   ''|*[!0-9]*|0) say "--repeat needs a whole number of rounds, 1 or more"; exit 2 ;;
+esac
+case "$PROTO" in
+  line|ws) ;;
+  *) say "unknown --proto $PROTO (line or ws)"; exit 2 ;;
 esac
 SYSTEMS=$BACKENDS
 if [ -n "$PEERS" ]; then
@@ -208,6 +248,16 @@ wait_time_wait() {
   say "$n sockets in TIME_WAIT after ${waited} s"
 }
 
+# A client that stops reading must be cut within the run; one that reads must not be.
+REDIS_LIMITS=()
+if [ "$SLOW_READERS" != 0 ]; then
+  SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
+  REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 0 0")
+fi
+# The mix's parts for `ringcast bench`.
+MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
+if [ -n "$SIZE_DIST" ]; then MIX+=(--size-dist "$SIZE_DIST"); fi
+
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-reports/$stamp}
 mkdir -p "$OUT"
@@ -259,13 +309,19 @@ start_server() {
     uring|epoll)
       # Every simulated client comes from 127.0.0.1 and publishers send far faster than a
       # person: the per-address cap and the input rate limit are off for the load test.
+      # Over WebSocket the harness loads the HTTP listener, whose address is the second
+      # line the server prints.
+      local http=off
+      if [ "$PROTO" = ws ]; then http=127.0.0.1:0; fi
       ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
-        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http off \
-        >"$dir/server.stdout" 2>"$dir/server.log" &
+        --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http "$http" \
+        ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} >"$dir/server.stdout" 2>"$dir/server.log" &
       server_pid=$!
-      for _ in $(seq 100); do  # up to 10 s for the "listening on" line
+      local prefix='listening on '
+      if [ "$PROTO" = ws ]; then prefix='http listening on '; fi
+      for _ in $(seq 100); do  # up to 10 s for the address line
         kill -0 "$server_pid" 2>/dev/null || break
-        addr=$(sed -n 's/^listening on //p' "$dir/server.stdout" 2>/dev/null | head -n1)
+        addr=$(sed -n "s/^$prefix//p" "$dir/server.stdout" 2>/dev/null | head -n1)
         [ -n "$addr" ] && break
         sleep 0.1
       done
@@ -275,14 +331,20 @@ start_server() {
       # Room for every client, the publishers' second connections and some slack.
       ${server_pin[@]+"${server_pin[@]}"} redis-server --bind 127.0.0.1 --port "$port" \
         --save '' --appendonly no --daemonize no --maxclients $((CLIENTS + PUBLISHERS + 100)) \
-        >"$dir/server.log" 2>&1 &
+        ${REDIS_LIMITS[@]+"${REDIS_LIMITS[@]}"} >"$dir/server.log" 2>&1 &
       server_pid=$!
       wait_listening "$port" && addr=127.0.0.1:$port
       ;;
     nats)
       port=$(free_port) || return 1
+      local nats_conf=()
+      if [ "$SLOW_READERS" != 0 ]; then
+        # No command-line flags for these; max_payload may not exceed max_pending.
+        printf 'max_payload: 32768\nmax_pending: 32768\nwrite_deadline: "5s"\n' >"$dir/nats.conf"
+        nats_conf=(-c "$dir/nats.conf")
+      fi
       ${server_pin[@]+"${server_pin[@]}"} nats-server -a 127.0.0.1 -p "$port" \
-        >"$dir/server.log" 2>&1 &
+        ${nats_conf[@]+"${nats_conf[@]}"} >"$dir/server.log" 2>&1 &
       server_pid=$!
       wait_listening "$port" && addr=127.0.0.1:$port
       ;;
@@ -293,13 +355,14 @@ start_server() {
 # One run of system $1 into folder $2.
 run_system() {
   local system=$1 dir=$2 proto=ringcast status bench_status
+  if [ "$PROTO" = ws ]; then proto=ws; fi
   case "$system" in redis|nats) proto=$system ;; esac
   mkdir -p "$dir"
   wait_time_wait
   say "=== $system: starting the server"
   local tries=1
   # A peer's port can still be taken between the check and its bind: try another one.
-  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ]; do
+  until start_server "$system" "$dir" || [ "$tries" -ge 3 ] || [ "$proto" = ringcast ] || [ "$proto" = ws ]; do
     cleanup; server_pid=; tries=$((tries + 1))
     say "$system: did not start (port taken?), trying again"
   done
@@ -316,7 +379,7 @@ run_system() {
   set +e
   ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --proto "$proto" --addr "$addr" \
     --server-pid "$server_pid" --clients "$CLIENTS" --publishers "$PUBLISHERS" \
-    --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" \
+    --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" "${MIX[@]}" \
     --out "$dir" 2> >(tee "$dir/bench.log" >&2) | tee "$dir/summary.txt"
   bench_status=${PIPESTATUS[0]}
   set -e
@@ -372,14 +435,17 @@ if [ ${#compared[@]} -gt 0 ]; then
       echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: clients connected and joined, sending" \
         "nothing; server threads $THREADS$pinning.$rounds"
     else
-      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}: rates $RATE msg/s, $DURATION per rate after" \
+      transport=
+      if [ "$PROTO" = ws ]; then transport=" ringcast loaded over WebSocket;"; fi
+      echo "Run${WORKLOAD:+ (workload $WORKLOAD)}:$transport rates $RATE msg/s, $DURATION per rate after" \
         "$WARMUP warm-up, SLO $SLO; server threads $THREADS, harness processes $PROCS$pinning.$rounds"
     fi
     echo
-    echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT" \
+    echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers} --repeat $REPEAT --proto $PROTO" \
       "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
       "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
-      "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}\`"
+      "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}" \
+      "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS\`"
     echo
     if [ "$REPEAT" -gt 1 ]; then where="round<K>/<system>"; else where="<system>"; fi
     echo "Per-run details in \`$where/\`: \`summary.txt\`, \`report.json\`, \`latency.hgrm\`, \`server.log\`." \

@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "ringcast",
-    version,
+    // The commit the binary was built from (build.rs): reports name it.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RINGCAST_GIT_REV"), ")"),
     about = "A chat broadcaster on io_uring, its epoll baseline, and a load harness"
 )]
 struct Cli {

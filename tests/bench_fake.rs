@@ -75,6 +75,10 @@ fn stalled_server_shows_as_latency() {
     // samples are late by up to 500 ms; a closed-loop harness would show one slow sample.
     assert!(step.latency.max >= 450_000, "{:?}", step.latency);
     assert!(step.latency.p90 >= 200_000, "{:?}", step.latency);
+    // The server held the deliveries back, so they reached the sockets late: the pause is
+    // in socket latency too (unlike a stall of the harness's own, tests/bench_real.rs).
+    let socket = step.socket_latency.as_ref().expect("socket latency");
+    assert!(socket.max >= 450_000 && socket.p90 >= 200_000, "{socket:?}");
     assert!(
         !step.held,
         "p99 over the 10 ms SLO must not count as capacity"

@@ -5,19 +5,30 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, server_deliveries, text, PeerServer};
+use bench_common::{ringcast, scratch, server_deliveries, text, HttpServer, PeerServer};
 use common::Server;
 use ringcast::bench::report::Report;
 
-fn small_run(backend: &str, procs: &str, extra: &[&str]) {
-    let server = Server::start(backend, &[]);
-    let out = scratch(&format!("bench-real-{backend}"));
-    let addr = server.addr.to_string();
-    let pid = server.pid().to_string();
-    let before = server_deliveries(server.addr);
+/// A small sweep against a real server, over the line protocol (`proto` "ringcast") or
+/// WebSocket ("ws", `--addr` then being the HTTP address).
+fn small_run(backend: &str, proto: &str, procs: &str, extra: &[&str]) {
+    // Only one of the two is started; the line address serves the independent count.
+    let (line_server, http_server) = match proto {
+        "ws" => (None, Some(HttpServer::start(backend, &[]))),
+        _ => (Some(Server::start(backend, &[])), None),
+    };
+    let (addr, line_addr, pid) = match (&line_server, &http_server) {
+        (Some(s), _) => (s.addr.to_string(), s.addr, s.pid().to_string()),
+        (_, Some(s)) => (s.http.to_string(), s.addr, s.pid().to_string()),
+        _ => unreachable!(),
+    };
+    let out = scratch(&format!("bench-real-{backend}-{proto}-{procs}"));
+    let before = server_deliveries(line_addr);
     let run = ringcast(
         &[
             "bench",
+            "--proto",
+            proto,
             "--addr",
             &addr,
             "--clients",
@@ -44,7 +55,7 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         .chain(extra.iter().copied())
         .collect::<Vec<_>>(),
     );
-    let after = server_deliveries(server.addr);
+    let after = server_deliveries(line_addr);
     let stdout = text(&run.stdout);
     assert!(
         run.status.success(),
@@ -56,6 +67,23 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
     let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
     let report = Report::from_json(&json).expect("report parses");
     assert_eq!(report.environment.backend, backend);
+    assert_eq!(report.config.proto.name(), proto);
+    // The server's version as the running binary reports it, and the commit this harness
+    // was built from (build.rs), never "unknown" in a checkout.
+    let version = report.environment.system_version.as_deref().unwrap_or("");
+    assert!(version.starts_with("ringcast 0.1.0 ("), "{version:?}");
+    assert!(
+        report.git_rev.len() >= 12 && report.git_rev != "unknown",
+        "{}",
+        report.git_rev
+    );
+    assert!(
+        version.contains(&report.git_rev),
+        "{version} vs {}",
+        report.git_rev
+    );
+    let stamps = !extra.contains(&"off");
+    assert_eq!(report.config.rx_timestamps, stamps);
     assert_eq!(report.connect.connected, 50);
     assert_eq!(report.lost, 0, "{stdout}");
     assert_eq!(report.steps.len(), 2);
@@ -88,6 +116,7 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         // Server and harness share the CPUs here: ksoftirqd's time is nobody's in
         // particular, so it is not counted.
         assert_eq!(cost.softirq_cpu_s, None);
+        check_socket_latency(step, stamps);
     }
     assert_eq!(report.steps[0].tally.sent, 200);
     assert_eq!(report.steps[1].tally.sent, 400);
@@ -114,17 +143,133 @@ fn small_run(backend: &str, procs: &str, extra: &[&str]) {
         "{hgrm}"
     );
     assert!(out.join("latency-400.hgrm").exists());
+    assert_eq!(out.join("latency-socket.hgrm").exists(), stamps);
+    assert_eq!(out.join("latency-socket-400.hgrm").exists(), stamps);
+    assert_eq!(
+        stdout.contains("socket latency (arrival"),
+        stamps,
+        "{stdout}"
+    );
     assert!(stdout.contains("capacity:"), "{stdout}");
 }
 
+/// With stamps, every delivery has a socket latency no later than its read latency (the
+/// stamp comes before the read); without, none.
+fn check_socket_latency(step: &ringcast::bench::report::StepResult, stamps: bool) {
+    let Some(socket) = &step.socket_latency else {
+        assert!(
+            !stamps,
+            "no socket latency at {}/s: {:?}",
+            step.rate, step.warnings
+        );
+        return;
+    };
+    assert!(stamps, "socket latency with --rx-timestamps off");
+    let read = &step.latency;
+    assert_eq!(
+        socket.count + step.unstamped,
+        read.count,
+        "rate {}",
+        step.rate
+    );
+    assert!(
+        step.warnings.iter().all(|w| !w.contains("socket latency")),
+        "{:?}",
+        step.warnings
+    );
+    assert!(
+        step.unstamped * 100 <= read.count,
+        "{} unstamped",
+        step.unstamped
+    );
+    assert!(
+        socket.p50 <= read.p50 && socket.p99 <= read.p99 && socket.max <= read.max,
+        "socket {socket:?} read {read:?}"
+    );
+    assert!(step.socket_histogram.is_some());
+}
+
 fn small_run_is_clean(backend: &str) {
-    small_run(backend, "1", &[]);
+    small_run(backend, "ringcast", "1", &[]);
 }
 
 fn small_run_is_clean_across_two_generators(backend: &str) {
     // Also spreads the clients over three loopback source addresses, the path that lets
-    // a run go past one address's ephemeral ports.
-    small_run(backend, "2", &["--clients-per-source", "20"]);
+    // a run go past one address's ephemeral ports; and runs without receive stamps.
+    small_run(
+        backend,
+        "ringcast",
+        "2",
+        &["--clients-per-source", "20", "--rx-timestamps", "off"],
+    );
+}
+
+fn websocket_run_is_clean(backend: &str) {
+    small_run(backend, "ws", "1", &[]);
+}
+
+/// A harness that stops reading (`--stall-reads`: the subscribers' thread blocks for
+/// 400 ms half-way through the step, as a harness short of CPU would) shows the stall in
+/// read latency and not in socket latency: the deliveries reached their sockets on time.
+/// Each subscriber gets a delivery every 500 ms, so a stall finds at most one waiting per
+/// socket: a stamp per delivery (with several waiting, the earlier ones would get the
+/// later one's stamp, and socket latency would show part of the stall; see `rx.rs`).
+fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
+    let (line_server, http_server) = match proto {
+        "ws" => (None, Some(HttpServer::start(backend, &[]))),
+        _ => (Some(Server::start(backend, &[])), None),
+    };
+    let addr = match (&line_server, &http_server) {
+        (Some(s), _) => s.addr.to_string(),
+        (_, Some(s)) => s.http.to_string(),
+        _ => unreachable!(),
+    };
+    let out = scratch(&format!("bench-stall-{backend}-{proto}"));
+    // 20 rooms of two: a publisher (on the publishers' thread, so sends stay on time) and
+    // a subscriber (on the stalled thread), 2 messages a second each.
+    let run = ringcast(&[
+        "bench",
+        "--proto",
+        proto,
+        "--addr",
+        &addr,
+        "--clients",
+        "40",
+        "--publishers",
+        "20",
+        "--rooms",
+        "20",
+        "--rate",
+        "40",
+        "--warmup",
+        "0",
+        "--duration",
+        "3s",
+        "--stall-reads",
+        "400ms",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = text(&run.stdout);
+    assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
+    let report = Report::load(&out).expect("report");
+    let step = &report.steps[0];
+    assert_eq!(step.lost, 0, "{stdout}");
+    assert_eq!(step.tally.received, 120);
+    check_socket_latency(step, true);
+    let read = &step.latency;
+    let socket = step.socket_latency.as_ref().expect("socket latency");
+    // The deliveries of the 400 ms stall (16 of 120) waited in their sockets.
+    assert!(read.max >= 300_000 && read.p99 >= 200_000, "read {read:?}");
+    // Their socket latency did not: far below, whatever the machine's load adds to both.
+    assert!(
+        socket.max * 2 <= read.max && socket.p99 * 2 <= read.p99,
+        "socket {socket:?} read {read:?}"
+    );
+    let queueing = step.harness_queueing_p99().expect("queueing figure");
+    assert_eq!(queueing, read.p99 - socket.p99);
+    assert!(stdout.contains("harness queueing at p99"), "{stdout}");
 }
 
 /// The server's total of accepted connections, asked over a connection kept open.
@@ -252,6 +397,18 @@ mod uring {
         super::small_run_is_clean("uring");
     }
     #[test]
+    fn websocket_run_is_clean() {
+        super::websocket_run_is_clean("uring");
+    }
+    #[test]
+    fn a_harness_stall_shows_in_read_latency_only() {
+        super::a_harness_stall_shows_in_read_latency_only("uring", "ringcast");
+    }
+    #[test]
+    fn a_harness_stall_shows_in_read_latency_only_over_websocket() {
+        super::a_harness_stall_shows_in_read_latency_only("uring", "ws");
+    }
+    #[test]
     fn small_run_is_clean_across_two_generators() {
         super::small_run_is_clean_across_two_generators("uring");
     }
@@ -277,6 +434,14 @@ mod epoll {
     #[test]
     fn small_run_is_clean() {
         super::small_run_is_clean("epoll");
+    }
+    #[test]
+    fn websocket_run_is_clean() {
+        super::websocket_run_is_clean("epoll");
+    }
+    #[test]
+    fn a_harness_stall_shows_in_read_latency_only() {
+        super::a_harness_stall_shows_in_read_latency_only("epoll", "ringcast");
     }
     #[test]
     fn small_run_is_clean_across_two_generators() {
@@ -462,6 +627,7 @@ fn peer_small_run(proto: &str) {
         assert_eq!(step.tally.self_echo, echo);
         assert_eq!(step.count_mismatch, None);
         assert!(step.server.as_ref().expect("server cost").cpu_s >= 0.0);
+        check_socket_latency(step, true);
     }
     assert_eq!(report.steps[1].tally.sent, 400);
     assert!(stdout.contains("count check: skipped"), "{stdout}");

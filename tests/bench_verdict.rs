@@ -37,6 +37,15 @@ fn step(f: &Fig) -> StepResult {
         hist::record(&mut h, v);
     }
     hist::record(&mut h, f.p99_us * 11 / 10);
+    // Socket latency: the same deliveries reaching their sockets a fifth earlier than the
+    // harness read them.
+    let mut socket = hist::new();
+    for v in h.iter_recorded() {
+        let value = v.value_iterated_to() * 4 / 5;
+        for _ in 0..v.count_at_value() {
+            hist::record(&mut socket, value);
+        }
+    }
     let mut lag = hist::new();
     hist::record(&mut lag, f.lag_us);
     let sent = f.rate * 10;
@@ -57,6 +66,9 @@ fn step(f: &Fig) -> StepResult {
         held: latency.p99 <= 10_000,
         latency,
         histogram: hist::encode(&h),
+        socket_latency: Some(hist::Summary::of(&socket)),
+        socket_histogram: Some(hist::encode(&socket)),
+        unstamped: 0,
         send_lag: hist::Summary::of(&lag),
         server: Some(ServerCost {
             cpu_s: f.cpu_us * received as f64 / 1e6,
@@ -66,6 +78,7 @@ fn step(f: &Fig) -> StepResult {
             peak_rss_bytes: 8 << 20,
         }),
         server_deliveries: Some(received),
+        server_cuts: Some(0),
         count_mismatch: Some(0.0),
         server_fanout: None,
         harness_cpu_s: 1.0,
@@ -104,6 +117,12 @@ fn report(backend: &str, figs: &[Fig]) -> Report {
                 "--backend".into(),
                 backend.into(),
             ]),
+            rx_timestamps: true,
+            room_sizes: Default::default(),
+            size_dist: None,
+            churners: 0,
+            churn: 0.0,
+            slow_readers: 0,
         },
         environment: Environment {
             kernel: "6.1".into(),
@@ -119,6 +138,7 @@ fn report(backend: &str, figs: &[Fig]) -> Report {
             latency: Default::default(),
             histogram: hist::encode(&hist::new()),
             errors: ErrorCounts::default(),
+            stamps_refused: 0,
         },
         warmup: None,
         // What an older harness wrote: capacity from every held step, harness-bound or
@@ -236,8 +256,25 @@ fn harness_bound_step_is_not_judged_or_used_for_capacity() {
     names.sort_unstable();
     names.dedup();
     assert_eq!(names.len(), count, "duplicate rows: {md}");
+    // Socket latency beside read latency, at every rate, and the harness's queueing.
+    assert!(
+        md.contains("| socket p99 at 500 msg/s | lower | 29."),
+        "{md}"
+    );
+    assert!(
+        md.contains("| socket p50 at 250 msg/s | lower | 1.22ms |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| harness queueing at p99 (p99 − socket p99) at 250 msg/s | - | 600µs | 640µs (×1.07) |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("socket p50 and p99 end when the delivery reached"),
+        "{md}"
+    );
     // The chart: the whole sweep, lower is better on every panel, hollow harness-bound
-    // points, no throughput bars.
+    // points, no throughput bars; socket latency dotted beside read latency.
     assert_eq!(svg.matches("lower is better").count(), 3, "{svg}");
     assert!(svg.contains(">250<") && svg.contains(">500<"), "{svg}");
     assert!(svg.contains("1 round"));
@@ -246,6 +283,11 @@ fn harness_bound_step_is_not_judged_or_used_for_capacity() {
         "hollow point"
     );
     assert!(!svg.to_lowercase().contains("throughput"));
+    assert!(svg.contains("socket p99 (dotted)") && svg.contains("socket arrival (dotted)"));
+    assert!(
+        svg.matches(r#"stroke-dasharray="2 3""#).count() >= 4,
+        "{svg}"
+    );
 }
 
 #[test]

@@ -107,6 +107,11 @@ fn workload(report: &Report) -> Vec<(&'static str, String)> {
         ("warmup_s", c.warmup_s.to_string()),
         ("slo_ms", c.slo_ms.to_string()),
         ("mode", if c.idle { "idle" } else { "load" }.to_string()),
+        ("room_sizes", c.room_sizes.to_string()),
+        ("size_dist", format!("{:?}", c.size_dist)),
+        ("churners", c.churners.to_string()),
+        ("churn", c.churn.to_string()),
+        ("slow_readers", c.slow_readers.to_string()),
     ]
 }
 
@@ -148,6 +153,12 @@ fn us(v: f64) -> String {
 /// at every rate, above them).
 fn rows() -> Vec<Row> {
     vec![
+        Row {
+            name: "harness queueing at p99 (p99 − socket p99)",
+            better: "-",
+            value: |_, s| s?.harness_queueing_p99().map(|v| v as f64),
+            show: us,
+        },
         Row {
             name: "p90",
             better: "lower",
@@ -204,6 +215,24 @@ fn rows() -> Vec<Row> {
             show: |v| fmt_bytes(v as u64),
         },
         Row {
+            name: "room changes confirmed",
+            better: "-",
+            value: |r, s| {
+                s.filter(|_| r.config.churners > 0)
+                    .map(|s| s.tally.churn_ops as f64)
+            },
+            show: |v| format!("{v:.0}"),
+        },
+        Row {
+            name: "in doubt: sent while the recipient moved (not loss)",
+            better: "-",
+            value: |r, s| {
+                s.filter(|_| r.config.churners > 0)
+                    .map(|s| (s.tally.in_doubt + s.tally.in_doubt_received) as f64)
+            },
+            show: |v| format!("{v:.0}"),
+        },
+        Row {
             name: "self-echo, discarded (extra server work)",
             better: "lower",
             value: |_, s| {
@@ -253,7 +282,19 @@ fn describe(group: &Group<'_>) -> String {
         .map(|v| format!(" {v}"))
         .unwrap_or_default();
     let what = match r.config.proto {
-        Proto::Ringcast => format!("ringcast {} backend", e.backend),
+        Proto::Ringcast | Proto::Ws => {
+            let transport = if r.config.proto == Proto::Ws {
+                " over WebSocket"
+            } else {
+                ""
+            };
+            let build = e
+                .system_version
+                .as_deref()
+                .map(|v| format!(", {v}"))
+                .unwrap_or_default();
+            format!("ringcast {} backend{transport}{build}", e.backend)
+        }
         Proto::Redis => format!("Redis pub/sub{version}"),
         Proto::Nats => format!("nats-server{version}"),
     };
@@ -362,9 +403,11 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
     let sweep = verdict::rates(groups);
     type Figure = fn(&StepResult) -> Option<f64>;
     type Show = fn(f64) -> String;
-    let per_rate: [(&str, Figure, Show); 3] = [
+    let per_rate: [(&str, Figure, Show); 5] = [
         ("p50", verdict::p50, us),
         ("p99", verdict::p99, us),
+        ("socket p50", verdict::socket_p50, us),
+        ("socket p99", verdict::socket_p99, us),
         ("server CPU µs/delivery", verdict::cpu, |v| {
             format!("{v:.2}")
         }),
@@ -419,10 +462,23 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
         push(&mut cells, name, row.better, values, marks, row.show);
     }
     type Whole = fn(&Report) -> Option<f64>;
-    let idle_rows: [(&str, Whole, Show); 3] = [
+    let idle_rows: [(&str, Whole, Show); 4] = [
         (
             "lost deliveries (whole run)",
             |r| (!r.config.idle).then_some(r.lost as f64),
+            |v| format!("{v:.0}"),
+        ),
+        (
+            "slow readers cut off by the server (expected)",
+            |r| {
+                (r.config.slow_readers > 0).then(|| {
+                    r.steps
+                        .iter()
+                        .chain(r.warmup.iter())
+                        .map(|s| s.tally.slow_reader_cuts as f64)
+                        .sum()
+                })
+            },
             |v| format!("{v:.0}"),
         ),
         (
@@ -438,10 +494,10 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
     ];
     for (name, value, show) in idle_rows {
         let values = groups.iter().map(|g| spread(g, &value)).collect();
-        let better = if name == "idle connections" {
-            "-"
-        } else {
+        let better = if name.starts_with("lost") || name.starts_with("server RSS") {
             "lower"
+        } else {
+            "-"
         };
         push(
             &mut cells,
@@ -514,6 +570,16 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
         "\n(×N): the figure divided by {}'s; the \"better\" column says which direction wins. (H): the harness was the bottleneck at that rate in at least one run (sends late or a generator thread saturated; see each run's summary.txt): its latency includes the harness's delay and it is used neither for the verdict's latency nor for capacity.",
         groups[0].label
     );
+    if groups.iter().any(|g| {
+        g.runs
+            .iter()
+            .any(|r| r.steps.iter().any(|s| s.socket_latency.is_some()))
+    }) {
+        let _ = writeln!(
+            out,
+            "p50 and p99 are read latency (when the harness read the delivery − its scheduled send); socket p50 and p99 end when the delivery reached the client's socket (the kernel's receive timestamp), so they leave out the harness's own queueing, which the \"harness queueing\" row shows at p99."
+        );
+    }
     let scenario = if c.idle {
         format!(
             "{} in {}",
@@ -521,13 +587,19 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
             plural(c.rooms as u64, "room")
         )
     } else {
+        let mix = c.mix();
         format!(
-            "{} ({}) in {}, {}-byte messages, {}s per step",
+            "{} ({}) in {}, {}, {}s per step{}",
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
-            c.duration_s
+            c.message_sizes(),
+            c.duration_s,
+            if mix.is_empty() {
+                String::new()
+            } else {
+                format!("; {mix}")
+            }
         )
     };
     let _ = writeln!(
@@ -554,7 +626,7 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
     if !c.idle
         && groups
             .iter()
-            .any(|g| g.runs.iter().any(|r| r.config.proto != Proto::Ringcast))
+            .any(|g| g.runs.iter().any(|r| !r.config.proto.is_ringcast()))
     {
         let _ = writeln!(
             out,
@@ -631,6 +703,20 @@ fn add_step(into: &mut StepResult, other: &StepResult) -> anyhow::Result<()> {
     into.harness_peak_util = into.harness_peak_util.max(other.harness_peak_util);
     into.latency = hist::Summary::of(&latency);
     into.histogram = hist::encode(&latency);
+    // Socket latency adds up only where both machines measured it.
+    match (&into.socket_histogram, &other.socket_histogram) {
+        (Some(a), Some(b)) => {
+            let mut socket = hist::decode(a)?;
+            hist::merge(&mut socket, &hist::decode(b)?)?;
+            into.socket_latency = Some(hist::Summary::of(&socket));
+            into.socket_histogram = Some(hist::encode(&socket));
+        }
+        _ => {
+            into.socket_latency = None;
+            into.socket_histogram = None;
+        }
+    }
+    into.unstamped += other.unstamped;
     into.warnings.extend(other.warnings.iter().cloned());
     into.errors.merge(&other.errors);
     // Each machine saw the same server; its own view of the server's cost is kept from

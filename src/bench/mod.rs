@@ -3,7 +3,9 @@
 //!
 //! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
 //! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
-//!   frame codecs.
+//!   frame codecs; [`ws`]: ringcast over WebSocket, the client side of RFC 6455.
+//! - [`rx`]: when a delivery reached its socket (kernel receive timestamps), beside when
+//!   the harness read it.
 //! - `worker`: a generator process running a share of the simulated clients.
 //! - `orchestrate`: the process the user starts; refuses a load the machine's limits
 //!   cannot carry (`preflight`), runs the generators step by step, samples the server and
@@ -11,6 +13,7 @@
 //! - [`report`]: the report format; [`compare`](mod@compare), [`verdict`] and `plot` read
 //!   it back.
 
+pub mod churn;
 mod clock;
 pub mod compare;
 pub mod hist;
@@ -22,10 +25,12 @@ mod preflight;
 pub mod procfs;
 mod progress;
 pub mod report;
+pub mod rx;
 pub mod scrape;
 pub mod verdict;
 mod wire;
 mod worker;
+pub mod ws;
 
 use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context as _};
@@ -43,8 +48,9 @@ pub struct BenchArgs {
     /// Server to load.
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub addr: String,
-    /// Protocol, and so the system under test: a ringcast server, Redis pub/sub
-    /// (SUBSCRIBE/PUBLISH) or nats-server (SUB/PUB), under the same workload and accounting.
+    /// Protocol, and so the system under test: a ringcast server over its line protocol or
+    /// over WebSocket (--addr is then its HTTP address), Redis pub/sub (SUBSCRIBE/PUBLISH)
+    /// or nats-server (SUB/PUB), under the same workload and accounting.
     #[arg(long, value_enum, default_value_t = Proto::Ringcast)]
     pub proto: Proto,
     /// Connect and join every client, send nothing, and report the server's resident
@@ -69,8 +75,30 @@ pub struct BenchArgs {
     )]
     pub rate: Vec<u64>,
     /// Payload bytes per message (k suffix allowed); at least the stamp, about 40 bytes.
+    /// With --size-dist, the median size.
     #[arg(long, default_value = "128", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub size: usize,
+    /// Draw each message's payload size from a log-normal distribution with median --size
+    /// and its 99th percentile at MAX, clamped to MIN-MAX (e.g. 20-400). Sizes below the
+    /// stamp are sent at the stamp's length.
+    #[arg(long, value_name = "MIN-MAX", value_parser = parse_size_range)]
+    pub size_dist: Option<(usize, usize)>,
+    /// How clients spread over rooms: uniform, or zipf[:S] (room r, from 0, gets a share
+    /// proportional to 1/(r+1)^S, S = 1 by default: a few large rooms and many small
+    /// ones; publishers follow room sizes).
+    #[arg(long, default_value = "uniform")]
+    pub room_sizes: plan::RoomSizes,
+    /// Clients that move between rooms during the run (joins, leaves and switches).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub churners: usize,
+    /// Room changes per second over all churners (each a join, a leave or a switch).
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub churn: f64,
+    /// Clients (in the largest room) that stop reading once joined: the server is
+    /// expected to cut them off (its --write-timeout or --max-outbound); cut-offs are
+    /// reported apart from loss.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub slow_readers: usize,
     /// Publishing before the first measured step, at the first rate; 0 skips it.
     #[arg(long, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub warmup: Duration,
@@ -118,9 +146,45 @@ pub struct BenchArgs {
         allow_hyphen_values = true
     )]
     pub clients_per_source: usize,
+    /// Ask every client socket for kernel receive timestamps and report socket latency
+    /// (arrival at the socket − scheduled send) beside read latency.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub rx_timestamps: OnOff,
+    /// Testing aid: every client group without publishers stops reading for this long,
+    /// once, half-way through each step (a harness short of CPU).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub stall_reads: Option<Duration>,
     /// Internal: run as generator process N of --procs.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
+}
+
+/// `MIN-MAX` byte sizes.
+fn parse_size_range(text: &str) -> Result<(usize, usize), String> {
+    let (min, max) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?}: expected MIN-MAX, e.g. 20-400"))?;
+    let (min, max) = (parse_bytes(min)?, parse_bytes(max)?);
+    if min == 0 || min > max {
+        return Err(format!("{text:?}: MIN must be at least 1 and at most MAX"));
+    }
+    Ok((min, max))
+}
+
+/// A switch given as `on` or `off`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn on(self) -> bool {
+        self == OnOff::On
+    }
 }
 
 impl BenchArgs {
@@ -159,14 +223,40 @@ impl BenchArgs {
         if self.idle && self.server_pid.is_none() {
             bail!("--idle measures the server's memory: it needs --server-pid");
         }
+        if !(self.churn.is_finite() && self.churn >= 0.0) {
+            bail!("--churn must be a rate of 0 or more per second");
+        }
+        if (self.churn > 0.0) != (self.churners > 0) {
+            bail!("--churn and --churners go together: room changes need clients to make them");
+        }
+        if let Some((min, max)) = self.size_dist {
+            if !(min..=max).contains(&self.size) {
+                bail!(
+                    "--size ({}) is the median of --size-dist: it must lie within {min}-{max}",
+                    self.size
+                );
+            }
+        }
+        self.plan()?;
         Ok(())
     }
 
-    fn plan(&self) -> plan::Plan {
-        plan::Plan {
-            clients: self.clients,
-            publishers: self.publishers,
-            rooms: self.rooms,
+    fn plan(&self) -> anyhow::Result<plan::Plan> {
+        plan::Plan::new(
+            self.clients,
+            self.publishers,
+            self.rooms,
+            self.room_sizes,
+            self.slow_readers,
+            self.churners,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
+    fn sizes(&self) -> plan::Sizes {
+        match self.size_dist {
+            Some((min, max)) => plan::Sizes::lognormal(self.size, min, max),
+            None => plan::Sizes::fixed(self.size),
         }
     }
 

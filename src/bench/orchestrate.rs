@@ -11,6 +11,7 @@ use super::report::{
     Report, ServerCost, StepResult, FORMAT, HARNESS_THREAD_LIMIT,
 };
 use super::wire::{Command, ConnectResult, Event, PartialStep, Tally};
+use super::ws::{self, Masker};
 use super::{hist, preflight, procfs, scrape, BenchArgs};
 use anyhow::{bail, Context as _};
 use std::collections::HashMap;
@@ -123,42 +124,132 @@ impl Drop for Generators {
     }
 }
 
-/// A lobby connection that asks the server for `/stats`.
+/// A lobby connection that asks the server for `/stats`: over the line protocol, or over
+/// WebSocket when that is what the run loads.
 struct Control {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The WebSocket side: masking keys, frames read but not yet parsed, fragments.
+    ws: Option<(Masker, Vec<u8>, ws::Reassembly)>,
 }
 
 impl Control {
-    fn connect(addr: std::net::SocketAddr) -> anyhow::Result<Self> {
+    fn connect(addr: std::net::SocketAddr, proto: Proto) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to the server at {addr}"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .context("setting a read timeout")?;
         let writer = stream.try_clone().context("cloning the control socket")?;
-        Ok(Self {
+        let mut control = Self {
             reader: BufReader::new(stream),
             writer,
-        })
+            ws: None,
+        };
+        if proto == Proto::Ws {
+            control.websocket_handshake(addr).with_context(|| {
+                format!("opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)")
+            })?;
+        }
+        Ok(control)
+    }
+
+    fn websocket_handshake(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+        use std::io::Read as _;
+        let mut masker = Masker::new(mono_ns());
+        let key = ws::new_key(&mut masker);
+        let mut request = Vec::new();
+        ws::handshake_request(&addr.to_string(), &key, &mut request);
+        self.writer
+            .write_all(&request)
+            .context("sending the handshake")?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(head) = ws::parse_handshake_response(&buf, &key)? {
+                buf.drain(..head);
+                self.ws = Some((masker, buf, ws::Reassembly::default()));
+                return Ok(());
+            }
+            let n = self
+                .reader
+                .read(&mut chunk)
+                .context("reading the handshake response")?;
+            if n == 0 {
+                bail!("the server closed the connection during the handshake");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn send(&mut self, command: &str) -> anyhow::Result<()> {
+        match &mut self.ws {
+            None => self.writer.write_all(format!("{command}\n").as_bytes()),
+            Some((masker, _, _)) => {
+                let mut frame = Vec::new();
+                ws::encode_frame(ws::OP_TEXT, command.as_bytes(), masker, &mut frame);
+                self.writer.write_all(&frame)
+            }
+        }
+        .with_context(|| format!("sending {command}"))
+    }
+
+    /// The next line from the server (over WebSocket, the next text message).
+    fn line(&mut self) -> anyhow::Result<String> {
+        use std::io::Read as _;
+        let Some((masker, buf, reassembly)) = &mut self.ws else {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).context("reading")? == 0 {
+                bail!("the server closed the control connection");
+            }
+            return Ok(line.trim_end().to_string());
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut used = 0;
+            let mut found = None;
+            let mut pong = None;
+            while let Some((frame, n)) = ws::parse_frame(&buf[used..])? {
+                used += n;
+                match reassembly.feed(frame)? {
+                    Some(ws::Message::Text(text)) => {
+                        found = Some(String::from_utf8_lossy(text).into_owned());
+                        break;
+                    }
+                    Some(ws::Message::Ping(payload)) => {
+                        let mut frame = Vec::new();
+                        ws::encode_frame(ws::OP_PONG, payload, masker, &mut frame);
+                        pong = Some(frame);
+                        break;
+                    }
+                    Some(ws::Message::Close(code)) => {
+                        bail!("the server closed the control WebSocket (code {code:?})")
+                    }
+                    _ => {}
+                }
+            }
+            buf.drain(..used);
+            if let Some(frame) = pong {
+                self.writer.write_all(&frame).context("answering a ping")?;
+                continue;
+            }
+            if let Some(line) = found {
+                return Ok(line);
+            }
+            let n = self.reader.read(&mut chunk).context("reading")?;
+            if n == 0 {
+                bail!("the server closed the control connection");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
     }
 
     /// The key=value fields of the server's `* stats` line.
     fn stats(&mut self) -> anyhow::Result<HashMap<String, String>> {
-        self.writer
-            .write_all(b"/stats\n")
-            .context("sending /stats")?;
-        let mut line = String::new();
+        self.send("/stats")?;
         loop {
-            line.clear();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .context("reading the /stats reply")?;
-            if n == 0 {
-                bail!("the server closed the control connection");
-            }
-            if let Some(rest) = line.trim_end().strip_prefix("* stats ") {
+            let line = self.line().context("reading the /stats reply")?;
+            if let Some(rest) = line.strip_prefix("* stats ") {
                 return Ok(rest
                     .split_whitespace()
                     .filter_map(|kv| kv.split_once('='))
@@ -167,6 +258,44 @@ impl Control {
             }
         }
     }
+}
+
+/// A ringcast server's version as it reports it: the `version` field of `/stats` when it
+/// has one, else what the running binary (`/proc/PID/exe`, the very file the process was
+/// started from, even if it has since been rebuilt) says to `--version`.
+fn ringcast_version(stats: &HashMap<String, String>, pid: Option<u32>) -> Option<String> {
+    if let Some(version) = stats.get("version") {
+        let rev = stats
+            .get("git_rev")
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        return Some(format!("ringcast {version}{rev}"));
+    }
+    let mut child = std::process::Command::new(format!("/proc/{}/exe", pid?))
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut text).ok()?;
+    let line = text.lines().next()?.trim();
+    line.starts_with("ringcast ").then(|| line.to_string())
 }
 
 /// Connects to a Redis or NATS server and asks its version: the fail-fast check of the
@@ -235,38 +364,11 @@ fn stat_u64(stats: &HashMap<String, String>, key: &str) -> Option<u64> {
     stats.get(key).and_then(|v| v.parse().ok())
 }
 
-fn git_rev() -> String {
-    if let Some(rev) = option_env!("RINGCAST_GIT_REV") {
-        return rev.to_string();
-    }
-    // The source tree this binary was built from, if it is still there.
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let out = std::process::Command::new("git")
-        .args(["-C", dir, "rev-parse", "--short=12", "HEAD"])
-        .stderr(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let rev = String::from_utf8_lossy(&o.stdout).trim().to_string();
-            let dirty = std::process::Command::new("git")
-                .args(["-C", dir, "status", "--porcelain", "--untracked-files=no"])
-                .output()
-                .map(|o| !o.stdout.is_empty())
-                .unwrap_or(false);
-            if dirty {
-                format!("{rev}-dirty")
-            } else {
-                rev
-            }
-        }
-        _ => "unknown".into(),
-    }
-}
-
 /// The system under test, as learnt before any generator starts.
 struct Target {
     addr: SocketAddr,
-    /// ringcast's `/stats` connection; `None` for Redis and NATS.
+    /// ringcast's `/stats` connection (over the protocol under test); `None` for Redis
+    /// and NATS.
     control: Option<Control>,
     /// `/stats` before the run.
     first: HashMap<String, String>,
@@ -288,19 +390,20 @@ impl Target {
             None => None,
         };
         match args.proto {
-            Proto::Ringcast => {
-                let mut control = Control::connect(addr)?;
+            Proto::Ringcast | Proto::Ws => {
+                let mut control = Control::connect(addr, args.proto)?;
                 let first = control.stats().context("asking the server for /stats")?;
                 let backend = first
                     .get("backend")
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
+                let system_version = ringcast_version(&first, args.server_pid);
                 Ok(Target {
                     addr,
                     control: Some(control),
                     first,
                     backend,
-                    system_version: None,
+                    system_version,
                     command,
                 })
             }
@@ -516,12 +619,22 @@ fn connect_clients(
         latency: Default::default(),
         histogram: String::new(),
         errors: ErrorCounts::default(),
+        stamps_refused: 0,
     };
+    let mut refusal = None;
     for r in ready.into_iter().flatten() {
         connect.connected += r.connected;
         connect.failed += r.failed;
         connect.errors.merge(&r.errors);
+        connect.stamps_refused += r.stamps_refused;
+        refusal = refusal.or(r.stamps_refusal);
         hist::merge(&mut histogram, &hist::decode(&r.histogram)?)?;
+    }
+    if let Some(first) = refusal {
+        progress.error(&format!(
+            "warning: {} of {} client sockets refused receive timestamps (first: {first}); their deliveries have no socket latency",
+            connect.stamps_refused, connect.connected
+        ));
     }
     connect.latency = hist::Summary::of(&histogram);
     connect.histogram = hist::encode(&histogram);
@@ -608,7 +721,12 @@ impl StepRun<'_> {
         let limits = HarnessLimits::new(args);
         let mut result = merge_step(self.step, &partials, args.slo, &limits, wall_s)?;
         result.harness_cpu_s += (self_cpu_us() - own_cpu_before) as f64 / 1e6;
-        count_check(&mut result, &before.stats, &after.stats);
+        let plan = args.plan()?;
+        let unread = (0..args.clients)
+            .filter(|&c| plan.is_slow_reader(c))
+            .map(|c| plan.sent_into(self.step, plan.room_of(c)))
+            .sum();
+        count_check(&mut result, &before.stats, &after.stats, unread);
         result.server = server_cost(&before, &after, wall_s, peak_rss, result.tally.received);
         if let (Some(b), Some(a)) = (&before.fanout, &after.fanout) {
             result.server_fanout = a.since(b)?.fanout();
@@ -651,9 +769,10 @@ impl StepRun<'_> {
     ) -> anyhow::Result<(Vec<PartialStep>, u64)> {
         let args = self.args;
         let budget = self.step.duration + args.drain_timeout + Duration::from_secs(30);
-        let plan = args.plan();
+        let plan = args.plan()?;
         let to_send = self.step.total_messages();
-        let expected = plan.expected_total(self.step);
+        // With churners the step's deliveries follow their moves: not known in advance.
+        let expected = (args.churners == 0).then(|| plan.expected_total(self.step));
         let mut partials: Vec<Option<PartialStep>> = vec![None; args.procs];
         let mut shown = vec![(0u64, 0u64, 0u64); args.procs];
         let mut seen = ErrorCounts::default();
@@ -735,11 +854,14 @@ impl StepRun<'_> {
     }
 }
 
-/// The server's own delivery count for the step against the harness's.
+/// The server's own delivery count for the step against the harness's. The server also
+/// counts what it queued for slow readers, who read nothing during steps: its count may
+/// exceed the harness's by up to `unread` (everything sent into their rooms).
 fn count_check(
     result: &mut StepResult,
     before: &HashMap<String, String>,
     after: &HashMap<String, String>,
+    unread: u64,
 ) {
     let (Some(b), Some(a)) = (
         stat_u64(before, "deliveries"),
@@ -748,13 +870,31 @@ fn count_check(
         return;
     };
     let server = a.saturating_sub(b);
-    let harness = result.tally.received + result.tally.duplicates;
+    result.server_cuts = match (
+        stat_u64(before, "slow_consumers"),
+        stat_u64(after, "slow_consumers"),
+    ) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        _ => None,
+    };
+    let harness = super::report::harness_count(&result.tally);
     result.server_deliveries = Some(server);
-    let mismatch = server.abs_diff(harness) as f64 / harness.max(1) as f64;
+    // How far the server's count lies outside [harness, harness + unread].
+    let outside = if server < harness {
+        harness - server
+    } else {
+        server.saturating_sub(harness + unread)
+    };
+    let mismatch = outside as f64 / harness.max(1) as f64;
     result.count_mismatch = Some(mismatch);
     if mismatch > 0.01 {
+        let slow = if unread > 0 {
+            format!(" (beyond the up to {unread} it may have queued for slow readers)")
+        } else {
+            String::new()
+        };
         result.warnings.push(format!(
-            "the server queued {server} deliveries but the harness received {harness}: more than 1% apart"
+            "the server queued {server} deliveries but the harness received {harness}: more than 1% apart{slow}"
         ));
     }
 }
@@ -807,6 +947,18 @@ fn build_report(
         .and_then(|rate| results.iter().position(|s| s.rate == rate))
         .unwrap_or(results.len().saturating_sub(1));
     let lost = results.iter().chain(warmup.iter()).map(|s| s.lost).sum();
+    let cuts: u64 = results
+        .iter()
+        .chain(warmup.iter())
+        .map(|s| s.tally.slow_reader_cuts)
+        .sum();
+    if (cuts as usize) < args.slow_readers {
+        warnings.push(format!(
+            "{} of {} slow readers were never cut off: the server kept queueing for them (its write timeout or outbound limit did not trip within the run)",
+            args.slow_readers - cuts as usize,
+            args.slow_readers
+        ));
+    }
     for w in warmup.iter().flat_map(|s| &s.warnings) {
         warnings.push(format!("during the warm-up: {w}"));
     }
@@ -822,7 +974,9 @@ fn build_report(
     Report {
         format: FORMAT,
         ringcast_version: env!("CARGO_PKG_VERSION").to_string(),
-        git_rev: git_rev(),
+        // The commit this binary was built from (build.rs), not whatever the source tree
+        // holds when it runs.
+        git_rev: env!("RINGCAST_GIT_REV").to_string(),
         timestamp: super::report::rfc3339(unix),
         config: Config {
             addr: target.addr.to_string(),
@@ -841,6 +995,12 @@ fn build_report(
             proto: args.proto,
             idle: args.idle,
             server_command: target.command.clone(),
+            rx_timestamps: args.rx_timestamps.on(),
+            room_sizes: args.room_sizes,
+            size_dist: args.size_dist,
+            churners: args.churners,
+            churn: args.churn,
+            slow_readers: args.slow_readers,
         },
         environment: Environment {
             kernel: procfs::kernel_version(),
@@ -895,6 +1055,7 @@ fn merge_step(
     wall_s: f64,
 ) -> anyhow::Result<StepResult> {
     let mut latency = hist::new();
+    let mut socket: Option<hdrhistogram::Histogram<u64>> = None;
     let mut lag = hist::new();
     let mut t = Tally::default();
     for p in partials {
@@ -909,9 +1070,13 @@ fn merge_step(
         throughput: 0.0,
         latency: Default::default(),
         histogram: String::new(),
+        socket_latency: None,
+        socket_histogram: None,
+        unstamped: 0,
         send_lag: Default::default(),
         server: None,
         server_deliveries: None,
+        server_cuts: None,
         count_mismatch: None,
         server_fanout: None,
         harness_cpu_s: 0.0,
@@ -927,6 +1092,9 @@ fn merge_step(
             .max(p.peak_thread_cpu_us as f64 / 1e6 / wall_s);
         r.errors.merge(&p.errors);
         hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
+        if let Some(text) = &p.socket_latency {
+            hist::merge(socket.get_or_insert_with(hist::new), &hist::decode(text)?)?;
+        }
         hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
     let secs = step.duration.as_secs_f64();
@@ -934,6 +1102,25 @@ fn merge_step(
     r.throughput = r.tally.received as f64 / secs;
     r.latency = hist::Summary::of(&latency);
     r.histogram = hist::encode(&latency);
+    if let Some(socket) = socket {
+        // Deliveries without a socket latency: reads without a stamp, and any whose
+        // deferred stamp had not come by the end of the step.
+        r.unstamped = latency.len().saturating_sub(socket.len());
+        let stamps = StampCheck {
+            deliveries: latency.len(),
+            stamped: socket.len(),
+            after_read: partials.iter().map(|p| p.stamp_after_read).sum(),
+            drift_ns: partials.iter().map(|p| p.clock_drift_ns).max().unwrap_or(0),
+        };
+        match stamps.verdict() {
+            Ok(note) => {
+                r.socket_latency = Some(hist::Summary::of(&socket));
+                r.socket_histogram = Some(hist::encode(&socket));
+                r.warnings.extend(note);
+            }
+            Err(why) => r.warnings.push(why),
+        }
+    }
     r.send_lag = hist::Summary::of(&lag);
     let slo_ms = slo.as_secs_f64() * 1e3;
     r.held = r.lost == 0 && r.tally.disconnects == 0 && r.latency.p99 <= slo.as_micros() as u64;
@@ -941,6 +1128,65 @@ fn merge_step(
         r.warnings.push(bottleneck_warning(&bound, limits));
     }
     Ok(r)
+}
+
+/// What a step's receive stamps looked like, to decide whether its socket latency can be
+/// trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct StampCheck {
+    /// Deliveries with a read latency.
+    deliveries: u64,
+    /// ... and those of them with a socket latency.
+    stamped: u64,
+    /// Stamps that mapped to after their read.
+    after_read: u64,
+    /// How far the wall clock moved against the monotonic clock during the step, ns.
+    drift_ns: u64,
+}
+
+/// Deliveries without a stamp, as a share, past which socket latency is not reported: it
+/// would describe a different set of deliveries from read latency.
+const MAX_UNSTAMPED: f64 = 0.01;
+
+impl StampCheck {
+    /// `Ok` with an optional note when socket latency can be reported, `Err` with the
+    /// reason when it cannot: never a number that may be wrong.
+    fn verdict(&self) -> Result<Option<String>, String> {
+        if self.drift_ns > super::rx::MAX_DRIFT_NS {
+            return Err(format!(
+                "socket latency not reported: the wall clock moved {} against the monotonic clock during the step (a clock step), so receive stamps cannot be placed on the harness's clock",
+                fmt_us(self.drift_ns / 1000)
+            ));
+        }
+        if self.after_read > 0 {
+            return Err(format!(
+                "socket latency not reported: {} receive stamps fell after their reads, so the clock mapping is wrong",
+                self.after_read
+            ));
+        }
+        let unstamped = self.deliveries.saturating_sub(self.stamped);
+        let share = unstamped as f64 / self.deliveries.max(1) as f64;
+        if self.deliveries > 0 && self.stamped == 0 {
+            return Err(
+                "socket latency not reported: no delivery came with a receive stamp (the kernel gave none)"
+                    .to_string(),
+            );
+        }
+        if share > MAX_UNSTAMPED {
+            return Err(format!(
+                "socket latency not reported: {} of {} deliveries came without a receive stamp (more than {:.0}%)",
+                unstamped,
+                self.deliveries,
+                MAX_UNSTAMPED * 100.0
+            ));
+        }
+        Ok((unstamped > 0).then(|| {
+            format!(
+                "socket latency covers {} of {} deliveries ({unstamped} came without a receive stamp)",
+                self.stamped, self.deliveries
+            )
+        }))
+    }
 }
 
 /// The bottleneck warning: what was measured against which threshold, and what to do
@@ -983,8 +1229,15 @@ fn bottleneck_warning(bound: &HarnessBound, limits: &HarnessLimits) -> String {
         };
         (format!("{lag} while {busiest}"), advice)
     };
+    let queueing = match bound.queueing_p99_us {
+        Some(us) => format!(
+            "; of the read p99, {} was the harness's own queueing (read p99 − socket p99)",
+            fmt_us(us)
+        ),
+        None => String::new(),
+    };
     format!(
-        "harness-bound: {measured}; latency here includes the harness's delay and the step does not count towards capacity; {advice}"
+        "harness-bound: {measured}; latency here includes the harness's delay and the step does not count towards capacity{queueing}; {advice}"
     )
 }
 
@@ -999,4 +1252,53 @@ fn server_softirq_threads(pid: u32) -> anyhow::Result<Option<Vec<u32>>> {
     Ok(Some(
         procfs::softirq_threads(&server).context("finding ksoftirqd threads")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(deliveries: u64, stamped: u64, after_read: u64, drift_ns: u64) -> StampCheck {
+        StampCheck {
+            deliveries,
+            stamped,
+            after_read,
+            drift_ns,
+        }
+    }
+
+    #[test]
+    fn socket_latency_is_reported_only_when_its_stamps_can_be_trusted() {
+        assert_eq!(check(1000, 1000, 0, 0).verdict(), Ok(None));
+        // A few deliveries without a stamp: reported, saying what it covers.
+        let note = check(1000, 995, 0, 0).verdict().unwrap().unwrap();
+        assert!(
+            note.contains("995 of 1000") && note.contains("5 came"),
+            "{note}"
+        );
+        // Too many without, none at all, a stamp after its read, a clock step: withheld,
+        // saying why.
+        let why = check(1000, 980, 0, 0).verdict().unwrap_err();
+        assert!(why.contains("20 of 1000"), "{why}");
+        assert!(check(1000, 0, 0, 0)
+            .verdict()
+            .unwrap_err()
+            .contains("no delivery"));
+        assert!(check(1000, 1000, 1, 0)
+            .verdict()
+            .unwrap_err()
+            .contains("after their reads"));
+        let why = check(1000, 1000, 0, 2_500_000).verdict().unwrap_err();
+        assert!(
+            why.contains("2.50ms") && why.contains("clock step"),
+            "{why}"
+        );
+        // Drift within the clock map's own uncertainty is no step.
+        assert_eq!(
+            check(1000, 1000, 0, super::super::rx::MAX_DRIFT_NS).verdict(),
+            Ok(None)
+        );
+        // An idle step has nothing to judge.
+        assert_eq!(check(0, 0, 0, 0).verdict(), Ok(None));
+    }
 }

@@ -96,8 +96,8 @@ pub fn svg(groups: &[Group<'_>]) -> anyhow::Result<String> {
                 right: half - 20.0,
                 bottom: 400.0,
             },
-            "p99 (solid) and p50 (dashed) vs offered rate (ms, log; lower is better)",
-            &[verdict::p99, verdict::p50],
+            "p99 (solid), p50 (dashed), socket p99 (dotted) vs rate (ms, log; lower is better)",
+            &[verdict::p99, verdict::p50, verdict::socket_p99],
             true,
             &mut out,
         );
@@ -142,11 +142,11 @@ fn title(groups: &[Group<'_>], out: &mut String) {
         )
     } else {
         format!(
-            "{} ({}) in {}, {}-byte messages, {}s per rate",
+            "{} ({}) in {}, {}, {}s per rate",
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
+            c.message_sizes(),
             c.duration_s
         )
     };
@@ -308,10 +308,10 @@ fn by_rate(
     let shift = |gi: usize| (gi as f64 - (groups.len() as f64 - 1.0) / 2.0) * 4.0;
     for (gi, fi, series) in &all {
         let color = COLORS[gi % COLORS.len()];
-        let dash = if *fi == 0 {
-            ""
-        } else {
-            r#" stroke-dasharray="6 4""#
+        let dash = match fi {
+            0 => "",
+            1 => r#" stroke-dasharray="6 4""#,
+            _ => r#" stroke-dasharray="2 3""#,
         };
         let points: Vec<String> = series
             .iter()
@@ -350,16 +350,26 @@ fn percentiles(
     area: Area,
     out: &mut String,
 ) -> anyhow::Result<()> {
+    // Read latency (solid) and socket latency (dotted) per system, in its colour.
     let mut curves = Vec::new();
+    let mut socket_curves = Vec::new();
     for g in groups {
         let report = representative(g, rate);
         let step = rate.and_then(|rate| report.steps.iter().find(|s| s.rate == rate));
-        let points = match step {
-            Some(step) => hist::percentile_curve(&hist::decode(&step.histogram)?),
-            None => Vec::new(),
+        let (points, socket) = match step {
+            Some(step) => (
+                hist::percentile_curve(&hist::decode(&step.histogram)?),
+                match &step.socket_histogram {
+                    Some(text) => hist::percentile_curve(&hist::decode(text)?),
+                    None => Vec::new(),
+                },
+            ),
+            None => (Vec::new(), Vec::new()),
         };
         curves.push(points);
+        socket_curves.push(socket);
     }
+    let has_socket = socket_curves.iter().any(|c| !c.is_empty());
     let finite = |q: f64| (1.0 / (1.0 - q)).log10().min(MAX_NINES);
     // The axis ends one decade past the deepest percentile any curve reaches; the 100th
     // percentile (the max) is drawn at that end.
@@ -387,9 +397,14 @@ fn percentiles(
     let at = rate
         .map(|r| format!(" at {} msg/s (the verdict's rate)", thousands(r)))
         .unwrap_or_default();
+    let what = if has_socket {
+        "read (solid) and socket arrival (dotted) − scheduled send"
+    } else {
+        "receive − scheduled send"
+    };
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Latency by percentile{at}: receive − scheduled send (ms; lower is better)</text>"#,
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Latency by percentile{at}: {what} (ms; lower is better)</text>"#,
         (area.left + area.right) / 2.0,
         area.top - 14.0
     );
@@ -425,18 +440,24 @@ fn percentiles(
         (area.left + area.right) / 2.0,
         area.bottom + 34.0
     );
-    for (i, points) in curves.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = points
-            .iter()
-            .map(|&(q, v)| format!("{:.1},{:.1}", px(nines(q)), py(v as f64 / 1000.0)))
-            .collect();
-        if !path.is_empty() {
-            let _ = writeln!(
-                out,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-                path.join(" ")
-            );
+    let styles = [
+        ("", &curves),
+        (r#" stroke-dasharray="2 3""#, &socket_curves),
+    ];
+    for (dash, set) in styles {
+        for (i, points) in set.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let path: Vec<String> = points
+                .iter()
+                .map(|&(q, v)| format!("{:.1},{:.1}", px(nines(q)), py(v as f64 / 1000.0)))
+                .collect();
+            if !path.is_empty() {
+                let _ = writeln!(
+                    out,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
+                    path.join(" ")
+                );
+            }
         }
     }
     Ok(())

@@ -28,7 +28,9 @@ pub(crate) struct StepView<'a> {
     pub sent: u64,
     pub to_send: u64,
     pub received: u64,
-    pub expected: u64,
+    /// Deliveries expected in the step, when known in advance (not with churners, whose
+    /// share follows their moves).
+    pub expected: Option<u64>,
     pub p99: &'a str,
 }
 
@@ -89,6 +91,8 @@ impl Progress {
     }
 
     /// Step progress: this step's messages sent and deliveries received so far.
+    ///
+    /// "N/M" when the step's deliveries are known in advance, "N" otherwise.
     pub(crate) fn step(&mut self, v: &StepView<'_>) {
         match &mut self.mode {
             Mode::Quiet => {}
@@ -96,22 +100,22 @@ impl Progress {
                 if let Some(bar) = bar {
                     bar.set_position(v.sent.min(v.to_send));
                     bar.set_message(format!(
-                        "sent, {}/{} deliveries received, p99 {}",
-                        v.received, v.expected, v.p99
+                        "sent, {} deliveries received, p99 {}",
+                        of(v.received, v.expected),
+                        v.p99
                     ));
                 }
             }
             Mode::Lines { last } => {
                 if due(last) {
                     eprintln!(
-                        "{}: {:.1}s of {}s, sent {}/{}, received {}/{}, p99 {}",
+                        "{}: {:.1}s of {}s, sent {}/{}, received {}, p99 {}",
                         v.phase,
                         v.elapsed_s.min(v.duration_s),
                         v.duration_s,
                         v.sent,
                         v.to_send,
-                        v.received,
-                        v.expected,
+                        of(v.received, v.expected),
                         v.p99
                     );
                 }
@@ -161,5 +165,13 @@ fn due(last: &mut Option<Instant>) -> bool {
             *last = Some(now);
             true
         }
+    }
+}
+
+/// "N/M", or "N" when the total is not known in advance.
+fn of(n: u64, total: Option<u64>) -> String {
+    match total {
+        Some(total) => format!("{n}/{total}"),
+        None => n.to_string(),
     }
 }

@@ -2,6 +2,7 @@
 
 use super::hist::{self, Summary};
 use super::peers::Proto;
+use super::plan::RoomSizes;
 pub use super::scrape::ServerFanout;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -112,6 +113,56 @@ pub struct Config {
     /// The server's command line (from /proc with `--server-pid`): its configuration.
     #[serde(default)]
     pub server_command: Option<Vec<String>>,
+    /// Kernel receive stamps were asked for (`--rx-timestamps on`).
+    #[serde(default)]
+    pub rx_timestamps: bool,
+    /// How clients spread over rooms.
+    #[serde(default)]
+    pub room_sizes: RoomSizes,
+    /// Payload sizes drawn from this range (log-normal, median `size`), when set.
+    #[serde(default)]
+    pub size_dist: Option<(usize, usize)>,
+    /// Clients that moved between rooms, and their room changes per second.
+    #[serde(default)]
+    pub churners: usize,
+    #[serde(default)]
+    pub churn: f64,
+    /// Clients that stopped reading once joined, to be cut off by the server.
+    #[serde(default)]
+    pub slow_readers: usize,
+}
+
+impl Config {
+    /// "64-byte messages", or "messages of 20-400 bytes (median 60)".
+    pub fn message_sizes(&self) -> String {
+        match self.size_dist {
+            Some((min, max)) => format!("messages of {min}-{max} bytes (median {})", self.size),
+            None => format!("{}-byte messages", self.size),
+        }
+    }
+
+    /// The workload's moving parts beyond clients, rooms and sizes, as a phrase (empty
+    /// for a uniform, still workload).
+    pub fn mix(&self) -> String {
+        let mut parts = Vec::new();
+        if let RoomSizes::Zipf(s) = self.room_sizes {
+            parts.push(format!("Zipf room sizes (s = {s})"));
+        }
+        if self.churners > 0 {
+            parts.push(format!(
+                "{} making {} room changes/s",
+                plural(self.churners as u64, "churner"),
+                self.churn
+            ));
+        }
+        if self.slow_readers > 0 {
+            parts.push(format!(
+                "{} expected to be cut",
+                plural(self.slow_readers as u64, "slow reader")
+            ));
+        }
+        join_words(&parts)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +188,9 @@ pub struct ConnectReport {
     pub histogram: String,
     /// Why clients could not connect, by kind.
     pub errors: ErrorCounts,
+    /// Client sockets that refused receive stamps.
+    #[serde(default)]
+    pub stamps_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,16 +207,34 @@ pub struct StepResult {
     pub send_rate: f64,
     /// Deliveries received per second.
     pub throughput: f64,
-    /// Latency, receive − scheduled send, µs.
+    /// Read latency: when the harness read the delivery − its scheduled send, µs.
     pub latency: Summary,
     /// The merged latency histogram, HdrHistogram V2 serialization, base64.
     pub histogram: String,
+    /// Socket latency: when the delivery reached its client's socket (the kernel's
+    /// receive stamp) − its scheduled send, µs. It leaves out the harness's own queueing
+    /// (read latency − socket latency). `None` when not measured: `--rx-timestamps off`,
+    /// the kernel refused the stamps, or they could not be trusted (the warnings say why).
+    #[serde(default)]
+    pub socket_latency: Option<Summary>,
+    /// The merged socket latency histogram, like `histogram`.
+    #[serde(default)]
+    pub socket_histogram: Option<String>,
+    /// Deliveries that came without a receive stamp although stamps were asked for.
+    #[serde(default)]
+    pub unstamped: u64,
     /// How late sends left relative to their schedule, µs.
     pub send_lag: Summary,
     pub server: Option<ServerCost>,
     /// Deliveries the server counted for this step (`/stats` delta).
     pub server_deliveries: Option<u64>,
-    /// |server − harness| / harness for the delivery counts.
+    /// Clients the server cut off as slow consumers during this step (`/stats` delta of
+    /// `slow_consumers`), when it says.
+    #[serde(default)]
+    pub server_cuts: Option<u64>,
+    /// |server − harness| / harness for the delivery counts (with slow readers, how far
+    /// the server's count lies outside what the harness saw plus what it may have queued
+    /// for them).
     pub count_mismatch: Option<f64>,
     /// The server's own fan-out time over the step (`--metrics-url`): from its read of
     /// a line to the end of the last write carrying it.
@@ -202,6 +274,26 @@ pub struct Tally {
     pub self_echo: u64,
     /// `* error:` lines from the server.
     pub server_errors: u64,
+    /// Messages a churner did not receive that were sent while it was in, or moving into
+    /// or out of, their room, and that nothing shows were due (`churn.rs`): neither
+    /// expected nor lost.
+    #[serde(default)]
+    pub in_doubt: u64,
+    /// Deliveries that arrived but may not have been due: a NATS subscription's messages
+    /// after its `UNSUB` was sent. Not counted as received.
+    #[serde(default)]
+    pub in_doubt_received: u64,
+    /// Room changes (joins, leaves, switches) the server confirmed.
+    #[serde(default)]
+    pub churn_ops: u64,
+    /// Deliveries read by slow readers before they were cut: not counted as received.
+    #[serde(default)]
+    pub slow_reader_deliveries: u64,
+    /// Slow readers found cut off by the server (expected, so not loss). They are read
+    /// only after the last step, so these and `slow_reader_deliveries` are the whole run's,
+    /// reported with the last step.
+    #[serde(default)]
+    pub slow_reader_cuts: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -216,6 +308,11 @@ impl std::ops::AddAssign for Tally {
         self.disconnects += other.disconnects;
         self.self_echo += other.self_echo;
         self.server_errors += other.server_errors;
+        self.in_doubt += other.in_doubt;
+        self.in_doubt_received += other.in_doubt_received;
+        self.churn_ops += other.churn_ops;
+        self.slow_reader_deliveries += other.slow_reader_deliveries;
+        self.slow_reader_cuts += other.slow_reader_cuts;
     }
 }
 
@@ -388,7 +485,8 @@ impl Report {
     }
 
     /// Writes `report.json` and `latency.hgrm` (of the headline step) into `dir`, plus
-    /// `latency-RATE.hgrm` per step of a sweep.
+    /// `latency-RATE.hgrm` per step of a sweep; the same as `latency-socket*.hgrm` for
+    /// socket latency when it was measured.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         use anyhow::Context as _;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -402,12 +500,23 @@ impl Report {
             std::fs::write(&path, hist::percentile_text(&h))
                 .with_context(|| format!("writing {}", path.display()))
         };
+        let socket_hgrm = |step: &StepResult, name: &str| -> anyhow::Result<()> {
+            let Some(text) = &step.socket_histogram else {
+                return Ok(());
+            };
+            let h = hist::decode(text).context("decoding a socket latency histogram")?;
+            let path = dir.join(name);
+            std::fs::write(&path, hist::percentile_text(&h))
+                .with_context(|| format!("writing {}", path.display()))
+        };
         if let Some(step) = self.headline_step() {
             hgrm(step, "latency.hgrm")?;
+            socket_hgrm(step, "latency-socket.hgrm")?;
         }
         if self.steps.len() > 1 {
             for step in &self.steps {
                 hgrm(step, &format!("latency-{}.hgrm", step.rate))?;
+                socket_hgrm(step, &format!("latency-socket-{}.hgrm", step.rate))?;
             }
         }
         Ok(())
@@ -423,6 +532,8 @@ impl Report {
             self.connect_line(&mut out);
             self.step_table(&mut out);
             self.fanout_lines(&mut out);
+            self.socket_lines(&mut out);
+            self.mix_lines(&mut out);
             self.cost_lines(&mut out);
             self.capacity_line(&mut out);
             self.count_checks(&mut out);
@@ -445,7 +556,18 @@ impl Report {
     fn system(&self) -> String {
         let e = &self.environment;
         let system = match (self.config.proto, &e.system_version) {
-            (Proto::Ringcast, _) => format!("backend {}", e.backend),
+            (Proto::Ringcast | Proto::Ws, version) => {
+                let transport = if self.config.proto == Proto::Ws {
+                    " over WebSocket"
+                } else {
+                    ""
+                };
+                let build = version
+                    .as_deref()
+                    .map(|v| format!(" ({v})"))
+                    .unwrap_or_default();
+                format!("backend {}{transport}{build}", e.backend)
+            }
             (_, Some(version)) => format!("{} {version}", e.backend),
             (_, None) => e.backend.clone(),
         };
@@ -477,15 +599,21 @@ impl Report {
 
     fn header(&self, out: &mut String) {
         let c = &self.config;
+        let mix = c.mix();
+        let mix = if mix.is_empty() {
+            String::new()
+        } else {
+            format!("; {mix}")
+        };
         let _ = writeln!(
             out,
-            "ringcast bench: {} at {}; {} ({}) in {}, {}-byte messages, {}s per step",
+            "ringcast bench: {} at {}; {} ({}) in {}, {}, {}s per step{mix}",
             self.system(),
             c.addr,
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
-            c.size,
+            c.message_sizes(),
             c.duration_s
         );
         if let Some(command) = &c.server_command {
@@ -568,6 +696,71 @@ impl Report {
         }
     }
 
+    /// Socket latency per step, and how much of read p99 was the harness's own queueing.
+    fn socket_lines(&self, out: &mut String) {
+        for s in &self.steps {
+            let Some(socket) = &s.socket_latency else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "at {}/s: socket latency (arrival at the client's socket) p50 {} p90 {} p99 {} p99.9 {} max {}; harness queueing at p99 (read − socket) {}",
+                s.rate,
+                fmt_us(socket.p50),
+                fmt_us(socket.p90),
+                fmt_us(socket.p99),
+                fmt_us(socket.p999),
+                fmt_us(socket.max),
+                fmt_us(s.latency.p99.saturating_sub(socket.p99))
+            );
+        }
+        if self.config.rx_timestamps && self.steps.iter().all(|s| s.socket_latency.is_none()) {
+            let _ = writeln!(out, "socket latency: not measured (see the warnings)");
+        }
+    }
+
+    /// Room changes, deliveries in doubt and slow readers' cut-offs, apart from loss.
+    fn mix_lines(&self, out: &mut String) {
+        let c = &self.config;
+        for s in self.warmup.iter().chain(&self.steps) {
+            if c.churners > 0 {
+                let late = match s.tally.in_doubt_received {
+                    0 => String::new(),
+                    n => format!(", and {n} that arrived after their recipient left the room"),
+                };
+                let _ = writeln!(
+                    out,
+                    "at {}/s: churn: {} room changes confirmed; in doubt (neither expected nor lost): {} messages sent while their recipient was moving that it did not receive{late}",
+                    s.rate, s.tally.churn_ops, s.tally.in_doubt
+                );
+            }
+        }
+        if c.slow_readers > 0 {
+            let steps = self.warmup.iter().chain(&self.steps);
+            let (cuts, read) = steps.fold((0, 0), |(cuts, read), s| {
+                (
+                    cuts + s.tally.slow_reader_cuts,
+                    read + s.tally.slow_reader_deliveries,
+                )
+            });
+            let server: Option<u64> = self
+                .steps
+                .iter()
+                .chain(self.warmup.iter())
+                .map(|s| s.server_cuts)
+                .sum();
+            let said = match server {
+                Some(n) => format!("; the server counted {n} slow consumers cut"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "slow readers: {cuts} of {} cut off by the server (expected, not loss), having read {read} deliveries (not counted as received){said}",
+                c.slow_readers
+            );
+        }
+    }
+
     fn cost_lines(&self, out: &mut String) {
         for s in &self.steps {
             let server = match &s.server {
@@ -639,18 +832,23 @@ impl Report {
     fn count_checks(&self, out: &mut String) {
         for s in &self.steps {
             if let (Some(server), Some(mismatch)) = (s.server_deliveries, s.count_mismatch) {
+                let slow = if self.config.slow_readers > 0 {
+                    ", the difference allowing for what it queued for the slow readers"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     out,
-                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart)",
+                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart{slow})",
                     s.rate,
-                    s.tally.received + s.tally.duplicates,
+                    harness_count(&s.tally),
                     server,
                     mismatch * 100.0
                 );
             }
         }
         let e = &self.environment;
-        if self.config.proto != Proto::Ringcast {
+        if !self.config.proto.is_ringcast() {
             let _ = writeln!(
                 out,
                 "count check: skipped ({} has no /stats to count its deliveries independently)",
@@ -676,6 +874,14 @@ impl Report {
     }
 }
 
+/// Deliveries the harness saw during a step, to set against the server's own count:
+/// received, duplicated, and in doubt yet arrived. (Slow readers' deliveries are read only
+/// at the end of the run, so they cannot be set against one step's count; the server
+/// counts what it queued for them, a few tens of KiB each before it cuts them.)
+pub fn harness_count(t: &Tally) -> u64 {
+    t.received + t.duplicates + t.in_doubt_received
+}
+
 /// What the harness measured against the limits past which it, not the server, sets the
 /// figures.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -686,6 +892,9 @@ pub struct HarnessBound {
     pub lag_limit_us: u64,
     /// Busiest generator thread's CPU, as a share of one core.
     pub peak_util: f64,
+    /// Read p99 − socket p99, µs: how much of the p99 the harness's own queueing took,
+    /// when socket latency was measured.
+    pub queueing_p99_us: Option<u64>,
 }
 
 /// A generator thread above this share of a core is saturated.
@@ -702,6 +911,13 @@ impl HarnessBound {
 }
 
 impl StepResult {
+    /// Read p99 − socket p99, µs: the part of the p99 spent between the delivery reaching
+    /// its socket and the harness reading it. `None` without socket latency.
+    pub fn harness_queueing_p99(&self) -> Option<u64> {
+        let socket = self.socket_latency.as_ref()?;
+        Some(self.latency.p99.saturating_sub(socket.p99))
+    }
+
     /// `Some` when the harness was the bottleneck of this step: its sends left late, or a
     /// generator thread was saturated. Its latency then measures the harness too.
     pub fn harness_bound(&self, slo_ms: f64) -> Option<HarnessBound> {
@@ -709,6 +925,7 @@ impl StepResult {
             lag_p99_us: self.send_lag.p99,
             lag_limit_us: ((slo_ms * 1e3 / 4.0) as u64).max(1_000),
             peak_util: self.harness_peak_util,
+            queueing_p99_us: self.harness_queueing_p99(),
         };
         (bound.lag_over() || bound.util_over()).then_some(bound)
     }

@@ -71,6 +71,15 @@ pub fn p50(s: &StepResult) -> Option<f64> {
     Some(s.latency.p50 as f64)
 }
 
+/// Socket latency percentiles: `None` where socket latency was not measured.
+pub fn socket_p99(s: &StepResult) -> Option<f64> {
+    s.socket_latency.as_ref().map(|l| l.p99 as f64)
+}
+
+pub fn socket_p50(s: &StepResult) -> Option<f64> {
+    s.socket_latency.as_ref().map(|l| l.p50 as f64)
+}
+
 pub fn cpu(s: &StepResult) -> Option<f64> {
     s.server.as_ref().map(|c| c.cpu_us_per_delivery)
 }

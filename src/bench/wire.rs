@@ -116,6 +116,12 @@ pub struct ConnectResult {
     pub histogram: String,
     /// Connection errors, counted by kind.
     pub errors: ErrorCounts,
+    /// Client sockets that refused receive stamps (`SO_TIMESTAMPING`), and the first
+    /// refusal's error.
+    #[serde(default)]
+    pub stamps_refused: u64,
+    #[serde(default)]
+    pub stamps_refusal: Option<String>,
 }
 
 /// One generator's share of a step; the orchestrator adds them up.
@@ -124,8 +130,18 @@ pub struct PartialStep {
     pub index: u32,
     #[serde(flatten)]
     pub tally: Tally,
-    /// Latency (receive − scheduled send), µs, base64 V2.
+    /// Read latency (read − scheduled send), µs, base64 V2.
     pub latency: String,
+    /// Socket latency (receive stamp − scheduled send), µs, base64 V2; `None` with
+    /// `--rx-timestamps off`.
+    pub socket_latency: Option<String>,
+    /// Deliveries without a receive stamp although stamps were asked for.
+    pub unstamped: u64,
+    /// Deliveries whose stamp mapped to after their read (a clock mapping error).
+    pub stamp_after_read: u64,
+    /// How far CLOCK_REALTIME moved against CLOCK_MONOTONIC during the step, beyond the
+    /// measurement's uncertainty, ns (the largest over client groups).
+    pub clock_drift_ns: u64,
     /// How late sends left relative to their schedule, µs, base64 V2.
     pub send_lag: String,
     /// CPU time this generator used during the step, µs.

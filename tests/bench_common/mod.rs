@@ -187,6 +187,11 @@ impl PeerServer {
     /// installed the test fails, naming the Debian package, unless `RINGCAST_SKIP_PEERS=1`,
     /// in which case this says so and returns `None`.
     pub fn start(proto: &str) -> Option<PeerServer> {
+        Self::start_with(proto, &[])
+    }
+
+    /// Like `start`, with `extra` arguments for the server.
+    pub fn start_with(proto: &str, extra: &[&str]) -> Option<PeerServer> {
         let binary = match proto {
             "redis" => "redis-server",
             "nats" => "nats-server",
@@ -224,6 +229,7 @@ impl PeerServer {
             ]),
             _ => cmd.args(["-a", "127.0.0.1", "-p", &port_text]),
         };
+        cmd.args(extra);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,6 +259,85 @@ impl PeerServer {
 }
 
 impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `ringcast serve` with its HTTP listener on a free port, both addresses read from its
+/// first two stdout lines (`listening on ADDR`, `http listening on ADDR`); killed on drop.
+pub struct HttpServer {
+    child: std::process::Child,
+    /// The line protocol's address.
+    pub addr: SocketAddr,
+    /// The HTTP (WebSocket) address.
+    pub http: SocketAddr,
+}
+
+impl HttpServer {
+    /// Starts `ringcast serve --backend BACKEND` without the per-address cap and the input
+    /// rate limit (the harness needs neither), plus `extra` flags.
+    pub fn start(backend: &str, extra: &[&str]) -> HttpServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--threads",
+                "2",
+                "--stats-interval",
+                "0",
+                "--max-msg-rate",
+                "0",
+                "--max-per-ip",
+                "0",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ringcast serve");
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let second = lines.next();
+            let _ = tx.send((first, second));
+            // Keep draining so that the server never blocks on its stdout.
+            for _ in lines {}
+        });
+        let (first, second) = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok((Some(Ok(a)), Some(Ok(b)))) => (a, b),
+            other => {
+                let _ = child.kill();
+                panic!("the server did not print its two addresses: {other:?}");
+            }
+        };
+        let parse = |line: &str, prefix: &str| -> SocketAddr {
+            line.strip_prefix(prefix)
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or_else(|| panic!("expected `{prefix}ADDR`, got {line:?}"))
+        };
+        HttpServer {
+            addr: parse(&first, "listening on "),
+            http: parse(&second, "http listening on "),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for HttpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
