@@ -279,7 +279,12 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     // Without the HTTP listener nobody can scrape: then nothing is measured for it.
     let metrics = args.metrics == Switch::On && args.http.0.is_some();
     let stats = Arc::new(Stats::with_info(threads, info, metrics));
-    let label: Arc<str> = Arc::from(format!("backend={} threads={threads}", args.backend.name()));
+    let label: Arc<str> = Arc::from(format!(
+        "backend={} threads={threads} version={} git_rev={}",
+        args.backend.name(),
+        env!("CARGO_PKG_VERSION"),
+        env!("RINGCAST_GIT_REV")
+    ));
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();
     let (bridge, bridge_tx) = match &args.cluster {
