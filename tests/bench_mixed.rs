@@ -7,7 +7,7 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, text, HttpServer, PeerServer};
+use bench_common::{ringcast, scratch, text, PeerServer};
 use common::Server;
 use ringcast::bench::report::Report;
 
@@ -96,16 +96,17 @@ fn mixed_run(proto: &str, addr: &str, pid: u32, name: &str) -> Report {
 }
 
 fn ringcast_mixed(backend: &str, proto: &str) {
-    let (line, http) = match proto {
-        "ws" => (None, Some(HttpServer::start(backend, &RINGCAST_LIMITS))),
-        _ => (Some(Server::start(backend, &RINGCAST_LIMITS)), None),
+    let server = Server::start(backend, &RINGCAST_LIMITS);
+    let addr = match proto {
+        "ws" => server.http_addr(),
+        _ => server.addr,
     };
-    let (addr, pid) = match (&line, &http) {
-        (Some(s), _) => (s.addr.to_string(), s.pid() as u32),
-        (_, Some(s)) => (s.http.to_string(), s.pid()),
-        _ => unreachable!(),
-    };
-    let report = mixed_run(proto, &addr, pid, &format!("{backend}-{proto}"));
+    let report = mixed_run(
+        proto,
+        &addr.to_string(),
+        server.pid() as u32,
+        &format!("{backend}-{proto}"),
+    );
     for step in report.steps.iter().chain(report.warmup.as_ref()) {
         // The server's own count agrees, allowing for what it queued for slow readers.
         assert!(
