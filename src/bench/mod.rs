@@ -84,9 +84,9 @@ pub struct BenchArgs {
     /// stamp are sent at the stamp's length.
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_size_range)]
     pub size_dist: Option<(usize, usize)>,
-    /// How clients spread over rooms: uniform, or zipf[:S] (room r, from 0, gets a share
-    /// proportional to 1/(r+1)^S, S = 1 by default: a few large rooms and many small
-    /// ones; publishers follow room sizes).
+    /// How clients spread over rooms: uniform, or zipf or zipf:S (room r, from 0, gets a
+    /// share proportional to 1/(r+1)^S, S = 1 for plain zipf: a few large rooms and many
+    /// small ones; publishers follow room sizes).
     #[arg(long, default_value = "uniform")]
     pub room_sizes: plan::RoomSizes,
     /// Clients that move between rooms during the run (joins, leaves and switches).
