@@ -652,13 +652,15 @@ impl Report {
         let nodes: Vec<String> = self
             .nodes
             .iter()
-            .map(|n| {
-                format!(
+            .map(|n| match self.idle {
+                // Nobody publishes in an idle run.
+                Some(_) => format!("{} ({})", n.label(), plural(n.clients, "client")),
+                None => format!(
                     "{} ({}, {})",
                     n.label(),
                     plural(n.clients, "client"),
                     plural(n.publishers, "publisher")
-                )
+                ),
             })
             .collect();
         format!(
