@@ -7,7 +7,7 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, text, HttpServer, PeerServer};
+use bench_common::{ringcast, scratch, text, PeerServer};
 use common::Server;
 use ringcast::bench::report::Report;
 
@@ -78,11 +78,12 @@ fn mixed_run(proto: &str, addr: &str, pid: u32, name: &str) -> Report {
             "{proto}: {t:?}\n{stdout}"
         );
         moves += t.churn_ops;
-        // Deliveries in doubt need a move to be in doubt about: a few per move at most.
-        assert!(
-            t.in_doubt + t.in_doubt_received <= 5 * t.churn_ops.max(1),
-            "{proto}: {t:?}"
-        );
+        // Deliveries in doubt need a move to be in doubt about, and stay a small part of
+        // the step (how many a move puts in doubt grows with how long it takes, which a
+        // loaded machine stretches): doubt never hides more than a tenth of the step.
+        let doubt = t.in_doubt + t.in_doubt_received;
+        assert!(doubt == 0 || t.churn_ops > 0, "{proto}: {t:?}");
+        assert!(doubt <= t.expected / 10, "{proto}: {t:?}");
     }
     // 20 moves a second for 9 s, less those still unconfirmed at the end.
     assert!(moves >= 120, "{proto}: {moves} moves\n{stdout}");
@@ -96,16 +97,17 @@ fn mixed_run(proto: &str, addr: &str, pid: u32, name: &str) -> Report {
 }
 
 fn ringcast_mixed(backend: &str, proto: &str) {
-    let (line, http) = match proto {
-        "ws" => (None, Some(HttpServer::start(backend, &RINGCAST_LIMITS))),
-        _ => (Some(Server::start(backend, &RINGCAST_LIMITS)), None),
+    let server = Server::start(backend, &RINGCAST_LIMITS);
+    let addr = match proto {
+        "ws" => server.http_addr(),
+        _ => server.addr,
     };
-    let (addr, pid) = match (&line, &http) {
-        (Some(s), _) => (s.addr.to_string(), s.pid() as u32),
-        (_, Some(s)) => (s.http.to_string(), s.pid()),
-        _ => unreachable!(),
-    };
-    let report = mixed_run(proto, &addr, pid, &format!("{backend}-{proto}"));
+    let report = mixed_run(
+        proto,
+        &addr.to_string(),
+        server.pid() as u32,
+        &format!("{backend}-{proto}"),
+    );
     for step in report.steps.iter().chain(report.warmup.as_ref()) {
         // The server's own count agrees, allowing for what it queued for slow readers.
         assert!(

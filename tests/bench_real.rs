@@ -5,23 +5,22 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, server_deliveries, text, HttpServer, PeerServer};
+use bench_common::{ringcast, scratch, server_deliveries, text, PeerServer};
 use common::Server;
 use ringcast::bench::report::Report;
 
 /// A small sweep against a real server, over the line protocol (`proto` "ringcast") or
 /// WebSocket ("ws", `--addr` then being the HTTP address).
 fn small_run(backend: &str, proto: &str, procs: &str, extra: &[&str]) {
-    // Only one of the two is started; the line address serves the independent count.
-    let (line_server, http_server) = match proto {
-        "ws" => (None, Some(HttpServer::start(backend, &[]))),
-        _ => (Some(Server::start(backend, &[])), None),
+    // Over WebSocket the harness loads the HTTP address; the line address serves the
+    // independent count either way.
+    let server = Server::start(backend, &[]);
+    let line_addr = server.addr;
+    let addr = match proto {
+        "ws" => server.http_addr().to_string(),
+        _ => server.addr.to_string(),
     };
-    let (addr, line_addr, pid) = match (&line_server, &http_server) {
-        (Some(s), _) => (s.addr.to_string(), s.addr, s.pid().to_string()),
-        (_, Some(s)) => (s.http.to_string(), s.addr, s.pid().to_string()),
-        _ => unreachable!(),
-    };
+    let pid = server.pid().to_string();
     let out = scratch(&format!("bench-real-{backend}-{proto}-{procs}"));
     let before = server_deliveries(line_addr);
     let run = ringcast(
@@ -215,14 +214,10 @@ fn websocket_run_is_clean(backend: &str) {
 /// socket: a stamp per delivery (with several waiting, the earlier ones would get the
 /// later one's stamp, and socket latency would show part of the stall; see `rx.rs`).
 fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
-    let (line_server, http_server) = match proto {
-        "ws" => (None, Some(HttpServer::start(backend, &[]))),
-        _ => (Some(Server::start(backend, &[])), None),
-    };
-    let addr = match (&line_server, &http_server) {
-        (Some(s), _) => s.addr.to_string(),
-        (_, Some(s)) => s.http.to_string(),
-        _ => unreachable!(),
+    let server = Server::start(backend, &[]);
+    let addr = match proto {
+        "ws" => server.http_addr().to_string(),
+        _ => server.addr.to_string(),
     };
     let out = scratch(&format!("bench-stall-{backend}-{proto}"));
     // 20 rooms of two: a publisher (on the publishers' thread, so sends stay on time) and

@@ -85,6 +85,7 @@ fn step(f: &Fig) -> StepResult {
         harness_peak_util: 0.3,
         warnings: Vec::new(),
         errors: ErrorCounts::default(),
+        nodes: Vec::new(),
     }
 }
 
@@ -150,6 +151,7 @@ fn report(backend: &str, figs: &[Fig]) -> Report {
         warnings: Vec::new(),
         merged_from: Vec::new(),
         idle: None,
+        nodes: Vec::new(),
     }
 }
 

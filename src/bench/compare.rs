@@ -293,7 +293,14 @@ fn describe(group: &Group<'_>) -> String {
                 .as_deref()
                 .map(|v| format!(", {v}"))
                 .unwrap_or_default();
-            format!("ringcast {} backend{transport}{build}", e.backend)
+            let nodes = match r.nodes.len() {
+                0 => String::new(),
+                n => {
+                    let names: Vec<String> = r.nodes.iter().map(|n| n.label()).collect();
+                    format!(", {n} nodes of one cluster ({})", names.join(", "))
+                }
+            };
+            format!("ringcast {} backend{transport}{build}{nodes}", e.backend)
         }
         Proto::Redis => format!("Redis pub/sub{version}"),
         Proto::Nats => format!("nats-server{version}"),
@@ -612,9 +619,27 @@ fn notes(groups: &[Group<'_>], first: &Report, out: &mut String) {
     let systems: Vec<String> = groups.iter().map(describe).collect();
     let _ = writeln!(out, "Systems: {}.", systems.join("; "));
     for g in groups {
-        if let Some(command) = &g.runs[0].config.server_command {
+        let r = g.runs[0];
+        if let Some(command) = &r.config.server_command {
             let _ = writeln!(out, "Server of {}: `{}`", g.label, command.join(" "));
         }
+        for (i, node) in r.nodes.iter().enumerate() {
+            if let Some(command) = &node.command {
+                let _ = writeln!(
+                    out,
+                    "Node {} of {}: `{}`",
+                    node.short(i),
+                    g.label,
+                    command.join(" ")
+                );
+            }
+        }
+    }
+    if groups.iter().any(|g| !g.runs[0].nodes.is_empty()) {
+        let _ = writeln!(
+            out,
+            "A cluster's server figures are its nodes' added up: CPU (so its share of a core may pass 100%), deliveries, peak RSS; each node's own are in its summary.txt. Clients (publishers too) were dealt round-robin over the nodes room by room, so every room spans the nodes."
+        );
     }
     let most = groups.iter().map(|g| g.runs.len()).max().unwrap_or(0);
     if most > 1 {

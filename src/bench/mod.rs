@@ -45,9 +45,10 @@ pub use peers::Proto;
 /// Options of `ringcast bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Server to load.
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    pub addr: String,
+    /// Server to load; a comma-separated list loads the nodes of one ringcast cluster
+    /// (serve --cluster), each room's members dealt round-robin over them.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:7878")]
+    pub addr: Vec<String>,
     /// Protocol, and so the system under test: a ringcast server over its line protocol or
     /// over WebSocket (--addr is then its HTTP address), Redis pub/sub (SUBSCRIBE/PUBLISH)
     /// or nats-server (SUB/PUB), under the same workload and accounting.
@@ -83,9 +84,9 @@ pub struct BenchArgs {
     /// stamp are sent at the stamp's length.
     #[arg(long, value_name = "MIN-MAX", value_parser = parse_size_range)]
     pub size_dist: Option<(usize, usize)>,
-    /// How clients spread over rooms: uniform, or `zipf[:S]` (room r, from 0, gets a share
-    /// proportional to 1/(r+1)^S, S = 1 by default: a few large rooms and many small
-    /// ones; publishers follow room sizes).
+    /// How clients spread over rooms: uniform, or zipf or zipf:S (room r, from 0, gets a
+    /// share proportional to 1/(r+1)^S, S = 1 for plain zipf: a few large rooms and many
+    /// small ones; publishers follow room sizes).
     #[arg(long, default_value = "uniform")]
     pub room_sizes: plan::RoomSizes,
     /// Clients that move between rooms during the run (joins, leaves and switches).
@@ -112,14 +113,16 @@ pub struct BenchArgs {
     /// limit, and runs its publishers and its subscribers on one thread each.
     #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     pub procs: usize,
-    /// Server process to sample for CPU and RSS (and whose command line the report keeps).
-    #[arg(long, allow_hyphen_values = true)]
-    pub server_pid: Option<u32>,
+    /// Server process to sample for CPU and RSS (and whose command line the report keeps);
+    /// with several --addr nodes, one pid per node in the same order, comma-separated.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub server_pid: Vec<u32>,
     /// The server's /metrics (e.g. http://127.0.0.1:7879/metrics), scraped at the start
     /// and end of each step: the report shows the server's own fan-out p50/p99 beside
-    /// the clients' latency (ringcast only).
-    #[arg(long)]
-    pub metrics_url: Option<String>,
+    /// the clients' latency (ringcast only); with several --addr nodes, one URL per node,
+    /// comma-separated, their histograms added up.
+    #[arg(long, value_delimiter = ',')]
+    pub metrics_url: Vec<String>,
     /// p99 a step must stay under to count towards capacity.
     #[arg(long, default_value = "10ms", value_parser = parse_duration, allow_hyphen_values = true)]
     pub slo: Duration,
@@ -217,12 +220,13 @@ impl BenchArgs {
         if self.duration.is_zero() {
             bail!("--duration must be above 0");
         }
-        if self.metrics_url.is_some() && self.proto != Proto::Ringcast {
+        if !self.metrics_url.is_empty() && self.proto != Proto::Ringcast {
             bail!("--metrics-url reads a ringcast server's /metrics: --proto ringcast only");
         }
-        if self.idle && self.server_pid.is_none() {
+        if self.idle && self.server_pid.is_empty() {
             bail!("--idle measures the server's memory: it needs --server-pid");
         }
+        self.check_nodes()?;
         if !(self.churn.is_finite() && self.churn >= 0.0) {
             bail!("--churn must be a rate of 0 or more per second");
         }
@@ -275,12 +279,49 @@ impl BenchArgs {
             .collect()
     }
 
-    fn resolve_addr(&self) -> anyhow::Result<SocketAddr> {
+    /// Several `--addr` nodes: a cluster of ringcast nodes, with per-node flags to match.
+    fn check_nodes(&self) -> anyhow::Result<()> {
+        let nodes = self.addr.len();
+        if nodes == 0 || self.addr.iter().any(|a| a.trim().is_empty()) {
+            bail!("--addr needs an address (or a comma-separated list of a cluster's nodes)");
+        }
+        if nodes > 1 && !self.proto.is_ringcast() {
+            bail!(
+                "--addr lists {nodes} addresses: several nodes are a ringcast cluster (--proto ringcast or ws); {} is loaded at one address",
+                self.proto.name()
+            );
+        }
+        for (i, a) in self.addr.iter().enumerate() {
+            if self.addr[..i].contains(a) {
+                bail!(
+                    "--addr lists {a} twice: each node once, or its deliveries would count twice"
+                );
+            }
+        }
+        for (flag, given) in [
+            ("--server-pid", self.server_pid.len()),
+            ("--metrics-url", self.metrics_url.len()),
+        ] {
+            if given != 0 && given != nodes {
+                bail!(
+                    "{flag} lists {given} but --addr {nodes}: one per node, in the order of --addr"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `--addr` nodes, in order.
+    fn resolve_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.addr
-            .to_socket_addrs()
-            .with_context(|| format!("resolving --addr {}", self.addr))?
-            .next()
-            .with_context(|| format!("--addr {} resolves to nothing", self.addr))
+            .iter()
+            .map(|addr| {
+                addr.to_socket_addrs()
+                    .with_context(|| format!("resolving --addr {addr}"))?
+                    .next()
+                    .with_context(|| format!("--addr {addr} resolves to nothing"))
+            })
+            .collect()
     }
 }
 

@@ -8,7 +8,7 @@ use super::plan::Step;
 use super::progress::{Progress, StepView};
 use super::report::{
     fmt_us, plural, Config, ConnectReport, Environment, ErrorCounts, HarnessBound, IdleReport,
-    Report, ServerCost, StepResult, FORMAT, HARNESS_THREAD_LIMIT,
+    NodeInfo, NodeStep, Report, ServerCost, StepResult, FORMAT, HARNESS_THREAD_LIMIT,
 };
 use super::wire::{Command, ConnectResult, Event, PartialStep, Tally};
 use super::ws::{self, Masker};
@@ -244,6 +244,18 @@ impl Control {
         }
     }
 
+    /// Asks a cluster node `/rooms`, which makes it count the live nodes afresh (it
+    /// otherwise does so every third of its lease), and waits for the answer.
+    fn recount_nodes(&mut self) -> anyhow::Result<()> {
+        self.send("/rooms")?;
+        loop {
+            let line = self.line().context("reading the /rooms reply")?;
+            if line.starts_with("* rooms (") {
+                return Ok(());
+            }
+        }
+    }
+
     /// The key=value fields of the server's `* stats` line.
     fn stats(&mut self) -> anyhow::Result<HashMap<String, String>> {
         self.send("/stats")?;
@@ -364,9 +376,13 @@ fn stat_u64(stats: &HashMap<String, String>, key: &str) -> Option<u64> {
     stats.get(key).and_then(|v| v.parse().ok())
 }
 
-/// The system under test, as learnt before any generator starts.
-struct Target {
+/// One server the harness loads: the only one, or a node of a cluster (`--addr A,B,C`).
+struct Node {
     addr: SocketAddr,
+    /// Its `--server-pid`, when given.
+    pid: Option<u32>,
+    /// Its `--metrics-url`, when given.
+    metrics_url: Option<String>,
     /// ringcast's `/stats` connection (over the protocol under test); `None` for Redis
     /// and NATS.
     control: Option<Control>,
@@ -378,28 +394,34 @@ struct Target {
     command: Option<Vec<String>>,
 }
 
-impl Target {
+impl Node {
     /// Connects to the server (a wrong address fails here, before any process starts):
     /// ringcast is asked for `/stats`, a peer for its version.
-    fn probe(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<Target> {
-        let command = match args.server_pid {
+    fn probe(args: &BenchArgs, index: usize, addr: SocketAddr) -> anyhow::Result<Node> {
+        let pid = args.server_pid.get(index).copied();
+        let command = match pid {
             Some(pid) => Some(
                 procfs::command_line(pid)
                     .with_context(|| format!("reading the command line of process {pid}"))?,
             ),
             None => None,
         };
+        let metrics_url = args.metrics_url.get(index).cloned();
         match args.proto {
             Proto::Ringcast | Proto::Ws => {
                 let mut control = Control::connect(addr, args.proto)?;
-                let first = control.stats().context("asking the server for /stats")?;
+                let first = control
+                    .stats()
+                    .with_context(|| format!("asking the server at {addr} for /stats"))?;
                 let backend = first
                     .get("backend")
                     .cloned()
                     .unwrap_or_else(|| "unknown".into());
-                let system_version = ringcast_version(&first, args.server_pid);
-                Ok(Target {
+                let system_version = ringcast_version(&first, pid);
+                Ok(Node {
                     addr,
+                    pid,
+                    metrics_url,
                     control: Some(control),
                     first,
                     backend,
@@ -407,8 +429,10 @@ impl Target {
                     command,
                 })
             }
-            peer => Ok(Target {
+            peer => Ok(Node {
                 addr,
+                pid,
+                metrics_url,
                 control: None,
                 first: HashMap::new(),
                 backend: peer.name().to_string(),
@@ -420,9 +444,81 @@ impl Target {
 
     fn stats(&mut self) -> anyhow::Result<HashMap<String, String>> {
         match self.control.as_mut() {
-            Some(control) => control.stats(),
+            Some(control) => control
+                .stats()
+                .with_context(|| format!("asking the server at {} for /stats", self.addr)),
             None => Ok(HashMap::new()),
         }
+    }
+
+    /// The `--node NAME` (or `--node=NAME`) of its command line.
+    fn name(&self) -> Option<String> {
+        let command = self.command.as_ref()?;
+        command
+            .iter()
+            .enumerate()
+            .find_map(|(i, arg)| match arg.strip_prefix("--node") {
+                Some("") => command.get(i + 1).cloned(),
+                Some(rest) => rest.strip_prefix('=').map(str::to_string),
+                None => None,
+            })
+    }
+}
+
+/// The system under test, as learnt before any generator starts: one server, or the
+/// nodes of a cluster.
+struct Target {
+    nodes: Vec<Node>,
+    /// What the probe found worth a warning in the report.
+    warnings: Vec<String>,
+}
+
+impl Target {
+    fn probe(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::Result<Target> {
+        let mut nodes = Vec::new();
+        for (i, &addr) in addrs.iter().enumerate() {
+            nodes.push(Node::probe(args, i, addr)?);
+        }
+        let mut warnings = Vec::new();
+        if nodes.len() > 1 {
+            // Separate servers would pass every join and lose every delivery that should
+            // have crossed a node: refuse them before a client connects.
+            if let Some(alone) = nodes.iter().find(|n| !n.first.contains_key("nodes")) {
+                bail!(
+                    "the server at {} is not a cluster node (its /stats has no nodes=): several --addr addresses must be the nodes of one ringcast cluster (serve --cluster)",
+                    alone.addr
+                );
+            }
+            let backends: Vec<&str> = nodes.iter().map(|n| n.backend.as_str()).collect();
+            if backends.iter().any(|b| *b != backends[0]) {
+                warnings.push(format!(
+                    "the nodes run different backends ({}): the report names the first",
+                    backends.join(", ")
+                ));
+            }
+            let versions: Vec<Option<&str>> =
+                nodes.iter().map(|n| n.system_version.as_deref()).collect();
+            if versions.iter().any(|v| *v != versions[0]) {
+                warnings.push(
+                    "the nodes run different ringcast builds: the report names the first's"
+                        .to_string(),
+                );
+            }
+        }
+        Ok(Target { nodes, warnings })
+    }
+
+    fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// Every node's `/stats`, in order.
+    fn stats(&mut self) -> anyhow::Result<Vec<HashMap<String, String>>> {
+        self.nodes.iter_mut().map(Node::stats).collect()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.pid).collect()
     }
 }
 
@@ -433,10 +529,13 @@ struct Softirq {
 }
 
 impl Softirq {
-    fn discover(server_pid: Option<u32>) -> anyhow::Result<Softirq> {
-        let pids = match server_pid {
-            Some(pid) => server_softirq_threads(pid)?,
-            None => None,
+    /// The ksoftirqd threads of the cores of every server process (a cluster's nodes
+    /// together; counted once, in the total).
+    fn discover(server_pids: &[u32]) -> anyhow::Result<Softirq> {
+        let pids = if server_pids.is_empty() {
+            None
+        } else {
+            server_softirq_threads(server_pids)?
         };
         Ok(Softirq { pids })
     }
@@ -457,26 +556,24 @@ impl Softirq {
 /// Runs `ringcast bench` as the orchestrator: checks, connect, (idle memory), steps,
 /// report.
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let addr = args.resolve_addr()?;
-    preflight(args, addr)?;
-    let mut target = Target::probe(args, addr)?;
-    if let Some(url) = &args.metrics_url {
+    let addrs = args.resolve_addrs()?;
+    preflight(args, &addrs)?;
+    let mut target = Target::probe(args, &addrs)?;
+    for url in &args.metrics_url {
         // A wrong URL fails here, before any client connects.
         scrape::fetch(url)
             .and_then(|text| scrape::Histogram::parse(&text))
             .with_context(|| format!("reading the server's metrics at {url}"))?;
     }
-    let rss_before = match (args.idle, args.server_pid) {
-        (true, Some(pid)) => Some(
-            procfs::process_rss_bytes(pid)
-                .with_context(|| format!("reading the RSS of server process {pid}"))?,
-        ),
-        _ => None,
+    let rss_before = if args.idle {
+        Some(total_rss(&target.pids())?)
+    } else {
+        None
     };
     let mut gens = Generators::spawn(args.procs)?;
     let mut progress = Progress::new(args.quiet);
     let connect = connect_clients(args, &mut gens, &mut progress)?;
-    let mut warnings = Vec::new();
+    let mut warnings = std::mem::take(&mut target.warnings);
     if connect.failed > 0 {
         if !args.allow_partial {
             bail!(
@@ -491,11 +588,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             connect.failed, args.clients
         ));
     }
-    let idle = match (rss_before, args.server_pid) {
-        (Some(before), Some(pid)) => Some(measure_idle(pid, before, connect.connected)?),
-        _ => None,
+    let idle = match rss_before {
+        Some(before) => Some(measure_idle(&target.pids(), before, connect.connected)?),
+        None => None,
     };
-    let softirq = Softirq::discover(args.server_pid)?;
+    let softirq = Softirq::discover(&target.pids())?;
     // An idle run has no steps.
     let steps = if idle.is_some() {
         Vec::new()
@@ -504,7 +601,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let has_warmup = !args.warmup.is_zero() && !steps.is_empty();
     let mut results = Vec::new();
-    let mut server_threads = stat_u64(&target.first, "threads");
+    let mut server_threads = stat_u64(&target.nodes[0].first, "threads");
     for (index, step) in steps.iter().enumerate() {
         let phase = phase_name(args, index, has_warmup, step);
         let run = StepRun {
@@ -520,7 +617,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     progress.end();
     gens.finish()?;
-    let report = build_report(
+    let nodes = if target.is_cluster() {
+        node_infos(args, &mut target, &mut warnings)?
+    } else {
+        Vec::new()
+    };
+    let mut report = build_report(
         args,
         &target,
         server_threads,
@@ -530,6 +632,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         warnings,
         idle,
     );
+    report.nodes = nodes;
     print!("{}", report.summary());
     if let Some(dir) = &args.out {
         report.write(dir)?;
@@ -545,9 +648,71 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The nodes of a cluster run as the report names them, with how many clients each was
+/// dealt and how many live nodes each counts at the end (fewer than were given is a
+/// warning: a node that does not see the others cannot answer for them).
+fn node_infos(
+    args: &BenchArgs,
+    target: &mut Target,
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<Vec<NodeInfo>> {
+    let plan = args.plan()?;
+    let count = target.nodes.len();
+    for node in &mut target.nodes {
+        if let Some(control) = node.control.as_mut() {
+            control
+                .recount_nodes()
+                .with_context(|| format!("asking the node at {} for /rooms", node.addr))?;
+        }
+    }
+    let last = target.stats()?;
+    let mut infos = Vec::new();
+    for (i, (node, stats)) in target.nodes.iter().zip(&last).enumerate() {
+        let dealt = (0..args.clients).filter(|&c| plan.node_of(c, count) == i);
+        let (clients, publishers) = dealt.fold((0, 0), |(c, p), client| {
+            (c + 1, p + u64::from(plan.is_publisher(client)))
+        });
+        let info = NodeInfo {
+            addr: node.addr.to_string(),
+            name: node.name(),
+            pid: node.pid,
+            command: node.command.clone(),
+            backend: node.backend.clone(),
+            system_version: node.system_version.clone(),
+            clients,
+            publishers,
+            cluster_nodes: stat_u64(stats, "nodes"),
+        };
+        if let Some(seen) = info.cluster_nodes.filter(|&n| n < count as u64) {
+            warnings.push(format!(
+                "{} counted {seen} live nodes in its cluster at the end of the run, fewer than the {count} loaded",
+                info.label()
+            ));
+        }
+        infos.push(info);
+    }
+    Ok(infos)
+}
+
+/// The servers' resident memory added up.
+fn total_rss(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for &pid in pids {
+        total += procfs::process_rss_bytes(pid)
+            .with_context(|| format!("reading the RSS of server process {pid}"))?;
+    }
+    Ok(total)
+}
+
 /// Refuses, before any connection, a run the open-files limit or the ephemeral ports
-/// cannot carry.
-fn preflight(args: &BenchArgs, addr: SocketAddr) -> anyhow::Result<()> {
+/// cannot carry. A cluster's clients are checked as if all went to one node (a
+/// non-loopback one if any): the stricter case.
+fn preflight(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let addr = addrs
+        .iter()
+        .copied()
+        .find(|a| !a.ip().is_loopback())
+        .unwrap_or(addrs[0]);
     let limits = preflight::Limits::read().context("reading the open-files limit")?;
     let extra = match args.proto {
         Proto::Redis if !args.idle => args.publishers as u64,
@@ -655,10 +820,13 @@ fn connect_clients(
     Ok(connect)
 }
 
-/// The server's RSS growth per idle connection.
-fn measure_idle(pid: u32, before: u64, connections: u64) -> anyhow::Result<IdleReport> {
-    let after =
-        settled_rss(pid).with_context(|| format!("reading the RSS of server process {pid}"))?;
+/// The server's RSS growth per idle connection (a cluster's nodes added up).
+fn measure_idle(pids: &[u32], before: u64, connections: u64) -> anyhow::Result<IdleReport> {
+    let mut after = 0;
+    for &pid in pids {
+        after +=
+            settled_rss(pid).with_context(|| format!("reading the RSS of server process {pid}"))?;
+    }
     Ok(IdleReport {
         connections,
         rss_before_bytes: before,
@@ -690,13 +858,21 @@ struct StepRun<'a> {
     softirq: &'a Softirq,
 }
 
-/// Server-side counters read before and after a step.
+/// Server-side counters read before and after a step, per node (one for a single
+/// server).
 struct ServerSnapshot {
-    stats: HashMap<String, String>,
-    /// The fan-out histogram of `/metrics`, with `--metrics-url`.
+    stats: Vec<HashMap<String, String>>,
+    /// The fan-out histogram of `/metrics` (the nodes' added up), with `--metrics-url`.
     fanout: Option<scrape::Histogram>,
-    cpu_us: Option<u64>,
+    /// Each node's CPU time, with its pid.
+    cpu_us: Vec<Option<u64>>,
     softirq_us: Option<u64>,
+}
+
+/// The servers' peak RSS over a step: each node's, and that of their sum.
+struct PeakRss {
+    nodes: Vec<u64>,
+    total: u64,
 }
 
 impl StepRun<'_> {
@@ -715,10 +891,10 @@ impl StepRun<'_> {
             index: self.index as u32,
             start_ns,
         })?;
-        let (partials, peak_rss) = self.wait(gens, start_ns, progress)?;
+        let (partials, peak_rss) = self.wait(gens, target, start_ns, progress)?;
         let wall_s = (mono_ns() - start_ns) as f64 / 1e9;
         let after = self.snapshot(target)?;
-        let limits = HarnessLimits::new(args);
+        let limits = HarnessLimits::new(args, &target.pids());
         let mut result = merge_step(self.step, &partials, args.slo, &limits, wall_s)?;
         result.harness_cpu_s += (self_cpu_us() - own_cpu_before) as f64 / 1e6;
         let plan = args.plan()?;
@@ -727,30 +903,45 @@ impl StepRun<'_> {
             .map(|c| plan.sent_into(self.step, plan.room_of(c)))
             .sum();
         count_check(&mut result, &before.stats, &after.stats, unread);
-        result.server = server_cost(&before, &after, wall_s, peak_rss, result.tally.received);
+        result.server = server_cost(
+            &before,
+            &after,
+            wall_s,
+            peak_rss.total,
+            result.tally.received,
+        );
+        if target.is_cluster() {
+            result.nodes = node_steps(target, &before, &after, wall_s, &peak_rss);
+            dropped_warnings(&mut result, target);
+        }
         if let (Some(b), Some(a)) = (&before.fanout, &after.fanout) {
             result.server_fanout = a.since(b)?.fanout();
         }
         self.report_end(&result, progress);
-        Ok((result, stat_u64(&before.stats, "threads")))
+        Ok((result, stat_u64(&before.stats[0], "threads")))
     }
 
     fn snapshot(&self, target: &mut Target) -> anyhow::Result<ServerSnapshot> {
         let stats = target.stats()?;
-        let cpu_us = self
-            .args
-            .server_pid
-            .map(procfs::process_cpu_us)
-            .transpose()
-            .context("reading the server's CPU time")?;
-        let fanout = match &self.args.metrics_url {
-            Some(url) => Some(
-                scrape::fetch(url)
+        let mut cpu_us = Vec::new();
+        let mut fanout: Option<scrape::Histogram> = None;
+        for node in &target.nodes {
+            cpu_us.push(
+                node.pid
+                    .map(procfs::process_cpu_us)
+                    .transpose()
+                    .context("reading the server's CPU time")?,
+            );
+            if let Some(url) = &node.metrics_url {
+                let h = scrape::fetch(url)
                     .and_then(|text| scrape::Histogram::parse(&text))
-                    .with_context(|| format!("scraping {url} for {}", self.phase))?,
-            ),
-            None => None,
-        };
+                    .with_context(|| format!("scraping {url} for {}", self.phase))?;
+                fanout = Some(match fanout {
+                    Some(sum) => sum.plus(&h)?,
+                    None => h,
+                });
+            }
+        }
         Ok(ServerSnapshot {
             stats,
             fanout,
@@ -764,9 +955,10 @@ impl StepRun<'_> {
     fn wait(
         &self,
         gens: &mut Generators,
+        target: &Target,
         start_ns: u64,
         progress: &mut Progress,
-    ) -> anyhow::Result<(Vec<PartialStep>, u64)> {
+    ) -> anyhow::Result<(Vec<PartialStep>, PeakRss)> {
         let args = self.args;
         let budget = self.step.duration + args.drain_timeout + Duration::from_secs(30);
         let plan = args.plan()?;
@@ -776,7 +968,10 @@ impl StepRun<'_> {
         let mut partials: Vec<Option<PartialStep>> = vec![None; args.procs];
         let mut shown = vec![(0u64, 0u64, 0u64); args.procs];
         let mut seen = ErrorCounts::default();
-        let mut peak_rss = 0u64;
+        let mut peak = PeakRss {
+            nodes: vec![0; target.nodes.len()],
+            total: 0,
+        };
         progress.begin(self.phase, to_send, "messages");
         while partials.iter().any(Option::is_none) {
             match gens.events.recv_timeout(SAMPLE_EVERY) {
@@ -806,12 +1001,21 @@ impl StepRun<'_> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => bail!("generators vanished"),
             }
-            if let Some(pid) = args.server_pid {
+            let mut total = 0;
+            for (node, peak) in target.nodes.iter().zip(&mut peak.nodes) {
+                let Some(pid) = node.pid else { continue };
                 match procfs::process_rss_bytes(pid) {
-                    Ok(rss) => peak_rss = peak_rss.max(rss),
-                    Err(err) => bail!("server process {pid} is gone ({err}); did it crash?"),
+                    Ok(rss) => {
+                        *peak = (*peak).max(rss);
+                        total += rss;
+                    }
+                    Err(err) => bail!(
+                        "server process {pid} (at {}) is gone ({err}); did it crash?",
+                        node.addr
+                    ),
                 }
             }
+            peak.total = peak.total.max(total);
             let now = mono_ns();
             if now > start_ns + budget.as_nanos() as u64 {
                 bail!("{} did not finish within {budget:?}", self.phase);
@@ -829,7 +1033,7 @@ impl StepRun<'_> {
             });
         }
         progress.end();
-        Ok((partials.into_iter().flatten().collect(), peak_rss))
+        Ok((partials.into_iter().flatten().collect(), peak))
     }
 
     /// The step's line, and its errors and warnings, as it ends.
@@ -854,29 +1058,37 @@ impl StepRun<'_> {
     }
 }
 
-/// The server's own delivery count for the step against the harness's. The server also
-/// counts what it queued for slow readers, who read nothing during steps: its count may
-/// exceed the harness's by up to `unread` (everything sent into their rooms).
+/// A `/stats` counter summed over the nodes (one for a single server); `None` unless
+/// every node has it.
+fn stat_sum(stats: &[HashMap<String, String>], key: &str) -> Option<u64> {
+    stats.iter().map(|s| stat_u64(s, key)).sum()
+}
+
+/// A counter's growth over the step, summed over the nodes.
+fn stat_delta(
+    before: &[HashMap<String, String>],
+    after: &[HashMap<String, String>],
+    key: &str,
+) -> Option<u64> {
+    let (b, a) = (stat_sum(before, key)?, stat_sum(after, key)?);
+    Some(a.saturating_sub(b))
+}
+
+/// The server's own delivery count for the step against the harness's: a cluster's
+/// nodes each count the deliveries to their own members, so their counts add up. The
+/// server also counts what it queued for slow readers, who read nothing during steps:
+/// its count may exceed the harness's by up to `unread` (everything sent into their
+/// rooms).
 fn count_check(
     result: &mut StepResult,
-    before: &HashMap<String, String>,
-    after: &HashMap<String, String>,
+    before: &[HashMap<String, String>],
+    after: &[HashMap<String, String>],
     unread: u64,
 ) {
-    let (Some(b), Some(a)) = (
-        stat_u64(before, "deliveries"),
-        stat_u64(after, "deliveries"),
-    ) else {
+    let Some(server) = stat_delta(before, after, "deliveries") else {
         return;
     };
-    let server = a.saturating_sub(b);
-    result.server_cuts = match (
-        stat_u64(before, "slow_consumers"),
-        stat_u64(after, "slow_consumers"),
-    ) {
-        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-        _ => None,
-    };
+    result.server_cuts = stat_delta(before, after, "slow_consumers");
     let harness = super::report::harness_count(&result.tally);
     result.server_deliveries = Some(server);
     // How far the server's count lies outside [harness, harness + unread].
@@ -893,13 +1105,75 @@ fn count_check(
         } else {
             String::new()
         };
+        let who = if before.len() > 1 {
+            format!("the {} nodes together", before.len())
+        } else {
+            "the server".to_string()
+        };
         result.warnings.push(format!(
-            "the server queued {server} deliveries but the harness received {harness}: more than 1% apart{slow}"
+            "{who} queued {server} deliveries but the harness received {harness}: more than 1% apart{slow}"
         ));
     }
 }
 
+/// Each node's share of a cluster step: its deliveries, its cost, and its traffic with
+/// the other nodes.
+fn node_steps(
+    target: &Target,
+    before: &ServerSnapshot,
+    after: &ServerSnapshot,
+    wall_s: f64,
+    peak: &PeakRss,
+) -> Vec<NodeStep> {
+    (0..target.nodes.len())
+        .map(|i| {
+            let delta = |key: &str| {
+                let (b, a) = (
+                    stat_u64(&before.stats[i], key)?,
+                    stat_u64(&after.stats[i], key)?,
+                );
+                Some(a.saturating_sub(b))
+            };
+            let deliveries = delta("deliveries");
+            let server = match (before.cpu_us[i], after.cpu_us[i]) {
+                (Some(b), Some(a)) => {
+                    let cpu_us = a.saturating_sub(b);
+                    Some(ServerCost {
+                        cpu_s: cpu_us as f64 / 1e6,
+                        cpu_util: cpu_us as f64 / 1e6 / wall_s,
+                        cpu_us_per_delivery: cpu_us as f64 / deliveries.unwrap_or(0).max(1) as f64,
+                        softirq_cpu_s: None,
+                        peak_rss_bytes: peak.nodes[i],
+                    })
+                }
+                _ => None,
+            };
+            NodeStep {
+                deliveries,
+                server,
+                cluster_published: delta("cluster_published"),
+                cluster_received: delta("cluster_received"),
+                cluster_dropped: delta("cluster_dropped"),
+            }
+        })
+        .collect()
+}
+
+/// A node that dropped chat batches towards or from NATS lost deliveries across nodes:
+/// say which, beside the loss it explains.
+fn dropped_warnings(result: &mut StepResult, target: &Target) {
+    for (node, step) in target.nodes.iter().zip(&result.nodes) {
+        if let Some(dropped) = step.cluster_dropped.filter(|&d| d > 0) {
+            let name = node.name().unwrap_or_else(|| node.addr.to_string());
+            result.warnings.push(format!(
+                "node {name} dropped {dropped} chat batches on their way to or from NATS (cluster_dropped: a full queue): deliveries across nodes were lost"
+            ));
+        }
+    }
+}
+
 /// The server's CPU (with its cores' ksoftirqd when known) and peak RSS over the step.
+/// A cluster's nodes are added up: CPU over all of them, the peak of their summed RSS.
 fn server_cost(
     before: &ServerSnapshot,
     after: &ServerSnapshot,
@@ -907,9 +1181,8 @@ fn server_cost(
     peak_rss: u64,
     received: u64,
 ) -> Option<ServerCost> {
-    let (Some(b), Some(a)) = (before.cpu_us, after.cpu_us) else {
-        return None;
-    };
+    let b: u64 = before.cpu_us.iter().copied().sum::<Option<u64>>()?;
+    let a: u64 = after.cpu_us.iter().copied().sum::<Option<u64>>()?;
     let softirq_us = match (before.softirq_us, after.softirq_us) {
         (Some(b), Some(a)) => Some(a.saturating_sub(b)),
         _ => None,
@@ -967,6 +1240,7 @@ fn build_report(
             warnings.push(format!("at {}/s: {w}", s.rate));
         }
     }
+    let cluster = target.is_cluster();
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -979,7 +1253,7 @@ fn build_report(
         git_rev: env!("RINGCAST_GIT_REV").to_string(),
         timestamp: super::report::rfc3339(unix),
         config: Config {
-            addr: target.addr.to_string(),
+            addr: args.addr.join(","),
             clients: args.clients,
             publishers: args.publishers,
             rooms: args.rooms,
@@ -991,10 +1265,13 @@ fn build_report(
             procs: args.procs,
             slo_ms,
             drain_timeout_s: args.drain_timeout.as_secs_f64(),
-            server_pid: args.server_pid,
+            // A cluster's pids and command lines are the nodes'.
+            server_pid: (!cluster).then(|| target.nodes[0].pid).flatten(),
             proto: args.proto,
             idle: args.idle,
-            server_command: target.command.clone(),
+            server_command: (!cluster)
+                .then(|| target.nodes[0].command.clone())
+                .flatten(),
             rx_timestamps: args.rx_timestamps.on(),
             room_sizes: args.room_sizes,
             size_dist: args.size_dist,
@@ -1006,8 +1283,8 @@ fn build_report(
             kernel: procfs::kernel_version(),
             cpu_model: procfs::cpu_model(),
             cores: procfs::cores(),
-            backend: target.backend.clone(),
-            system_version: target.system_version.clone(),
+            backend: target.nodes[0].backend.clone(),
+            system_version: target.nodes[0].system_version.clone(),
             server_threads,
         },
         connect,
@@ -1019,6 +1296,7 @@ fn build_report(
         warnings,
         merged_from: Vec::new(),
         idle,
+        nodes: Vec::new(),
     }
 }
 
@@ -1027,17 +1305,21 @@ struct HarnessLimits {
     procs: usize,
     /// CPUs this process may run on: more generator processes help only up to these.
     cpus: Vec<usize>,
-    /// Whether the server may run on some of those CPUs; `None` without `--server-pid`.
+    /// Whether the server (any node) may run on some of those CPUs; `None` without
+    /// `--server-pid`.
     shares_cpus: Option<bool>,
 }
 
 impl HarnessLimits {
-    fn new(args: &BenchArgs) -> Self {
+    fn new(args: &BenchArgs, server_pids: &[u32]) -> Self {
         let cpus = procfs::allowed_cpus(std::process::id()).unwrap_or_default();
-        let shares_cpus = args
-            .server_pid
-            .and_then(|pid| procfs::allowed_cpus(pid).ok())
-            .map(|server| server.iter().any(|c| cpus.contains(c)));
+        // Any node on the harness's CPUs shares them.
+        let shares_cpus = server_pids
+            .iter()
+            .map(|&pid| procfs::allowed_cpus(pid).ok())
+            .collect::<Option<Vec<_>>>()
+            .filter(|servers| !servers.is_empty())
+            .map(|servers| servers.iter().flatten().any(|c| cpus.contains(c)));
         HarnessLimits {
             procs: args.procs,
             cpus,
@@ -1084,6 +1366,7 @@ fn merge_step(
         held: false,
         warnings: Vec::new(),
         errors: ErrorCounts::default(),
+        nodes: Vec::new(),
     };
     for p in partials {
         r.harness_cpu_s += p.cpu_us as f64 / 1e6;
@@ -1241,10 +1524,18 @@ fn bottleneck_warning(bound: &HarnessBound, limits: &HarnessLimits) -> String {
     )
 }
 
-/// The ksoftirqd threads of the server's cores, when none of them is a core the harness
+/// The ksoftirqd threads of the servers' cores, when none of them is a core the harness
 /// may run on (otherwise their time could be the harness's).
-fn server_softirq_threads(pid: u32) -> anyhow::Result<Option<Vec<u32>>> {
-    let server = procfs::allowed_cpus(pid).context("reading the server's CPU affinity")?;
+fn server_softirq_threads(pids: &[u32]) -> anyhow::Result<Option<Vec<u32>>> {
+    let mut server = Vec::new();
+    for &pid in pids {
+        for cpu in procfs::allowed_cpus(pid).context("reading the server's CPU affinity")? {
+            if !server.contains(&cpu) {
+                server.push(cpu);
+            }
+        }
+    }
+    server.sort_unstable();
     let own = procfs::allowed_cpus(std::process::id()).context("reading our CPU affinity")?;
     if server.iter().any(|c| own.contains(c)) {
         return Ok(None);

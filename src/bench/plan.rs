@@ -76,6 +76,8 @@ struct Layout {
     members: Vec<u64>,
     /// The publishers of each room: a contiguous range of client numbers.
     publishers: Vec<Range<usize>>,
+    /// The first of each room's other members, who follow one another from there.
+    others_from: Vec<usize>,
 }
 
 /// One measured (or warm-up) interval at a fixed rate.
@@ -183,7 +185,9 @@ impl Plan {
             next_publisher += p;
         }
         let mut next = publishers;
+        let mut others_from = Vec::with_capacity(rooms);
         for (r, (&n, &p)) in sizes.iter().zip(&per_room).enumerate() {
+            others_from.push(next);
             for slot in &mut room_of[next..next + n - p] {
                 *slot = r as u32;
             }
@@ -193,6 +197,7 @@ impl Plan {
             room_of,
             members: sizes.iter().map(|&n| n as u64).collect(),
             publishers: publisher_ranges,
+            others_from,
         })
     }
 
@@ -202,6 +207,34 @@ impl Plan {
             None => client % self.rooms,
             Some(l) => l.room_of[client] as usize,
         }
+    }
+
+    /// A client's place among the members of its first room, in order of client number
+    /// (publishers first in either layout).
+    fn rank_in_room(&self, client: usize) -> usize {
+        match &self.layout {
+            None => client / self.rooms,
+            Some(l) => {
+                let room = l.room_of[client] as usize;
+                let publishers = &l.publishers[room];
+                if publishers.contains(&client) {
+                    client - publishers.start
+                } else {
+                    publishers.len() + client - l.others_from[room]
+                }
+            }
+        }
+    }
+
+    /// The node (of `nodes`, from 0) client `client` connects to in a cluster run: each
+    /// room's members are dealt round-robin over the nodes, each room starting one node
+    /// further on. So every room with at least `nodes` members spans every node, the
+    /// publishers of a room spread as its other members do, and the nodes' loads differ
+    /// by at most one client per room. (Plain `client % nodes` would put all of a room on
+    /// one node whenever the room count shares a factor with the node count: 10 rooms
+    /// over 2 nodes would never cross a node.)
+    pub fn node_of(&self, client: usize, nodes: usize) -> usize {
+        (self.room_of(client) + self.rank_in_room(client)) % nodes.max(1)
     }
 
     pub fn is_publisher(&self, client: usize) -> bool {
@@ -483,6 +516,54 @@ mod tests {
         assert_eq!(statics, 10_000 - 505);
         let into: u64 = (0..500).map(|r| plan.sent_into(&step, r)).sum();
         assert_eq!(into, 300);
+    }
+
+    /// Every room with enough members spans every node, publishers spread too, and the
+    /// nodes carry the same load to within one client per room.
+    fn check_nodes(plan: &Plan, nodes: usize) {
+        let mut members = vec![vec![0u64; nodes]; plan.rooms];
+        let mut publishers = vec![vec![0u64; nodes]; plan.rooms];
+        for c in 0..plan.clients {
+            let (r, n) = (plan.room_of(c), plan.node_of(c, nodes));
+            members[r][n] += 1;
+            if plan.is_publisher(c) {
+                publishers[r][n] += 1;
+            }
+        }
+        let spread = |counts: &[u64]| counts.iter().max().unwrap() - counts.iter().min().unwrap();
+        for r in 0..plan.rooms {
+            assert!(spread(&members[r]) <= 1, "room {r}: {:?}", members[r]);
+            assert!(spread(&publishers[r]) <= 1, "room {r}: {:?}", publishers[r]);
+        }
+        let totals: Vec<u64> = (0..nodes)
+            .map(|n| members.iter().map(|m| m[n]).sum())
+            .collect();
+        assert!(spread(&totals) <= plan.rooms as u64, "{totals:?}");
+    }
+
+    #[test]
+    fn cluster_nodes_share_every_room() {
+        // Room counts with and without a factor in common with the node count.
+        for (clients, publishers, rooms) in [(1000, 10, 1), (1000, 10, 10), (53, 7, 4), (90, 9, 3)]
+        {
+            for nodes in 1..=4 {
+                check_nodes(&Plan::uniform(clients, publishers, rooms), nodes);
+            }
+        }
+        // 10 rooms over 2 nodes: every room has members on both.
+        let plan = Plan::uniform(100, 10, 10);
+        assert_eq!((0..10).map(|c| plan.node_of(c, 2)).sum::<usize>(), 5);
+        assert_ne!(plan.node_of(0, 2), plan.node_of(10, 2));
+        // One room, publishers 0..10 over 3 nodes: 4, 3 and 3.
+        let one = Plan::uniform(1000, 10, 1);
+        let on: Vec<usize> = (0..10).map(|c| one.node_of(c, 3)).collect();
+        assert_eq!(on, [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]);
+        let zipf = Plan::new(10_000, 100, 500, RoomSizes::Zipf(1.0), 5, 500).unwrap();
+        for nodes in [2, 3] {
+            check_nodes(&zipf, nodes);
+        }
+        // A single server is node 0 for everyone.
+        assert!((0..1000).all(|c| one.node_of(c, 1) == 0));
     }
 
     #[test]

@@ -75,6 +75,63 @@ pub struct Report {
     /// Memory per idle connection, for a `--idle` run.
     #[serde(default)]
     pub idle: Option<IdleReport>,
+    /// The nodes of a cluster run (`--addr A,B,C`), in the order given; empty for a run
+    /// against one server, whose pid and command line are in `config`.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// One ringcast node of a cluster run, as the harness found it before the first step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The address the harness loaded (from `--addr`).
+    pub addr: String,
+    /// Its name in the cluster: the `--node` of its command line, when its pid was given.
+    pub name: Option<String>,
+    pub pid: Option<u32>,
+    /// Its command line, from /proc with its pid.
+    pub command: Option<Vec<String>>,
+    /// Its backend and version, as it reports them.
+    pub backend: String,
+    pub system_version: Option<String>,
+    /// Clients that connected to it, publishers included.
+    pub clients: u64,
+    pub publishers: u64,
+    /// Live nodes it counted in its cluster at the end of the run (`/stats` `nodes=`).
+    pub cluster_nodes: Option<u64>,
+}
+
+impl NodeInfo {
+    /// "n1 at 127.0.0.1:7001", or the address alone when the name is unknown.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} at {}", self.addr),
+            None => self.addr.clone(),
+        }
+    }
+
+    /// "n1", or "node K" (from 1) when the name is unknown.
+    pub fn short(&self, index: usize) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("node {}", index + 1))
+    }
+}
+
+/// One node's share of a step in a cluster run. Each node counts only the deliveries to
+/// its own members; the step's totals are the sums.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeStep {
+    /// Deliveries it counted (`/stats` delta).
+    pub deliveries: Option<u64>,
+    /// Its own CPU and peak RSS (with `--server-pid`); CPU per delivery over its own
+    /// deliveries. Softirq time is counted once, in the step's total only.
+    pub server: Option<ServerCost>,
+    /// Chat batches it published to the other nodes, received from them, and dropped
+    /// because a queue towards NATS or from it was full (`/stats` deltas).
+    pub cluster_published: Option<u64>,
+    pub cluster_received: Option<u64>,
+    pub cluster_dropped: Option<u64>,
 }
 
 /// What `ringcast bench --idle` measures: the server's RSS growth per connected client.
@@ -248,6 +305,10 @@ pub struct StepResult {
     pub warnings: Vec<String>,
     /// Lost connections and server errors, by kind.
     pub errors: ErrorCounts,
+    /// Per node of a cluster run, in the order of `Report::nodes`; `server`,
+    /// `server_deliveries` and `server_fanout` above are then the nodes' totals.
+    #[serde(default)]
+    pub nodes: Vec<NodeStep>,
 }
 
 /// Delivery counters of one step: kept per generator thread, added up over client groups,
@@ -571,9 +632,53 @@ impl Report {
             (_, Some(version)) => format!("{} {version}", e.backend),
             (_, None) => e.backend.clone(),
         };
+        let each = if self.nodes.is_empty() {
+            ""
+        } else {
+            " per node"
+        };
         match e.server_threads {
-            Some(t) => format!("{system}, {}", plural(t, "server thread")),
+            Some(t) => format!("{system}, {}{each}", plural(t, "server thread")),
             None => system,
+        }
+    }
+
+    /// "at 127.0.0.1:7878", or "on 3 nodes of one cluster: n1 at A (334 clients, 4
+    /// publishers), ...".
+    fn whereabouts(&self) -> String {
+        if self.nodes.is_empty() {
+            return format!("at {}", self.config.addr);
+        }
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| match self.idle {
+                // Nobody publishes in an idle run.
+                Some(_) => format!("{} ({})", n.label(), plural(n.clients, "client")),
+                None => format!(
+                    "{} ({}, {})",
+                    n.label(),
+                    plural(n.clients, "client"),
+                    plural(n.publishers, "publisher")
+                ),
+            })
+            .collect();
+        format!(
+            "on {} nodes of one cluster: {}",
+            self.nodes.len(),
+            nodes.join(", ")
+        )
+    }
+
+    /// The server's command line, or each node's.
+    fn command_lines(&self, out: &mut String) {
+        if let Some(command) = &self.config.server_command {
+            let _ = writeln!(out, "server command: {}", command.join(" "));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(command) = &n.command {
+                let _ = writeln!(out, "{} command: {}", n.short(i), command.join(" "));
+            }
         }
     }
 
@@ -581,15 +686,21 @@ impl Report {
         let c = &self.config;
         let _ = writeln!(
             out,
-            "ringcast bench --idle: {} at {}; {} in {}",
+            "ringcast bench --idle: {} {}; {} in {}",
             self.system(),
-            c.addr,
+            self.whereabouts(),
             plural(c.clients as u64, "idle client"),
             plural(c.rooms as u64, "room")
         );
+        self.command_lines(out);
+        let servers = if self.nodes.is_empty() {
+            "server RSS"
+        } else {
+            "the nodes' RSS added up"
+        };
         let _ = writeln!(
             out,
-            "idle: {}; server RSS {} before, {} with them: {:.0} bytes per idle connection",
+            "idle: {}; {servers} {} before, {} with them: {:.0} bytes per idle connection",
             plural(idle.connections, "connection"),
             fmt_bytes(idle.rss_before_bytes),
             fmt_bytes(idle.rss_after_bytes),
@@ -607,18 +718,16 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "ringcast bench: {} at {}; {} ({}) in {}, {}, {}s per step{mix}",
+            "ringcast bench: {} {}; {} ({}) in {}, {}, {}s per step{mix}",
             self.system(),
-            c.addr,
+            self.whereabouts(),
             plural(c.clients as u64, "client"),
             plural(c.publishers as u64, "publisher"),
             plural(c.rooms as u64, "room"),
             c.message_sizes(),
             c.duration_s
         );
-        if let Some(command) = &c.server_command {
-            let _ = writeln!(out, "server command: {}", command.join(" "));
-        }
+        self.command_lines(out);
     }
 
     fn connect_line(&self, out: &mut String) {
@@ -774,13 +883,54 @@ impl Report {
                 },
                 None => String::new(),
             };
+            let nodes = if self.nodes.is_empty() || s.server.is_none() {
+                ""
+            } else {
+                "the nodes' "
+            };
             let _ = writeln!(
                 out,
-                "at {}/s: {server}harness CPU {:.1}s (busiest thread {:.0}% of a core), sends p99 {} behind schedule",
+                "at {}/s: {nodes}{server}harness CPU {:.1}s (busiest thread {:.0}% of a core), sends p99 {} behind schedule",
                 s.rate,
                 s.harness_cpu_s,
                 s.harness_peak_util * 100.0,
                 fmt_us(s.send_lag.p99)
+            );
+            self.node_lines(s, out);
+        }
+    }
+
+    /// Each node's share of a cluster step: its deliveries, CPU and RSS, and its chat
+    /// batches to and from the other nodes.
+    fn node_lines(&self, s: &StepResult, out: &mut String) {
+        for (i, (info, n)) in self.nodes.iter().zip(&s.nodes).enumerate() {
+            let mut parts = Vec::new();
+            if let Some(d) = n.deliveries {
+                parts.push(format!("{d} deliveries"));
+            }
+            if let Some(cost) = &n.server {
+                parts.push(format!(
+                    "CPU {:.0}% of a core ({:.2} µs/delivery), peak RSS {}",
+                    cost.cpu_util * 100.0,
+                    cost.cpu_us_per_delivery,
+                    fmt_bytes(cost.peak_rss_bytes)
+                ));
+            }
+            if let (Some(p), Some(r)) = (n.cluster_published, n.cluster_received) {
+                let dropped = match n.cluster_dropped {
+                    Some(0) | None => String::new(),
+                    Some(d) => format!(", DROPPED {d}"),
+                };
+                parts.push(format!(
+                    "chat batches to the other nodes {p}, from them {r}{dropped}"
+                ));
+            }
+            let _ = writeln!(
+                out,
+                "  {} ({}): {}",
+                info.short(i),
+                info.addr,
+                parts.join("; ")
             );
         }
     }
@@ -837,9 +987,23 @@ impl Report {
                 } else {
                     ""
                 };
+                let who = if self.nodes.is_empty() {
+                    "server".to_string()
+                } else {
+                    let each: Vec<String> = s
+                        .nodes
+                        .iter()
+                        .map(|n| n.deliveries.map_or("-".to_string(), |d| d.to_string()))
+                        .collect();
+                    format!(
+                        "the {} nodes together (each its own members': {})",
+                        self.nodes.len(),
+                        each.join(" + ")
+                    )
+                };
                 let _ = writeln!(
                     out,
-                    "count check at {}/s: harness received {}, server queued {} ({:.2}% apart{slow})",
+                    "count check at {}/s: harness received {}, {who} queued {} ({:.2}% apart{slow})",
                     s.rate,
                     harness_count(&s.tally),
                     server,

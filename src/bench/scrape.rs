@@ -89,6 +89,29 @@ impl Histogram {
         })
     }
 
+    /// Two servers' histograms added up (the nodes of a cluster; same buckets).
+    pub fn plus(&self, other: &Histogram) -> anyhow::Result<Histogram> {
+        let same = self.buckets.len() == other.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&other.buckets)
+                .all(|(a, b)| a.0 == b.0);
+        if !same {
+            bail!("the nodes' fan-out histograms have different buckets: they cannot be added");
+        }
+        let buckets = self
+            .buckets
+            .iter()
+            .zip(&other.buckets)
+            .map(|(&(bound, a), &(_, b))| (bound, a + b))
+            .collect();
+        Ok(Histogram {
+            buckets,
+            sum: self.sum + other.sum,
+        })
+    }
+
     /// The `q` quantile, in seconds, interpolated within its bucket; `None` when empty.
     /// In the +Inf bucket it is the highest finite bound (what Prometheus answers).
     pub fn quantile(&self, q: f64) -> Option<f64> {
@@ -211,6 +234,18 @@ mod tests {
         assert!(Histogram::default().since(&before).is_err());
         let empty = before.since(&before).unwrap();
         assert_eq!(empty.fanout(), None);
+    }
+
+    #[test]
+    fn the_nodes_histograms_add_up() {
+        let one = Histogram::parse(SCRAPE).unwrap();
+        let two = one.plus(&one).unwrap();
+        assert_eq!(two.count(), 200);
+        assert!((two.sum - 0.4).abs() < 1e-12);
+        // The same shape twice: the same quantiles.
+        assert_eq!(two.quantile(0.5), one.quantile(0.5));
+        let other = Histogram::parse(&SCRAPE.replace("\"0.002\"", "\"0.003\"")).unwrap();
+        assert!(one.plus(&other).is_err());
     }
 
     #[test]

@@ -396,7 +396,8 @@ fn spawn_groups(
     let plan = args.plan()?;
     let steps = args.steps();
     let share = plan.share(index, args.procs);
-    let addr: SocketAddr = args.resolve_addr()?;
+    // One address, or a cluster's nodes: each client connects to its node (Plan::node_of).
+    let addrs: Vec<SocketAddr> = args.resolve_addrs()?;
     // Publishers get a thread of their own: on a thread shared with hundreds of receiving
     // connections, the wake-up of a due send queues behind every ready receiver, and sends
     // leave milliseconds late. Each group has its own runtime and counters, merged here.
@@ -422,6 +423,7 @@ fn spawn_groups(
         let plan = plan.clone();
         let steps = steps.clone();
         let args = args.clone();
+        let addrs = addrs.clone();
         let out = Emitter {
             group,
             tx: inbox_tx.clone(),
@@ -440,7 +442,7 @@ fn spawn_groups(
                     let shared = Rc::new(RefCell::new(Shared::new(&args, plan, steps, churn_rate)));
                     local.block_on(
                         &runtime,
-                        drive(shared, clients, addr, rate, &args, cmd_rx, &out),
+                        drive(shared, clients, &addrs, rate, &args, cmd_rx, &out),
                     )
                 })();
                 if let Err(err) = result {
@@ -606,7 +608,7 @@ fn merge_partials(parts: Vec<PartialStep>) -> anyhow::Result<PartialStep> {
 async fn drive(
     shared: SharedRef,
     clients: Vec<usize>,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     connect_rate: f64,
     args: &BenchArgs,
     mut commands: mpsc::Receiver<Command>,
@@ -616,7 +618,7 @@ async fn drive(
     let result = connect_all(
         &shared,
         &clients,
-        addr,
+        addrs,
         connect_rate,
         args,
         step_rx.clone(),
@@ -688,7 +690,7 @@ async fn drive(
 async fn connect_all(
     shared: &SharedRef,
     clients: &[usize],
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     connect_rate: f64,
     args: &BenchArgs,
     step_rx: watch::Receiver<Option<(u32, u64)>>,
@@ -701,6 +703,7 @@ async fn connect_all(
     let multi_source = shared.borrow().plan.clients > per_source;
     let t0 = mono_ns();
     for (k, &c) in clients.iter().enumerate() {
+        let addr = addrs[shared.borrow().plan.node_of(c, addrs.len())];
         let source = match addr {
             SocketAddr::V4(v4) if multi_source && v4.ip().is_loopback() => {
                 let octet = 1 + (c / per_source).min(253) as u8;
