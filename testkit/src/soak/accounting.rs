@@ -52,6 +52,19 @@ pub(crate) fn judge(
     findings: &Findings,
 ) -> Accounts {
     let nodes = placement.node_of.iter().max().map_or(1, |n| n + 1);
+    // Every line of every publisher is, for every other healthy client, either verified
+    // once or inside one gap: if not, the verifiers' own counting is wrong.
+    let published: u64 = sent.iter().map(|s| s.len() as u64).sum();
+    let expected = published * (placement.names.len() as u64).saturating_sub(1);
+    let missed: u64 = gaps.iter().map(|g| g.to - g.from).sum();
+    let verified = findings.total(|n| &n.verified);
+    if verified + missed != expected {
+        findings.fail(format!(
+            "the accounting does not close: {verified} lines verified and {missed} missed, \
+             {expected} expected ({published} published, each to {} other healthy clients)",
+            placement.names.len().saturating_sub(1)
+        ));
+    }
     let mut accounts = Accounts {
         lost_by_window: vec![0; windows.len()],
         lost_by_node: vec![0; nodes],
@@ -203,6 +216,7 @@ fn secs_since(start: Instant, at: Instant) -> f64 {
 mod tests {
     use super::*;
     use crate::soak::cluster::OutageKind;
+    use std::sync::atomic::Ordering::Relaxed;
 
     /// Publisher 0 (`sp0`) writes line `seq` at second `seq`, for 40 s; healthy client 1
     /// reads on node `reader_node`; the publisher is on node 0.
@@ -253,6 +267,12 @@ mod tests {
                     to,
                 })
                 .collect();
+            // The reader verified every other line.
+            let missed: u64 = gaps.iter().map(|g| g.to - g.from).sum();
+            findings
+                .node(self.node_of[1])
+                .verified
+                .fetch_add(self.sent[0].len() as u64 - missed, Relaxed);
             let placement = Placement {
                 names: &self.names,
                 node_of: &self.node_of,
@@ -262,6 +282,22 @@ mod tests {
             );
             (accounts, findings.failures().1)
         }
+    }
+
+    #[test]
+    fn the_count_must_close() {
+        let setup = Setup::new(1);
+        let findings = Findings::new(2);
+        // 40 lines sent, 38 verified, none missed: two are unaccounted for.
+        findings.node(1).verified.fetch_add(38, Relaxed);
+        let placement = Placement {
+            names: &setup.names,
+            node_of: &setup.node_of,
+        };
+        judge(&[], &setup.sent, &placement, &[], setup.start, &findings);
+        let failures = findings.failures().1;
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].contains("does not close: 38 lines verified and 0 missed, 40 expected"));
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub(crate) struct NodeCounts {
 }
 
 /// Lines a healthy reader did not get from one publisher: `from..to` (sequence numbers)
-/// were skipped, found when line `to` arrived. Whether that was allowed (a NATS outage
-/// between their nodes) is judged at the end, when the outage windows are known.
+/// were skipped, found when line `to` arrived (or, for the lines that never came, at the
+/// end: `to` is then how many the publisher sent). Whether that was allowed (a NATS
+/// outage between their nodes) is judged at the end, when the outage windows are known.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Gap {
     /// Healthy client index of the reader, and of the publisher.

@@ -454,17 +454,25 @@ async fn soak_backend(
         Some(task) => task.await.context("NATS outage task")?,
         None => Vec::new(),
     };
-    let mut last_fds = Vec::new();
-    for (node, &baseline) in baseline_fds.iter().enumerate() {
-        last_fds.push(fds_back_to_baseline(&watched, node, baseline, &findings).await);
+    let mut ended = Ended {
+        sent: loaded.sent,
+        baseline_fds,
+        last_fds: Vec::new(),
+        stats: Vec::new(),
+        exits: Vec::new(),
+    };
+    for (node, &baseline) in ended.baseline_fds.iter().enumerate() {
+        let last = fds_back_to_baseline(&watched, node, baseline, &findings).await;
+        ended.last_fds.push(last);
     }
-    let mut stats = Vec::new();
     for &to in &targets {
-        stats.push(check_node_stats(to, args, &watched, &findings).await);
+        ended
+            .stats
+            .push(check_node_stats(to, args, &watched, &findings).await);
     }
     let _ = stop_sampling.send(());
     let _ = sampler.await;
-    let exits = shut_down(&watched, loaded.writers, loaded.healthy, &findings).await;
+    ended.exits = shut_down(&watched, loaded.writers, loaded.healthy, &findings).await;
     drop(nats);
 
     let names: Vec<String> = (0..args.publishers + args.readers)
@@ -473,13 +481,14 @@ async fn soak_backend(
     let node_of: Vec<usize> = (0..names.len())
         .map(|index| healthy_node(index, targets.len()))
         .collect();
+    let placement = accounting::Placement {
+        names: &names,
+        node_of: &node_of,
+    };
     let accounts = accounting::judge(
         &findings.gaps(),
-        &loaded.sent,
-        &accounting::Placement {
-            names: &names,
-            node_of: &node_of,
-        },
+        &ended.sent,
+        &placement,
         &windows,
         watched.start,
         &findings,
@@ -494,50 +503,9 @@ async fn soak_backend(
             &findings,
         )
     });
-    let mut nodes = Vec::new();
-    for (node, watched_node) in watched.nodes.iter().enumerate() {
-        let samples = std::mem::take(&mut *lock(&watched_node.samples));
-        let (rss, fds) = check_growth(
-            args,
-            &samples,
-            warmup,
-            (baseline_fds[node], last_fds[node]),
-            &watched.label(node),
-            &findings,
-        );
-        let counts = findings.node(node);
-        let on_node = |index: &usize| node_of[*index] == node;
-        let (pid, log) = {
-            let server = lock(&watched_node.server);
-            (server.pid(), server.log())
-        };
-        nodes.push(NodeReport {
-            name: watched_node.name.clone(),
-            pid,
-            addr: targets[node].addr.to_string(),
-            healthy_clients: (0..names.len())
-                .filter(on_node)
-                .map(|i| names[i].clone())
-                .collect(),
-            connections: counts.connections.load(Relaxed),
-            refused_server_full: counts.refused_full.load(Relaxed),
-            faults: findings.node_faults(node),
-            messages_sent: (0..args.publishers)
-                .filter(on_node)
-                .map(|k| loaded.sent[k].len() as u64)
-                .sum(),
-            messages_verified: counts.verified.load(Relaxed),
-            lines_lost_in_outages: accounts.lost_by_node.get(node).copied().unwrap_or(0),
-            rss_kib: rss,
-            fds,
-            stats_at_end: stats[node].clone(),
-            nats_link_lost: args
-                .cluster
-                .then(|| log.matches("cluster link lost").count()),
-            exit: exits[node].clone(),
-            samples,
-        });
-    }
+    let nodes = node_reports(
+        args, &watched, &targets, &ended, &placement, &accounts, warmup, &findings,
+    );
     let (failure_count, failures) = findings.failures();
     Ok(BackendReport {
         backend: backend.name(),
@@ -549,7 +517,7 @@ async fn soak_backend(
         refused_server_full: findings.total(|n| &n.refused_full),
         faults: findings.faults(),
         healthy_clients: args.publishers + args.readers,
-        messages_sent: loaded.sent.iter().map(|s| s.len() as u64).sum(),
+        messages_sent: ended.sent.iter().map(|s| s.len() as u64).sum(),
         messages_verified: findings.total(|n| &n.verified),
         lines_lost_in_outages: accounts.lost_by_node.iter().sum(),
         nodes,
@@ -557,6 +525,76 @@ async fn soak_backend(
         failure_count,
         failures,
     })
+}
+
+/// What the run left for the report, once the nodes have exited.
+struct Ended {
+    /// When each publisher wrote each of its lines, by publisher.
+    sent: Vec<Vec<Instant>>,
+    /// By node: fds before the load and at the end, `/stats` at the end, how it exited.
+    baseline_fds: Vec<u64>,
+    last_fds: Vec<u64>,
+    stats: Vec<BTreeMap<String, u64>>,
+    exits: Vec<String>,
+}
+
+/// Each node's part of the report, with the leak checks on its samples.
+#[allow(clippy::too_many_arguments)]
+fn node_reports(
+    args: &SoakArgs,
+    watched: &Watched,
+    targets: &[Target],
+    ended: &Ended,
+    placement: &accounting::Placement<'_>,
+    accounts: &accounting::Accounts,
+    warmup: Duration,
+    findings: &Findings,
+) -> Vec<NodeReport> {
+    let mut nodes = Vec::new();
+    for (node, watched_node) in watched.nodes.iter().enumerate() {
+        let samples = std::mem::take(&mut *lock(&watched_node.samples));
+        let (rss, fds) = check_growth(
+            args,
+            &samples,
+            warmup,
+            (ended.baseline_fds[node], ended.last_fds[node]),
+            &watched.label(node),
+            findings,
+        );
+        let counts = findings.node(node);
+        let on_node = |index: &usize| placement.node_of[*index] == node;
+        let (pid, log) = {
+            let server = lock(&watched_node.server);
+            (server.pid(), server.log())
+        };
+        nodes.push(NodeReport {
+            name: watched_node.name.clone(),
+            pid,
+            addr: targets[node].addr.to_string(),
+            healthy_clients: (0..placement.names.len())
+                .filter(on_node)
+                .map(|i| placement.names[i].clone())
+                .collect(),
+            connections: counts.connections.load(Relaxed),
+            refused_server_full: counts.refused_full.load(Relaxed),
+            faults: findings.node_faults(node),
+            messages_sent: (0..args.publishers)
+                .filter(on_node)
+                .map(|k| ended.sent[k].len() as u64)
+                .sum(),
+            messages_verified: counts.verified.load(Relaxed),
+            lines_lost_in_outages: accounts.lost_by_node.get(node).copied().unwrap_or(0),
+            rss_kib: rss,
+            fds,
+            stats_at_end: ended.stats[node].clone(),
+            nats_link_lost: args
+                .cluster
+                .then(|| log.matches("cluster link lost").count()),
+            exit: ended.exits[node].clone(),
+            samples,
+        });
+    }
+    nodes
 }
 
 /// Starts the server, or the cluster's nodes (`n1`, `n2`, ...) joined through `nats`.
@@ -964,8 +1002,9 @@ async fn chaos(
                 let (max_line, max_clients) = (args.max_line, args.max_clients);
                 let mut rng = Rng::new(rng.next());
                 let kind = injected % 10;
-                // Round-robin over the nodes; 10 kinds and a node count prime to 10 or
-                // not, every kind reaches every node over time through `injected / 10`.
+                // Round-robin over the nodes, one further every ten faults: kind k of
+                // round r goes to node (11 r + k) mod n, so every kind reaches every
+                // node (for any node count that is not a multiple of 11).
                 let to = nodes[(injected + injected / 10) % nodes.len()];
                 let other = nodes[(to.node + 1) % nodes.len()];
                 injected += 1;
