@@ -16,7 +16,7 @@
 # unless --report is given. --cluster needs nats-server on the PATH (Debian package
 # nats-server); the soak starts it with JetStream on a loopback port and a temporary store.
 # Loopback only; the soak kills its servers on exit (they also die with the soak, through
-# PR_SET_PDEATHSIG; nats-server is killed when the soak ends or is interrupted).
+# PR_SET_PDEATHSIG; nats-server is killed when the soak ends, and Ctrl-C reaches it too).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -90,9 +90,9 @@ fn short_soak_epoll() {
 }
 
 /// Three nodes over a nats-server for 28 s under load: a 9 s SIGSTOP of NATS from 2 s,
-/// then 2 s after it a SIGKILL and a restart 3 s later, each refusing names on every node
-/// while NATS is out and giving them again after; lines are lost only inside those
-/// windows.
+/// then 2 s after it a SIGKILL and a restart 3 s later (and a 3 s SIGSTOP if there is
+/// still time), each refusing names on every node while NATS is out and giving them again
+/// after; lines are lost only inside those windows.
 fn cluster(backend: &str) {
     match NatsServer::start() {
         Ok(nats) => drop(nats),
@@ -131,7 +131,8 @@ fn cluster(backend: &str) {
     }
     let outages = run["cluster"]["outages"].as_array().expect("outages");
     let kinds: Vec<&str> = outages.iter().filter_map(|o| o["kind"].as_str()).collect();
-    assert_eq!(kinds, ["long_stop", "kill_restart"], "{outages:?}");
+    // The first two always fit; a short stop follows when the restart was quick.
+    assert_eq!(kinds[..2], ["long_stop", "kill_restart"], "{outages:?}");
     for outage in outages {
         for node in 0..3 {
             assert!(outage["nick_refused_after_s"][node].is_number(), "{outage}");
