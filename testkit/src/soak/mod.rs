@@ -1,33 +1,51 @@
 //! The soak driver (`ringcast-soak`, `scripts/soak.sh`): runs the real server binary under
 //! a mix of healthy and hostile clients for a set time, per backend, and fails on lost or
 //! reordered messages, on a server that dies, or on memory or file descriptors that grow.
+//! With `--cluster` it runs `--nodes` servers joined through a real nats-server and spreads
+//! the same mix over them, adding NATS outages and name races between nodes.
 //!
-//! The mix, all over loopback TCP like any user:
-//! - healthy publishers and readers in one room: every reader checks every line it gets
-//!   (sender and per-sender sequence number) and that none is missing at the end;
-//! - churn: connections that come and go at `--churn-rate`, leaving by `/quit`, a plain
-//!   close, a reset (SO_LINGER 0) with a partial line in flight, or a half-close;
+//! The mix, all over loopback TCP like any user, each client on one node:
+//! - healthy publishers and readers in one room, placed round-robin over the nodes: every
+//!   reader checks every line it gets (sender and per-sender sequence number), that none
+//!   comes twice or out of order, and that none is missing (see "accounting" below);
+//! - churn: connections that come and go at `--churn-rate`, some joining a short-lived
+//!   room and asking `/who` there, leaving by `/quit`, a plain close, a reset (SO_LINGER
+//!   0) with a partial line in flight, or a half-close;
 //! - faults every `--fault-interval`, in turn: a client that stops reading (it must be
 //!   cut off), garbage with over-long lines and invalid commands (each must get its
-//!   error), and now and then a burst of connections past `--max-clients` (some must get
-//!   `* error: server full`).
+//!   error), now and then a burst of connections past `--max-clients` (some must get
+//!   `* error: server full`), and in a cluster a race for one new name by clients of two
+//!   nodes (exactly one may win);
+//! - in a cluster, one NATS outage after another (`--nats-fault-gap` apart): SIGKILL and
+//!   restart, SIGSTOP past the NATS client's ping timeout, and a short SIGSTOP. While NATS
+//!   is out every node must refuse `/nick` with `* error: cluster unavailable, try again`,
+//!   and after it every node must give names again within seconds.
 //!
-//! Meanwhile it samples the server's RSS and open fds from `/proc`. After warm-up the
+//! Accounting: a healthy client may miss lines only from a publisher on another node and
+//! only if they were written within a NATS outage's window, which runs from shortly
+//! before the outage began until that publisher's first line after the outage that the
+//! reader got (which must come within seconds). Everything else missing is a failure; a
+//! line that comes twice or out of order always is. Default names (`user<N>`) are never
+//! given twice in a run, on any node.
+//!
+//! Meanwhile it samples every node's RSS and open fds from `/proc`. After warm-up the
 //! highest RSS of the last third of the run must not exceed that of the first third by
 //! more than a tolerance, the lowest fd count must not creep up, and once the churn is
-//! gone the fd count must come back to its baseline. At the end one healthy client is
-//! still connected when the server gets SIGTERM: it must get `* server shutting down`,
-//! and the server must exit 0. A JSON report and a few human lines say what happened.
+//! gone each node's fd count must come back to its baseline. At the end one healthy client
+//! per node is still connected when the nodes get SIGTERM: each must get `* server
+//! shutting down`, and every node must exit 0. A JSON report, with a section per node, and
+//! a few human lines say what happened.
 
+mod accounting;
 mod clients;
+mod cluster;
 
 use crate::server::ServerProcess;
 use anyhow::{bail, Context};
-use clients::{Client, Findings, Leave, Rng, IO_TIMEOUT};
+use clients::{Client, Findings, Leave, Rng, Target, IO_TIMEOUT};
 use ringcast::units::{parse_bytes, parse_duration};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
@@ -117,9 +135,30 @@ pub struct SoakArgs {
     /// Allowed rise of the lowest fd count from the first to the last third.
     #[arg(long, default_value = "4")]
     pub fd_tolerance: u64,
-    /// Seed of the garbage generator.
+    /// Seed of the garbage generator (and of which node each churn client picks).
     #[arg(long, default_value = "1")]
     pub seed: u64,
+    /// Run `--nodes` servers joined in a cluster through a nats-server (started here:
+    /// JetStream on, temporary store, loopback), with NATS outages and name races.
+    #[arg(long)]
+    pub cluster: bool,
+    /// Nodes of the cluster.
+    #[arg(long, default_value = "3", requires = "cluster")]
+    pub nodes: usize,
+    /// The nodes' `--cluster-lease` (short, so names of a restarted NATS come back fast).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
+    pub cluster_lease: Duration,
+    /// How long NATS stays down in a SIGKILL+restart outage and in a short SIGSTOP one.
+    #[arg(long, default_value = "3s", value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
+    pub nats_outage: Duration,
+    /// How long the long SIGSTOP lasts: past the NATS client's ping timeout (about 6 s),
+    /// so the nodes drop the link and reconnect.
+    #[arg(long, default_value = "9s", value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
+    pub nats_long_outage: Duration,
+    /// Time from the end of one NATS outage to the start of the next [default: 50s, or
+    /// 2s with --short].
+    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
+    pub nats_fault_gap: Option<Duration>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "reports/soak.json")]
     pub report: PathBuf,
@@ -138,6 +177,8 @@ struct Sample {
 #[derive(Debug, Serialize)]
 struct BackendReport {
     backend: &'static str,
+    /// `single` (one server) or `cluster`.
+    mode: &'static str,
     passed: bool,
     duration_s: f64,
     warmup_s: f64,
@@ -147,12 +188,40 @@ struct BackendReport {
     healthy_clients: usize,
     messages_sent: u64,
     messages_verified: u64,
-    rss_kib: RssFigures,
-    fds: FdFigures,
-    server_clients_at_end: Option<usize>,
-    server_exit: String,
+    /// Line receipts missed by healthy clients inside NATS outage windows (allowed).
+    lines_lost_in_outages: u64,
+    nodes: Vec<NodeReport>,
+    cluster: Option<cluster::ClusterReport>,
     failure_count: u64,
     failures: Vec<String>,
+}
+
+/// What happened on one node (the server, in the single-node form).
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    name: String,
+    pid: u32,
+    addr: String,
+    healthy_clients: Vec<String>,
+    connections: u64,
+    refused_server_full: u64,
+    faults: BTreeMap<String, u64>,
+    /// Lines published by the node's healthy clients.
+    messages_sent: u64,
+    /// Lines its healthy clients received and verified.
+    messages_verified: u64,
+    /// Line receipts its healthy clients missed inside NATS outage windows.
+    lines_lost_in_outages: u64,
+    rss_kib: RssFigures,
+    fds: FdFigures,
+    /// The node's `/stats` fields once the load is over.
+    stats_at_end: BTreeMap<String, u64>,
+    /// How often the node logged that it lost its link to NATS (a cluster only; a
+    /// stopped NATS goes unnoticed while chat flows: the NATS client pings only after a
+    /// quiet ping interval).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nats_link_lost: Option<usize>,
+    exit: String,
     samples: Vec<Sample>,
 }
 
@@ -191,6 +260,12 @@ pub fn run(args: SoakArgs) -> anyhow::Result<bool> {
         .try_init();
     if args.publishers < 2 {
         bail!("--publishers must be at least 2 (publishers verify each other)");
+    }
+    if args.cluster && args.nodes < 2 {
+        bail!("--nodes must be at least 2 (a cluster of one crosses no node)");
+    }
+    if args.publishers + args.readers < node_count(&args) {
+        bail!("--publishers plus --readers must be at least --nodes (a healthy client per node)");
     }
     if args.backends.is_empty() {
         bail!("no --backends to soak");
@@ -243,23 +318,52 @@ fn duration(args: &SoakArgs) -> Duration {
     })
 }
 
-/// The server under soak and what is learnt about it while the load runs.
-struct Watched {
+fn node_count(args: &SoakArgs) -> usize {
+    if args.cluster {
+        args.nodes
+    } else {
+        1
+    }
+}
+
+/// Node of healthy client `index`: round-robin, so publishers and readers are spread.
+fn healthy_node(index: usize, nodes: usize) -> usize {
+    index % nodes
+}
+
+/// One server under soak and what is learnt about it while the load runs.
+struct WatchedNode {
+    /// `server` in the single-node form, `n1`, `n2`, ... in a cluster.
+    name: String,
     server: Mutex<ServerProcess>,
     samples: Mutex<Vec<Sample>>,
+}
+
+/// The servers under soak.
+struct Watched {
+    nodes: Vec<WatchedNode>,
     /// When the load started; samples are timed from here.
     start: Instant,
 }
 
 impl Watched {
-    fn sample(&self) -> Option<Sample> {
-        let server = lock(&self.server);
+    fn sample(&self, node: usize) -> Option<Sample> {
+        let server = lock(&self.nodes[node].server);
         let sample = Sample {
             t: self.start.elapsed().as_secs_f64(),
             rss_kib: server.rss_bytes().ok()? / 1024,
             fds: server.open_fds().ok()?,
         };
         Some(sample)
+    }
+
+    /// How a node is named in failures: "the server", or "node n2".
+    fn label(&self, node: usize) -> String {
+        if self.nodes.len() == 1 {
+            "the server".to_owned()
+        } else {
+            format!("node {}", self.nodes[node].name)
+        }
     }
 }
 
@@ -272,6 +376,16 @@ struct Healthy {
     targets: watch::Sender<Option<Vec<u64>>>,
 }
 
+/// What the load left behind for the checks that follow it.
+struct Loaded {
+    /// When each publisher wrote each of its lines, by publisher.
+    sent: Vec<Vec<Instant>>,
+    /// The healthy clients' write halves, by index.
+    writers: Vec<(usize, OwnedWriteHalf)>,
+    /// The healthy clients, by index, with their names.
+    healthy: Vec<(usize, String, Client)>,
+}
+
 async fn soak_backend(
     args: &SoakArgs,
     bin: &Path,
@@ -279,61 +393,251 @@ async fn soak_backend(
 ) -> anyhow::Result<BackendReport> {
     let duration = duration(args);
     let warmup = args.warmup.unwrap_or(duration / 4).min(duration / 2);
-    let server = start_server(args, bin, backend)?;
-    let addr = server.addr;
+    let nats = if args.cluster {
+        Some(cluster::start_nats()?)
+    } else {
+        None
+    };
+    let servers = start_nodes(args, bin, backend, nats.as_ref().map(|n| n.url()))?;
+    let targets: Vec<Target> = servers
+        .iter()
+        .enumerate()
+        .map(|(node, (_, server))| Target {
+            node,
+            addr: server.addr,
+        })
+        .collect();
+    for (name, server) in &servers {
+        eprintln!(
+            "soak {}: {name} pid {} on {}",
+            backend.name(),
+            server.pid(),
+            server.addr
+        );
+    }
     eprintln!(
-        "soak {}: server pid {} on {addr}, {} under load (warm-up {})",
+        "soak {}: {} under load (warm-up {})",
         backend.name(),
-        server.pid(),
         secs(duration),
         secs(warmup)
     );
-    let findings = Arc::new(Findings::default());
-    let healthy = connect_healthy(addr, args, &findings).await?;
+    let findings = Arc::new(Findings::new(targets.len()));
+    let healthy = connect_healthy(&targets, args, &findings).await?;
     // Give the healthy clients' joins time to settle before the fd baseline is taken.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let watched = Arc::new(Watched {
-        server: Mutex::new(server),
-        samples: Mutex::new(Vec::new()),
+        nodes: servers
+            .into_iter()
+            .map(|(name, server)| WatchedNode {
+                name,
+                server: Mutex::new(server),
+                samples: Mutex::new(Vec::new()),
+            })
+            .collect(),
         start: Instant::now(),
     });
-    let baseline_fds = watched.sample().map_or(0, |s| s.fds);
+    let baseline_fds: Vec<u64> = (0..targets.len())
+        .map(|node| watched.sample(node).map_or(0, |s| s.fds))
+        .collect();
+    findings.started(watched.start);
     let (stop_sampling, sampler) = spawn_sampler(&watched, duration, args.seed, &findings);
 
     let end = watched.start + duration;
-    let (messages_sent, writers, verified) = load(addr, args, end, healthy, &findings).await?;
-    let last_fds = fds_back_to_baseline(&watched, baseline_fds, &findings).await;
-    let server_clients = check_server_clients(addr, args, &findings).await;
+    let nats = nats.map(|nats| Arc::new(Mutex::new(nats)));
+    let outages = nats.as_ref().map(|nats| {
+        let plan = cluster::OutagePlan::new(args);
+        let (nats, targets, findings) = (nats.clone(), targets.clone(), findings.clone());
+        tokio::spawn(async move { cluster::outages(nats, targets, plan, end, findings).await })
+    });
+    let loaded = load(&targets, args, end, healthy, &findings).await?;
+    let windows = match outages {
+        Some(task) => task.await.context("NATS outage task")?,
+        None => Vec::new(),
+    };
+    let mut ended = Ended {
+        sent: loaded.sent,
+        baseline_fds,
+        last_fds: Vec::new(),
+        stats: Vec::new(),
+        exits: Vec::new(),
+    };
+    for (node, &baseline) in ended.baseline_fds.iter().enumerate() {
+        let last = fds_back_to_baseline(&watched, node, baseline, &findings).await;
+        ended.last_fds.push(last);
+    }
+    for &to in &targets {
+        ended
+            .stats
+            .push(check_node_stats(to, args, &watched, &findings).await);
+    }
     let _ = stop_sampling.send(());
     let _ = sampler.await;
-    let server_exit = shut_down(&watched, writers, verified, &findings).await;
+    ended.exits = shut_down(&watched, loaded.writers, loaded.healthy, &findings).await;
+    drop(nats);
 
-    let samples = std::mem::take(&mut *lock(&watched.samples));
-    let (rss, fds) = check_growth(args, &samples, warmup, baseline_fds, last_fds, &findings);
+    let names: Vec<String> = (0..args.publishers + args.readers)
+        .map(|index| clients::healthy_name(index, args.publishers))
+        .collect();
+    let node_of: Vec<usize> = (0..names.len())
+        .map(|index| healthy_node(index, targets.len()))
+        .collect();
+    let placement = accounting::Placement {
+        names: &names,
+        node_of: &node_of,
+    };
+    let accounts = accounting::judge(
+        &findings.gaps(),
+        &ended.sent,
+        &placement,
+        &windows,
+        watched.start,
+        &findings,
+    );
+    let cluster = args.cluster.then(|| {
+        cluster::report(
+            args,
+            &windows,
+            &accounts,
+            &findings.races(),
+            watched.start,
+            &findings,
+        )
+    });
+    let nodes = node_reports(
+        args, &watched, &targets, &ended, &placement, &accounts, warmup, &findings,
+    );
     let (failure_count, failures) = findings.failures();
     Ok(BackendReport {
         backend: backend.name(),
+        mode: if args.cluster { "cluster" } else { "single" },
         passed: failure_count == 0,
         duration_s: duration.as_secs_f64(),
         warmup_s: warmup.as_secs_f64(),
-        connections: findings.connections.load(Relaxed),
-        refused_server_full: findings.refused_full.load(Relaxed),
+        connections: findings.total(|n| &n.connections),
+        refused_server_full: findings.total(|n| &n.refused_full),
         faults: findings.faults(),
         healthy_clients: args.publishers + args.readers,
-        messages_sent,
-        messages_verified: findings.verified.load(Relaxed),
-        rss_kib: rss,
-        fds,
-        server_clients_at_end: server_clients,
-        server_exit,
+        messages_sent: ended.sent.iter().map(|s| s.len() as u64).sum(),
+        messages_verified: findings.total(|n| &n.verified),
+        lines_lost_in_outages: accounts.lost_by_node.iter().sum(),
+        nodes,
+        cluster,
         failure_count,
         failures,
-        samples,
     })
 }
 
-/// Starts the server with the soak's small limits, killed if the soak dies.
-fn start_server(args: &SoakArgs, bin: &Path, backend: Backend) -> anyhow::Result<ServerProcess> {
+/// What the run left for the report, once the nodes have exited.
+struct Ended {
+    /// When each publisher wrote each of its lines, by publisher.
+    sent: Vec<Vec<Instant>>,
+    /// By node: fds before the load and at the end, `/stats` at the end, how it exited.
+    baseline_fds: Vec<u64>,
+    last_fds: Vec<u64>,
+    stats: Vec<BTreeMap<String, u64>>,
+    exits: Vec<String>,
+}
+
+/// Each node's part of the report, with the leak checks on its samples.
+#[allow(clippy::too_many_arguments)]
+fn node_reports(
+    args: &SoakArgs,
+    watched: &Watched,
+    targets: &[Target],
+    ended: &Ended,
+    placement: &accounting::Placement<'_>,
+    accounts: &accounting::Accounts,
+    warmup: Duration,
+    findings: &Findings,
+) -> Vec<NodeReport> {
+    let mut nodes = Vec::new();
+    for (node, watched_node) in watched.nodes.iter().enumerate() {
+        let samples = std::mem::take(&mut *lock(&watched_node.samples));
+        let (rss, fds) = check_growth(
+            args,
+            &samples,
+            warmup,
+            (ended.baseline_fds[node], ended.last_fds[node]),
+            &watched.label(node),
+            findings,
+        );
+        let counts = findings.node(node);
+        let on_node = |index: &usize| placement.node_of[*index] == node;
+        let (pid, log) = {
+            let server = lock(&watched_node.server);
+            (server.pid(), server.log())
+        };
+        nodes.push(NodeReport {
+            name: watched_node.name.clone(),
+            pid,
+            addr: targets[node].addr.to_string(),
+            healthy_clients: (0..placement.names.len())
+                .filter(on_node)
+                .map(|i| placement.names[i].clone())
+                .collect(),
+            connections: counts.connections.load(Relaxed),
+            refused_server_full: counts.refused_full.load(Relaxed),
+            faults: findings.node_faults(node),
+            messages_sent: (0..args.publishers)
+                .filter(on_node)
+                .map(|k| ended.sent[k].len() as u64)
+                .sum(),
+            messages_verified: counts.verified.load(Relaxed),
+            lines_lost_in_outages: accounts.lost_by_node.get(node).copied().unwrap_or(0),
+            rss_kib: rss,
+            fds,
+            stats_at_end: ended.stats[node].clone(),
+            nats_link_lost: args
+                .cluster
+                .then(|| log.matches("cluster link lost").count()),
+            exit: ended.exits[node].clone(),
+            samples,
+        });
+    }
+    nodes
+}
+
+/// Starts the server, or the cluster's nodes (`n1`, `n2`, ...) joined through `nats`.
+fn start_nodes(
+    args: &SoakArgs,
+    bin: &Path,
+    backend: Backend,
+    nats: Option<String>,
+) -> anyhow::Result<Vec<(String, ServerProcess)>> {
+    let Some(url) = nats else {
+        return Ok(vec![(
+            "server".to_owned(),
+            start_server(args, bin, backend, "error", &[])?,
+        )]);
+    };
+    let lease = format!("{}ms", args.cluster_lease.as_millis());
+    (1..=args.nodes)
+        .map(|number| {
+            let name = format!("n{number}");
+            let cluster = [
+                "--cluster",
+                &url,
+                "--node",
+                &name,
+                "--cluster-lease",
+                &lease,
+            ];
+            // At warn, so the log says when the node lost its link to NATS.
+            let server = start_server(args, bin, backend, "warn", &cluster)
+                .with_context(|| format!("starting node {name}"))?;
+            Ok((name, server))
+        })
+        .collect()
+}
+
+/// Starts a server with the soak's small limits and `extra` flags, killed if the soak dies.
+fn start_server(
+    args: &SoakArgs,
+    bin: &Path,
+    backend: Backend,
+    log_level: &str,
+    extra: &[&str],
+) -> anyhow::Result<ServerProcess> {
     let threads = args.threads.to_string();
     let max_clients = args.max_clients.to_string();
     let max_outbound = args.max_outbound.to_string();
@@ -361,8 +665,9 @@ fn start_server(args: &SoakArgs, bin: &Path, backend: Backend) -> anyhow::Result
         "--http",
         "off",
         "--log-level",
-        "error",
+        log_level,
     ];
+    server_args.extend_from_slice(extra);
     server_args.extend(args.server_args.iter().map(String::as_str));
     ServerProcess::start(bin, &server_args, |command| {
         use std::os::unix::process::CommandExt as _;
@@ -380,10 +685,11 @@ fn start_server(args: &SoakArgs, bin: &Path, backend: Backend) -> anyhow::Result
     .with_context(|| format!("starting the {} server", backend.name()))
 }
 
-/// Connects the healthy clients, all in the room before anyone publishes, and starts
-/// their verifiers.
+/// Connects the healthy clients, spread over the nodes, all in the room before anyone
+/// publishes (a join is confirmed once the node receives the room from the others), and
+/// starts their verifiers.
 async fn connect_healthy(
-    addr: SocketAddr,
+    nodes: &[Target],
     args: &SoakArgs,
     findings: &Arc<Findings>,
 ) -> anyhow::Result<Healthy> {
@@ -392,7 +698,8 @@ async fn connect_healthy(
     let mut verifiers = JoinSet::new();
     for index in 0..args.publishers + args.readers {
         let name = clients::healthy_name(index, args.publishers);
-        let client = clients::healthy(addr, findings, &name)
+        let to = nodes[healthy_node(index, nodes.len())];
+        let client = clients::healthy(to, findings, &name)
             .await
             .with_context(|| format!("connecting healthy client {name}"))?;
         let (client, writer) = client.split_writer();
@@ -400,8 +707,9 @@ async fn connect_healthy(
         let (findings, targets) = (findings.clone(), targets_rx.clone());
         let publishers = args.publishers;
         verifiers.spawn(async move {
+            let me = (index, to.node);
             let client =
-                clients::verify(client, index, name.clone(), publishers, targets, findings).await;
+                clients::verify(client, me, name.clone(), publishers, targets, findings).await;
             (index, name, client)
         });
     }
@@ -412,7 +720,7 @@ async fn connect_healthy(
     })
 }
 
-/// Samples the server's RSS and fds until told to stop, and notes a server that died.
+/// Samples every node's RSS and fds until told to stop, and notes a node that died.
 fn spawn_sampler(
     watched: &Arc<Watched>,
     duration: Duration,
@@ -435,18 +743,21 @@ fn spawn_sampler(
                 _ = tokio::time::sleep(pause) => {}
                 _ = &mut stopped => return,
             }
-            {
-                let mut server = lock(&watched.server);
-                if let Some(status) = server.exited() {
-                    findings.fail(format!(
-                        "the server died during the soak ({status}); its log:\n{}",
-                        server.log_tail(40)
-                    ));
-                    return;
+            for (node, watched_node) in watched.nodes.iter().enumerate() {
+                {
+                    let mut server = lock(&watched_node.server);
+                    if let Some(status) = server.exited() {
+                        findings.fail(format!(
+                            "{} died during the soak ({status}); its log:\n{}",
+                            watched.label(node),
+                            server.log_tail(40)
+                        ));
+                        return;
+                    }
                 }
-            }
-            if let Some(sample) = watched.sample() {
-                lock(&watched.samples).push(sample);
+                if let Some(sample) = watched.sample(node) {
+                    lock(&watched_node.samples).push(sample);
+                }
             }
         }
     });
@@ -454,20 +765,13 @@ fn spawn_sampler(
 }
 
 /// The load until `end`: publishers, churn and faults; then the readers get the rest.
-/// Returns the lines published, the healthy clients' write halves by index and the
-/// healthy clients themselves.
-#[allow(clippy::type_complexity)]
 async fn load(
-    addr: SocketAddr,
+    nodes: &[Target],
     args: &SoakArgs,
     end: Instant,
     healthy: Healthy,
     findings: &Arc<Findings>,
-) -> anyhow::Result<(
-    u64,
-    Vec<(usize, OwnedWriteHalf)>,
-    Vec<(usize, String, Client)>,
-)> {
+) -> anyhow::Result<Loaded> {
     let Healthy {
         writers,
         mut verifiers,
@@ -488,18 +792,16 @@ async fn load(
     }
     // Churn and faults run until `end`, each connection in its own task.
     let chaos = {
-        let findings = findings.clone();
-        let args = args.clone();
-        tokio::spawn(async move { chaos(addr, &args, end, findings).await })
+        let (findings, args, nodes) = (findings.clone(), args.clone(), nodes.to_vec());
+        tokio::spawn(async move { chaos(&nodes, &args, end, findings).await })
     };
-    let mut sent = vec![0u64; args.publishers];
+    let mut sent = vec![Vec::new(); args.publishers];
     while let Some(done) = publishers.join_next().await {
-        let (k, n, writer) = done.context("publisher task")?;
-        sent[k] = n;
+        let (k, times, writer) = done.context("publisher task")?;
+        sent[k] = times;
         held_writers.push((k, writer));
     }
-    let messages_sent: u64 = sent.iter().sum();
-    let _ = targets.send(Some(sent));
+    let _ = targets.send(Some(sent.iter().map(|s| s.len() as u64).collect()));
     let mut verified = Vec::new();
     while let Some(done) = verifiers.join_next().await {
         verified.push(done.context("verifier task")?);
@@ -507,16 +809,25 @@ async fn load(
     if let Err(err) = chaos.await.context("chaos task")? {
         findings.fail(format!("{err:#}"));
     }
-    Ok((messages_sent, held_writers, verified))
+    Ok(Loaded {
+        sent,
+        writers: held_writers,
+        healthy: verified,
+    })
 }
 
-/// With the churn gone, the fd count must come back to where it was; returns the last
-/// count seen.
-async fn fds_back_to_baseline(watched: &Watched, baseline: u64, findings: &Findings) -> u64 {
+/// With the churn gone, a node's fd count must come back to where it was; returns the
+/// last count seen.
+async fn fds_back_to_baseline(
+    watched: &Watched,
+    node: usize,
+    baseline: u64,
+    findings: &Findings,
+) -> u64 {
     let deadline = Instant::now() + IO_TIMEOUT;
     let mut last = baseline;
     while Instant::now() < deadline {
-        if let Some(sample) = watched.sample() {
+        if let Some(sample) = watched.sample(node) {
             last = sample.fds;
             if last <= baseline {
                 return last;
@@ -525,100 +836,147 @@ async fn fds_back_to_baseline(watched: &Watched, baseline: u64, findings: &Findi
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     findings.fail(format!(
-        "fd count did not return to its baseline: {last} open, {baseline} before the churn"
+        "{}: fd count did not return to its baseline: {last} open, {baseline} before the churn",
+        watched.label(node)
     ));
     last
 }
 
-/// The server must count exactly the healthy clients (and the probe) as connected.
-async fn check_server_clients(
-    addr: SocketAddr,
+/// A node must count exactly its healthy clients (and the probe) as connected, and a
+/// node of a cluster must see every node alive. Returns the node's `/stats` fields.
+async fn check_node_stats(
+    to: Target,
     args: &SoakArgs,
+    watched: &Watched,
     findings: &Findings,
-) -> Option<usize> {
-    let expected = args.publishers + args.readers + 1;
-    match clients::server_clients(addr, findings).await {
-        Ok(n) => {
-            if n != expected {
-                findings.fail(format!("/stats says clients={n} with {expected} connected"));
+) -> BTreeMap<String, u64> {
+    let nodes = watched.nodes.len();
+    let expected = (0..args.publishers + args.readers)
+        .filter(|&index| healthy_node(index, nodes) == to.node)
+        .count() as u64
+        + 1;
+    let label = watched.label(to.node);
+    // The node count comes from heartbeats refreshed every lease / 3: after a NATS
+    // restart it is right again within a lease.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let stats = match clients::server_stats(to, findings).await {
+            Ok(stats) => stats,
+            Err(err) => {
+                findings.fail(format!("{label}: /stats probe: {err:#}"));
+                return BTreeMap::new();
             }
-            Some(n)
+        };
+        let seen = stats.get("nodes").copied();
+        if args.cluster && seen != Some(nodes as u64) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         }
-        Err(err) => {
-            findings.fail(format!("/stats probe: {err:#}"));
-            None
+        if args.cluster && seen != Some(nodes as u64) {
+            findings.fail(format!(
+                "{label}: /stats says nodes={seen:?} with {nodes} nodes running"
+            ));
         }
+        let clients = stats.get("clients").copied().unwrap_or(0);
+        if clients != expected {
+            findings.fail(format!(
+                "{label}: /stats says clients={clients} with {expected} connected"
+            ));
+        }
+        return stats;
     }
 }
 
-/// Healthy clients leave with /quit but the last, which must see the server's shutdown
-/// notice after SIGTERM; then the server must exit 0. Returns how it exited.
+/// Healthy clients leave with /quit but the last of each node, which must see the
+/// server's shutdown notice after SIGTERM; then every node must exit 0. Returns how each
+/// exited.
 async fn shut_down(
     watched: &Watched,
     mut writers: Vec<(usize, OwnedWriteHalf)>,
     mut healthy: Vec<(usize, String, Client)>,
     findings: &Findings,
-) -> String {
+) -> Vec<String> {
+    let nodes = watched.nodes.len();
     healthy.sort_by_key(|(index, _, _)| *index);
     writers.sort_by_key(|(k, _)| *k);
     let count = healthy.len();
     let mut writers = writers.into_iter().map(|(_, w)| w);
-    let mut remaining = None;
+    let mut remaining = Vec::new();
     for (index, name, client) in healthy {
         let Some(writer) = writers.next() else {
             continue;
         };
         let client = client.rejoin(writer);
-        if index + 1 == count {
-            remaining = Some(client);
+        let node = healthy_node(index, nodes);
+        let last_of_node = (index + 1..count).all(|later| healthy_node(later, nodes) != node);
+        if last_of_node {
+            remaining.push((node, name, client));
         } else if let Err(err) = clients::quit(client, &name).await {
             findings.fail(format!("{name}: {err:#}"));
         }
     }
-    let signalled = lock(&watched.server).signal(libc::SIGTERM);
-    if let Err(err) = signalled {
-        findings.fail(format!("sending SIGTERM to the server: {err}"));
-    } else if let Some(client) = remaining {
-        if let Err(err) = clients::expect_shutdown(client).await {
-            findings.fail(format!("client connected at SIGTERM: {err:#}"));
+    let mut signalled = vec![false; nodes];
+    for (node, watched_node) in watched.nodes.iter().enumerate() {
+        match lock(&watched_node.server).signal(libc::SIGTERM) {
+            Ok(()) => signalled[node] = true,
+            Err(err) => findings.fail(format!("sending SIGTERM to {}: {err}", watched.label(node))),
         }
     }
-    let mut server = lock(&watched.server);
-    match server.wait_exit(Duration::from_secs(20)) {
-        Some(status) if status.success() => status.to_string(),
-        Some(status) => {
-            findings.fail(format!(
-                "the server exited with {status} after SIGTERM; its log:\n{}",
-                server.log_tail(40)
-            ));
-            status.to_string()
-        }
-        None => {
-            findings.fail("the server did not exit within 20s of SIGTERM");
-            "did not exit (killed)".to_owned()
+    for (node, name, client) in remaining {
+        if signalled[node] {
+            if let Err(err) = clients::expect_shutdown(client).await {
+                findings.fail(format!(
+                    "{name}, connected to {} at SIGTERM: {err:#}",
+                    watched.label(node)
+                ));
+            }
         }
     }
+    let mut exits = Vec::new();
+    for (node, watched_node) in watched.nodes.iter().enumerate() {
+        let mut server = lock(&watched_node.server);
+        let label = watched.label(node);
+        exits.push(match server.wait_exit(Duration::from_secs(20)) {
+            Some(status) if status.success() => status.to_string(),
+            Some(status) => {
+                findings.fail(format!(
+                    "{label} exited with {status} after SIGTERM; its log:\n{}",
+                    server.log_tail(40)
+                ));
+                status.to_string()
+            }
+            None => {
+                findings.fail(format!("{label} did not exit within 20s of SIGTERM"));
+                "did not exit (killed)".to_owned()
+            }
+        });
+    }
+    exits
 }
 
-/// Churn at `--churn-rate` and one fault every `--fault-interval` until `end`; then waits
-/// for every connection it started to finish.
+/// Churn at `--churn-rate` and one fault every `--fault-interval` until `end`, spread
+/// over the nodes; then waits for every connection it started to finish.
 async fn chaos(
-    addr: std::net::SocketAddr,
+    nodes: &[Target],
     args: &SoakArgs,
     end: Instant,
     findings: Arc<Findings>,
 ) -> anyhow::Result<()> {
     /// Most churn connections alive at once, so a slow server is not buried.
     const MAX_CHURN: usize = 16;
+    /// Rooms churn clients join: few, so members on different nodes meet in them.
+    const CHURN_ROOMS: usize = 4;
     let mut churn_ticks =
         tokio::time::interval(Duration::from_secs_f64(1.0 / args.churn_rate.max(0.1)));
     churn_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fault_ticks = tokio::time::interval(args.fault_interval.max(Duration::from_millis(10)));
     fault_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = Rng::new(args.seed);
+    let mut pick = Rng::new(args.seed ^ 0xa5a5_a5a5);
     let mut churn: JoinSet<()> = JoinSet::new();
     let mut faults: JoinSet<()> = JoinSet::new();
     let (mut churned, mut injected) = (0usize, 0usize);
+    let cluster = args.cluster;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
@@ -628,12 +986,13 @@ async fn chaos(
                     continue;
                 }
                 let leave = [Leave::Quit, Leave::Drop, Leave::Reset, Leave::HalfClose][churned % 4];
-                let ask = churned % 3 == 0;
+                let room = (churned % 3 == 0).then(|| format!("c{}", pick.below(CHURN_ROOMS)));
+                let to = nodes[pick.below(nodes.len())];
                 churned += 1;
                 let findings = findings.clone();
                 churn.spawn(async move {
-                    if let Err(err) = clients::churn(addr, &findings, leave, ask).await {
-                        findings.fail(format!("churn client ({leave:?}): {err:#}"));
+                    if let Err(err) = clients::churn(to, &findings, leave, room.as_deref(), cluster).await {
+                        findings.fail(format!("churn client ({leave:?}) on node {}: {err:#}", to.node + 1));
                     }
                 });
             }
@@ -643,16 +1002,24 @@ async fn chaos(
                 let (max_line, max_clients) = (args.max_line, args.max_clients);
                 let mut rng = Rng::new(rng.next());
                 let kind = injected % 10;
+                // Round-robin over the nodes, one further every ten faults: kind k of
+                // round r goes to node (11 r + k) mod n, so every kind reaches every
+                // node (for any node count that is not a multiple of 11).
+                let to = nodes[(injected + injected / 10) % nodes.len()];
+                let other = nodes[(to.node + 1) % nodes.len()];
                 injected += 1;
                 faults.spawn(async move {
-                    let result = match kind {
-                        9 => clients::burst(addr, &findings, max_clients).await,
-                        k if k % 2 == 0 => clients::slow_consumer(addr, &findings).await,
-                        _ => clients::garbage(addr, &findings, max_line, &mut rng).await,
+                    let (what, result) = match kind {
+                        9 => ("burst", clients::burst(to, &findings, max_clients).await),
+                        5 if cluster => {
+                            let name = format!("race{injected}");
+                            ("name race", clients::name_race(to, other, &findings, name).await)
+                        }
+                        k if k % 2 == 0 => ("slow consumer", clients::slow_consumer(to, &findings).await),
+                        _ => ("garbage", clients::garbage(to, &findings, max_line, &mut rng).await),
                     };
                     if let Err(err) = result {
-                        let kind = match kind { 9 => "burst", k if k % 2 == 0 => "slow consumer", _ => "garbage" };
-                        findings.fail(format!("{kind} client: {err:#}"));
+                        findings.fail(format!("{what} client on node {}: {err:#}", to.node + 1));
                     }
                 });
             }
@@ -674,13 +1041,14 @@ async fn chaos(
     Ok(())
 }
 
-/// The leak checks on the samples taken after warm-up.
+/// The leak checks on one node's samples taken after warm-up; `fds` is the node's
+/// (baseline, last) descriptor count.
 fn check_growth(
     args: &SoakArgs,
     samples: &[Sample],
     warmup: Duration,
-    baseline_fds: u64,
-    last_fds: u64,
+    (baseline_fds, last_fds): (u64, u64),
+    label: &str,
     findings: &Findings,
 ) -> (RssFigures, FdFigures) {
     let warm: Vec<&Sample> = samples
@@ -699,7 +1067,7 @@ fn check_growth(
     };
     if warm.len() < 6 {
         findings.fail(format!(
-            "only {} samples after warm-up: too few to judge growth",
+            "{label}: only {} samples after warm-up: too few to judge growth",
             warm.len()
         ));
         return (rss, fds);
@@ -712,8 +1080,8 @@ fn check_growth(
         + args.rss_slack as u64 / 1024;
     if rss.last_third_max > rss.limit {
         findings.fail(format!(
-            "server RSS grew after warm-up: max {} KiB in the last third vs {} KiB in the first \
-             (limit {} KiB)",
+            "{label}: RSS grew after warm-up: max {} KiB in the last third vs {} KiB in the \
+             first (limit {} KiB)",
             rss.last_third_max, rss.first_third_max, rss.limit
         ));
     }
@@ -721,7 +1089,8 @@ fn check_growth(
     fds.last_third_min = last.iter().map(|s| s.fds).min().unwrap_or(0);
     if fds.last_third_min > fds.first_third_min + args.fd_tolerance {
         findings.fail(format!(
-            "server fds crept up after warm-up: at least {} in the last third vs {} in the first",
+            "{label}: fds crept up after warm-up: at least {} in the last third vs {} in the \
+             first",
             fds.last_third_min, fds.first_third_min
         ));
     }
@@ -730,8 +1099,13 @@ fn check_growth(
 
 fn print_human(r: &BackendReport) {
     let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let nodes = if r.mode == "cluster" {
+        format!(", {} nodes", r.nodes.len())
+    } else {
+        String::new()
+    };
     println!(
-        "soak {}: {} after {:.0} s under load (warm-up {:.0} s)",
+        "soak {}{nodes}: {} after {:.0} s under load (warm-up {:.0} s)",
         r.backend,
         if r.passed { "PASS" } else { "FAIL" },
         r.duration_s,
@@ -746,18 +1120,45 @@ fn print_human(r: &BackendReport) {
         "  messages: {} published, {} verified in order by {} healthy clients",
         r.messages_sent, r.messages_verified, r.healthy_clients
     );
-    println!(
-        "  server RSS: max {:.1} MiB; after warm-up first third max {:.1} MiB, last third max {:.1} MiB (limit {:.1} MiB)",
-        mib(r.rss_kib.max),
-        mib(r.rss_kib.first_third_max),
-        mib(r.rss_kib.last_third_max),
-        mib(r.rss_kib.limit)
-    );
-    println!(
-        "  server fds: baseline {}, max {}, final {}; lowest in first/last third {}/{}",
-        r.fds.baseline, r.fds.max, r.fds.last, r.fds.first_third_min, r.fds.last_third_min
-    );
-    println!("  server exit: {}", r.server_exit);
+    if let Some(cluster) = &r.cluster {
+        cluster::print_human(cluster, r.lines_lost_in_outages);
+    }
+    for node in &r.nodes {
+        let who = if r.mode == "cluster" {
+            format!(
+                "  node {} ({}):",
+                node.name,
+                node.healthy_clients.join(", ")
+            )
+        } else {
+            "  server".to_owned()
+        };
+        println!(
+            "{who} RSS max {:.1} MiB; after warm-up first third max {:.1} MiB, last third max {:.1} MiB (limit {:.1} MiB)",
+            mib(node.rss_kib.max),
+            mib(node.rss_kib.first_third_max),
+            mib(node.rss_kib.last_third_max),
+            mib(node.rss_kib.limit)
+        );
+        println!(
+            "    fds: baseline {}, max {}, final {}; lowest in first/last third {}/{}; exit: {}",
+            node.fds.baseline,
+            node.fds.max,
+            node.fds.last,
+            node.fds.first_third_min,
+            node.fds.last_third_min,
+            node.exit
+        );
+        if let Some(lost) = node.nats_link_lost {
+            let stat = |key: &str| node.stats_at_end.get(key).copied().unwrap_or(0);
+            println!(
+                "    cluster: {} batches published, {} received, {} dropped; NATS link lost {lost} times",
+                stat("cluster_published"),
+                stat("cluster_received"),
+                stat("cluster_dropped")
+            );
+        }
+    }
     for failure in &r.failures {
         println!("  FAILURE: {failure}");
     }
