@@ -282,18 +282,23 @@ impl Node {
                 let claim = self.claim(&name).await;
                 self.answer(thread, Answer::Name { id, claim });
             }
-            Request::Register { thread, id, name } => {
+            Request::Register { thread, name } => {
                 if self.claim(&name).await == Claim::Taken {
-                    self.answer(thread, Answer::DefaultTaken { id });
+                    self.answer(thread, Answer::NameLost { name });
                 }
             }
             Request::Release { name } => self.release(&name).await,
-            Request::Who { thread, id, room } => {
-                let text = self.who(&room).await;
+            Request::Who {
+                thread,
+                id,
+                room,
+                local,
+            } => {
+                let text = self.who(&room, local).await;
                 self.answer(thread, Answer::Text { id, text });
             }
-            Request::Rooms { thread, id } => {
-                let text = self.rooms().await;
+            Request::Rooms { thread, id, local } => {
+                let text = self.rooms(local).await;
                 self.answer(thread, Answer::Text { id, text });
             }
         }
@@ -464,17 +469,24 @@ impl Node {
         }
     }
 
+    /// Counts the live nodes (their heartbeat keys), bounded as a whole: the key listing
+    /// stalls with a stopped NATS, and may repeat keys. On failure the last count stays.
     async fn count_nodes(&self) {
-        let Ok(Ok(mut keys)) = tokio::time::timeout(CLAIM_TIMEOUT, self.kv.keys()).await else {
-            return;
-        };
-        let mut nodes = 0;
-        while let Some(Ok(key)) = keys.next().await {
-            if key.starts_with("node.") {
-                nodes += 1;
+        let counted = tokio::time::timeout(CLAIM_TIMEOUT, async {
+            let mut keys = self.kv.keys().await.ok()?;
+            let mut nodes = HashSet::new();
+            while let Some(key) = keys.next().await {
+                let key = key.ok()?;
+                if key.starts_with("node.") {
+                    nodes.insert(key);
+                }
             }
+            Some(nodes.len())
+        })
+        .await;
+        if let Ok(Some(nodes)) = counted {
+            self.view.nodes.store(nodes.max(1), Ordering::Relaxed);
         }
-        self.view.nodes.store(nodes.max(1), Ordering::Relaxed);
     }
 
     /// Answers other nodes' `/who` and `/rooms` from this node's directory.
@@ -520,38 +532,37 @@ impl Node {
         if others == 0 || !self.view.is_available() {
             return (Vec::new(), others);
         }
+        // Every step is bounded: a stopped NATS does not close the connection, and the
+        // client's buffers then fill.
+        let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
         let inbox = self.client.new_inbox();
-        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+        let Ok(Ok(mut answers)) =
+            tokio::time::timeout_at(deadline, self.client.subscribe(inbox.clone())).await
+        else {
             return (Vec::new(), others);
         };
         let subject = format!("ringcast.ask.{question}");
-        if self
-            .client
-            .publish_with_reply(subject, inbox, payload)
-            .await
-            .is_err()
-        {
+        let published = tokio::time::timeout_at(
+            deadline,
+            self.client.publish_with_reply(subject, inbox, payload),
+        )
+        .await;
+        if !matches!(published, Ok(Ok(()))) {
             return (Vec::new(), others);
         }
         let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
         while got.len() < others {
             match tokio::time::timeout_at(deadline, answers.next()).await {
                 Ok(Some(answer)) => got.push(answer.payload),
                 _ => break,
             }
         }
-        let missing = others - got.len();
+        let missing = others.saturating_sub(got.len());
         (got, missing)
     }
 
-    async fn who(&self, room: &str) -> String {
-        let mut names: Vec<String> = self
-            .dir
-            .members(room)
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+    async fn who(&self, room: &str, local: Vec<Arc<str>>) -> String {
+        let mut names: Vec<String> = local.iter().map(|n| n.to_string()).collect();
         let (answers, missing) = self.ask("who", Bytes::from(room.to_owned())).await;
         for answer in answers {
             names.extend(
@@ -568,10 +579,8 @@ impl Node {
         text
     }
 
-    async fn rooms(&self) -> String {
-        let mut rooms: BTreeMap<String, usize> = self
-            .dir
-            .rooms()
+    async fn rooms(&self, local: Vec<(Arc<str>, usize)>) -> String {
+        let mut rooms: BTreeMap<String, usize> = local
             .iter()
             .map(|(room, n)| (room.to_string(), *n))
             .collect();
@@ -674,10 +683,17 @@ fn on_event(
     }
 }
 
+/// The subject of a room's chat. Room names may hold `.`, which NATS reads as a token
+/// separator (`x..y`, `.x` are no valid subjects): the name goes in as one hex token.
 fn room_subject(room: &str) -> String {
-    format!("ringcast.room.{room}")
+    format!("ringcast.room.{}", hex(room))
 }
 
+/// The bucket key of a name, hex-encoded for the same reason.
 fn name_key(name: &str) -> String {
-    format!("name.{name}")
+    format!("name.{}", hex(name))
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
 }

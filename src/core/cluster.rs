@@ -28,23 +28,26 @@ pub enum Request {
         name: Arc<str>,
     },
     /// Register a default name given at connect (unique by construction unless someone
-    /// took it with `/nick` meanwhile): answered only if it was taken,
-    /// [`Answer::DefaultTaken`].
-    Register {
-        thread: usize,
-        id: u64,
-        name: Arc<str>,
-    },
+    /// took it with `/nick` meanwhile). Nobody waits for it; if the name is taken, the
+    /// thread hears [`Answer::NameLost`].
+    Register { thread: usize, name: Arc<str> },
     /// A name this node no longer uses.
     Release { name: Arc<str> },
-    /// Members of a room on every live node: [`Answer::Text`].
+    /// Members of a room on every live node: [`Answer::Text`]. `local` is this node's,
+    /// as they were when the client asked.
     Who {
         thread: usize,
         id: u64,
         room: Arc<str>,
+        local: Vec<Arc<str>>,
     },
-    /// Rooms and member counts on every live node: [`Answer::Text`].
-    Rooms { thread: usize, id: u64 },
+    /// Rooms and member counts on every live node: [`Answer::Text`]. `local` is this
+    /// node's, as they were when the client asked.
+    Rooms {
+        thread: usize,
+        id: u64,
+        local: Vec<(Arc<str>, usize)>,
+    },
 }
 
 /// How a name claim ended.
@@ -66,11 +69,9 @@ pub enum Answer {
         id: u64,
         claim: Claim,
     },
-    DefaultTaken {
-        id: u64,
-    },
-    /// `name`, held by a client of this node, was taken elsewhere while the cluster was
-    /// unreachable: its holder here gets a fresh default name.
+    /// `name`, held by a client of this node, belongs to someone else in the cluster (a
+    /// default name someone took with `/nick` first, or a name taken while this node was
+    /// cut off): its holder here gets a fresh default name.
     NameLost {
         name: Arc<str>,
     },

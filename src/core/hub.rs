@@ -219,6 +219,9 @@ struct Client<H> {
     serial: u64,
     /// A `/nick` waits for the cluster's answer.
     nick_pending: bool,
+    /// While the cluster owes this client an answer: its replies, in the order of its
+    /// requests (see `cluster.rs`); none otherwise (nearly always).
+    held: cluster::HeldQueue,
     codec: Codec,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
@@ -272,8 +275,6 @@ enum Awaited {
     Join { room: Arc<str>, members: usize },
     /// `/nick NAME`.
     Nick { name: Arc<str> },
-    /// The default name given at connect, in case someone else has it.
-    Default { name: Arc<str> },
     /// A `/who` or `/rooms` reply.
     Text,
 }
@@ -321,6 +322,9 @@ pub struct Hub<H> {
     next_id: u64,
     /// Questions for the cluster, yielded by `poll_action` after the hand-offs.
     requests: VecDeque<Request>,
+    /// While an answer from the cluster is turned into replies: to which client, and the
+    /// replies so far (they take the answer's place in the client's queue).
+    filling: Option<(ClientId, Vec<Bytes>)>,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
 }
@@ -349,6 +353,7 @@ impl<H: Clone> Hub<H> {
             pending: HashMap::new(),
             next_id: 0,
             requests: VecDeque::new(),
+            filling: None,
             input_stopped: false,
         }
     }
@@ -392,6 +397,7 @@ impl<H: Clone> Hub<H> {
             member: None,
             serial: self.next_id,
             nick_pending: false,
+            held: None,
             codec: match protocol {
                 Protocol::Line => Codec::Line(LineDecoder::new(self.limits.max_line)),
                 Protocol::Http => Codec::Http,
@@ -435,154 +441,11 @@ impl<H: Clone> Hub<H> {
         ));
         tracing::debug!(%name, transport = transport.name(), "client connected");
         if self.shared.cluster.is_some() {
-            let name = name.clone();
-            self.ask(id, Awaited::Default { name: name.clone() }, |thread, id| {
-                Request::Register { thread, id, name }
-            });
+            self.register_name(name.clone());
         }
         self.clients[id].member = Some(Member { name, room, slot });
         self.members += 1;
         self.reply(id, welcome, now);
-    }
-
-    /// Asks the cluster a question on behalf of client `id`; `request` is built from
-    /// this thread's index and the request's id.
-    fn ask(&mut self, id: ClientId, what: Awaited, request: impl FnOnce(usize, u64) -> Request) {
-        self.next_id += 1;
-        let request_id = self.next_id;
-        self.pending.insert(
-            request_id,
-            Pending {
-                client: id,
-                serial: self.clients[id].serial,
-                what,
-            },
-        );
-        self.requests.push_back(request(self.thread, request_id));
-    }
-
-    /// The cluster's answer to an earlier question. An answer for a client that has
-    /// gone (or is closing) is dropped.
-    pub fn handle_answer(&mut self, answer: Answer, now: Instant) {
-        let now = self.clock.tick(now);
-        let id = match &answer {
-            Answer::Joined { id }
-            | Answer::Name { id, .. }
-            | Answer::DefaultTaken { id }
-            | Answer::Text { id, .. } => *id,
-            Answer::NameLost { name } => {
-                let holder = self.clients.iter().find_map(|(client, c)| {
-                    let held = c.member.as_ref().is_some_and(|m| m.name == *name);
-                    (held && c.closing.is_none()).then_some(client)
-                });
-                if let Some(client) = holder {
-                    self.rename_to_default(client, name.clone(), now);
-                }
-                return;
-            }
-        };
-        let Some(pending) = self.pending.remove(&id) else {
-            return;
-        };
-        let client = pending.client;
-        let live = self.clients.get(client).is_some_and(|c| {
-            c.serial == pending.serial && c.closing.is_none() && c.member.is_some()
-        });
-        if !live {
-            // The claim was granted to a client that is gone: give the name back.
-            if let (
-                Awaited::Nick { name },
-                Answer::Name {
-                    claim: Claim::Granted,
-                    ..
-                },
-            ) = (&pending.what, &answer)
-            {
-                self.requests
-                    .push_back(Request::Release { name: name.clone() });
-            }
-            return;
-        }
-        match (pending.what, answer) {
-            (Awaited::Join { room, members }, Answer::Joined { .. }) => {
-                let text = format!(
-                    "joined {room} ({} on this node)",
-                    reply::count(members, "member", "members")
-                );
-                self.reply(client, reply::notice(text), now);
-            }
-            (Awaited::Nick { name }, Answer::Name { claim, .. }) => {
-                self.clients[client].nick_pending = false;
-                self.claimed(client, name, claim, now);
-            }
-            (Awaited::Default { name }, Answer::DefaultTaken { .. }) => {
-                if self.clients[client].member().name == name {
-                    self.rename_to_default(client, name, now);
-                }
-            }
-            (Awaited::Text, Answer::Text { text, .. }) => {
-                self.reply(client, reply::notice(text), now);
-            }
-            _ => tracing::warn!("cluster answer of the wrong kind dropped"),
-        }
-    }
-
-    /// `name`, which `client` holds here, belongs to another client of the cluster: this
-    /// one gets a fresh default name and a notice saying so.
-    fn rename_to_default(&mut self, client: ClientId, name: Arc<str>, now: Tick) {
-        let member = self.clients[client].member();
-        let fresh = self.shared.dir.rename_fresh(&member.name, &member.room);
-        tracing::info!(%name, %fresh, "name taken elsewhere in the cluster; renamed");
-        if let Some(member) = self.clients[client].member.as_mut() {
-            member.name = fresh.clone();
-        }
-        let text = format!("your name {name} was taken elsewhere; you are {fresh}");
-        self.reply(client, reply::notice(text), now);
-        self.ask(
-            client,
-            Awaited::Default {
-                name: fresh.clone(),
-            },
-            |thread, id| Request::Register {
-                thread,
-                id,
-                name: fresh,
-            },
-        );
-    }
-
-    /// The end of a cluster-wide `/nick`.
-    fn claimed(&mut self, id: ClientId, name: Arc<str>, claim: Claim, now: Tick) {
-        match claim {
-            Claim::Granted => {
-                let member = self.clients[id].member();
-                let old = member.name.clone();
-                match self.shared.dir.rename(&old, &member.room, &name) {
-                    Ok(name) => {
-                        if let Some(member) = self.clients[id].member.as_mut() {
-                            member.name = name.clone();
-                        }
-                        self.requests.push_back(Request::Release { name: old });
-                        let text = reply::notice(format_args!("you are {name}"));
-                        self.reply(id, text, now);
-                    }
-                    // Another client of this node took it meanwhile (its own claim was
-                    // granted first): this one is refused, and the cluster's entry stays
-                    // with that client.
-                    Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
-                }
-            }
-            Claim::Taken => {
-                let taken = super::directory::NameTaken(name.to_string());
-                self.error(id, ErrorKind::NameTaken, taken, now);
-            }
-            Claim::Unavailable => self.error(
-                id,
-                ErrorKind::ClusterUnavailable,
-                reply::CLUSTER_UNAVAILABLE,
-                now,
-            ),
-        }
     }
 
     /// Handles bytes read from a connection: decodes every complete line, message or
@@ -970,6 +833,7 @@ impl<H: Clone> Hub<H> {
                     members,
                 },
                 |thread, id| Request::Join { thread, id, room },
+                now,
             );
             return;
         }
@@ -997,9 +861,13 @@ impl<H: Clone> Hub<H> {
             } else {
                 self.clients[id].nick_pending = true;
                 let name: Arc<str> = Arc::from(name);
-                self.ask(id, Awaited::Nick { name: name.clone() }, |thread, id| {
-                    Request::ClaimName { thread, id, name }
-                });
+                let nick = Awaited::Nick { name: name.clone() };
+                self.ask(
+                    id,
+                    nick,
+                    |thread, id| Request::ClaimName { thread, id, name },
+                    now,
+                );
             }
             return;
         }
@@ -1018,11 +886,20 @@ impl<H: Clone> Hub<H> {
     fn who(&mut self, id: ClientId, now: Tick) {
         if self.shared.cluster.is_some() {
             let room = self.clients[id].member().room.clone();
-            self.ask(id, Awaited::Text, |thread, id| Request::Who {
-                thread,
+            // This node's members as they are now, in the order of the client's requests:
+            // a `/join` after this `/who` does not change its answer.
+            let local = self.shared.dir.members(&room);
+            self.ask(
                 id,
-                room,
-            });
+                Awaited::Text,
+                |thread, id| Request::Who {
+                    thread,
+                    id,
+                    room,
+                    local,
+                },
+                now,
+            );
             return;
         }
         let room = &self.clients[id].member().room;
@@ -1039,10 +916,13 @@ impl<H: Clone> Hub<H> {
 
     fn list_rooms(&mut self, id: ClientId, now: Tick) {
         if self.shared.cluster.is_some() {
-            self.ask(id, Awaited::Text, |thread, id| Request::Rooms {
-                thread,
+            let local = self.shared.dir.rooms();
+            self.ask(
                 id,
-            });
+                Awaited::Text,
+                |thread, id| Request::Rooms { thread, id, local },
+                now,
+            );
             return;
         }
         let rooms = self.shared.dir.rooms();
@@ -1096,6 +976,23 @@ impl<H: Clone> Hub<H> {
 
     /// Queues bytes as they are (already encoded for the client).
     fn push_raw(&mut self, id: ClientId, bytes: Bytes, now: Tick) {
+        // Turning an answer into replies: they take the answer's place.
+        if let Some((client, replies)) = self.filling.as_mut() {
+            if *client == id {
+                replies.push(bytes);
+                return;
+            }
+        }
+        // An answer is owed: this reply waits behind it.
+        if let Some(held) = self.clients[id].held.as_mut() {
+            held.push_back(cluster::Held::Ready(bytes));
+            return;
+        }
+        self.push_out(id, bytes, now);
+    }
+
+    /// Queues bytes for the client's writer now.
+    fn push_out(&mut self, id: ClientId, bytes: Bytes, now: Tick) {
         let len = bytes.len() as i64;
         let client = &mut self.clients[id];
         let pushed = client.outbox.push(bytes);
@@ -1206,7 +1103,13 @@ impl<H: Clone> Hub<H> {
                     .stats
                     .thread(self.thread)
                     .queued_bytes(farewell.len() as i64);
-                client.outbox.push_unbounded(farewell);
+                // After any reply still owed by the cluster, like everything else.
+                match client.held.as_mut() {
+                    Some(held) => held.push_back(cluster::Held::Ready(farewell)),
+                    None => {
+                        client.outbox.push_unbounded(farewell);
+                    }
+                }
                 client.close_by = drain_by;
             }
             Disconnect::Quit | Disconnect::PeerGone | Disconnect::ProtocolError => {
@@ -1272,7 +1175,8 @@ impl<H: Clone> Hub<H> {
         client.stalled_since = Tick::NONE;
         match client.closing {
             None => Output::Idle,
-            Some(_) if client.lingering => Output::Idle,
+            // Replies the cluster still owes go before the FIN (within the drain).
+            Some(_) if client.lingering || client.held.is_some() => Output::Idle,
             Some(_) if client.reading => {
                 client.lingering = true;
                 client.close_by = now.plus(LINGER);
@@ -1347,7 +1251,8 @@ impl<H: Clone> Hub<H> {
             return None;
         }
         self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
-        let client = self.clients.remove(id);
+        let mut client = self.clients.remove(id);
+        self.forget_owed(client.held.take());
         self.counters()
             .queued_bytes(-(client.outbox.queued() as i64));
         self.shared.dir.disconnected(client.peer);
@@ -1457,21 +1362,6 @@ impl<H: Clone> Hub<H> {
         self.requests.pop_front().map(Action::Cluster)
     }
 
-    /// A message for the cluster bridge was dropped: its queue was full (NATS is slow).
-    pub fn cluster_dropped(&self) {
-        if let Some(cluster) = &self.shared.cluster {
-            let dropped = cluster
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if dropped.is_power_of_two() {
-                tracing::warn!(
-                    dropped = dropped + 1,
-                    "queue towards the cluster full: dropped"
-                );
-            }
-        }
-    }
-
     /// Connections of this thread that have not been released.
     pub fn len(&self) -> usize {
         self.clients.len()
@@ -1535,5 +1425,6 @@ fn next_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
         .earliest(write_deadline(client, limits))
 }
 
+mod cluster;
 #[cfg(test)]
 mod tests;

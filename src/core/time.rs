@@ -107,10 +107,20 @@ impl Deadlines {
 
     /// Removes and returns the next entry due at `now`, with its tick.
     pub(crate) fn pop_due(&mut self, now: Tick) -> Option<(Tick, Owner)> {
-        match self.heap.peek() {
+        let due = match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
+        };
+        // Entries of connections long gone stay until they come up (a connection's write
+        // deadline: up to --write-timeout), so a burst of short connections grows the
+        // heap; give the room back once they have.
+        if due.is_some()
+            && self.heap.capacity() > 4096
+            && self.heap.len() < self.heap.capacity() / 4
+        {
+            self.heap.shrink_to(self.heap.len() * 2);
         }
+        due
     }
 
     #[cfg(test)]

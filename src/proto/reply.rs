@@ -38,6 +38,7 @@ pub const SHUTTING_DOWN: &str = "server shutting down";
 pub const BYE: &str = "bye";
 pub const CLUSTER_UNAVAILABLE: &str = "cluster unavailable, try again";
 pub const NICK_PENDING: &str = "a name change is already in progress";
+pub const TOO_MANY_PENDING: &str = "too many requests in progress, wait for their replies";
 
 #[cfg(test)]
 mod tests {

@@ -500,12 +500,18 @@ impl<C: Conn> Worker<C> {
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
                 Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
                 Action::Cluster(request) => {
-                    let bridge = self.bridge.borrow();
-                    let full = bridge
-                        .as_ref()
-                        .is_some_and(|bridge| bridge.try_send(ToBridge::Request(request)).is_err());
-                    if full {
-                        hub.cluster_dropped();
+                    let refused = match self.bridge.borrow().as_ref() {
+                        Some(bridge) => match bridge.try_send(ToBridge::Request(request)) {
+                            Ok(()) => None,
+                            Err(mpsc::error::TrySendError::Full(message))
+                            | Err(mpsc::error::TrySendError::Closed(message)) => Some(message),
+                        },
+                        None => Some(ToBridge::Request(request)),
+                    };
+                    // Not passed on (NATS is slow, or shutting down): answered here, so
+                    // no client waits for it for ever.
+                    if let Some(ToBridge::Request(request)) = refused {
+                        hub.request_failed(request, Instant::now());
                     }
                 }
             }

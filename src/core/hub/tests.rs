@@ -45,6 +45,15 @@ impl Sim {
         }
     }
 
+    /// A hub of one node of a cluster (its bridge is the test).
+    fn clustered(limits: Limits) -> Self {
+        let mut sim = Self::new(1, limits);
+        sim.hub.shared.cluster = Some(Arc::new(crate::core::cluster::ClusterView::new(
+            "test".into(),
+        )));
+        sim
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
     }
@@ -756,4 +765,131 @@ fn a_request_pending_at_shutdown_gets_503_and_members_are_counted_until_released
     assert_eq!(sim.hub.members(), 1);
     sim.hub.release(ws, sim.now);
     assert_eq!(sim.hub.members(), 0);
+}
+
+/// The questions for the cluster among `actions`.
+fn requests(actions: Vec<Action<u32>>) -> Vec<crate::core::cluster::Request> {
+    actions
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Cluster(request) => Some(request),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_answers_come_back_in_the_order_of_the_requests() {
+    use crate::core::cluster::{Answer, Claim, Request};
+    let mut sim = Sim::clustered(limits());
+    let a = sim.connect();
+    sim.actions();
+    sim.input(a, b"/who\n/help\n/nick bo\n/join r\n/help\n");
+    let asked = requests(sim.actions());
+    let ids: Vec<u64> = asked
+        .iter()
+        .filter_map(|r| match r {
+            Request::Who { id, .. } | Request::ClaimName { id, .. } | Request::Join { id, .. } => {
+                Some(*id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 3, "{asked:?}");
+    // Nothing goes out before the first answer, though /help needs none.
+    assert!(sim.output(a).is_empty());
+    // Answered last to first.
+    sim.hub
+        .handle_answer(Answer::Joined { id: ids[2] }, sim.now);
+    sim.hub.handle_answer(
+        Answer::Name {
+            id: ids[1],
+            claim: Claim::Granted,
+        },
+        sim.now,
+    );
+    assert!(sim.output(a).is_empty(), "the /who answer is still owed");
+    sim.hub.handle_answer(
+        Answer::Text {
+            id: ids[0],
+            text: "members of lobby (1): user1".into(),
+        },
+        sim.now,
+    );
+    let replies: Vec<String> = sim
+        .output(a)
+        .iter()
+        .map(|l| {
+            l.split(&[':', '('][..])
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            "* members of lobby ",
+            "* commands",
+            "* you are bo\n",
+            "* joined r ",
+            "* commands"
+        ]
+    );
+}
+
+#[test]
+fn a_closing_client_is_closed_only_after_its_owed_replies() {
+    use crate::core::cluster::{Answer, Request};
+    let mut sim = Sim::clustered(limits());
+    let a = sim.connect();
+    sim.actions();
+    sim.input(a, b"/rooms\n/quit\n");
+    let asked = requests(sim.actions());
+    let id = asked
+        .iter()
+        .find_map(|r| match r {
+            Request::Rooms { id, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("/rooms asked of the cluster");
+    // The quit gave its name back to the cluster.
+    assert!(asked
+        .iter()
+        .any(|r| matches!(r, Request::Release { name } if &**name == "user1")));
+    // Owed a reply: no FIN yet, however often the writer asks.
+    assert_eq!(sim.output_then(a), (Vec::new(), Output::Idle));
+    sim.hub.handle_answer(
+        Answer::Text {
+            id,
+            text: "rooms (1): lobby (1)".into(),
+        },
+        sim.now,
+    );
+    assert!(sim.woken().contains(&0));
+    let (lines, then) = sim.output_then(a);
+    assert_eq!(lines, ["* rooms (1): lobby (1)\n", "* bye\n"]);
+    assert_eq!(then, Output::Finish);
+}
+
+#[test]
+fn an_unsent_question_is_answered_and_a_released_client_owes_nothing() {
+    use crate::core::cluster::Request;
+    let mut sim = Sim::clustered(limits());
+    let a = sim.connect();
+    sim.actions();
+    sim.input(a, b"/nick bo\n");
+    let request = requests(sim.actions()).remove(0);
+    assert!(matches!(request, Request::ClaimName { .. }));
+    // The bridge's queue was full: the client hears so at once.
+    sim.hub.request_failed(request, sim.now);
+    assert_eq!(sim.output(a), ["* error: cluster unavailable, try again\n"]);
+    // A question still owed when its client goes is forgotten with it.
+    sim.input(a, b"/who\n");
+    sim.actions();
+    assert_eq!(sim.hub.pending.len(), 1);
+    sim.hub.input_ended(a, sim.now);
+    while sim.hub.take_output(a, &mut Vec::new(), 8, sim.now) == Output::Write {}
+    sim.hub.release(a, sim.now);
+    assert!(sim.hub.pending.is_empty());
 }

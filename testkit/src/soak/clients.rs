@@ -412,12 +412,12 @@ pub(crate) async fn healthy(to: Target, findings: &Findings, name: &str) -> anyh
     if admission != Admission::Welcome {
         bail!("healthy client {name} refused: server full");
     }
-    // One request at a time: a node of a cluster answers `/nick` and `/join` when the
-    // cluster has, and a later request's reply can overtake an earlier one's (a server
-    // bug, pinned by tests/cluster.rs `replies_come_in_the_order_of_the_requests`).
-    client.send(format!("/nick {name}\n").as_bytes()).await?;
+    // Both requests at once: replies come in the order of the requests, also when a
+    // node of a cluster answers them only once the cluster has.
+    client
+        .send(format!("/nick {name}\n/join {ROOM}\n").as_bytes())
+        .await?;
     client.expect_notice(&format!("* you are {name}")).await?;
-    client.send(format!("/join {ROOM}\n").as_bytes()).await?;
     client.expect_notice(&format!("* joined {ROOM} (")).await?;
     Ok(client)
 }
@@ -583,13 +583,12 @@ pub(crate) enum Leave {
 
 /// One churn connection: connect, maybe join `room` and ask `/who` there, then leave in
 /// the given way. Rooms come and go with their members (in a cluster, so do the nodes'
-/// subscriptions to them). `cluster` says the node is one of a cluster.
+/// subscriptions to them).
 pub(crate) async fn churn(
     to: Target,
     findings: &Findings,
     leave: Leave,
     room: Option<&str>,
-    cluster: bool,
 ) -> anyhow::Result<()> {
     let (mut client, admission) = Client::connect(to, findings, None).await?;
     if admission == Admission::Full {
@@ -621,16 +620,9 @@ pub(crate) async fn churn(
             findings.fault(to.node, "reset", 1);
         }
         Leave::HalfClose => {
-            // FIN after a request: the reply must still arrive, then the server's close.
-            // In a cluster the request is one the node answers itself: a node drops the
-            // cluster's answer (`/rooms`, `/who`) to a client that half-closed meanwhile
-            // (a server bug, pinned by tests/cluster.rs
-            // `a_cluster_answer_reaches_a_client_that_half_closed_or_quit`).
-            let (request, reply) = if cluster {
-                ("/help\n", "* commands: ")
-            } else {
-                ("/rooms\n", "* rooms (")
-            };
+            // FIN after a request: the reply must still arrive, then the server's close
+            // (in a cluster, after the other nodes have answered).
+            let (request, reply) = ("/rooms\n", "* rooms (");
             client.send(request.as_bytes()).await?;
             if let Some(writer) = client.writer.as_mut() {
                 writer.shutdown().await.context("shutdown(Write)")?;

@@ -991,7 +991,7 @@ async fn chaos(
                 churned += 1;
                 let findings = findings.clone();
                 churn.spawn(async move {
-                    if let Err(err) = clients::churn(to, &findings, leave, room.as_deref(), cluster).await {
+                    if let Err(err) = clients::churn(to, &findings, leave, room.as_deref()).await {
                         findings.fail(format!("churn client ({leave:?}) on node {}: {err:#}", to.node + 1));
                     }
                 });
