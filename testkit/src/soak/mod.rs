@@ -55,21 +55,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// The server backends a soak can run, as `ringcast serve --backend` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    Uring,
-    Epoll,
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Uring => "uring",
-            Backend::Epoll => "epoll",
-        }
-    }
-}
+/// The server backends a soak can run: the server's own, with its names.
+pub use ringcast::server::Backend;
 
 /// Options of `ringcast-soak`.
 #[derive(Debug, Clone, clap::Parser)]
