@@ -50,6 +50,70 @@ fn nice_floor(v: f64) -> f64 {
         .unwrap_or(magnitude)
 }
 
+/// A value axis from `lo` to `hi`, linear from zero or logarithmic.
+#[derive(Clone, Copy)]
+struct ValueAxis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+impl ValueAxis {
+    /// An axis holding values from `lo` to `hi`: a log axis starts at a round number at or
+    /// below `lo` (at least 0.01), a linear one at zero.
+    fn new(lo: f64, hi: f64, log: bool) -> Self {
+        if log {
+            ValueAxis {
+                lo: nice_floor(lo.max(0.01)),
+                hi: nice_ceiling(hi.max(0.02)),
+                log,
+            }
+        } else {
+            ValueAxis {
+                lo: 0.0,
+                hi: nice_ceiling(hi),
+                log,
+            }
+        }
+    }
+
+    /// Where `v` falls, from 0 (bottom) to 1 (top).
+    fn fraction(&self, v: f64) -> f64 {
+        if self.log {
+            (v.max(self.lo).ln() - self.lo.ln()) / (self.hi.ln() - self.lo.ln())
+        } else {
+            v / self.hi
+        }
+    }
+
+    /// Grid values: 1, 2 and 5 of each decade on a log axis, fifths on a linear one.
+    fn ticks(&self) -> Vec<f64> {
+        if !self.log {
+            return (0..=5).map(|k| self.hi * k as f64 / 5.0).collect();
+        }
+        let mut ticks = Vec::new();
+        let mut decade = 10f64.powf(self.lo.log10().floor());
+        while decade <= self.hi * 1.0001 {
+            for m in [1.0, 2.0, 5.0] {
+                let v = decade * m;
+                if v >= self.lo * 0.9999 && v <= self.hi * 1.0001 {
+                    ticks.push(v);
+                }
+            }
+            decade *= 10.0;
+        }
+        ticks
+    }
+
+    fn label(v: f64) -> String {
+        if v >= 1.0 || v == 0.0 {
+            format!("{v}")
+        } else {
+            format!("{v:.2}").trim_end_matches('0').to_string()
+        }
+    }
+}
+
 /// A rectangle of the drawing.
 #[derive(Clone, Copy)]
 struct Area {
@@ -238,45 +302,14 @@ fn by_rate(
         );
         return;
     }
-    let (y_lo, y_hi) = if log {
-        (nice_floor(lo.max(0.01)), nice_ceiling(hi.max(0.02)))
-    } else {
-        (0.0, nice_ceiling(hi))
-    };
-    let y = |v: f64| {
-        let f = if log {
-            (v.max(y_lo).ln() - y_lo.ln()) / (y_hi.ln() - y_lo.ln())
-        } else {
-            v / y_hi
-        };
-        area.bottom - (area.bottom - area.top) * f
-    };
+    let axis = ValueAxis::new(lo, hi, log);
+    let y = |v: f64| area.bottom - (area.bottom - area.top) * axis.fraction(v);
     let n = rates.len().max(1);
     let x = |i: usize| area.left + (area.right - area.left) * (i as f64 + 0.5) / n as f64;
     // Axes and grid.
-    let ticks: Vec<f64> = if log {
-        let mut t = Vec::new();
-        let mut decade = 10f64.powf(y_lo.log10().floor());
-        while decade <= y_hi * 1.0001 {
-            for m in [1.0, 2.0, 5.0] {
-                let v = decade * m;
-                if v >= y_lo * 0.9999 && v <= y_hi * 1.0001 {
-                    t.push(v);
-                }
-            }
-            decade *= 10.0;
-        }
-        t
-    } else {
-        (0..=5).map(|k| y_hi * k as f64 / 5.0).collect()
-    };
-    for v in ticks {
+    for v in axis.ticks() {
         let yy = y(v);
-        let label = if v >= 1.0 || v == 0.0 {
-            format!("{v}")
-        } else {
-            format!("{v:.2}").trim_end_matches('0').to_string()
-        };
+        let label = ValueAxis::label(v);
         let _ = writeln!(
             out,
             r##"<line x1="{}" y1="{yy:.1}" x2="{}" y2="{yy:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
@@ -387,13 +420,18 @@ fn percentiles(
             finite(q).min(x_max)
         }
     };
-    let y_max_us = curves
+    let maxima_ms: Vec<f64> = curves
         .iter()
-        .flat_map(|c| c.iter().map(|&(_, v)| v as f64))
-        .fold(0.0f64, f64::max);
-    let y_max = nice_ceiling(y_max_us / 1000.0);
+        .filter_map(|c| c.iter().map(|&(_, v)| v as f64 / 1000.0).reduce(f64::max))
+        .collect();
+    let lowest_ms = curves
+        .iter()
+        .flat_map(|c| c.iter().map(|&(_, v)| v as f64 / 1000.0))
+        .filter(|&v| v > 0.0)
+        .fold(f64::MAX, f64::min);
+    let axis = percentile_axis(&maxima_ms, lowest_ms);
     let px = |n: f64| area.left + (area.right - area.left) * n / x_max;
-    let py = |ms: f64| area.bottom - (area.bottom - area.top) * ms / y_max;
+    let py = |ms: f64| area.bottom - (area.bottom - area.top) * axis.fraction(ms);
     let at = rate
         .map(|r| format!(" at {} msg/s (the verdict's rate)", thousands(r)))
         .unwrap_or_default();
@@ -404,9 +442,10 @@ fn percentiles(
     };
     let _ = writeln!(
         out,
-        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Latency by percentile{at}: {what} (ms; lower is better)</text>"#,
+        r#"<text x="{}" y="{}" font-size="13" text-anchor="middle">Latency by percentile{at}: {what} (ms{}; lower is better)</text>"#,
         (area.left + area.right) / 2.0,
-        area.top - 14.0
+        area.top - 14.0,
+        if axis.log { ", log" } else { "" }
     );
     for k in 0..=x_max as usize {
         let x = px(k as f64);
@@ -422,12 +461,12 @@ fn percentiles(
             area.bottom + 16.0
         );
     }
-    for k in 0..=5 {
-        let ms = y_max * k as f64 / 5.0;
+    for ms in axis.ticks() {
         let y = py(ms);
+        let label = ValueAxis::label(ms);
         let _ = writeln!(
             out,
-            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{ms}</text>"##,
+            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label}</text>"##,
             area.left,
             area.right,
             area.left - 6.0,
@@ -461,6 +500,17 @@ fn percentiles(
         }
     }
     Ok(())
+}
+
+/// The latency axis of the percentile panel, in ms: linear from zero, as HdrHistogram's
+/// plots are, unless one system's worst latency is over ten times another's (a system
+/// seconds behind, beside others at milliseconds), where a linear axis would flatten the
+/// fast systems' curves onto its floor; then logarithmic.
+fn percentile_axis(maxima_ms: &[f64], lowest_ms: f64) -> ValueAxis {
+    let highest = maxima_ms.iter().copied().fold(0.0f64, f64::max);
+    let lowest_max = maxima_ms.iter().copied().fold(f64::MAX, f64::min);
+    let log = maxima_ms.len() > 1 && lowest_max > 0.0 && highest > 10.0 * lowest_max;
+    ValueAxis::new(if log { lowest_ms } else { 0.0 }, highest, log)
 }
 
 /// Server memory per idle connection, one bar per system (median, whisker min–max).
@@ -535,5 +585,23 @@ mod tests {
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_floor(0.7), 0.5);
         assert_eq!(nice_floor(3.2), 2.0);
+    }
+
+    #[test]
+    fn the_percentile_axis_turns_logarithmic_only_when_systems_are_far_apart() {
+        // A: every system's worst within a few times the others'.
+        let near = percentile_axis(&[28.6, 28.6, 33.3, 111.9], 0.05);
+        assert!(!near.log);
+        assert_eq!((near.lo, near.hi), (0.0, 200.0));
+        // C: Redis seconds behind, ringcast at tens of milliseconds.
+        let far = percentile_axis(&[65.7, 68.6, 3090.0, 2360.0], 0.08);
+        assert!(far.log);
+        assert_eq!((far.lo, far.hi), (0.05, 5000.0));
+        assert_eq!(far.ticks().first(), Some(&0.05));
+        assert_eq!(far.ticks().last(), Some(&5000.0));
+        // The fast systems' curves stay off the floor: 60 ms is above half the height.
+        assert!(far.fraction(60.0) > 0.5);
+        // One system alone: linear.
+        assert!(!percentile_axis(&[500.0], 0.1).log);
     }
 }
