@@ -11,20 +11,12 @@ use bench_common::{ringcast, scratch, server_deliveries, text};
 use common::Server;
 use ringcast::bench::plan::{Plan, Step};
 use ringcast::bench::report::Report;
-use ringcast_testkit::nats::NatsError;
 use ringcast_testkit::NatsServer;
 use std::time::Duration;
 
 /// nats-server, or `None` when it is missing and skipping was asked for.
 fn nats() -> Option<NatsServer> {
-    match NatsServer::start() {
-        Ok(nats) => Some(nats),
-        Err(NatsError::Skipped) => {
-            eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
-            None
-        }
-        Err(err) => panic!("{err}"),
-    }
+    NatsServer::start_or_skip()
 }
 
 /// Three nodes `n0`, `n1`, `n2` of one cluster.

@@ -6,7 +6,6 @@
 mod common;
 
 use common::{Client, Server, TIMEOUT};
-use ringcast_testkit::nats::NatsError;
 use ringcast_testkit::NatsServer;
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -30,14 +29,7 @@ const LEASE: &str = "2s";
 
 /// nats-server, or `None` when it is missing and skipping was asked for.
 fn nats() -> Option<NatsServer> {
-    match NatsServer::start() {
-        Ok(nats) => Some(nats),
-        Err(NatsError::Skipped) => {
-            eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
-            None
-        }
-        Err(err) => panic!("{err}"),
-    }
+    NatsServer::start_or_skip()
 }
 
 fn node(backend: &str, nats: &NatsServer, name: &str) -> Server {

@@ -17,17 +17,6 @@ backend_tests!(
     close_reasons_are_counted_apart,
 );
 
-/// The most a socket's send buffer can grow to on this machine (the third field of
-/// `net.ipv4.tcp_wmem`): anything beyond it that a client does not read cannot leave the
-/// server.
-fn max_send_buffer() -> usize {
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
-    wmem.split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .expect("tcp_wmem max")
-}
-
 /// A client with a tiny receive buffer that never reads: connected, welcomed, left alone.
 async fn stuck_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -63,7 +52,7 @@ async fn a_client_whose_socket_takes_nothing_is_cut_by_the_write_timeout(backend
     // More than the stuck client's socket can ever take, far less than --max-outbound:
     // its output must stall without its queue reaching the byte limit.
     let line = format!("{}\n", "x".repeat(3990));
-    let lines = (max_send_buffer() + (4 << 20)) / line.len() + 1;
+    let lines = (ringcast_testkit::max_send_buffer() + (4 << 20)) / line.len() + 1;
     let started = Instant::now();
     let sending = {
         let (_, mut writer) = publisher.into_parts();
@@ -295,7 +284,8 @@ async fn close_reasons_are_counted_apart(backend: &str) {
     // A slow consumer by bytes: never reads while the monitor's chat piles up.
     let _slow = stuck_client(server.addr).await;
     // More than its socket can take, in one burst.
-    let burst = format!("{}\n", "y".repeat(999)).repeat(max_send_buffer() / 1000 + 1000);
+    let burst =
+        format!("{}\n", "y".repeat(999)).repeat(ringcast_testkit::max_send_buffer() / 1000 + 1000);
     monitor.send_raw(burst.as_bytes()).await;
     let deadline = Instant::now() + TIMEOUT;
     let stats = loop {

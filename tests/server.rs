@@ -468,20 +468,7 @@ async fn sigint_drains_and_exits_zero(backend: &str) {
 async fn fd_exhaustion_backs_off_and_keeps_serving(backend: &str) {
     const LIMIT: u64 = 96;
     let server = Server::start_with(backend, &["--max-clients", "500"], |cmd| {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setrlimit is async-signal-safe and touches only the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: LIMIT,
-                    rlim_max: LIMIT,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        common::limit_open_files(cmd, LIMIT)
     });
     let mut a = Client::connect(server.addr).await;
     let mut b = Client::connect(server.addr).await;

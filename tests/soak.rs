@@ -6,7 +6,6 @@
 //! them and names raced across them. See `testkit/src/soak/`.
 
 use clap::Parser as _;
-use ringcast_testkit::nats::NatsError;
 use ringcast_testkit::soak::SoakArgs;
 use ringcast_testkit::{NatsServer, ServerProcess};
 use std::path::Path;
@@ -94,13 +93,8 @@ fn short_soak_epoll() {
 /// still time), each refusing names on every node while NATS is out and giving them again
 /// after; lines are lost only inside those windows.
 fn cluster(backend: &str) {
-    match NatsServer::start() {
-        Ok(nats) => drop(nats),
-        Err(NatsError::Skipped) => {
-            eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
-            return;
-        }
-        Err(err) => panic!("{err}"),
+    if NatsServer::start_or_skip().is_none() {
+        return;
     }
     let run = soak(
         backend,
@@ -217,16 +211,6 @@ impl Monitor {
     }
 }
 
-/// The most a socket's send buffer can grow to on this machine (`net.ipv4.tcp_wmem`'s
-/// third field).
-fn max_send_buffer() -> usize {
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
-    wmem.split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .expect("tcp_wmem max")
-}
-
 /// A client that asks for replies it never reads, more than its socket can ever take
 /// (so some must wait in the server, whatever the machine's load, yet far under
 /// `--max-outbound`, so it is not a slow consumer), then half-closes. Regression: the
@@ -248,7 +232,7 @@ fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
     let help_reply = "* commands: /join ROOM, /nick NAME, /who, /rooms, /stats, /quit, /help; \
          any other line is chat for your room (start it with // to send a line beginning with /)\n"
         .len();
-    let asks = (max_send_buffer() + (1 << 20)) / help_reply;
+    let asks = (ringcast_testkit::max_send_buffer() + (1 << 20)) / help_reply;
     stream.write_all(&b"/help\n".repeat(asks)).expect("write");
     stream
         .shutdown(std::net::Shutdown::Write)

@@ -506,16 +506,6 @@ async fn protocol_violations_close_with_their_codes(backend: &str) {
     assert_eq!(stat(&stats, "clients"), 1, "{stats}");
 }
 
-/// The most a socket's send buffer can grow to here (`net.ipv4.tcp_wmem`'s third field):
-/// what a client does not read beyond it cannot leave the server.
-fn max_send_buffer() -> usize {
-    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
-    wmem.split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .expect("tcp_wmem max")
-}
-
 /// A WebSocket member with a tiny receive buffer that reads nothing after its welcome.
 async fn stuck_ws(http: SocketAddr) -> Ws {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -536,7 +526,8 @@ async fn a_websocket_client_that_stops_reading_is_cut_while_others_get_everythin
     publisher.sync().await;
     let payload = "p".repeat(900);
     // More than the stuck client's socket can ever hold, plus --max-outbound.
-    let lines = (max_send_buffer() + (256 << 10)) / payload.len() / CHUNK * CHUNK + CHUNK;
+    let lines =
+        (ringcast_testkit::max_send_buffer() + (256 << 10)) / payload.len() / CHUNK * CHUNK + CHUNK;
     let name = publisher.name.clone();
     for chunk in 0..lines / CHUNK {
         let mut burst = String::new();
@@ -652,7 +643,7 @@ async fn healthz_says_503_while_a_shutdown_drains(backend: &str) {
     let stuck = stuck_ws(http).await;
     let mut publisher = Client::connect(server.addr).await;
     let line = format!("{}\n", "x".repeat(4000));
-    let lines = (max_send_buffer() + (1 << 20)) / line.len();
+    let lines = (ringcast_testkit::max_send_buffer() + (1 << 20)) / line.len();
     publisher.send_raw(line.repeat(lines).as_bytes()).await;
     // Once the reply comes, every line is queued for the stuck member.
     publisher.sync().await;
@@ -688,22 +679,7 @@ async fn both_listeners_resume_after_descriptors_ran_out(backend: &str) {
     let server = Server::start_with(
         backend,
         &["--threads", "1", "--max-clients", "500"],
-        |cmd| {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe and touches only the child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    let limit = libc::rlimit {
-                        rlim_cur: LIMIT,
-                        rlim_max: LIMIT,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        },
+        |cmd| common::limit_open_files(cmd, LIMIT),
     );
     let http = server.http_addr();
     let mut extra = Vec::new();

@@ -12,3 +12,14 @@ pub mod soak;
 
 pub use nats::NatsServer;
 pub use server::ServerProcess;
+
+/// The most a socket's send buffer can grow to on this machine (the third field of
+/// `net.ipv4.tcp_wmem`): anything beyond it that a client does not read cannot leave the
+/// server. Panics when the sysctl cannot be read (tests need it).
+pub fn max_send_buffer() -> usize {
+    let wmem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
+    wmem.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_wmem max")
+}

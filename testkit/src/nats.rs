@@ -59,6 +59,19 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// For tests: a started nats-server, or `None` (after saying SKIPPED) when it is
+    /// missing and `RINGCAST_SKIP_PEERS=1` asked to skip; any other failure panics.
+    pub fn start_or_skip() -> Option<NatsServer> {
+        match NatsServer::start() {
+            Ok(nats) => Some(nats),
+            Err(NatsError::Skipped) => {
+                eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
+                None
+            }
+            Err(err) => panic!("{err}"),
+        }
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
