@@ -112,18 +112,21 @@ impl OneshotOutputTransform for Discard {
     fn transform_oneshot_output(self, _: (), _: io_uring::cqueue::Entry) {}
 }
 
-/// Pushes a raw SQE to this thread's ring through tokio-uring, which keeps `data` until
-/// the completion even if the returned future is dropped first.
+/// Pushes a raw SQE (an op of kind `kind`, counted) to this thread's ring through
+/// tokio-uring, which keeps `data` until the completion even if the returned future is
+/// dropped first.
 ///
 /// # Safety
 /// Everything the SQE points at (buffers, and the socket it names by fd or registered
 /// slot) must stay valid until the completion: owned by `data`, or alive for as long as
 /// the thread's ring is.
 unsafe fn submit<D: 'static, T: OneshotOutputTransform<StoredData = D>>(
+    kind: UringOp,
     data: D,
     done: T,
     sqe: squeue::Entry,
 ) -> InFlightOneshot<D, T> {
+    pushing(kind);
     let op = UnsubmittedOneshot::new(data, done, sqe).submit();
     if let Some(early) = EarlySubmit::current() {
         early.pushed();
@@ -366,10 +369,9 @@ impl Conn for UringConn {
         // One IORING_OP_RECV that takes a buffer from the thread's provided-buffer group
         // only once data is there: an idle connection pins no buffer, and input costs one
         // trip through the ring, not a poll and then a read.
-        pushing(UringOp::Recv);
         // SAFETY: the op stores a reference to the socket, and the group's buffers live
         // as long as the thread (`RecvBuffers`).
-        let op = unsafe { submit(self.0.clone(), RecvDone, recv_sqe(&self.0)) };
+        let op = unsafe { submit(UringOp::Recv, self.0.clone(), RecvDone, recv_sqe(&self.0)) };
         let (result, buffer) = Recv(Some(op)).await;
         match (result, buffer) {
             (result, Some(id)) => {
@@ -411,9 +413,15 @@ impl Conn for UringConn {
             // iovec array (a `Vec`'s elements do not move when the `Vec` does) and a
             // reference to the socket until the completion.
             let sqe = unsafe { writev_sqe(&self.0, &iovecs) };
-            pushing(UringOp::Writev);
             // SAFETY: as above.
-            let op = unsafe { submit((self.0.clone(), bufs, iovecs), WritevDone, sqe) };
+            let op = unsafe {
+                submit(
+                    UringOp::Writev,
+                    (self.0.clone(), bufs, iovecs),
+                    WritevDone,
+                    sqe,
+                )
+            };
             return op.await;
         }
         // One buffer, the common case (one read's chat, shared by every recipient): an
@@ -426,9 +434,8 @@ impl Conn for UringConn {
         // SAFETY: the op stores the buffer (a `Bytes` does not move its bytes) and a
         // reference to the socket until the completion.
         let sqe = unsafe { send_sqe(&self.0, ptr, len) };
-        pushing(UringOp::Send);
         // SAFETY: as above.
-        let op = unsafe { submit((self.0.clone(), buf), SendDone, sqe) };
+        let op = unsafe { submit(UringOp::Send, (self.0.clone(), buf), SendDone, sqe) };
         let (result, buf) = op.await;
         bufs.push(buf);
         (result, bufs)
@@ -461,9 +468,8 @@ impl UringSocket {
         // IORING_OP_POLL_ADD: unlike a pending read, a pending poll pins no buffer.
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let sqe = opcode::PollAdd::new(types::Fd(self.stream.as_raw_fd()), events).build();
-        pushing(UringOp::PollAdd);
         // SAFETY: the op stores a reference to the socket until the completion.
-        let polled = unsafe { submit(self.clone(), PollDone, sqe) }.await;
+        let polled = unsafe { submit(UringOp::PollAdd, self.clone(), PollDone, sqe) }.await;
         if let Err(err) = polled {
             return (Err(err), Vec::new());
         }
@@ -539,9 +545,8 @@ impl RecvBuffers {
         // SAFETY: the memory is leaked (lives for the process), and none of it was
         // provided before.
         let sqe = unsafe { provide_sqe(pool.memory, RECV_BUFFERS, 0) };
-        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffers.
-        match unsafe { submit((), Done, sqe) }.await {
+        match unsafe { submit(UringOp::ProvideBuffers, (), Done, sqe) }.await {
             Ok(_) => RECV_BUFFERS_OF_THREAD.with(|p| p.set(Some(pool))),
             Err(err) => {
                 tracing::warn!("io_uring provided buffers refused ({err}): reads poll first")
@@ -575,9 +580,8 @@ impl RecvBuffers {
         // completion whose receiver calls this, once.
         let sqe = unsafe { provide_sqe(self.buffer(id), 1, id) };
         // Nothing waits for this completion; tokio-uring keeps the op until it arrives.
-        pushing(UringOp::ProvideBuffers);
         // SAFETY: the SQE points only at the leaked buffer.
-        drop(unsafe { submit((), Discard, sqe) });
+        drop(unsafe { submit(UringOp::ProvideBuffers, (), Discard, sqe) });
     }
 }
 
@@ -921,7 +925,7 @@ mod tests {
             .map(|(_, conn)| {
                 // SAFETY: as in `UringConn::read`.
                 Recv(Some(unsafe {
-                    submit(conn.0.clone(), RecvDone, recv_sqe(&conn.0))
+                    submit(UringOp::Recv, conn.0.clone(), RecvDone, recv_sqe(&conn.0))
                 }))
             })
             .collect();
