@@ -11,19 +11,36 @@ pub struct Stamp {
     pub publisher: u32,
     pub seq: u64,
     /// CLOCK_MONOTONIC nanoseconds of the SCHEDULED send: one clock for every process on
-    /// the machine, and latency is measured from it so a late send shows up as latency.
+    /// the machine, and (read) latency is measured from it so a late send shows up as
+    /// latency.
     pub scheduled_ns: u64,
+    /// How late the harness itself was to send it, ns: from the scheduled send, or from
+    /// the return of the publisher's previous write if that came later, to the publisher
+    /// waking up to send it. A starved harness wakes late; that delay is the harness's,
+    /// not the server's, and socket latency leaves it out (see [`Stamp::sent_ns`]).
+    pub late_ns: u64,
 }
 
-/// Writes `step publisher seq scheduled_ns ` padded with `x` to `size` bytes, then `\n`.
+impl Stamp {
+    /// Where socket latency starts: the scheduled send plus the harness's own lateness.
+    /// Time a publisher spent blocked in a write (the server not reading) stays in, as
+    /// does the lateness it causes to the sends queued behind it, so a slow server still
+    /// shows as latency and coordinated omission stays out.
+    pub fn sent_ns(&self) -> u64 {
+        self.scheduled_ns.saturating_add(self.late_ns)
+    }
+}
+
+/// Writes `step publisher seq scheduled_ns late_ns ` padded with `x` to `size` bytes, then
+/// `\n`.
 pub fn encode_payload(stamp: &Stamp, size: usize, out: &mut Vec<u8>) {
     use std::io::Write as _;
     out.clear();
     // Writing into a Vec cannot fail.
     let _ = write!(
         out,
-        "{} {} {} {} ",
-        stamp.step, stamp.publisher, stamp.seq, stamp.scheduled_ns
+        "{} {} {} {} {} ",
+        stamp.step, stamp.publisher, stamp.seq, stamp.scheduled_ns, stamp.late_ns
     );
     if out.len() < size {
         out.resize(size, b'x');
@@ -42,18 +59,20 @@ pub fn decode_delivery(line: &[u8]) -> Option<Stamp> {
     decode_payload(text)
 }
 
-/// Parses the stamp at the start of a message body, as Redis and NATS deliver it: four
+/// Parses the stamp at the start of a message body, as Redis and NATS deliver it: five
 /// decimal fields, each followed by one space.
 pub fn decode_payload(text: &[u8]) -> Option<Stamp> {
     let (step, rest) = field(text)?;
     let (publisher, rest) = field(rest)?;
     let (seq, rest) = field(rest)?;
-    let (scheduled_ns, _) = field(rest)?;
+    let (scheduled_ns, rest) = field(rest)?;
+    let (late_ns, _) = field(rest)?;
     Some(Stamp {
         step: u32::try_from(step).ok()?,
         publisher: u32::try_from(publisher).ok()?,
         seq,
         scheduled_ns,
+        late_ns,
     })
 }
 
@@ -164,6 +183,7 @@ mod tests {
             publisher: 17,
             seq: 99,
             scheduled_ns: 123_456_789,
+            late_ns: 4_321,
         };
         let mut buf = Vec::new();
         encode_payload(&stamp, 64, &mut buf);
@@ -177,20 +197,22 @@ mod tests {
         assert_eq!(decode_delivery(b"bob: hello world"), None);
         // A size smaller than the stamp still sends the whole stamp.
         encode_payload(&stamp, 1, &mut buf);
-        assert!(buf.starts_with(b"2 17 99 123456789 \n"));
+        assert!(buf.starts_with(b"2 17 99 123456789 4321 \n"));
     }
 
     #[test]
     fn malformed_stamps_are_rejected() {
         for bad in [
-            &b"1 2 3"[..],
-            b"1 2 3 4",
-            b"1 2 3 4x ",
-            b" 1 2 3 4 ",
-            b"1  2 3 4 ",
-            b"+1 2 3 4 ",
-            b"4294967296 2 3 4 ",
-            b"1 2 3 18446744073709551616 ",
+            &b"1 2 3 4"[..],
+            b"1 2 3 4 5",
+            b"1 2 3 4 5x ",
+            b"1 2 3 4 ",
+            b" 1 2 3 4 5 ",
+            b"1  2 3 4 5 ",
+            b"+1 2 3 4 5 ",
+            b"4294967296 2 3 4 5 ",
+            b"1 2 3 18446744073709551616 5 ",
+            b"1 2 3 4 18446744073709551616 ",
             b"",
         ] {
             assert_eq!(
@@ -201,18 +223,19 @@ mod tests {
             );
         }
         assert_eq!(
-            decode_payload(b"1 2 3 18446744073709551615 tail"),
+            decode_payload(b"1 2 3 18446744073709551615 7 tail"),
             Some(Stamp {
                 step: 1,
                 publisher: 2,
                 seq: 3,
-                scheduled_ns: u64::MAX
+                scheduled_ns: u64::MAX,
+                late_ns: 7,
             })
         );
-        assert_eq!(decode_delivery(b"bob:1 2 3 4 "), None);
+        assert_eq!(decode_delivery(b"bob:1 2 3 4 5 "), None);
         assert_eq!(
-            decode_delivery(b"bob: 1 2 3 4 "),
-            decode_payload(b"1 2 3 4 ")
+            decode_delivery(b"bob: 1 2 3 4 5 "),
+            decode_payload(b"1 2 3 4 5 ")
         );
     }
 }

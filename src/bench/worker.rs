@@ -38,7 +38,8 @@ struct StepCounts {
     tally: Tally,
     /// Read latency: read time − scheduled send.
     latency: Histogram<u64>,
-    /// Socket latency: the read's receive stamp − scheduled send.
+    /// Socket latency: the read's receive stamp − the send, less the harness's own
+    /// lateness ([`Stamp::sent_ns`]).
     socket: Histogram<u64>,
     /// Deliveries whose read came without a stamp although the socket was asked for them.
     unstamped: u64,
@@ -76,9 +77,10 @@ impl StepCounts {
         latency_us
     }
 
-    /// Records one delivery's socket latency: `at` is the stamp of the read it came in or,
-    /// when `deferred`, of a later read (see [`Conn::settle`]).
-    fn record_socket(&mut self, scheduled_ns: u64, read_ns: u64, at: At, deferred: bool) {
+    /// Records one delivery's socket latency from `sent_ns` ([`Stamp::sent_ns`]): `at` is
+    /// the stamp of the read it came in or, when `deferred`, of a later read (see
+    /// [`Conn::settle`]).
+    fn record_socket(&mut self, sent_ns: u64, read_ns: u64, at: At, deferred: bool) {
         match at {
             At::Off | At::Defer => {}
             At::Missing => self.unstamped += 1,
@@ -89,7 +91,7 @@ impl StepCounts {
                 // The delivery was in the socket by the time it was read: a later read's
                 // stamp (or one mapped a little late) is clamped to that, so socket
                 // latency never exceeds read latency.
-                let socket_us = stamp.min(read_ns).saturating_sub(scheduled_ns) / 1000;
+                let socket_us = stamp.min(read_ns).saturating_sub(sent_ns) / 1000;
                 hist::record(&mut self.socket, socket_us);
             }
         }
@@ -268,7 +270,8 @@ struct SlowReader {
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     step: u32,
-    scheduled_ns: u64,
+    /// [`Stamp::sent_ns`].
+    sent_ns: u64,
     /// When it was read: its arrival cannot have been later.
     read_ns: u64,
 }
@@ -301,7 +304,7 @@ impl Conn {
         if matches!(at, At::Missing | At::Mono(_)) {
             for p in self.pending.drain(..) {
                 if let Some(counts) = s.steps_counts.get_mut(p.step as usize) {
-                    counts.record_socket(p.scheduled_ns, p.read_ns, at, true);
+                    counts.record_socket(p.sent_ns, p.read_ns, at, true);
                 }
             }
         }
@@ -2013,11 +2016,11 @@ fn socket_latency(conn: &mut Conn, counts: &mut StepCounts, stamp: &Stamp, now: 
     if at == At::Defer {
         conn.pending.push(Pending {
             step: stamp.step,
-            scheduled_ns: stamp.scheduled_ns,
+            sent_ns: stamp.sent_ns(),
             read_ns: now,
         });
     } else {
-        counts.record_socket(stamp.scheduled_ns, now, at, false);
+        counts.record_socket(stamp.sent_ns(), now, at, false);
     }
 }
 
@@ -2031,6 +2034,9 @@ async fn publish(
     let mut payload = Vec::new();
     let mut frame = Vec::new();
     let mut broken = false;
+    // When the previous write returned: a send scheduled while it was blocked could not
+    // go before then, and that wait is the server's, not the harness's.
+    let mut free_ns = 0;
     let mut timer = match PreciseTimer::new() {
         Ok(t) => Some(t),
         Err(err) => {
@@ -2063,15 +2069,17 @@ async fn publish(
                     tokio::time::sleep_until(instant_at(scheduled)).await;
                 }
             }
+            let woke = mono_ns();
             let stamp = Stamp {
                 step: index,
                 publisher: c as u32,
                 seq: g / publishers,
                 scheduled_ns: scheduled,
+                late_ns: lateness(woke, scheduled, free_ns),
             };
             let size = sizes.of(index, c, stamp.seq);
             wire::encode_payload(&stamp, size, &mut payload);
-            let lag_us = mono_ns().saturating_sub(scheduled) / 1000;
+            let lag_us = woke.saturating_sub(scheduled) / 1000;
             let written = {
                 let mut w = writer.lock().await;
                 // The same stamped text in every protocol; ringcast's newline is its
@@ -2086,6 +2094,7 @@ async fn publish(
                 );
                 w.half.write_all(&frame).await
             };
+            free_ns = mono_ns();
             if let Err(err) = written {
                 let mut s = shared.borrow_mut();
                 s.steps_counts[i].tally.disconnects += 1;
@@ -2100,6 +2109,13 @@ async fn publish(
         }
         shared.borrow_mut().steps_counts[i].publishers_done += 1;
     }
+}
+
+/// How late a publisher that woke at `woke_ns` is, by its own fault, to send a message
+/// scheduled at `scheduled_ns` when its previous write returned at `free_ns`: the message
+/// could not go before either.
+fn lateness(woke_ns: u64, scheduled_ns: u64, free_ns: u64) -> u64 {
+    woke_ns.saturating_sub(scheduled_ns.max(free_ns))
 }
 
 #[cfg(test)]
@@ -2145,11 +2161,24 @@ mod tests {
         at: At,
         s: &mut Shared,
     ) {
+        late_delivery(conn, seq, (scheduled_ns, 0), read_ns, at, s);
+    }
+
+    /// A delivery whose publisher woke `sent.1` ns after its scheduled send `sent.0`.
+    fn late_delivery(
+        conn: &mut Conn,
+        seq: u64,
+        (scheduled_ns, late_ns): (u64, u64),
+        read_ns: u64,
+        at: At,
+        s: &mut Shared,
+    ) {
         let stamp = Stamp {
             step: 0,
             publisher: 0,
             seq,
             scheduled_ns,
+            late_ns,
         };
         on_stamp(conn, Some(stamp), read_ns, at, s);
     }
@@ -2232,5 +2261,45 @@ mod tests {
         delivery(&mut conn, 3, 12_000_000, 22_000_000, at, &mut s);
         assert_eq!(s.steps_counts[0].unstamped, 2);
         assert_eq!(s.steps_counts[0].latency.len(), 4);
+    }
+
+    #[test]
+    fn a_publisher_is_late_from_its_schedule_or_its_blocked_write_whichever_is_later() {
+        // On time: woke at its scheduled send.
+        assert_eq!(lateness(10, 10, 0), 0);
+        // Starved: woke 3 after its scheduled send, nothing blocked it.
+        assert_eq!(lateness(13, 10, 5), 3);
+        // Blocked: its previous write (the server not reading) returned at 17, after the
+        // scheduled 10; it woke at 18. Only the 1 after the write is its own.
+        assert_eq!(lateness(18, 10, 17), 1);
+        // A timer may fire a little early; that is no negative lateness.
+        assert_eq!(lateness(9, 10, 0), 0);
+    }
+
+    #[test]
+    fn socket_latency_leaves_out_the_harness_own_lateness_and_read_latency_keeps_it() {
+        let mut s = shared();
+        let mut conn = Conn::new(3);
+        // Scheduled at 9 ms, sent 2 ms late by a starved publisher, in the socket at 12 ms
+        // (realtime 1.012 s), read at 15 ms.
+        let at = conn.settle(Arrival::Stamped(1_012_000_000), &mut s);
+        late_delivery(&mut conn, 0, (9_000_000, 2_000_000), 15_000_000, at, &mut s);
+        assert_eq!(socket(&s), precise(&[1000]));
+        let read = &s.steps_counts[0].latency;
+        assert_eq!((read.len(), read.max()), (1, read.highest_equivalent(6000)));
+        // The same through a deferred stamp: a read that filled the buffer at 20 ms, then
+        // the draining read stamped 19 ms.
+        let at = conn.settle(Arrival::Partial, &mut s);
+        late_delivery(
+            &mut conn,
+            1,
+            (10_000_000, 4_000_000),
+            20_000_000,
+            at,
+            &mut s,
+        );
+        let at = conn.settle(Arrival::Stamped(1_019_000_000), &mut s);
+        assert_eq!(at, At::Mono(19_000_000));
+        assert_eq!(socket(&s), precise(&[1000, 5000]));
     }
 }
