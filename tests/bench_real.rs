@@ -207,21 +207,21 @@ fn websocket_run_is_clean(backend: &str) {
     small_run(backend, "ws", "1", &[]);
 }
 
-/// A harness that stops reading (`--stall-reads`: the subscribers' thread blocks for
-/// 400 ms half-way through the step, as a harness short of CPU would) shows the stall in
-/// read latency and not in socket latency: the deliveries reached their sockets on time.
-/// Each subscriber gets a delivery every 500 ms, so a stall finds at most one waiting per
-/// socket: a stamp per delivery (with several waiting, the earlier ones would get the
-/// later one's stamp, and socket latency would show part of the stall; see `rx.rs`).
-fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
+/// A run of 20 rooms of two: a publisher (on the publishers' thread) and a subscriber (on
+/// another thread), 2 messages a second each, 3 s, with a testing aid that blocks one of
+/// those threads for 400 ms half-way through (`stall`: `--stall-reads` or
+/// `--stall-sends`). Returns the step after checking that every delivery came.
+fn stalled_run(
+    backend: &str,
+    proto: &str,
+    stall: &str,
+) -> (String, ringcast::bench::report::StepResult) {
     let server = Server::start(backend, &[]);
     let addr = match proto {
         "ws" => server.http_addr().to_string(),
         _ => server.addr.to_string(),
     };
-    let out = scratch(&format!("bench-stall-{backend}-{proto}"));
-    // 20 rooms of two: a publisher (on the publishers' thread, so sends stay on time) and
-    // a subscriber (on the stalled thread), 2 messages a second each.
+    let out = scratch(&format!("bench{stall}-{backend}-{proto}"));
     let run = ringcast(&[
         "bench",
         "--proto",
@@ -240,7 +240,7 @@ fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
         "0",
         "--duration",
         "3s",
-        "--stall-reads",
+        stall,
         "400ms",
         "--quiet",
         "--out",
@@ -249,22 +249,48 @@ fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
     let stdout = text(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
     let report = Report::load(&out).expect("report");
-    let step = &report.steps[0];
+    let step = report.steps[0].clone();
     assert_eq!(step.lost, 0, "{stdout}");
     assert_eq!(step.tally.received, 120);
-    check_socket_latency(step, true);
+    check_socket_latency(&step, true);
+    (stdout, step)
+}
+
+/// The deliveries of a 400 ms stall (16 of 120) are 300 ms or more late in read latency,
+/// and not in socket latency: far below, whatever the machine's load adds to both.
+fn stall_shows_in_read_latency_only(step: &ringcast::bench::report::StepResult) {
     let read = &step.latency;
     let socket = step.socket_latency.as_ref().expect("socket latency");
-    // The deliveries of the 400 ms stall (16 of 120) waited in their sockets.
     assert!(read.max >= 300_000 && read.p99 >= 200_000, "read {read:?}");
-    // Their socket latency did not: far below, whatever the machine's load adds to both.
     assert!(
         socket.max * 2 <= read.max && socket.p99 * 2 <= read.p99,
         "socket {socket:?} read {read:?}"
     );
+}
+
+/// A harness that stops reading (`--stall-reads`: the subscribers' thread blocks, as a
+/// harness short of CPU would) shows the stall in read latency and not in socket
+/// latency: the deliveries reached their sockets on time. Each subscriber gets a
+/// delivery every 500 ms, so a stall finds at most one waiting per socket: a stamp per
+/// delivery (with several waiting, the earlier ones would get the later one's stamp, and
+/// socket latency would show part of the stall; see `rx.rs`).
+fn a_harness_stall_shows_in_read_latency_only(backend: &str, proto: &str) {
+    let (stdout, step) = stalled_run(backend, proto, "--stall-reads");
+    stall_shows_in_read_latency_only(&step);
     let queueing = step.harness_queueing_p99().expect("queueing figure");
-    assert_eq!(queueing, read.p99 - socket.p99);
+    assert_eq!(
+        queueing,
+        step.latency.p99 - step.socket_latency.as_ref().unwrap().p99
+    );
     assert!(stdout.contains("harness queueing at p99"), "{stdout}");
+}
+
+/// A harness that sends late (`--stall-sends`: the publishers' thread blocks) shows it in
+/// read latency, which starts at the scheduled send, and not in socket latency, which
+/// starts when the harness sent: the lateness was the harness's own.
+fn a_harness_sending_late_shows_in_read_latency_only(backend: &str) {
+    let (_, step) = stalled_run(backend, "ringcast", "--stall-sends");
+    stall_shows_in_read_latency_only(&step);
 }
 
 /// The server's total of accepted connections, asked over a connection kept open.
@@ -400,6 +426,10 @@ mod uring {
         super::a_harness_stall_shows_in_read_latency_only("uring", "ringcast");
     }
     #[test]
+    fn a_harness_sending_late_shows_in_read_latency_only() {
+        super::a_harness_sending_late_shows_in_read_latency_only("uring");
+    }
+    #[test]
     fn a_harness_stall_shows_in_read_latency_only_over_websocket() {
         super::a_harness_stall_shows_in_read_latency_only("uring", "ws");
     }
@@ -437,6 +467,10 @@ mod epoll {
     #[test]
     fn a_harness_stall_shows_in_read_latency_only() {
         super::a_harness_stall_shows_in_read_latency_only("epoll", "ringcast");
+    }
+    #[test]
+    fn a_harness_sending_late_shows_in_read_latency_only() {
+        super::a_harness_sending_late_shows_in_read_latency_only("epoll");
     }
     #[test]
     fn small_run_is_clean_across_two_generators() {

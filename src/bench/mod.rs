@@ -150,13 +150,18 @@ pub struct BenchArgs {
     )]
     pub clients_per_source: usize,
     /// Ask every client socket for kernel receive timestamps and report socket latency
-    /// (arrival at the socket − scheduled send) beside read latency.
+    /// (arrival at the socket − send, less the harness's own lateness to send) beside read
+    /// latency.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub rx_timestamps: OnOff,
     /// Testing aid: every client group without publishers stops reading for this long,
     /// once, half-way through each step (a harness short of CPU).
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub stall_reads: Option<Duration>,
+    /// Testing aid: every client group with publishers stops for this long, once,
+    /// half-way through each step (a harness short of CPU sends late).
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub stall_sends: Option<Duration>,
     /// Internal: run as generator process N of --procs.
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,

@@ -269,7 +269,8 @@ pub struct StepResult {
     /// The merged latency histogram, HdrHistogram V2 serialization, base64.
     pub histogram: String,
     /// Socket latency: when the delivery reached its client's socket (the kernel's
-    /// receive stamp) − its scheduled send, µs. It leaves out the harness's own queueing
+    /// receive stamp) − its send (scheduled, plus the publisher's own lateness:
+    /// `Stamp::sent_ns`), µs. It leaves out the harness's own queueing on both sides
     /// (read latency − socket latency). `None` when not measured: `--rx-timestamps off`,
     /// the kernel refused the stamps, or they could not be trusted (the warnings say why).
     #[serde(default)]

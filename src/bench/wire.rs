@@ -151,7 +151,7 @@ pub struct PartialStep {
     pub tally: Tally,
     /// Read latency (read − scheduled send), µs, base64 V2.
     pub latency: String,
-    /// Socket latency (receive stamp − scheduled send), µs, base64 V2; `None` with
+    /// Socket latency (receive stamp − [`Stamp::sent_ns`]), µs, base64 V2; `None` with
     /// `--rx-timestamps off`.
     pub socket_latency: Option<String>,
     /// Deliveries without a receive stamp although stamps were asked for.

@@ -132,8 +132,10 @@ struct Shared {
     /// Sockets that refused receive stamps, and the first refusal.
     stamps_refused: u64,
     stamps_refusal: Option<String>,
-    /// `--stall-reads`: block this group's thread once per step for this long (tests).
+    /// `--stall-reads` and `--stall-sends`: block this group's thread once per step for
+    /// this long, if it has no publishers and if it has some, respectively (tests).
     stall_reads: Option<Duration>,
+    stall_sends: Option<Duration>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ impl Shared {
             stamps_refused: 0,
             stamps_refusal: None,
             stall_reads: args.stall_reads,
+            stall_sends: args.stall_sends,
         }
     }
 
@@ -779,10 +782,15 @@ async fn run_step(
     let mut next_progress = mono_ns();
     let mut poll = tokio::time::interval(Duration::from_millis(5));
     // `--stall-reads`: a group with no publishers (its sends stay on time) stops reading
-    // once, half-way through the step, as a harness short of CPU would.
+    // once, half-way through the step, as a harness short of CPU would; `--stall-sends`:
+    // a group with publishers stops, so they send late.
     let mut stall = {
         let s = shared.borrow();
-        s.stall_reads.filter(|_| s.live_publishers == 0)
+        if s.live_publishers == 0 {
+            s.stall_reads
+        } else {
+            s.stall_sends
+        }
     };
     let stall_at = start_ns + step.duration.as_nanos() as u64 / 2;
     let mut next_owed = 0;
@@ -2150,6 +2158,7 @@ mod tests {
             stamps_refused: 0,
             stamps_refusal: None,
             stall_reads: None,
+            stall_sends: None,
         }
     }
 
