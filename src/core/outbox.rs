@@ -15,11 +15,17 @@ pub struct Overflow {
 pub const MAX_OUTBOX_BYTES: usize = (u32::MAX as usize) - (1 << 20);
 
 /// Lines waiting to be written to one client, never more than `max_bytes` in all.
+///
+/// The oldest buffer is held in the outbox itself and only the ones behind it in a
+/// queue: a writer that keeps up takes each buffer before the next comes, so its outbox
+/// never allocates, and a client that never fell behind holds no memory in it.
 #[derive(Debug)]
 pub struct Outbox {
     /// Each buffer with the number of lines in it (a read's chat is one buffer), so a
-    /// writer can tell how many lines a write carries.
-    queue: VecDeque<(Bytes, u32)>,
+    /// writer can tell how many lines a write carries: the oldest here, empty only when
+    /// `rest` is empty too.
+    first: Option<(Bytes, u32)>,
+    rest: VecDeque<(Bytes, u32)>,
     queued: u32,
     max_bytes: u32,
 }
@@ -29,7 +35,8 @@ impl Outbox {
     /// that).
     pub fn new(max_bytes: usize) -> Self {
         Self {
-            queue: VecDeque::new(),
+            first: None,
+            rest: VecDeque::new(),
             queued: 0,
             max_bytes: max_bytes.min(MAX_OUTBOX_BYTES) as u32,
         }
@@ -48,45 +55,57 @@ impl Outbox {
                 queued: self.queued(),
             });
         }
-        let was_empty = self.queue.is_empty();
         // Fits: the sum is at most `max_bytes`.
         self.queued += line.len() as u32;
-        self.queue.push_back((line, lines));
-        Ok(was_empty)
+        Ok(self.enqueue(line, lines))
     }
 
     /// Queues a line even past the limit (a final notice to a closing client).
     pub fn push_unbounded(&mut self, line: Bytes) -> bool {
-        let was_empty = self.queue.is_empty();
         self.queued = self.queued.saturating_add(line.len() as u32);
-        self.queue.push_back((line, 1));
-        was_empty
+        self.enqueue(line, 1)
+    }
+
+    /// Puts a buffer last; returns whether the outbox was empty.
+    fn enqueue(&mut self, line: Bytes, lines: u32) -> bool {
+        if self.first.is_none() {
+            self.first = Some((line, lines));
+            true
+        } else {
+            self.rest.push_back((line, lines));
+            false
+        }
     }
 
     /// Moves up to `max_buffers` queued buffers into `into`, oldest first; returns the
     /// lines they hold.
     pub fn take(&mut self, into: &mut Vec<Bytes>, max_buffers: usize) -> u64 {
-        let n = self.queue.len().min(max_buffers);
         let mut lines = 0;
-        for (line, in_it) in self.queue.drain(..n) {
+        for _ in 0..max_buffers {
+            let Some((line, in_it)) = self.first.take() else {
+                break;
+            };
+            self.first = self.rest.pop_front();
             self.queued = self.queued.saturating_sub(line.len() as u32);
             lines += u64::from(in_it);
             into.push(line);
         }
-        // An idle client should not keep the memory of a past burst.
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            self.queue = VecDeque::new();
+        // An idle client should not keep the memory of a past burst; a client that
+        // often falls a little behind keeps a small queue rather than allocate for each.
+        if self.rest.is_empty() && self.rest.capacity() > 64 {
+            self.rest = VecDeque::new();
         }
         lines
     }
 
     pub fn clear(&mut self) {
-        self.queue.clear();
+        self.first = None;
+        self.rest = VecDeque::new();
         self.queued = 0;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.first.is_none()
     }
 
     /// Bytes queued now.
@@ -110,6 +129,7 @@ mod tests {
         );
         assert_eq!(outbox.push_lines(Bytes::from_static(b"ij"), 2), Ok(false));
         assert_eq!(outbox.queued(), 10);
+        assert_eq!(outbox.rest.len(), 2);
         let mut out = Vec::new();
         assert_eq!(outbox.take(&mut out, 2), 2);
         assert_eq!(out, vec![&b"abcd"[..], &b"efgh"[..]]);
@@ -118,5 +138,41 @@ mod tests {
         assert!(outbox.is_empty());
         assert_eq!(outbox.queued(), 0);
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn a_writer_that_keeps_up_never_allocates_and_a_burst_keeps_its_order() {
+        let mut outbox = Outbox::new(1000);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            assert_eq!(outbox.push(Bytes::from_static(b"one\n")), Ok(true));
+            assert_eq!(outbox.rest.capacity(), 0);
+            assert_eq!(outbox.take(&mut out, 8), 1);
+            assert!(outbox.is_empty());
+        }
+        // A burst queues behind the first buffer; taking it in two writes keeps order.
+        for line in [&b"a\n"[..], b"b\n", b"c\n", b"d\n"] {
+            outbox.push_unbounded(Bytes::from_static(line));
+        }
+        out.clear();
+        assert_eq!(outbox.take(&mut out, 3), 3);
+        assert_eq!(outbox.queued(), 2);
+        assert!(!outbox.is_empty());
+        assert_eq!(outbox.take(&mut out, 3), 1);
+        assert_eq!(out, vec![&b"a\n"[..], b"b\n", b"c\n", b"d\n"]);
+        assert!(outbox.is_empty());
+        assert_eq!(outbox.queued(), 0);
+        // A big burst's queue is let go once taken.
+        for _ in 0..100 {
+            outbox.push_unbounded(Bytes::from_static(b"z\n"));
+        }
+        assert_eq!(outbox.take(&mut out, 1000), 100);
+        assert_eq!(outbox.rest.capacity(), 0);
+        // Cleared with a burst in it: empty, nothing held.
+        outbox.push_unbounded(Bytes::from_static(b"x\n"));
+        outbox.push_unbounded(Bytes::from_static(b"y\n"));
+        outbox.clear();
+        assert!(outbox.is_empty());
+        assert_eq!((outbox.queued(), outbox.rest.capacity()), (0, 0));
     }
 }

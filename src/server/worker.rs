@@ -25,6 +25,10 @@ const READ_BUF: usize = 4096;
 /// grow one up to about `--max-line`).
 const POOL_MAX: usize = 256;
 const POOL_KEEP_BYTES: usize = 64 * 1024;
+/// Free write batches a thread keeps (a few per writer that writes at once), and the
+/// most buffers one may hold to be kept (2 KiB: a burst's big one is let go).
+const BATCHES_MAX: usize = 1024;
+const BATCH_KEEP: usize = 64;
 /// Most buffers in one vectored write (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 /// Batches of hand-offs one thread may queue to another before its readers wait.
@@ -78,7 +82,12 @@ pub(crate) struct Worker<C> {
     accept_resumed: [Signal; 2],
     /// Notified whenever the hub forgets a connection.
     forgotten: Notify,
-    buffers: BufferPool,
+    /// Read buffers, held only from the moment a socket is readable until its lines are
+    /// handled.
+    buffers: Pool<u8>,
+    /// Writers' batch vectors, held only while a writer has output: an idle connection
+    /// holds none.
+    batches: Pool<Bytes>,
 }
 
 impl<C: Conn> Worker<C> {
@@ -119,7 +128,8 @@ impl<C: Conn> Worker<C> {
             timer_set: Cell::new(None),
             accept_resumed: Default::default(),
             forgotten: Notify::new(),
-            buffers: BufferPool::default(),
+            buffers: Pool::new(POOL_MAX, POOL_KEEP_BYTES),
+            batches: Pool::new(BATCHES_MAX, BATCH_KEEP),
         });
         spawn_local(worker.clone().timer_loop());
         let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
@@ -363,10 +373,17 @@ impl<C: Conn> Worker<C> {
         let conn = &handle.conn;
         let mut batch: Vec<Bytes> = Vec::new();
         loop {
+            if batch.capacity() == 0 {
+                batch = self.batches.take();
+            }
             let output = self
                 .hub
                 .borrow_mut()
                 .take_output(id, &mut batch, IOV_MAX, Instant::now());
+            if !matches!(output, Output::Write) {
+                // Waiting or done: the vector goes back to the thread's spares.
+                self.batches.put(std::mem::take(&mut batch));
+            }
             match output {
                 Output::Write => {}
                 Output::Idle => {
@@ -388,7 +405,7 @@ impl<C: Conn> Worker<C> {
             // flight, not while the connection is idle.
             match Box::pin(self.write_all(id, conn, batch)).await {
                 // Keep a small vector for the next batch; let a burst's big one go.
-                Ok(emptied) if emptied.capacity() <= 64 => batch = emptied,
+                Ok(emptied) if emptied.capacity() <= BATCH_KEEP => batch = emptied,
                 Ok(_) => batch = Vec::new(),
                 Err(err) => {
                     tracing::debug!("write failed: {err}");
@@ -566,26 +583,34 @@ impl std::fmt::Debug for Signal {
     }
 }
 
-/// Read buffers of one thread, reused across its connections.
-#[derive(Default)]
-struct BufferPool {
-    free: RefCell<Vec<Vec<u8>>>,
+/// Vectors of one thread, reused across its connections: at most `max` kept, each of
+/// capacity at most `keep`.
+struct Pool<T> {
+    free: RefCell<Vec<Vec<T>>>,
+    max: usize,
+    keep: usize,
 }
 
-impl BufferPool {
-    fn take(&self) -> Vec<u8> {
-        self.free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(READ_BUF))
+impl<T> Pool<T> {
+    fn new(max: usize, keep: usize) -> Self {
+        Pool {
+            free: RefCell::new(Vec::new()),
+            max,
+            keep,
+        }
     }
 
-    fn put(&self, mut buf: Vec<u8>) {
+    /// A spare vector, or a new one (which allocates when first pushed to).
+    fn take(&self) -> Vec<T> {
+        self.free.borrow_mut().pop().unwrap_or_default()
+    }
+
+    fn put(&self, mut spare: Vec<T>) {
         let mut free = self.free.borrow_mut();
-        let size = buf.capacity();
-        if free.len() < POOL_MAX && size > 0 && size <= POOL_KEEP_BYTES {
-            buf.clear();
-            free.push(buf);
+        let size = spare.capacity();
+        if free.len() < self.max && size > 0 && size <= self.keep {
+            spare.clear();
+            free.push(spare);
         }
     }
 }
