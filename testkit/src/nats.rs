@@ -81,11 +81,18 @@ impl NatsServer {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Sends a real signal (SIGSTOP, SIGCONT, ...) to the server process.
+    /// Sends a real signal (SIGSTOP, SIGCONT, ...) to the server process. After SIGSTOP it
+    /// returns once every thread of the server has stopped (or after 5 s): kill(2) only
+    /// queues the signal, and a test that acts at once could still be answered.
     pub fn signal(&self, signal: libc::c_int) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill has no memory effects; the pid is our own unreaped child.
-            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        let Some(pid) = self.pid() else { return };
+        // SAFETY: kill has no memory effects; the pid is our own unreaped child.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
+        if signal == libc::SIGSTOP {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
@@ -139,5 +146,20 @@ impl Drop for NatsServer {
 fn installed() -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    })
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in /proc).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state is the first field after the command name's closing parenthesis.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                == Some('T')
+        })
     })
 }
