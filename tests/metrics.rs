@@ -242,6 +242,25 @@ async fn a_known_workload_gives_exact_counts(backend: &str) {
     let stats = clients[0].ask("/stats").await;
     sent += 7;
     lines_out += 1;
+    // A backend counts a write just after its bytes left, so a reader (this test, or the
+    // scraper reading the previous response) can be there first: wait until every write
+    // taken is also counted by the backend.
+    let backend_writes = |m: &BTreeMap<String, f64>| match backend {
+        "uring" => ["send", "writev"]
+            .iter()
+            .filter_map(|op| {
+                m.get(&format!(
+                    "ringcast_uring_ops_submitted_total{{op=\"{op}\"}}"
+                ))
+            })
+            .sum::<f64>(),
+        _ => m.get("ringcast_epoll_writes_total").copied().unwrap_or(0.0),
+    };
+    scraper
+        .until("every write counted by its backend", |m| {
+            m.get("ringcast_write_batch_lines_count") == Some(&backend_writes(m))
+        })
+        .await;
     let (response, request) = get(scraper.http, "/metrics", None).await;
     let m_after = samples(&response.body);
     scraper.scrapes += 1;
