@@ -107,7 +107,7 @@ fn compare_refuses_different_workloads_unless_forced() {
     let table = text(&same.stdout);
     assert!(same.status.success(), "{}", text(&same.stderr));
     assert!(
-        table.contains("| p99 at 200 msg/s | lower |") && table.contains("(×1.00)"),
+        table.contains("| p99 at 200 msg/s | lower |") && table.contains("(×1.000)"),
         "{table}"
     );
     let chart = std::fs::read_to_string(&svg).expect("svg written");

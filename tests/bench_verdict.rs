@@ -321,7 +321,7 @@ fn a_genuine_win_for_each_side_is_named() {
     );
     assert!(
         first.contains(
-            "was lower at 250 msg/s (0.67×), about the same at 500 msg/s (1.00×) and higher at 1,000 msg/s (1.50×)."
+            "was lower at 250 msg/s (0.67×), about the same at 500 msg/s (1.000×) and higher at 1,000 msg/s (1.50×)."
         ),
         "{first}"
     );

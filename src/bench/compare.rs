@@ -185,7 +185,7 @@ fn rows() -> Vec<Row> {
                 let softirq = s.server.as_ref()?.softirq_cpu_s?;
                 Some(softirq * 1e6 / s.tally.received.max(1) as f64)
             },
-            show: |v| format!("{v:.2}"),
+            show: verdict::micros,
         },
         Row {
             name: "server CPU (share of its core)",
@@ -200,7 +200,7 @@ fn rows() -> Vec<Row> {
                 let s = s.filter(|s| s.tally.received > 0)?;
                 Some(s.harness_cpu_s * 1e6 / s.tally.received as f64)
             },
-            show: |v| format!("{v:.2}"),
+            show: verdict::micros,
         },
         Row {
             name: "harness busiest thread (share of a core)",
@@ -370,7 +370,7 @@ fn ratio_line(
         };
         let mut cell = show(v.median);
         if let Some(b) = base.filter(|&b| i > 0 && b != 0.0) {
-            let _ = write!(cell, " (×{:.2})", v.median / b);
+            let _ = write!(cell, " (×{})", verdict::ratio_digits(v.median / b));
         }
         if v.runs > 1 {
             let _ = write!(cell, " [{}–{}]", show(v.min), show(v.max));
@@ -415,9 +415,7 @@ pub fn table(groups: &[Group<'_>], markdown: bool) -> String {
         ("p99", verdict::p99, us),
         ("socket p50", verdict::socket_p50, us),
         ("socket p99", verdict::socket_p99, us),
-        ("server CPU µs/delivery", verdict::cpu, |v| {
-            format!("{v:.2}")
-        }),
+        ("server CPU µs/delivery", verdict::cpu, verdict::micros),
     ];
     for (name, value, show) in per_rate {
         for &at in &sweep {

@@ -144,8 +144,34 @@ fn rate_list(rates: &[u64]) -> String {
 }
 
 fn ratio_list(ratios: &[f64]) -> String {
-    let words: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+    let words: Vec<String> = ratios.iter().map(|&r| ratio(r)).collect();
     words.join(", ")
+}
+
+/// "0.87×"; within half a percent of 1 one more digit ("0.997×"), so that a difference the
+/// rounds' ranges call real never reads "lower (1.00×)".
+pub fn ratio(r: f64) -> String {
+    format!("{}×", ratio_digits(r))
+}
+
+/// [`ratio`] without its sign, for tables that write "(×0.87)".
+pub fn ratio_digits(r: f64) -> String {
+    if (r - 1.0).abs() < 0.005 {
+        format!("{r:.3}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+/// Server or harness CPU per delivery in µs: two decimals, three below 1 µs (a saturated
+/// server's coalesced deliveries cost ~0.2 µs, where 0.20 against 0.20 hides a difference
+/// the ranges show).
+pub fn micros(v: f64) -> String {
+    if v < 1.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 /// How `a` (the baseline) compares with `b` on one figure over the rates, in words:
@@ -223,9 +249,9 @@ fn cpu_sentence(a: &Group<'_>, b: &Group<'_>, rates: &[u64]) -> Option<String> {
     let (lo, hi) = min_max(c.points.iter().map(|p| p.1));
     // One ratio, or the range of them over the rates.
     let ratio = if hi - lo >= 0.005 {
-        format!("{lo:.2}×–{hi:.2}×")
+        format!("{}–{}", ratio(lo), ratio(hi))
     } else {
-        format!("{lo:.2}×")
+        ratio(lo)
     };
     let (na, nb) = (a.label, b.label);
     Some(if all_same {
@@ -345,14 +371,14 @@ fn idle_sentence(a: &Group<'_>, b: &Group<'_>) -> Option<String> {
         )
     };
     let (pa, pb) = (per(a)?, per(b)?);
-    let ratio = pa.median / pb.median.max(f64::MIN_POSITIVE);
+    let times = ratio(pa.median / pb.median.max(f64::MIN_POSITIVE));
     let word = match call(&pb, &pa) {
         Call::Lower => "less than",
         Call::Same => "about the same as",
         Call::Higher => "more than",
     };
     Some(format!(
-        "{} held {:.0} B of server memory per idle connection, {ratio:.2}× {}'s {:.0} B ({word}; lower is better)",
+        "{} held {:.0} B of server memory per idle connection, {times} {}'s {:.0} B ({word}; lower is better)",
         a.label, pa.median, b.label, pb.median
     ))
 }
@@ -403,6 +429,17 @@ pub fn verdict(groups: &[Group<'_>]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_ratio_near_one_keeps_the_digit_that_tells_it_from_one() {
+        assert_eq!(ratio(0.8712), "0.87×");
+        assert_eq!(ratio(0.996), "0.996×");
+        assert_eq!(ratio(1.004), "1.004×");
+        assert_eq!(ratio(1.0), "1.000×");
+        assert_eq!(ratio_digits(1.2), "1.20");
+        assert_eq!(micros(0.1994), "0.199");
+        assert_eq!(micros(4.567), "4.57");
+    }
     use super::*;
 
     #[test]
