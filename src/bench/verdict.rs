@@ -429,6 +429,7 @@ pub fn verdict(groups: &[Group<'_>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_ratio_near_one_keeps_the_digit_that_tells_it_from_one() {
@@ -440,7 +441,6 @@ mod tests {
         assert_eq!(micros(0.1994), "0.199");
         assert_eq!(micros(4.567), "4.57");
     }
-    use super::*;
 
     #[test]
     fn numbers_in_words() {
