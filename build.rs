@@ -1,6 +1,6 @@
 //! Names the commit the binary is built from, for the reports it writes: `RINGCAST_GIT_REV`
 //! is the abbreviated commit, with `-dirty` when the sources it is built from (`src/`,
-//! `Cargo.toml`, `Cargo.lock`, this file) differ from that commit, or `unknown` outside a
+//! `crates/`, `Cargo.toml`, `Cargo.lock`, this file) differ from that commit, or `unknown` outside a
 //! git checkout. A build from elsewhere (a source tarball, a packager) can set
 //! `RINGCAST_GIT_REV` in the environment instead.
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// What `-dirty` looks at: everything the `ringcast` binary is compiled from.
-const SOURCES: [&str; 4] = ["src", "Cargo.toml", "Cargo.lock", "build.rs"];
+const SOURCES: [&str; 5] = ["src", "crates", "Cargo.toml", "Cargo.lock", "build.rs"];
 
 fn main() {
     println!("cargo:rerun-if-env-changed=RINGCAST_GIT_REV");

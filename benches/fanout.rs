@@ -8,7 +8,7 @@
 //! real measurement is `scripts/loadtest.sh`, with the server and the load in separate,
 //! pinned processes.
 
-use ringcast::server::{self, Backend, ServeArgs};
+use ringcast_server::{self as server, Backend, ServeArgs};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! `ringcast`: serve, bench, compare.
+//! `ringcast`: serve, bench, compare. The command line only: the server is the
+//! `ringcast-server` crate, the harness `ringcast-bench` (docs/architecture.md).
 
 use clap::{Parser, Subcommand};
 
@@ -17,19 +18,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server.
-    Serve(ringcast::server::ServeArgs),
+    Serve(ringcast_server::ServeArgs),
     /// Run a load test against a running server and write a report.
-    Bench(ringcast::bench::BenchArgs),
+    Bench(ringcast_bench::BenchArgs),
     /// Put benchmark reports side by side.
-    Compare(ringcast::bench::CompareArgs),
+    Compare(ringcast_bench::CompareArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    ringcast_util::provenance::set_git_rev(env!("RINGCAST_GIT_REV"));
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => ringcast::server::run(args),
-        Command::Bench(args) => ringcast::bench::run(args),
-        Command::Compare(args) => ringcast::bench::compare(args),
+        Command::Serve(args) => ringcast_server::run(args),
+        Command::Bench(args) => ringcast_bench::run(args),
+        Command::Compare(args) => ringcast_bench::compare(args),
     };
     match result {
         Ok(code) => code,

@@ -9,8 +9,8 @@ mod common;
 
 use bench_common::{ringcast, scratch, server_deliveries, text};
 use common::Server;
-use ringcast::bench::plan::{Plan, Step};
-use ringcast::bench::report::Report;
+use ringcast_bench::plan::{Plan, Step};
+use ringcast_bench::report::Report;
 use ringcast_testkit::NatsServer;
 use std::time::Duration;
 

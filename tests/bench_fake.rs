@@ -6,7 +6,7 @@
 mod bench_common;
 
 use bench_common::{ringcast, scratch, text, FakeServer, Fault};
-use ringcast::bench::report::Report;
+use ringcast_bench::report::Report;
 use std::path::Path;
 use std::time::Duration;
 

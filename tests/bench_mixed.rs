@@ -9,7 +9,7 @@ mod common;
 
 use bench_common::{ringcast, scratch, text, PeerServer};
 use common::Server;
-use ringcast::bench::report::Report;
+use ringcast_bench::report::Report;
 
 /// How the servers are told to cut a client that stops reading within a few seconds, yet
 /// leave alone one that reads (a burst can queue tens of KiB for a moment).

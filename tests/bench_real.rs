@@ -7,7 +7,7 @@ mod common;
 
 use bench_common::{ringcast, scratch, server_deliveries, text, PeerServer};
 use common::Server;
-use ringcast::bench::report::Report;
+use ringcast_bench::report::Report;
 
 /// A small sweep against a real server, over the line protocol (`proto` "ringcast") or
 /// WebSocket ("ws", `--addr` then being the HTTP address).
@@ -159,7 +159,7 @@ fn small_run(backend: &str, proto: &str, procs: &str, extra: &[&str]) {
 
 /// With stamps, every delivery has a socket latency no later than its read latency (the
 /// stamp comes before the read); without, none.
-fn check_socket_latency(step: &ringcast::bench::report::StepResult, stamps: bool) {
+fn check_socket_latency(step: &ringcast_bench::report::StepResult, stamps: bool) {
     let Some(socket) = &step.socket_latency else {
         assert!(
             !stamps,
@@ -220,7 +220,7 @@ fn stalled_run(
     backend: &str,
     proto: &str,
     stall: &str,
-) -> (String, ringcast::bench::report::StepResult) {
+) -> (String, ringcast_bench::report::StepResult) {
     let server = Server::start(backend, &[]);
     let addr = match proto {
         "ws" => server.http_addr().to_string(),
@@ -263,7 +263,7 @@ fn stalled_run(
 
 /// The deliveries of a 400 ms stall (16 of 120) are 300 ms or more late in read latency,
 /// and not in socket latency: far below, whatever the machine's load adds to both.
-fn stall_shows_in_read_latency_only(step: &ringcast::bench::report::StepResult) {
+fn stall_shows_in_read_latency_only(step: &ringcast_bench::report::StepResult) {
     let read = &step.latency;
     let socket = step.socket_latency.as_ref().expect("socket latency");
     assert!(read.max >= 300_000 && read.p99 >= 200_000, "read {read:?}");

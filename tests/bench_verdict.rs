@@ -7,8 +7,8 @@
 mod bench_common;
 
 use bench_common::{ringcast, scratch, text};
-use ringcast::bench::hist;
-use ringcast::bench::report::{
+use ringcast_bench::hist;
+use ringcast_bench::report::{
     Config, ConnectReport, Environment, ErrorCounts, Report, ServerCost, StepResult, Tally, FORMAT,
 };
 use std::path::{Path, PathBuf};

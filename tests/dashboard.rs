@@ -4,8 +4,8 @@
 //! the uring or the epoll backend). `tests/prometheus.rs` also runs each expression on
 //! a real Prometheus scraping ringcast.
 
-use ringcast::core::metrics::{self, Format};
-use ringcast::core::{Directory, ServerInfo, Stats};
+use ringcast_core::metrics::{self, Format};
+use ringcast_core::{Directory, ServerInfo, Stats};
 use std::collections::BTreeSet;
 
 pub fn dashboard() -> serde_json::Value {

@@ -3,7 +3,7 @@
 //! over-long line never holds more than `max_pending()` bytes, whatever the input.
 
 use proptest::prelude::*;
-use ringcast::proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
+use ringcast_proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
 use std::ops::ControlFlow;
 
 /// A decoded frame, owned: `Some(line)` or `None` for a too-long line.

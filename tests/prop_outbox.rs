@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast::core::{
+use ringcast_core::{
     Action, Directory, Disconnect, Hub, Limits, Outbox, Output, Overflow, Protocol, Shared,
 };
 use std::collections::VecDeque;

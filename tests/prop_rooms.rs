@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast::core::{Action, ClientId, Directory, Hub, Limits, Output, Protocol, Shared, Stats};
+use ringcast_core::{Action, ClientId, Directory, Hub, Limits, Output, Protocol, Shared, Stats};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

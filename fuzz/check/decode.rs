@@ -8,8 +8,8 @@
 //! only and never queues more than `max_outbound` for a client.
 
 use bytes::Bytes;
-use ringcast::core::{Action, Directory, Hub, Limits, Output, Protocol, Shared};
-use ringcast::proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
+use ringcast_core::{Action, Directory, Hub, Limits, Output, Protocol, Shared};
+use ringcast_proto::{parse, Command, Frame, LineDecoder, NAME_MAX};
 use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -220,12 +220,12 @@ impl ServerProcess {
 
     /// Resident memory of the server, in bytes.
     pub fn rss_bytes(&self) -> io::Result<u64> {
-        ringcast::bench::procfs::process_rss_bytes(self.pid())
+        ringcast_bench::procfs::process_rss_bytes(self.pid())
     }
 
     /// Descriptors the server has open.
     pub fn open_fds(&self) -> io::Result<u64> {
-        ringcast::bench::procfs::open_fds(self.pid())
+        ringcast_bench::procfs::open_fds(self.pid())
     }
 
     /// Gives the stderr thread a moment to take what a dying server wrote last.

@@ -43,7 +43,7 @@ mod cluster;
 use crate::server::ServerProcess;
 use anyhow::{bail, Context};
 use clients::{Client, Findings, Leave, Rng, Target, IO_TIMEOUT};
-use ringcast::units::{parse_bytes, parse_duration};
+use ringcast_util::units::{parse_bytes, parse_duration};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// The server backends a soak can run: the server's own, with its names.
-pub use ringcast::server::Backend;
+pub use ringcast_server::Backend;
 
 /// Options of `ringcast-soak`.
 #[derive(Debug, Clone, clap::Parser)]

@@ -1,6 +1,7 @@
 //! `ringcast serve`: thread-per-core workers, one runtime and one SO_REUSEPORT listener
 //! each, around the shared core. The backends differ only in how bytes move.
 
+pub mod cluster;
 mod epoll;
 mod io;
 pub mod probe;
@@ -8,9 +9,9 @@ mod ring;
 mod uring;
 mod worker;
 
-use crate::core::{Directory, Limits, RateLimit, ServerInfo, Shared, Stats, Totals};
-use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context};
+use ringcast_core::{Directory, Limits, RateLimit, ServerInfo, Shared, Stats, Totals};
+use ringcast_util::units::{parse_bytes, parse_duration};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -208,7 +209,8 @@ pub struct Running {
 
 /// Starts a server in this process, without signal handling; [`Running::stop`] drains it.
 pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
-    let nofile = crate::sys::raise_nofile_limit().context("reading the open-files limit")?;
+    let nofile =
+        ringcast_util::sys::raise_nofile_limit().context("reading the open-files limit")?;
     let threads = match args.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -231,10 +233,10 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
         bail!("--max-line must be at least 1 and --max-outbound at least --max-line + 64");
     }
-    if args.max_outbound > crate::core::MAX_OUTBOX_BYTES {
+    if args.max_outbound > ringcast_core::MAX_OUTBOX_BYTES {
         bail!(
             "--max-outbound must be at most {} bytes (4 GiB less 1 MiB)",
-            crate::core::MAX_OUTBOX_BYTES
+            ringcast_core::MAX_OUTBOX_BYTES
         );
     }
     if args.max_msg_rate > 0 && args.max_msg_burst == 0 {
@@ -274,6 +276,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     let dir = Arc::new(Directory::new(max_clients, args.max_per_ip));
     let info = ServerInfo {
         backend: args.backend.name().to_owned(),
+        git_rev: ringcast_util::provenance::git_rev().to_owned(),
         ..ServerInfo::default()
     };
     // Without the HTTP listener nobody can scrape: then nothing is measured for it.
@@ -283,7 +286,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
         "backend={} threads={threads} version={} git_rev={}",
         args.backend.name(),
         env!("CARGO_PKG_VERSION"),
-        env!("RINGCAST_GIT_REV")
+        ringcast_util::provenance::git_rev()
     ));
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) =
         (0..threads).map(|_| mpsc::channel(INBOX_BATCHES)).unzip();

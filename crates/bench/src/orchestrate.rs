@@ -1250,7 +1250,7 @@ fn build_report(
         ringcast_version: env!("CARGO_PKG_VERSION").to_string(),
         // The commit this binary was built from (build.rs), not whatever the source tree
         // holds when it runs.
-        git_rev: env!("RINGCAST_GIT_REV").to_string(),
+        git_rev: ringcast_util::provenance::git_rev().to_string(),
         timestamp: super::report::rfc3339(unix),
         config: Config {
             addr: args.addr.join(","),

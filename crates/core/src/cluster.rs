@@ -1,5 +1,5 @@
 //! What a hub and the cluster bridge say to each other (the bridge itself, the only
-//! part that talks to NATS, is `crate::cluster`). To a hub the bridge is one more peer
+//! part that talks to NATS, is `ringcast_server::cluster`). To a hub the bridge is one more peer
 //! with an inbox, like another worker thread: chat goes to it as hand-offs and comes
 //! from it as hand-offs. Beside chat, a few questions only the cluster can answer are
 //! asked with a request id, and their answers come back to the asking thread later.

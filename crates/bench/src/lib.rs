@@ -32,8 +32,8 @@ mod wire;
 mod worker;
 pub mod ws;
 
-use crate::units::{parse_bytes, parse_duration};
 use anyhow::{bail, Context as _};
+use ringcast_util::units::{parse_bytes, parse_duration};
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,7 +10,6 @@
 //! code that has no hub at hand: the backend's hooks and the fan-out clock, which records
 //! on whichever thread lets go of a chat batch last.
 
-use serde::Serialize;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -496,7 +495,7 @@ impl std::fmt::Debug for ThreadCounters {
 }
 
 /// Totals since start, summed over threads.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Totals {
     /// Chat lines received.
     pub messages_in: u64,
@@ -633,7 +632,7 @@ impl Default for ServerInfo {
         Self {
             backend: "none".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            git_rev: option_env!("RINGCAST_GIT_REV").unwrap_or("unknown").into(),
+            git_rev: "unknown".into(),
         }
     }
 }
@@ -885,7 +884,7 @@ mod tests {
         //! made from it keep it alive.
 
         use super::*;
-        use crate::core::{Action, Directory, Handoff, Hub, Limits, Output, Protocol, Shared};
+        use crate::{Action, Directory, Handoff, Hub, Limits, Output, Protocol, Shared};
         use bytes::Bytes;
         use std::net::{IpAddr, Ipv4Addr};
         use std::sync::mpsc;

@@ -360,7 +360,7 @@ fn write_event(event: &Event) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &BenchArgs, index: usize) -> anyhow::Result<ExitCode> {
-    crate::sys::raise_nofile_limit().context("raising the open-files limit")?;
+    ringcast_util::sys::raise_nofile_limit().context("raising the open-files limit")?;
     let (inbox_tx, inbox) = std::sync::mpsc::channel::<Inbox>();
     spawn_stdin_reader(inbox_tx.clone())?;
     let commands = spawn_groups(args, index, &inbox_tx)?;

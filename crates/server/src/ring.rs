@@ -8,9 +8,9 @@
 //! push see, before it is made, that the queue is full (tail - head = entries), so the
 //! submit it causes is counted exactly. The same look sees the completion queue's
 //! overflow flag. Another way to submit (e.g. mid-pass) is counted with
-//! [`crate::core::UringSubmit`] by the code that makes it.
+//! [`ringcast_core::UringSubmit`] by the code that makes it.
 
-use crate::core::{this_thread, RingReading, UringOp, UringSubmit};
+use ringcast_core::{this_thread, RingReading, UringOp, UringSubmit};
 use std::cell::{Cell, OnceCell};
 use std::io;
 use std::os::fd::RawFd;

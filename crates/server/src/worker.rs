@@ -5,9 +5,9 @@
 //! rule about time and limits is the hub's.
 
 use super::io::{self, Conn, Listener};
-use crate::core::cluster::{Inbox, ToBridge};
-use crate::core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
 use bytes::{Buf, Bytes};
+use ringcast_core::cluster::{Inbox, ToBridge};
+use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io as stdio;

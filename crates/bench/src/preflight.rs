@@ -70,7 +70,7 @@ impl Limits {
     /// The limits of this machine and process.
     pub fn read() -> std::io::Result<Limits> {
         Ok(Limits {
-            nofile: crate::sys::nofile_limit()?.hard,
+            nofile: ringcast_util::sys::nofile_limit()?.hard,
             ephemeral_ports: ephemeral_ports(),
         })
     }

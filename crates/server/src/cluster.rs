@@ -1,7 +1,7 @@
 //! The cluster bridge: several ringcast nodes share their rooms and names through an
 //! existing message engine, NATS (core pub/sub for chat, a JetStream key-value bucket for
 //! names and node heartbeats). It runs on a thread of its own with a plain tokio runtime;
-//! to the worker threads it is one more peer with an inbox (`crate::core::cluster`).
+//! to the worker threads it is one more peer with an inbox (`ringcast_core::cluster`).
 //!
 //! - **Chat:** each read's chat batch for a room is published once, on one connection
 //!   (so NATS keeps each sender's order), to `ringcast.room.<room>`, with `no_echo` so a
@@ -19,12 +19,12 @@
 //!   `ringcast.ask.rooms`; a node that does not answer within `ASK_TIMEOUT` is left out
 //!   and the reply says so.
 
-use crate::core::cluster::{Answer, Claim, ClusterView, Inbox, Request, ToBridge};
-use crate::core::{Directory, Handoff};
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
+use ringcast_core::cluster::{Answer, Claim, ClusterView, Inbox, Request, ToBridge};
+use ringcast_core::{Directory, Handoff};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -208,7 +208,7 @@ impl Node {
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
-        node.subscribe(Arc::from(crate::core::LOBBY))
+        node.subscribe(Arc::from(ringcast_core::LOBBY))
             .await
             .with_context(|| format!("subscribing to the lobby at {url}"))?;
         node.count_nodes().await;
@@ -271,7 +271,7 @@ impl Node {
             }
             Request::Left { room } => {
                 tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
-                if &*room != crate::core::LOBBY && self.dir.room_size(&room) == 0 {
+                if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
                     if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
                         // Dropping the subscriber (in the task) unsubscribes.
                         task.abort();

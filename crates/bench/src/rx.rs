@@ -335,7 +335,7 @@ mod tests {
         // when the first socket asks, so the first segments after that may come without
         // a stamp: send until one has one.
         loop {
-            let before = crate::bench::clock::mono_ns();
+            let before = crate::clock::mono_ns();
             tx.write_all(b"hello").unwrap();
             let (n, stamp) = loop {
                 match recv_stamped(rx.as_raw_fd(), &mut buf, &mut control) {
@@ -347,7 +347,7 @@ mod tests {
                     Err(e) => panic!("recvmsg: {e}"),
                 }
             };
-            let after = crate::bench::clock::mono_ns();
+            let after = crate::clock::mono_ns();
             assert_eq!(n, 5);
             let Some(stamp) = stamp else {
                 assert!(std::time::Instant::now() < deadline, "no receive stamp");

@@ -3,8 +3,8 @@
 //! write at once and waits for writability only when the socket is full.
 
 use super::io::{Conn, Listener};
-use crate::core::{this_thread, EpollCall};
 use bytes::Bytes;
+use ringcast_core::{this_thread, EpollCall};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};

@@ -1,7 +1,7 @@
 //! The hub on simulated time: no sockets, no sleeps. A test owns the clock and moves it.
 
 use super::*;
-use crate::core::{Refusal, Totals};
+use crate::{Refusal, Totals};
 use std::net::Ipv4Addr;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -48,9 +48,7 @@ impl Sim {
     /// A hub of one node of a cluster (its bridge is the test).
     fn clustered(limits: Limits) -> Self {
         let mut sim = Self::new(1, limits);
-        sim.hub.shared.cluster = Some(Arc::new(crate::core::cluster::ClusterView::new(
-            "test".into(),
-        )));
+        sim.hub.shared.cluster = Some(Arc::new(crate::cluster::ClusterView::new("test".into())));
         sim
     }
 
@@ -768,7 +766,7 @@ fn a_request_pending_at_shutdown_gets_503_and_members_are_counted_until_released
 }
 
 /// The questions for the cluster among `actions`.
-fn requests(actions: Vec<Action<u32>>) -> Vec<crate::core::cluster::Request> {
+fn requests(actions: Vec<Action<u32>>) -> Vec<crate::cluster::Request> {
     actions
         .into_iter()
         .filter_map(|a| match a {
@@ -780,7 +778,7 @@ fn requests(actions: Vec<Action<u32>>) -> Vec<crate::core::cluster::Request> {
 
 #[test]
 fn cluster_answers_come_back_in_the_order_of_the_requests() {
-    use crate::core::cluster::{Answer, Claim, Request};
+    use crate::cluster::{Answer, Claim, Request};
     let mut sim = Sim::clustered(limits());
     let a = sim.connect();
     sim.actions();
@@ -840,7 +838,7 @@ fn cluster_answers_come_back_in_the_order_of_the_requests() {
 
 #[test]
 fn a_closing_client_is_closed_only_after_its_owed_replies() {
-    use crate::core::cluster::{Answer, Request};
+    use crate::cluster::{Answer, Request};
     let mut sim = Sim::clustered(limits());
     let a = sim.connect();
     sim.actions();
@@ -874,7 +872,7 @@ fn a_closing_client_is_closed_only_after_its_owed_replies() {
 
 #[test]
 fn an_unsent_question_is_answered_and_a_released_client_owes_nothing() {
-    use crate::core::cluster::Request;
+    use crate::cluster::Request;
     let mut sim = Sim::clustered(limits());
     let a = sim.connect();
     sim.actions();

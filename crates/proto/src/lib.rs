@@ -1,3 +1,5 @@
+//! ringcast-proto: the first layer of ringcast (docs/architecture.md).
+//!
 //! The protocols, bytes only: the line decoder, the command parser and the formatting of
 //! every line the server sends; the HTTP request head and responses; WebSocket frames.
 //! Nothing here knows about sockets, rooms or threads.

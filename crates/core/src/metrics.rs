@@ -485,7 +485,7 @@ fn escape_help(help: &str, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::stats::ServerInfo;
+    use crate::stats::ServerInfo;
     use std::collections::BTreeMap;
 
     fn server(backend: &str) -> (Stats, Directory) {

@@ -8,9 +8,9 @@
 use super::io::{Conn, Listener};
 use super::ring::{self, pushing};
 use super::UringSetup;
-use crate::core::UringOp;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
+use ringcast_core::UringOp;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
@@ -189,7 +189,7 @@ impl EarlySubmit {
         // EBUSY or EAGAIN (completions backing up): what was not taken now goes when the
         // thread parks, as before.
         if submitted > 0 {
-            crate::core::this_thread(|c| c.uring_submit(crate::core::UringSubmit::MidPass));
+            ringcast_core::this_thread(|c| c.uring_submit(ringcast_core::UringSubmit::MidPass));
         }
     }
 }
@@ -730,7 +730,7 @@ impl FixedFiles {
     /// Registers an empty table with `ring`; without one (an old kernel, a low open-files
     /// limit) connections are named by fd as before.
     fn install(ring: RawFd) {
-        let nofile = crate::sys::nofile_limit().map_or(1024, |limit| limit.soft);
+        let nofile = ringcast_util::sys::nofile_limit().map_or(1024, |limit| limit.soft);
         let capacity = nofile.min(u64::from(MAX_FIXED_FILES)) as u32;
         let empty: Vec<i32> = vec![-1; capacity as usize];
         // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call.
@@ -941,7 +941,7 @@ mod tests {
 
     #[test]
     fn dropped_receives_give_their_buffers_back() {
-        if !isolated("server::uring::tests::dropped_receives_give_their_buffers_back") {
+        if !isolated("uring::tests::dropped_receives_give_their_buffers_back") {
             return;
         }
         on_a_ring(|listener, addr, files, baseline_fds| async move {
@@ -987,7 +987,7 @@ mod tests {
 
     #[test]
     fn a_dropped_send_keeps_its_socket_until_it_completes() {
-        if !isolated("server::uring::tests::a_dropped_send_keeps_its_socket_until_it_completes") {
+        if !isolated("uring::tests::a_dropped_send_keeps_its_socket_until_it_completes") {
             return;
         }
         on_a_ring(|listener, addr, files, baseline_fds| async move {
@@ -1014,7 +1014,7 @@ mod tests {
             for (client, conn) in pairs {
                 let chunk = [0u8; 65536];
                 loop {
-                    match crate::server::io::try_send(&conn, &chunk) {
+                    match crate::io::try_send(&conn, &chunk) {
                         Ok(_) => continue,
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                         Err(err) => panic!("filling the socket: {err}"),

@@ -4,9 +4,9 @@
 //! Every other request gets a short error; a connection serves one request.
 
 use super::metrics::Format;
-use crate::proto::http::{self, Request};
-use crate::proto::ws;
 use bytes::Bytes;
+use ringcast_proto::http::{self, Request};
+use ringcast_proto::ws;
 
 /// The chat page, embedded in the binary: no build step, nothing fetched from elsewhere.
 pub const CHAT_PAGE: &str = include_str!("../web/chat.html");
