@@ -234,10 +234,22 @@ pub enum UringOp {
     ProvideBuffers,
     /// IORING_OP_ACCEPT.
     Accept,
+    // The uring-direct backend's own ops (it also pushes Send, Writev, Read, Accept).
+    /// A multishot IORING_OP_RECV on the thread's buffer ring (armed once per connection,
+    /// again after it ends, e.g. for want of buffers).
+    RecvMulti,
+    /// IORING_OP_TIMEOUT for the hub's next deadline.
+    Timeout,
+    /// IORING_OP_ASYNC_CANCEL or IORING_OP_TIMEOUT_REMOVE.
+    Cancel,
+    /// IORING_OP_SHUTDOWN.
+    Shutdown,
+    /// IORING_OP_CLOSE of a direct descriptor.
+    Close,
 }
 
 impl UringOp {
-    pub const ALL: [UringOp; 7] = [
+    pub const ALL: [UringOp; 12] = [
         UringOp::Recv,
         UringOp::Send,
         UringOp::Writev,
@@ -245,6 +257,11 @@ impl UringOp {
         UringOp::PollAdd,
         UringOp::ProvideBuffers,
         UringOp::Accept,
+        UringOp::RecvMulti,
+        UringOp::Timeout,
+        UringOp::Cancel,
+        UringOp::Shutdown,
+        UringOp::Close,
     ];
 
     pub fn name(self) -> &'static str {
@@ -256,6 +273,11 @@ impl UringOp {
             UringOp::PollAdd => "poll_add",
             UringOp::ProvideBuffers => "provide_buffers",
             UringOp::Accept => "accept",
+            UringOp::RecvMulti => "recv_multi",
+            UringOp::Timeout => "timeout",
+            UringOp::Cancel => "cancel",
+            UringOp::Shutdown => "shutdown",
+            UringOp::Close => "close",
         }
     }
 }
@@ -313,6 +335,9 @@ pub struct RingReading {
     /// Completions the kernel dropped because the completion queue was full and it could
     /// not keep them on its overflow list.
     pub cqe_dropped: u64,
+    /// uring-direct: multishot receives that ended for want of a free buffer in the
+    /// thread's buffer ring (each is re-armed once buffers are back; no byte is lost).
+    pub recv_nobufs: u64,
 }
 
 /// Reads a value of a thread's I/O that is not counted by ringcast but read where it is
@@ -621,7 +646,7 @@ pub fn this_thread<R>(f: impl FnOnce(&ThreadCounters) -> R) -> Option<R> {
 /// What `/metrics` says about the server itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
-    /// `uring` or `epoll`; anything else exports no backend families.
+    /// `uring`, `uring-direct` or `epoll`; anything else exports no backend families.
     pub backend: String,
     pub version: String,
     pub git_rev: String,
@@ -713,6 +738,7 @@ impl Stats {
                 let r = ring();
                 s.ring.in_flight += r.in_flight;
                 s.ring.cqe_dropped += r.cqe_dropped;
+                s.ring.recv_nobufs += r.recv_nobufs;
             }
         }
         // Each thread's sum is exact for that thread; read while they run, the total

@@ -157,6 +157,7 @@ impl RingView {
         RingReading {
             in_flight: u64::from(pushed.wrapping_sub(completed)),
             cqe_dropped: u64::from(self.field(self.layout.cq_overflow)),
+            recv_nobufs: 0,
         }
     }
 
