@@ -7,6 +7,7 @@ mod io;
 pub mod probe;
 mod ring;
 mod uring;
+mod uring_direct;
 mod worker;
 
 use anyhow::{bail, Context};
@@ -27,6 +28,9 @@ pub enum Backend {
     Uring,
     /// epoll through tokio (readiness-based).
     Epoll,
+    /// io_uring driven directly: one ring and one completion loop per thread, no
+    /// executor (multishot receive, provided-buffer rings, direct descriptors; Linux 6.1+).
+    UringDirect,
 }
 
 impl Backend {
@@ -34,6 +38,7 @@ impl Backend {
         match self {
             Backend::Uring => "uring",
             Backend::Epoll => "epoll",
+            Backend::UringDirect => "uring-direct",
         }
     }
 }
@@ -242,11 +247,20 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
     if args.max_msg_rate > 0 && args.max_msg_burst == 0 {
         bail!("--max-msg-burst must be at least 1 when --max-msg-rate is set");
     }
-    if args.backend == Backend::Uring {
+    if matches!(args.backend, Backend::Uring | Backend::UringDirect) {
         probe::probe().map_err(|cause| {
             anyhow::anyhow!(
                 "io_uring cannot be used here: {cause}. \
                  Run the epoll backend instead: ringcast serve --backend epoll"
+            )
+        })?;
+    }
+    if args.backend == Backend::UringDirect {
+        uring_direct::probe::probe().map_err(|missing| {
+            anyhow::anyhow!(
+                "the uring-direct backend cannot run on this kernel: {missing}. \
+                 Run another backend instead: ringcast serve --backend uring \
+                 (or --backend epoll)"
             )
         })?;
     }
@@ -352,11 +366,18 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             submit_every: args.submit_every,
             setup: args.uring_setup.clone(),
         };
+        let direct_options = uring_direct::Options {
+            sq_entries: args.sq_entries,
+            cq_entries: args.cq_entries,
+            // Each thread's share of the descriptors the other backends would have.
+            files_per_thread: (fd_budget / threads) as u64,
+        };
         std::thread::Builder::new()
             .name(format!("ringcast-{}-{index}", backend.name()))
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_worker(backend, &uring_options, setup, listener, http_listener)
+                    let options = (&uring_options, &direct_options);
+                    run_worker(backend, options, setup, listener, http_listener)
                 }));
                 let result = match result {
                     Ok(result) => result,
@@ -501,7 +522,7 @@ impl Running {
 
 fn run_worker(
     backend: Backend,
-    uring_options: &uring::Options,
+    (uring_options, direct_options): (&uring::Options, &uring_direct::Options),
     setup: WorkerSetup,
     listener: std::net::TcpListener,
     http: Option<std::net::TcpListener>,
@@ -523,6 +544,16 @@ fn run_worker(
             let http = http.map(epoll::listener).transpose()?;
             Worker::run(setup, epoll::listener(listener)?, http).await
         }),
+        Backend::UringDirect => (|| {
+            let http = http.map(uring_direct::listener).transpose()?;
+            uring_direct::run(
+                direct_options,
+                setup,
+                uring_direct::listener(listener)?,
+                http,
+            )
+        })()
+        .map(Ok),
     };
     match result {
         Ok(Ok(())) => Ok(()),

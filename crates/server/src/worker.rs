@@ -30,7 +30,7 @@ const POOL_KEEP_BYTES: usize = 64 * 1024;
 const BATCHES_MAX: usize = 1024;
 const BATCH_KEEP: usize = 64;
 /// Most buffers in one vectored write (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 /// Batches of hand-offs one thread may queue to another before its readers wait.
 pub(crate) const INBOX_BATCHES: usize = 1024;
 

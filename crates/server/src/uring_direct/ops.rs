@@ -1,0 +1,1325 @@
+//! The one module of the `uring-direct` backend that talks to the kernel: it owns the
+//! thread's ring, its ring-mapped receive buffers, the registered file table its
+//! connections live in, the listeners its accepts use and the memory of every op in
+//! flight, and it is where every `unsafe` block of the backend is.
+//!
+//! The loop above it only sees a safe API: `push_*` queues an op that names a connection
+//! by the loop's key, [`Ring::wait`] submits everything queued and waits for at least one
+//! completion, and [`Ring::completions`] turns CQEs back into [`Completion`]s carrying
+//! what each op owned (the buffers of a write, the address of an accepted peer).
+//!
+//! What makes the pushes sound is kept here, not argued at each call site:
+//! - every buffer, iovec array, address or timespec an SQE points at is owned by a table
+//!   of this struct until that op's last CQE has been reaped;
+//! - a listener is closed only once no accept on it is in flight;
+//! - a receive buffer is handed to the kernel again only after the loop gave it back,
+//!   and never twice;
+//! - dropping the ring first cancels every op and waits for their completions, so no
+//!   kernel write can land in memory freed with the struct.
+
+use bytes::Bytes;
+use io_uring_07 as iou;
+use iou::{cqueue, opcode, squeue, types, IoUring};
+use ringcast_core::{this_thread, UringOp};
+use slab::Slab;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+/// How a ring is set up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    pub(crate) sq_entries: u32,
+    pub(crate) cq_entries: u32,
+    /// Slots of the registered file table: the most connections the thread holds.
+    pub(crate) files: u32,
+    /// Receive buffers in the thread's buffer ring (a power of two) and their size.
+    pub(crate) buffers: u16,
+    pub(crate) buffer_size: u32,
+}
+
+/// Which step of setting a ring up failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// io_uring_setup with SINGLE_ISSUER, DEFER_TASKRUN and SUBMIT_ALL.
+    Setup,
+    /// A sparse registered file table.
+    Files,
+    /// Registering the ring-mapped receive buffers.
+    BufRing,
+    /// Memory or an eventfd.
+    Memory,
+}
+
+/// `io_uring_enter` flags (include/uapi/linux/io_uring.h).
+const IORING_ENTER_GETEVENTS: u32 = 1 << 0;
+const IORING_ENTER_REGISTERED_RING: u32 = 1 << 4;
+
+/// The buffer group of the thread's receive buffers (one group per ring).
+const BGID: u16 = 0;
+/// Most accepts in flight on one listener at once: each has its own address buffer, so
+/// a burst of connections is taken several per pass.
+pub(crate) const ACCEPTS_PER_LISTENER: usize = 4;
+
+/// A key of the loop's connection table (see `super::Conns`).
+pub(crate) type Key = u32;
+
+/// What an op was for; kept in the top byte of its user data, the rest is an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Accept = 1,
+    Recv,
+    Write,
+    /// A notice sent without waiting before a shutdown (hard-linked to it).
+    Notice,
+    Shutdown,
+    Close,
+    Timer,
+    Wake,
+    /// Cancels and timeout removals: their own completions say nothing the target's
+    /// completion does not.
+    Quiet,
+}
+
+impl Kind {
+    fn of(user_data: u64) -> Option<Kind> {
+        Some(match (user_data >> 56) as u8 {
+            1 => Kind::Accept,
+            2 => Kind::Recv,
+            3 => Kind::Write,
+            4 => Kind::Notice,
+            5 => Kind::Shutdown,
+            6 => Kind::Close,
+            7 => Kind::Timer,
+            8 => Kind::Wake,
+            9 => Kind::Quiet,
+            _ => return None,
+        })
+    }
+}
+
+fn user_data(kind: Kind, index: u64) -> u64 {
+    (kind as u64) << 56 | (index & ((1 << 56) - 1))
+}
+
+fn index_of(user_data: u64) -> u64 {
+    user_data & ((1 << 56) - 1)
+}
+
+/// An op's completion, with what the op owned.
+#[derive(Debug)]
+pub(crate) enum Completion {
+    /// A connection was accepted into file-table slot `slot`, from `peer`.
+    Accepted {
+        listener: usize,
+        result: io::Result<(u32, SocketAddr)>,
+    },
+    /// A multishot receive produced `Ok(n)` bytes in receive buffer `buffer`, or ended
+    /// (EOF is `Ok(0)`, ENOBUFS an error). `more`: the receive stays armed.
+    Received {
+        conn: Key,
+        result: io::Result<usize>,
+        buffer: Option<u16>,
+        more: bool,
+    },
+    /// A write ended: bytes written (maybe fewer than given), and the buffers back.
+    Wrote {
+        conn: Key,
+        result: io::Result<usize>,
+        bufs: Vec<Bytes>,
+    },
+    /// A shutdown (with its notice, if it had one) is done.
+    ShutDown { conn: Key },
+    /// The connection's slot is closed and free again.
+    Closed { conn: Key },
+    /// Timer `seq` ended: it fired, or it was removed (a later deadline replaced it).
+    Timer { seq: u64 },
+    /// The thread's wake-up descriptor was written to (by another thread's send).
+    Woken,
+}
+
+/// A write in flight: the buffers and the iovec array its SQE points into.
+struct WriteOp {
+    bufs: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+}
+
+/// An accept in flight: where the kernel writes the peer's address.
+struct AcceptOp {
+    listener: usize,
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+struct ListenerEntry {
+    socket: Option<TcpListener>,
+    accepts: usize,
+    /// No more accepts: the socket goes once the last one in flight has completed.
+    closing: bool,
+}
+
+/// The thread's ring-mapped receive buffers: a ring of `io_uring_buf` entries shared
+/// with the kernel (mapped anonymous memory, page-aligned as the kernel wants), and the
+/// buffers themselves.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    entries_len: usize,
+    memory: *mut u8,
+    memory_len: usize,
+    count: u16,
+    size: u32,
+    /// Our tail, published to the kernel by `publish`.
+    tail: u16,
+    published: u16,
+    /// Which buffers the kernel filled and the loop has not given back.
+    lent: Vec<bool>,
+}
+
+impl BufRing {
+    fn new(count: u16, size: u32) -> io::Result<BufRing> {
+        assert!(
+            count.is_power_of_two(),
+            "buffer ring size is a power of two"
+        );
+        let entries_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        let memory_len = usize::from(count) * size as usize;
+        let entries = map_anonymous(entries_len)? as *mut types::BufRingEntry;
+        let memory = match map_anonymous(memory_len) {
+            Ok(memory) => memory,
+            Err(err) => {
+                // SAFETY: mapped just above with this length, not shared with anyone yet.
+                unsafe { libc::munmap(entries.cast(), entries_len) };
+                return Err(err);
+            }
+        };
+        let mut ring = BufRing {
+            entries,
+            entries_len,
+            memory,
+            memory_len,
+            count,
+            size,
+            tail: 0,
+            published: 0,
+            lent: vec![false; usize::from(count)],
+        };
+        for bid in 0..count {
+            ring.add(bid);
+        }
+        Ok(ring)
+    }
+
+    /// Puts buffer `bid` at the ring's tail (seen by the kernel once published).
+    fn add(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.count - 1));
+        // SAFETY: `index` < `count`, so the entry lies inside the mapping of `count`
+        // entries; the kernel reads only entries between its head and the published tail,
+        // and this one is past the published tail until `publish`.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        // SAFETY: `bid` < `count`: the buffer lies inside the mapping.
+        let addr = unsafe { self.memory.add(usize::from(bid) * self.size as usize) };
+        entry.set_addr(addr as u64);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes the buffers added since the last call visible to the kernel.
+    fn publish(&mut self) {
+        if self.published == self.tail {
+            return;
+        }
+        // SAFETY: the tail field lives in the first entry of the mapping (it overlays
+        // that entry's `resv`, which the kernel never reads as part of a buffer); it is
+        // written with a release store so the entries written before are seen first.
+        unsafe {
+            let tail =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+        self.published = self.tail;
+    }
+
+    fn free(&self) -> usize {
+        self.lent.iter().filter(|lent| !**lent).count()
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: both were mapped by `new` with these lengths; the ring that could use
+        // them was unregistered (or destroyed) before, see `Ring::drop`.
+        unsafe {
+            libc::munmap(self.entries.cast(), self.entries_len);
+            libc::munmap(self.memory.cast(), self.memory_len);
+        }
+    }
+}
+
+fn map_anonymous(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a new private anonymous mapping; no existing memory is affected.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr.cast())
+}
+
+/// Wakes the thread's loop from another thread: an eventfd its ring has a read on. A
+/// flag keeps a burst of sends to one write.
+struct EventFdWake {
+    fd: OwnedFd,
+    /// Set by the first wake since the loop last looked; cleared by the loop.
+    pending: AtomicBool,
+}
+
+impl Wake for EventFdWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local buffer to an eventfd this struct owns.
+        let written = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if written != 8 {
+            // EAGAIN only if the counter is about to overflow: the loop is woken anyway.
+            tracing::debug!("eventfd write: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// Counts of the ring that the scraping thread reads.
+#[derive(Debug, Default)]
+pub(crate) struct RingCounts {
+    pub(crate) enters: AtomicU64,
+    pub(crate) in_flight: AtomicU64,
+    pub(crate) cqe_dropped: AtomicU64,
+    pub(crate) nobufs: AtomicU64,
+}
+
+/// One thread's ring and everything its ops touch.
+pub(crate) struct Ring {
+    uring: IoUring,
+    /// The ring's own fd registered with itself (enters then skip the fd lookup); its
+    /// index, passed instead of the fd.
+    registered_index: Option<u32>,
+    bufs: BufRing,
+    writes: Slab<WriteOp>,
+    accepts: Slab<Box<AcceptOp>>,
+    notices: Slab<Bytes>,
+    timers: Slab<Box<types::Timespec>>,
+    listeners: Vec<ListenerEntry>,
+    wake: Arc<EventFdWake>,
+    /// Where the eventfd read op writes the counter.
+    wake_buf: Box<u64>,
+    wake_armed: bool,
+    /// SQEs that found the submission queue full, pushed after the next submit.
+    backlog: std::collections::VecDeque<squeue::Entry>,
+    /// Ops whose last completion has not been reaped.
+    in_flight: u64,
+    /// The completion queue was overflowed at the last look.
+    overflowed: bool,
+    counts: Arc<RingCounts>,
+}
+
+impl Ring {
+    /// A ring for this thread: SINGLE_ISSUER + DEFER_TASKRUN, a sparse file table of
+    /// `config.files` slots, the receive buffer ring and the wake-up eventfd.
+    pub(crate) fn new(config: &Config) -> Result<Ring, (Step, io::Error)> {
+        let uring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_submit_all()
+            .setup_cqsize(config.cq_entries)
+            .build(config.sq_entries)
+            .map_err(|err| (Step::Setup, err))?;
+        uring
+            .submitter()
+            .register_files_sparse(config.files)
+            .map_err(|err| (Step::Files, err))?;
+        let bufs =
+            BufRing::new(config.buffers, config.buffer_size).map_err(|err| (Step::Memory, err))?;
+        // SAFETY: the entries' mapping lives as long as `bufs`, which the ring owns and
+        // unmaps only after the ring itself (declared first) has been destroyed.
+        unsafe {
+            uring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                config.buffers,
+                BGID,
+                0,
+            )
+        }
+        .map_err(|err| (Step::BufRing, err))?;
+        let registered_index = register_ring_fd(&uring);
+        // Blocking: a read op on a non-blocking file fails with EAGAIN instead of waiting.
+        // SAFETY: eventfd returns a new descriptor (or -1), owned from here on.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err((Step::Memory, io::Error::last_os_error()));
+        }
+        // SAFETY: `efd` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        Ok(Ring {
+            uring,
+            registered_index,
+            bufs,
+            writes: Slab::new(),
+            accepts: Slab::new(),
+            notices: Slab::new(),
+            timers: Slab::new(),
+            listeners: Vec::new(),
+            wake: Arc::new(EventFdWake {
+                fd,
+                pending: AtomicBool::new(false),
+            }),
+            wake_buf: Box::new(0),
+            wake_armed: false,
+            backlog: std::collections::VecDeque::new(),
+            in_flight: 0,
+            overflowed: false,
+            counts: Arc::new(RingCounts::default()),
+        })
+    }
+
+    /// The first op this backend uses that the kernel does not know, if any.
+    pub(crate) fn missing_opcode(&self) -> io::Result<Option<&'static str>> {
+        let mut probe = iou::Probe::new();
+        self.uring.submitter().register_probe(&mut probe)?;
+        let needed = [
+            (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+            (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+            (opcode::Send::CODE, "IORING_OP_SEND"),
+            (opcode::Writev::CODE, "IORING_OP_WRITEV"),
+            (opcode::Read::CODE, "IORING_OP_READ"),
+            (opcode::Timeout::CODE, "IORING_OP_TIMEOUT"),
+            (opcode::TimeoutRemove::CODE, "IORING_OP_TIMEOUT_REMOVE"),
+            (opcode::AsyncCancel2::CODE, "IORING_OP_ASYNC_CANCEL"),
+            (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
+            (opcode::Close::CODE, "IORING_OP_CLOSE"),
+        ];
+        Ok(needed
+            .into_iter()
+            .find(|(code, _)| !probe.is_supported(*code))
+            .map(|(_, name)| name))
+    }
+
+    pub(crate) fn counts(&self) -> Arc<RingCounts> {
+        self.counts.clone()
+    }
+
+    /// A waker that wakes this ring's loop from any thread.
+    pub(crate) fn waker(&self) -> Waker {
+        Waker::from(self.wake.clone())
+    }
+
+    /// Clears the wake flag: wakes from now on write the eventfd again. Call before
+    /// looking at what the wakers guard.
+    pub(crate) fn rearm_waker(&mut self) {
+        self.wake.pending.store(false, Ordering::Release);
+        if !self.wake_armed {
+            let sqe = opcode::Read::new(
+                types::Fd(self.wake.fd.as_raw_fd()),
+                (&mut *self.wake_buf as *mut u64).cast(),
+                8,
+            )
+            .build()
+            .user_data(user_data(Kind::Wake, 0));
+            // SAFETY: the read writes 8 bytes into `wake_buf`, a box the ring owns and
+            // never moves or frees while the op is in flight (`wake_armed`), on an
+            // eventfd the ring owns likewise.
+            unsafe { self.push(sqe, UringOp::Read) };
+            self.wake_armed = true;
+        }
+    }
+
+    /// Adds a listener; accepts on it name it by the returned index.
+    pub(crate) fn add_listener(&mut self, socket: TcpListener) -> usize {
+        self.listeners.push(ListenerEntry {
+            socket: Some(socket),
+            accepts: 0,
+            closing: false,
+        });
+        self.listeners.len() - 1
+    }
+
+    /// Accepts in flight on a listener.
+    pub(crate) fn accepts(&self, listener: usize) -> usize {
+        self.listeners[listener].accepts
+    }
+
+    /// Whether the listener's socket is closed (no accept will complete on it any more).
+    pub(crate) fn listener_closed(&self, listener: usize) -> bool {
+        self.listeners[listener].socket.is_none()
+    }
+
+    /// Queues one accept on `listener` into a slot of the file table the kernel picks.
+    pub(crate) fn push_accept(&mut self, listener: usize) {
+        let entry = &mut self.listeners[listener];
+        let Some(socket) = entry.socket.as_ref().filter(|_| !entry.closing) else {
+            return;
+        };
+        let fd = socket.as_raw_fd();
+        entry.accepts += 1;
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+        let addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let op = Box::new(AcceptOp {
+            listener,
+            addr,
+            len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        });
+        let index = self.accepts.insert(op);
+        let op = &mut self.accepts[index];
+        let sqe = opcode::Accept::new(
+            types::Fd(fd),
+            (&mut op.addr as *mut libc::sockaddr_storage).cast(),
+            &mut op.len,
+        )
+        // No SOCK_CLOEXEC: a direct descriptor is no fd of the process (the kernel
+        // refuses the flag with one).
+        .file_index(Some(types::DestinationSlot::auto_target()))
+        .build()
+        .user_data(user_data(Kind::Accept, index as u64));
+        // SAFETY: the address and its length live in a box owned by `accepts` until the
+        // completion is reaped; the listener's socket is closed only once its accepts in
+        // flight are done (`close_listener`).
+        unsafe { self.push(sqe, UringOp::Accept) };
+    }
+
+    /// Stops accepting on `listener`: shuts its socket down, so that accepts in flight
+    /// complete, and closes it once they have.
+    pub(crate) fn close_listener(&mut self, listener: usize) {
+        let entry = &mut self.listeners[listener];
+        entry.closing = true;
+        let Some(socket) = &entry.socket else {
+            return;
+        };
+        // A pending accept completes with an error once its socket is shut down; the
+        // cancel makes sure of it.
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+        if entry.accepts == 0 {
+            entry.socket = None;
+            return;
+        }
+        let fd = socket.as_raw_fd();
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(user_data(Kind::Quiet, 0));
+        // SAFETY: no memory is referenced; the fd stays open while its accepts are in
+        // flight.
+        unsafe { self.push(sqe, UringOp::Cancel) };
+    }
+
+    /// Arms the multishot receive of connection `conn` (slot `slot`).
+    pub(crate) fn push_recv(&mut self, conn: Key, slot: u32) {
+        let sqe = opcode::RecvMulti::new(types::Fixed(slot), BGID)
+            .build()
+            .user_data(user_data(Kind::Recv, u64::from(conn)));
+        // SAFETY: the receive writes only into buffers of the buffer ring, which the ring
+        // owns until it is destroyed; the socket is held by the file table.
+        unsafe { self.push(sqe, UringOp::RecvMulti) };
+    }
+
+    /// The bytes the kernel put in receive buffer `bid`, until it is given back.
+    pub(crate) fn received(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(bid < self.bufs.count && self.bufs.lent[usize::from(bid)]);
+        let len = len.min(self.bufs.size as usize);
+        // SAFETY: buffer `bid` lies inside the mapping; the kernel filled `len` bytes of it
+        // and does not touch it again until it is added back to the ring (`give_back`),
+        // which takes `&mut self` and so cannot happen while this borrow lives.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.bufs
+                    .memory
+                    .add(usize::from(bid) * self.bufs.size as usize),
+                len,
+            )
+        }
+    }
+
+    /// Gives receive buffer `bid` back to the kernel.
+    pub(crate) fn give_back(&mut self, bid: u16) {
+        let lent = &mut self.bufs.lent[usize::from(bid)];
+        assert!(*lent, "receive buffer {bid} given back twice");
+        *lent = false;
+        self.bufs.add(bid);
+    }
+
+    /// Receive buffers now with the kernel.
+    pub(crate) fn free_buffers(&self) -> usize {
+        self.bufs.free()
+    }
+
+    /// Queues one write of `bufs` (a SEND for one buffer, a WRITEV for several) on the
+    /// connection; at most one may be in flight per connection (the caller's rule).
+    pub(crate) fn push_write(&mut self, conn: Key, slot: u32, bufs: Vec<Bytes>) {
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let entry = self.writes.vacant_entry();
+        let index = entry.key();
+        let op = entry.insert(WriteOp { bufs, iovecs });
+        let ud = user_data(Kind::Write, u64::from(conn) << 24 | index as u64);
+        let (sqe, kind) = if let [single] = &op.iovecs[..] {
+            (
+                opcode::Send::new(
+                    types::Fixed(slot),
+                    single.iov_base as *const u8,
+                    single.iov_len as u32,
+                )
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+                UringOp::Send,
+            )
+        } else {
+            (
+                opcode::Writev::new(
+                    types::Fixed(slot),
+                    op.iovecs.as_ptr(),
+                    op.iovecs.len() as u32,
+                )
+                .build(),
+                UringOp::Writev,
+            )
+        };
+        // SAFETY: the SQE points into `op.bufs` (immutable `Bytes`, whose memory does not
+        // move) and `op.iovecs`, both owned by `writes` until the completion is reaped;
+        // the socket is held by the file table.
+        unsafe { self.push(sqe.user_data(ud), kind) };
+    }
+
+    /// Queues a shutdown of the connection (`how`: `libc::SHUT_*`), after trying to send
+    /// `notice` without waiting.
+    pub(crate) fn push_shutdown(&mut self, conn: Key, slot: u32, how: i32, notice: Option<Bytes>) {
+        if let Some(notice) = notice {
+            let entry = self.notices.vacant_entry();
+            let index = entry.key();
+            let notice = entry.insert(notice);
+            let sqe = opcode::Send::new(types::Fixed(slot), notice.as_ptr(), notice.len() as u32)
+                .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(user_data(Kind::Notice, index as u64))
+                // The shutdown runs whatever the send's result.
+                .flags(squeue::Flags::IO_HARDLINK);
+            // SAFETY: the SQE points into `notice`, owned by `notices` until reaped.
+            unsafe { self.push(sqe, UringOp::Send) };
+        }
+        let sqe = opcode::Shutdown::new(types::Fixed(slot), how)
+            .build()
+            .user_data(user_data(Kind::Shutdown, u64::from(conn)));
+        // SAFETY: no memory is referenced; the socket is held by the file table.
+        unsafe { self.push(sqe, UringOp::Shutdown) };
+    }
+
+    /// Cancels the connection's receive (if armed) and write (if in flight): they
+    /// complete with ECANCELED unless they completed already.
+    pub(crate) fn push_cancel(&mut self, conn: Key, slot: u32) {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
+            .build()
+            .user_data(user_data(Kind::Quiet, 0));
+        let _ = conn;
+        // SAFETY: no memory is referenced.
+        unsafe { self.push(sqe, UringOp::Cancel) };
+    }
+
+    /// Closes the connection's slot (its socket goes with its last reference).
+    pub(crate) fn push_close(&mut self, conn: Key, slot: u32) {
+        let sqe = opcode::Close::new(types::Fixed(slot))
+            .build()
+            .user_data(user_data(Kind::Close, u64::from(conn)));
+        // SAFETY: no memory is referenced.
+        unsafe { self.push(sqe, UringOp::Close) };
+    }
+
+    /// Queues timer `seq`, firing after `after`.
+    pub(crate) fn push_timer(&mut self, seq: u64, after: Duration) -> usize {
+        let spec = Box::new(
+            types::Timespec::new()
+                .sec(after.as_secs())
+                .nsec(after.subsec_nanos()),
+        );
+        let index = self.timers.insert(spec);
+        let sqe = opcode::Timeout::new(&*self.timers[index] as *const types::Timespec)
+            .build()
+            .user_data(user_data(Kind::Timer, index as u64 | seq << 24));
+        // SAFETY: the timespec is boxed and owned by `timers` until the completion.
+        unsafe { self.push(sqe, UringOp::Timeout) };
+        index
+    }
+
+    /// Removes timer `seq` (queued at `index`): it completes with ECANCELED.
+    pub(crate) fn remove_timer(&mut self, seq: u64, index: usize) {
+        let sqe = opcode::TimeoutRemove::new(user_data(Kind::Timer, index as u64 | seq << 24))
+            .build()
+            .user_data(user_data(Kind::Quiet, 0));
+        // SAFETY: no memory is referenced.
+        unsafe { self.push(sqe, UringOp::Cancel) };
+    }
+
+    /// Pushes an SQE, counting it; a full queue is submitted first.
+    ///
+    /// # Safety
+    /// Everything the SQE points at must stay valid until its last completion is reaped.
+    unsafe fn push(&mut self, sqe: squeue::Entry, kind: UringOp) {
+        this_thread(|c| c.uring_op(kind));
+        self.in_flight += 1;
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(sqe);
+            return;
+        }
+        // SAFETY: the caller keeps what the SQE points at alive until its completion.
+        if unsafe { self.uring.submission().push(&sqe) }.is_err() {
+            self.backlog.push_back(sqe);
+        }
+    }
+
+    /// Submits what is queued and waits until at least one completion is there.
+    pub(crate) fn wait(&mut self) -> io::Result<()> {
+        self.bufs.publish();
+        loop {
+            let result = self.enter(1);
+            match result {
+                Ok(_) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EINTR) => {}
+                // Completions must be reaped before more can be submitted.
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    return Ok(())
+                }
+                Err(err) => return Err(err),
+            }
+            if self.backlog.is_empty() {
+                return Ok(());
+            }
+            // Some SQEs did not fit: push them now that the queue has been taken.
+            while let Some(sqe) = self.backlog.pop_front() {
+                // SAFETY: pushed before by `push`, whose caller keeps what it points at.
+                if unsafe { self.uring.submission().push(&sqe) }.is_err() {
+                    self.backlog.push_front(sqe);
+                    break;
+                }
+            }
+            if !self.uring.completion().is_empty() {
+                // Completions are there: submit what was pushed and go and reap them.
+                let _ = self.enter(0);
+                return Ok(());
+            }
+        }
+    }
+
+    fn enter(&mut self, want: usize) -> io::Result<usize> {
+        self.counts.enters.fetch_add(1, Ordering::Relaxed);
+        match self.registered_index {
+            Some(index) => {
+                let to_submit = self.uring.submission().len() as u32;
+                let flags = IORING_ENTER_REGISTERED_RING
+                    | if want > 0 { IORING_ENTER_GETEVENTS } else { 0 };
+                // SAFETY: io_uring_enter on this ring's registered index (registered by
+                // `register_ring_fd` for this thread, the only one that enters), with no
+                // signal mask; the SQEs it consumes were published by `push`.
+                let res = unsafe {
+                    libc::syscall(
+                        libc::SYS_io_uring_enter,
+                        index,
+                        to_submit,
+                        want as u32,
+                        flags,
+                        std::ptr::null::<libc::sigset_t>(),
+                        0usize,
+                    )
+                };
+                if res < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(res as usize)
+                }
+            }
+            None => self.uring.submit_and_wait(want),
+        }
+    }
+
+    /// Moves the completions waiting in the queue into `out`.
+    pub(crate) fn completions(&mut self, out: &mut Vec<Completion>) {
+        let overflowed = self.uring.submission().cq_overflow();
+        if overflowed && !self.overflowed {
+            this_thread(|c| c.uring_overflow_seen());
+        }
+        self.overflowed = overflowed;
+        let mut cq = self.uring.completion();
+        let cqes: Vec<cqueue::Entry> = cq.by_ref().collect();
+        let dropped = cq.overflow();
+        drop(cq);
+        self.counts
+            .cqe_dropped
+            .store(u64::from(dropped), Ordering::Relaxed);
+        for cqe in cqes {
+            if let Some(completion) = self.complete(&cqe) {
+                out.push(completion);
+            }
+        }
+        self.counts
+            .in_flight
+            .store(self.in_flight, Ordering::Relaxed);
+    }
+
+    fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
+        let more = cqueue::more(cqe.flags());
+        if !more {
+            self.in_flight -= 1;
+        }
+        let ud = cqe.user_data();
+        let index = index_of(ud);
+        let result = match cqe.result() {
+            res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
+            n => Ok(n as usize),
+        };
+        Some(match Kind::of(ud)? {
+            Kind::Accept => {
+                let op = self.accepts.remove(index as usize);
+                let entry = &mut self.listeners[op.listener];
+                entry.accepts -= 1;
+                if entry.closing && entry.accepts == 0 {
+                    entry.socket = None;
+                }
+                Completion::Accepted {
+                    listener: op.listener,
+                    result: result.and_then(|slot| Ok((slot as u32, peer_of(&op)?))),
+                }
+            }
+            Kind::Recv => {
+                let buffer = cqueue::buffer_select(cqe.flags());
+                if let Some(bid) = buffer {
+                    self.bufs.lent[usize::from(bid)] = true;
+                }
+                if matches!(&result, Err(err) if err.raw_os_error() == Some(libc::ENOBUFS)) {
+                    self.counts.nobufs.fetch_add(1, Ordering::Relaxed);
+                }
+                Completion::Received {
+                    conn: index as Key,
+                    result,
+                    buffer,
+                    more,
+                }
+            }
+            Kind::Write => {
+                let op = self.writes.remove((index & 0xff_ffff) as usize);
+                Completion::Wrote {
+                    conn: (index >> 24) as Key,
+                    result,
+                    bufs: op.bufs,
+                }
+            }
+            Kind::Notice => {
+                self.notices.remove(index as usize);
+                return None;
+            }
+            Kind::Shutdown => Completion::ShutDown { conn: index as Key },
+            Kind::Close => Completion::Closed { conn: index as Key },
+            Kind::Timer => {
+                self.timers.remove((index & 0xff_ffff) as usize);
+                Completion::Timer { seq: index >> 24 }
+            }
+            Kind::Wake => {
+                self.wake_armed = false;
+                Completion::Woken
+            }
+            Kind::Quiet => return None,
+        })
+    }
+
+    /// Ops whose last completion has not come yet.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+}
+
+/// The peer address an accept wrote.
+fn peer_of(op: &AcceptOp) -> io::Result<SocketAddr> {
+    let storage = &op.addr;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // and aligned enough for.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Ok(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Ok(SocketAddr::from((ip, u16::from_be(sin6.sin6_port))))
+        }
+        family => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("accept gave an address of family {family}"),
+        )),
+    }
+}
+
+/// Registers the ring's fd with itself; `None` if the kernel cannot (then enters name
+/// the fd).
+fn register_ring_fd(uring: &IoUring) -> Option<u32> {
+    #[repr(C)]
+    struct RsrcUpdate {
+        offset: u32,
+        resv: u32,
+        data: u64,
+    }
+    let mut update = RsrcUpdate {
+        offset: u32::MAX,
+        resv: 0,
+        data: uring.as_raw_fd() as u64,
+    };
+    const IORING_REGISTER_RING_FDS: libc::c_long = 20;
+    // SAFETY: `update` is a valid io_uring_rsrc_update that outlives the call; the kernel
+    // writes the registered index into its offset.
+    let res = unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            uring.as_raw_fd(),
+            IORING_REGISTER_RING_FDS,
+            &mut update as *mut RsrcUpdate,
+            1,
+        )
+    };
+    if res < 0 {
+        tracing::debug!(
+            "io_uring: registering the ring fd failed ({}); enters name the fd",
+            io::Error::last_os_error()
+        );
+        return None;
+    }
+    Some(update.offset)
+}
+
+impl Drop for Ring {
+    /// Cancels every op in flight and reaps their completions before any memory they
+    /// point at is freed.
+    fn drop(&mut self) {
+        if self.in_flight > 0 {
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                .build()
+                .user_data(user_data(Kind::Quiet, 0));
+            // SAFETY: no memory is referenced.
+            unsafe { self.push(sqe, UringOp::Cancel) };
+        }
+        let mut completions = Vec::new();
+        let mut rounds = 0;
+        while self.in_flight > 0 && rounds < 1000 {
+            rounds += 1;
+            if self.wait().is_err() {
+                break;
+            }
+            completions.clear();
+            self.completions(&mut completions);
+            // A receive's buffer comes back with the rest.
+            for completion in completions.drain(..) {
+                if let Completion::Received {
+                    buffer: Some(bid), ..
+                } = completion
+                {
+                    self.give_back(bid);
+                }
+            }
+        }
+        if self.in_flight > 0 {
+            // Never seen; the memory is leaked rather than freed under the kernel.
+            tracing::error!(
+                ops = self.in_flight,
+                "io_uring ops never completed; leaking their memory"
+            );
+            std::mem::forget(std::mem::take(&mut self.writes));
+            std::mem::forget(std::mem::take(&mut self.accepts));
+            std::mem::forget(std::mem::take(&mut self.notices));
+            std::mem::forget(std::mem::take(&mut self.timers));
+            let bufs = BufRing {
+                entries: std::ptr::null_mut(),
+                entries_len: 0,
+                memory: std::ptr::null_mut(),
+                memory_len: 0,
+                count: 1,
+                size: 0,
+                tail: 0,
+                published: 0,
+                lent: Vec::new(),
+            };
+            std::mem::forget(std::mem::replace(&mut self.bufs, bufs));
+        }
+        // The ring's fd is closed after this (field drop order: `uring` first), then
+        // the buffers are unmapped.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Cancellation, in the style of monoio's fd-leak tests: ops dropped mid-flight, then
+    //! the receive buffers, the file table's slots, the writes' buffers and the process's
+    //! descriptors must all be back where they were. Each test runs in a process of its
+    //! own (it re-runs the test binary for just itself), so that no other test's sockets
+    //! count.
+
+    use super::*;
+    use bytes::Buf;
+    use std::io::Write as _;
+    use std::net::TcpStream;
+
+    const ISOLATED: &str = "RINGCAST_ISOLATED_TEST";
+
+    /// True in the re-run process; in the first one, re-runs `name` alone and checks it
+    /// passed.
+    fn isolated(name: &str) -> bool {
+        if std::env::var_os(ISOLATED).is_some() {
+            return true;
+        }
+        let exe = std::env::current_exe().expect("test binary path");
+        let output = std::process::Command::new(exe)
+            .args([name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ISOLATED, "1")
+            .output()
+            .expect("re-running the test");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{name} did not pass in its own process:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        false
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .count()
+    }
+
+    const SLOTS: u32 = 16;
+    const BUFFERS: u16 = 8;
+
+    fn ring() -> Ring {
+        Ring::new(&Config {
+            sq_entries: 64,
+            cq_entries: 256,
+            files: SLOTS,
+            buffers: BUFFERS,
+            buffer_size: 256,
+        })
+        .map_err(|(step, err)| format!("{step:?}: {err}"))
+        .expect("a ring")
+    }
+
+    /// Waits until `done` holds for a completion, collecting every completion seen.
+    fn until(
+        ring: &mut Ring,
+        seen: &mut Vec<Completion>,
+        mut done: impl FnMut(&[Completion]) -> bool,
+    ) {
+        for _ in 0..1000 {
+            if done(seen) {
+                return;
+            }
+            ring.wait().expect("wait");
+            ring.completions(seen);
+        }
+        panic!("never done; seen {seen:?}");
+    }
+
+    /// Accepts `n` connections from plain clients into the ring's file table.
+    fn accept(
+        ring: &mut Ring,
+        listener: usize,
+        addr: SocketAddr,
+        n: usize,
+    ) -> Vec<(TcpStream, u32)> {
+        let mut pairs = Vec::new();
+        for _ in 0..n {
+            let client = TcpStream::connect(addr).expect("connect");
+            ring.push_accept(listener);
+            let mut seen = Vec::new();
+            until(ring, &mut seen, |seen| !seen.is_empty());
+            match seen.pop() {
+                Some(Completion::Accepted {
+                    result: Ok((slot, _)),
+                    ..
+                }) => pairs.push((client, slot)),
+                other => panic!("accept: {other:?}"),
+            }
+        }
+        pairs
+    }
+
+    /// Every slot of the table can be filled again: none was left taken.
+    fn all_slots_free(ring: &mut Ring, listener: usize, addr: SocketAddr) {
+        let pairs = accept(ring, listener, addr, SLOTS as usize);
+        let mut slots: Vec<u32> = pairs.iter().map(|(_, slot)| *slot).collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..SLOTS).collect::<Vec<_>>());
+        // One more finds the table full.
+        let _client = TcpStream::connect(addr).expect("connect");
+        ring.push_accept(listener);
+        let mut seen = Vec::new();
+        until(ring, &mut seen, |seen| !seen.is_empty());
+        assert!(
+            matches!(&seen[0], Completion::Accepted { result: Err(err), .. } if err.raw_os_error() == Some(libc::ENFILE)),
+            "{seen:?}"
+        );
+        close_all(ring, pairs.iter().map(|(_, slot)| *slot));
+    }
+
+    fn close_all(ring: &mut Ring, slots: impl Iterator<Item = u32>) {
+        let mut closing = 0;
+        for slot in slots {
+            ring.push_close(slot, slot);
+            closing += 1;
+        }
+        let mut seen = Vec::new();
+        until(ring, &mut seen, |seen| {
+            seen.iter()
+                .filter(|c| matches!(c, Completion::Closed { .. }))
+                .count()
+                == closing
+        });
+    }
+
+    #[test]
+    fn cancelled_receives_give_their_buffers_and_slots_back() {
+        if !isolated(
+            "uring_direct::ops::tests::cancelled_receives_give_their_buffers_and_slots_back",
+        ) {
+            return;
+        }
+        let baseline_fds = open_fds();
+        let mut ring = ring();
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        let listener = ring.add_listener(std_listener);
+        let with_ring = open_fds();
+
+        // Receives armed on idle sockets, then cancelled: they end holding no buffer.
+        let mut pairs = accept(&mut ring, listener, addr, 4);
+        for (_, slot) in &pairs {
+            ring.push_recv(*slot, *slot);
+        }
+        // Input for half of them first: those receives hold buffers until given back.
+        for (client, _) in &mut pairs[..2] {
+            client
+                .write_all(b"before the cancel")
+                .expect("client write");
+        }
+        let mut seen = Vec::new();
+        until(&mut ring, &mut seen, |seen| {
+            seen.iter()
+                .filter(|c| {
+                    matches!(
+                        c,
+                        Completion::Received {
+                            buffer: Some(_),
+                            ..
+                        }
+                    )
+                })
+                .count()
+                == 2
+        });
+        assert_eq!(ring.free_buffers(), BUFFERS as usize - 2);
+        for completion in seen.drain(..) {
+            if let Completion::Received {
+                buffer: Some(bid), ..
+            } = completion
+            {
+                ring.give_back(bid);
+            }
+        }
+        for (_, slot) in &pairs {
+            ring.push_cancel(*slot, *slot);
+        }
+        until(&mut ring, &mut seen, |seen| {
+            seen.iter()
+                .filter(|c| matches!(c, Completion::Received { more: false, .. }))
+                .count()
+                == 4
+        });
+        for completion in &seen {
+            if let Completion::Received { result, buffer, .. } = completion {
+                assert!(buffer.is_none(), "{completion:?}");
+                assert_eq!(
+                    result.as_ref().map_err(|e| e.raw_os_error()),
+                    Err(Some(libc::ECANCELED))
+                );
+            }
+        }
+        // Input after the cancel lands nowhere: every buffer stays with the kernel.
+        for (client, _) in &mut pairs {
+            client.write_all(b"after the cancel").expect("client write");
+        }
+        assert_eq!(ring.free_buffers(), BUFFERS as usize);
+        assert_eq!(ring.in_flight(), 0);
+
+        close_all(&mut ring, pairs.iter().map(|(_, slot)| *slot));
+        drop(pairs);
+        all_slots_free(&mut ring, listener, addr);
+        assert_eq!(open_fds(), with_ring);
+        drop(ring);
+        assert_eq!(open_fds(), baseline_fds);
+    }
+
+    #[test]
+    fn cancelled_sends_give_their_buffers_back() {
+        if !isolated("uring_direct::ops::tests::cancelled_sends_give_their_buffers_back") {
+            return;
+        }
+        let baseline_fds = open_fds();
+        let mut ring = ring();
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        socket2::SockRef::from(&std_listener)
+            .set_send_buffer_size(4096)
+            .expect("SO_SNDBUF");
+        let listener = ring.add_listener(std_listener);
+        let with_ring = open_fds();
+
+        // Clients that never read, with small buffers on both ends (the accepted sockets
+        // inherit the listener's): writes of 2 MiB park in the kernel once the little
+        // that fits has gone.
+        let pairs: Vec<(TcpStream, u32)> = (0..4)
+            .map(|_| {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                        .expect("socket");
+                socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+                socket.connect(&addr.into()).expect("connect");
+                ring.push_accept(listener);
+                let mut seen = Vec::new();
+                until(&mut ring, &mut seen, |seen| !seen.is_empty());
+                match seen.pop() {
+                    Some(Completion::Accepted {
+                        result: Ok((slot, _)),
+                        ..
+                    }) => (socket.into(), slot),
+                    other => panic!("accept: {other:?}"),
+                }
+            })
+            .collect();
+        let payload = Bytes::from(vec![7u8; 1 << 20]);
+        for (_, slot) in &pairs {
+            ring.push_write(*slot, *slot, vec![payload.clone(), payload.clone()]);
+        }
+        // A write may complete short at once (what fitted); its rest is written again,
+        // as the loop does, until a pass of 100 ms sees no write complete.
+        let mut seen = Vec::new();
+        for round in 0.. {
+            assert!(round < 50, "the writes never parked");
+            ring.push_timer(round, Duration::from_millis(100));
+            seen.clear();
+            until(&mut ring, &mut seen, |seen| {
+                seen.iter().any(|c| matches!(c, Completion::Timer { .. }))
+            });
+            let mut completed = 0;
+            for completion in seen.drain(..) {
+                if let Completion::Wrote {
+                    conn,
+                    result,
+                    mut bufs,
+                } = completion
+                {
+                    completed += 1;
+                    let mut written = result.expect("a short write");
+                    while written > 0 {
+                        let take = written.min(bufs[0].len());
+                        bufs[0].advance(take);
+                        written -= take;
+                        if bufs[0].is_empty() {
+                            bufs.remove(0);
+                        }
+                    }
+                    ring.push_write(conn, conn, bufs);
+                }
+            }
+            if completed == 0 {
+                break;
+            }
+        }
+        assert!(!payload.is_unique(), "the writes in flight hold the buffer");
+        for (_, slot) in &pairs {
+            ring.push_cancel(*slot, *slot);
+        }
+        until(&mut ring, &mut seen, |seen| {
+            seen.iter()
+                .filter(|c| matches!(c, Completion::Wrote { .. }))
+                .count()
+                == 4
+        });
+        let mut back = 0;
+        for completion in seen.drain(..) {
+            if let Completion::Wrote { bufs, .. } = completion {
+                back += bufs.len();
+            }
+        }
+        assert_eq!(back, 8);
+        assert!(payload.is_unique(), "every send gave the buffer back");
+
+        close_all(&mut ring, pairs.iter().map(|(_, slot)| *slot));
+        drop(pairs);
+        all_slots_free(&mut ring, listener, addr);
+        assert_eq!(open_fds(), with_ring);
+        drop(ring);
+        assert_eq!(open_fds(), baseline_fds);
+    }
+
+    #[test]
+    fn dropping_the_ring_with_ops_in_flight_ends_them_first() {
+        if !isolated(
+            "uring_direct::ops::tests::dropping_the_ring_with_ops_in_flight_ends_them_first",
+        ) {
+            return;
+        }
+        let baseline_fds = open_fds();
+        let mut ring = ring();
+        let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        let listener = ring.add_listener(std_listener);
+        let pairs = accept(&mut ring, listener, addr, 2);
+        let payload = Bytes::from(vec![1u8; 1 << 20]);
+        for (_, slot) in &pairs {
+            ring.push_recv(*slot, *slot);
+            ring.push_write(*slot, *slot, vec![payload.clone(), payload.clone()]);
+        }
+        ring.push_accept(listener);
+        ring.push_timer(1, Duration::from_secs(60));
+        ring.rearm_waker();
+        ring.wait().expect("submit");
+        let mut seen = Vec::new();
+        ring.completions(&mut seen);
+        // The receives, the accept, the timer and the wake-up read at least (a write may
+        // have completed short at once).
+        assert!(ring.in_flight() >= 5, "{}", ring.in_flight());
+        drop(seen);
+        // Dropping cancels and reaps every op: the writes' buffers are free, the ring's
+        // descriptors (ring, eventfd, listener) closed.
+        drop(ring);
+        assert!(payload.is_unique());
+        drop(pairs);
+        assert_eq!(open_fds(), baseline_fds);
+    }
+}
