@@ -65,14 +65,20 @@ const MAX_FILES: u64 = 1 << 16;
 const INBOX_TAKE: usize = 64;
 
 impl Options {
-    fn config(&self) -> Config {
+    /// Connections one thread holds at most.
+    fn files(&self) -> usize {
+        self.files_per_thread.clamp(8, MAX_FILES) as usize
+    }
+
+    fn config(&self, listeners: usize) -> Config {
         Config {
             sq_entries: self.sq_entries,
             cq_entries: match self.cq_entries {
                 0 => (4 * self.sq_entries).max(16_384),
                 n => n,
             },
-            files: self.files_per_thread.clamp(8, MAX_FILES) as u32,
+            // A slot for every accept that may be in flight beyond that.
+            files: (self.files() + listeners * ACCEPTS_PER_LISTENER) as u32,
             buffers: RECV_BUFFERS,
             buffer_size: RECV_BUFFER_SIZE,
         }
@@ -86,11 +92,13 @@ pub(crate) fn run(
     listener: TcpListener,
     http: Option<TcpListener>,
 ) -> io::Result<()> {
-    let config = options.config();
+    let listeners = 1 + usize::from(http.is_some());
+    let config = options.config(listeners);
     let ring = Ring::new(&config).map_err(|(step, err)| {
         io::Error::new(err.kind(), format!("setting up the ring ({step:?}): {err}"))
     })?;
-    let mut driver = Driver::new(ring, config.files as usize, setup, listener, http);
+    let files = options.files();
+    let mut driver = Driver::new(ring, files, setup, listener, http);
     driver.run()
 }
 
@@ -154,9 +162,10 @@ struct Driver {
     conns: Slab<Conn>,
     /// Listener index in the ring → its protocol; [0] is the line listener.
     listeners: Vec<Protocol>,
-    /// Accepting is paused (out of slots or descriptors) until the hub says resume.
-    accept_paused: bool,
-    /// Slots of the file table: the most connections (and accepts in flight) at once.
+    /// Accepting on a listener is paused (out of slots) until the hub says resume.
+    accept_paused: [bool; 2],
+    /// Connections the thread takes before it pauses accepting (its file table has room
+    /// for the accepts in flight beyond that).
     files: usize,
     peers: Vec<mpsc::Sender<Inbox>>,
     bridge: Option<mpsc::Sender<ToBridge>>,
@@ -235,7 +244,7 @@ impl Driver {
             index,
             conns: Slab::new(),
             listeners,
-            accept_paused: false,
+            accept_paused: [false; 2],
             files,
             peers,
             bridge,
@@ -396,10 +405,8 @@ impl Driver {
                 Action::Wake(handle) => self.make_ready(handle),
                 Action::Handoff(handoffs) => self.hand_off(handoffs),
                 Action::ResumeAccept => {
-                    if self.accept_paused {
-                        self.accept_paused = false;
-                        self.arm_accepts();
-                    }
+                    self.accept_paused = [false; 2];
+                    self.arm_accepts();
                 }
                 Action::Cluster(request) => {
                     let refused = match &self.bridge {
@@ -542,39 +549,38 @@ impl Driver {
         }
     }
 
-    /// Keeps `ACCEPTS_PER_LISTENER` accepts in flight on every open listener, as long as
-    /// the file table has a slot for each. A full table pauses accepting (the hub says
-    /// when to try again), before an accept takes a connection it could not keep: the
-    /// kernel would close it, where the other backends leave it waiting in the backlog.
+    /// Keeps `ACCEPTS_PER_LISTENER` accepts in flight on every open listener while the
+    /// thread holds fewer than `files` connections; at `files`, pauses accepting (the
+    /// hub says when to try again). The table has a slot beyond `files` for every
+    /// accept that can be in flight, so an accept never takes a connection it has no
+    /// slot for (the kernel would close it, where the other backends leave it waiting
+    /// in the backlog).
     fn arm_accepts(&mut self) {
-        if self.accept_paused {
-            return;
-        }
         for listener in 0..self.listeners.len() {
-            while self.listener_open(listener) && self.ring.accepts(listener) < ACCEPTS_PER_LISTENER
+            while self.listener_open(listener)
+                && !self.accept_paused[listener]
+                && self.ring.accepts(listener) < ACCEPTS_PER_LISTENER
             {
-                let accepting: usize = (0..self.listeners.len())
-                    .map(|l| self.ring.accepts(l))
-                    .sum();
-                if self.conns.len() + accepting >= self.files {
-                    if accepting == 0 {
-                        self.pause_accept();
-                    }
-                    return;
+                if self.conns.len() >= self.files {
+                    self.pause_accept(listener);
+                    break;
                 }
                 self.ring.push_accept(listener);
             }
         }
     }
 
-    fn pause_accept(&mut self) {
+    /// The listener takes no more connections until the hub says resume; logged as the
+    /// async workers log an accept that ran out of descriptors.
+    fn pause_accept(&mut self, listener: usize) {
         tracing::warn!(
             thread = self.index,
+            listener = ?self.listeners[listener],
             slots = self.files,
-            "accept: out of file descriptors (every slot of the thread's file table is \
-             in use); pausing"
+            "accept: out of file descriptors (the thread holds as many connections as \
+             its share of the open-files limit); pausing"
         );
-        self.accept_paused = true;
+        self.accept_paused[listener] = true;
         self.hub.pause_accept(Instant::now());
         self.act();
     }
@@ -594,8 +600,8 @@ impl Driver {
                 self.ring.push_close(key, slot);
             }
             Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                if !self.accept_paused && self.listener_open(listener) {
-                    self.pause_accept();
+                if !self.accept_paused[listener] && self.listener_open(listener) {
+                    self.pause_accept(listener);
                 }
             }
             Err(err) => {
