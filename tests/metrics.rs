@@ -109,10 +109,11 @@ fn get_value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in {m:#?}"))
 }
 
-/// The writes `backend` counted: uring's SEND and WRITEV ops, epoll's `writev` calls.
+/// The writes `backend` counted: uring's (and uring-direct's) SEND and WRITEV ops,
+/// epoll's `writev` calls.
 fn backend_writes(backend: &str, m: &BTreeMap<String, f64>) -> f64 {
     match backend {
-        "uring" => ["send", "writev"]
+        "uring" | "uring-direct" => ["send", "writev"]
             .iter()
             .map(|op| {
                 get_value(
@@ -363,6 +364,25 @@ async fn a_known_workload_gives_exact_counts(backend: &str) {
                     "ringcast_uring_submissions_total{trigger=\"park\"}"
                 ) > 0.0
             );
+            assert_eq!(
+                get_value(&m_after, "ringcast_uring_cqe_overflow_total"),
+                0.0
+            );
+            assert_eq!(get_value(&m_after, "ringcast_uring_cqe_dropped_total"), 0.0);
+        }
+        "uring-direct" => {
+            let ops = |op: &str| {
+                get_value(
+                    &m_after,
+                    &format!("ringcast_uring_ops_submitted_total{{op=\"{op}\"}}"),
+                )
+            };
+            assert_eq!(backend_writes(backend, &m_after), writes);
+            // One multishot receive per connection is enough when no buffer runs out.
+            assert!(ops("recv_multi") >= (TCP + 1) as f64);
+            assert_eq!(get_value(&m_after, "ringcast_uring_recv_nobufs_total"), 0.0);
+            assert!(ops("accept") >= (TCP + 1) as f64);
+            assert!(get_value(&m_after, "ringcast_uring_direct_enters_total") > 0.0);
             assert_eq!(
                 get_value(&m_after, "ringcast_uring_cqe_overflow_total"),
                 0.0
