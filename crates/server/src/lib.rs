@@ -2,6 +2,7 @@
 //! each, around the shared core. The backends differ only in how bytes move.
 
 pub mod cluster;
+mod drain;
 mod epoll;
 mod io;
 pub mod probe;

@@ -25,6 +25,7 @@
 mod ops;
 pub mod probe;
 
+use crate::drain::Drain;
 use crate::worker::{WorkerSetup, IOV_MAX};
 use bytes::{Buf, Bytes};
 use ops::{Completion, Config, Key, Ring, ACCEPTS_PER_LISTENER};
@@ -128,22 +129,6 @@ struct Conn {
     /// The start of a line whose end has not arrived yet; nearly always empty, and then
     /// without an allocation.
     carry: Vec<u8>,
-}
-
-/// Where shutdown is (see `Worker::shut_down` of the async backends: the same order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drain {
-    Running,
-    /// Input is ignored; waiting for the line listener's accepts to end.
-    LineListener,
-    /// Waiting until every other thread (and the bridge) has dropped its senders to us.
-    Inbox,
-    /// Every client is closing; waiting until no chat member is left.
-    Members,
-    /// The HTTP listener stops; waiting for its accepts to end.
-    HttpListener,
-    /// Waiting until every connection is gone.
-    Connections,
 }
 
 /// A receive's completion, as the loop handles it (or holds it back).
@@ -276,7 +261,7 @@ impl Driver {
             self.run_writers();
             self.rearm_starved();
             self.advance_drain();
-            if self.drain == Drain::Connections && self.conns.is_empty() && self.hub.is_empty() {
+            if self.drain == Drain::Done {
                 return Ok(());
             }
             self.arm_timer();
@@ -540,13 +525,7 @@ impl Driver {
 
     /// Whether the listener still takes connections at this point of shutdown.
     fn listener_open(&self, listener: usize) -> bool {
-        match self.listeners[listener] {
-            Protocol::Line => self.drain == Drain::Running,
-            Protocol::Http => matches!(
-                self.drain,
-                Drain::Running | Drain::LineListener | Drain::Inbox | Drain::Members
-            ),
-        }
+        self.drain.accepts(self.listeners[listener])
     }
 
     /// Keeps `ACCEPTS_PER_LISTENER` accepts in flight on every open listener while the
@@ -853,67 +832,55 @@ impl Driver {
 
     /// Shutdown begins: as the async workers' `shut_down`.
     fn begin_drain(&mut self) {
-        if self.drain != Drain::Running {
-            return;
+        if self.drain == Drain::Running {
+            self.enter_stage(Drain::LineListener);
         }
-        self.drain = Drain::LineListener;
-        self.hub.stop_input();
-        self.ring.close_listener(0);
-        // Input is ignored from now on: what was held back is handled (its bytes
-        // dropped by the hub, its ends seen).
-        for received in std::mem::take(&mut self.deferred) {
-            self.handle_received(received);
+    }
+
+    /// Enters a stage of shutdown (`crate::drain` has the order): the hub's part, then
+    /// this loop's.
+    fn enter_stage(&mut self, stage: Drain) {
+        let has_http = self.listeners.len() > 1;
+        self.drain = stage;
+        stage.enter(&mut self.hub, has_http, Instant::now());
+        self.act();
+        match stage {
+            Drain::LineListener => {
+                self.ring.close_listener(0);
+                // Input is ignored from now on: what was held back is handled (its
+                // bytes dropped by the hub, its ends seen).
+                for received in std::mem::take(&mut self.deferred) {
+                    self.handle_received(received);
+                }
+            }
+            Drain::Inbox => {
+                // Readers hand off right after reading; with input ignored and the
+                // held-back hand-offs sent, nothing more goes to the others.
+                self.peers.clear();
+                self.bridge = None;
+            }
+            Drain::HttpListener => self.ring.close_listener(1),
+            _ => {}
         }
+        self.run_writers();
     }
 
     /// Moves shutdown on as far as it can go now.
     fn advance_drain(&mut self) {
         loop {
-            let next = match self.drain {
-                Drain::Running | Drain::Connections => return,
-                Drain::LineListener => {
-                    if !self.ring.listener_closed(0) || !self.blocked.is_empty() {
-                        return;
-                    }
-                    // Readers hand off right after reading; with input ignored and the
-                    // held-back hand-offs sent, nothing more goes to the others.
-                    self.peers.clear();
-                    self.bridge = None;
-                    Drain::Inbox
-                }
-                Drain::Inbox => {
-                    if self.inbox_open {
-                        return;
-                    }
-                    // Every line accepted anywhere is in our outboxes.
-                    self.hub.shutdown_all(Instant::now());
-                    self.act();
-                    self.run_writers();
-                    Drain::Members
-                }
-                Drain::Members => {
-                    if self.hub.members() > 0 {
-                        return;
-                    }
-                    if self.listeners.len() > 1 {
-                        self.ring.close_listener(1);
-                    }
-                    Drain::HttpListener
-                }
-                Drain::HttpListener => {
-                    if self.listeners.len() > 1 {
-                        if !self.ring.listener_closed(1) {
-                            return;
-                        }
-                        // Requests that came during the drain and are still unanswered.
-                        self.hub.shutdown_all(Instant::now());
-                        self.act();
-                        self.run_writers();
-                    }
-                    Drain::Connections
-                }
+            let waiting = match self.drain {
+                Drain::Running | Drain::Done => return,
+                Drain::LineListener => !self.ring.listener_closed(0) || !self.blocked.is_empty(),
+                Drain::Inbox => self.inbox_open,
+                Drain::Members => !self.drain.hub_done(&self.hub),
+                Drain::HttpListener => !self.ring.listener_closed(1),
+                Drain::Connections => !self.drain.hub_done(&self.hub) || !self.conns.is_empty(),
             };
-            self.drain = next;
+            if waiting {
+                return;
+            }
+            let next = self.drain.next(self.listeners.len() > 1);
+            self.enter_stage(next);
         }
     }
 }
