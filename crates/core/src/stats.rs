@@ -246,10 +246,12 @@ pub enum UringOp {
     Shutdown,
     /// IORING_OP_CLOSE of a direct descriptor.
     Close,
+    /// IORING_OP_MSG_RING: a wake-up posted into another thread's ring.
+    MsgRing,
 }
 
 impl UringOp {
-    pub const ALL: [UringOp; 12] = [
+    pub const ALL: [UringOp; 13] = [
         UringOp::Recv,
         UringOp::Send,
         UringOp::Writev,
@@ -262,6 +264,7 @@ impl UringOp {
         UringOp::Cancel,
         UringOp::Shutdown,
         UringOp::Close,
+        UringOp::MsgRing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -278,6 +281,7 @@ impl UringOp {
             UringOp::Cancel => "cancel",
             UringOp::Shutdown => "shutdown",
             UringOp::Close => "close",
+            UringOp::MsgRing => "msg_ring",
         }
     }
 }

@@ -7,6 +7,7 @@ mod epoll;
 mod io;
 pub mod probe;
 mod ring;
+mod routes;
 mod uring;
 mod uring_direct;
 mod worker;
@@ -136,6 +137,20 @@ pub struct ServeArgs {
     /// gets a ring without it (logged).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub uring_setup: Vec<UringSetup>,
+    /// uring-direct backend: receive buffers per thread, a power of two up to 32768
+    /// (each 4 KiB, shared by the thread's connections; running out only makes receives
+    /// wait, counted in /metrics).
+    #[arg(long, default_value = "1024", value_parser = parse_recv_buffers)]
+    pub recv_buffers: u16,
+}
+
+fn parse_recv_buffers(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err(format!(
+            "invalid count {text:?}: a power of two from 1 to 32768"
+        )),
+    }
 }
 
 /// On or off.
@@ -372,6 +387,7 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
             cq_entries: args.cq_entries,
             // Each thread's share of the descriptors the other backends would have.
             files_per_thread: (fd_budget / threads) as u64,
+            recv_buffers: args.recv_buffers,
         };
         std::thread::Builder::new()
             .name(format!("ringcast-{}-{index}", backend.name()))

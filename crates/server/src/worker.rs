@@ -6,6 +6,7 @@
 
 use super::drain::Drain;
 use super::io::{self, Conn, Listener};
+use super::routes::Routes;
 use bytes::{Buf, Bytes};
 use ringcast_core::cluster::{Inbox, ToBridge};
 use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
@@ -60,12 +61,9 @@ pub(crate) struct WorkerSetup {
 pub(crate) struct Worker<C> {
     hub: RefCell<Hub<Rc<ConnHandle<C>>>>,
     index: usize,
-    /// Emptied when shutdown begins, so the other threads' inboxes can end.
-    peers: RefCell<Vec<mpsc::Sender<Inbox>>>,
-    /// The cluster bridge's inbox; dropped when shutdown begins, like `peers`. Chat and
-    /// questions go there without waiting: a full queue towards NATS drops (and counts)
-    /// rather than hold back local chat.
-    bridge: RefCell<Option<mpsc::Sender<ToBridge>>>,
+    /// The other threads' inboxes and the cluster bridge's; closed when shutdown
+    /// begins, so that the inboxes can end.
+    routes: RefCell<Routes>,
     /// Chat for the other threads that the hub asked to hand off, until the reader whose
     /// input made it sends it (waiting while a thread's inbox is full).
     outgoing: RefCell<Vec<Vec<Handoff>>>,
@@ -118,8 +116,7 @@ impl<C: Conn> Worker<C> {
         let worker = Rc::new(Worker {
             hub: RefCell::new(Hub::new(shared, index, limits, Instant::now())),
             index,
-            peers: RefCell::new(peers),
-            bridge: RefCell::new(bridge),
+            routes: RefCell::new(Routes::new(peers, bridge)),
             outgoing: RefCell::new(Vec::new()),
             drain: Cell::new(Drain::Running),
             timer: Signal::default(),
@@ -189,8 +186,7 @@ impl<C: Conn> Worker<C> {
                     // Readers send hand-offs right after reading, with no await in
                     // between, so once input is ignored the only senders left are clones
                     // held by sends in progress.
-                    self.peers.borrow_mut().clear();
-                    self.bridge.borrow_mut().take();
+                    self.routes.borrow_mut().close();
                     // Ends when every other thread has dropped its senders to us.
                     if let Some(task) = inbox_task.take() {
                         let _ = task.await;
@@ -469,9 +465,9 @@ impl<C: Conn> Worker<C> {
     /// waiting).
     async fn hand_off(&self) {
         let batches = std::mem::take(&mut *self.outgoing.borrow_mut());
-        let peers = self.peers.borrow().clone();
+        let peers = self.routes.borrow().peers.clone();
         for handoffs in batches {
-            self.to_bridge(|| ToBridge::Chat(handoffs.clone()));
+            self.routes.borrow().publish(&self.hub.borrow(), &handoffs);
             let Some((last, others)) = peers.split_last() else {
                 continue;
             };
@@ -481,19 +477,6 @@ impl<C: Conn> Worker<C> {
                 let _ = peer.send(Inbox::Chat(handoffs.clone())).await;
             }
             let _ = last.send(Inbox::Chat(handoffs)).await;
-        }
-    }
-
-    /// Gives the cluster bridge a message if there is a bridge and room in its queue;
-    /// counts what is dropped.
-    fn to_bridge(&self, message: impl FnOnce() -> ToBridge) {
-        let bridge = self.bridge.borrow();
-        let Some(bridge) = bridge.as_ref() else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = bridge.try_send(message()) {
-            let hub = self.hub.borrow();
-            hub.cluster_dropped();
         }
     }
 
@@ -526,21 +509,7 @@ impl<C: Conn> Worker<C> {
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
                 Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
-                Action::Cluster(request) => {
-                    let refused = match self.bridge.borrow().as_ref() {
-                        Some(bridge) => match bridge.try_send(ToBridge::Request(request)) {
-                            Ok(()) => None,
-                            Err(mpsc::error::TrySendError::Full(message))
-                            | Err(mpsc::error::TrySendError::Closed(message)) => Some(message),
-                        },
-                        None => Some(ToBridge::Request(request)),
-                    };
-                    // Not passed on (NATS is slow, or shutting down): answered here, so
-                    // no client waits for it for ever.
-                    if let Some(ToBridge::Request(request)) = refused {
-                        hub.request_failed(request, Instant::now());
-                    }
-                }
+                Action::Cluster(request) => self.routes.borrow().ask(hub, request),
             }
         }
         let next = hub.poll_timeout();

@@ -26,10 +26,11 @@ mod ops;
 pub mod probe;
 
 use crate::drain::Drain;
+use crate::routes::Routes;
 use crate::worker::{WorkerSetup, IOV_MAX};
 use bytes::{Buf, Bytes};
 use ops::{Completion, Config, Key, Ring, ACCEPTS_PER_LISTENER};
-use ringcast_core::cluster::{Inbox, ToBridge};
+use ringcast_core::cluster::Inbox;
 use ringcast_core::{Action, ClientId, Handoff, Hub, Output, Protocol};
 use slab::Slab;
 use std::future::Future;
@@ -53,15 +54,19 @@ pub(crate) struct Options {
     /// sockets than the other backends could (direct descriptors do not count against
     /// the limit, but the limit is the operator's word on how many sockets are fine).
     pub(crate) files_per_thread: u64,
+    /// Receive buffers in the thread's buffer ring (a power of two).
+    pub(crate) recv_buffers: u16,
 }
 
-/// Receive buffers per thread and their size: 1,024 × 4 KiB. Shared by all of the
-/// thread's connections, lent only from a receive's completion until the hub has taken
-/// the bytes.
-const RECV_BUFFERS: u16 = 1024;
+/// The size of a receive buffer. The buffers (`--recv-buffers` per thread) are shared by
+/// all of the thread's connections, lent only from a receive's completion until the hub
+/// has taken the bytes.
 const RECV_BUFFER_SIZE: u32 = 4096;
 /// Most slots of a thread's file table (the kernel's limit is the open-files limit).
 const MAX_FILES: u64 = 1 << 16;
+/// Spare write batches kept, and the most buffers one may hold to be kept.
+const BATCHES_MAX: usize = 1024;
+const BATCH_KEEP: usize = 64;
 /// Inbox messages taken per look.
 const INBOX_TAKE: usize = 64;
 
@@ -80,7 +85,7 @@ impl Options {
             },
             // A slot for every accept that may be in flight beyond that.
             files: (self.files() + listeners * ACCEPTS_PER_LISTENER) as u32,
-            buffers: RECV_BUFFERS,
+            buffers: self.recv_buffers,
             buffer_size: RECV_BUFFER_SIZE,
         }
     }
@@ -152,8 +157,8 @@ struct Driver {
     /// Connections the thread takes before it pauses accepting (its file table has room
     /// for the accepts in flight beyond that).
     files: usize,
-    peers: Vec<mpsc::Sender<Inbox>>,
-    bridge: Option<mpsc::Sender<ToBridge>>,
+    /// The other threads' inboxes and the cluster bridge's.
+    routes: Routes,
     inbox: mpsc::Receiver<Inbox>,
     inbox_open: bool,
     /// Resolves when shutdown is asked for.
@@ -177,7 +182,8 @@ struct Driver {
     /// Reused between passes.
     completions: Vec<Completion>,
     scratch: Vec<u8>,
-    batch: Vec<Bytes>,
+    /// Emptied batch vectors of ended writes, reused for the next writes.
+    batches: Vec<Vec<Bytes>>,
     messages: Vec<Inbox>,
 }
 
@@ -231,8 +237,7 @@ impl Driver {
             listeners,
             accept_paused: [false; 2],
             files,
-            peers,
-            bridge,
+            routes: Routes::new(peers, bridge),
             inbox,
             inbox_open: true,
             shutdown: Some(shutdown),
@@ -246,7 +251,7 @@ impl Driver {
             drain: Drain::Running,
             completions: Vec::new(),
             scratch: Vec::new(),
-            batch: Vec::new(),
+            batches: Vec::new(),
             messages: Vec::new(),
         }
     }
@@ -321,11 +326,11 @@ impl Driver {
             let Some((peer, handoffs)) = self.blocked.pop_front() else {
                 break;
             };
-            match self.peers[peer].try_send(Inbox::Chat(handoffs)) {
+            match self.routes.peers[peer].try_send(Inbox::Chat(handoffs)) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(Inbox::Chat(handoffs))) => {
                     self.blocked.push_front((peer, handoffs));
-                    let sender = self.peers[peer].clone();
+                    let sender = self.routes.peers[peer].clone();
                     // Dropped permit: the room is kept for nobody, but the next try_send
                     // is likely to find it; if not, this repeats.
                     self.reserve = Some(Box::pin(async move { sender.reserve().await.is_ok() }));
@@ -345,21 +350,15 @@ impl Driver {
     /// Sends the chat the hub handed off to the bridge (never waiting) and to every
     /// other thread (one batch per thread per read; a full inbox holds the rest back).
     fn hand_off(&mut self, handoffs: Vec<Handoff>) {
-        if let Some(bridge) = &self.bridge {
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                bridge.try_send(ToBridge::Chat(handoffs.clone()))
-            {
-                self.hub.cluster_dropped();
-            }
-        }
-        let peers = self.peers.len();
+        self.routes.publish(&self.hub, &handoffs);
+        let peers = self.routes.peers.len();
         for peer in 0..peers {
             let handoffs = handoffs.clone();
             if !self.blocked.is_empty() {
                 self.blocked.push_back((peer, handoffs));
                 continue;
             }
-            match self.peers[peer].try_send(Inbox::Chat(handoffs)) {
+            match self.routes.peers[peer].try_send(Inbox::Chat(handoffs)) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(Inbox::Chat(handoffs))) => {
                     self.blocked.push_back((peer, handoffs))
@@ -393,21 +392,7 @@ impl Driver {
                     self.accept_paused = [false; 2];
                     self.arm_accepts();
                 }
-                Action::Cluster(request) => {
-                    let refused = match &self.bridge {
-                        Some(bridge) => match bridge.try_send(ToBridge::Request(request)) {
-                            Ok(()) => None,
-                            Err(mpsc::error::TrySendError::Full(message))
-                            | Err(mpsc::error::TrySendError::Closed(message)) => Some(message),
-                        },
-                        None => Some(ToBridge::Request(request)),
-                    };
-                    // Not passed on (NATS is slow, or shutting down): answered here, so
-                    // no client waits for it for ever.
-                    if let Some(ToBridge::Request(request)) = refused {
-                        self.hub.request_failed(request, Instant::now());
-                    }
-                }
+                Action::Cluster(request) => self.routes.ask(&mut self.hub, request),
             }
         }
     }
@@ -441,7 +426,7 @@ impl Driver {
             return;
         };
         let slot = conn.slot;
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = self.batches.pop().unwrap_or_default();
         let output = self
             .hub
             .take_output(id, &mut batch, IOV_MAX, Instant::now());
@@ -450,15 +435,15 @@ impl Driver {
                 self.conns[key as usize].writing = true;
                 self.ring.push_write(key, slot, batch);
             }
-            Output::Idle => self.batch = batch,
+            Output::Idle => self.batches.push(batch),
             Output::Finish => {
-                self.batch = batch;
+                self.batches.push(batch);
                 // FIN: the client reads what is left, then closes its side.
                 self.conns[key as usize].shutdowns += 1;
                 self.ring.push_shutdown(key, slot, libc::SHUT_WR, None);
             }
             Output::Close => {
-                self.batch = batch;
+                self.batches.push(batch);
                 let conn = &mut self.conns[key as usize];
                 conn.writer_done = true;
                 conn.shutdowns += 1;
@@ -773,8 +758,9 @@ impl Driver {
             }
         }
         bufs.clear();
-        if self.batch.capacity() < bufs.capacity() && bufs.capacity() <= 64 {
-            self.batch = bufs;
+        // Keep a small vector for the next batch; let a burst's big one go.
+        if bufs.capacity() <= BATCH_KEEP && self.batches.len() < BATCHES_MAX {
+            self.batches.push(bufs);
         }
         // Asking again says the write has ended.
         self.write_next(key);
@@ -856,8 +842,7 @@ impl Driver {
             Drain::Inbox => {
                 // Readers hand off right after reading; with input ignored and the
                 // held-back hand-offs sent, nothing more goes to the others.
-                self.peers.clear();
-                self.bridge = None;
+                self.routes.close();
             }
             Drain::HttpListener => self.ring.close_listener(1),
             _ => {}

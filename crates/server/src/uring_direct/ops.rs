@@ -81,6 +81,10 @@ enum Kind {
     Close,
     Timer,
     Wake,
+    /// A wake-up another thread's ring posted into this one (MSG_RING): no op of ours.
+    Posted,
+    /// This ring's MSG_RING op posting a wake-up into another thread's ring.
+    Post,
     /// Cancels and timeout removals: their own completions say nothing the target's
     /// completion does not.
     Quiet,
@@ -97,7 +101,9 @@ impl Kind {
             6 => Kind::Close,
             7 => Kind::Timer,
             8 => Kind::Wake,
-            9 => Kind::Quiet,
+            9 => Kind::Posted,
+            10 => Kind::Post,
+            11 => Kind::Quiet,
             _ => return None,
         })
     }
@@ -142,6 +148,10 @@ pub(crate) enum Completion {
     /// The thread's wake-up descriptor was written to (by another thread's send).
     Woken,
 }
+
+/// Spare iovec arrays kept, and the largest kept (a burst's big one is let go).
+const SPARE_IOVECS_MAX: usize = 1024;
+const SPARE_IOVECS_KEEP: usize = 64;
 
 /// A write in flight: the buffers and the iovec array its SQE points into.
 struct WriteOp {
@@ -279,15 +289,27 @@ fn map_anonymous(len: usize) -> io::Result<*mut u8> {
     Ok(addr.cast())
 }
 
-/// Wakes the thread's loop from another thread: an eventfd its ring has a read on. A
-/// flag keeps a burst of sends to one write.
-struct EventFdWake {
-    fd: OwnedFd,
+/// Wakes a thread's loop from another thread. From a thread that runs a loop of its own,
+/// the wake-up is a MSG_RING op that thread's ring submits with its next batch: a
+/// completion posted straight into the target's ring, no syscall of its own. From any
+/// other thread (the cluster bridge's), it is a write to an eventfd the target's ring
+/// keeps a read on. A flag keeps a burst of sends to one wake-up.
+struct LoopWake {
+    eventfd: OwnedFd,
+    /// The target's ring, duplicated: a MSG_RING names it by fd, and this one stays
+    /// valid (naming that ring) however long the waker lives.
+    ring: OwnedFd,
     /// Set by the first wake since the loop last looked; cleared by the loop.
     pending: AtomicBool,
 }
 
-impl Wake for EventFdWake {
+thread_local! {
+    /// On a thread that runs a loop: the rings to post a wake-up to at its next submit.
+    static POSTS: std::cell::RefCell<Option<Vec<Arc<LoopWake>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+impl Wake for LoopWake {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -296,9 +318,26 @@ impl Wake for EventFdWake {
         if self.pending.swap(true, Ordering::AcqRel) {
             return;
         }
+        let posted = POSTS
+            .try_with(|posts| match posts.try_borrow_mut().as_deref_mut() {
+                Ok(Some(posts)) => {
+                    posts.push(self.clone());
+                    true
+                }
+                _ => false,
+            })
+            .unwrap_or(false);
+        if !posted {
+            self.write_eventfd();
+        }
+    }
+}
+
+impl LoopWake {
+    fn write_eventfd(&self) {
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live local buffer to an eventfd this struct owns.
-        let written = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        let written = unsafe { libc::write(self.eventfd.as_raw_fd(), one.as_ptr().cast(), 8) };
         if written != 8 {
             // EAGAIN only if the counter is about to overflow: the loop is woken anyway.
             tracing::debug!("eventfd write: {}", io::Error::last_os_error());
@@ -323,11 +362,17 @@ pub(crate) struct Ring {
     registered_index: Option<u32>,
     bufs: BufRing,
     writes: Slab<WriteOp>,
+    /// Emptied iovec arrays of ended writes, reused (a write per recipient per pass
+    /// would otherwise allocate one each).
+    spare_iovecs: Vec<Vec<libc::iovec>>,
     accepts: Slab<Box<AcceptOp>>,
     notices: Slab<Bytes>,
     timers: Slab<Box<types::Timespec>>,
     listeners: Vec<ListenerEntry>,
-    wake: Arc<EventFdWake>,
+    wake: Arc<LoopWake>,
+    /// Wake-ups this ring posts into other rings (MSG_RING), each kept (and with it the
+    /// target's fd) until the op's completion.
+    posts: Slab<Arc<LoopWake>>,
     /// Where the eventfd read op writes the counter.
     wake_buf: Box<u64>,
     wake_armed: bool,
@@ -377,19 +422,28 @@ impl Ring {
         }
         // SAFETY: `efd` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(efd) };
+        // SAFETY: the ring's fd is open for as long as `uring` lives, which outlasts this
+        // borrow; the clone is a new descriptor (dup) owned by the waker.
+        let ring = unsafe { std::os::fd::BorrowedFd::borrow_raw(uring.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(|err| (Step::Memory, err))?;
+        POSTS.with(|posts| *posts.borrow_mut() = Some(Vec::new()));
         Ok(Ring {
             uring,
             registered_index,
             bufs,
             writes: Slab::new(),
+            spare_iovecs: Vec::new(),
             accepts: Slab::new(),
             notices: Slab::new(),
             timers: Slab::new(),
             listeners: Vec::new(),
-            wake: Arc::new(EventFdWake {
-                fd,
+            wake: Arc::new(LoopWake {
+                eventfd: fd,
+                ring,
                 pending: AtomicBool::new(false),
             }),
+            posts: Slab::new(),
             wake_buf: Box::new(0),
             wake_armed: false,
             backlog: std::collections::VecDeque::new(),
@@ -414,6 +468,7 @@ impl Ring {
             (opcode::AsyncCancel2::CODE, "IORING_OP_ASYNC_CANCEL"),
             (opcode::Shutdown::CODE, "IORING_OP_SHUTDOWN"),
             (opcode::Close::CODE, "IORING_OP_CLOSE"),
+            (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING"),
         ];
         Ok(needed
             .into_iter()
@@ -436,8 +491,8 @@ impl Ring {
         self.wake.pending.store(false, Ordering::Release);
         if !self.wake_armed {
             let sqe = opcode::Read::new(
-                types::Fd(self.wake.fd.as_raw_fd()),
-                (&mut *self.wake_buf as *mut u64).cast(),
+                types::Fd(self.wake.eventfd.as_raw_fd()),
+                (&mut *self.wake_buf as *mut u64).cast::<u8>(),
                 8,
             )
             .build()
@@ -570,13 +625,11 @@ impl Ring {
     /// Queues one write of `bufs` (a SEND for one buffer, a WRITEV for several) on the
     /// connection; at most one may be in flight per connection (the caller's rule).
     pub(crate) fn push_write(&mut self, conn: Key, slot: u32, bufs: Vec<Bytes>) {
-        let iovecs: Vec<libc::iovec> = bufs
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
+        let mut iovecs = self.spare_iovecs.pop().unwrap_or_default();
+        iovecs.extend(bufs.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
         let entry = self.writes.vacant_entry();
         let index = entry.key();
         let op = entry.insert(WriteOp { bufs, iovecs });
@@ -696,6 +749,7 @@ impl Ring {
 
     /// Submits what is queued and waits until at least one completion is there.
     pub(crate) fn wait(&mut self) -> io::Result<()> {
+        self.post_wakes();
         self.bufs.publish();
         loop {
             let result = self.enter(1);
@@ -724,6 +778,27 @@ impl Ring {
                 let _ = self.enter(0);
                 return Ok(());
             }
+        }
+    }
+
+    /// Queues a MSG_RING for every wake-up this thread's sends asked for.
+    fn post_wakes(&mut self) {
+        let targets = POSTS.with(|posts| {
+            posts
+                .borrow_mut()
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default()
+        });
+        for target in targets {
+            let fd = target.ring.as_raw_fd();
+            let index = self.posts.insert(target);
+            let sqe = opcode::MsgRingData::new(types::Fd(fd), 0, user_data(Kind::Posted, 0), None)
+                .build()
+                .user_data(user_data(Kind::Post, index as u64));
+            // SAFETY: no memory is referenced; the target ring's fd is kept open by the
+            // waker held in `posts` until this op's completion.
+            unsafe { self.push(sqe, UringOp::MsgRing) };
         }
     }
 
@@ -784,16 +859,21 @@ impl Ring {
 
     fn complete(&mut self, cqe: &cqueue::Entry) -> Option<Completion> {
         let more = cqueue::more(cqe.flags());
+        let ud = cqe.user_data();
+        let kind = Kind::of(ud)?;
+        if kind == Kind::Posted {
+            // Posted by another thread's ring: no op of this one ended.
+            return Some(Completion::Woken);
+        }
         if !more {
             self.in_flight -= 1;
         }
-        let ud = cqe.user_data();
         let index = index_of(ud);
         let result = match cqe.result() {
             res if res < 0 => Err(io::Error::from_raw_os_error(-res)),
             n => Ok(n as usize),
         };
-        Some(match Kind::of(ud)? {
+        Some(match kind {
             Kind::Accept => {
                 let op = self.accepts.remove(index as usize);
                 let entry = &mut self.listeners[op.listener];
@@ -822,7 +902,13 @@ impl Ring {
                 }
             }
             Kind::Write => {
-                let op = self.writes.remove((index & 0xff_ffff) as usize);
+                let mut op = self.writes.remove((index & 0xff_ffff) as usize);
+                if op.iovecs.capacity() <= SPARE_IOVECS_KEEP
+                    && self.spare_iovecs.len() < SPARE_IOVECS_MAX
+                {
+                    op.iovecs.clear();
+                    self.spare_iovecs.push(op.iovecs);
+                }
                 Completion::Wrote {
                     conn: (index >> 24) as Key,
                     result,
@@ -843,6 +929,16 @@ impl Ring {
                 self.wake_armed = false;
                 Completion::Woken
             }
+            Kind::Post => {
+                let target = self.posts.remove(index as usize);
+                if result.is_err() {
+                    // Not posted (the target's ring is gone, or refused): the eventfd,
+                    // so that no wake-up is lost.
+                    target.write_eventfd();
+                }
+                return None;
+            }
+            Kind::Posted => return Some(Completion::Woken),
             Kind::Quiet => return None,
         })
     }
@@ -918,6 +1014,11 @@ impl Drop for Ring {
     /// Cancels every op in flight and reaps their completions before any memory they
     /// point at is freed.
     fn drop(&mut self) {
+        // Wake-ups asked for and not posted yet go by eventfd; later ones too.
+        let pending = POSTS.with(|posts| posts.borrow_mut().take().unwrap_or_default());
+        for target in pending {
+            target.write_eventfd();
+        }
         if self.in_flight > 0 {
             let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
