@@ -44,10 +44,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Sample names the server exports, for either backend.
+/// Sample names the server exports, for any backend.
 fn exported() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for backend in ["uring", "epoll"] {
+    for backend in ["uring", "epoll", "uring-direct"] {
         let info = ServerInfo {
             backend: backend.into(),
             ..ServerInfo::default()
