@@ -1,23 +1,28 @@
 //! The help of `ringcast bench`, `ringcast compare` and `scripts/loadtest.sh` against
-//! README's tables of them: every flag the help lists is in the table and the other way
-//! round, and `bench`'s defaults agree. (`serve`'s table is checked by hand: its flags
-//! change with the server.)
+//! their tables in docs/load-testing.md (README's map links there): every flag the help
+//! lists is in the table and the other way round, and `bench`'s defaults agree.
+//! (`serve`'s table, in docs/operations.md, is checked by hand: its flags change with
+//! the server.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
-fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README")
+/// The page of docs/ that holds the flag tables of the harness and the load-test script.
+const LOAD_TESTING: &str = "docs/load-testing.md";
+
+fn doc(path: &str) -> String {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {full}: {e}"))
 }
 
-/// The flag table that follows `heading` in README: flag → default cell.
-fn table_after(readme: &str, heading: &str) -> BTreeMap<String, String> {
-    let start = readme
+/// The flag table that follows `heading` in a page of the docs: flag → default cell.
+fn table_after(doc: &str, heading: &str) -> BTreeMap<String, String> {
+    let start = doc
         .find(heading)
-        .unwrap_or_else(|| panic!("README has no {heading:?}"));
+        .unwrap_or_else(|| panic!("{LOAD_TESTING} has no {heading:?}"));
     let mut rows = BTreeMap::new();
     let mut in_table = false;
-    for line in readme[start..].lines().skip(1) {
+    for line in doc[start..].lines().skip(1) {
         if line.starts_with("| flag") {
             in_table = true;
             continue;
@@ -91,40 +96,41 @@ fn help_flags(args: &[&str]) -> BTreeMap<String, Option<String>> {
     flags
 }
 
-fn same_flags(what: &str, help: &BTreeSet<String>, readme: &BTreeSet<String>) {
-    let missing: Vec<_> = help.difference(readme).collect();
-    let extra: Vec<_> = readme.difference(help).collect();
+fn same_flags(what: &str, help: &BTreeSet<String>, doc: &BTreeSet<String>) {
+    let missing: Vec<_> = help.difference(doc).collect();
+    let extra: Vec<_> = doc.difference(help).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "{what}: in --help but not README: {missing:?}; in README but not --help: {extra:?}"
+        "{what}: in --help but not {LOAD_TESTING}: {missing:?}; \
+         in {LOAD_TESTING} but not --help: {extra:?}"
     );
 }
 
 #[test]
-fn bench_help_and_readme_agree() {
+fn bench_help_and_docs_agree() {
     let help = help_flags(&["bench", "--help"]);
-    let table = table_after(&readme(), "### `ringcast bench` directly");
+    let table = table_after(&doc(LOAD_TESTING), "## `ringcast bench` directly");
     same_flags(
         "ringcast bench",
         &help.keys().cloned().collect(),
         &table.keys().cloned().collect(),
     );
     for (flag, default) in &help {
-        let readme_default = table[flag].replace(',', "");
+        let doc_default = table[flag].replace(',', "");
         match default {
-            Some(d) => assert_eq!(&readme_default, d, "default of {flag}"),
+            Some(d) => assert_eq!(&doc_default, d, "default of {flag}"),
             None => assert!(
-                ["none", "off"].contains(&readme_default.as_str()),
-                "{flag} has no default in --help but README says {readme_default:?}"
+                ["none", "off"].contains(&doc_default.as_str()),
+                "{flag} has no default in --help but {LOAD_TESTING} says {doc_default:?}"
             ),
         }
     }
 }
 
 #[test]
-fn compare_help_and_readme_agree() {
+fn compare_help_and_docs_agree() {
     let help = help_flags(&["compare", "--help"]);
-    let table = table_after(&readme(), "### Comparing report folders");
+    let table = table_after(&doc(LOAD_TESTING), "## Comparing report folders");
     same_flags(
         "ringcast compare",
         &help.keys().cloned().collect(),
@@ -133,7 +139,7 @@ fn compare_help_and_readme_agree() {
 }
 
 #[test]
-fn loadtest_help_and_readme_agree() {
+fn loadtest_help_and_docs_agree() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/loadtest.sh");
     let out = Command::new("bash")
         .args([script, "--help"])
@@ -149,7 +155,7 @@ fn loadtest_help_and_readme_agree() {
         .join("\n");
     let mut flags: BTreeSet<String> = flags_in(&usage).into_iter().collect();
     flags.remove("--help");
-    let table = table_after(&readme(), "### One command");
+    let table = table_after(&doc(LOAD_TESTING), "## One command");
     same_flags(
         "scripts/loadtest.sh",
         &flags,
