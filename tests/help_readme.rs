@@ -2,9 +2,10 @@
 //! their tables in docs/load-testing.md (README's map links there): every flag the help
 //! lists is in the table and the other way round, and `bench`'s defaults agree.
 //! (`serve`'s table, in docs/operations.md, is checked by hand: its flags change with
-//! the server.)
+//! the server.) Beside them: README stays short and every link of the docs resolves.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 /// The page of docs/ that holds the flag tables of the harness and the load-test script.
@@ -180,4 +181,115 @@ fn the_product_lists_only_serve_bench_and_compare() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(commands, ["serve", "bench", "compare", "help"]);
+}
+
+/// README stays a pitch, a quick start and a map (issue 22: at most 250 lines; detail goes
+/// to docs/), and every relative link in it and in docs/*.md names a file that exists and,
+/// after a `#`, a heading of that page: a section moved between pages must not leave the
+/// map, or a page that cites it, pointing at nothing.
+#[test]
+fn readme_is_short_and_every_docs_link_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lines = doc("README.md").lines().count();
+    assert!(
+        lines <= 250,
+        "README.md has {lines} lines; keep it at most 250 and move detail to docs/"
+    );
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).expect("listing docs/") {
+        let path = entry.expect("an entry of docs/").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            pages.push(path);
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("reading a page of the docs");
+        let dir = page.parent().expect("a page is in a folder");
+        for target in links(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target.as_str(), None),
+            };
+            let dest = if path.is_empty() {
+                page.clone()
+            } else {
+                dir.join(path)
+            };
+            if !dest.exists() {
+                broken.push(format!("{}: {target}: no such file", page.display()));
+            } else if let Some(anchor) = anchor {
+                let dest_text = std::fs::read_to_string(&dest).expect("reading a linked page");
+                if !anchors(&dest_text).contains(anchor) {
+                    broken.push(format!("{}: {target}: no such heading", page.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The targets of the Markdown links `[text](target)` outside fenced code blocks.
+fn links(markdown: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            rest = &rest[at + 2..];
+            let end = rest.find(')').unwrap_or(rest.len());
+            out.push(rest[..end].to_string());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as
+/// `-`, and `-1`, `-2`, ... after a repeated one.
+fn anchors(markdown: &str) -> BTreeSet<String> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeSet::new();
+    let mut fenced = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let Some(title) = line.strip_prefix('#') else {
+            continue;
+        };
+        if fenced {
+            continue;
+        }
+        let title = title.trim_start_matches('#');
+        if !title.starts_with(' ') {
+            continue;
+        }
+        let slug: String = title
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        out.insert(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
+        *n += 1;
+    }
+    out
 }
