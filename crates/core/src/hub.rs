@@ -24,15 +24,15 @@
 //! clones back in actions.
 
 use super::cluster::{Answer, Claim, ClusterView, Request};
+use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
 use super::metrics::{self, Format};
 use super::outbox::{Outbox, Overflow};
-use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters, Transport};
+use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
 use super::web::{self, Route};
 use bytes::{Bytes, BytesMut};
-use ringcast_proto::ws::{self, CloseCode, Message, Violation, WsCodec};
-use ringcast_proto::{self as proto, http, reply, Command, CommandError, Frame, LineDecoder};
+use ringcast_proto::{self as proto, http, reply, Command, CommandError, Frame};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -190,26 +190,6 @@ struct Member {
     slot: u32,
 }
 
-/// How a connection's input is read and its output encoded.
-#[derive(Debug)]
-enum Codec {
-    /// Lines in, lines out.
-    Line(LineDecoder),
-    /// An HTTP request head in, one response out.
-    Http,
-    /// WebSocket frames both ways; the fragmented text message in progress, if any.
-    Ws(ws::Partial),
-}
-
-impl Codec {
-    fn transport(&self) -> Transport {
-        match self {
-            Codec::Ws(_) => Transport::Ws,
-            _ => Transport::Tcp,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Client<H> {
     /// Set while the connection is a chat client: an HTTP request has none.
@@ -279,16 +259,6 @@ enum Awaited {
     Text,
 }
 
-/// One read's chat in each encoding its room needs, built on first use.
-struct Encoded<'a> {
-    lines: &'a Bytes,
-    /// How many lines.
-    count: u64,
-    frames: Option<Bytes>,
-    /// `lines` is timed (see `metrics::timed_batch`): frames built from it keep it alive.
-    timed: bool,
-}
-
 /// The clients of one worker thread.
 #[derive(Debug)]
 pub struct Hub<H> {
@@ -314,8 +284,8 @@ pub struct Hub<H> {
     overflowed: Vec<(ClientId, Overflow)>,
     /// Chat lines of the read being handled, queued when it ends or a command comes.
     batch: ChatBatch,
-    /// Frames WebSocket output and reads WebSocket input, for every client of the thread.
-    ws: WsCodec,
+    /// Scratch space every client's codec frames its output in.
+    framer: Framer,
     /// Questions asked of the cluster and not answered yet, by request id.
     pending: HashMap<u64, Pending>,
     /// The last request id and connection serial given out.
@@ -349,7 +319,7 @@ impl<H: Clone> Hub<H> {
             accept_armed: Tick::NONE,
             overflowed: Vec::new(),
             batch: ChatBatch::default(),
-            ws: WsCodec::new(limits.max_line),
+            framer: Framer::new(limits.max_line),
             pending: HashMap::new(),
             next_id: 0,
             requests: VecDeque::new(),
@@ -398,10 +368,7 @@ impl<H: Clone> Hub<H> {
             serial: self.next_id,
             nick_pending: false,
             held: None,
-            codec: match protocol {
-                Protocol::Line => Codec::Line(LineDecoder::new(self.limits.max_line)),
-                Protocol::Http => Codec::Http,
-            },
+            codec: Codec::new(protocol, self.limits.max_line),
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
             peer,
@@ -463,37 +430,20 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let now = self.clock.tick(now);
-        if matches!(client.codec, Codec::Http) {
+        if client.codec.reads_request() {
             self.handle_request(id, buf, now);
         }
-        let flow = match &mut self.clients[id].codec {
-            Codec::Line(decoder) => {
-                let mut decoder = *decoder;
-                let flow = decoder.decode_all(buf, |frame| self.handle_line(id, frame, now));
-                if let Codec::Line(kept) = &mut self.clients[id].codec {
-                    *kept = decoder;
-                }
-                flow
+        let mut decoder = self.clients[id].codec.take_decoder();
+        let framer = self.framer.clone();
+        let decoded = decoder.decode_all(buf, &framer, |event| self.handle_event(id, event, now));
+        self.clients[id].codec.put_decoder(decoder);
+        let flow = match decoded {
+            Ok(flow) => flow,
+            Err(broken) => {
+                self.flush_chat(id, now);
+                self.broken(id, broken, now);
+                ControlFlow::Break(())
             }
-            Codec::Ws(partial) => {
-                let mut partial = partial.take();
-                let codec = self.ws.clone();
-                let decoded = codec.decode_all(&mut partial, buf, |message| {
-                    self.handle_message(id, message, now)
-                });
-                if let Codec::Ws(kept) = &mut self.clients[id].codec {
-                    *kept = partial;
-                }
-                match decoded {
-                    Ok(flow) => flow,
-                    Err(violation) => {
-                        self.flush_chat(id, now);
-                        self.violation(id, violation, now);
-                        ControlFlow::Break(())
-                    }
-                }
-            }
-            Codec::Http => ControlFlow::Continue(()),
         };
         self.flush_chat(id, now);
         self.cut_overflowed(now);
@@ -533,7 +483,7 @@ impl<H: Clone> Hub<H> {
                 self.counters()
                     .http_response(HttpStatus::SwitchingProtocols);
                 let client = &mut self.clients[id];
-                client.codec = Codec::Ws(None);
+                client.codec.upgrade();
                 client.close_by = Tick::NONE;
                 self.push_raw(id, response, now);
                 self.add_member(id, now);
@@ -560,47 +510,30 @@ impl<H: Clone> Hub<H> {
         self.begin_close(id, Disconnect::Quit, now);
     }
 
-    /// One WebSocket message of a chat client.
-    fn handle_message(&mut self, id: ClientId, message: Message<'_>, now: Tick) -> ControlFlow<()> {
-        match message {
-            // As on TCP: each `\n` in it ends a line, and the message's end ends one too.
-            Message::Text(text) => {
-                for line in text.split(|&b| b == b'\n') {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    self.handle_line(id, Frame::Line(line), now)?;
-                }
+    /// One event of a chat client's input.
+    fn handle_event(&mut self, id: ClientId, event: Event<'_>, now: Tick) -> ControlFlow<()> {
+        match event {
+            Event::Line(frame) => self.handle_line(id, frame, now),
+            Event::Answer(bytes) => {
+                self.push_raw(id, bytes, now);
                 ControlFlow::Continue(())
             }
-            Message::Ping(payload) => {
-                let pong = self.ws.pong(payload);
-                self.push_raw(id, pong, now);
-                ControlFlow::Continue(())
-            }
-            Message::Close(code) => {
-                // Answer the close handshake with the client's code when it may be
-                // echoed, and leave.
-                let code = match code {
-                    None => CloseCode::Normal as u16,
-                    Some(code) if ws::valid_close_code(code) => code,
-                    Some(_) => CloseCode::ProtocolError as u16,
-                };
+            Event::Close(echo) => {
                 self.flush_chat(id, now);
-                let close = self.ws.close(code, "");
-                self.push_raw(id, close, now);
+                self.push_raw(id, echo, now);
                 self.begin_close(id, Disconnect::Quit, now);
                 ControlFlow::Break(())
             }
         }
     }
 
-    /// A WebSocket client broke the protocol: a close frame says how, and it is closed.
-    fn violation(&mut self, id: ClientId, violation: Violation, now: Tick) {
+    /// A client broke its transport's protocol: it is told how, and closed.
+    fn broken(&mut self, id: ClientId, broken: Broken, now: Tick) {
         tracing::debug!(
-            name = %self.clients[id].member().name, code = violation.code as u16,
-            "WebSocket protocol error: {}", violation.reason
+            name = %self.clients[id].member().name, code = broken.code,
+            "WebSocket protocol error: {}", broken.reason
         );
-        let close = self.ws.close(violation.code as u16, violation.reason);
-        self.push_raw(id, close, now);
+        self.push_raw(id, broken.close, now);
         self.begin_close(id, Disconnect::ProtocolError, now);
     }
 
@@ -633,8 +566,7 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
-                if matches!(self.clients[id].codec, Codec::Ws(_)) {
-                    let close = self.ws.close(CloseCode::Normal as u16, "");
+                if let Some(close) = self.clients[id].codec.close_frame(&mut self.framer) {
                     self.push_raw(id, close, now);
                 }
                 self.begin_close(id, Disconnect::Quit, now);
@@ -698,14 +630,9 @@ impl<H: Clone> Hub<H> {
             false => self.batch.text.split().freeze(),
         };
         let room = self.clients[id].member().room.clone();
-        let mut encoded = Encoded {
-            lines: &text,
-            count: lines,
-            frames: None,
-            timed,
-        };
+        let mut encoded = Encoded::new(&text, lines, None, timed);
         let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
-        let frames = encoded.frames;
+        let frames = encoded.into_frames();
         self.counters().messages_in(lines, recipients * lines);
         if self.shared.hands_off() {
             self.handoffs.push(Handoff {
@@ -718,7 +645,7 @@ impl<H: Clone> Hub<H> {
     }
 
     /// Queues a read's chat to every local member of `room` but `except`, each in the
-    /// encoding it wants (the frames are built once, for the first WebSocket member).
+    /// encoding its codec wants (each built once, for the first member wanting it).
     /// Returns how many got it.
     fn fan_out(
         &mut self,
@@ -732,25 +659,13 @@ impl<H: Clone> Hub<H> {
         };
         let mut delivered = 0;
         let mut queued = 0;
-        let lines = u32::try_from(encoded.count).unwrap_or(u32::MAX);
+        let lines = u32::try_from(encoded.count()).unwrap_or(u32::MAX);
         for &member in members {
             if Some(member) == except {
                 continue;
             }
             let client = &mut self.clients[member];
-            let bytes = match client.codec {
-                Codec::Ws(_) => encoded
-                    .frames
-                    .get_or_insert_with(|| {
-                        let frames = self.ws.lines(encoded.lines);
-                        match encoded.timed {
-                            true => metrics::linked(frames, encoded.lines),
-                            false => frames,
-                        }
-                    })
-                    .clone(),
-                _ => encoded.lines.clone(),
-            };
+            let bytes = encoded.for_codec(&client.codec, &mut self.framer);
             let len = bytes.len();
             match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
@@ -783,12 +698,9 @@ impl<H: Clone> Hub<H> {
         let now = self.clock.tick(now);
         let mut delivered = 0;
         for handoff in handoffs {
-            let mut encoded = Encoded {
-                lines: &handoff.text,
-                count: handoff.lines,
-                frames: handoff.frames.clone(),
-                timed: self.shared.stats.metrics_enabled(),
-            };
+            let timed = self.shared.stats.metrics_enabled();
+            let frames = handoff.frames.clone();
+            let mut encoded = Encoded::new(&handoff.text, handoff.lines, frames, timed);
             delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
         }
         self.counters().add_deliveries(delivered);
@@ -967,10 +879,7 @@ impl<H: Clone> Hub<H> {
     /// Queues a reply line (`* ...\n`) to the client itself, in its encoding; a client
     /// that does not read its replies is a slow consumer like any other.
     fn reply(&mut self, id: ClientId, line: Bytes, now: Tick) {
-        let bytes = match self.clients[id].codec {
-            Codec::Ws(_) => self.ws.lines(&line),
-            _ => line,
-        };
+        let bytes = self.clients[id].codec.encode(line, &mut self.framer);
         self.push_raw(id, bytes, now);
     }
 
@@ -1060,7 +969,6 @@ impl<H: Clone> Hub<H> {
             self.counters().disconnect(reason);
         }
         let drain_by = now.plus(self.limits.drain_timeout);
-        let websocket = matches!(self.clients[id].codec, Codec::Ws(_));
         let client = &mut self.clients[id];
         client.closing = Some(reason);
         match reason {
@@ -1073,47 +981,29 @@ impl<H: Clone> Hub<H> {
                 // The notice may go only if no write is in flight: it could split its lines.
                 let notice = (!client.writing).then(|| {
                     counters.error(ErrorKind::SlowConsumer);
-                    let line = reply::error(reply::SLOW_CONSUMER);
-                    if websocket {
-                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
-                        out.extend_from_slice(
-                            &self.ws.close(CloseCode::Policy as u16, "slow consumer"),
-                        );
-                        out.freeze()
-                    } else {
-                        line
-                    }
+                    client.codec.farewell(reason, &mut self.framer)
                 });
-                self.shutdowns.push_back((client.handle.clone(), notice));
+                self.shutdowns
+                    .push_back((client.handle.clone(), notice.flatten()));
             }
-            Disconnect::Shutdown => {
-                let farewell = match client.codec {
-                    Codec::Line(_) => reply::notice(reply::SHUTTING_DOWN),
-                    Codec::Ws(_) => {
-                        let line = reply::notice(reply::SHUTTING_DOWN);
-                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
-                        out.extend_from_slice(&self.ws.close(CloseCode::GoingAway as u16, ""));
-                        out.freeze()
-                    }
-                    // A request whose head has not come yet (an answered one is closing
-                    // already): an HTTP answer, not a chat line.
-                    Codec::Http => http::text(503, "shutting down\n"),
-                };
-                self.shared
-                    .stats
-                    .thread(self.thread)
-                    .queued_bytes(farewell.len() as i64);
-                // After any reply still owed by the cluster, like everything else.
-                match client.held.as_mut() {
-                    Some(held) => held.push_back(cluster::Held::Ready(farewell)),
-                    None => {
-                        client.outbox.push_unbounded(farewell);
+            Disconnect::Shutdown
+            | Disconnect::Quit
+            | Disconnect::PeerGone
+            | Disconnect::ProtocolError => {
+                if let Some(farewell) = client.codec.farewell(reason, &mut self.framer) {
+                    self.shared
+                        .stats
+                        .thread(self.thread)
+                        .queued_bytes(farewell.len() as i64);
+                    // After any reply still owed by the cluster, like everything else.
+                    match client.held.as_mut() {
+                        Some(held) => held.push_back(cluster::Held::Ready(farewell)),
+                        None => {
+                            client.outbox.push_unbounded(farewell);
+                        }
                     }
                 }
                 client.close_by = drain_by;
-            }
-            Disconnect::Quit | Disconnect::PeerGone | Disconnect::ProtocolError => {
-                client.close_by = drain_by
             }
         }
         tracing::debug!(reason = reason.name(), "connection closing");
