@@ -26,11 +26,11 @@
 use super::cluster::{Answer, Claim, ClusterView, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
-use super::metrics::{self, Format};
+use super::metrics;
 use super::outbox::{Outbox, Overflow};
 use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
-use super::web::{self, Route};
+use super::web::{self, Served};
 use bytes::{Bytes, BytesMut};
 use ringcast_proto::{self as proto, http, reply, Command, CommandError, Frame};
 use slab::Slab;
@@ -456,30 +456,11 @@ impl<H: Clone> Hub<H> {
     /// closes) or upgrades the connection to a WebSocket chat client, whose first frames
     /// may follow in `buf`.
     fn handle_request(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
-        let request = match http::parse_head(buf) {
-            Ok(None) => return,
-            Ok(Some((request, len))) => {
-                buf.drain(..len);
-                request
-            }
-            Err(err) => {
-                buf.clear();
-                tracing::debug!(peer = %self.clients[id].peer, "HTTP request refused: {err}");
-                self.respond(id, err.response(), now);
-                return;
-            }
-        };
-        match web::route(&request, self.input_stopped) {
-            Route::Respond(response) => {
-                buf.clear();
-                self.respond(id, response, now);
-            }
-            Route::Metrics(format) => {
-                buf.clear();
-                let response = self.metrics(format);
-                self.respond(id, response, now);
-            }
-            Route::Upgrade(response) => {
+        let (shared, peer) = (&self.shared, self.clients[id].peer);
+        match web::serve(buf, self.input_stopped, &shared.stats, &shared.dir, peer) {
+            Served::Waiting => {}
+            Served::Respond(response) => self.respond(id, response, now),
+            Served::Upgrade(response) => {
                 self.counters()
                     .http_response(HttpStatus::SwitchingProtocols);
                 let client = &mut self.clients[id];
@@ -489,16 +470,6 @@ impl<H: Clone> Hub<H> {
                 self.add_member(id, now);
             }
         }
-    }
-
-    /// The response to `GET /metrics`: the exposition, or 404 with `--metrics off`.
-    fn metrics(&self, format: Format) -> Bytes {
-        let stats = &self.shared.stats;
-        if !stats.metrics_enabled() {
-            return http::text(404, "metrics are off (--metrics off)\n");
-        }
-        let body = metrics::render(stats, &self.shared.dir, format);
-        http::response(200, format.content_type(), &[], body.as_bytes())
     }
 
     /// Sends a whole HTTP response, then closes the connection.
