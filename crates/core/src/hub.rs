@@ -16,9 +16,13 @@
 //!
 //! A connection is a line client (TCP listener), or an HTTP request (HTTP listener) that
 //! is answered and closed or becomes a WebSocket client. Line and WebSocket clients are
-//! the same chat members; the hub only knows which encoding each wants: a read's chat is
-//! encoded once per encoding its room needs, and that buffer is shared by every member
-//! wanting it.
+//! the same chat members; the hub keeps rooms, policy and deadlines, and leaves framing
+//! to each connection's codec (`codec.rs`): a read's chat is encoded once per encoding
+//! its room needs, and that buffer is shared by every member wanting it.
+//!
+//! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
+//! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
+//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
@@ -40,6 +44,7 @@ use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use writer::output_pending;
 
 /// A client's index in its thread's hub.
 pub type ClientId = usize;
@@ -690,135 +695,6 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    fn join(&mut self, id: ClientId, room: &str, now: Tick) {
-        let member = self.clients[id].member();
-        if &*member.room == room {
-            let text = format!("you are in {room} already");
-            self.error(id, ErrorKind::AlreadyInRoom, text, now);
-            return;
-        }
-        let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
-        self.leave_local_room(id);
-        let local = self.rooms.entry(room.clone()).or_default();
-        let slot = local.len() as u32;
-        local.push(id);
-        if let Some(member) = self.clients[id].member.as_mut() {
-            member.slot = slot;
-            member.room = room.clone();
-        }
-        if self.shared.cluster.is_some() {
-            // Confirmed once this node receives the room's chat from the others, so a
-            // line sent right after the reply reaches this client from any node.
-            self.ask(
-                id,
-                Awaited::Join {
-                    room: room.clone(),
-                    members,
-                },
-                |thread, id| Request::Join { thread, id, room },
-                now,
-            );
-            return;
-        }
-        let text = format!(
-            "joined {room} ({})",
-            reply::count(members, "member", "members")
-        );
-        self.reply(id, reply::notice(text), now);
-    }
-
-    fn nick(&mut self, id: ClientId, name: &str, now: Tick) {
-        let member = self.clients[id].member();
-        if let Some(cluster) = &self.shared.cluster {
-            if &*member.name == name {
-                let text = reply::notice(format_args!("you are {name}"));
-                self.reply(id, text, now);
-            } else if self.clients[id].nick_pending {
-                self.error(id, ErrorKind::BadArgument, reply::NICK_PENDING, now);
-            } else if self.shared.dir.has_name(name) {
-                let taken = super::directory::NameTaken(name.to_owned());
-                self.error(id, ErrorKind::NameTaken, taken, now);
-            } else if !cluster.is_available() {
-                let text = reply::CLUSTER_UNAVAILABLE;
-                self.error(id, ErrorKind::ClusterUnavailable, text, now);
-            } else {
-                self.clients[id].nick_pending = true;
-                let name: Arc<str> = Arc::from(name);
-                let nick = Awaited::Nick { name: name.clone() };
-                self.ask(
-                    id,
-                    nick,
-                    |thread, id| Request::ClaimName { thread, id, name },
-                    now,
-                );
-            }
-            return;
-        }
-        match self.shared.dir.rename(&member.name, &member.room, name) {
-            Ok(name) => {
-                let text = reply::notice(format_args!("you are {name}"));
-                if let Some(member) = self.clients[id].member.as_mut() {
-                    member.name = name;
-                }
-                self.reply(id, text, now);
-            }
-            Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
-        }
-    }
-
-    fn who(&mut self, id: ClientId, now: Tick) {
-        if self.shared.cluster.is_some() {
-            let room = self.clients[id].member().room.clone();
-            // This node's members as they are now, in the order of the client's requests:
-            // a `/join` after this `/who` does not change its answer.
-            let local = self.shared.dir.members(&room);
-            self.ask(
-                id,
-                Awaited::Text,
-                |thread, id| Request::Who {
-                    thread,
-                    id,
-                    room,
-                    local,
-                },
-                now,
-            );
-            return;
-        }
-        let room = &self.clients[id].member().room;
-        let members = self.shared.dir.members(room);
-        let mut text = format!("members of {room} ({}): ", members.len());
-        for (i, name) in members.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            text.push_str(name);
-        }
-        self.reply(id, reply::notice(text), now);
-    }
-
-    fn list_rooms(&mut self, id: ClientId, now: Tick) {
-        if self.shared.cluster.is_some() {
-            let local = self.shared.dir.rooms();
-            self.ask(
-                id,
-                Awaited::Text,
-                |thread, id| Request::Rooms { thread, id, local },
-                now,
-            );
-            return;
-        }
-        let rooms = self.shared.dir.rooms();
-        let mut text = format!("rooms ({}): ", rooms.len());
-        for (i, (room, members)) in rooms.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            let _ = write!(text, "{room} ({members})");
-        }
-        self.reply(id, reply::notice(text), now);
-    }
-
     fn server_stats(&mut self, id: ClientId, now: Tick) {
         let t = self.shared.stats.totals();
         let text = format!(
@@ -998,90 +874,6 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    /// Moves up to `max_lines` queued lines for the client into `batch`, and says what
-    /// its writer should do. Asking again also says the previous write has ended.
-    pub fn take_output(
-        &mut self,
-        id: ClientId,
-        batch: &mut Vec<Bytes>,
-        max_lines: usize,
-        now: Instant,
-    ) -> Output {
-        let now = self.clock.tick(now);
-        let Some(client) = self.clients.get_mut(id) else {
-            return Output::Close;
-        };
-        client.writing = false;
-        if client.finished {
-            return Output::Close;
-        }
-        if !client.outbox.is_empty() {
-            if client.wake_at.is_set() {
-                // Within the coalescing window: the deadline wakes the writer.
-                return Output::Idle;
-            }
-            let queued = client.outbox.queued();
-            let lines = client.outbox.take(batch, max_lines);
-            client.writing = true;
-            let counters = self.shared.stats.thread(self.thread);
-            counters.queued_bytes(client.outbox.queued() as i64 - queued as i64);
-            if self.shared.stats.metrics_enabled() {
-                counters.write_batch(lines);
-            }
-            if !client.stalled_since.is_set() {
-                client.stalled_since = now;
-            }
-            return Output::Write;
-        }
-        client.stalled_since = Tick::NONE;
-        match client.closing {
-            None => Output::Idle,
-            // Replies the cluster still owes go before the FIN (within the drain).
-            Some(_) if client.lingering || client.held.is_some() => Output::Idle,
-            Some(_) if client.reading => {
-                client.lingering = true;
-                client.close_by = now.plus(LINGER);
-                self.arm(id);
-                Output::Finish
-            }
-            Some(_) => {
-                client.finished = true;
-                Output::Close
-            }
-        }
-    }
-
-    /// The client's socket took `bytes` of the write in flight.
-    pub fn wrote(&mut self, id: ClientId, bytes: usize, now: Instant) {
-        let now = self.clock.tick(now);
-        self.counters().add_bytes_out(bytes as u64);
-        if let Some(client) = self.clients.get_mut(id) {
-            if bytes > 0 && client.stalled_since.is_set() {
-                client.stalled_since = now;
-            }
-        }
-    }
-
-    /// A write failed: nothing more can reach the client.
-    pub fn write_failed(&mut self, id: ClientId, now: Instant) {
-        let now = self.clock.tick(now);
-        let Some(client) = self.clients.get_mut(id) else {
-            return;
-        };
-        let dropped = client.outbox.queued() as i64;
-        client.outbox.clear();
-        client.finished = true;
-        self.counters().queued_bytes(-dropped);
-        self.begin_close(id, Disconnect::PeerGone, now);
-    }
-
-    /// Whether lines are queued for this client.
-    pub fn has_output(&self, id: ClientId) -> bool {
-        self.clients
-            .get(id)
-            .is_some_and(|client| !client.outbox.is_empty())
-    }
-
     /// Accept ran out of descriptors: resume it (an [`Action::ResumeAccept`]) after
     /// `ACCEPT_BACKOFF`.
     pub fn pause_accept(&mut self, now: Instant) {
@@ -1129,80 +921,6 @@ impl<H: Clone> Hub<H> {
         self.deadlines.next().map(|tick| self.clock.instant(tick))
     }
 
-    /// Acts on every deadline that has come by `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let now = self.clock.tick(now);
-        let mut drained = 0;
-        while let Some((at, owner)) = self.deadlines.pop_due(now) {
-            match owner {
-                Owner::Hub => {
-                    if self.accept_armed == at {
-                        self.accept_armed = Tick::NONE;
-                        if self.accept_paused_until.due(now) {
-                            self.accept_paused_until = Tick::NONE;
-                            self.resume_accept = true;
-                        } else {
-                            // A later pause (the other listener's) moved the end: wait
-                            // for that one, or accepting would stay paused for good.
-                            let until = self.accept_paused_until;
-                            self.deadlines
-                                .arm(Owner::Hub, &mut self.accept_armed, until);
-                        }
-                    }
-                }
-                Owner::Client(id) => {
-                    let live = self.clients.get(id).is_some_and(|c| c.armed == at);
-                    if live && self.client_due(id, now) {
-                        drained += 1;
-                    }
-                }
-            }
-        }
-        if drained > 0 {
-            tracing::warn!(
-                thread = self.thread,
-                connections = drained,
-                "drain timeout: shutting down connections with unsent output"
-            );
-        }
-    }
-
-    /// Acts on what is due for one client and arms its next deadline. Returns true when
-    /// a connection closing at shutdown ran out of time.
-    fn client_due(&mut self, id: ClientId, now: Tick) -> bool {
-        let client = &mut self.clients[id];
-        client.armed = Tick::NONE;
-        if client.wake_at.due(now) {
-            client.wake_at = Tick::NONE;
-            self.wakes.push_back(id);
-        }
-        let mut shutdown_drained = false;
-        if client.close_by.due(now) {
-            client.close_by = Tick::NONE;
-            shutdown_drained = client.closing == Some(Disconnect::Shutdown) && !client.lingering;
-            client.finished = true;
-            self.shutdowns.push_back((client.handle.clone(), None));
-            self.wakes.push_back(id);
-        } else if write_deadline(client, &self.limits).due(now) {
-            tracing::warn!(
-                name = %client.member().name, queued = client.outbox.queued(),
-                "slow consumer disconnected: no write progress in {:?}",
-                self.limits.write_timeout.unwrap_or_default()
-            );
-            self.begin_close(id, Disconnect::WriteTimeout, now);
-        }
-        self.arm(id);
-        shutdown_drained
-    }
-
-    /// Arms the client's earliest deadline.
-    fn arm(&mut self, id: ClientId) {
-        let client = &mut self.clients[id];
-        let next = next_deadline(client, &self.limits);
-        self.deadlines
-            .arm(Owner::Client(id), &mut client.armed, next);
-    }
-
     /// The next thing the I/O layer must do, in the documented order; `None` when
     /// nothing is left. Ask after every input.
     pub fn poll_action(&mut self) -> Option<Action<H>> {
@@ -1238,54 +956,8 @@ impl<H: Clone> Hub<H> {
     }
 }
 
-/// A client's outbox went from empty to not: its writer must learn of it (now, or after
-/// the coalescing window) unless a write is in flight, whose end it will ask after anyway.
-fn output_pending<H>(
-    client: &mut Client<H>,
-    id: ClientId,
-    limits: &Limits,
-    deadlines: &mut Deadlines,
-    wakes: &mut VecDeque<ClientId>,
-    now: Tick,
-) {
-    if client.writing {
-        return;
-    }
-    if !client.stalled_since.is_set() {
-        client.stalled_since = now;
-    }
-    if limits.flush_delay.is_zero() || client.closing.is_some() {
-        wakes.push_back(id);
-    } else if !client.wake_at.is_set() {
-        client.wake_at = now.plus(limits.flush_delay);
-        // Earlier than anything armed but another coalescing window.
-        deadlines.arm(Owner::Client(id), &mut client.armed, client.wake_at);
-    }
-    // The write deadline only when nothing is armed: an earlier entry is re-armed for
-    // it when it comes up, so the fan-out path rarely touches the heap.
-    if !client.armed.is_set() {
-        let next = next_deadline(client, limits);
-        deadlines.arm(Owner::Client(id), &mut client.armed, next);
-    }
-}
-
-/// When the client is cut off for lack of write progress, if output waits.
-fn write_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
-    match limits.write_timeout {
-        Some(timeout) if client.closing.is_none() && client.stalled_since.is_set() => {
-            client.stalled_since.plus(timeout)
-        }
-        _ => Tick::NONE,
-    }
-}
-
-fn next_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
-    client
-        .wake_at
-        .earliest(client.close_by)
-        .earliest(write_deadline(client, limits))
-}
-
 mod cluster;
+mod commands;
 #[cfg(test)]
 mod tests;
+mod writer;
