@@ -837,6 +837,8 @@ impl<H: Clone> Hub<H> {
             | Disconnect::Quit
             | Disconnect::PeerGone
             | Disconnect::ProtocolError => {
+                // Everything queued is still written, then the farewell the reason has
+                // (if any), within the drain.
                 if let Some(farewell) = client.codec.farewell(reason, &mut self.framer) {
                     self.shared
                         .stats
