@@ -1,32 +1,37 @@
 //! Submitting while a scheduler pass runs, not only when the thread parks.
 
 use std::cell::Cell;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Submitting while a scheduler pass runs (issue 11). tokio-uring enters the kernel only
 /// when the thread parks (or the SQ is full), so a pass of 1,000 writers used to send all
 /// its SENDs at its very end. Every `every` ops this thread pushes, one submit-only
 /// `io_uring_enter` starts them: the first recipients' data leaves while the pass goes
 /// on, as each epoll backend's write leaves when its task runs.
-pub(super) struct EarlySubmit {
-    pub(super) ring: RawFd,
-    pub(super) every: u32,
+pub(crate) struct EarlySubmit<'rt> {
+    /// The thread's own ring.
+    ring: BorrowedFd<'rt>,
+    every: u32,
     /// At most this many SQEs can be waiting (the SQ's size).
-    pub(super) sq_entries: u32,
+    sq_entries: u32,
     /// Ops pushed since the last early submit.
-    pub(super) pushed: Cell<u32>,
+    pushed: Cell<u32>,
 }
 
-thread_local! {
-    pub(super) static EARLY_SUBMIT_OF_THREAD: Cell<Option<&'static EarlySubmit>> = const { Cell::new(None) };
-}
-
-impl EarlySubmit {
-    pub(super) fn current() -> Option<&'static EarlySubmit> {
-        EARLY_SUBMIT_OF_THREAD.with(|e| e.get())
+impl<'rt> EarlySubmit<'rt> {
+    /// An early submitter for `ring`, a ring of `sq_entries` entries, submitting every
+    /// `every` ops (at least 1).
+    pub(crate) fn new(ring: BorrowedFd<'rt>, every: u32, sq_entries: u32) -> Self {
+        EarlySubmit {
+            ring,
+            every,
+            sq_entries,
+            pushed: Cell::new(0),
+        }
     }
 
-    pub(super) fn pushed(&self) {
+    /// Called after each op this thread pushes.
+    pub(crate) fn pushed(&self) {
         let pushed = self.pushed.get() + 1;
         if pushed < self.every {
             self.pushed.set(pushed);
@@ -43,11 +48,11 @@ impl EarlySubmit {
         // over nor submitted twice: its next `submit()` finds fewer (or none) waiting.
         // The memory each SQE points at is kept by the op's stored data until its
         // completion, however early it is submitted. `to_submit` above the number
-        // waiting is capped by the kernel.
+        // waiting is capped by the kernel. `self.ring` is open for the borrow's duration.
         let submitted = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_enter,
-                self.ring,
+                self.ring.as_raw_fd(),
                 self.sq_entries,
                 0,
                 0,

@@ -4,23 +4,19 @@
 
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 /// Most files one ring's table holds (the kernel's limit on older kernels).
 const MAX_FIXED_FILES: u32 = 32_768;
 
-/// One thread's table of registered files (IORING_REGISTER_FILES, sparse), where each
-/// connection's socket gets a slot for its life.
-pub(super) struct FixedFiles {
-    ring: RawFd,
+/// The table of one ring, which it borrows (the table goes with the ring: a slot left
+/// set when the ring closes holds its socket no longer).
+pub(crate) struct FixedFiles<'rt> {
+    ring: BorrowedFd<'rt>,
     capacity: u32,
     /// Slots never used yet start here; freed ones are reused first.
     next: Cell<u32>,
     free: RefCell<Vec<u32>>,
-}
-
-thread_local! {
-    static FIXED_FILES_OF_THREAD: Cell<Option<&'static FixedFiles>> = const { Cell::new(None) };
 }
 
 #[repr(C)]
@@ -33,18 +29,19 @@ struct FilesUpdate {
 const IORING_REGISTER_FILES: libc::c_long = 2;
 const IORING_REGISTER_FILES_UPDATE: libc::c_long = 6;
 
-impl FixedFiles {
+impl<'rt> FixedFiles<'rt> {
     /// Registers an empty table with `ring`; without one (an old kernel, a low open-files
     /// limit) connections are named by fd as before.
-    pub(super) fn install(ring: RawFd) {
+    pub(crate) fn register_table(ring: BorrowedFd<'rt>) -> Option<FixedFiles<'rt>> {
         let nofile = ringcast_util::sys::nofile_limit().map_or(1024, |limit| limit.soft);
         let capacity = nofile.min(u64::from(MAX_FIXED_FILES)) as u32;
         let empty: Vec<i32> = vec![-1; capacity as usize];
-        // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call.
+        // SAFETY: `empty` holds `capacity` fds (-1: an empty slot) and outlives the call;
+        // `ring` is an open io_uring fd for the borrow's duration.
         let done = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_register,
-                ring,
+                ring.as_raw_fd(),
                 IORING_REGISTER_FILES,
                 empty.as_ptr(),
                 capacity,
@@ -53,29 +50,25 @@ impl FixedFiles {
         if done < 0 {
             let err = io::Error::last_os_error();
             tracing::debug!("io_uring: no registered files ({err}); ops name fds");
-            return;
+            return None;
         }
-        let files: &'static FixedFiles = Box::leak(Box::new(FixedFiles {
+        Some(FixedFiles {
             ring,
             capacity,
             next: Cell::new(0),
             free: RefCell::new(Vec::new()),
-        }));
-        FIXED_FILES_OF_THREAD.with(|f| f.set(Some(files)));
-    }
-
-    pub(super) fn current() -> Option<&'static FixedFiles> {
-        FIXED_FILES_OF_THREAD.with(|f| f.get())
+        })
     }
 
     /// Slots holding a socket now.
     #[cfg(test)]
-    pub(super) fn in_use(&self) -> usize {
+    pub(crate) fn in_use(&self) -> usize {
         self.next.get() as usize - self.free.borrow().len()
     }
 
-    /// Puts `fd` into a free slot; `None` when the table is full or the kernel refuses.
-    pub(super) fn register(&self, fd: RawFd) -> Option<u32> {
+    /// Puts `socket` into a free slot; `None` when the table is full or the kernel
+    /// refuses. The slot holds the socket open until [`unregister`](Self::unregister).
+    pub(crate) fn register(&self, socket: BorrowedFd<'_>) -> Option<u32> {
         let slot = match self.free.borrow_mut().pop() {
             Some(slot) => slot,
             None if self.next.get() < self.capacity => {
@@ -85,7 +78,7 @@ impl FixedFiles {
             }
             None => return None,
         };
-        if let Err(err) = self.update(slot, fd) {
+        if let Err(err) = self.update(slot, Some(socket)) {
             tracing::debug!("io_uring: registering a socket failed ({err})");
             self.free.borrow_mut().push(slot);
             return None;
@@ -93,26 +86,29 @@ impl FixedFiles {
         Some(slot)
     }
 
-    pub(super) fn unregister(&self, slot: u32) {
-        match self.update(slot, -1) {
+    pub(crate) fn unregister(&self, slot: u32) {
+        match self.update(slot, None) {
             Ok(()) => self.free.borrow_mut().push(slot),
             // The slot stays taken rather than be handed out while still in use.
             Err(err) => tracing::warn!("io_uring: clearing registered file {slot}: {err}"),
         }
     }
 
-    fn update(&self, slot: u32, fd: RawFd) -> io::Result<()> {
-        let fds = [fd];
+    /// Puts `socket` into `slot`, or clears the slot (`None`).
+    fn update(&self, slot: u32, socket: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        // -1 clears a slot.
+        let fds: [RawFd; 1] = [socket.map_or(-1, |socket| socket.as_raw_fd())];
         let update = FilesUpdate {
             offset: slot,
             resv: 0,
             fds: fds.as_ptr() as u64,
         };
-        // SAFETY: `update` points at one fd in `fds`; both outlive the call.
+        // SAFETY: `update` points at one fd in `fds`; both outlive the call. `self.ring`
+        // is an open io_uring fd for the borrow's duration.
         let done = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_register,
-                self.ring,
+                self.ring.as_raw_fd(),
                 IORING_REGISTER_FILES_UPDATE,
                 &update as *const FilesUpdate,
                 1,

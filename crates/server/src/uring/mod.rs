@@ -5,13 +5,15 @@
 //! registered files. Every op pushed during one scheduler tick reaches the kernel in one
 //! `io_uring_enter` when the thread parks.
 //!
-//! Modules: `ops` (SQE builders, completions, orphaned receives), `buffers` (provided receive
+//! Modules: `ring_fd` (the ring's descriptor and the thread's state that borrows it),
+//! `ops` (SQE builders, completions, orphaned receives), `buffers` (provided receive
 //! buffers), `files` (registered files), `early_submit` (submitting mid-pass).
 
 mod buffers;
 mod early_submit;
 mod files;
 mod ops;
+pub(crate) mod ring_fd;
 #[cfg(test)]
 mod tests;
 
@@ -20,17 +22,17 @@ use crate::ring::{self, pushing};
 use crate::UringSetup;
 use buffers::RecvBuffers;
 use bytes::Bytes;
-use early_submit::{EarlySubmit, EARLY_SUBMIT_OF_THREAD};
+use early_submit::EarlySubmit;
 use files::FixedFiles;
 use io_uring::{opcode, types};
 use ops::{
     recv_sqe, send_sqe, submit, writev_sqe, Orphans, PollDone, Recv, RecvDone, SendDone, WritevDone,
 };
+use ring_fd::{ThreadRing, UringRuntime};
 use ringcast_core::UringOp;
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
@@ -67,9 +69,14 @@ pub(crate) struct UringSocket {
 impl Drop for UringSocket {
     fn drop(&mut self) {
         // Before the socket closes (its fields drop after this): a registered file
-        // keeps the socket open.
-        if let (Some(slot), Some(files)) = (self.slot, FixedFiles::current()) {
-            files.unregister(slot);
+        // keeps the socket open. Outside `block_on` (the runtime is being dropped) the
+        // table goes with the ring, and the socket's slot with it.
+        if let Some(slot) = self.slot {
+            ThreadRing::with(|ring| {
+                if let Some(files) = &ring.files {
+                    files.unregister(slot);
+                }
+            });
         }
     }
 }
@@ -80,15 +87,25 @@ pub(crate) struct UringConn(Rc<UringSocket>);
 
 impl UringConn {
     fn new(stream: TcpStream) -> Self {
-        let slot = FixedFiles::current().and_then(|files| files.register(stream.as_raw_fd()));
+        let slot = ThreadRing::with(|ring| {
+            let files = ring.files.as_ref()?;
+            files.register(stream_fd(&stream))
+        })
+        .flatten();
         Self(Rc::new(UringSocket { stream, slot }))
     }
 }
 
+/// A tokio-uring stream's socket, borrowed.
+fn stream_fd(stream: &TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: the stream owns the fd and keeps it open as long as it lives, which the
+    // borrow cannot outlast.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
+}
+
 impl AsFd for UringConn {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the socket is owned by `self.0`, which the borrow cannot outlast.
-        unsafe { BorrowedFd::borrow_raw(self.0.stream.as_raw_fd()) }
+        stream_fd(&self.0.stream)
     }
 }
 
@@ -222,32 +239,12 @@ impl Options {
     }
 }
 
-/// Held by every creation of an io_uring instance in this process (the startup probe
-/// and each thread's runtime), so that the one new ring fd seen around a creation is
-/// that creation's.
-static RING_CREATION: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `create` while no other ring of this process can be created, and returns its
-/// result with the io_uring fds that appeared meanwhile.
-pub(crate) fn create_ring<T>(
-    create: impl FnOnce() -> io::Result<T>,
-) -> io::Result<(T, Vec<RawFd>)> {
-    let _guard = RING_CREATION.lock().unwrap_or_else(|e| e.into_inner());
-    let before = io_uring_fds();
-    let created = create()?;
-    let new = io_uring_fds()
-        .into_iter()
-        .filter(|fd| !before.contains(fd))
-        .collect();
-    Ok((created, new))
-}
-
 /// Runs `future` on a tokio-uring runtime on this thread.
 pub(crate) fn block_on<F: std::future::Future>(
     options: &Options,
     future: F,
 ) -> io::Result<F::Output> {
-    let (runtime, new_rings) = create_ring(|| {
+    let runtime = UringRuntime::new(|| {
         // Inside the creation lock: it makes a short-lived ring of its own.
         ring::learn_layout();
         match runtime(options, &options.setup) {
@@ -261,25 +258,24 @@ pub(crate) fn block_on<F: std::future::Future>(
             other => other,
         }
     })?;
-    match new_rings[..] {
-        [ring] => {
-            FixedFiles::install(ring);
-            ring::install(ring);
-            if options.submit_every > 0 {
-                let early: &'static EarlySubmit = Box::leak(Box::new(EarlySubmit {
-                    ring,
-                    every: options.submit_every,
-                    sq_entries: options.sq_entries,
-                    pushed: Cell::new(0),
-                }));
-                EARLY_SUBMIT_OF_THREAD.with(|e| e.set(Some(early)));
+    // Dropped before the runtime: it borrows the ring's fd from it.
+    let thread_ring = match runtime.ring_fd() {
+        Some(fd) => {
+            ring::install(fd);
+            ThreadRing {
+                files: FixedFiles::register_table(fd),
+                early_submit: (options.submit_every > 0)
+                    .then(|| EarlySubmit::new(fd, options.submit_every, options.sq_entries)),
             }
         }
-        _ => tracing::warn!(
-            "could not tell this thread's ring fd: no registered files, no early submits"
-        ),
-    }
-    Ok(runtime.block_on(async {
+        None => {
+            tracing::warn!(
+                "could not tell this thread's ring fd: no registered files, no early submits"
+            );
+            ThreadRing::default()
+        }
+    };
+    Ok(runtime.block_on(&thread_ring, async {
         tokio_uring::spawn(Orphans::reap());
         RecvBuffers::install().await;
         future.await
@@ -298,21 +294,6 @@ fn runtime(options: &Options, setup: &[UringSetup]) -> io::Result<tokio_uring::R
     let mut builder = tokio_uring::builder();
     builder.entries(options.sq_entries).uring_builder(&ring);
     tokio_uring::Runtime::new(&builder)
-}
-
-/// The fds of this process that are io_uring instances. tokio-uring does not expose its
-/// ring's fd, which registering files needs.
-fn io_uring_fds() -> Vec<RawFd> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| {
-        let entry = entry.ok()?;
-        let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
-        let target = std::fs::read_link(entry.path()).ok()?;
-        (target.as_os_str() == "anon_inode:[io_uring]").then_some(fd)
-    })
-    .collect()
 }
 
 /// Turns a bound std listener into this backend's listener (inside the runtime).

@@ -3,7 +3,7 @@
 //! result, and the receives whose futures were dropped before their completion.
 
 use super::buffers::{RecvBuffers, RECV_BUFFER_SIZE, RECV_GROUP};
-use super::early_submit::EarlySubmit;
+use super::ring_fd::ThreadRing;
 use super::UringSocket;
 use crate::ring::pushing;
 use bytes::Bytes;
@@ -102,9 +102,11 @@ pub(super) unsafe fn submit<D: 'static, T: OneshotOutputTransform<StoredData = D
 ) -> InFlightOneshot<D, T> {
     pushing(kind);
     let op = UnsubmittedOneshot::new(data, done, sqe).submit();
-    if let Some(early) = EarlySubmit::current() {
-        early.pushed();
-    }
+    ThreadRing::with(|ring| {
+        if let Some(early) = &ring.early_submit {
+            early.pushed();
+        }
+    });
     op
 }
 

@@ -50,10 +50,17 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Slots of this thread's table of registered files that hold a socket now.
+fn files_in_use() -> usize {
+    ThreadRing::with(|ring| ring.files.as_ref().map(FixedFiles::in_use))
+        .flatten()
+        .expect("a ring with registered files")
+}
+
 /// Runs `test` on a ring of this thread with registered files, given a listener, its
-/// address, the file table and the process's descriptor count before any connection.
+/// address and the process's descriptor count before any connection.
 fn on_a_ring<F: std::future::Future<Output = ()>>(
-    test: impl FnOnce(UringListener, SocketAddr, &'static FixedFiles, usize) -> F,
+    test: impl FnOnce(UringListener, SocketAddr, usize) -> F,
 ) {
     let options = Options {
         sq_entries: 256,
@@ -65,9 +72,12 @@ fn on_a_ring<F: std::future::Future<Output = ()>>(
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = std_listener.local_addr().expect("addr");
         let listener = listener(std_listener).expect("listener");
-        let files = FixedFiles::current().expect("registered files");
+        assert!(
+            ThreadRing::with(|ring| ring.files.is_some()) == Some(true),
+            "registered files"
+        );
         let baseline_fds = open_fds();
-        test(listener, addr, files, baseline_fds).await;
+        test(listener, addr, baseline_fds).await;
     })
     .expect("runtime");
 }
@@ -120,7 +130,7 @@ fn dropped_receives_give_their_buffers_back() {
     if !isolated("uring::tests::dropped_receives_give_their_buffers_back") {
         return;
     }
-    on_a_ring(|listener, addr, files, baseline_fds| async move {
+    on_a_ring(|listener, addr, baseline_fds| async move {
         // Receives in flight on idle sockets, dropped, and only then given input:
         // each completes with a buffer that nobody awaits any more.
         let mut dropped = pairs(&listener, addr, 16).await;
@@ -156,7 +166,7 @@ fn dropped_receives_give_their_buffers_back() {
 
         drop(probe);
         drop(dropped);
-        assert_eq!(files.in_use(), 0);
+        assert_eq!(files_in_use(), 0);
         assert_eq!(open_fds(), baseline_fds);
     });
 }
@@ -166,7 +176,7 @@ fn a_dropped_send_keeps_its_socket_until_it_completes() {
     if !isolated("uring::tests::a_dropped_send_keeps_its_socket_until_it_completes") {
         return;
     }
-    on_a_ring(|listener, addr, files, baseline_fds| async move {
+    on_a_ring(|listener, addr, baseline_fds| async move {
         // Clients that never read: each connection's socket is filled until the kernel
         // refuses more (EAGAIN), so the send then pushed waits in the kernel for good.
         // Fixed, small buffers on both ends: no autotuning can open room later.
@@ -182,7 +192,7 @@ fn a_dropped_send_keeps_its_socket_until_it_completes() {
                 .expect("SO_SNDBUF");
             pairs.push((std::net::TcpStream::from(socket), conn));
         }
-        assert_eq!(files.in_use(), 8);
+        assert_eq!(files_in_use(), 8);
         let mut clients = Vec::new();
         let mut writers = Vec::new();
         let started = Rc::new(Cell::new(0));
@@ -213,12 +223,12 @@ fn a_dropped_send_keeps_its_socket_until_it_completes() {
         }
         // The connections are gone, but their sends still hold the sockets (and their
         // slots) open: the kernel may still be writing from them.
-        assert_eq!(files.in_use(), 8);
+        assert_eq!(files_in_use(), 8);
         assert_eq!(open_fds(), baseline_fds + 16);
         // The clients go away; the sends fail, and only then are the sockets closed.
         drop(clients);
         until("the sends end and release their sockets", || {
-            files.in_use() == 0
+            files_in_use() == 0
         })
         .await;
         assert_eq!(open_fds(), baseline_fds);
