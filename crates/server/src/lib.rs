@@ -21,7 +21,10 @@ mod worker;
 
 pub use backend::Backend;
 pub use config::{Http, ServeArgs, Switch, UringSetup};
+/// Embedding a server in a process: only benchmarks and tests do (`test-util`).
+#[cfg(feature = "test-util")]
 pub use running::Running;
+#[cfg(feature = "test-util")]
 pub use start::start;
 
 use anyhow::Context;

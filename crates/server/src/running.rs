@@ -23,6 +23,8 @@ pub struct Running {
     /// The cluster bridge, when this node is one of a cluster; it ends after the workers.
     pub(crate) bridge: Option<crate::cluster::Bridge>,
     pub(crate) http_addr: Option<SocketAddr>,
+    /// For [`Running::totals`].
+    #[cfg(feature = "test-util")]
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: watch::Sender<bool>,
     pub(crate) events_tx: std_mpsc::Sender<Event>,
@@ -33,6 +35,8 @@ pub struct Running {
     pub(crate) _stats_stop: std_mpsc::Sender<()>,
 }
 
+/// What a server embedded in a process (benchmarks, tests) is asked.
+#[cfg(feature = "test-util")]
 impl Running {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {

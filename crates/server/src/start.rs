@@ -77,6 +77,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         addr,
         bridge,
         http_addr,
+        #[cfg(feature = "test-util")]
         stats,
         shutdown,
         events_tx,
