@@ -391,6 +391,15 @@ mod tests {
     }
 
     #[test]
+    fn the_outbound_bound_is_spelled_out() {
+        assert_eq!(
+            ConfigError::OutboundTooLarge.to_string(),
+            format!("--max-outbound must be at most {MAX_OUTBOX_BYTES} bytes (4 GiB less 1 MiB)")
+        );
+        assert_eq!(MAX_OUTBOX_BYTES, 4_293_918_719);
+    }
+
+    #[test]
     fn the_first_mistake_is_the_one_told() {
         assert_eq!(
             config(&["--threads", "0", "--max-line", "0"]).unwrap_err(),
