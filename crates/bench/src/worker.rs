@@ -1212,9 +1212,9 @@ struct Inbound {
 impl Inbound {
     /// Turns on receive stamps when `want`; the error says why the socket refused them.
     fn new(half: OwnedReadHalf, buf: BytesMut, want: bool) -> (Inbound, Option<std::io::Error>) {
-        use std::os::fd::AsRawFd as _;
+        use std::os::fd::AsFd as _;
         let refused = if want {
-            rx::enable(half.as_ref().as_raw_fd()).err()
+            rx::enable(half.as_ref().as_fd()).err()
         } else {
             None
         };
@@ -1233,9 +1233,9 @@ impl Inbound {
     /// One `recvmsg` appending to the buffer, after waiting for the socket to be readable:
     /// the read's arrival, or `None` at end of stream.
     async fn read_more(&mut self) -> std::io::Result<Option<Arrival>> {
-        use std::os::fd::AsRawFd as _;
+        use std::os::fd::AsFd as _;
         reserve(&mut self.buf);
-        let fd = self.half.as_ref().as_raw_fd();
+        let fd = self.half.as_ref().as_fd();
         let room = self.buf.capacity() - self.buf.len();
         loop {
             self.half.readable().await?;
