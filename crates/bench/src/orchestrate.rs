@@ -3,6 +3,7 @@
 //! merges everything into one report.
 
 use super::clock::{mono_ns, self_cpu_us};
+use super::codec::{self, ClientCodec, Incoming};
 use super::peers::{self, Proto};
 use super::plan::Step;
 use super::progress::{Progress, StepView};
@@ -125,12 +126,13 @@ impl Drop for Generators {
 }
 
 /// A lobby connection that asks the server for `/stats`: over the line protocol, or over
-/// WebSocket when that is what the run loads.
+/// WebSocket when that is what the run loads, framed by that protocol's codec.
 struct Control {
-    reader: BufReader<TcpStream>,
+    reader: TcpStream,
     writer: TcpStream,
-    /// The WebSocket side: masking keys, frames read but not yet parsed, fragments.
-    ws: Option<(Masker, Vec<u8>, ws::Reassembly)>,
+    codec: Box<dyn ClientCodec>,
+    /// Read but not yet decoded.
+    buf: Vec<u8>,
 }
 
 impl Control {
@@ -141,95 +143,62 @@ impl Control {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .context("setting a read timeout")?;
         let writer = stream.try_clone().context("cloning the control socket")?;
-        let mut control = Self {
-            reader: BufReader::new(stream),
-            writer,
-            ws: None,
-        };
-        if proto == Proto::Ws {
-            control.websocket_handshake(addr).with_context(|| {
-                format!("opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)")
-            })?;
-        }
-        Ok(control)
-    }
-
-    fn websocket_handshake(&mut self, addr: std::net::SocketAddr) -> anyhow::Result<()> {
-        use std::io::Read as _;
         let mut masker = Masker::new(mono_ns());
-        let key = ws::new_key(&mut masker);
-        let mut request = Vec::new();
-        ws::handshake_request(&addr.to_string(), &key, &mut request);
-        self.writer
-            .write_all(&request)
-            .context("sending the handshake")?;
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(head) = ws::parse_handshake_response(&buf, &key)? {
-                buf.drain(..head);
-                self.ws = Some((masker, buf, ws::Reassembly::default()));
-                return Ok(());
-            }
-            let n = self
-                .reader
-                .read(&mut chunk)
-                .context("reading the handshake response")?;
-            if n == 0 {
-                bail!("the server closed the connection during the handshake");
-            }
-            buf.extend_from_slice(&chunk[..n]);
+        if proto == Proto::Ws {
+            websocket_handshake(&stream, &writer, addr, &mut masker, &mut buf).with_context(
+                || {
+                    format!(
+                        "opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)"
+                    )
+                },
+            )?;
         }
+        Ok(Self {
+            reader: stream,
+            writer,
+            codec: codec::for_proto(proto, masker),
+            buf,
+        })
     }
 
     fn send(&mut self, command: &str) -> anyhow::Result<()> {
-        match &mut self.ws {
-            None => self.writer.write_all(format!("{command}\n").as_bytes()),
-            Some((masker, _, _)) => {
-                let mut frame = Vec::new();
-                ws::encode_frame(ws::OP_TEXT, command.as_bytes(), masker, &mut frame);
-                self.writer.write_all(&frame)
-            }
-        }
-        .with_context(|| format!("sending {command}"))
+        let mut frame = Vec::new();
+        self.codec.publish(0, command.as_bytes(), &mut frame);
+        self.writer
+            .write_all(&frame)
+            .with_context(|| format!("sending {command}"))
     }
 
-    /// The next line from the server (over WebSocket, the next text message).
-    fn line(&mut self) -> anyhow::Result<String> {
+    /// The next notice (a `* ` line) from the server; pings are answered on the way.
+    fn notice(&mut self) -> anyhow::Result<String> {
         use std::io::Read as _;
-        let Some((masker, buf, reassembly)) = &mut self.ws else {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line).context("reading")? == 0 {
-                bail!("the server closed the control connection");
-            }
-            return Ok(line.trim_end().to_string());
-        };
         let mut chunk = [0u8; 4096];
         loop {
             let mut used = 0;
             let mut found = None;
             let mut pong = None;
-            while let Some((frame, n)) = ws::parse_frame(&buf[used..])? {
+            while let Some((incoming, n)) = self.codec.decode(&self.buf[used..])? {
                 used += n;
-                match reassembly.feed(frame)? {
-                    Some(ws::Message::Text(text)) => {
-                        found = Some(String::from_utf8_lossy(text).into_owned());
+                match incoming {
+                    Incoming::Notice(text) => {
+                        found = Some(String::from_utf8_lossy(text).trim_end().to_string());
                         break;
                     }
-                    Some(ws::Message::Ping(payload)) => {
-                        let mut frame = Vec::new();
-                        ws::encode_frame(ws::OP_PONG, payload, masker, &mut frame);
-                        pong = Some(frame);
+                    Incoming::Ping(payload) => {
+                        pong = Some(payload.to_vec());
                         break;
                     }
-                    Some(ws::Message::Close(code)) => {
+                    Incoming::Close(code) => {
                         bail!("the server closed the control WebSocket (code {code:?})")
                     }
                     _ => {}
                 }
             }
-            buf.drain(..used);
-            if let Some(frame) = pong {
+            self.buf.drain(..used);
+            if let Some(payload) = pong {
+                let mut frame = Vec::new();
+                self.codec.pong(&payload, &mut frame);
                 self.writer.write_all(&frame).context("answering a ping")?;
                 continue;
             }
@@ -240,7 +209,7 @@ impl Control {
             if n == 0 {
                 bail!("the server closed the control connection");
             }
-            buf.extend_from_slice(&chunk[..n]);
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -249,7 +218,7 @@ impl Control {
     fn recount_nodes(&mut self) -> anyhow::Result<()> {
         self.send("/rooms")?;
         loop {
-            let line = self.line().context("reading the /rooms reply")?;
+            let line = self.notice().context("reading the /rooms reply")?;
             if line.starts_with("* rooms (") {
                 return Ok(());
             }
@@ -260,7 +229,7 @@ impl Control {
     fn stats(&mut self) -> anyhow::Result<HashMap<String, String>> {
         self.send("/stats")?;
         loop {
-            let line = self.line().context("reading the /stats reply")?;
+            let line = self.notice().context("reading the /stats reply")?;
             if let Some(rest) = line.strip_prefix("* stats ") {
                 return Ok(rest
                     .split_whitespace()
@@ -269,6 +238,38 @@ impl Control {
                     .collect());
             }
         }
+    }
+}
+
+/// The WebSocket opening handshake on the control connection; leaves in `buf` whatever
+/// followed the server's response head.
+fn websocket_handshake(
+    mut reader: &TcpStream,
+    mut writer: &TcpStream,
+    addr: SocketAddr,
+    masker: &mut Masker,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let key = ws::new_key(masker);
+    let mut request = Vec::new();
+    ws::handshake_request(&addr.to_string(), &key, &mut request);
+    writer
+        .write_all(&request)
+        .context("sending the handshake")?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head) = ws::parse_handshake_response(buf, &key)? {
+            buf.drain(..head);
+            return Ok(());
+        }
+        let n = reader
+            .read(&mut chunk)
+            .context("reading the handshake response")?;
+        if n == 0 {
+            bail!("the server closed the connection during the handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -714,9 +715,10 @@ fn preflight(args: &BenchArgs, addrs: &[SocketAddr]) -> anyhow::Result<()> {
         .find(|a| !a.ip().is_loopback())
         .unwrap_or(addrs[0]);
     let limits = preflight::Limits::read().context("reading the open-files limit")?;
-    let extra = match args.proto {
-        Proto::Redis if !args.idle => args.publishers as u64,
-        _ => 0,
+    let extra = if args.proto.publishes_on_own_connection() && !args.idle {
+        args.publishers as u64
+    } else {
+        0
     };
     let load = preflight::Load {
         clients: args.clients as u64,

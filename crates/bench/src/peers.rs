@@ -29,6 +29,31 @@ impl Proto {
         matches!(self, Proto::Ringcast | Proto::Ws)
     }
 
+    /// Redis delivers a message to every subscriber of its channel, its publisher's own
+    /// subscription included: the harness counts those echoes apart from deliveries.
+    pub fn echoes_to_publisher(self) -> bool {
+        self == Proto::Redis
+    }
+
+    /// Redis: a subscribed connection may not PUBLISH, so each publisher opens a second
+    /// connection for its sends.
+    pub fn publishes_on_own_connection(self) -> bool {
+        self == Proto::Redis
+    }
+
+    /// NATS does not order the PONG that confirms a subscription change with deliveries
+    /// already routed: a mover's new room counts from when the move is sent, and messages
+    /// of the room it left are in doubt until then.
+    pub fn confirms_moves_out_of_order(self) -> bool {
+        self == Proto::Nats
+    }
+
+    /// Redis answers a move's UNSUBSCRIBE and SUBSCRIBE apart: the move is confirmed by
+    /// the second answer.
+    pub fn confirms_leave_apart(self) -> bool {
+        self == Proto::Redis
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Proto::Ringcast => "ringcast",

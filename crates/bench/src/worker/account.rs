@@ -6,7 +6,6 @@ use super::churners::Move;
 use super::state::{Arrival, At, Shared, StepCounts};
 use crate::codec::{room_subject, Reply};
 use crate::hist;
-use crate::peers::Proto;
 use crate::wire::Stamp;
 
 /// A delivery whose socket latency waits for a later read's stamp.
@@ -128,7 +127,7 @@ pub(super) fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, 
     };
     let step = stamp.step as usize;
     let p = stamp.publisher as usize;
-    if p == c && s.proto == Proto::Redis {
+    if p == c && s.proto.echoes_to_publisher() {
         // Redis delivers a message to every subscriber of the channel, its publisher's
         // own subscription included: extra work it does, not a delivery.
         let at = if step < s.steps.len() { step } else { current };
@@ -144,7 +143,9 @@ pub(super) fn on_stamp(conn: &mut Conn, stamp: Option<Stamp>, now: u64, at: At, 
         None if room == s.plan.room_of(c) => Member::Yes,
         None => Member::No,
         Some(ch) if ch.current == Some(room) => Member::Yes,
-        Some(ch) if s.proto == Proto::Nats && ch.previous == Some(room) => Member::Doubt,
+        Some(ch) if s.proto.confirms_moves_out_of_order() && ch.previous == Some(room) => {
+            Member::Doubt
+        }
         Some(_) => Member::No,
     };
     if !valid || member == Member::No {
@@ -247,6 +248,7 @@ pub(super) fn socket_latency(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peers::Proto;
     use crate::plan::{Plan, Sizes, Step};
     use crate::rx::ClockMap;
     use rustc_hash::FxHashMap;

@@ -6,7 +6,6 @@ use super::client::Writer;
 use super::state::{Shared, SharedRef};
 use crate::churn::{self, Interval, Owed};
 use crate::clock::{instant_at, mono_ns};
-use crate::peers::Proto;
 use crate::ws::Masker;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
@@ -220,7 +219,7 @@ pub(super) fn pick_move(
         ch.intervals.push(Interval::new(room, now));
     }
     let sid = ch.sid;
-    if proto == Proto::Nats {
+    if proto.confirms_moves_out_of_order() {
         // NATS does not order the PONG with deliveries already routed: the new room's
         // messages count from now on, and the old room's in doubt.
         ch.previous = from;
@@ -231,7 +230,7 @@ pub(super) fn pick_move(
     }
     ch.moving = Some(Move {
         to,
-        awaiting_unsubscribe: proto == Proto::Redis && from.is_some(),
+        awaiting_unsubscribe: proto.confirms_leave_apart() && from.is_some(),
     });
     Some(Picked {
         c,

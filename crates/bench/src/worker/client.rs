@@ -199,7 +199,7 @@ pub(super) async fn websocket_handshake(
 
 /// Redis: a subscribed connection may not PUBLISH, so a publisher opens a second one for
 /// its sends. Its replies (receiver counts) are read and discarded by a task of their own.
-pub(super) async fn redis_publish_connection(
+pub(super) async fn publish_connection(
     c: usize,
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -276,9 +276,10 @@ pub(super) async fn client(
     let recv_buffer = slow.then_some(SLOW_READER_BUFFER);
     let connected = async {
         let joined = join(proto, addr, source, room, masker, recv_buffer).await?;
-        let publish_writer = match (publisher, proto) {
-            (true, Proto::Redis) => Some(redis_publish_connection(c, addr, source, &shared).await?),
-            _ => None,
+        let publish_writer = if publisher && proto.publishes_on_own_connection() {
+            Some(publish_connection(c, addr, source, &shared).await?)
+        } else {
+            None
         };
         anyhow::Ok((joined, publish_writer))
     };
@@ -341,7 +342,7 @@ pub(super) async fn client(
         let out = match publish_writer {
             Some(half) => Rc::new(tokio::sync::Mutex::new(WriteSide {
                 half,
-                codec: codec::for_proto(Proto::Redis, Masker::new(0)),
+                codec: codec::for_proto(proto, Masker::new(0)),
             })),
             None => writer.clone(),
         };

@@ -9,7 +9,6 @@ use super::state::{Shared, SharedRef};
 use crate::churn::Owed;
 use crate::clock::{mono_ns, thread_cpu_us};
 use crate::hist;
-use crate::peers::Proto;
 use crate::plan::Step;
 use crate::rx::ClockMap;
 use crate::wire::{Command, ConnectResult, Event, PartialStep, Tally};
@@ -313,7 +312,8 @@ pub(super) async fn run_step(
         };
         // Redis echoes every message to its publisher too: wait for those as well, so the
         // self-echo count is exact rather than racing the step's end.
-        let echoes_in = s.proto != Proto::Redis || counts.tally.self_echo >= counts.tally.sent;
+        let echoes_in =
+            !s.proto.echoes_to_publisher() || counts.tally.self_echo >= counts.tally.sent;
         let timed_out = now >= done_at + args.drain_timeout.as_nanos() as u64;
         let statics = counts.tally.received - counts.churner_received;
         // The churners' share is known only from their timelines: once the static clients
