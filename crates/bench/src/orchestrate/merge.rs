@@ -6,6 +6,7 @@ use crate::plan::Step;
 use crate::report::{fmt_us, plural, ErrorCounts, HarnessBound, StepResult, HARNESS_THREAD_LIMIT};
 use crate::wire::{PartialStep, Tally};
 use crate::{hist, procfs, BenchArgs};
+use hdrhistogram::Histogram;
 use std::time::Duration;
 
 /// What the harness may use before it, not the server, is what is measured.
@@ -44,14 +45,39 @@ pub(super) fn merge_step(
     limits: &HarnessLimits,
     wall_s: f64,
 ) -> anyhow::Result<StepResult> {
-    let mut latency = hist::new();
-    let mut socket: Option<hdrhistogram::Histogram<u64>> = None;
-    let mut lag = hist::new();
     let mut t = Tally::default();
     for p in partials {
         t += p.tally;
     }
-    let mut r = StepResult {
+    let mut r = empty_result(step, t);
+    let merged = Histograms::merge(partials)?;
+    for p in partials {
+        r.harness_cpu_s += p.cpu_us as f64 / 1e6;
+        r.harness_peak_util = r
+            .harness_peak_util
+            .max(p.peak_thread_cpu_us as f64 / 1e6 / wall_s);
+        r.errors.merge(&p.errors);
+    }
+    let secs = step.duration.as_secs_f64();
+    r.send_rate = r.tally.sent as f64 / secs;
+    r.throughput = r.tally.received as f64 / secs;
+    r.latency = hist::Summary::of(&merged.latency);
+    r.histogram = hist::encode(&merged.latency);
+    if let Some(socket) = &merged.socket {
+        socket_latency(&mut r, &merged.latency, socket, partials);
+    }
+    r.send_lag = hist::Summary::of(&merged.lag);
+    let slo_ms = slo.as_secs_f64() * 1e3;
+    r.held = r.lost == 0 && r.tally.disconnects == 0 && r.latency.p99 <= slo.as_micros() as u64;
+    if let Some(bound) = r.harness_bound(slo_ms) {
+        r.warnings.push(bottleneck_warning(&bound, limits));
+    }
+    Ok(r)
+}
+
+/// A step's result with its counts and nothing measured yet.
+fn empty_result(step: &Step, t: Tally) -> StepResult {
+    StepResult {
         rate: step.rate,
         duration_s: step.duration.as_secs_f64(),
         tally: t,
@@ -75,50 +101,62 @@ pub(super) fn merge_step(
         warnings: Vec::new(),
         errors: ErrorCounts::default(),
         nodes: Vec::new(),
-    };
-    for p in partials {
-        r.harness_cpu_s += p.cpu_us as f64 / 1e6;
-        r.harness_peak_util = r
-            .harness_peak_util
-            .max(p.peak_thread_cpu_us as f64 / 1e6 / wall_s);
-        r.errors.merge(&p.errors);
-        hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
-        if let Some(text) = &p.socket_latency {
-            hist::merge(socket.get_or_insert_with(hist::new), &hist::decode(text)?)?;
-        }
-        hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
     }
-    let secs = step.duration.as_secs_f64();
-    r.send_rate = r.tally.sent as f64 / secs;
-    r.throughput = r.tally.received as f64 / secs;
-    r.latency = hist::Summary::of(&latency);
-    r.histogram = hist::encode(&latency);
-    if let Some(socket) = socket {
-        // Deliveries without a socket latency: reads without a stamp, and any whose
-        // deferred stamp had not come by the end of the step.
-        r.unstamped = latency.len().saturating_sub(socket.len());
-        let stamps = StampCheck {
-            deliveries: latency.len(),
-            stamped: socket.len(),
-            after_read: partials.iter().map(|p| p.stamp_after_read).sum(),
-            drift_ns: partials.iter().map(|p| p.clock_drift_ns).max().unwrap_or(0),
-        };
-        match stamps.verdict() {
-            Ok(note) => {
-                r.socket_latency = Some(hist::Summary::of(&socket));
-                r.socket_histogram = Some(hist::encode(&socket));
-                r.warnings.extend(note);
+}
+
+/// The generators' histograms of one step, added up.
+struct Histograms {
+    latency: Histogram<u64>,
+    /// `None` when no generator measured socket latency (`--rx-timestamps off`).
+    socket: Option<Histogram<u64>>,
+    lag: Histogram<u64>,
+}
+
+impl Histograms {
+    fn merge(partials: &[PartialStep]) -> anyhow::Result<Self> {
+        let mut latency = hist::new();
+        let mut socket: Option<Histogram<u64>> = None;
+        let mut lag = hist::new();
+        for p in partials {
+            hist::merge(&mut latency, &hist::decode(&p.latency)?)?;
+            if let Some(text) = &p.socket_latency {
+                hist::merge(socket.get_or_insert_with(hist::new), &hist::decode(text)?)?;
             }
-            Err(why) => r.warnings.push(why),
+            hist::merge(&mut lag, &hist::decode(&p.send_lag)?)?;
         }
+        Ok(Histograms {
+            latency,
+            socket,
+            lag,
+        })
     }
-    r.send_lag = hist::Summary::of(&lag);
-    let slo_ms = slo.as_secs_f64() * 1e3;
-    r.held = r.lost == 0 && r.tally.disconnects == 0 && r.latency.p99 <= slo.as_micros() as u64;
-    if let Some(bound) = r.harness_bound(slo_ms) {
-        r.warnings.push(bottleneck_warning(&bound, limits));
+}
+
+/// Puts socket latency into the result when its stamps can be trusted, and says why not
+/// when they cannot.
+fn socket_latency(
+    r: &mut StepResult,
+    latency: &Histogram<u64>,
+    socket: &Histogram<u64>,
+    partials: &[PartialStep],
+) {
+    // Deliveries without a socket latency: reads without a stamp, and any whose deferred
+    // stamp had not come by the end of the step.
+    r.unstamped = latency.len().saturating_sub(socket.len());
+    let stamps = StampCheck {
+        deliveries: latency.len(),
+        stamped: socket.len(),
+        after_read: partials.iter().map(|p| p.stamp_after_read).sum(),
+        drift_ns: partials.iter().map(|p| p.clock_drift_ns).max().unwrap_or(0),
+    };
+    match stamps.verdict() {
+        Ok(note) => {
+            r.socket_latency = Some(hist::Summary::of(socket));
+            r.socket_histogram = Some(hist::encode(socket));
+            r.warnings.extend(note);
+        }
+        Err(why) => r.warnings.push(why),
     }
-    Ok(r)
 }
 
 /// What a step's receive stamps looked like, to decide whether its socket latency can be
