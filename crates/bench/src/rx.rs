@@ -24,8 +24,8 @@
 //!   shows part of its stall in socket latency too);
 //! - a read that fills its buffer may stop inside a buffer whose bytes arrived after the
 //!   stamp returned, which could make socket latency too low: the generator
-//!   (`worker::Conn::settle`) gives such a read's deliveries the stamp of the next read
-//!   that drains the socket instead, never more than their own read time.
+//!   (`worker::account::Conn::settle`) gives such a read's deliveries the stamp of the
+//!   next read that drains the socket instead, never more than their own read time.
 //!
 //! **Clocks.** Stamps are CLOCK_REALTIME; the harness measures on CLOCK_MONOTONIC. The
 //! offset between them is measured once per client group ([`ClockMap::measure`]) and

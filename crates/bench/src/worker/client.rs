@@ -249,6 +249,9 @@ pub(super) async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: Sha
         .note_disconnect(format!("publisher {c}: {error}"));
 }
 
+/// One simulated client, from its connect time in the ramp to the end of its connection:
+/// reports to `ready` when it has joined (or failed to), then reads until the connection
+/// ends, publishing, moving or not reading at all as the plan has it.
 pub(super) async fn client(
     c: usize,
     addr: SocketAddr,
