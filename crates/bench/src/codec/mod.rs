@@ -5,7 +5,7 @@
 //!
 //! The generator's join, its one receive loop, its slow readers and the orchestrator's
 //! control connection all read through [`ClientCodec::decode`], so a protocol's framing
-//! lives in one file: [`line`] (ringcast), [`websocket`] (ringcast over WebSocket),
+//! lives in one file: [`line`](mod@line) (ringcast), [`websocket`] (ringcast over WebSocket),
 //! [`redis`] and [`nats`].
 
 pub mod line;
