@@ -39,6 +39,20 @@ pub(super) struct Move {
 }
 
 impl Churner {
+    /// A churner that has just joined `room`, its first stay.
+    pub(super) fn new(writer: Writer, room: usize, first: Interval) -> Self {
+        Churner {
+            writer,
+            current: Some(room),
+            previous: None,
+            moving: None,
+            intervals: vec![first],
+            tracks: Tracks::default(),
+            sid: 1,
+            gone: false,
+        }
+    }
+
     /// The stay being left by the move in flight, if any.
     pub(super) fn leaving(&mut self) -> Option<&mut Interval> {
         self.intervals

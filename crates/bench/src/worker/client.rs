@@ -2,7 +2,6 @@
 //! protocol's codec, then publishes, moves or stops reading as the plan says, and reads
 //! until the connection ends.
 
-use super::account::Tracks;
 use super::churners::Churner;
 use super::publish::publish;
 use super::receive::{receive, Inbound};
@@ -326,19 +325,8 @@ pub(super) async fn client(
     if churner {
         let mut first = Interval::new(room, started);
         first.join_confirmed = Some(joined_at);
-        shared.borrow_mut().churners.insert(
-            c,
-            Churner {
-                writer: writer.clone(),
-                current: Some(room),
-                previous: None,
-                moving: None,
-                intervals: vec![first],
-                tracks: Tracks::default(),
-                sid: 1,
-                gone: false,
-            },
-        );
+        let churner = Churner::new(writer.clone(), room, first);
+        shared.borrow_mut().churners.insert(c, churner);
     }
     if publisher {
         shared.borrow_mut().live_publishers += 1;
