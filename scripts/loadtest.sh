@@ -10,7 +10,7 @@
 #                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
 #                       [--churners N] [--churn R] [--slow-readers N]
 #
-# --workload   the workloads of README's Performance section (64-byte messages, 10
+# --workload   the workloads of docs/performance.md (64-byte messages, 10
 #              publishers); flags given after it still override its settings:
 #                A     10,000 clients in 100 rooms, 1,000 msg/s in
 #                B     1,000 clients in 1 room, 200 msg/s in

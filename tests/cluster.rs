@@ -407,10 +407,10 @@ async fn replies_come_in_the_order_of_the_requests(backend: &str) {
 }
 
 /// A client that sends a request the cluster answers and then half-closes, or quits, gets
-/// the reply before the close, as from a single node (README, "Connections": a client
-/// that quit or half-closed gets `--drain-timeout` to read what is queued). (Found by the
-/// cluster soak's half-closing churn clients: the answer comes back after the client
-/// began closing and is dropped, so `/rooms` + FIN gets only the close.)
+/// the reply before the close, as from a single node (docs/operations.md, "Connections":
+/// a client that quit or half-closed gets `--drain-timeout` to read what is queued).
+/// (Found by the cluster soak's half-closing churn clients: the answer comes back after
+/// the client began closing and is dropped, so `/rooms` + FIN gets only the close.)
 async fn a_cluster_answer_reaches_a_client_that_half_closed_or_quit(backend: &str) {
     let Some(nats) = nats() else { return };
     let a = node(backend, &nats, "a");

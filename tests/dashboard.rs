@@ -1,8 +1,8 @@
 //! The Grafana dashboard in `docs/` against what the server exports: valid JSON that
 //! Grafana can import (a Prometheus data-source input that every panel uses), the panels
-//! the README promises, and every metric an expression names is one `/metrics` has (for
-//! the uring or the epoll backend). `tests/prometheus.rs` also runs each expression on
-//! a real Prometheus scraping ringcast.
+//! docs/operations.md promises, and every metric an expression names is one `/metrics`
+//! has (for the uring or the epoll backend). `tests/prometheus.rs` also runs each
+//! expression on a real Prometheus scraping ringcast.
 
 use ringcast_core::metrics::{self, Format};
 use ringcast_core::{Directory, ServerInfo, Stats};

@@ -1,7 +1,7 @@
 """WebSocket conformance with a real client library: Python's `websockets` (Debian's
 python3-websockets; written for its 10.4 and later). Run by tests/websocket.rs against
 a server started with --max-line 100; exits non-zero, saying what went wrong, if
-anything is not as the README's protocol section says.
+anything is not as docs/protocol.md says.
 
 Usage: ws_client.py HTTP_ADDR LINE_ADDR
 """

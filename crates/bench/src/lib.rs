@@ -2,8 +2,9 @@
 //! over TCP, as users do.
 //!
 //! - [`plan`]: the workload as arithmetic (rooms, publishers, schedule, expected counts).
-//! - [`peers`]: the protocols spoken with `--proto`: ringcast, Redis pub/sub, NATS, as pure
-//!   frame codecs; [`ws`]: ringcast over WebSocket, the client side of RFC 6455.
+//! - [`codec`]: one client codec per protocol spoken with `--proto` (ringcast's lines,
+//!   WebSocket, Redis pub/sub, NATS): what a client sends and what it makes of what it
+//!   reads; [`peers`] and [`ws`] parse the frames underneath.
 //! - [`rx`]: when a delivery reached its socket (kernel receive timestamps), beside when
 //!   the harness read it.
 //! - `worker`: a generator process running a share of the simulated clients.
@@ -15,6 +16,7 @@
 
 pub mod churn;
 mod clock;
+pub mod codec;
 pub mod compare;
 pub mod hist;
 mod orchestrate;

@@ -1,10 +1,10 @@
 //! The protocols `ringcast bench` speaks: ringcast's line protocol, ringcast over
-//! WebSocket (its codec is in [`super::ws`]), and the peers the harness can load instead of
-//! ringcast, Redis pub/sub (RESP2) and nats-server: pure codecs for their frames. Decoding
+//! WebSocket (its frames are in [`super::ws`]), and the peers the harness can load instead
+//! of ringcast, Redis pub/sub (RESP2) and nats-server: pure parsers for the peers' frames
+//! (what a client sends and reads in each protocol is in [`super::codec`]). Decoding
 //! works on a buffer and returns `Ok(None)` for an incomplete frame; nothing here touches
 //! a socket.
 
-use super::ws::{self, Masker};
 use serde::{Deserialize, Serialize};
 
 /// The protocol `ringcast bench --proto` speaks, and so the system under test.
@@ -27,6 +27,31 @@ impl Proto {
     /// Whether the system under test is a ringcast server (which answers `/stats`).
     pub fn is_ringcast(self) -> bool {
         matches!(self, Proto::Ringcast | Proto::Ws)
+    }
+
+    /// Redis delivers a message to every subscriber of its channel, its publisher's own
+    /// subscription included: the harness counts those echoes apart from deliveries.
+    pub fn echoes_to_publisher(self) -> bool {
+        self == Proto::Redis
+    }
+
+    /// Redis: a subscribed connection may not PUBLISH, so each publisher opens a second
+    /// connection for its sends.
+    pub fn publishes_on_own_connection(self) -> bool {
+        self == Proto::Redis
+    }
+
+    /// NATS does not order the PONG that confirms a subscription change with deliveries
+    /// already routed: a mover's new room counts from when the move is sent, and messages
+    /// of the room it left are in doubt until then.
+    pub fn confirms_moves_out_of_order(self) -> bool {
+        self == Proto::Nats
+    }
+
+    /// Redis answers a move's UNSUBSCRIBE and SUBSCRIBE apart: the move is confirmed by
+    /// the second answer.
+    pub fn confirms_leave_apart(self) -> bool {
+        self == Proto::Redis
     }
 
     pub fn name(self) -> &'static str {
@@ -223,52 +248,6 @@ pub fn resp_subscription<'a>(frame: &Resp<'a>) -> Option<(bool, &'a [u8])> {
     }
 }
 
-/// What a client in `from` (or in no room) sends to move to `to` (or to no room). Its
-/// answer confirms the move: ringcast `* joined ROOM` (no room is the lobby, where the
-/// harness sends nothing); Redis the `subscribe` reply (or `unsubscribe` when leaving);
-/// NATS the `PONG` after the subscription changes, `sid` being the current subscription's
-/// id (the new one is `sid + 1`).
-pub fn move_request(
-    proto: Proto,
-    from: Option<usize>,
-    to: Option<usize>,
-    sid: u32,
-    masker: &mut Masker,
-    out: &mut Vec<u8>,
-) {
-    use std::io::Write as _;
-    out.clear();
-    let target = to.map_or_else(|| "lobby".to_string(), room_subject);
-    match proto {
-        Proto::Ringcast => {
-            let _ = writeln!(out, "/join {target}");
-        }
-        Proto::Ws => ws::encode_frame(
-            ws::OP_TEXT,
-            format!("/join {target}").as_bytes(),
-            masker,
-            out,
-        ),
-        Proto::Redis => {
-            if let Some(from) = from {
-                encode_resp_command(&[b"UNSUBSCRIBE", room_subject(from).as_bytes()], out);
-            }
-            if let Some(to) = to {
-                encode_resp_command(&[b"SUBSCRIBE", room_subject(to).as_bytes()], out);
-            }
-        }
-        Proto::Nats => {
-            if from.is_some() {
-                let _ = write!(out, "UNSUB {sid}\r\n");
-            }
-            if let Some(to) = to {
-                let _ = write!(out, "SUB room{to} {}\r\n", sid + 1);
-            }
-            out.extend_from_slice(b"PING\r\n");
-        }
-    }
-}
-
 /// The confirmation of `SUBSCRIBE channel`: `["subscribe", channel, count]`.
 pub fn resp_is_subscribed(frame: &Resp<'_>, channel: &[u8]) -> bool {
     let Resp::Array(Some(items)) = frame else {
@@ -370,63 +349,6 @@ fn trim(mut s: &[u8]) -> &[u8] {
         s = rest;
     }
     s
-}
-
-/// The channel (Redis) or subject (NATS) of a room.
-pub fn room_subject(room: usize) -> String {
-    format!("room{room}")
-}
-
-/// What a client sends to join `room` (for NATS, with subscription id `sid`), ending
-/// with a request whose answer confirms the join. `masker` masks WebSocket frames.
-pub fn join_request(proto: Proto, room: usize, masker: &mut Masker, out: &mut Vec<u8>) {
-    out.clear();
-    let subject = room_subject(room);
-    match proto {
-        Proto::Ringcast => out.extend_from_slice(format!("/join {subject}\n").as_bytes()),
-        Proto::Ws => ws::encode_frame(
-            ws::OP_TEXT,
-            format!("/join {subject}").as_bytes(),
-            masker,
-            out,
-        ),
-        Proto::Redis => encode_resp_command(&[b"SUBSCRIBE", subject.as_bytes()], out),
-        Proto::Nats => out.extend_from_slice(
-            format!(
-                "CONNECT {{\"verbose\":false,\"pedantic\":false,\"echo\":false,\"name\":\"ringcast-bench\"}}\r\nSUB {subject} 1\r\nPING\r\n"
-            )
-            .as_bytes(),
-        ),
-    }
-}
-
-/// Frames one message: `payload` is the stamped text without ringcast's newline.
-/// `masker` masks WebSocket frames.
-pub fn publish_frame(
-    proto: Proto,
-    room: usize,
-    payload: &[u8],
-    masker: &mut Masker,
-    out: &mut Vec<u8>,
-) {
-    use std::io::Write as _;
-    out.clear();
-    match proto {
-        Proto::Ringcast => {
-            out.extend_from_slice(payload);
-            out.push(b'\n');
-        }
-        Proto::Ws => ws::encode_frame(ws::OP_TEXT, payload, masker, out),
-        Proto::Redis => {
-            let subject = room_subject(room);
-            encode_resp_command(&[b"PUBLISH", subject.as_bytes(), payload], out);
-        }
-        Proto::Nats => {
-            let _ = write!(out, "PUB room{room} {}\r\n", payload.len());
-            out.extend_from_slice(payload);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
 }
 
 /// The `redis_version` field of an `INFO server` reply.
@@ -538,29 +460,6 @@ mod tests {
     }
 
     #[test]
-    fn resp_commands_round_trip() {
-        let mut out = Vec::new();
-        let m = &mut Masker::new(1);
-        publish_frame(Proto::Redis, 7, b"1 2 3 4 xx", m, &mut out);
-        assert_eq!(
-            out,
-            b"*3\r\n$7\r\nPUBLISH\r\n$5\r\nroom7\r\n$10\r\n1 2 3 4 xx\r\n"
-        );
-        let (frame, n) = parse_resp(&out).unwrap().unwrap();
-        assert_eq!(n, out.len());
-        assert_eq!(
-            frame,
-            Resp::Array(Some(vec![
-                Resp::Bulk(Some(b"PUBLISH")),
-                Resp::Bulk(Some(b"room7")),
-                Resp::Bulk(Some(b"1 2 3 4 xx")),
-            ]))
-        );
-        join_request(Proto::Redis, 2, m, &mut out);
-        assert_eq!(out, b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nroom2\r\n");
-    }
-
-    #[test]
     fn nats_ops_survive_every_split() {
         let mut stream = Vec::new();
         stream.extend_from_slice(b"INFO {\"server_id\":\"x\",\"version\":\"2.9.10\"}\r\n");
@@ -609,52 +508,6 @@ mod tests {
         assert!(parse_nats(b"MSG a 1 3\r\nabcXY").is_err());
         assert!(parse_nats(b"PING\n").is_err());
         assert_eq!(parse_nats(b"MSG a 1 3\r\nab"), Ok(None));
-    }
-
-    #[test]
-    fn nats_frames() {
-        let mut out = Vec::new();
-        let m = &mut Masker::new(1);
-        publish_frame(Proto::Nats, 4, b"hello", m, &mut out);
-        assert_eq!(out, b"PUB room4 5\r\nhello\r\n");
-        join_request(Proto::Nats, 4, m, &mut out);
-        let text = String::from_utf8(out.clone()).unwrap();
-        assert!(text.contains("\"echo\":false") && text.ends_with("SUB room4 1\r\nPING\r\n"));
-        publish_frame(Proto::Ringcast, 4, b"hello", m, &mut out);
-        assert_eq!(out, b"hello\n");
-        publish_frame(Proto::Ws, 4, b"hello", m, &mut out);
-        let (header, payload) = out.split_at(6);
-        assert_eq!(&header[..2], &[0x81, 0x80 | 5]);
-        let unmasked: Vec<u8> = payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ header[2 + i % 4])
-            .collect();
-        assert_eq!(unmasked, b"hello");
-    }
-
-    #[test]
-    fn moves_between_rooms() {
-        let mut out = Vec::new();
-        let m = &mut Masker::new(1);
-        move_request(Proto::Ringcast, Some(1), Some(2), 1, m, &mut out);
-        assert_eq!(out, b"/join room2\n");
-        move_request(Proto::Ringcast, Some(1), None, 1, m, &mut out);
-        assert_eq!(out, b"/join lobby\n");
-        move_request(Proto::Redis, Some(1), Some(2), 1, m, &mut out);
-        assert_eq!(
-            out,
-            b"*2\r\n$11\r\nUNSUBSCRIBE\r\n$5\r\nroom1\r\n*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nroom2\r\n"
-        );
-        move_request(Proto::Redis, None, Some(3), 1, m, &mut out);
-        assert_eq!(out, b"*2\r\n$9\r\nSUBSCRIBE\r\n$5\r\nroom3\r\n");
-        move_request(Proto::Nats, Some(1), Some(2), 4, m, &mut out);
-        assert_eq!(out, b"UNSUB 4\r\nSUB room2 5\r\nPING\r\n");
-        move_request(Proto::Nats, Some(1), None, 4, m, &mut out);
-        assert_eq!(out, b"UNSUB 4\r\nPING\r\n");
-        let unsub = b"*3\r\n$11\r\nunsubscribe\r\n$5\r\nroom1\r\n:0\r\n";
-        let (frame, _) = parse_resp(unsub).unwrap().unwrap();
-        assert_eq!(resp_subscription(&frame), Some((false, &b"room1"[..])));
     }
 
     #[test]

@@ -24,8 +24,8 @@
 //!   shows part of its stall in socket latency too);
 //! - a read that fills its buffer may stop inside a buffer whose bytes arrived after the
 //!   stamp returned, which could make socket latency too low: the generator
-//!   (`worker::Conn::settle`) gives such a read's deliveries the stamp of the next read
-//!   that drains the socket instead, never more than their own read time.
+//!   (`worker::account::Conn::settle`) gives such a read's deliveries the stamp of the
+//!   next read that drains the socket instead, never more than their own read time.
 //!
 //! **Clocks.** Stamps are CLOCK_REALTIME; the harness measures on CLOCK_MONOTONIC. The
 //! offset between them is measured once per client group ([`ClockMap::measure`]) and
@@ -34,7 +34,7 @@
 //! rather than a wrong one.
 
 use std::mem::MaybeUninit;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 /// `SO_TIMESTAMPING` (and so `SCM_TIMESTAMPING`) where the kernel ABI gives it the
 /// asm-generic number 37 with native `timespec`s (`SO_TIMESTAMPING_OLD`; on 64-bit
@@ -65,7 +65,7 @@ pub const CONTROL_LEN: usize = 128;
 
 /// Asks the kernel for software receive timestamps on `fd`. An error means the kernel or
 /// the socket refused, and socket latency cannot be measured on it.
-pub fn enable(fd: RawFd) -> std::io::Result<()> {
+pub fn enable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let Some(option) = SO_TIMESTAMPING else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -73,10 +73,11 @@ pub fn enable(fd: RawFd) -> std::io::Result<()> {
         ));
     };
     let flags: libc::c_uint = libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE;
-    // SAFETY: a c_uint option value of the size we pass, on a descriptor the caller owns.
+    // SAFETY: a c_uint option value of the size we pass, on a descriptor that stays open
+    // for the call (the borrow says so).
     let rc = unsafe {
         libc::setsockopt(
-            fd,
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
             option,
             (&flags as *const libc::c_uint).cast(),
@@ -93,7 +94,7 @@ pub fn enable(fd: RawFd) -> std::io::Result<()> {
 /// stamp in CLOCK_REALTIME nanoseconds when the kernel gave one. Does not block on a
 /// non-blocking socket (`WouldBlock` then).
 pub fn recv_stamped(
-    fd: RawFd,
+    fd: BorrowedFd<'_>,
     buf: &mut [MaybeUninit<u8>],
     control: &mut [u8; CONTROL_LEN],
 ) -> std::io::Result<(usize, Option<u64>)> {
@@ -109,8 +110,8 @@ pub fn recv_stamped(
     msg.msg_controllen = CONTROL_LEN as _;
     // SAFETY: `msg` points at `iov` (writable `buf.len()` bytes the kernel may fill: it
     // only writes, so uninitialised memory is fine) and at `control`, both alive for the
-    // call.
-    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    // call; `fd` is borrowed, so it stays open until recvmsg returns.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -322,11 +323,11 @@ mod tests {
     #[test]
     fn a_real_socket_pair_gets_stamps_between_send_and_read() {
         use std::io::Write as _;
-        use std::os::fd::AsRawFd as _;
+        use std::os::fd::AsFd as _;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut tx = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (rx, _) = listener.accept().unwrap();
-        enable(rx.as_raw_fd()).expect("SO_TIMESTAMPING");
+        enable(rx.as_fd()).expect("SO_TIMESTAMPING");
         let map = ClockMap::measure();
         let mut buf = [MaybeUninit::<u8>::uninit(); 64];
         let mut control = [0u8; CONTROL_LEN];
@@ -338,7 +339,7 @@ mod tests {
             let before = crate::clock::mono_ns();
             tx.write_all(b"hello").unwrap();
             let (n, stamp) = loop {
-                match recv_stamped(rx.as_raw_fd(), &mut buf, &mut control) {
+                match recv_stamped(rx.as_fd(), &mut buf, &mut control) {
                     Ok(got) => break got,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         assert!(std::time::Instant::now() < deadline, "nothing arrived");

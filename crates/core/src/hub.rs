@@ -16,23 +16,27 @@
 //!
 //! A connection is a line client (TCP listener), or an HTTP request (HTTP listener) that
 //! is answered and closed or becomes a WebSocket client. Line and WebSocket clients are
-//! the same chat members; the hub only knows which encoding each wants: a read's chat is
-//! encoded once per encoding its room needs, and that buffer is shared by every member
-//! wanting it.
+//! the same chat members; the hub keeps rooms, policy and deadlines, and leaves framing
+//! to each connection's codec (`codec.rs`): a read's chat is encoded once per encoding
+//! its room needs, and that buffer is shared by every member wanting it.
+//!
+//! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
+//! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
+//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
 use super::cluster::{Answer, Claim, ClusterView, Request};
+use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
-use super::metrics::{self, Format};
+use super::metrics;
 use super::outbox::{Outbox, Overflow};
-use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters, Transport};
+use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
-use super::web::{self, Route};
+use super::web::{self, Served};
 use bytes::{Bytes, BytesMut};
-use ringcast_proto::ws::{self, CloseCode, Message, Violation, WsCodec};
-use ringcast_proto::{self as proto, http, reply, Command, CommandError, Frame, LineDecoder};
+use ringcast_proto::{self as proto, http, reply, Command, CommandError, Frame};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -40,6 +44,7 @@ use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use writer::output_pending;
 
 /// A client's index in its thread's hub.
 pub type ClientId = usize;
@@ -190,26 +195,6 @@ struct Member {
     slot: u32,
 }
 
-/// How a connection's input is read and its output encoded.
-#[derive(Debug)]
-enum Codec {
-    /// Lines in, lines out.
-    Line(LineDecoder),
-    /// An HTTP request head in, one response out.
-    Http,
-    /// WebSocket frames both ways; the fragmented text message in progress, if any.
-    Ws(ws::Partial),
-}
-
-impl Codec {
-    fn transport(&self) -> Transport {
-        match self {
-            Codec::Ws(_) => Transport::Ws,
-            _ => Transport::Tcp,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Client<H> {
     /// Set while the connection is a chat client: an HTTP request has none.
@@ -279,16 +264,6 @@ enum Awaited {
     Text,
 }
 
-/// One read's chat in each encoding its room needs, built on first use.
-struct Encoded<'a> {
-    lines: &'a Bytes,
-    /// How many lines.
-    count: u64,
-    frames: Option<Bytes>,
-    /// `lines` is timed (see `metrics::timed_batch`): frames built from it keep it alive.
-    timed: bool,
-}
-
 /// The clients of one worker thread.
 #[derive(Debug)]
 pub struct Hub<H> {
@@ -314,8 +289,8 @@ pub struct Hub<H> {
     overflowed: Vec<(ClientId, Overflow)>,
     /// Chat lines of the read being handled, queued when it ends or a command comes.
     batch: ChatBatch,
-    /// Frames WebSocket output and reads WebSocket input, for every client of the thread.
-    ws: WsCodec,
+    /// Scratch space every client's codec frames its output in.
+    framer: Framer,
     /// Questions asked of the cluster and not answered yet, by request id.
     pending: HashMap<u64, Pending>,
     /// The last request id and connection serial given out.
@@ -349,7 +324,7 @@ impl<H: Clone> Hub<H> {
             accept_armed: Tick::NONE,
             overflowed: Vec::new(),
             batch: ChatBatch::default(),
-            ws: WsCodec::new(limits.max_line),
+            framer: Framer::new(limits.max_line),
             pending: HashMap::new(),
             next_id: 0,
             requests: VecDeque::new(),
@@ -398,10 +373,7 @@ impl<H: Clone> Hub<H> {
             serial: self.next_id,
             nick_pending: false,
             held: None,
-            codec: match protocol {
-                Protocol::Line => Codec::Line(LineDecoder::new(self.limits.max_line)),
-                Protocol::Http => Codec::Http,
-            },
+            codec: Codec::new(protocol, self.limits.max_line),
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
             peer,
@@ -463,37 +435,20 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let now = self.clock.tick(now);
-        if matches!(client.codec, Codec::Http) {
+        if client.codec.reads_request() {
             self.handle_request(id, buf, now);
         }
-        let flow = match &mut self.clients[id].codec {
-            Codec::Line(decoder) => {
-                let mut decoder = *decoder;
-                let flow = decoder.decode_all(buf, |frame| self.handle_line(id, frame, now));
-                if let Codec::Line(kept) = &mut self.clients[id].codec {
-                    *kept = decoder;
-                }
-                flow
+        let mut decoder = self.clients[id].codec.take_decoder();
+        let framer = self.framer.clone();
+        let decoded = decoder.decode_all(buf, &framer, |event| self.handle_event(id, event, now));
+        self.clients[id].codec.put_decoder(decoder);
+        let flow = match decoded {
+            Ok(flow) => flow,
+            Err(broken) => {
+                self.flush_chat(id, now);
+                self.broken(id, broken, now);
+                ControlFlow::Break(())
             }
-            Codec::Ws(partial) => {
-                let mut partial = partial.take();
-                let codec = self.ws.clone();
-                let decoded = codec.decode_all(&mut partial, buf, |message| {
-                    self.handle_message(id, message, now)
-                });
-                if let Codec::Ws(kept) = &mut self.clients[id].codec {
-                    *kept = partial;
-                }
-                match decoded {
-                    Ok(flow) => flow,
-                    Err(violation) => {
-                        self.flush_chat(id, now);
-                        self.violation(id, violation, now);
-                        ControlFlow::Break(())
-                    }
-                }
-            }
-            Codec::Http => ControlFlow::Continue(()),
         };
         self.flush_chat(id, now);
         self.cut_overflowed(now);
@@ -506,49 +461,20 @@ impl<H: Clone> Hub<H> {
     /// closes) or upgrades the connection to a WebSocket chat client, whose first frames
     /// may follow in `buf`.
     fn handle_request(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
-        let request = match http::parse_head(buf) {
-            Ok(None) => return,
-            Ok(Some((request, len))) => {
-                buf.drain(..len);
-                request
-            }
-            Err(err) => {
-                buf.clear();
-                tracing::debug!(peer = %self.clients[id].peer, "HTTP request refused: {err}");
-                self.respond(id, err.response(), now);
-                return;
-            }
-        };
-        match web::route(&request, self.input_stopped) {
-            Route::Respond(response) => {
-                buf.clear();
-                self.respond(id, response, now);
-            }
-            Route::Metrics(format) => {
-                buf.clear();
-                let response = self.metrics(format);
-                self.respond(id, response, now);
-            }
-            Route::Upgrade(response) => {
+        let (shared, peer) = (&self.shared, self.clients[id].peer);
+        match web::serve(buf, self.input_stopped, &shared.stats, &shared.dir, peer) {
+            Served::Waiting => {}
+            Served::Respond(response) => self.respond(id, response, now),
+            Served::Upgrade(response) => {
                 self.counters()
                     .http_response(HttpStatus::SwitchingProtocols);
                 let client = &mut self.clients[id];
-                client.codec = Codec::Ws(None);
+                client.codec.upgrade();
                 client.close_by = Tick::NONE;
                 self.push_raw(id, response, now);
                 self.add_member(id, now);
             }
         }
-    }
-
-    /// The response to `GET /metrics`: the exposition, or 404 with `--metrics off`.
-    fn metrics(&self, format: Format) -> Bytes {
-        let stats = &self.shared.stats;
-        if !stats.metrics_enabled() {
-            return http::text(404, "metrics are off (--metrics off)\n");
-        }
-        let body = metrics::render(stats, &self.shared.dir, format);
-        http::response(200, format.content_type(), &[], body.as_bytes())
     }
 
     /// Sends a whole HTTP response, then closes the connection.
@@ -560,47 +486,30 @@ impl<H: Clone> Hub<H> {
         self.begin_close(id, Disconnect::Quit, now);
     }
 
-    /// One WebSocket message of a chat client.
-    fn handle_message(&mut self, id: ClientId, message: Message<'_>, now: Tick) -> ControlFlow<()> {
-        match message {
-            // As on TCP: each `\n` in it ends a line, and the message's end ends one too.
-            Message::Text(text) => {
-                for line in text.split(|&b| b == b'\n') {
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    self.handle_line(id, Frame::Line(line), now)?;
-                }
+    /// One event of a chat client's input.
+    fn handle_event(&mut self, id: ClientId, event: Event<'_>, now: Tick) -> ControlFlow<()> {
+        match event {
+            Event::Line(frame) => self.handle_line(id, frame, now),
+            Event::Answer(bytes) => {
+                self.push_raw(id, bytes, now);
                 ControlFlow::Continue(())
             }
-            Message::Ping(payload) => {
-                let pong = self.ws.pong(payload);
-                self.push_raw(id, pong, now);
-                ControlFlow::Continue(())
-            }
-            Message::Close(code) => {
-                // Answer the close handshake with the client's code when it may be
-                // echoed, and leave.
-                let code = match code {
-                    None => CloseCode::Normal as u16,
-                    Some(code) if ws::valid_close_code(code) => code,
-                    Some(_) => CloseCode::ProtocolError as u16,
-                };
+            Event::Close(echo) => {
                 self.flush_chat(id, now);
-                let close = self.ws.close(code, "");
-                self.push_raw(id, close, now);
+                self.push_raw(id, echo, now);
                 self.begin_close(id, Disconnect::Quit, now);
                 ControlFlow::Break(())
             }
         }
     }
 
-    /// A WebSocket client broke the protocol: a close frame says how, and it is closed.
-    fn violation(&mut self, id: ClientId, violation: Violation, now: Tick) {
+    /// A client broke its transport's protocol: it is told how, and closed.
+    fn broken(&mut self, id: ClientId, broken: Broken, now: Tick) {
         tracing::debug!(
-            name = %self.clients[id].member().name, code = violation.code as u16,
-            "WebSocket protocol error: {}", violation.reason
+            name = %self.clients[id].member().name, code = broken.code,
+            "WebSocket protocol error: {}", broken.reason
         );
-        let close = self.ws.close(violation.code as u16, violation.reason);
-        self.push_raw(id, close, now);
+        self.push_raw(id, broken.close, now);
         self.begin_close(id, Disconnect::ProtocolError, now);
     }
 
@@ -633,8 +542,7 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
-                if matches!(self.clients[id].codec, Codec::Ws(_)) {
-                    let close = self.ws.close(CloseCode::Normal as u16, "");
+                if let Some(close) = self.clients[id].codec.close_frame(&mut self.framer) {
                     self.push_raw(id, close, now);
                 }
                 self.begin_close(id, Disconnect::Quit, now);
@@ -698,14 +606,9 @@ impl<H: Clone> Hub<H> {
             false => self.batch.text.split().freeze(),
         };
         let room = self.clients[id].member().room.clone();
-        let mut encoded = Encoded {
-            lines: &text,
-            count: lines,
-            frames: None,
-            timed,
-        };
+        let mut encoded = Encoded::new(&text, lines, None, timed);
         let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
-        let frames = encoded.frames;
+        let frames = encoded.into_frames();
         self.counters().messages_in(lines, recipients * lines);
         if self.shared.hands_off() {
             self.handoffs.push(Handoff {
@@ -718,7 +621,7 @@ impl<H: Clone> Hub<H> {
     }
 
     /// Queues a read's chat to every local member of `room` but `except`, each in the
-    /// encoding it wants (the frames are built once, for the first WebSocket member).
+    /// encoding its codec wants (each built once, for the first member wanting it).
     /// Returns how many got it.
     fn fan_out(
         &mut self,
@@ -732,25 +635,13 @@ impl<H: Clone> Hub<H> {
         };
         let mut delivered = 0;
         let mut queued = 0;
-        let lines = u32::try_from(encoded.count).unwrap_or(u32::MAX);
+        let lines = u32::try_from(encoded.count()).unwrap_or(u32::MAX);
         for &member in members {
             if Some(member) == except {
                 continue;
             }
             let client = &mut self.clients[member];
-            let bytes = match client.codec {
-                Codec::Ws(_) => encoded
-                    .frames
-                    .get_or_insert_with(|| {
-                        let frames = self.ws.lines(encoded.lines);
-                        match encoded.timed {
-                            true => metrics::linked(frames, encoded.lines),
-                            false => frames,
-                        }
-                    })
-                    .clone(),
-                _ => encoded.lines.clone(),
-            };
+            let bytes = encoded.for_codec(&client.codec, &mut self.framer);
             let len = bytes.len();
             match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
@@ -783,12 +674,9 @@ impl<H: Clone> Hub<H> {
         let now = self.clock.tick(now);
         let mut delivered = 0;
         for handoff in handoffs {
-            let mut encoded = Encoded {
-                lines: &handoff.text,
-                count: handoff.lines,
-                frames: handoff.frames.clone(),
-                timed: self.shared.stats.metrics_enabled(),
-            };
+            let timed = self.shared.stats.metrics_enabled();
+            let frames = handoff.frames.clone();
+            let mut encoded = Encoded::new(&handoff.text, handoff.lines, frames, timed);
             delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
         }
         self.counters().add_deliveries(delivered);
@@ -805,135 +693,6 @@ impl<H: Clone> Hub<H> {
                 self.begin_close(id, Disconnect::SlowConsumer, now);
             }
         }
-    }
-
-    fn join(&mut self, id: ClientId, room: &str, now: Tick) {
-        let member = self.clients[id].member();
-        if &*member.room == room {
-            let text = format!("you are in {room} already");
-            self.error(id, ErrorKind::AlreadyInRoom, text, now);
-            return;
-        }
-        let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
-        self.leave_local_room(id);
-        let local = self.rooms.entry(room.clone()).or_default();
-        let slot = local.len() as u32;
-        local.push(id);
-        if let Some(member) = self.clients[id].member.as_mut() {
-            member.slot = slot;
-            member.room = room.clone();
-        }
-        if self.shared.cluster.is_some() {
-            // Confirmed once this node receives the room's chat from the others, so a
-            // line sent right after the reply reaches this client from any node.
-            self.ask(
-                id,
-                Awaited::Join {
-                    room: room.clone(),
-                    members,
-                },
-                |thread, id| Request::Join { thread, id, room },
-                now,
-            );
-            return;
-        }
-        let text = format!(
-            "joined {room} ({})",
-            reply::count(members, "member", "members")
-        );
-        self.reply(id, reply::notice(text), now);
-    }
-
-    fn nick(&mut self, id: ClientId, name: &str, now: Tick) {
-        let member = self.clients[id].member();
-        if let Some(cluster) = &self.shared.cluster {
-            if &*member.name == name {
-                let text = reply::notice(format_args!("you are {name}"));
-                self.reply(id, text, now);
-            } else if self.clients[id].nick_pending {
-                self.error(id, ErrorKind::BadArgument, reply::NICK_PENDING, now);
-            } else if self.shared.dir.has_name(name) {
-                let taken = super::directory::NameTaken(name.to_owned());
-                self.error(id, ErrorKind::NameTaken, taken, now);
-            } else if !cluster.is_available() {
-                let text = reply::CLUSTER_UNAVAILABLE;
-                self.error(id, ErrorKind::ClusterUnavailable, text, now);
-            } else {
-                self.clients[id].nick_pending = true;
-                let name: Arc<str> = Arc::from(name);
-                let nick = Awaited::Nick { name: name.clone() };
-                self.ask(
-                    id,
-                    nick,
-                    |thread, id| Request::ClaimName { thread, id, name },
-                    now,
-                );
-            }
-            return;
-        }
-        match self.shared.dir.rename(&member.name, &member.room, name) {
-            Ok(name) => {
-                let text = reply::notice(format_args!("you are {name}"));
-                if let Some(member) = self.clients[id].member.as_mut() {
-                    member.name = name;
-                }
-                self.reply(id, text, now);
-            }
-            Err(taken) => self.error(id, ErrorKind::NameTaken, taken, now),
-        }
-    }
-
-    fn who(&mut self, id: ClientId, now: Tick) {
-        if self.shared.cluster.is_some() {
-            let room = self.clients[id].member().room.clone();
-            // This node's members as they are now, in the order of the client's requests:
-            // a `/join` after this `/who` does not change its answer.
-            let local = self.shared.dir.members(&room);
-            self.ask(
-                id,
-                Awaited::Text,
-                |thread, id| Request::Who {
-                    thread,
-                    id,
-                    room,
-                    local,
-                },
-                now,
-            );
-            return;
-        }
-        let room = &self.clients[id].member().room;
-        let members = self.shared.dir.members(room);
-        let mut text = format!("members of {room} ({}): ", members.len());
-        for (i, name) in members.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            text.push_str(name);
-        }
-        self.reply(id, reply::notice(text), now);
-    }
-
-    fn list_rooms(&mut self, id: ClientId, now: Tick) {
-        if self.shared.cluster.is_some() {
-            let local = self.shared.dir.rooms();
-            self.ask(
-                id,
-                Awaited::Text,
-                |thread, id| Request::Rooms { thread, id, local },
-                now,
-            );
-            return;
-        }
-        let rooms = self.shared.dir.rooms();
-        let mut text = format!("rooms ({}): ", rooms.len());
-        for (i, (room, members)) in rooms.iter().enumerate() {
-            if i > 0 {
-                text.push_str(", ");
-            }
-            let _ = write!(text, "{room} ({members})");
-        }
-        self.reply(id, reply::notice(text), now);
     }
 
     fn server_stats(&mut self, id: ClientId, now: Tick) {
@@ -967,10 +726,7 @@ impl<H: Clone> Hub<H> {
     /// Queues a reply line (`* ...\n`) to the client itself, in its encoding; a client
     /// that does not read its replies is a slow consumer like any other.
     fn reply(&mut self, id: ClientId, line: Bytes, now: Tick) {
-        let bytes = match self.clients[id].codec {
-            Codec::Ws(_) => self.ws.lines(&line),
-            _ => line,
-        };
+        let bytes = self.clients[id].codec.encode(line, &mut self.framer);
         self.push_raw(id, bytes, now);
     }
 
@@ -1060,7 +816,6 @@ impl<H: Clone> Hub<H> {
             self.counters().disconnect(reason);
         }
         let drain_by = now.plus(self.limits.drain_timeout);
-        let websocket = matches!(self.clients[id].codec, Codec::Ws(_));
         let client = &mut self.clients[id];
         client.closing = Some(reason);
         match reason {
@@ -1073,47 +828,31 @@ impl<H: Clone> Hub<H> {
                 // The notice may go only if no write is in flight: it could split its lines.
                 let notice = (!client.writing).then(|| {
                     counters.error(ErrorKind::SlowConsumer);
-                    let line = reply::error(reply::SLOW_CONSUMER);
-                    if websocket {
-                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
-                        out.extend_from_slice(
-                            &self.ws.close(CloseCode::Policy as u16, "slow consumer"),
-                        );
-                        out.freeze()
-                    } else {
-                        line
-                    }
+                    client.codec.farewell(reason, &mut self.framer)
                 });
-                self.shutdowns.push_back((client.handle.clone(), notice));
+                self.shutdowns
+                    .push_back((client.handle.clone(), notice.flatten()));
             }
-            Disconnect::Shutdown => {
-                let farewell = match client.codec {
-                    Codec::Line(_) => reply::notice(reply::SHUTTING_DOWN),
-                    Codec::Ws(_) => {
-                        let line = reply::notice(reply::SHUTTING_DOWN);
-                        let mut out = BytesMut::from(&self.ws.lines(&line)[..]);
-                        out.extend_from_slice(&self.ws.close(CloseCode::GoingAway as u16, ""));
-                        out.freeze()
-                    }
-                    // A request whose head has not come yet (an answered one is closing
-                    // already): an HTTP answer, not a chat line.
-                    Codec::Http => http::text(503, "shutting down\n"),
-                };
-                self.shared
-                    .stats
-                    .thread(self.thread)
-                    .queued_bytes(farewell.len() as i64);
-                // After any reply still owed by the cluster, like everything else.
-                match client.held.as_mut() {
-                    Some(held) => held.push_back(cluster::Held::Ready(farewell)),
-                    None => {
-                        client.outbox.push_unbounded(farewell);
+            Disconnect::Shutdown
+            | Disconnect::Quit
+            | Disconnect::PeerGone
+            | Disconnect::ProtocolError => {
+                // Everything queued is still written, then the farewell the reason has
+                // (if any), within the drain.
+                if let Some(farewell) = client.codec.farewell(reason, &mut self.framer) {
+                    self.shared
+                        .stats
+                        .thread(self.thread)
+                        .queued_bytes(farewell.len() as i64);
+                    // After any reply still owed by the cluster, like everything else.
+                    match client.held.as_mut() {
+                        Some(held) => held.push_back(cluster::Held::Ready(farewell)),
+                        None => {
+                            client.outbox.push_unbounded(farewell);
+                        }
                     }
                 }
                 client.close_by = drain_by;
-            }
-            Disconnect::Quit | Disconnect::PeerGone | Disconnect::ProtocolError => {
-                client.close_by = drain_by
             }
         }
         tracing::debug!(reason = reason.name(), "connection closing");
@@ -1135,90 +874,6 @@ impl<H: Clone> Hub<H> {
             client.finished = true;
             self.wakes.push_back(id);
         }
-    }
-
-    /// Moves up to `max_lines` queued lines for the client into `batch`, and says what
-    /// its writer should do. Asking again also says the previous write has ended.
-    pub fn take_output(
-        &mut self,
-        id: ClientId,
-        batch: &mut Vec<Bytes>,
-        max_lines: usize,
-        now: Instant,
-    ) -> Output {
-        let now = self.clock.tick(now);
-        let Some(client) = self.clients.get_mut(id) else {
-            return Output::Close;
-        };
-        client.writing = false;
-        if client.finished {
-            return Output::Close;
-        }
-        if !client.outbox.is_empty() {
-            if client.wake_at.is_set() {
-                // Within the coalescing window: the deadline wakes the writer.
-                return Output::Idle;
-            }
-            let queued = client.outbox.queued();
-            let lines = client.outbox.take(batch, max_lines);
-            client.writing = true;
-            let counters = self.shared.stats.thread(self.thread);
-            counters.queued_bytes(client.outbox.queued() as i64 - queued as i64);
-            if self.shared.stats.metrics_enabled() {
-                counters.write_batch(lines);
-            }
-            if !client.stalled_since.is_set() {
-                client.stalled_since = now;
-            }
-            return Output::Write;
-        }
-        client.stalled_since = Tick::NONE;
-        match client.closing {
-            None => Output::Idle,
-            // Replies the cluster still owes go before the FIN (within the drain).
-            Some(_) if client.lingering || client.held.is_some() => Output::Idle,
-            Some(_) if client.reading => {
-                client.lingering = true;
-                client.close_by = now.plus(LINGER);
-                self.arm(id);
-                Output::Finish
-            }
-            Some(_) => {
-                client.finished = true;
-                Output::Close
-            }
-        }
-    }
-
-    /// The client's socket took `bytes` of the write in flight.
-    pub fn wrote(&mut self, id: ClientId, bytes: usize, now: Instant) {
-        let now = self.clock.tick(now);
-        self.counters().add_bytes_out(bytes as u64);
-        if let Some(client) = self.clients.get_mut(id) {
-            if bytes > 0 && client.stalled_since.is_set() {
-                client.stalled_since = now;
-            }
-        }
-    }
-
-    /// A write failed: nothing more can reach the client.
-    pub fn write_failed(&mut self, id: ClientId, now: Instant) {
-        let now = self.clock.tick(now);
-        let Some(client) = self.clients.get_mut(id) else {
-            return;
-        };
-        let dropped = client.outbox.queued() as i64;
-        client.outbox.clear();
-        client.finished = true;
-        self.counters().queued_bytes(-dropped);
-        self.begin_close(id, Disconnect::PeerGone, now);
-    }
-
-    /// Whether lines are queued for this client.
-    pub fn has_output(&self, id: ClientId) -> bool {
-        self.clients
-            .get(id)
-            .is_some_and(|client| !client.outbox.is_empty())
     }
 
     /// Accept ran out of descriptors: resume it (an [`Action::ResumeAccept`]) after
@@ -1268,80 +923,6 @@ impl<H: Clone> Hub<H> {
         self.deadlines.next().map(|tick| self.clock.instant(tick))
     }
 
-    /// Acts on every deadline that has come by `now`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let now = self.clock.tick(now);
-        let mut drained = 0;
-        while let Some((at, owner)) = self.deadlines.pop_due(now) {
-            match owner {
-                Owner::Hub => {
-                    if self.accept_armed == at {
-                        self.accept_armed = Tick::NONE;
-                        if self.accept_paused_until.due(now) {
-                            self.accept_paused_until = Tick::NONE;
-                            self.resume_accept = true;
-                        } else {
-                            // A later pause (the other listener's) moved the end: wait
-                            // for that one, or accepting would stay paused for good.
-                            let until = self.accept_paused_until;
-                            self.deadlines
-                                .arm(Owner::Hub, &mut self.accept_armed, until);
-                        }
-                    }
-                }
-                Owner::Client(id) => {
-                    let live = self.clients.get(id).is_some_and(|c| c.armed == at);
-                    if live && self.client_due(id, now) {
-                        drained += 1;
-                    }
-                }
-            }
-        }
-        if drained > 0 {
-            tracing::warn!(
-                thread = self.thread,
-                connections = drained,
-                "drain timeout: shutting down connections with unsent output"
-            );
-        }
-    }
-
-    /// Acts on what is due for one client and arms its next deadline. Returns true when
-    /// a connection closing at shutdown ran out of time.
-    fn client_due(&mut self, id: ClientId, now: Tick) -> bool {
-        let client = &mut self.clients[id];
-        client.armed = Tick::NONE;
-        if client.wake_at.due(now) {
-            client.wake_at = Tick::NONE;
-            self.wakes.push_back(id);
-        }
-        let mut shutdown_drained = false;
-        if client.close_by.due(now) {
-            client.close_by = Tick::NONE;
-            shutdown_drained = client.closing == Some(Disconnect::Shutdown) && !client.lingering;
-            client.finished = true;
-            self.shutdowns.push_back((client.handle.clone(), None));
-            self.wakes.push_back(id);
-        } else if write_deadline(client, &self.limits).due(now) {
-            tracing::warn!(
-                name = %client.member().name, queued = client.outbox.queued(),
-                "slow consumer disconnected: no write progress in {:?}",
-                self.limits.write_timeout.unwrap_or_default()
-            );
-            self.begin_close(id, Disconnect::WriteTimeout, now);
-        }
-        self.arm(id);
-        shutdown_drained
-    }
-
-    /// Arms the client's earliest deadline.
-    fn arm(&mut self, id: ClientId) {
-        let client = &mut self.clients[id];
-        let next = next_deadline(client, &self.limits);
-        self.deadlines
-            .arm(Owner::Client(id), &mut client.armed, next);
-    }
-
     /// The next thing the I/O layer must do, in the documented order; `None` when
     /// nothing is left. Ask after every input.
     pub fn poll_action(&mut self) -> Option<Action<H>> {
@@ -1377,54 +958,8 @@ impl<H: Clone> Hub<H> {
     }
 }
 
-/// A client's outbox went from empty to not: its writer must learn of it (now, or after
-/// the coalescing window) unless a write is in flight, whose end it will ask after anyway.
-fn output_pending<H>(
-    client: &mut Client<H>,
-    id: ClientId,
-    limits: &Limits,
-    deadlines: &mut Deadlines,
-    wakes: &mut VecDeque<ClientId>,
-    now: Tick,
-) {
-    if client.writing {
-        return;
-    }
-    if !client.stalled_since.is_set() {
-        client.stalled_since = now;
-    }
-    if limits.flush_delay.is_zero() || client.closing.is_some() {
-        wakes.push_back(id);
-    } else if !client.wake_at.is_set() {
-        client.wake_at = now.plus(limits.flush_delay);
-        // Earlier than anything armed but another coalescing window.
-        deadlines.arm(Owner::Client(id), &mut client.armed, client.wake_at);
-    }
-    // The write deadline only when nothing is armed: an earlier entry is re-armed for
-    // it when it comes up, so the fan-out path rarely touches the heap.
-    if !client.armed.is_set() {
-        let next = next_deadline(client, limits);
-        deadlines.arm(Owner::Client(id), &mut client.armed, next);
-    }
-}
-
-/// When the client is cut off for lack of write progress, if output waits.
-fn write_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
-    match limits.write_timeout {
-        Some(timeout) if client.closing.is_none() && client.stalled_since.is_set() => {
-            client.stalled_since.plus(timeout)
-        }
-        _ => Tick::NONE,
-    }
-}
-
-fn next_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
-    client
-        .wake_at
-        .earliest(client.close_by)
-        .earliest(write_deadline(client, limits))
-}
-
 mod cluster;
+mod commands;
 #[cfg(test)]
 mod tests;
+mod writer;

@@ -5,6 +5,7 @@
 //! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it.
 
 pub mod cluster;
+mod codec;
 mod directory;
 mod hub;
 pub mod metrics;

@@ -1,18 +1,78 @@
-//! What the HTTP listener answers, decided from a parsed request head: the chat page,
-//! health, metrics, and the WebSocket upgrade that turns the connection into a chat
-//! client.
+//! The HTTP member handler: what the HTTP listener answers, decided from a request head
+//! read off the connection: the chat page, health, metrics, and the WebSocket upgrade
+//! that turns the connection into a chat client. The hub hands it an HTTP connection's
+//! input and sends what it says.
 //! Every other request gets a short error; a connection serves one request.
 
-use super::metrics::Format;
+use super::directory::Directory;
+use super::metrics::{self, Format};
+use super::stats::Stats;
 use bytes::Bytes;
 use ringcast_proto::http::{self, Request};
 use ringcast_proto::ws;
+use std::net::IpAddr;
 
 /// The chat page, embedded in the binary: no build step, nothing fetched from elsewhere.
 pub const CHAT_PAGE: &str = include_str!("../web/chat.html");
 
 /// How long an HTTP connection may take to send its request head.
 pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What an HTTP connection's input comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// The request head is not complete yet.
+    Waiting,
+    /// Send this whole response, then close.
+    Respond(Bytes),
+    /// Send this 101 response: from then on the connection speaks WebSocket as a chat
+    /// client, and its first frames may follow in the buffer.
+    Upgrade(Bytes),
+}
+
+/// Reads the request head at the front of `buf` (from `peer`) once it is complete and
+/// says how to answer it; `draining` is true once shutdown has begun. What the answer
+/// ends is removed from `buf`: all of it, but for an upgrade, whose frames may follow.
+pub(crate) fn serve(
+    buf: &mut Vec<u8>,
+    draining: bool,
+    stats: &Stats,
+    dir: &Directory,
+    peer: IpAddr,
+) -> Served {
+    let request = match http::parse_head(buf) {
+        Ok(None) => return Served::Waiting,
+        Ok(Some((request, len))) => {
+            buf.drain(..len);
+            request
+        }
+        Err(err) => {
+            buf.clear();
+            tracing::debug!(%peer, "HTTP request refused: {err}");
+            return Served::Respond(err.response());
+        }
+    };
+    match route(&request, draining) {
+        Route::Respond(response) => {
+            buf.clear();
+            Served::Respond(response)
+        }
+        Route::Metrics(format) => {
+            buf.clear();
+            Served::Respond(serve_metrics(stats, dir, format))
+        }
+        Route::Upgrade(response) => Served::Upgrade(response),
+    }
+}
+
+/// The response to `GET /metrics`: the exposition, or 404 with `--metrics off`.
+fn serve_metrics(stats: &Stats, dir: &Directory, format: Format) -> Bytes {
+    if !stats.metrics_enabled() {
+        return http::text(404, "metrics are off (--metrics off)\n");
+    }
+    let body = metrics::render(stats, dir, format);
+    http::response(200, format.content_type(), &[], body.as_bytes())
+}
 
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,7 +82,7 @@ pub(crate) enum Route {
     /// Send this 101 response: from then on the connection speaks WebSocket as a chat
     /// client.
     Upgrade(Bytes),
-    /// Send the server's metrics in this format (the hub has them), then close.
+    /// Send the server's metrics in this format, then close.
     Metrics(Format),
 }
 
@@ -127,6 +187,33 @@ mod tests {
             status(route(&request("POST", "/metrics"), false)),
             "HTTP/1.1 405"
         );
+    }
+
+    #[test]
+    fn serve_waits_for_the_head_and_leaves_what_follows_an_upgrade() {
+        let (dir, peer) = (Directory::new(10, 0), IpAddr::from([127, 0, 0, 1]));
+        let stats = Stats::new(1);
+        let head: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Version: 13\r\n\r\n";
+        let mut buf = head[..20].to_vec();
+        assert_eq!(serve(&mut buf, false, &stats, &dir, peer), Served::Waiting);
+        assert_eq!(buf, &head[..20], "an incomplete head is kept");
+        let mut buf = [head, b"\x81\x80"].concat();
+        let served = serve(&mut buf, false, &stats, &dir, peer);
+        assert!(matches!(served, Served::Upgrade(_)), "{served:?}");
+        assert_eq!(buf, b"\x81\x80", "the first frame stays for the decoder");
+        let mut buf = b"GET /healthz HTTP/1.1\r\n\r\nmore".to_vec();
+        let Served::Respond(ok) = serve(&mut buf, false, &stats, &dir, peer) else {
+            panic!("no answer to /healthz")
+        };
+        assert!(ok.starts_with(b"HTTP/1.1 200") && buf.is_empty());
+        let off = Stats::with_info(1, Default::default(), false);
+        let mut buf = b"GET /metrics HTTP/1.1\r\n\r\n".to_vec();
+        let Served::Respond(off) = serve(&mut buf, false, &off, &dir, peer) else {
+            panic!("no answer to /metrics")
+        };
+        assert!(off.starts_with(b"HTTP/1.1 404"));
     }
 
     #[test]

@@ -79,7 +79,7 @@ pub fn probe() -> Result<(), UringUnavailable> {
         .and_then(|v| v.trim().parse().ok());
     // Under the lock every ring creation takes, so that a worker thread creating its
     // ring meanwhile still tells its own ring fd apart.
-    let setup = super::uring::create_ring(|| io_uring::IoUring::new(4)).map(drop);
+    let setup = crate::uring::ring_fd::creating(|| io_uring::IoUring::new(4)).map(drop);
     decide(&release, disabled, setup)
 }
 

@@ -13,7 +13,7 @@
 use ringcast_core::{this_thread, RingReading, UringOp, UringSubmit};
 use std::cell::{Cell, OnceCell};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -51,8 +51,8 @@ const IORING_SQ_CQ_OVERFLOW: u32 = 2;
 static LAYOUT: OnceLock<Option<Layout>> = OnceLock::new();
 
 /// Learns the header layout from a throwaway ring of one entry, once per process. Call
-/// it where no other ring is being created (`uring::create_ring`), so that the short
-/// life of its fd never confuses the search for a new ring's fd.
+/// it where no other ring is being created (inside `uring::ring_fd`'s creation lock), so
+/// that the short life of its fd never confuses the search for a new ring's fd.
 pub(crate) fn learn_layout() {
     LAYOUT.get_or_init(|| match probe_layout() {
         Ok(layout) => Some(layout),
@@ -70,8 +70,9 @@ fn probe_layout() -> io::Result<Layout> {
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the fd was just created by io_uring_setup and is owned here only.
-    unsafe { libc::close(fd as RawFd) };
+    // SAFETY: the fd was just created by io_uring_setup and is owned here only; dropping
+    // it closes the throwaway ring.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
     let [sq_head, sq_tail, _mask, sq_entries, sq_flags, ..] = params.sq_off;
     let [_head, cq_tail, _mask, _entries, cq_overflow, ..] = params.cq_off;
     Ok(Layout {
@@ -101,8 +102,9 @@ unsafe impl Sync for RingView {}
 
 impl RingView {
     /// Maps the header of the ring `fd` read-only; `None` if the layout is unknown or the
-    /// kernel refuses.
-    fn map(fd: RawFd) -> Option<RingView> {
+    /// kernel refuses. The mapping holds a reference of its own to the ring: it stays
+    /// valid after the borrow of `fd` ends.
+    fn map(fd: BorrowedFd<'_>) -> Option<RingView> {
         let layout = (*LAYOUT.get()?)?;
         let end = [
             layout.sq_head,
@@ -126,7 +128,7 @@ impl RingView {
                 len,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
-                fd,
+                fd.as_raw_fd(),
                 IORING_OFF_SQ_RING,
             )
         };
@@ -190,7 +192,7 @@ thread_local! {
 
 /// Maps this thread's ring `fd` and gives the view to the thread's counters (read when
 /// scraped) and to its pushes. Without metrics (nothing bound) nothing is mapped.
-pub(crate) fn install(fd: RawFd) {
+pub(crate) fn install(fd: BorrowedFd<'_>) {
     let installed = this_thread(|counters| {
         let view = Arc::new(RingView::map(fd)?);
         let probe = view.clone();

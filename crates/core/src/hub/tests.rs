@@ -891,3 +891,60 @@ fn an_unsent_question_is_answered_and_a_released_client_owes_nothing() {
     sim.hub.release(a, sim.now);
     assert!(sim.hub.pending.is_empty());
 }
+
+/// A client's frame, masked with a zero key (so its payload reads as sent).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn websocket_clients_get_every_ending_as_frames() {
+    let mut sim = Sim::new(
+        1,
+        Limits {
+            max_outbound: 200,
+            ..limits()
+        },
+    );
+    let sender = sim.connect();
+    // A ping is answered at once; `/quit` is a bye line, then a close frame (1000).
+    let quits = sim.connect_ws();
+    sim.input(quits, &client_frame(0x9, b"p"));
+    sim.input(quits, &client_frame(0x1, b"/quit"));
+    let out = sim.raw_output(quits).concat();
+    assert_eq!(out, b"\x8a\x01p\x81\x05* bye\x88\x02\x03\xe8");
+    // A close frame is echoed with its code, or with 1002 when its code may not be.
+    let closes = sim.connect_ws();
+    sim.input(closes, &client_frame(0x8, b"\x0f\xa0bye"));
+    assert_eq!(sim.raw_output(closes).concat(), b"\x88\x02\x0f\xa0");
+    let bad_code = sim.connect_ws();
+    sim.input(bad_code, &client_frame(0x8, b"\x03\xec"));
+    assert_eq!(sim.raw_output(bad_code).concat(), b"\x88\x02\x03\xea");
+    // A broken rule closes with its code and reason (1002: protocol error).
+    let unmasked = sim.connect_ws();
+    sim.input(unmasked, b"\x81\x02hi");
+    let out = sim.raw_output(unmasked).concat();
+    assert_eq!(
+        out,
+        b"\x88\x1e\x03\xeaclient frames must be masked".as_slice()
+    );
+    assert_eq!(sim.stats().disconnects(Disconnect::ProtocolError), 1);
+    sim.actions();
+    // A slow consumer's notice is a text frame, then a close frame (1008).
+    let slow = sim.connect_ws();
+    let mut notices = Vec::new();
+    for _ in 0..20 {
+        sim.input(sender, b"0123456789012345678901234567890123456789\n");
+        for action in sim.actions() {
+            if let Action::Shutdown { notice, .. } = action {
+                notices.push(notice);
+            }
+        }
+    }
+    let expected = b"\x81\x24* error: disconnected: slow consumer\x88\x0f\x03\xf0slow consumer";
+    assert_eq!(notices, [Some(Bytes::from_static(expected))]);
+    assert_eq!(sim.take(slow), Output::Close);
+}

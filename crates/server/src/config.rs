@@ -1,0 +1,436 @@
+//! What `ringcast serve` is told ([`ServeArgs`], the flags) and what it runs with
+//! ([`Config`]): every flag checked, every default that depends on the machine (threads,
+//! the client limit from the open-files limit) resolved, before anything is bound or
+//! started. Wiring (`crate::start`) takes a `Config` and never looks at a flag again.
+
+use crate::backend::{Backend, BackendOptions};
+use crate::{cluster, uring, uring_direct};
+use anyhow::Context as _;
+use ringcast_core::{Limits, RateLimit, MAX_OUTBOX_BYTES};
+use ringcast_util::units::{parse_bytes, parse_duration};
+use std::net::SocketAddr;
+use std::time::Duration;
+use thiserror::Error;
+
+/// File descriptors kept free beyond the client limit (listeners, rings, logs).
+const FD_RESERVE: u64 = 64;
+/// Descriptors each worker thread keeps beyond its clients (its listeners and ring).
+const FDS_PER_THREAD: u64 = 4;
+
+/// Options of `ringcast serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub listen: SocketAddr,
+    /// Address of the HTTP listener (the chat page at /, WebSocket clients at /ws,
+    /// /healthz), or `off`; port 0 picks a free port (the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7879", value_parser = parse_http)]
+    pub http: Http,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "uring")]
+    pub backend: Backend,
+    /// Worker threads, each with its own runtime and listener [default: available cores].
+    #[arg(long, allow_hyphen_values = true)]
+    pub threads: Option<usize>,
+    /// Longest line a client may send, in bytes (k/m suffixes allowed).
+    #[arg(long, default_value = "4096", value_parser = parse_bytes, allow_hyphen_values = true)]
+    pub max_line: usize,
+    /// Most clients at once [default: the open-files limit less 64 and 4 per thread].
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_clients: Option<usize>,
+    /// Most connections from one IP address; more get an error and are closed (0: no
+    /// limit).
+    #[arg(long, default_value = "64", allow_hyphen_values = true)]
+    pub max_per_ip: usize,
+    /// Most bytes queued for one client; a client past it is cut off as a slow consumer.
+    #[arg(long, default_value = "256k", value_parser = parse_bytes, allow_hyphen_values = true)]
+    pub max_outbound: usize,
+    /// A client whose socket takes nothing for this long while output waits for it is
+    /// cut off as a slow consumer, whatever `--max-outbound` is (0: never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub write_timeout: Duration,
+    /// Input lines (chat and commands) one client may send per second on average; lines
+    /// over it are dropped and the client is told, at most once a second (0: no limit).
+    #[arg(long, default_value = "20", allow_hyphen_values = true)]
+    pub max_msg_rate: u32,
+    /// Input lines one client may send at once after a quiet spell (with --max-msg-rate).
+    #[arg(long, default_value = "100", allow_hyphen_values = true)]
+    pub max_msg_burst: u32,
+    /// How long shutdown may spend flushing queued lines before it closes regardless; also
+    /// how long a client that quit or closed its side has to read what is queued for it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
+    /// Coalescing window: a writer woken by a new line waits this long before writing,
+    /// so lines arriving meanwhile share one write. Trades latency for CPU; 0 is off.
+    #[arg(long, default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub flush_delay: Duration,
+    /// `GET /metrics` on the HTTP listener (Prometheus), with the fan-out timing and the
+    /// I/O counters only it shows; `off` (or `--http off`) measures none of it (what it
+    /// costs is the difference).
+    #[arg(long, value_enum, default_value = "on")]
+    pub metrics: Switch,
+    /// Interval of the stats log line; 0 turns it off.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub stats_interval: Duration,
+    /// Join a cluster of ringcast nodes through this NATS server (`nats://HOST:PORT`,
+    /// JetStream on): rooms and names are shared with every node of the cluster.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster [default: host name and process id].
+    #[arg(long, requires = "cluster")]
+    pub node: Option<String>,
+    /// How long a dead node's names and members are remembered by the cluster.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "cluster", allow_hyphen_values = true)]
+    pub cluster_lease: Duration,
+    /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Submission queue entries per io_uring (uring and uring-direct backends).
+    #[arg(long, default_value = "1024", allow_hyphen_values = true)]
+    pub sq_entries: u32,
+    /// Completion queue entries per io_uring (uring and uring-direct backends) [default: 4 x the SQ, at
+    /// least 16384].
+    #[arg(
+        long,
+        default_value = "0",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    pub cq_entries: u32,
+    /// uring backend: submit to the kernel after every N ops pushed while a scheduler
+    /// pass runs, not only when the thread parks (0: only at park).
+    #[arg(long, default_value = "64", allow_hyphen_values = true)]
+    pub submit_every: u32,
+    /// io_uring setup flags (uring backend), comma-separated; a kernel that lacks one
+    /// gets a ring without it (logged).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub uring_setup: Vec<UringSetup>,
+    /// uring-direct backend: receive buffers per thread, a power of two up to 32768
+    /// (each 4 KiB, shared by the thread's connections; running out only makes receives
+    /// wait, counted in /metrics).
+    #[arg(long, default_value = "1024", value_parser = parse_recv_buffers)]
+    pub recv_buffers: u16,
+}
+
+fn parse_recv_buffers(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err(format!(
+            "invalid count {text:?}: a power of two from 1 to 32768"
+        )),
+    }
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// The HTTP listener's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http(pub Option<SocketAddr>);
+
+fn parse_http(text: &str) -> Result<Http, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Http(None));
+    }
+    text.parse()
+        .map(|addr| Http(Some(addr)))
+        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7879, or off"))
+}
+
+/// Optional io_uring setup flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UringSetup {
+    /// IORING_SETUP_COOP_TASKRUN (+TASKRUN_FLAG), Linux 5.19+: completions are not
+    /// delivered by interrupting the thread, only when it enters the kernel.
+    CoopTaskrun,
+    /// IORING_SETUP_SINGLE_ISSUER, Linux 6.0+: one thread submits, the kernel skips
+    /// some locking.
+    SingleIssuer,
+}
+
+/// A combination of flags `ringcast serve` refuses. The texts name the flags as the user
+/// typed them (tests and scripts match them).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub(crate) enum ConfigError {
+    #[error("--threads must be at least 1")]
+    NoThreads,
+    #[error("--max-clients must be at least 1")]
+    NoClients,
+    #[error("--max-line must be at least 1 and --max-outbound at least --max-line + 64")]
+    LineOrOutbound,
+    #[error("--max-outbound must be at most {MAX_OUTBOX_BYTES} bytes (4 GiB less 1 MiB)")]
+    OutboundTooLarge,
+    #[error("--max-msg-burst must be at least 1 when --max-msg-rate is set")]
+    NoBurst,
+    #[error("--cluster-lease must be at least 1s")]
+    ShortLease,
+}
+
+/// What the defaults depend on: the machine this process runs on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Host {
+    /// The open-files limit (soft), after raising it to the hard limit.
+    pub(crate) open_files: u64,
+    /// Cores this process may run on.
+    pub(crate) cores: usize,
+}
+
+impl Host {
+    /// Raises this process's open-files limit as far as it may go, and reads the limit
+    /// and the cores.
+    pub(crate) fn detect() -> anyhow::Result<Host> {
+        let open_files =
+            ringcast_util::sys::raise_nofile_limit().context("reading the open-files limit")?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Host { open_files, cores })
+    }
+}
+
+/// A server's validated configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) listen: SocketAddr,
+    /// The HTTP listener's address; `None`: no HTTP listener.
+    pub(crate) http: Option<SocketAddr>,
+    pub(crate) backend: Backend,
+    /// At least 1.
+    pub(crate) threads: usize,
+    /// At least 1. May exceed what the open-files limit allows (warned about): accept
+    /// then pauses until descriptors are free.
+    pub(crate) max_clients: usize,
+    /// 0: no limit.
+    pub(crate) max_per_ip: usize,
+    pub(crate) limits: Limits,
+    /// `--max-msg-rate` and `--max-msg-burst` as given (the startup log shows them even
+    /// when the rate limit is off).
+    pub(crate) max_msg_rate: u32,
+    pub(crate) max_msg_burst: u32,
+    /// Whether `/metrics` is measured: asked for, and an HTTP listener to scrape it.
+    pub(crate) metrics: bool,
+    /// Zero: no stats log line.
+    pub(crate) stats_interval: Duration,
+    /// How this node joins a cluster, if it does.
+    pub(crate) cluster: Option<cluster::Config>,
+    /// How the backends set up each worker thread.
+    pub(crate) backend_options: BackendOptions,
+}
+
+impl Config {
+    /// Checks `args` and resolves the defaults that depend on `host`. Checks run in the
+    /// order of the flags' importance, so a command line with several mistakes is told
+    /// about the same one every time.
+    pub(crate) fn new(args: &ServeArgs, host: Host) -> Result<Config, ConfigError> {
+        let threads = match args.threads {
+            Some(0) => return Err(ConfigError::NoThreads),
+            Some(n) => n,
+            None => host.cores,
+        };
+        let max_clients = max_clients(args.max_clients, host.open_files, threads)?;
+        let limits = limits(args)?;
+        let cluster = match &args.cluster {
+            Some(url) => {
+                if args.cluster_lease < Duration::from_secs(1) {
+                    return Err(ConfigError::ShortLease);
+                }
+                Some(cluster::Config {
+                    url: url.clone(),
+                    node: args.node.clone().unwrap_or_else(cluster::default_node_name),
+                    lease: args.cluster_lease,
+                })
+            }
+            None => None,
+        };
+        Ok(Config {
+            listen: args.listen,
+            http: args.http.0,
+            backend: args.backend,
+            threads,
+            max_clients,
+            max_per_ip: args.max_per_ip,
+            limits,
+            max_msg_rate: args.max_msg_rate,
+            max_msg_burst: args.max_msg_burst,
+            // Without the HTTP listener nobody can scrape: then nothing is measured for it.
+            metrics: args.metrics == Switch::On && args.http.0.is_some(),
+            stats_interval: args.stats_interval,
+            cluster,
+            backend_options: BackendOptions {
+                uring: uring::Options {
+                    sq_entries: args.sq_entries,
+                    cq_entries: args.cq_entries,
+                    submit_every: args.submit_every,
+                    setup: args.uring_setup.clone(),
+                },
+                uring_direct: uring_direct::Options {
+                    sq_entries: args.sq_entries,
+                    cq_entries: args.cq_entries,
+                    // Each thread's share of the descriptors the other backends would
+                    // have (direct descriptors do not count against the limit).
+                    files_per_thread: fd_budget(host.open_files, threads) as u64 / threads as u64,
+                    recv_buffers: args.recv_buffers,
+                },
+            },
+        })
+    }
+}
+
+/// `--max-clients`, or by default as many clients as the open-files limit leaves room
+/// for beside the reserve and the threads' own descriptors.
+fn max_clients(
+    asked: Option<usize>,
+    open_files: u64,
+    threads: usize,
+) -> Result<usize, ConfigError> {
+    let fd_budget = fd_budget(open_files, threads);
+    match asked {
+        Some(0) => Err(ConfigError::NoClients),
+        Some(n) => {
+            if n > fd_budget {
+                tracing::warn!(
+                    "--max-clients {n} exceeds what the open-files limit {open_files} allows \
+                     ({fd_budget}); past that, accept pauses until descriptors are free"
+                );
+            }
+            Ok(n)
+        }
+        None => Ok(fd_budget.max(1)),
+    }
+}
+
+/// Descriptors left for clients by the open-files limit, beside the reserve and the
+/// threads' own.
+fn fd_budget(open_files: u64, threads: usize) -> usize {
+    open_files.saturating_sub(FD_RESERVE + FDS_PER_THREAD * threads as u64) as usize
+}
+
+/// The per-client limits: a line must fit an outbox with room to spare for a reply, and
+/// an outbox's size must fit the core's 32-bit accounting.
+fn limits(args: &ServeArgs) -> Result<Limits, ConfigError> {
+    if args.max_line == 0 || args.max_outbound < args.max_line + 64 {
+        return Err(ConfigError::LineOrOutbound);
+    }
+    if args.max_outbound > MAX_OUTBOX_BYTES {
+        return Err(ConfigError::OutboundTooLarge);
+    }
+    if args.max_msg_rate > 0 && args.max_msg_burst == 0 {
+        return Err(ConfigError::NoBurst);
+    }
+    Ok(Limits {
+        max_line: args.max_line,
+        max_outbound: args.max_outbound,
+        write_timeout: (!args.write_timeout.is_zero()).then_some(args.write_timeout),
+        rate: (args.max_msg_rate > 0).then_some(RateLimit {
+            per_second: args.max_msg_rate,
+            burst: args.max_msg_burst,
+        }),
+        drain_timeout: args.drain_timeout,
+        flush_delay: args.flush_delay,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    const HOST: Host = Host {
+        open_files: 1024,
+        cores: 3,
+    };
+
+    fn config(flags: &[&str]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse");
+        Config::new(&cli.serve, HOST)
+    }
+
+    #[test]
+    fn defaults_come_from_the_host() {
+        let config = config(&[]).expect("defaults are valid");
+        assert_eq!(config.threads, 3);
+        // 1024 less the reserve of 64 and 4 per thread.
+        assert_eq!(config.max_clients, 1024 - 64 - 12);
+        assert!(config.metrics);
+        assert_eq!(config.limits.write_timeout, Some(Duration::from_secs(30)));
+        assert!(config.cluster.is_none());
+        let no_http = super::tests::config(&["--http", "off"]).expect("valid");
+        assert!(
+            !no_http.metrics,
+            "nobody can scrape without the HTTP listener"
+        );
+    }
+
+    #[test]
+    fn zeros_turn_limits_off() {
+        let config = config(&[
+            "--write-timeout",
+            "0",
+            "--max-msg-rate",
+            "0",
+            "--max-msg-burst",
+            "0",
+        ])
+        .expect("valid");
+        assert_eq!(config.limits.write_timeout, None);
+        assert!(config.limits.rate.is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--threads", "0"], "--threads must be at least 1"),
+            (&["--max-clients", "0"], "--max-clients must be at least 1"),
+            (&["--max-line", "0"], "--max-line must be at least 1"),
+            (
+                &["--max-line", "4k", "--max-outbound", "4k"],
+                "--max-outbound at least",
+            ),
+            (&["--max-outbound", "5g"], "--max-outbound must be at most"),
+            (
+                &["--max-msg-burst", "0"],
+                "--max-msg-burst must be at least 1",
+            ),
+            (
+                &[
+                    "--cluster",
+                    "nats://127.0.0.1:4222",
+                    "--cluster-lease",
+                    "500ms",
+                ],
+                "--cluster-lease must be at least 1s",
+            ),
+        ];
+        for (flags, message) in cases {
+            let err = config(flags).expect_err("refused");
+            assert!(err.to_string().contains(message), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_outbound_bound_is_spelled_out() {
+        assert_eq!(
+            ConfigError::OutboundTooLarge.to_string(),
+            format!("--max-outbound must be at most {MAX_OUTBOX_BYTES} bytes (4 GiB less 1 MiB)")
+        );
+        assert_eq!(MAX_OUTBOX_BYTES, 4_293_918_719);
+    }
+
+    #[test]
+    fn the_first_mistake_is_the_one_told() {
+        assert_eq!(
+            config(&["--threads", "0", "--max-line", "0"]).unwrap_err(),
+            ConfigError::NoThreads
+        );
+    }
+}

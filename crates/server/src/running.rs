@@ -1,0 +1,201 @@
+//! A started server as its starter holds it: the addresses it listens on, and the wait
+//! for signals and worker ends that drains it. Also the threads beside the workers: the
+//! signal thread and the stats log line.
+
+use crate::backend::Backend;
+use anyhow::{bail, Context};
+use ringcast_core::{Directory, Stats};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the main thread waits for.
+pub(crate) enum Event {
+    Signal(i32),
+    WorkerDone(usize, Result<(), String>),
+}
+
+/// A server running in this process (its worker threads run in the background).
+pub struct Running {
+    pub(crate) addr: SocketAddr,
+    /// The cluster bridge, when this node is one of a cluster; it ends after the workers.
+    pub(crate) bridge: Option<crate::cluster::Bridge>,
+    pub(crate) http_addr: Option<SocketAddr>,
+    /// For [`Running::totals`].
+    #[cfg(feature = "test-util")]
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) events_tx: std_mpsc::Sender<Event>,
+    pub(crate) events: std_mpsc::Receiver<Event>,
+    pub(crate) threads: usize,
+    pub(crate) drain_timeout: Duration,
+    /// Dropping it stops the stats thread.
+    pub(crate) _stats_stop: std_mpsc::Sender<()>,
+}
+
+/// What a server embedded in a process (benchmarks, tests) is asked.
+#[cfg(feature = "test-util")]
+impl Running {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address of the HTTP listener, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Counters since start.
+    pub fn totals(&self) -> ringcast_core::Totals {
+        self.stats.totals()
+    }
+
+    /// Drains the server as SIGTERM would and waits for its threads to end.
+    pub fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down: draining connections");
+        let _ = self.shutdown.send(true);
+        self.wait(true).map(drop)
+    }
+}
+
+impl Running {
+    /// Waits for signals and worker ends until every worker has stopped.
+    pub(crate) fn wait(self, stopping: bool) -> anyhow::Result<ExitCode> {
+        let Running {
+            events,
+            shutdown: shutdown_tx,
+            threads,
+            drain_timeout,
+            bridge,
+            ..
+        } = self;
+        let mut stopping_since = stopping.then(Instant::now);
+        let mut running = threads;
+        let mut failure: Option<String> = None;
+        // Shutdown has its own timeout; past it and a grace period, stop waiting for workers.
+        let give_up_after = drain_timeout + Duration::from_secs(10);
+        while running > 0 {
+            let event = match stopping_since {
+                Some(since) => {
+                    let left = give_up_after.saturating_sub(since.elapsed());
+                    match events.recv_timeout(left) {
+                        Ok(event) => event,
+                        Err(_) => {
+                            failure.get_or_insert_with(|| {
+                                format!(
+                                    "{running} worker {} did not stop",
+                                    if running == 1 { "thread" } else { "threads" }
+                                )
+                            });
+                            break;
+                        }
+                    }
+                }
+                None => match events.recv() {
+                    Ok(event) => event,
+                    Err(_) => break,
+                },
+            };
+            match event {
+                Event::Signal(signal) if stopping_since.is_some() => {
+                    tracing::warn!(signal, "second signal: exiting without draining");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Event::Signal(signal) => {
+                    tracing::info!(signal, "shutting down: draining connections");
+                    stopping_since = Some(Instant::now());
+                    let _ = shutdown_tx.send(true);
+                }
+                Event::WorkerDone(index, result) => {
+                    running -= 1;
+                    if let Err(err) = result {
+                        tracing::error!(thread = index, "worker failed: {err}");
+                        failure.get_or_insert(err);
+                    }
+                    if stopping_since.is_none() {
+                        // A worker ending on its own is a failure: stop the others too.
+                        failure
+                            .get_or_insert_with(|| format!("worker {index} stopped unexpectedly"));
+                        stopping_since = Some(Instant::now());
+                        let _ = shutdown_tx.send(true);
+                    }
+                }
+            }
+        }
+        if failure.is_none() {
+            // The workers dropped their senders: the bridge gives back this node's names
+            // and ends.
+            if let Some(bridge) = bridge {
+                bridge.join();
+            }
+        }
+        match failure {
+            Some(err) => bail!("server failed: {err}"),
+            None => {
+                tracing::info!("shut down cleanly");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}
+
+pub(crate) fn spawn_signal_thread(events: std_mpsc::Sender<Event>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("ringcast-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Logs the stats line every `interval` until the returned sender is dropped.
+pub(crate) fn spawn_stats_thread(
+    interval: Duration,
+    backend: Backend,
+    dir: Arc<Directory>,
+    stats: Arc<Stats>,
+) -> anyhow::Result<std_mpsc::Sender<()>> {
+    let (stop, stopped) = std_mpsc::channel::<()>();
+    if interval.is_zero() {
+        return Ok(stop);
+    }
+    std::thread::Builder::new()
+        .name("ringcast-stats".into())
+        .spawn(move || {
+            let mut last = stats.totals();
+            let mut last_at = Instant::now();
+            while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                let now = stats.totals();
+                let secs = last_at.elapsed().as_secs_f64().max(1e-9);
+                let rate = |a: u64, b: u64| ((a - b) as f64 / secs).round() as u64;
+                tracing::info!(
+                    backend = backend.name(),
+                    clients = dir.clients(),
+                    rooms = dir.room_count(),
+                    msgs_in_per_s = rate(now.messages_in, last.messages_in),
+                    deliveries_per_s = rate(now.deliveries, last.deliveries),
+                    bytes_out_per_s = rate(now.bytes_out, last.bytes_out),
+                    slow_consumers = now.slow_consumers(),
+                    messages_in = now.messages_in,
+                    deliveries = now.deliveries,
+                    "stats {}",
+                    now.reasons()
+                );
+                last = now;
+                last_at = Instant::now();
+            }
+        })
+        .context("starting the stats thread")?;
+    Ok(stop)
+}
