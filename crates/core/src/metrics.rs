@@ -225,42 +225,7 @@ pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
                 s.ring.cqe_dropped,
             );
         }
-        "uring-direct" => {
-            w.counter(
-                "ringcast_uring_direct_enters",
-                "io_uring_enter calls of the completion loops: each submits what a pass \
-                 queued and waits for the next completion.",
-                s.parks,
-            );
-            w.counter_by(
-                "ringcast_uring_ops_submitted",
-                "Ops pushed to the rings, by kind.",
-                "op",
-                UringOp::ALL.map(|op| (op.name(), s.uring_ops[op as usize])),
-            );
-            w.gauge(
-                "ringcast_uring_ops_in_flight",
-                "Ops pushed to the rings whose last completion has not been reaped yet.",
-                s.ring.in_flight,
-            );
-            w.counter(
-                "ringcast_uring_recv_nobufs",
-                "Multishot receives that ended for want of a free buffer in the thread's \
-                 buffer ring (re-armed once buffers are back; nothing is lost).",
-                s.ring.recv_nobufs,
-            );
-            w.counter(
-                "ringcast_uring_cqe_overflow",
-                "Times a loop found its ring's completion queue overflowed (completions \
-                 waiting on the kernel's overflow list) after finding it fine before.",
-                s.uring_overflows_seen,
-            );
-            w.counter(
-                "ringcast_uring_cqe_dropped",
-                "Completions the kernel dropped for want of room (its own counter).",
-                s.ring.cqe_dropped,
-            );
-        }
+        "uring-direct" => uring_direct_families(&mut w, &s),
         "epoll" => {
             w.counter(
                 "ringcast_epoll_parks",
@@ -288,6 +253,45 @@ pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
         _ => {}
     }
     w.finish()
+}
+
+/// The uring-direct backend's own I/O: its loops' enters, the ops they push, and what
+/// their rings show.
+fn uring_direct_families(w: &mut Writer, s: &super::stats::Snapshot) {
+    w.counter(
+        "ringcast_uring_direct_enters",
+        "io_uring_enter calls of the completion loops: each submits what a pass \
+         queued and waits for the next completion.",
+        s.parks,
+    );
+    w.counter_by(
+        "ringcast_uring_ops_submitted",
+        "Ops pushed to the rings, by kind.",
+        "op",
+        UringOp::ALL.map(|op| (op.name(), s.uring_ops[op as usize])),
+    );
+    w.gauge(
+        "ringcast_uring_ops_in_flight",
+        "Ops pushed to the rings whose last completion has not been reaped yet.",
+        s.ring.in_flight,
+    );
+    w.counter(
+        "ringcast_uring_recv_nobufs",
+        "Multishot receives that ended for want of a free buffer in the thread's \
+         buffer ring (re-armed once buffers are back; nothing is lost).",
+        s.ring.recv_nobufs,
+    );
+    w.counter(
+        "ringcast_uring_cqe_overflow",
+        "Times a loop found its ring's completion queue overflowed (completions \
+         waiting on the kernel's overflow list) after finding it fine before.",
+        s.uring_overflows_seen,
+    );
+    w.counter(
+        "ringcast_uring_cqe_dropped",
+        "Completions the kernel dropped for want of room (its own counter).",
+        s.ring.cqe_dropped,
+    );
 }
 
 /// One read's chat, timed: the buffer every recipient's outbox shares is made from an
