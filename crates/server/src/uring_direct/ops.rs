@@ -214,6 +214,8 @@ pub(crate) struct Ring {
     backlog: std::collections::VecDeque<squeue::Entry>,
     /// Ops whose last completion has not been reaped.
     in_flight: u64,
+    /// The CQEs of one reaping, copied out of the queue (kept to reuse its allocation).
+    cqes: Vec<cqueue::Entry>,
     /// The completion queue was overflowed at the last look.
     overflowed: bool,
     counts: Arc<RingCounts>,
@@ -282,6 +284,7 @@ impl Ring {
             wake_armed: false,
             backlog: std::collections::VecDeque::new(),
             in_flight: 0,
+            cqes: Vec::new(),
             overflowed: false,
             counts: Arc::new(RingCounts::default()),
         })
@@ -674,18 +677,20 @@ impl Ring {
             this_thread(|c| c.uring_overflow_seen());
         }
         self.overflowed = overflowed;
+        let mut cqes = std::mem::take(&mut self.cqes);
         let mut cq = self.uring.completion();
-        let cqes: Vec<cqueue::Entry> = cq.by_ref().collect();
+        cqes.extend(cq.by_ref());
         let dropped = cq.overflow();
         drop(cq);
         self.counts
             .cqe_dropped
             .store(u64::from(dropped), Ordering::Relaxed);
-        for cqe in cqes {
+        for cqe in cqes.drain(..) {
             if let Some(completion) = self.complete(&cqe) {
                 out.push(completion);
             }
         }
+        self.cqes = cqes;
         self.counts
             .in_flight
             .store(self.in_flight, Ordering::Relaxed);
