@@ -108,8 +108,9 @@ pub struct ServeArgs {
     pub uring_setup: Vec<UringSetup>,
     /// uring-direct backend: receive buffers per thread, a power of two up to 32768
     /// (each 4 KiB, shared by the thread's connections; running out only makes receives
-    /// wait, counted in /metrics).
-    #[arg(long, default_value = "1024", value_parser = parse_recv_buffers)]
+    /// wait, counted in /metrics). The ring hands them out in turn, so all of them become
+    /// resident: 1 MiB per thread at 256.
+    #[arg(long, default_value = "256", value_parser = parse_recv_buffers)]
     pub recv_buffers: u16,
 }
 
