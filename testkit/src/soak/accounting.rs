@@ -182,7 +182,7 @@ pub(crate) fn judge(
                         let end = window_end.get(&(reader, publisher, w)).copied().flatten();
                         // A window whose chat never came back stays open: that is a
                         // failure already, not one per line.
-                        at + OUTAGE_LEAD >= window.at && end.map_or(true, |end| at <= end)
+                        at + OUTAGE_LEAD >= window.at && end.is_none_or(|end| at <= end)
                     })
                 });
             match allowed {
