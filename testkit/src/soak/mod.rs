@@ -41,6 +41,7 @@ mod clients;
 mod cluster;
 mod report;
 
+use crate::poll::Wait;
 use crate::server::ServerProcess;
 use anyhow::{bail, Context};
 use clients::{Client, Findings, Leave, Rng, Target, IO_TIMEOUT};
@@ -649,16 +650,22 @@ async fn fds_back_to_baseline(
     baseline: u64,
     findings: &Findings,
 ) -> u64 {
-    let deadline = Instant::now() + IO_TIMEOUT;
     let mut last = baseline;
-    while Instant::now() < deadline {
-        if let Some(sample) = watched.sample(node) {
-            last = sample.fds;
-            if last <= baseline {
-                return last;
+    let back = Wait::new("the fd count to return to its baseline", IO_TIMEOUT)
+        .every(Duration::from_millis(100))
+        .try_until_async(async || {
+            if let Some(sample) = watched.sample(node) {
+                last = sample.fds;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            if last <= baseline {
+                Ok(())
+            } else {
+                Err(last)
+            }
+        })
+        .await;
+    if back.is_ok() {
+        return last;
     }
     findings.fail(format!(
         "{}: fd count did not return to its baseline: {last} open, {baseline} before the churn",
