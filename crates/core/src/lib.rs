@@ -6,6 +6,7 @@
 
 pub mod cluster;
 mod codec;
+pub mod counters;
 mod directory;
 mod hub;
 pub mod metrics;
