@@ -6,12 +6,14 @@
 //! holds the started server and drains it. Each worker thread runs `worker` (written once
 //! for every backend) on the backend `backend` chooses: `uring` (tokio-uring; its ring,
 //! buffers and descriptors in `uring/`) or `epoll` (tokio); `io` is all a backend
-//! provides. `probe` checks at startup that io_uring can be used, `ring` is what the uring
-//! backend shows of its ring in `/metrics`, and `cluster` is the NATS bridge.
+//! provides. `probe` checks at startup that io_uring can be used, `counters` holds each
+//! backend's counter table (registered at start), `ring` is what the uring backend shows
+//! of its ring in `/metrics`, and `cluster` is the NATS bridge.
 
 mod backend;
 pub mod cluster;
 mod config;
+pub mod counters;
 mod epoll;
 mod io;
 pub mod probe;
