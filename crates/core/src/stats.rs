@@ -231,6 +231,11 @@ crate::table! {
             "Chat clients accepted, by transport (HTTP requests that stay HTTP are not counted).",
         )
         .show(&[Show::total("connections")]),
+        room_joins: Counter = Row::new(
+            "ringcast_room_joins",
+            "Times a chat client moved to another room with /join.",
+        )
+        .show(&[Show::total("room_joins")]),
         /// `slow_consumers`: cut off for not keeping up, by bytes queued or by time
         /// without progress.
         disconnects: ByLabel<Disconnect> = Row::new(
