@@ -9,7 +9,7 @@
 //!    `Gauge`, `Histogram`, or `ProbeCounter`/`ProbeGauge` for a value kept elsewhere,
 //!    read when scraped) and a `Row` (name, help, and where else it shows: `/stats` and
 //!    the log line). Consecutive rows with one name are one family.
-//! 2. Give it an arm in [`register`], and in [`set_parks_probe`] if it has a `parks`
+//! 2. Give it an arm in [`register`], and in `set_parks_probe` if it has a `parks`
 //!    row.
 //! 3. Count with `this_backend(|c: &YourCounters| c.field.inc())` on the backend's
 //!    thread (a no-op where nothing is bound, e.g. with `--metrics off` and no stats).
