@@ -6,7 +6,16 @@
 //! A row is a field: its name, its storage type (which gives its kind and labels) and a
 //! [`Row`] saying what `/metrics` calls it, its help text and where else it shows:
 //!
-//! ```ignore
+//! ```
+//! use ringcast_core::counters::{ByLabel, Row, Show};
+//!
+//! #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+//! enum Outcome {
+//!     Done,
+//!     Failed,
+//! }
+//! ringcast_core::label!(Outcome, "outcome", { Done = "done", Failed = "failed" });
+//!
 //! ringcast_core::table! {
 //!     /// What the frobnicator counts, per thread.
 //!     pub struct FrobCounters, FrobTotals {
@@ -15,11 +24,17 @@
 //!             .show(&[Show::total("frobs")]),
 //!     }
 //! }
-//! ringcast_core::label!(Outcome, "outcome", { Done = "done", Failed = "failed" });
+//!
+//! let stats = ringcast_core::Stats::new(1).with_backend::<FrobCounters>();
+//! // The line that counts, on the thread's own block (a backend reaches it with
+//! // `this_backend`, the hub's own rows with `self.counters()`):
+//! let block = stats.thread(0).backend::<FrobCounters>().expect("registered");
+//! block.frobs.inc(Outcome::Done);
+//! assert!(stats.read().stat_fields().ends_with(" frobs=1"));
 //! ```
 //!
-//! and the line that counts it is `counters.frobs.inc(Outcome::Done)` on the thread's
-//! own block.
+//! The core's own table is [`CoreCounters`](crate::CoreCounters): a counter of the hub's
+//! is a row there plus the line that counts it (`self.counters().room_joins.inc()`).
 //!
 //! **Storage** ([`Storage`]): a [`Counter`], a [`ByLabel`] (one counter per value of a
 //! [`Label`] enum, every value listed even at 0), a [`Gauge`] (signed changes), a
