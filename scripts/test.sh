@@ -8,7 +8,10 @@
 # The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
 # (a python3 earlier on PATH, e.g. pyenv's, may not have them).
 # apt-get's output goes to a log that is shown only if the install fails. Arguments go
-# to cargo test.
+# to cargo test. A test that cannot run here (RINGCAST_SKIP_PEERS=1, RINGCAST_SKIP_BROWSER=1,
+# a missing tool it may skip for) notes why in the file RINGCAST_SKIP_LOG names
+# (ringcast_testkit::skip): the last line of the run lists every skip, or says there was
+# none. The exit status is cargo test's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,4 +46,16 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   rm -f "$log"
 fi
-exec cargo test "$@"
+skips=$(mktemp "${TMPDIR:-/tmp}/ringcast-skips.XXXXXX")
+trap 'rm -f "$skips"' EXIT
+status=0
+RINGCAST_SKIP_LOG=$skips cargo test "$@" || status=$?
+# cargo test shows a passing test's stderr only with --nocapture: the skips come from the
+# file, one `SKIPPED: <test>: <why>` line each.
+if [ -s "$skips" ]; then
+  echo "test.sh: $(wc -l <"$skips") skipped: $(sort "$skips" |
+    awk '{ sub(/^SKIPPED: /, ""); printf "%s%s", (NR > 1 ? "; " : ""), $0 }')"
+else
+  echo "test.sh: no test skipped"
+fi
+exit "$status"

@@ -7,11 +7,11 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, server_deliveries, text};
+use bench_common::{bench, ringcast, scratch, server_deliveries, text};
 use common::Server;
 use ringcast_bench::plan::{Plan, Step};
 use ringcast_bench::report::Report;
-use ringcast_testkit::NatsServer;
+use ringcast_testkit::{BenchCommand, NatsServer};
 use std::time::Duration;
 
 /// nats-server, or `None` when it is missing and skipping was asked for.
@@ -55,30 +55,19 @@ fn cluster_run(backend: &str, proto: &str) {
     // The nodes' own counts, read apart from the harness, before and after the run.
     let count = || -> u64 { nodes.iter().map(|n| server_deliveries(n.addr)).sum() };
     let before = count();
-    let run = ringcast(&[
-        "bench",
-        "--proto",
-        proto,
-        "--addr",
-        &addrs,
-        "--server-pid",
-        &pids,
-        "--clients",
-        "60",
-        "--publishers",
-        "6",
-        "--rooms",
-        "3",
-        "--rate",
-        "150,300",
-        "--warmup",
-        "300ms",
-        "--duration",
-        "1s",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = bench(
+        &BenchCommand::new(&addrs)
+            .proto(proto)
+            .server_pid(&pids)
+            .clients(60)
+            .publishers(6)
+            .rooms(3)
+            .rates(&[150, 300])
+            .warmup(Duration::from_millis(300))
+            .duration(Duration::from_secs(1))
+            .quiet()
+            .out(&out),
+    );
     let after = count();
     let stdout = text(&run.stdout);
     assert!(
@@ -244,7 +233,7 @@ fn separate_servers_are_refused_as_a_cluster() {
     let a = Server::start("epoll", &[]);
     let b = Server::start("epoll", &[]);
     let before = server_deliveries(a.addr);
-    let run = ringcast(&["bench", "--addr", &list([a.addr, b.addr]), "--quiet"]);
+    let run = bench(&BenchCommand::new(list([a.addr, b.addr])).quiet());
     let err = text(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
     assert!(
@@ -258,34 +247,28 @@ fn separate_servers_are_refused_as_a_cluster() {
 /// Per-node flags must match the nodes; peers are loaded at one address.
 #[test]
 fn per_node_flags_must_match_the_nodes() {
-    for (args, says) in [
+    for (addr, args, says) in [
         (
-            vec!["--addr", "127.0.0.1:1,127.0.0.1:2", "--server-pid", "1"],
+            "127.0.0.1:1,127.0.0.1:2",
+            vec!["--server-pid", "1"],
             "--server-pid lists 1 but --addr 2",
         ),
         (
-            vec![
-                "--addr",
-                "127.0.0.1:1,127.0.0.1:2",
-                "--metrics-url",
-                "http://127.0.0.1:3/metrics",
-            ],
+            "127.0.0.1:1,127.0.0.1:2",
+            vec!["--metrics-url", "http://127.0.0.1:3/metrics"],
             "--metrics-url lists 1 but --addr 2",
         ),
+        ("127.0.0.1:1,127.0.0.1:1", vec![], "lists 127.0.0.1:1 twice"),
         (
-            vec!["--addr", "127.0.0.1:1,127.0.0.1:1"],
-            "lists 127.0.0.1:1 twice",
-        ),
-        (
-            vec!["--proto", "nats", "--addr", "127.0.0.1:1,127.0.0.1:2"],
+            "127.0.0.1:1,127.0.0.1:2",
+            vec!["--proto", "nats"],
             "nats is loaded at one address",
         ),
     ] {
-        let mut all = vec!["bench", "--quiet"];
-        all.extend(args);
-        let run = ringcast(&all);
+        let all = BenchCommand::new(addr).quiet().args(args);
+        let run = bench(&all);
         let err = text(&run.stderr);
-        assert_eq!(run.status.code(), Some(1), "{all:?}: {err}");
-        assert!(err.contains(says), "{all:?}: {err}");
+        assert_eq!(run.status.code(), Some(1), "{all}: {err}");
+        assert!(err.contains(says), "{all}: {err}");
     }
 }

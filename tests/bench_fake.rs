@@ -5,38 +5,34 @@
 
 mod bench_common;
 
-use bench_common::{ringcast, scratch, text, FakeServer, Fault};
+use bench_common::{bench, bench_command, ringcast, scratch, text, FakeServer, Fault};
 use ringcast_bench::report::Report;
+use ringcast_testkit::BenchCommand;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 fn bench_fake(fault: Fault, out: &Path, extra: &[&str]) -> std::process::Output {
     let server = FakeServer::start(fault);
-    let addr = server.addr.to_string();
-    let mut args = vec![
-        "bench",
-        "--addr",
-        &addr,
-        "--clients",
-        "20",
-        "--publishers",
-        "4",
-        "--rooms",
-        "2",
-        "--rate",
-        "200",
-        "--warmup",
-        "0",
-        "--duration",
-        "1s",
-        "--drain-timeout",
-        "1s",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    ringcast(&args)
+    bench(
+        &fake_workload(server.addr, Duration::from_secs(1))
+            .drain_timeout(Duration::from_secs(1))
+            .quiet()
+            .out(out)
+            .args(extra),
+    )
+}
+
+/// The workload the fake servers get: 20 clients in 2 rooms, 4 publishers, 200 msg/s
+/// for `step`.
+fn fake_workload(addr: SocketAddr, step: Duration) -> BenchCommand {
+    BenchCommand::new(addr)
+        .clients(20)
+        .publishers(4)
+        .rooms(2)
+        .rate(200)
+        .warmup(Duration::ZERO)
+        .duration(step)
 }
 
 #[test]
@@ -304,33 +300,14 @@ fn children_of(parent: u32) -> Vec<i32> {
 #[test]
 fn stalled_sender_shows_as_latency() {
     use std::io::BufRead as _;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     // The generator itself is frozen mid-step with SIGSTOP. Messages scheduled during the
     // freeze leave late; measured from their schedule they carry that delay, whereas a
     // harness timing from the actual send (coordinated omission) would show them as fast.
     let server = FakeServer::start(Fault::DropEvery(u64::MAX));
     let out = scratch("bench-sender-stall");
-    let mut bench = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args([
-            "bench",
-            "--addr",
-            &server.addr.to_string(),
-            "--clients",
-            "20",
-            "--publishers",
-            "4",
-            "--rooms",
-            "2",
-            "--rate",
-            "200",
-            "--warmup",
-            "0",
-            "--duration",
-            "4s",
-            "--out",
-            out.to_str().unwrap(),
-        ])
+    let mut bench = bench_command(&fake_workload(server.addr, Duration::from_secs(4)).out(&out))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -7,9 +7,11 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, text, PeerServer};
+use bench_common::{bench, scratch, text, PeerServer};
 use common::Server;
 use ringcast_bench::report::Report;
+use ringcast_testkit::BenchCommand;
+use std::time::Duration;
 
 /// How the servers are told to cut a client that stops reading within a few seconds, yet
 /// leave alone one that reads (a burst can queue tens of KiB for a moment).
@@ -17,46 +19,28 @@ const RINGCAST_LIMITS: [&str; 4] = ["--max-outbound", "128k", "--write-timeout",
 
 fn mixed_run(proto: &str, addr: &str, pid: u32, name: &str) -> Report {
     let out = scratch(&format!("bench-mixed-{name}"));
-    let pid = pid.to_string();
     // 100 clients in 5 Zipf rooms (the largest ~44, holding the 2 slow readers), 30
     // churners making 20 moves a second, messages of 100-1000 bytes: enough traffic
     // into the largest room to fill the slow readers' queues within the run.
-    let run = ringcast(&[
-        "bench",
-        "--proto",
-        proto,
-        "--addr",
-        addr,
-        "--clients",
-        "100",
-        "--publishers",
-        "10",
-        "--rooms",
-        "5",
-        "--room-sizes",
-        "zipf",
-        "--size",
-        "200",
-        "--size-dist",
-        "100-1000",
-        "--churners",
-        "30",
-        "--churn",
-        "20",
-        "--slow-readers",
-        "2",
-        "--rate",
-        "400",
-        "--warmup",
-        "1s",
-        "--duration",
-        "8s",
-        "--server-pid",
-        &pid,
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = bench(
+        &BenchCommand::new(addr)
+            .proto(proto)
+            .clients(100)
+            .publishers(10)
+            .rooms(5)
+            .flag("--room-sizes", "zipf")
+            .flag("--size", 200)
+            .flag("--size-dist", "100-1000")
+            .flag("--churners", 30)
+            .flag("--churn", 20)
+            .flag("--slow-readers", 2)
+            .rate(400)
+            .warmup(Duration::from_secs(1))
+            .duration(Duration::from_secs(8))
+            .server_pid(pid)
+            .quiet()
+            .out(&out),
+    );
     let stdout = text(&run.stdout);
     assert!(
         run.status.success(),

@@ -5,9 +5,11 @@
 mod bench_common;
 mod common;
 
-use bench_common::{ringcast, scratch, server_deliveries, text, PeerServer};
+use bench_common::{bench, bench_command, scratch, server_deliveries, text, PeerServer};
 use common::Server;
 use ringcast_bench::report::Report;
+use ringcast_testkit::BenchCommand;
+use std::time::Duration;
 
 /// A small sweep against a real server, over the line protocol (`proto` "ringcast") or
 /// WebSocket ("ws", `--addr` then being the HTTP address).
@@ -20,39 +22,22 @@ fn small_run(backend: &str, proto: &str, procs: &str, extra: &[&str]) {
         "ws" => server.http_addr().to_string(),
         _ => server.addr.to_string(),
     };
-    let pid = server.pid().to_string();
     let out = scratch(&format!("bench-real-{backend}-{proto}-{procs}"));
     let before = server_deliveries(line_addr);
-    let run = ringcast(
-        &[
-            "bench",
-            "--proto",
-            proto,
-            "--addr",
-            &addr,
-            "--clients",
-            "50",
-            "--publishers",
-            "5",
-            "--rooms",
-            "5",
-            "--rate",
-            "200,400",
-            "--warmup",
-            "300ms",
-            "--duration",
-            "1s",
-            "--procs",
-            procs,
-            "--server-pid",
-            &pid,
-            "--quiet",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>(),
+    let run = bench(
+        &BenchCommand::new(addr)
+            .proto(proto)
+            .clients(50)
+            .publishers(5)
+            .rooms(5)
+            .rates(&[200, 400])
+            .warmup(Duration::from_millis(300))
+            .duration(Duration::from_secs(1))
+            .flag("--procs", procs)
+            .server_pid(server.pid())
+            .quiet()
+            .out(&out)
+            .args(extra),
     );
     let after = server_deliveries(line_addr);
     let stdout = text(&run.stdout);
@@ -227,30 +212,19 @@ fn stalled_run(
         _ => server.addr.to_string(),
     };
     let out = scratch(&format!("bench{stall}-{backend}-{proto}"));
-    let run = ringcast(&[
-        "bench",
-        "--proto",
-        proto,
-        "--addr",
-        &addr,
-        "--clients",
-        "40",
-        "--publishers",
-        "20",
-        "--rooms",
-        "20",
-        "--rate",
-        "40",
-        "--warmup",
-        "0",
-        "--duration",
-        "3s",
-        stall,
-        "400ms",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = bench(
+        &BenchCommand::new(addr)
+            .proto(proto)
+            .clients(40)
+            .publishers(20)
+            .rooms(20)
+            .rate(40)
+            .warmup(Duration::ZERO)
+            .duration(Duration::from_secs(3))
+            .flag(stall, "400ms")
+            .quiet()
+            .out(&out),
+    );
     let stdout = text(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
     let report = Report::load(&out).expect("report");
@@ -333,10 +307,7 @@ fn too_many_clients_are_refused_before_connecting(backend: &str) {
     let server = Server::start(backend, &[]);
     let mut stats = Stats::connect(server.addr);
     let before = stats.connections();
-    let addr = server.addr.to_string();
-    let args = ["bench", "--addr", &addr, "--clients", "50000"];
-    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    bench.args(args);
+    let mut bench = bench_command(&BenchCommand::new(server.addr).clients(50000));
     // SAFETY: setrlimit is async-signal-safe and touches only the child. A fixed limit
     // makes the test the same on any machine.
     unsafe {
@@ -352,7 +323,7 @@ fn too_many_clients_are_refused_before_connecting(backend: &str) {
         });
     }
     let started = std::time::Instant::now();
-    let run = bench_common::run(bench, &args);
+    let run = bench_common::run(bench);
     let took = started.elapsed();
     let err = text(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
@@ -369,29 +340,17 @@ fn too_many_clients_are_refused_before_connecting(backend: &str) {
 /// cause on the terminal, unless `--allow-partial`.
 fn partial_connect_fails_unless_allowed(backend: &str) {
     let server = Server::start(backend, &["--max-clients", "20"]);
-    let addr = server.addr.to_string();
     let out = scratch(&format!("bench-partial-{backend}"));
-    let args = [
-        "bench",
-        "--addr",
-        &addr,
-        "--clients",
-        "30",
-        "--rooms",
-        "3",
-        "--rate",
-        "100",
-        "--warmup",
-        "0",
-        "--duration",
-        "500ms",
-        "--drain-timeout",
-        "500ms",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let run = ringcast(&args);
+    let workload = BenchCommand::new(server.addr)
+        .clients(30)
+        .rooms(3)
+        .rate(100)
+        .warmup(Duration::ZERO)
+        .duration(Duration::from_millis(500))
+        .drain_timeout(Duration::from_millis(500))
+        .quiet()
+        .out(&out);
+    let run = bench(&workload);
     let err = text(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
     // The harness's /stats connection takes one of the 20 places: 19 clients join.
@@ -406,9 +365,7 @@ fn partial_connect_fails_unless_allowed(backend: &str) {
     );
     assert!(!text(&run.stdout).contains("report.json"));
 
-    let mut allowed = args.to_vec();
-    allowed.push("--allow-partial");
-    let run = ringcast(&allowed);
+    let run = bench(&workload.arg("--allow-partial"));
     let stdout = text(&run.stdout);
     assert_eq!(run.status.code(), Some(2), "{stdout}{}", text(&run.stderr));
     assert!(stdout.contains("11 failed"), "{stdout}");
@@ -567,42 +524,29 @@ fn pin_thread(tid: i32, cpu: usize) -> std::io::Result<()> {
 fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads(backend: &str) {
     // SAFETY: sysconf has no preconditions.
     if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
-        eprintln!("skipped: needs two CPUs to pin server and harness apart");
+        ringcast_testkit::skip("needs two CPUs to pin server and harness apart");
         return;
     }
     let server = Server::start(backend, &[]);
     pin_process(server.pid(), 0);
     let out = scratch(&format!("bench-real-pinned-{backend}"));
-    let addr = server.addr.to_string();
-    let pid = server.pid().to_string();
-    let args = [
-        "bench",
-        "--addr",
-        &addr,
-        "--clients",
-        "40",
-        "--rooms",
-        "2",
-        "--rate",
-        "200",
-        "--warmup",
-        "0",
-        "--duration",
-        "1s",
-        "--server-pid",
-        &pid,
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    let mut bench = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
-    bench.args(args);
+    let mut bench = bench_command(
+        &BenchCommand::new(server.addr)
+            .clients(40)
+            .rooms(2)
+            .rate(200)
+            .warmup(Duration::ZERO)
+            .duration(Duration::from_secs(1))
+            .server_pid(server.pid())
+            .quiet()
+            .out(&out),
+    );
     // SAFETY: pre_exec runs in the forked child before exec; sched_setaffinity is
     // async-signal-safe.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut bench, || pin_thread(0, 1));
     }
-    let run = bench_common::run(bench, &args);
+    let run = bench_common::run(bench);
     assert!(run.status.success(), "bench failed: {}", text(&run.stderr));
     let json = std::fs::read_to_string(out.join("report.json")).expect("report.json");
     let report = Report::from_json(&json).expect("report parses");
@@ -625,7 +569,7 @@ fn unreachable_server_fails_fast() {
         .local_addr()
         .unwrap()
         .port();
-    let run = ringcast(&["bench", "--addr", &format!("127.0.0.1:{port}"), "--quiet"]);
+    let run = bench(&BenchCommand::new(format!("127.0.0.1:{port}")).quiet());
     assert!(!run.status.success());
     assert!(text(&run.stderr).contains("connecting to the server"));
 }
@@ -637,32 +581,19 @@ fn peer_small_run(proto: &str) {
         return;
     };
     let out = scratch(&format!("bench-peer-{proto}"));
-    let addr = server.addr.to_string();
-    let pid = server.pid().to_string();
-    let run = ringcast(&[
-        "bench",
-        "--proto",
-        proto,
-        "--addr",
-        &addr,
-        "--clients",
-        "50",
-        "--publishers",
-        "5",
-        "--rooms",
-        "5",
-        "--rate",
-        "200,400",
-        "--warmup",
-        "300ms",
-        "--duration",
-        "1s",
-        "--server-pid",
-        &pid,
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = bench(
+        &BenchCommand::new(server.addr)
+            .proto(proto)
+            .clients(50)
+            .publishers(5)
+            .rooms(5)
+            .rates(&[200, 400])
+            .warmup(Duration::from_millis(300))
+            .duration(Duration::from_secs(1))
+            .server_pid(server.pid())
+            .quiet()
+            .out(&out),
+    );
     let stdout = text(&run.stdout);
     assert!(
         run.status.success(),
@@ -720,23 +651,16 @@ fn nats_small_run_is_clean() {
 /// `--idle` connects, measures the server's RSS growth and runs no step.
 fn idle_run(proto: &str, addr: &str, pid: &str) -> Report {
     let out = scratch(&format!("bench-idle-{proto}-{addr}"));
-    let run = ringcast(&[
-        "bench",
-        "--proto",
-        proto,
-        "--idle",
-        "--addr",
-        addr,
-        "--clients",
-        "300",
-        "--rooms",
-        "3",
-        "--server-pid",
-        pid,
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let run = bench(
+        &BenchCommand::new(addr)
+            .proto(proto)
+            .arg("--idle")
+            .clients(300)
+            .rooms(3)
+            .server_pid(pid)
+            .quiet()
+            .out(&out),
+    );
     let stdout = text(&run.stdout);
     assert!(run.status.success(), "{stdout}\n{}", text(&run.stderr));
     assert!(stdout.contains("bytes per idle connection"), "{stdout}");

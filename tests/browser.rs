@@ -51,7 +51,7 @@ fn missing_browser() -> Option<String> {
 
 async fn two_tabs_and_a_tcp_client_chat_and_the_page_reconnects(backend: &str) {
     if std::env::var("RINGCAST_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: RINGCAST_SKIP_BROWSER=1");
+        ringcast_testkit::skip("RINGCAST_SKIP_BROWSER=1");
         return;
     }
     if let Some(why) = missing_browser() {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Client, Server, TIMEOUT};
-use ringcast_testkit::NatsServer;
+use ringcast_testkit::{poll, NatsServer};
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,15 +49,17 @@ fn node(backend: &str, nats: &NatsServer, name: &str) -> Server {
 /// Asks `line` until the reply satisfies `done` (the cluster settles in its own time);
 /// returns that reply.
 async fn ask_until(client: &mut Client, line: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let reply = client.ask(line).await;
-        if done(&reply) {
-            return reply;
-        }
-        assert!(Instant::now() < deadline, "{line}: still {reply:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll::Wait::new(format!("the reply to {line} to settle"), TIMEOUT)
+        .every(Duration::from_millis(100))
+        .until_async(async || {
+            let reply = client.ask(line).await;
+            if done(&reply) {
+                Ok(reply)
+            } else {
+                Err(reply)
+            }
+        })
+        .await
 }
 
 async fn every_line_reaches_every_member_on_every_node_once_in_order(backend: &str) {
@@ -240,12 +242,11 @@ async fn a_nats_outage_keeps_local_chat_and_loses_only_its_window(backend: &str)
     let got_since = |since: Instant| {
         let received = received.clone();
         async move {
-            let deadline = Instant::now() + TIMEOUT;
-            while !received.lock().unwrap().iter().any(|(_, at)| *at > since) {
-                assert!(Instant::now() < deadline, "cross-node chat never came back");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Instant::now()
+            poll::until_async("cross-node chat to come back", TIMEOUT, async || {
+                let back = received.lock().unwrap().iter().any(|(_, at)| *at > since);
+                back.then(Instant::now).ok_or("nothing received since")
+            })
+            .await
         }
     };
     got_since(Instant::now()).await;

@@ -6,6 +6,7 @@
 
 use ringcast_core::metrics::{self, Format};
 use ringcast_core::{Directory, ServerInfo, Stats};
+use ringcast_server::{counters, Backend};
 use std::collections::BTreeSet;
 
 pub fn dashboard() -> serde_json::Value {
@@ -47,12 +48,13 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 /// Sample names the server exports, for any backend.
 fn exported() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for backend in ["uring", "epoll", "uring-direct"] {
+    for backend in [Backend::Uring, Backend::Epoll, Backend::UringDirect] {
         let info = ServerInfo {
-            backend: backend.into(),
+            backend: backend.name().into(),
             ..ServerInfo::default()
         };
-        let stats = Stats::with_info(1, info, true);
+        // The server registers its backend's families, as `serve` does.
+        let stats = counters::register(backend, Stats::with_info(1, info, true));
         let text = metrics::render(&stats, &Directory::new(1, 0), Format::Classic);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().expect("a name");

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{stat, Client, Server, TIMEOUT};
+use ringcast_testkit::poll;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,18 +27,15 @@ async fn stuck_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
 
 /// Polls `/stats` through `monitor` until `key` reaches `value`; returns when it did.
 async fn until_stat(monitor: &mut Client, key: &str, value: u64) -> (Instant, String) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    poll::until_async(format!("{key} to reach {value}"), TIMEOUT, async || {
         let stats = monitor.ask("/stats").await;
         if stat(&stats, key) >= value {
-            return (Instant::now(), stats);
+            Ok((Instant::now(), stats))
+        } else {
+            Err(stats)
         }
-        assert!(
-            Instant::now() < deadline,
-            "{key} never reached {value}: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn a_client_whose_socket_takes_nothing_is_cut_by_the_write_timeout(backend: &str) {
@@ -227,17 +225,17 @@ async fn connections_from_one_address_are_capped(backend: &str) {
     assert_eq!(a.ask("/quit").await, "* bye");
     assert!(a.rest().await.is_empty());
     drop(a);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    poll::until_async("the place to come free", TIMEOUT, async || {
         let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let mut first = [0u8; 9];
         stream.read_exact(&mut first).await.unwrap();
         if &first == b"* you are" {
-            break;
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&first).into_owned())
         }
-        assert!(Instant::now() < deadline, "the place never came free");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 async fn a_port_in_use_is_an_error_not_a_shared_room(backend: &str) {
@@ -250,17 +248,16 @@ async fn a_port_in_use_is_an_error_not_a_shared_room(backend: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn a second server");
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = second.kill();
-            panic!("a second server on {} kept running", first.addr);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exited = poll::Wait::new(
+        format!("a second server on {} to exit", first.addr),
+        TIMEOUT,
+    )
+    .try_until_async(async || second.try_wait().expect("try_wait").ok_or("running"))
+    .await;
+    let status = exited.unwrap_or_else(|err| {
+        let _ = second.kill();
+        panic!("a second server on {} kept running: {err}", first.addr);
+    });
     let mut stdout = String::new();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut second.stdout.take().unwrap(), &mut stdout).unwrap();

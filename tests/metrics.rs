@@ -5,6 +5,7 @@
 mod common;
 
 use common::{stat, Client, Server, TIMEOUT};
+use ringcast_testkit::{poll, BenchCommand};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -89,18 +90,15 @@ impl Scraper {
         what: &str,
         done: impl Fn(&BTreeMap<String, f64>) -> bool,
     ) -> BTreeMap<String, f64> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
+        poll::until_async(what, TIMEOUT, async || {
             let m = self.scrape().await;
             if done(&m) {
-                return m;
+                Ok(m)
+            } else {
+                Err(poll::Verbatim(format!("{m:#?}")))
             }
-            assert!(
-                Instant::now() < deadline,
-                "never: {what}; last scrape: {m:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -471,38 +469,20 @@ async fn bench_reports_the_servers_fanout(backend: &str) {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&out);
-    let addr = server.addr.to_string();
-    let url = format!("http://{http}/metrics");
-    let out_arg = out.display().to_string();
-    let args = [
-        "bench",
-        "--addr",
-        &addr,
-        "--metrics-url",
-        &url,
-        "--clients",
-        "20",
-        "--publishers",
-        "2",
-        "--rooms",
-        "1",
-        "--rate",
-        "100,200",
-        "--size",
-        "64",
-        "--warmup",
-        "0",
-        "--duration",
-        "1s",
-        "--quiet",
-        "--out",
-        &out_arg,
-    ];
+    let bench = BenchCommand::new(server.addr)
+        .flag("--metrics-url", format!("http://{http}/metrics"))
+        .clients(20)
+        .publishers(2)
+        .rooms(1)
+        .rates(&[100, 200])
+        .flag("--size", 64)
+        .warmup(Duration::ZERO)
+        .duration(Duration::from_secs(1))
+        .quiet()
+        .out(&out);
     let output = tokio::time::timeout(
         Duration::from_secs(120),
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(args)
-            .output(),
+        tokio::process::Command::from(bench.command(env!("CARGO_BIN_EXE_ringcast"))).output(),
     )
     .await
     .expect("bench finished in time")

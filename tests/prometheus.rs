@@ -12,6 +12,7 @@
 mod common;
 
 use common::{Client, Server};
+use ringcast_testkit::poll;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,10 @@ fn binaries() -> Option<(PathBuf, PathBuf)> {
         _ => {
             let skip = |var: &str| std::env::var(var).as_deref() == Ok("1");
             if skip("RINGCAST_SKIP_PROMETHEUS") || skip("RINGCAST_SKIP_PEERS") {
-                eprintln!("SKIPPED: prometheus/promtool are not installed and a skip was asked");
+                ringcast_testkit::skip(
+                    "prometheus/promtool are not installed and RINGCAST_SKIP_PROMETHEUS=1 or \
+                     RINGCAST_SKIP_PEERS=1",
+                );
                 return None;
             }
             panic!(
@@ -137,18 +141,12 @@ impl Prometheus {
 
     /// Waits until `/-/ready` says 200 (503 while the storage opens).
     fn ready(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let (status, body) = http_get_any(self.addr, "/-/ready");
-            if status == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus never became ready: {status} {body}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        poll::Wait::new("prometheus to be ready", PATIENCE)
+            .every(Duration::from_millis(100))
+            .until(|| match http_get_any(self.addr, "/-/ready") {
+                (200, _) => Ok(()),
+                (status, body) => Err(format!("{status} {body}")),
+            })
     }
 
     /// The bound address, from the `msg="Listening on" address=...` log line.
@@ -208,18 +206,19 @@ impl Prometheus {
 
     /// Queries until `done` accepts the result; panics with the last one after `PATIENCE`.
     fn until(&self, query: &str, done: impl Fn(&[(serde_json::Value, f64)]) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
+        poll::Wait::new(
+            format!("prometheus to answer {query} as expected"),
+            PATIENCE,
+        )
+        .every(Duration::from_millis(250))
+        .until(|| {
             let result = self.query(query);
             if done(&result) {
-                return;
+                Ok(())
+            } else {
+                Err(result)
             }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus never answered {query} as expected; last: {result:?}"
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        })
     }
 }
 
@@ -230,14 +229,12 @@ impl Drop for Prometheus {
             // SAFETY: kill(2) has no memory effects; the child is ours and not reaped.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let exited = poll::Wait::new("prometheus to exit", Duration::from_secs(20))
+            .every(Duration::from_millis(50))
+            .try_until(|| self.child.try_wait().ok().flatten().ok_or("running"));
+        if exited.is_err() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

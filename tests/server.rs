@@ -4,8 +4,9 @@
 mod common;
 
 use common::{stat, Client, Server, TIMEOUT};
+use ringcast_testkit::poll;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 backend_tests!(
@@ -277,8 +278,7 @@ async fn server_full_refuses_one_more(backend: &str) {
     assert_eq!(a.ask("/quit").await, "* bye");
     assert!(a.rest().await.is_empty());
     drop(a);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    poll::until_async("the quit client's place to be freed", TIMEOUT, async || {
         let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
         let mut first = [0u8; 9];
         let mut stream = stream;
@@ -287,15 +287,12 @@ async fn server_full_refuses_one_more(backend: &str) {
             .unwrap()
             .unwrap();
         if &first == b"* you are" {
-            break;
+            return Ok(());
         }
         assert_eq!(&first, b"* error: ");
-        assert!(
-            Instant::now() < deadline,
-            "the quit client's place was never freed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Err("* error: server full")
+    })
+    .await;
 }
 
 async fn slow_consumer_is_cut_off_while_others_get_everything(backend: &str) {
@@ -401,16 +398,16 @@ async fn abrupt_disconnects_free_names_and_membership(backend: &str) {
     partial.send_raw(b"no newline ever").await;
     drop(partial);
 
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+    poll::until_async("the gone clients to be unlisted", TIMEOUT, async || {
         let who = watcher.ask("/who").await;
         let rooms = watcher.ask("/rooms").await;
         if who == "* members of lobby (1): watcher" && rooms == "* rooms (1): lobby (1)" {
-            break;
+            Ok(())
+        } else {
+            Err(format!("still listed: {who} / {rooms}"))
         }
-        assert!(Instant::now() < deadline, "still listed: {who} / {rooms}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     // The names are free again and the server serves on.
     let mut again = Client::connect(server.addr).await;
     again.nick(&reset_name).await;

@@ -8,10 +8,10 @@ mod common;
 
 use base64::Engine as _;
 use common::{stat, Client, Server, TIMEOUT};
+use ringcast_testkit::poll;
 use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -649,15 +649,15 @@ async fn healthz_says_503_while_a_shutdown_drains(backend: &str) {
     publisher.sync().await;
 
     server.signal(libc::SIGTERM);
-    let deadline = Instant::now() + TIMEOUT;
-    let draining = loop {
+    let draining = poll::until_async("/healthz to leave 200", TIMEOUT, async || {
         let health = http_get(http, "GET /healthz HTTP/1.1\r\n\r\n").await;
-        if !health.starts_with("HTTP/1.1 200 ") {
-            break health;
+        if health.starts_with("HTTP/1.1 200 ") {
+            Err(health)
+        } else {
+            Ok(health)
         }
-        assert!(Instant::now() < deadline, "/healthz never left 200");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     // "draining", or "shutting down" for a request that came as the drain began.
     assert!(draining.starts_with("HTTP/1.1 503 "), "{draining}");
     // No new WebSocket members while draining, and the TCP listener is closed.

@@ -2,10 +2,11 @@
 //! and the cluster soak: started, signalled, killed and started again on the same port
 //! by PID.
 
+use crate::poll::Wait;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Why a nats-server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ impl NatsServer {
         match NatsServer::start() {
             Ok(nats) => Some(nats),
             Err(NatsError::Skipped) => {
-                eprintln!("SKIPPED: nats-server is not installed and RINGCAST_SKIP_PEERS=1");
+                crate::skip("nats-server is not installed and RINGCAST_SKIP_PEERS=1");
                 None
             }
             Err(err) => panic!("{err}"),
@@ -89,10 +90,10 @@ impl NatsServer {
         // SAFETY: kill has no memory effects; the pid is our own unreaped child.
         unsafe { libc::kill(pid as libc::pid_t, signal) };
         if signal == libc::SIGSTOP {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !all_threads_stopped(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            // Past the 5 s, the caller goes on as it would have with the signal queued.
+            let _ = Wait::new(format!("nats-server {pid} to stop"), Duration::from_secs(5))
+                .every(Duration::from_millis(1))
+                .try_until(|| all_threads_stopped(pid).then_some(()).ok_or("running"));
         }
     }
 
@@ -116,21 +117,31 @@ impl NatsServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(NatsError::Spawn)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(self.addr).is_ok() {
+        let addr = self.addr;
+        let listening = Wait::new(
+            format!("nats-server to listen on {addr}"),
+            Duration::from_secs(10),
+        )
+        .try_until(|| {
+            if TcpStream::connect(addr).is_ok() {
+                return Ok(Ok(()));
+            }
+            match child.try_wait() {
+                Ok(Some(status)) => Ok(Err(NatsError::Exited(status, addr))),
+                _ => Err("not listening"),
+            }
+        });
+        match listening {
+            Ok(Ok(())) => {
                 self.child = Some(child);
-                return Ok(());
+                Ok(())
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(NatsError::Exited(status, self.addr));
-            }
-            if Instant::now() > deadline {
+            Ok(Err(exited)) => Err(exited),
+            Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(NatsError::NoListen(self.addr));
+                Err(NatsError::NoListen(addr))
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -3,6 +3,7 @@
 //! its log kept, its memory and
 //! descriptors read from `/proc`, and killed when dropped.
 
+use crate::poll::Wait;
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader};
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a server may take to print its address (debug builds on a busy machine are slow).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -191,16 +192,9 @@ impl ServerProcess {
 
     /// Waits up to `patience` for the server to exit; `None` if it is still running.
     pub fn wait_exit(&mut self, patience: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = self.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Wait::new(format!("server {} to exit", self.pid()), patience)
+            .try_until(|| self.exited().ok_or("running"))
+            .ok()
     }
 
     /// Everything kept of the server's log, one line per line.

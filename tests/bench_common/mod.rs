@@ -3,6 +3,7 @@
 //! server that can lose or stall deliveries on purpose.
 #![allow(dead_code)]
 
+use ringcast_testkit::{poll, BenchCommand};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,12 +20,22 @@ pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 pub fn ringcast(args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
     command.args(args);
-    run(command, args)
+    run(command)
 }
 
-/// Runs `command` (a `ringcast` built by the caller, `args` naming it in messages) with
-/// the same deadline.
-pub fn run(mut command: Command, args: &[&str]) -> Output {
+/// Runs the `ringcast bench` that `bench` describes, with the same deadline.
+pub fn bench(bench: &BenchCommand) -> Output {
+    run(bench_command(bench))
+}
+
+/// The command of `bench` on the `ringcast` binary under test, for a caller that adjusts
+/// it (resource limits, CPUs) before [`run`] or spawns it.
+pub fn bench_command(bench: &BenchCommand) -> Command {
+    bench.command(env!("CARGO_BIN_EXE_ringcast"))
+}
+
+/// Runs `command` (a `ringcast` built by the caller) with the same deadline.
+pub fn run(mut command: Command) -> Output {
     let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -41,7 +52,7 @@ pub fn run(mut command: Command, args: &[&str]) -> Output {
         Err(_) => {
             // SAFETY: kill has no memory effects; the pid is our own child.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("ringcast {args:?} did not finish within {RUN_TIMEOUT:?}");
+            panic!("{command:?} did not finish within {RUN_TIMEOUT:?}");
         }
     }
 }
@@ -201,7 +212,9 @@ impl PeerServer {
             .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(binary).is_file()));
         if !found {
             if std::env::var("RINGCAST_SKIP_PEERS").as_deref() == Ok("1") {
-                eprintln!("SKIPPED: {binary} is not installed and RINGCAST_SKIP_PEERS=1");
+                ringcast_testkit::skip(format!(
+                    "{binary} is not installed and RINGCAST_SKIP_PEERS=1"
+                ));
                 return None;
             }
             panic!(
@@ -237,20 +250,24 @@ impl PeerServer {
             .spawn()
             .unwrap_or_else(|err| panic!("starting {binary}: {err}"));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let listening = poll::Wait::new(
+            format!("{binary} to listen on {addr}"),
+            Duration::from_secs(10),
+        )
+        .try_until(|| {
             if TcpStream::connect(addr).is_ok() {
-                return Some(PeerServer { child, addr });
+                return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("{binary} exited with {status} before listening on {addr}");
             }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{binary} did not listen on {addr} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            Err("not listening")
+        });
+        if let Err(err) = listening {
+            let _ = child.kill();
+            panic!("{err}");
         }
+        Some(PeerServer { child, addr })
     }
 
     pub fn pid(&self) -> u32 {

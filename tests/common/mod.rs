@@ -2,11 +2,11 @@
 //! clients, and a macro that runs every test against every backend.
 #![allow(dead_code)]
 
-use ringcast_testkit::ServerProcess;
+use ringcast_testkit::{poll, ServerProcess};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -148,18 +148,15 @@ impl Server {
 
     /// Waits until the log contains `needle`.
     pub async fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
+        poll::until_async(format!("the log to show {needle:?}"), TIMEOUT, async || {
             let log = self.log();
             if log.contains(needle) {
-                return log;
+                Ok(log)
+            } else {
+                Err(poll::Verbatim(log))
             }
-            assert!(
-                Instant::now() < deadline,
-                "log never showed {needle:?}:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Resident memory of the server, in KiB.

@@ -349,17 +349,17 @@ impl<H: Clone> Hub<H> {
     ) -> Option<ClientId> {
         if let Err(refused) = self.shared.dir.admit_connection(peer) {
             tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
-            self.counters().refused(refused.reason());
+            self.counters().refused.inc(refused.reason());
             let notice = match protocol {
                 Protocol::Line => {
-                    self.counters().error(match refused {
+                    self.counters().errors.inc(match refused {
                         Refused::Full => ErrorKind::ServerFull,
                         Refused::PerAddress => ErrorKind::PerAddress,
                     });
                     reply::error(refused)
                 }
                 Protocol::Http => {
-                    self.counters().http_response(HttpStatus::Unavailable);
+                    self.counters().http_responses.inc(HttpStatus::Unavailable);
                     http::text(503, &format!("{refused}\n"))
                 }
             };
@@ -403,7 +403,7 @@ impl<H: Clone> Hub<H> {
     fn add_member(&mut self, id: ClientId, now: Tick) {
         let transport = self.clients[id].codec.transport();
         let (name, room, members) = self.shared.dir.add_member(transport);
-        self.counters().connection(transport);
+        self.counters().connections.inc(transport);
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;
         local.push(id);
@@ -428,7 +428,7 @@ impl<H: Clone> Hub<H> {
             buf.clear();
             return;
         };
-        self.counters().add_bytes_in(buf.len() as u64);
+        self.counters().bytes_in.add(buf.len() as u64);
         let stopped = self.input_stopped && client.member.is_some();
         if client.closing.is_some() || stopped {
             buf.clear();
@@ -467,7 +467,8 @@ impl<H: Clone> Hub<H> {
             Served::Respond(response) => self.respond(id, response, now),
             Served::Upgrade(response) => {
                 self.counters()
-                    .http_response(HttpStatus::SwitchingProtocols);
+                    .http_responses
+                    .inc(HttpStatus::SwitchingProtocols);
                 let client = &mut self.clients[id];
                 client.codec.upgrade();
                 client.close_by = Tick::NONE;
@@ -479,9 +480,9 @@ impl<H: Clone> Hub<H> {
 
     /// Sends a whole HTTP response, then closes the connection.
     fn respond(&mut self, id: ClientId, response: Bytes, now: Tick) {
-        self.counters().http_request();
         self.counters()
-            .http_response(HttpStatus::of_response(&response));
+            .http_responses
+            .inc(HttpStatus::of_response(&response));
         self.push_raw(id, response, now);
         self.begin_close(id, Disconnect::Quit, now);
     }
@@ -573,7 +574,7 @@ impl<H: Clone> Hub<H> {
         if notice_due {
             client.rate_noticed = now;
         }
-        self.counters().rate_limited();
+        self.counters().rate_limited.inc();
         if notice_due {
             let text = format!("slow down ({} lines/s)", limit.per_second);
             self.error(id, ErrorKind::RateLimited, text, now);
@@ -609,7 +610,8 @@ impl<H: Clone> Hub<H> {
         let mut encoded = Encoded::new(&text, lines, None, timed);
         let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
         let frames = encoded.into_frames();
-        self.counters().messages_in(lines, recipients * lines);
+        self.counters().messages_in.add(lines);
+        self.counters().deliveries.add(recipients * lines);
         if self.shared.hands_off() {
             self.handoffs.push(Handoff {
                 room,
@@ -665,7 +667,8 @@ impl<H: Clone> Hub<H> {
         self.shared
             .stats
             .thread(self.thread)
-            .queued_bytes(queued as i64);
+            .queued_bytes
+            .add(queued as i64);
         delivered
     }
 
@@ -679,7 +682,7 @@ impl<H: Clone> Hub<H> {
             let mut encoded = Encoded::new(&handoff.text, handoff.lines, frames, timed);
             delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
         }
-        self.counters().add_deliveries(delivered);
+        self.counters().deliveries.add(delivered);
         self.cut_overflowed(now);
     }
 
@@ -696,19 +699,13 @@ impl<H: Clone> Hub<H> {
     }
 
     fn server_stats(&mut self, id: ClientId, now: Tick) {
-        let t = self.shared.stats.totals();
+        // The counters' fields are the tables' (see `counters`): what a row shows here.
         let text = format!(
-            "stats {} clients={} rooms={} messages_in={} deliveries={} bytes_out={} \
-             slow_consumers={} connections={} {}",
+            "stats {} clients={} rooms={}{}",
             self.shared.label,
             self.shared.dir.clients(),
             self.shared.dir.room_count(),
-            t.messages_in,
-            t.deliveries,
-            t.bytes_out,
-            t.slow_consumers(),
-            t.connections,
-            t.reasons()
+            self.shared.stats.read().stat_fields()
         );
         let text = match &self.shared.cluster {
             Some(cluster) => format!("{text} {}", cluster.stats()),
@@ -719,7 +716,7 @@ impl<H: Clone> Hub<H> {
 
     /// Queues `* error: TEXT` to the client and counts it by kind.
     fn error(&mut self, id: ClientId, kind: ErrorKind, text: impl std::fmt::Display, now: Tick) {
-        self.counters().error(kind);
+        self.counters().errors.inc(kind);
         self.reply(id, reply::error(text), now);
     }
 
@@ -753,7 +750,7 @@ impl<H: Clone> Hub<H> {
         let client = &mut self.clients[id];
         let pushed = client.outbox.push(bytes);
         if pushed.is_ok() {
-            self.shared.stats.thread(self.thread).queued_bytes(len);
+            self.shared.stats.thread(self.thread).queued_bytes.add(len);
         }
         let client = &mut self.clients[id];
         match pushed {
@@ -813,7 +810,7 @@ impl<H: Clone> Hub<H> {
         self.leave_local_room(id);
         let is_member = self.clients[id].member.is_some();
         if is_member {
-            self.counters().disconnect(reason);
+            self.counters().disconnects.inc(reason);
         }
         let drain_by = now.plus(self.limits.drain_timeout);
         let client = &mut self.clients[id];
@@ -824,10 +821,10 @@ impl<H: Clone> Hub<H> {
                 client.outbox.clear();
                 client.finished = true;
                 let counters = self.shared.stats.thread(self.thread);
-                counters.queued_bytes(-dropped);
+                counters.queued_bytes.add(-dropped);
                 // The notice may go only if no write is in flight: it could split its lines.
                 let notice = (!client.writing).then(|| {
-                    counters.error(ErrorKind::SlowConsumer);
+                    counters.errors.inc(ErrorKind::SlowConsumer);
                     client.codec.farewell(reason, &mut self.framer)
                 });
                 self.shutdowns
@@ -843,7 +840,8 @@ impl<H: Clone> Hub<H> {
                     self.shared
                         .stats
                         .thread(self.thread)
-                        .queued_bytes(farewell.len() as i64);
+                        .queued_bytes
+                        .add(farewell.len() as i64);
                     // After any reply still owed by the cluster, like everything else.
                     match client.held.as_mut() {
                         Some(held) => held.push_back(cluster::Held::Ready(farewell)),
@@ -909,7 +907,8 @@ impl<H: Clone> Hub<H> {
         let mut client = self.clients.remove(id);
         self.forget_owed(client.held.take());
         self.counters()
-            .queued_bytes(-(client.outbox.queued() as i64));
+            .queued_bytes
+            .add(-(client.outbox.queued() as i64));
         self.shared.dir.disconnected(client.peer);
         if let Some(member) = &client.member {
             self.members -= 1;

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 mod codec;
+pub mod counters;
 mod directory;
 mod hub;
 pub mod metrics;
@@ -14,6 +15,7 @@ mod stats;
 mod time;
 mod web;
 
+pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use hub::{
     Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
@@ -21,9 +23,9 @@ pub use hub::{
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
 pub use stats::{
-    this_thread, Disconnect, EpollCall, ErrorKind, HistogramTotals, HttpStatus, Probe, Refusal,
-    RingReading, ServerInfo, Snapshot, Stats, ThreadBinding, ThreadCounters, Totals, Transport,
-    UringOp, UringSubmit, FANOUT_BOUNDS_NS, WRITE_LINES_BOUNDS,
+    this_backend, this_thread, CoreCounters, Disconnect, ErrorKind, HttpStatus, Reading, Refusal,
+    ServerInfo, Stats, ThreadBinding, ThreadCounters, Totals, Transport, FANOUT_BOUNDS_NS,
+    WRITE_LINES_BOUNDS,
 };
 pub use time::RateLimit;
 pub use web::{CHAT_PAGE, HEAD_TIMEOUT};

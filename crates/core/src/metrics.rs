@@ -12,14 +12,13 @@
 //! (from the enums that define them) even while its count is 0: a dashboard or alert
 //! never sees a series appear from nothing.
 //!
-//! Nothing here is computed on the fan-out path: the threads' counters are summed when a
-//! scrape comes (see `stats`).
+//! The families are the rows of the counter tables, the core's and the backend's, in
+//! their order (see [`crate::counters`]); nothing here names a counter. Nothing here is
+//! computed on the fan-out path: the threads' counters are summed when a scrape comes.
 
+use super::counters::{HistogramTotals, Kind, Row, Value};
 use super::directory::Directory;
-use super::stats::{
-    this_thread, Disconnect, EpollCall, ErrorKind, HistogramTotals, HttpStatus, Refusal, Stats,
-    Transport, UringOp, UringSubmit,
-};
+use super::stats::{this_thread, Stats, Transport};
 use bytes::Bytes;
 use std::fmt::{Display, Write as _};
 use std::time::Instant;
@@ -74,29 +73,29 @@ impl Format {
     }
 }
 
-/// The whole exposition of a server: its counters, the directory's gauges, and the
-/// families of its backend (`uring` or `epoll`, as `stats` names it).
+/// The whole exposition of a server: the directory's gauges and the server's info, then
+/// every row of the core's table and of the backend's (see [`crate::counters`]).
 pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
-    let s = stats.snapshot();
-    let t = &s.totals;
+    let reading = stats.read();
     let info = stats.info();
     let mut w = Writer::new(format);
 
-    w.gauge_by(
+    w.family(
         "ringcast_clients",
+        Kind::Gauge,
         "Chat clients connected now, by transport (HTTP requests are not clients).",
-        "transport",
-        Transport::ALL.map(|tr| (tr.name(), dir.clients_by(tr) as u64)),
     );
+    for tr in Transport::ALL {
+        w.sample(
+            "ringcast_clients",
+            &[("transport", tr.name())],
+            dir.clients_by(tr),
+        );
+    }
     w.gauge(
         "ringcast_rooms",
         "Rooms with at least one member now.",
         dir.room_count() as u64,
-    );
-    w.gauge(
-        "ringcast_outbound_queued_bytes",
-        "Bytes queued for clients that their writers have not taken yet.",
-        s.queued_bytes,
     );
     w.gauge(
         "ringcast_threads",
@@ -105,7 +104,7 @@ pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
     );
     w.family(
         "ringcast_info",
-        Type::Gauge,
+        Kind::Gauge,
         "The server's backend, version and git revision; always 1.",
     );
     w.sample(
@@ -118,180 +117,18 @@ pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
         1,
     );
 
-    w.counter(
-        "ringcast_messages_in",
-        "Chat lines received from clients.",
-        t.messages_in,
-    );
-    w.counter(
-        "ringcast_deliveries",
-        "Chat lines queued to recipients, one per recipient.",
-        t.deliveries,
-    );
-    w.counter(
-        "ringcast_bytes_in",
-        "Bytes read from connections (chat clients and HTTP requests).",
-        t.bytes_in,
-    );
-    w.counter(
-        "ringcast_bytes_out",
-        "Bytes written to connections (chat clients and HTTP responses).",
-        t.bytes_out,
-    );
-    w.counter_by(
-        "ringcast_connections",
-        "Chat clients accepted, by transport (HTTP requests that stay HTTP are not counted).",
-        "transport",
-        Transport::ALL.map(|tr| (tr.name(), t.connections_by[tr as usize])),
-    );
-    w.counter_by(
-        "ringcast_disconnects",
-        "Chat clients gone, by reason.",
-        "reason",
-        Disconnect::ALL.map(|r| (r.name(), t.disconnects(r))),
-    );
-    w.counter_by(
-        "ringcast_refused",
-        "Connections refused before they became clients, by reason.",
-        "reason",
-        Refusal::ALL.map(|r| (r.name(), t.refused(r))),
-    );
-    w.counter(
-        "ringcast_rate_limited",
-        "Input lines dropped for going over --max-msg-rate.",
-        t.rate_limited,
-    );
-    w.counter_by(
-        "ringcast_errors",
-        "Error replies (`* error: ...`) sent to chat clients, by kind.",
-        "kind",
-        ErrorKind::ALL.map(|k| (k.name(), t.errors(k))),
-    );
-    w.counter_by(
-        "ringcast_http_responses",
-        "HTTP responses queued, by status code (a WebSocket upgrade is a 101).",
-        "code",
-        HttpStatus::ALL.map(|c| (c.name(), s.http_responses[c as usize])),
-    );
-
-    w.histogram(
-        "ringcast_fanout_seconds",
-        "From reading a chat line to the end of the last write carrying it to a recipient \
-         (every line; the lines of one read count once each).",
-        &s.fanout,
-        1e9,
-    );
-    w.histogram(
-        "ringcast_write_batch_lines",
-        "Lines (chat lines and replies) a connection's writer took for one write.",
-        &s.write_lines,
-        1.0,
-    );
-
-    match info.backend.as_str() {
-        "uring" => {
-            let submits = std::iter::once(("park", s.parks)).chain(
-                UringSubmit::ALL
-                    .iter()
-                    .map(|&why| (why.name(), s.uring_submits[why as usize])),
-            );
-            w.counter_by(
-                "ringcast_uring_submissions",
-                "io_uring_enter calls that submitted, by trigger: the park of a worker thread \
-                 (the runtime's park count) or a push that found the submission queue full.",
-                "trigger",
-                submits,
-            );
-            w.counter_by(
-                "ringcast_uring_ops_submitted",
-                "Ops pushed to the rings, by kind.",
-                "op",
-                UringOp::ALL.map(|op| (op.name(), s.uring_ops[op as usize])),
-            );
-            w.gauge(
-                "ringcast_uring_ops_in_flight",
-                "Ops pushed to the rings whose completion has not been posted yet.",
-                s.ring.in_flight,
-            );
-            w.counter(
-                "ringcast_uring_cqe_overflow",
-                "Times a push found a ring's completion queue overflowed (completions waiting \
-                 on the kernel's overflow list) after finding it fine before.",
-                s.uring_overflows_seen,
-            );
-            w.counter(
-                "ringcast_uring_cqe_dropped",
-                "Completions the kernel dropped for want of room (its own counter).",
-                s.ring.cqe_dropped,
-            );
+    let mut family = "";
+    for table in reading.tables() {
+        for (row, value) in table.rows().iter().zip(table.values()) {
+            // Consecutive rows of one name are one family: one HELP and TYPE.
+            if row.name != family {
+                w.family(row.name, row.kind, row.help);
+                family = row.name;
+            }
+            w.row(row, value);
         }
-        "uring-direct" => uring_direct_families(&mut w, &s),
-        "epoll" => {
-            w.counter(
-                "ringcast_epoll_parks",
-                "Times a worker thread blocked in epoll_wait for events (the runtime's park \
-                 count; non-blocking polls between scheduler passes are not counted).",
-                s.parks,
-            );
-            w.counter(
-                "ringcast_epoll_reads",
-                "read calls on client sockets reported readable.",
-                s.epoll_calls[EpollCall::Read as usize],
-            );
-            w.counter(
-                "ringcast_epoll_writes",
-                "writev calls on client sockets.",
-                s.epoll_calls[EpollCall::Write as usize],
-            );
-            w.counter_by(
-                "ringcast_epoll_wouldblock",
-                "Socket calls that found nothing to read or no room to write (EAGAIN).",
-                "op",
-                EpollCall::ALL.map(|call| (call.name(), s.epoll_wouldblock[call as usize])),
-            );
-        }
-        _ => {}
     }
     w.finish()
-}
-
-/// The uring-direct backend's own I/O: its loops' enters, the ops they push, and what
-/// their rings show.
-fn uring_direct_families(w: &mut Writer, s: &super::stats::Snapshot) {
-    w.counter(
-        "ringcast_uring_direct_enters",
-        "io_uring_enter calls of the completion loops: each submits what a pass \
-         queued and waits for the next completion.",
-        s.parks,
-    );
-    w.counter_by(
-        "ringcast_uring_ops_submitted",
-        "Ops pushed to the rings, by kind.",
-        "op",
-        UringOp::ALL.map(|op| (op.name(), s.uring_ops[op as usize])),
-    );
-    w.gauge(
-        "ringcast_uring_ops_in_flight",
-        "Ops pushed to the rings whose last completion has not been reaped yet.",
-        s.ring.in_flight,
-    );
-    w.counter(
-        "ringcast_uring_recv_nobufs",
-        "Multishot receives that ended for want of a free buffer in the thread's \
-         buffer ring (re-armed once buffers are back; nothing is lost).",
-        s.ring.recv_nobufs,
-    );
-    w.counter(
-        "ringcast_uring_cqe_overflow",
-        "Times a loop found its ring's completion queue overflowed (completions \
-         waiting on the kernel's overflow list) after finding it fine before.",
-        s.uring_overflows_seen,
-    );
-    w.counter(
-        "ringcast_uring_cqe_dropped",
-        "Completions the kernel dropped for want of room (its own counter).",
-        s.ring.cqe_dropped,
-    );
 }
 
 /// One read's chat, timed: the buffer every recipient's outbox shares is made from an
@@ -339,7 +176,7 @@ impl Drop for FanoutClock {
         let lines = self.lines;
         // Off a worker thread (nothing bound) the sample is lost; the server's threads
         // are always bound while metrics are on.
-        this_thread(|counters| counters.fanout(nanos, lines));
+        this_thread(|counters| counters.fanout.observe(nanos, lines));
     }
 }
 
@@ -351,23 +188,6 @@ struct Linked {
 impl AsRef<[u8]> for Linked {
     fn as_ref(&self) -> &[u8] {
         &self.derived
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Type {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Type {
-    fn name(self) -> &'static str {
-        match self {
-            Type::Counter => "counter",
-            Type::Gauge => "gauge",
-            Type::Histogram => "histogram",
-        }
     }
 }
 
@@ -387,9 +207,9 @@ impl Writer {
 
     /// `# HELP` and `# TYPE` of a family. `name` is the family's name; a counter's samples
     /// add `_total`, which the classic format also puts in the family name.
-    fn family(&mut self, name: &str, kind: Type, help: &str) {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
         let suffix = match (kind, self.format) {
-            (Type::Counter, Format::Classic) => "_total",
+            (Kind::Counter, Format::Classic) => "_total",
             _ => "",
         };
         let help = escape_help(help, self.format);
@@ -413,46 +233,35 @@ impl Writer {
     }
 
     fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, Type::Gauge, help);
+        self.family(name, Kind::Gauge, help);
         self.sample(name, &[], value);
     }
 
-    fn gauge_by<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        series: impl IntoIterator<Item = (&'a str, u64)>,
-    ) {
-        self.family(name, Type::Gauge, help);
-        for (value, n) in series {
-            self.sample(name, &[(label, value)], n);
-        }
-    }
-
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, Type::Counter, help);
-        self.sample(&format!("{name}_total"), &[], value);
-    }
-
-    fn counter_by<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        label: &str,
-        series: impl IntoIterator<Item = (&'a str, u64)>,
-    ) {
-        self.family(name, Type::Counter, help);
-        let total = format!("{name}_total");
-        for (value, n) in series {
-            self.sample(&total, &[(label, value)], n);
+    /// A row's samples (its family's HELP and TYPE written before): a counter's name
+    /// with `_total`, one sample per label value, or a histogram's series.
+    fn row(&mut self, row: &Row, value: Value<'_>) {
+        let name = match row.kind {
+            Kind::Counter => format!("{}_total", row.name),
+            Kind::Gauge | Kind::Histogram => row.name.to_owned(),
+        };
+        match value {
+            Value::Count(n) => match row.series {
+                Some(series) => self.sample(&name, &[series], n),
+                None => self.sample(&name, &[], n),
+            },
+            Value::Series(counts) => {
+                let label = row.label.unwrap_or("value");
+                for (value, n) in row.values.iter().zip(counts) {
+                    self.sample(&name, &[(label, *value)], n);
+                }
+            }
+            Value::Histogram(h) => self.histogram(row.name, h, row.scale),
         }
     }
 
     /// A histogram whose bounds and sum are in units `per` times smaller than the unit
     /// exposed (1e9 for nanoseconds shown as seconds). Buckets are cumulative.
-    fn histogram(&mut self, name: &str, help: &str, h: &HistogramTotals, per: f64) {
-        self.family(name, Type::Histogram, help);
+    fn histogram(&mut self, name: &str, h: &HistogramTotals, per: f64) {
         let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
         for (&bound, &count) in h.bounds.iter().zip(&h.buckets) {
@@ -525,8 +334,31 @@ fn escape_help(help: &str, format: Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::ServerInfo;
+    use crate::counters::{ByLabel, Counter, ProbeCounter, Row, Show};
+    use crate::stats::{Disconnect, ErrorKind, ServerInfo};
+    use crate::this_backend;
     use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    /// A backend's table as a server registers one: a probed series and a counted,
+    /// labelled row of one family, and a plain counter.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Trigger {
+        Full,
+        Timer,
+    }
+
+    crate::label!(Trigger, "trigger", { Full = "full", Timer = "timer" });
+
+    crate::table! {
+        struct TestBackend, TestTotals {
+            parks: ProbeCounter = Row::new("ringcast_test_enters", "Enters, by trigger.")
+                .series("trigger", "park"),
+            enters: ByLabel<Trigger> = Row::new("ringcast_test_enters", "not shown")
+                .show(&[Show::Sum { key: "early", of: &["timer"] }]),
+            calls: Counter = Row::new("ringcast_test_calls", "Calls."),
+        }
+    }
 
     fn server(backend: &str) -> (Stats, Directory) {
         let info = ServerInfo {
@@ -534,7 +366,8 @@ mod tests {
             version: "1.2.3".into(),
             git_rev: "abc\"d\\e\nf".into(),
         };
-        (Stats::with_info(2, info, true), Directory::new(16, 0))
+        let stats = Stats::with_info(2, info, true).with_backend::<TestBackend>();
+        (stats, Directory::new(16, 0))
     }
 
     /// Family name -> (TYPE, HELP present) from the comment lines, and every sample line.
@@ -595,15 +428,13 @@ mod tests {
             "ringcast_errors_total",
             "ringcast_fanout_seconds",
             "ringcast_write_batch_lines",
-            "ringcast_uring_submissions_total",
-            "ringcast_uring_ops_submitted_total",
-            "ringcast_uring_cqe_overflow_total",
+            "ringcast_test_enters_total",
+            "ringcast_test_calls_total",
         ] {
             assert!(families.contains_key(family), "{family} missing:\n{text}");
         }
         assert_eq!(families["ringcast_fanout_seconds"].0, "histogram");
         assert_eq!(families["ringcast_clients"].0, "gauge");
-        assert!(!families.contains_key("ringcast_epoll_reads_total"));
         // No client, no message yet: every label value is there, at 0.
         for reason in Disconnect::ALL {
             let series = format!("ringcast_disconnects_total{{reason=\"{}\"}}", reason.name());
@@ -614,32 +445,55 @@ mod tests {
             assert_eq!(value(&samples, &series), "0");
         }
         assert_eq!(value(&samples, "ringcast_clients{transport=\"ws\"}"), "0");
+        // A family of two rows: one HELP (the first row's), the probed series first.
         assert_eq!(
-            value(
-                &samples,
-                "ringcast_uring_submissions_total{trigger=\"sq_full\"}"
-            ),
-            "0"
+            text.matches("# HELP ringcast_test_enters_total ").count(),
+            1
         );
+        assert!(text.contains("# HELP ringcast_test_enters_total Enters, by trigger.\n"));
+        assert!(text.contains(
+            "ringcast_test_enters_total{trigger=\"park\"} 0\n\
+             ringcast_test_enters_total{trigger=\"full\"} 0\n\
+             ringcast_test_enters_total{trigger=\"timer\"} 0\n"
+        ));
         assert_eq!(value(&samples, "ringcast_threads"), "2");
         assert!(!text.contains("# EOF"));
     }
 
     #[test]
     fn counts_from_every_thread_are_summed_and_histograms_are_cumulative() {
-        let (stats, dir) = server("epoll");
-        stats.thread(0).messages_in(3, 30);
-        stats.thread(1).messages_in(1, 10);
-        stats.thread(1).disconnect(Disconnect::SlowConsumer);
-        stats.thread(0).error(ErrorKind::UnknownCommand);
-        stats.thread(1).error(ErrorKind::UnknownCommand);
-        stats.thread(0).fanout(15_000, 2); // 15 µs, two lines: the 20 µs bucket
-        stats.thread(1).fanout(2_500_000_000, 1); // 2.5 s: the 3 s bucket
-        stats.thread(0).write_batch(3);
-        stats.thread(0).epoll_call(EpollCall::Read, true);
-        stats.thread(0).queued_bytes(100);
-        stats.thread(1).queued_bytes(50);
-        stats.thread(0).queued_bytes(-30);
+        let stats = Arc::new(server("test").0);
+        let dir = Directory::new(16, 0);
+        for (thread, messages) in [(0, 3), (1, 1)] {
+            stats.thread(thread).messages_in.add(messages);
+            stats.thread(thread).deliveries.add(messages * 10);
+        }
+        stats.thread(1).disconnects.inc(Disconnect::SlowConsumer);
+        stats.thread(0).errors.inc(ErrorKind::UnknownCommand);
+        stats.thread(1).errors.inc(ErrorKind::UnknownCommand);
+        stats.thread(0).fanout.observe(15_000, 2); // 15 µs, two lines: the 20 µs bucket
+        stats.thread(1).fanout.observe(2_500_000_000, 1); // 2.5 s: the 3 s bucket
+        stats.thread(0).write_lines.observe(3, 1);
+        stats.thread(0).queued_bytes.add(100);
+        stats.thread(1).queued_bytes.add(50);
+        stats.thread(0).queued_bytes.add(-30);
+        // The backend's block, counted through the thread's binding as a backend does.
+        let bound = stats.bind_thread(1);
+        this_backend(|b: &TestBackend| b.calls.add(2)).expect("bound, registered");
+        this_backend(|b: &TestBackend| b.enters.inc(Trigger::Timer)).expect("registered");
+        drop(bound);
+        stats
+            .thread(0)
+            .backend::<TestBackend>()
+            .expect("a block")
+            .calls
+            .inc();
+        stats
+            .thread(0)
+            .backend::<TestBackend>()
+            .expect("a block")
+            .parks
+            .set(Box::new(|| 7));
         let (families, samples) = parse(&render(&stats, &dir, Format::Classic));
         assert_eq!(value(&samples, "ringcast_messages_in_total"), "4");
         assert_eq!(value(&samples, "ringcast_deliveries_total"), "40");
@@ -685,13 +539,23 @@ mod tests {
             value(&samples, "ringcast_write_batch_lines_bucket{le=\"4.0\"}"),
             "1"
         );
-        assert_eq!(value(&samples, "ringcast_epoll_reads_total"), "1");
+        assert_eq!(families["ringcast_test_calls_total"].0, "counter");
+        assert_eq!(value(&samples, "ringcast_test_calls_total"), "3");
         assert_eq!(
-            value(&samples, "ringcast_epoll_wouldblock_total{op=\"read\"}"),
+            value(&samples, "ringcast_test_enters_total{trigger=\"park\"}"),
+            "7"
+        );
+        assert_eq!(
+            value(&samples, "ringcast_test_enters_total{trigger=\"timer\"}"),
             "1"
         );
-        assert!(families.contains_key("ringcast_epoll_parks_total"));
-        assert!(!families.contains_key("ringcast_uring_submissions_total"));
+        // /stats shows the backend's fields after the core's.
+        let fields = stats.read().stat_fields();
+        assert!(
+            fields.starts_with(" messages_in=4 deliveries=40 bytes_out=0 connections=0 "),
+            "{fields}"
+        );
+        assert!(fields.ends_with(" rate_limited=0 early=1"), "{fields}");
     }
 
     #[test]
@@ -724,7 +588,7 @@ mod tests {
     #[test]
     fn openmetrics_names_counter_families_without_total_and_ends_with_eof() {
         let (stats, dir) = server("uring");
-        stats.thread(0).messages_in(2, 2);
+        stats.thread(0).messages_in.add(2);
         let text = render(&stats, &dir, Format::OpenMetrics);
         assert!(text.contains("# TYPE ringcast_messages_in counter\n"));
         assert!(text.contains("# HELP ringcast_messages_in "));

@@ -1,19 +1,24 @@
-//! Server-wide counters: one block per thread, written only by that thread and summed
-//! when read (`/stats`, the `stats` log line, `/metrics`). The fan-out path pays a plain
-//! load and store on its own thread's cache lines, never a locked read-modify-write on a
-//! line another thread writes.
+//! Server-wide counters: the core's table (what the hub counts), one block of it per
+//! thread, written only by that thread and summed when read (`/stats`, the `stats` log
+//! line, `/metrics`). The fan-out path pays a plain load and store on its own thread's
+//! cache lines, never a locked read-modify-write on a line another thread writes. How a
+//! table is declared and what is derived from it: [`crate::counters`].
 //!
-//! Besides what the core counts itself, each thread's block holds what its I/O backend
-//! counts (ops pushed to the ring, syscalls that would block, ...) and, read only when
-//! scraped, probes the backend registers (the runtime's park count, the ring's own
-//! counters). [`Stats::bind_thread`] names the block of the thread it runs on, for the
-//! code that has no hub at hand: the backend's hooks and the fan-out clock, which records
-//! on whichever thread lets go of a chat batch last.
+//! A new counter is one row of [`CoreCounters`] below plus the line that counts it
+//! (`self.counters().room_joins.inc()`); `/stats`, the log line and `/metrics` follow
+//! from the row.
+//!
+//! The core defines no backend's counters: a server registers its backend's table with
+//! [`Stats::with_backend`], and the backend counts into its thread's block through
+//! [`this_backend`]. [`Stats::bind_thread`] names the block of the thread it runs on,
+//! for the code that has no hub at hand: the backend's hooks and the fan-out clock,
+//! which records on whichever thread lets go of a chat batch last.
 
+use crate::counters::{self, Block, ByLabel, Counter, Gauge, Histogram, Readings, Row, Show};
+use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// How a client's connection ended. Every way has a name, a counter and a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,28 +38,14 @@ pub enum Disconnect {
     ProtocolError,
 }
 
-impl Disconnect {
-    pub const ALL: [Disconnect; 6] = [
-        Disconnect::Quit,
-        Disconnect::PeerGone,
-        Disconnect::SlowConsumer,
-        Disconnect::WriteTimeout,
-        Disconnect::Shutdown,
-        Disconnect::ProtocolError,
-    ];
-
-    /// The name used in `/stats`, logs and metric labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            Disconnect::Quit => "quit",
-            Disconnect::PeerGone => "peer_gone",
-            Disconnect::SlowConsumer => "slow_consumer",
-            Disconnect::WriteTimeout => "write_timeout",
-            Disconnect::Shutdown => "shutdown",
-            Disconnect::ProtocolError => "protocol_error",
-        }
-    }
-}
+crate::label!(Disconnect, "reason", {
+    Quit = "quit",
+    PeerGone = "peer_gone",
+    SlowConsumer = "slow_consumer",
+    WriteTimeout = "write_timeout",
+    Shutdown = "shutdown",
+    ProtocolError = "protocol_error",
+});
 
 /// How a chat client is connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,16 +56,7 @@ pub enum Transport {
     Ws,
 }
 
-impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Tcp, Transport::Ws];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Ws => "ws",
-        }
-    }
-}
+crate::label!(Transport, "transport", { Tcp = "tcp", Ws = "ws" });
 
 /// Why a connection was refused before it became a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,16 +67,7 @@ pub enum Refusal {
     PerAddress,
 }
 
-impl Refusal {
-    pub const ALL: [Refusal; 2] = [Refusal::ServerFull, Refusal::PerAddress];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Refusal::ServerFull => "server_full",
-            Refusal::PerAddress => "per_ip",
-        }
-    }
-}
+crate::label!(Refusal, "reason", { ServerFull = "server_full", PerAddress = "per_ip" });
 
 /// The kinds of `* error:` replies, counted apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,38 +91,22 @@ pub enum ErrorKind {
     ClusterUnavailable,
 }
 
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
-        ErrorKind::LineTooLong,
-        ErrorKind::UnknownCommand,
-        ErrorKind::BadArgument,
-        ErrorKind::NameTaken,
-        ErrorKind::AlreadyInRoom,
-        ErrorKind::RateLimited,
-        ErrorKind::ServerFull,
-        ErrorKind::PerAddress,
-        ErrorKind::SlowConsumer,
-        ErrorKind::ClusterUnavailable,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::LineTooLong => "line_too_long",
-            ErrorKind::UnknownCommand => "unknown_command",
-            ErrorKind::BadArgument => "bad_argument",
-            ErrorKind::NameTaken => "name_taken",
-            ErrorKind::AlreadyInRoom => "already_in_room",
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::ServerFull => "server_full",
-            ErrorKind::PerAddress => "per_ip",
-            ErrorKind::SlowConsumer => "slow_consumer",
-            ErrorKind::ClusterUnavailable => "cluster_unavailable",
-        }
-    }
-}
+crate::label!(ErrorKind, "kind", {
+    LineTooLong = "line_too_long",
+    UnknownCommand = "unknown_command",
+    BadArgument = "bad_argument",
+    NameTaken = "name_taken",
+    AlreadyInRoom = "already_in_room",
+    RateLimited = "rate_limited",
+    ServerFull = "server_full",
+    PerAddress = "per_ip",
+    SlowConsumer = "slow_consumer",
+    ClusterUnavailable = "cluster_unavailable",
+});
 
 /// The status codes of HTTP responses, counted apart (the HTTP side's errors are here,
-/// not among the chat protocol's [`ErrorKind`]s).
+/// not among the chat protocol's [`ErrorKind`]s). The label value is the code, or
+/// `other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpStatus {
     SwitchingProtocols,
@@ -164,19 +121,19 @@ pub enum HttpStatus {
     Other,
 }
 
-impl HttpStatus {
-    pub const ALL: [HttpStatus; 9] = [
-        HttpStatus::SwitchingProtocols,
-        HttpStatus::Ok,
-        HttpStatus::BadRequest,
-        HttpStatus::NotFound,
-        HttpStatus::MethodNotAllowed,
-        HttpStatus::UpgradeRequired,
-        HttpStatus::HeadTooLarge,
-        HttpStatus::Unavailable,
-        HttpStatus::Other,
-    ];
+crate::label!(HttpStatus, "code", {
+    SwitchingProtocols = "101",
+    Ok = "200",
+    BadRequest = "400",
+    NotFound = "404",
+    MethodNotAllowed = "405",
+    UpgradeRequired = "426",
+    HeadTooLarge = "431",
+    Unavailable = "503",
+    Other = "other",
+});
 
+impl HttpStatus {
     pub fn from_code(code: u16) -> HttpStatus {
         match code {
             101 => HttpStatus::SwitchingProtocols,
@@ -200,153 +157,7 @@ impl HttpStatus {
             .unwrap_or(0);
         HttpStatus::from_code(code)
     }
-
-    /// The label value: the code, or `other`.
-    pub fn name(self) -> &'static str {
-        match self {
-            HttpStatus::SwitchingProtocols => "101",
-            HttpStatus::Ok => "200",
-            HttpStatus::BadRequest => "400",
-            HttpStatus::NotFound => "404",
-            HttpStatus::MethodNotAllowed => "405",
-            HttpStatus::UpgradeRequired => "426",
-            HttpStatus::HeadTooLarge => "431",
-            HttpStatus::Unavailable => "503",
-            HttpStatus::Other => "other",
-        }
-    }
 }
-
-/// Ops the uring backend pushes to its ring, by kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UringOp {
-    /// IORING_OP_RECV into a kernel-provided buffer.
-    Recv,
-    /// IORING_OP_SEND of one buffer.
-    Send,
-    /// IORING_OP_WRITEV of several buffers.
-    Writev,
-    /// IORING_OP_READ, when no provided buffer was free.
-    Read,
-    /// IORING_OP_POLL_ADD, on a ring without provided buffers.
-    PollAdd,
-    /// IORING_OP_PROVIDE_BUFFERS, giving a receive buffer back to the kernel.
-    ProvideBuffers,
-    /// IORING_OP_ACCEPT.
-    Accept,
-    // The uring-direct backend's own ops (it also pushes Send, Writev, Read, Accept).
-    /// A multishot IORING_OP_RECV on the thread's buffer ring (armed once per connection,
-    /// again after it ends, e.g. for want of buffers).
-    RecvMulti,
-    /// IORING_OP_TIMEOUT for the hub's next deadline.
-    Timeout,
-    /// IORING_OP_ASYNC_CANCEL or IORING_OP_TIMEOUT_REMOVE.
-    Cancel,
-    /// IORING_OP_SHUTDOWN.
-    Shutdown,
-    /// IORING_OP_CLOSE of a direct descriptor.
-    Close,
-    /// IORING_OP_MSG_RING: a wake-up posted into another thread's ring.
-    MsgRing,
-}
-
-impl UringOp {
-    pub const ALL: [UringOp; 13] = [
-        UringOp::Recv,
-        UringOp::Send,
-        UringOp::Writev,
-        UringOp::Read,
-        UringOp::PollAdd,
-        UringOp::ProvideBuffers,
-        UringOp::Accept,
-        UringOp::RecvMulti,
-        UringOp::Timeout,
-        UringOp::Cancel,
-        UringOp::Shutdown,
-        UringOp::Close,
-        UringOp::MsgRing,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            UringOp::Recv => "recv",
-            UringOp::Send => "send",
-            UringOp::Writev => "writev",
-            UringOp::Read => "read",
-            UringOp::PollAdd => "poll_add",
-            UringOp::ProvideBuffers => "provide_buffers",
-            UringOp::Accept => "accept",
-            UringOp::RecvMulti => "recv_multi",
-            UringOp::Timeout => "timeout",
-            UringOp::Cancel => "cancel",
-            UringOp::Shutdown => "shutdown",
-            UringOp::Close => "close",
-            UringOp::MsgRing => "msg_ring",
-        }
-    }
-}
-
-/// What made the uring backend's thread call `io_uring_enter` to submit, besides the
-/// park (which the runtime's park count gives, see [`ThreadCounters::set_parks_probe`]).
-/// A new way to submit (e.g. submitting mid-pass) is one more variant here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UringSubmit {
-    /// A push found the submission queue full; tokio-uring submitted it first.
-    SqFull,
-    /// A submit-only `io_uring_enter` while a scheduler pass ran (every
-    /// `--submit-every` ops pushed).
-    MidPass,
-}
-
-impl UringSubmit {
-    pub const ALL: [UringSubmit; 2] = [UringSubmit::SqFull, UringSubmit::MidPass];
-
-    /// The label value (`park` is the other one).
-    pub fn name(self) -> &'static str {
-        match self {
-            UringSubmit::SqFull => "sq_full",
-            UringSubmit::MidPass => "mid_pass",
-        }
-    }
-}
-
-/// The epoll backend's socket calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EpollCall {
-    /// `read` after the socket was reported readable.
-    Read,
-    /// `writev`.
-    Write,
-}
-
-impl EpollCall {
-    pub const ALL: [EpollCall; 2] = [EpollCall::Read, EpollCall::Write];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            EpollCall::Read => "read",
-            EpollCall::Write => "write",
-        }
-    }
-}
-
-/// What a ring shows of itself, read when scraped.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RingReading {
-    /// SQEs pushed whose completion has not been posted yet (submitted or waiting for
-    /// the next `io_uring_enter`).
-    pub in_flight: u64,
-    /// Completions the kernel dropped because the completion queue was full and it could
-    /// not keep them on its overflow list.
-    pub cqe_dropped: u64,
-    /// uring-direct: multishot receives that ended for want of a free buffer in the
-    /// thread's buffer ring (each is re-armed once buffers are back; no byte is lost).
-    pub recv_nobufs: u64,
-}
-
-/// Reads a value of a thread's I/O that is not counted by ringcast but read where it is
-/// kept (the runtime, the ring) when scraped, from another thread.
-pub type Probe<T> = Box<dyn Fn() -> T + Send + Sync>;
 
 /// Bucket bounds of the fan-out histogram, in nanoseconds: 1, 2, 3, 5 and 7 of each
 /// decade from 10 µs to 10 s (a bucket is at most twice its lower bound, so a quantile
@@ -385,172 +196,88 @@ pub const WRITE_LINES_BOUNDS: [u64; 14] = [
     u64::MAX,
 ];
 
-/// A histogram of one thread, written by that thread only. The last bound is
-/// `u64::MAX`: the +Inf bucket.
-#[derive(Debug)]
-pub struct Histogram<const N: usize> {
-    bounds: &'static [u64; N],
-    buckets: [Counter; N],
-    sum: Counter,
-}
-
-impl<const N: usize> Histogram<N> {
-    fn new(bounds: &'static [u64; N]) -> Self {
-        Self {
-            bounds,
-            buckets: std::array::from_fn(|_| Counter::default()),
-            sum: Counter::default(),
-        }
+crate::table! {
+    /// The core's table: what the hub counts, per worker thread. `/metrics` lists the
+    /// rows in this order, after the directory's gauges; `/stats` and the log line show
+    /// the rows' [`Show`]s in this order.
+    pub struct CoreCounters, Totals {
+        /// Bytes in this thread's outboxes now.
+        queued_bytes: Gauge = Row::new(
+            "ringcast_outbound_queued_bytes",
+            "Bytes queued for clients that their writers have not taken yet.",
+        ),
+        messages_in: Counter = Row::new(
+            "ringcast_messages_in",
+            "Chat lines received from clients.",
+        )
+        .show(&[Show::total("messages_in"), Show::Rate { key: "msgs_in_per_s" }]),
+        /// One per recipient of each chat line.
+        deliveries: Counter = Row::new(
+            "ringcast_deliveries",
+            "Chat lines queued to recipients, one per recipient.",
+        )
+        .show(&[Show::total("deliveries"), Show::Rate { key: "deliveries_per_s" }]),
+        bytes_in: Counter = Row::new(
+            "ringcast_bytes_in",
+            "Bytes read from connections (chat clients and HTTP requests).",
+        ),
+        bytes_out: Counter = Row::new(
+            "ringcast_bytes_out",
+            "Bytes written to connections (chat clients and HTTP responses).",
+        )
+        .show(&[Show::total("bytes_out"), Show::Rate { key: "bytes_out_per_s" }]),
+        connections: ByLabel<Transport> = Row::new(
+            "ringcast_connections",
+            "Chat clients accepted, by transport (HTTP requests that stay HTTP are not counted).",
+        )
+        .show(&[Show::total("connections")]),
+        room_joins: Counter = Row::new(
+            "ringcast_room_joins",
+            "Times a chat client moved to another room with /join.",
+        )
+        .show(&[Show::total("room_joins")]),
+        /// `slow_consumers`: cut off for not keeping up, by bytes queued or by time
+        /// without progress.
+        disconnects: ByLabel<Disconnect> = Row::new(
+            "ringcast_disconnects",
+            "Chat clients gone, by reason.",
+        )
+        .show(&[
+            Show::Sum { key: "slow_consumers", of: &["slow_consumer", "write_timeout"] },
+            Show::Each { prefix: "closed_" },
+        ]),
+        refused: ByLabel<Refusal> = Row::new(
+            "ringcast_refused",
+            "Connections refused before they became clients, by reason.",
+        )
+        .show(&[Show::Each { prefix: "refused_" }]),
+        rate_limited: Counter = Row::new(
+            "ringcast_rate_limited",
+            "Input lines dropped for going over --max-msg-rate.",
+        )
+        .show(&[Show::total("rate_limited")]),
+        errors: ByLabel<ErrorKind> = Row::new(
+            "ringcast_errors",
+            "Error replies (`* error: ...`) sent to chat clients, by kind.",
+        ),
+        http_responses: ByLabel<HttpStatus> = Row::new(
+            "ringcast_http_responses",
+            "HTTP responses queued, by status code (a WebSocket upgrade is a 101).",
+        ),
+        /// Nanoseconds, recorded by the thread on which the last write carrying the
+        /// line ended.
+        fanout: Histogram<{ FANOUT_BOUNDS_NS.len() }> = Row::new(
+            "ringcast_fanout_seconds",
+            "From reading a chat line to the end of the last write carrying it to a recipient \
+             (every line; the lines of one read count once each).",
+        )
+        .buckets(&FANOUT_BOUNDS_NS, 1e9),
+        write_lines: Histogram<{ WRITE_LINES_BOUNDS.len() }> = Row::new(
+            "ringcast_write_batch_lines",
+            "Lines (chat lines and replies) a connection's writer took for one write.",
+        )
+        .buckets(&WRITE_LINES_BOUNDS, 1.0),
     }
-
-    /// Counts `times` observations of `value`.
-    pub fn observe(&self, value: u64, times: u64) {
-        // The first bound not below the value: Prometheus buckets are `le`.
-        let bucket = self.bounds.partition_point(|&bound| bound < value);
-        self.buckets[bucket.min(N - 1)].add(times);
-        self.sum.add(value.saturating_mul(times));
-    }
-
-    fn read_into(&self, into: &mut HistogramTotals) {
-        if into.buckets.len() != N {
-            into.buckets = vec![0; N];
-            into.bounds = self.bounds.to_vec();
-        }
-        for (total, bucket) in into.buckets.iter_mut().zip(&self.buckets) {
-            *total += bucket.get();
-        }
-        into.sum += self.sum.get();
-    }
-}
-
-/// A histogram summed over threads: counts per bucket (not cumulative) and the sum of
-/// the values observed, in the histogram's unit.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HistogramTotals {
-    /// Upper bounds; the last is `u64::MAX` (+Inf).
-    pub bounds: Vec<u64>,
-    pub buckets: Vec<u64>,
-    pub sum: u64,
-}
-
-impl HistogramTotals {
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().sum()
-    }
-}
-
-/// A counter written by one thread only: a plain load and store, no locked
-/// read-modify-write on the fan-out path; readers on other threads see it relaxed.
-#[derive(Debug, Default)]
-struct Counter(AtomicU64);
-
-impl Counter {
-    fn add(&self, n: u64) {
-        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
-
-/// Counters of one worker thread. Only that thread writes them.
-#[repr(align(128))]
-pub struct ThreadCounters {
-    messages_in: Counter,
-    deliveries: Counter,
-    bytes_in: Counter,
-    bytes_out: Counter,
-    connections: [Counter; Transport::ALL.len()],
-    http_requests: Counter,
-    rate_limited: Counter,
-    disconnects: [Counter; Disconnect::ALL.len()],
-    refused: [Counter; Refusal::ALL.len()],
-    errors: [Counter; ErrorKind::ALL.len()],
-    http_responses: [Counter; HttpStatus::ALL.len()],
-    /// Bytes in this thread's outboxes now, as a wrapping sum of signed changes (a
-    /// gauge: it goes down).
-    queued_bytes: Counter,
-    /// From reading a chat line to the end of the last write carrying it, recorded by
-    /// the thread on which that last write ended.
-    fanout: Histogram<{ FANOUT_BOUNDS_NS.len() }>,
-    write_lines: Histogram<{ WRITE_LINES_BOUNDS.len() }>,
-    uring_ops: [Counter; UringOp::ALL.len()],
-    uring_submits: [Counter; UringSubmit::ALL.len()],
-    uring_overflows_seen: Counter,
-    epoll_calls: [Counter; EpollCall::ALL.len()],
-    epoll_wouldblock: [Counter; EpollCall::ALL.len()],
-    /// Set once by the worker: the runtime's count of this thread's parks.
-    parks: OnceLock<Probe<u64>>,
-    /// Set once by the uring backend: its ring's own counters.
-    ring: OnceLock<Probe<RingReading>>,
-}
-
-impl Default for ThreadCounters {
-    fn default() -> Self {
-        Self {
-            messages_in: Counter::default(),
-            deliveries: Counter::default(),
-            bytes_in: Counter::default(),
-            bytes_out: Counter::default(),
-            connections: Default::default(),
-            http_requests: Counter::default(),
-            rate_limited: Counter::default(),
-            disconnects: Default::default(),
-            refused: Default::default(),
-            errors: Default::default(),
-            http_responses: Default::default(),
-            queued_bytes: Counter::default(),
-            fanout: Histogram::new(&FANOUT_BOUNDS_NS),
-            write_lines: Histogram::new(&WRITE_LINES_BOUNDS),
-            uring_ops: Default::default(),
-            uring_submits: Default::default(),
-            uring_overflows_seen: Counter::default(),
-            epoll_calls: Default::default(),
-            epoll_wouldblock: Default::default(),
-            parks: OnceLock::new(),
-            ring: OnceLock::new(),
-        }
-    }
-}
-
-impl std::fmt::Debug for ThreadCounters {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ThreadCounters")
-            .field("messages_in", &self.messages_in.get())
-            .field("deliveries", &self.deliveries.get())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Totals since start, summed over threads.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    /// Chat lines received.
-    pub messages_in: u64,
-    /// Chat lines queued to recipients (one per recipient).
-    pub deliveries: u64,
-    /// Bytes read from clients.
-    pub bytes_in: u64,
-    /// Bytes written to clients.
-    pub bytes_out: u64,
-    /// Chat clients accepted (line and WebSocket).
-    pub connections: u64,
-    /// Chat clients accepted, by [`Transport`].
-    pub connections_by: [u64; Transport::ALL.len()],
-    /// HTTP requests answered without becoming a client (the page, `/healthz`, ...).
-    pub http_requests: u64,
-    /// Input lines dropped for going over `--max-msg-rate`.
-    pub rate_limited: u64,
-    /// uring backend: `io_uring_enter` calls made while a scheduler pass ran (every
-    /// `--submit-every` ops), besides those tokio-uring makes when the thread parks.
-    pub early_submits: u64,
-    /// Clients gone, by [`Disconnect`] (in the order of `Disconnect::ALL`).
-    pub disconnects: [u64; Disconnect::ALL.len()],
-    /// Connections refused, by [`Refusal`].
-    pub refused: [u64; Refusal::ALL.len()],
-    /// Error replies, by [`ErrorKind`].
-    pub errors: [u64; ErrorKind::ALL.len()],
 }
 
 impl Totals {
@@ -566,54 +293,76 @@ impl Totals {
         self.errors[kind as usize]
     }
 
-    /// `closed_quit=.. closed_peer_gone=.. ... refused_server_full=.. refused_per_ip=..
-    /// rate_limited=..`: every way a connection ended or input was refused, as `/stats`
-    /// and the `stats` log line show them.
-    pub fn reasons(&self) -> String {
-        use std::fmt::Write as _;
-        let mut text = String::new();
-        for reason in Disconnect::ALL {
-            let _ = write!(
-                text,
-                "closed_{}={} ",
-                reason.name(),
-                self.disconnects(reason)
-            );
-        }
-        for reason in Refusal::ALL {
-            let _ = write!(text, "refused_{}={} ", reason.name(), self.refused(reason));
-        }
-        let _ = write!(
-            text,
-            "rate_limited={} early_submits={}",
-            self.rate_limited, self.early_submits
-        );
-        text
-    }
-
     /// Clients cut off for not keeping up, by bytes queued or by time without progress.
     pub fn slow_consumers(&self) -> u64 {
         self.disconnects(Disconnect::SlowConsumer) + self.disconnects(Disconnect::WriteTimeout)
     }
 }
 
-/// What `/metrics` shows beyond [`Totals`], summed over threads.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    pub totals: Totals,
-    pub http_responses: [u64; HttpStatus::ALL.len()],
-    pub queued_bytes: u64,
-    /// Nanoseconds.
-    pub fanout: HistogramTotals,
-    pub write_lines: HistogramTotals,
-    pub uring_ops: [u64; UringOp::ALL.len()],
-    pub uring_submits: [u64; UringSubmit::ALL.len()],
-    pub uring_overflows_seen: u64,
-    pub epoll_calls: [u64; EpollCall::ALL.len()],
-    pub epoll_wouldblock: [u64; EpollCall::ALL.len()],
-    /// Parks of every thread, from the runtimes (0 where no probe was set).
-    pub parks: u64,
-    pub ring: RingReading,
+/// The counters of one worker thread: the core's block (which it derefs to, so the hub
+/// counts with `counters.messages_in.add(n)`) and the block of the backend's table, if
+/// the server registered one. Only that thread writes them.
+#[repr(align(128))]
+pub struct ThreadCounters {
+    core: CoreCounters,
+    backend: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl ThreadCounters {
+    /// This thread's block of the backend's table `B`, if that is the table registered.
+    pub fn backend<B: Block>(&self) -> Option<&B> {
+        self.backend.as_ref()?.downcast_ref::<B>()
+    }
+}
+
+impl std::ops::Deref for ThreadCounters {
+    type Target = CoreCounters;
+
+    fn deref(&self) -> &CoreCounters {
+        &self.core
+    }
+}
+
+impl std::fmt::Debug for ThreadCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadCounters")
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the counters say now, summed over threads: the core's table and the
+/// backend's. `/stats`, the log line and `/metrics` are rendered from one of these.
+#[derive(Debug)]
+pub struct Reading {
+    pub core: Totals,
+    /// The registered backend's table, if any.
+    pub backend: Option<Box<dyn Readings>>,
+}
+
+impl Reading {
+    /// The tables, the core's first.
+    pub fn tables(&self) -> impl Iterator<Item = &dyn Readings> {
+        std::iter::once(&self.core as &dyn Readings).chain(self.backend.as_deref())
+    }
+
+    /// ` key=n ...`: every row's `/stats` fields, each with a leading space.
+    pub fn stat_fields(&self) -> String {
+        let mut out = String::new();
+        for table in self.tables() {
+            counters::stat_fields(table, &mut out);
+        }
+        out
+    }
+
+    /// ` key=n ...`: the per-second rates since `earlier`, `secs` ago.
+    pub fn rate_fields(&self, earlier: &Reading, secs: f64) -> String {
+        let mut out = String::new();
+        for (now, before) in self.tables().zip(earlier.tables()) {
+            counters::rate_fields(now, before, secs, &mut out);
+        }
+        out
+    }
 }
 
 thread_local! {
@@ -647,10 +396,17 @@ pub fn this_thread<R>(f: impl FnOnce(&ThreadCounters) -> R) -> Option<R> {
         .flatten()
 }
 
+/// Runs `f` with this thread's block of the backend table `B`: `None` where no server
+/// runs, or its server registered another table.
+pub fn this_backend<B: Block, R>(f: impl FnOnce(&B) -> R) -> Option<R> {
+    this_thread(|counters| counters.backend::<B>().map(f)).flatten()
+}
+
 /// What `/metrics` says about the server itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
-    /// `uring`, `uring-direct` or `epoll`; anything else exports no backend families.
+    /// The backend's name (`ringcast_info`'s label); which families it exports is the
+    /// table it registers ([`Stats::with_backend`]), not this name.
     pub backend: String,
     pub version: String,
     pub git_rev: String,
@@ -673,7 +429,12 @@ pub struct Stats {
     info: ServerInfo,
     /// `/metrics` is served and the fan-out is timed (`--metrics on`, the default).
     metrics: bool,
+    /// Sums the backend's blocks, when a backend registered its table.
+    backend: Option<SumBlocks>,
 }
+
+/// Sums one table's blocks over threads.
+type SumBlocks = fn(&[ThreadCounters]) -> Box<dyn Readings>;
 
 impl Stats {
     /// Counters for `threads` threads, with `/metrics` on and no backend named.
@@ -685,10 +446,34 @@ impl Stats {
     /// false, `/metrics` is not served and nothing beyond `/stats` is measured.
     pub fn with_info(threads: usize, info: ServerInfo, metrics: bool) -> Self {
         Self {
-            threads: (0..threads).map(|_| ThreadCounters::default()).collect(),
+            threads: (0..threads)
+                .map(|_| ThreadCounters {
+                    core: CoreCounters::default(),
+                    backend: None,
+                })
+                .collect(),
             info,
             metrics,
+            backend: None,
         }
+    }
+
+    /// Registers the backend's table `B` (declared with [`table!`](crate::table)): every
+    /// thread gets a block of it, which the backend counts into through
+    /// [`this_backend`], and its rows show after the core's. One backend per server: a
+    /// second call replaces the first.
+    pub fn with_backend<B: Block>(mut self) -> Self {
+        for thread in self.threads.iter_mut() {
+            thread.backend = Some(Box::new(B::default()));
+        }
+        self.backend = Some(|threads| {
+            let mut totals = B::Totals::default();
+            for block in threads.iter().filter_map(ThreadCounters::backend::<B>) {
+                block.add_to(&mut totals);
+            }
+            Box::new(totals)
+        });
+        self
     }
 
     pub fn thread(&self, index: usize) -> &ThreadCounters {
@@ -718,169 +503,21 @@ impl Stats {
         }
     }
 
-    /// Everything `/metrics` shows that is summed over threads.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot {
-            totals: self.totals(),
-            ..Snapshot::default()
-        };
-        let mut queued: u64 = 0;
-        for c in self.threads.iter() {
-            queued = queued.wrapping_add(c.queued_bytes.get());
-            c.fanout.read_into(&mut s.fanout);
-            c.write_lines.read_into(&mut s.write_lines);
-            sum_into(&mut s.http_responses, &c.http_responses);
-            sum_into(&mut s.uring_ops, &c.uring_ops);
-            sum_into(&mut s.uring_submits, &c.uring_submits);
-            s.uring_overflows_seen += c.uring_overflows_seen.get();
-            sum_into(&mut s.epoll_calls, &c.epoll_calls);
-            sum_into(&mut s.epoll_wouldblock, &c.epoll_wouldblock);
-            if let Some(parks) = c.parks.get() {
-                s.parks += parks();
-            }
-            if let Some(ring) = c.ring.get() {
-                let r = ring();
-                s.ring.in_flight += r.in_flight;
-                s.ring.cqe_dropped += r.cqe_dropped;
-                s.ring.recv_nobufs += r.recv_nobufs;
-            }
-        }
-        // Each thread's sum is exact for that thread; read while they run, the total
-        // may catch one between a take and its push: never below zero.
-        s.queued_bytes = (queued as i64).max(0) as u64;
-        s
-    }
-
+    /// The core's counters, summed over threads.
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for c in self.threads.iter() {
-            t.messages_in += c.messages_in.get();
-            t.deliveries += c.deliveries.get();
-            t.bytes_in += c.bytes_in.get();
-            t.bytes_out += c.bytes_out.get();
-            sum_into(&mut t.connections_by, &c.connections);
-            t.http_requests += c.http_requests.get();
-            t.rate_limited += c.rate_limited.get();
-            t.early_submits += c.uring_submits[UringSubmit::MidPass as usize].get();
-            sum_into(&mut t.disconnects, &c.disconnects);
-            sum_into(&mut t.refused, &c.refused);
-            sum_into(&mut t.errors, &c.errors);
+            c.core.add_to(&mut t);
         }
-        t.connections = t.connections_by.iter().sum();
         t
     }
-}
 
-fn sum_into<const N: usize>(into: &mut [u64; N], from: &[Counter; N]) {
-    for (total, counter) in into.iter_mut().zip(from) {
-        *total += counter.get();
-    }
-}
-
-impl ThreadCounters {
-    /// `messages` chat lines came in and were queued `deliveries` times in all.
-    pub fn messages_in(&self, messages: u64, deliveries: u64) {
-        self.messages_in.add(messages);
-        self.add_deliveries(deliveries);
-    }
-
-    pub fn add_deliveries(&self, n: u64) {
-        if n > 0 {
-            self.deliveries.add(n);
+    /// Every table's counters, summed over threads, and the probes read.
+    pub fn read(&self) -> Reading {
+        Reading {
+            core: self.totals(),
+            backend: self.backend.map(|sum| sum(&self.threads)),
         }
-    }
-
-    pub fn add_bytes_in(&self, n: u64) {
-        self.bytes_in.add(n);
-    }
-
-    pub fn add_bytes_out(&self, n: u64) {
-        self.bytes_out.add(n);
-    }
-
-    /// A chat client was accepted.
-    pub fn connection(&self, transport: Transport) {
-        self.connections[transport as usize].add(1);
-    }
-
-    /// An HTTP request was answered.
-    pub fn http_request(&self) {
-        self.http_requests.add(1);
-    }
-
-    /// An input line was dropped for going over the rate limit.
-    pub fn rate_limited(&self) {
-        self.rate_limited.add(1);
-    }
-
-    pub fn disconnect(&self, reason: Disconnect) {
-        self.disconnects[reason as usize].add(1);
-    }
-
-    pub fn refused(&self, reason: Refusal) {
-        self.refused[reason as usize].add(1);
-    }
-
-    pub fn error(&self, kind: ErrorKind) {
-        self.errors[kind as usize].add(1);
-    }
-
-    /// An HTTP response (whole, or the 101 of an upgrade) was queued.
-    pub fn http_response(&self, status: HttpStatus) {
-        self.http_responses[status as usize].add(1);
-    }
-
-    /// Bytes were queued to (positive) or taken from or dropped out of (negative) this
-    /// thread's outboxes.
-    pub fn queued_bytes(&self, delta: i64) {
-        if delta != 0 {
-            self.queued_bytes.add(delta as u64);
-        }
-    }
-
-    /// `lines` chat lines took `nanos` from their read to the end of the last write
-    /// carrying them.
-    pub fn fanout(&self, nanos: u64, lines: u64) {
-        self.fanout.observe(nanos, lines);
-    }
-
-    /// A connection's writer took `lines` lines for one write.
-    pub fn write_batch(&self, lines: u64) {
-        self.write_lines.observe(lines, 1);
-    }
-
-    /// The uring backend pushed an op to its ring.
-    pub fn uring_op(&self, op: UringOp) {
-        self.uring_ops[op as usize].add(1);
-    }
-
-    /// The uring backend entered the kernel to submit, for `why`.
-    pub fn uring_submit(&self, why: UringSubmit) {
-        self.uring_submits[why as usize].add(1);
-    }
-
-    /// A push found the ring's completion queue overflowed, having found it fine before.
-    pub fn uring_overflow_seen(&self) {
-        self.uring_overflows_seen.add(1);
-    }
-
-    /// The epoll backend made a socket call; `would_block`: it found nothing to do.
-    pub fn epoll_call(&self, call: EpollCall, would_block: bool) {
-        self.epoll_calls[call as usize].add(1);
-        if would_block {
-            self.epoll_wouldblock[call as usize].add(1);
-        }
-    }
-
-    /// Sets how this thread's parks are counted (the runtime keeps the count); the first
-    /// setting stays.
-    pub fn set_parks_probe(&self, probe: Probe<u64>) {
-        let _ = self.parks.set(probe);
-    }
-
-    /// Sets how this thread's ring is read; the first setting stays.
-    pub fn set_ring_probe(&self, probe: Probe<RingReading>) {
-        let _ = self.ring.set(probe);
     }
 }
 
@@ -891,13 +528,14 @@ mod tests {
     #[test]
     fn totals_sum_threads_and_keep_reasons_apart() {
         let stats = Stats::new(2);
-        stats.thread(0).messages_in(2, 10);
-        stats.thread(1).add_deliveries(5);
-        stats.thread(0).disconnect(Disconnect::WriteTimeout);
-        stats.thread(1).disconnect(Disconnect::SlowConsumer);
-        stats.thread(1).disconnect(Disconnect::Quit);
-        stats.thread(0).refused(Refusal::PerAddress);
-        stats.thread(1).error(ErrorKind::RateLimited);
+        stats.thread(0).messages_in.add(2);
+        stats.thread(0).deliveries.add(10);
+        stats.thread(1).deliveries.add(5);
+        stats.thread(0).disconnects.inc(Disconnect::WriteTimeout);
+        stats.thread(1).disconnects.inc(Disconnect::SlowConsumer);
+        stats.thread(1).disconnects.inc(Disconnect::Quit);
+        stats.thread(0).refused.inc(Refusal::PerAddress);
+        stats.thread(1).errors.inc(ErrorKind::RateLimited);
         let t = stats.totals();
         assert_eq!((t.messages_in, t.deliveries), (2, 15));
         assert_eq!(t.slow_consumers(), 2);
@@ -923,8 +561,9 @@ mod tests {
         const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
         fn lines_recorded(stats: &Stats, thread: usize) -> u64 {
-            let mut h = HistogramTotals::default();
-            stats.thread(thread).fanout.read_into(&mut h);
+            use crate::counters::Storage as _;
+            let mut h = crate::counters::HistogramTotals::default();
+            stats.thread(thread).fanout.add_to(&mut h);
             h.count()
         }
 

@@ -1,5 +1,6 @@
 //! The backends, and the one place that chooses between them: a new backend is a variant
-//! here, its name, its startup check and the branch that runs a worker thread on it.
+//! here, its name, its startup check and the branch that runs a worker thread on it (and
+//! its counter table, registered in `counters::register`).
 
 use crate::worker::{Worker, WorkerSetup};
 use crate::{epoll, probe, uring, uring_direct};

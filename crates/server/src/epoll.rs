@@ -3,8 +3,9 @@
 //! write at once and waits for writability only when the socket is full.
 
 use super::io::{Conn, Listener};
+use crate::counters::{EpollCall, EpollCounters};
 use bytes::Bytes;
-use ringcast_core::{this_thread, EpollCall};
+use ringcast_core::this_backend;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
@@ -56,7 +57,15 @@ impl Conn for TcpStream {
 /// Counts a socket call in this thread's counters (`/metrics`).
 fn count(call: EpollCall, result: &io::Result<usize>) {
     let would_block = matches!(result, Err(err) if err.kind() == io::ErrorKind::WouldBlock);
-    this_thread(|counters| counters.epoll_call(call, would_block));
+    this_backend(|counters: &EpollCounters| {
+        match call {
+            EpollCall::Read => counters.reads.inc(),
+            EpollCall::Write => counters.writes.inc(),
+        }
+        if would_block {
+            counters.wouldblock.inc(call);
+        }
+    });
 }
 
 /// Runs `future` on a current-thread tokio runtime on this thread.

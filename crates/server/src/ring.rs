@@ -8,9 +8,10 @@
 //! push see, before it is made, that the queue is full (tail - head = entries), so the
 //! submit it causes is counted exactly. The same look sees the completion queue's
 //! overflow flag. Another way to submit (e.g. mid-pass) is counted with
-//! [`ringcast_core::UringSubmit`] by the code that makes it.
+//! [`UringSubmit`] by the code that makes it.
 
-use ringcast_core::{this_thread, RingReading, UringOp, UringSubmit};
+use crate::counters::{UringCounters, UringOp, UringSubmit};
+use ringcast_core::this_backend;
 use std::cell::{Cell, OnceCell};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -152,15 +153,18 @@ impl RingView {
         unsafe { (*(self.base.add(offset as usize) as *const AtomicU32)).load(Ordering::Acquire) }
     }
 
-    /// What the ring shows now.
-    pub(crate) fn read(&self) -> RingReading {
+    /// SQEs pushed whose completion has not been posted yet (submitted or waiting for
+    /// the next `io_uring_enter`).
+    pub(crate) fn in_flight(&self) -> u64 {
         let pushed = self.field(self.layout.sq_tail);
         let completed = self.field(self.layout.cq_tail);
-        RingReading {
-            in_flight: u64::from(pushed.wrapping_sub(completed)),
-            cqe_dropped: u64::from(self.field(self.layout.cq_overflow)),
-            recv_nobufs: 0,
-        }
+        u64::from(pushed.wrapping_sub(completed))
+    }
+
+    /// Completions the kernel dropped because the completion queue was full and it
+    /// could not keep them on its overflow list.
+    pub(crate) fn cqe_dropped(&self) -> u64 {
+        u64::from(self.field(self.layout.cq_overflow))
     }
 
     /// Whether a push made now finds the submission queue full (it then submits first).
@@ -193,10 +197,14 @@ thread_local! {
 /// Maps this thread's ring `fd` and gives the view to the thread's counters (read when
 /// scraped) and to its pushes. Without metrics (nothing bound) nothing is mapped.
 pub(crate) fn install(fd: BorrowedFd<'_>) {
-    let installed = this_thread(|counters| {
+    let installed = this_backend(|counters: &UringCounters| {
         let view = Arc::new(RingView::map(fd)?);
         let probe = view.clone();
-        counters.set_ring_probe(Box::new(move || probe.read()));
+        counters.in_flight.set(Box::new(move || probe.in_flight()));
+        let probe = view.clone();
+        counters
+            .cqe_dropped
+            .set(Box::new(move || probe.cqe_dropped()));
         RING.with(|ring| ring.set(view).ok())
     });
     if installed.flatten().is_none() {
@@ -207,18 +215,18 @@ pub(crate) fn install(fd: BorrowedFd<'_>) {
 /// Counts an op about to be pushed to this thread's ring, and what the push will find:
 /// a full submission queue (so it submits first), an overflowed completion queue.
 pub(crate) fn pushing(op: UringOp) {
-    this_thread(|counters| {
-        counters.uring_op(op);
+    this_backend(|counters: &UringCounters| {
+        counters.ops.inc(op);
         RING.with(|ring| {
             let Some(view) = ring.get() else {
                 return;
             };
             if view.sq_full() {
-                counters.uring_submit(UringSubmit::SqFull);
+                counters.submits.inc(UringSubmit::SqFull);
             }
             let overflowed = view.cq_overflowed();
             if overflowed && !OVERFLOWED.get() {
-                counters.uring_overflow_seen();
+                counters.cqe_overflow.inc();
             }
             OVERFLOWED.set(overflowed);
         });

@@ -173,24 +173,19 @@ pub(crate) fn spawn_stats_thread(
     std::thread::Builder::new()
         .name("ringcast-stats".into())
         .spawn(move || {
-            let mut last = stats.totals();
+            let mut last = stats.read();
             let mut last_at = Instant::now();
             while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                let now = stats.totals();
-                let secs = last_at.elapsed().as_secs_f64().max(1e-9);
-                let rate = |a: u64, b: u64| ((a - b) as f64 / secs).round() as u64;
+                let now = stats.read();
+                let secs = last_at.elapsed().as_secs_f64();
+                // The rates and totals the counter tables show (see `ringcast_core::counters`).
                 tracing::info!(
                     backend = backend.name(),
                     clients = dir.clients(),
                     rooms = dir.room_count(),
-                    msgs_in_per_s = rate(now.messages_in, last.messages_in),
-                    deliveries_per_s = rate(now.deliveries, last.deliveries),
-                    bytes_out_per_s = rate(now.bytes_out, last.bytes_out),
-                    slow_consumers = now.slow_consumers(),
-                    messages_in = now.messages_in,
-                    deliveries = now.deliveries,
-                    "stats {}",
-                    now.reasons()
+                    "stats{}{}",
+                    now.rate_fields(&last, secs),
+                    now.stat_fields()
                 );
                 last = now;
                 last_at = Instant::now();

@@ -28,7 +28,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
     let listeners = Listeners::bind(&config)?;
     let (addr, http_addr) = (listeners.addr, listeners.http_addr);
     let dir = Arc::new(Directory::new(config.max_clients, config.max_per_ip));
-    let stats = Arc::new(Stats::with_info(
+    let stats = Stats::with_info(
         config.threads,
         ServerInfo {
             backend: config.backend.name().to_owned(),
@@ -36,7 +36,8 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
             ..ServerInfo::default()
         },
         config.metrics,
-    ));
+    );
+    let stats = Arc::new(crate::counters::register(config.backend, stats));
     let (inbox_tx, inbox_rx): (Vec<_>, Vec<_>) = (0..config.threads)
         .map(|_| mpsc::channel(INBOX_BATCHES))
         .unzip();

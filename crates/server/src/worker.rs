@@ -108,10 +108,10 @@ impl<C: Conn> Worker<C> {
             // The runtime counts the thread's parks (for the uring backend, each is an
             // io_uring_enter that submits); read from the scraping thread.
             let runtime = tokio::runtime::Handle::current().metrics();
-            shared
-                .stats
-                .thread(index)
-                .set_parks_probe(Box::new(move || runtime.worker_park_count(0)));
+            crate::counters::set_parks_probe(
+                shared.stats.thread(index),
+                Box::new(move || runtime.worker_park_count(0)),
+            );
         }
         let worker = Rc::new(Worker {
             hub: RefCell::new(Hub::new(shared, index, limits, Instant::now())),

@@ -52,19 +52,7 @@ pub(crate) fn judge(
     findings: &Findings,
 ) -> Accounts {
     let nodes = placement.node_of.iter().max().map_or(1, |n| n + 1);
-    // Every line of every publisher is, for every other healthy client, either verified
-    // once or inside one gap: if not, the verifiers' own counting is wrong.
-    let published: u64 = sent.iter().map(|s| s.len() as u64).sum();
-    let expected = published * (placement.names.len() as u64).saturating_sub(1);
-    let missed: u64 = gaps.iter().map(|g| g.to - g.from).sum();
-    let verified = findings.total(|n| &n.verified);
-    if verified + missed != expected {
-        findings.fail(format!(
-            "the accounting does not close: {verified} lines verified and {missed} missed, \
-             {expected} expected ({published} published, each to {} other healthy clients)",
-            placement.names.len().saturating_sub(1)
-        ));
-    }
+    check_the_count_closes(gaps, sent, placement, findings);
     let mut accounts = Accounts {
         lost_by_window: vec![0; windows.len()],
         lost_by_node: vec![0; nodes],
@@ -80,18 +68,64 @@ pub(crate) fn judge(
     for pair_gaps in by_pair.values_mut() {
         pair_gaps.sort_by_key(|g| g.from);
     }
-    let no_gaps = Vec::new();
-    let name = |index: usize| {
-        format!(
-            "{} (node {})",
-            placement.names[index],
-            placement.node_of[index] + 1
-        )
-    };
+    let window_end = window_ends(
+        sent,
+        placement,
+        windows,
+        &by_pair,
+        (start, findings),
+        &mut accounts.recovery_by_window,
+    );
+    for gap in gaps {
+        judge_gap(
+            gap,
+            sent,
+            placement,
+            (windows, &window_end),
+            (start, findings),
+            &mut accounts,
+        );
+    }
+    accounts
+}
 
-    // Where each window ends for each (reader, publisher on another node): the writing
-    // of the first line after NATS's return that the reader got.
-    let mut window_end: HashMap<(usize, usize, usize), Option<Instant>> = HashMap::new();
+/// Where each window ends for each (reader, publisher, window): when the first line the
+/// reader got after NATS's return was written, `None` if it never got one.
+type WindowEnds = HashMap<(usize, usize, usize), Option<Instant>>;
+
+/// Every line of every publisher is, for every other healthy client, either verified
+/// once or inside one gap: if not, the verifiers' own counting is wrong.
+fn check_the_count_closes(
+    gaps: &[Gap],
+    sent: &[Vec<Instant>],
+    placement: &Placement<'_>,
+    findings: &Findings,
+) {
+    let published: u64 = sent.iter().map(|s| s.len() as u64).sum();
+    let expected = published * (placement.names.len() as u64).saturating_sub(1);
+    let missed: u64 = gaps.iter().map(|g| g.to - g.from).sum();
+    let verified = findings.total(|n| &n.verified);
+    if verified + missed != expected {
+        findings.fail(format!(
+            "the accounting does not close: {verified} lines verified and {missed} missed, \
+             {expected} expected ({published} published, each to {} other healthy clients)",
+            placement.names.len().saturating_sub(1)
+        ));
+    }
+}
+
+/// Each window's end for each reader and publisher on another node, failing chat that
+/// did not come back within [`RECOVERY_BOUND`] (or at all); fills each window's longest
+/// recovery.
+fn window_ends(
+    sent: &[Vec<Instant>],
+    placement: &Placement<'_>,
+    windows: &[Window],
+    by_pair: &HashMap<(usize, usize), Vec<Gap>>,
+    (start, findings): (Instant, &Findings),
+    recovery_by_window: &mut [Option<Duration>],
+) -> WindowEnds {
+    let mut window_end = WindowEnds::new();
     for (w, window) in windows.iter().enumerate() {
         for reader in 0..placement.names.len() {
             for (publisher, times) in sent.iter().enumerate() {
@@ -99,7 +133,9 @@ pub(crate) fn judge(
                 {
                     continue;
                 }
-                let pair_gaps = by_pair.get(&(reader, publisher)).unwrap_or(&no_gaps);
+                let pair_gaps = by_pair
+                    .get(&(reader, publisher))
+                    .map_or(&[][..], Vec::as_slice);
                 let mut seq = times.partition_point(|t| *t <= window.back) as u64;
                 for gap in pair_gaps {
                     if gap.from <= seq && seq < gap.to {
@@ -108,7 +144,7 @@ pub(crate) fn judge(
                 }
                 let first_after = times.get(seq as usize).copied();
                 window_end.insert((reader, publisher, w), first_after);
-                let recovery = &mut accounts.recovery_by_window[w];
+                let recovery = &mut recovery_by_window[w];
                 match first_after {
                     Some(at) => {
                         let took = at.saturating_duration_since(window.back);
@@ -116,8 +152,8 @@ pub(crate) fn judge(
                             findings.fail(format!(
                                 "{}: chat from {} came back only {:.1} s after NATS did \
                                  ({} outage at {:.1} s)",
-                                name(reader),
-                                name(publisher),
+                                name(placement, reader),
+                                name(placement, publisher),
                                 took.as_secs_f64(),
                                 window.kind.name(),
                                 secs_since(start, window.at)
@@ -129,8 +165,8 @@ pub(crate) fn judge(
                         findings.fail(format!(
                             "{}: no line from {} written after NATS came back ({} outage at \
                              {:.1} s) ever arrived",
-                            name(reader),
-                            name(publisher),
+                            name(placement, reader),
+                            name(placement, publisher),
                             window.kind.name(),
                             secs_since(start, window.at)
                         ));
@@ -140,72 +176,90 @@ pub(crate) fn judge(
             }
         }
     }
+    window_end
+}
 
-    for gap in gaps {
-        let (reader, publisher) = (gap.reader, gap.publisher);
-        let times = &sent[publisher];
-        let same_node = placement.node_of[reader] == placement.node_of[publisher];
-        // Runs of lines missed outside every window, reported as one failure each.
-        let mut outside: Option<(u64, u64)> = None;
-        let report = |(from, to): (u64, u64)| {
-            let written = |seq: u64| {
-                times
-                    .get(seq as usize)
-                    .map_or(0.0, |t| secs_since(start, *t))
-            };
-            let why = if same_node {
-                "a publisher on its own node".to_owned()
-            } else if windows.is_empty() {
-                "with no outage".to_owned()
-            } else {
-                "outside every NATS outage window".to_owned()
-            };
-            let lines = if to == from + 1 {
-                format!("#{from}")
-            } else {
-                format!("#{from}..#{}", to - 1)
-            };
-            findings.fail(format!(
-                "healthy client {} lost {lines} from {} (written {:.1}-{:.1} s into the run), {why}",
-                name(reader),
-                name(publisher),
-                written(from),
-                written(to - 1)
-            ));
+/// One gap's lines: each inside a window is counted as lost there (allowed); each run
+/// of lines outside every window is one failure.
+fn judge_gap(
+    gap: &Gap,
+    sent: &[Vec<Instant>],
+    placement: &Placement<'_>,
+    (windows, window_end): (&[Window], &WindowEnds),
+    (start, findings): (Instant, &Findings),
+    accounts: &mut Accounts,
+) {
+    let (reader, publisher) = (gap.reader, gap.publisher);
+    let times = &sent[publisher];
+    let same_node = placement.node_of[reader] == placement.node_of[publisher];
+    // Runs of lines missed outside every window, reported as one failure each.
+    let mut outside: Option<(u64, u64)> = None;
+    let report = |(from, to): (u64, u64)| {
+        let written = |seq: u64| {
+            times
+                .get(seq as usize)
+                .map_or(0.0, |t| secs_since(start, *t))
         };
-        for seq in gap.from..gap.to {
-            let allowed = (!same_node)
-                .then(|| times.get(seq as usize))
-                .flatten()
-                .and_then(|&at| {
-                    windows.iter().enumerate().position(|(w, window)| {
-                        let end = window_end.get(&(reader, publisher, w)).copied().flatten();
-                        // A window whose chat never came back stays open: that is a
-                        // failure already, not one per line.
-                        at + OUTAGE_LEAD >= window.at && end.map_or(true, |end| at <= end)
-                    })
-                });
-            match allowed {
-                Some(w) => {
-                    accounts.lost_by_window[w] += 1;
-                    accounts.lost_by_node[placement.node_of[reader]] += 1;
-                    if let Some(run) = outside.take() {
-                        report(run);
-                    }
+        let why = if same_node {
+            "a publisher on its own node".to_owned()
+        } else if windows.is_empty() {
+            "with no outage".to_owned()
+        } else {
+            "outside every NATS outage window".to_owned()
+        };
+        let lines = if to == from + 1 {
+            format!("#{from}")
+        } else {
+            format!("#{from}..#{}", to - 1)
+        };
+        findings.fail(format!(
+            "healthy client {} lost {lines} from {} (written {:.1}-{:.1} s into the run), {why}",
+            name(placement, reader),
+            name(placement, publisher),
+            written(from),
+            written(to - 1)
+        ));
+    };
+    for seq in gap.from..gap.to {
+        let allowed = (!same_node)
+            .then(|| times.get(seq as usize))
+            .flatten()
+            .and_then(|&at| {
+                windows.iter().enumerate().position(|(w, window)| {
+                    let end = window_end.get(&(reader, publisher, w)).copied().flatten();
+                    // A window whose chat never came back stays open: that is a
+                    // failure already, not one per line.
+                    at + OUTAGE_LEAD >= window.at && end.is_none_or(|end| at <= end)
+                })
+            });
+        match allowed {
+            Some(w) => {
+                accounts.lost_by_window[w] += 1;
+                accounts.lost_by_node[placement.node_of[reader]] += 1;
+                if let Some(run) = outside.take() {
+                    report(run);
                 }
-                None => {
-                    outside = match outside {
-                        Some((from, _)) => Some((from, seq + 1)),
-                        None => Some((seq, seq + 1)),
-                    }
+            }
+            None => {
+                outside = match outside {
+                    Some((from, _)) => Some((from, seq + 1)),
+                    None => Some((seq, seq + 1)),
                 }
             }
         }
-        if let Some(run) = outside {
-            report(run);
-        }
     }
-    accounts
+    if let Some(run) = outside {
+        report(run);
+    }
+}
+
+/// A healthy client as the failures name it.
+fn name(placement: &Placement<'_>, index: usize) -> String {
+    format!(
+        "{} (node {})",
+        placement.names[index],
+        placement.node_of[index] + 1
+    )
 }
 
 fn secs_since(start: Instant, at: Instant) -> f64 {

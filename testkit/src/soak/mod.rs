@@ -39,15 +39,16 @@
 mod accounting;
 mod clients;
 mod cluster;
+mod report;
 
+use crate::poll::Wait;
 use crate::server::ServerProcess;
 use anyhow::{bail, Context};
 use clients::{Client, Findings, Leave, Rng, Target, IO_TIMEOUT};
+use report::{node_reports, print_human, write_report, BackendReport, Ended, Sample};
 use ringcast_util::units::{parse_bytes, parse_duration};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -156,90 +157,6 @@ pub struct SoakArgs {
     pub report: PathBuf,
 }
 
-/// One sample of the server's resource use.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct Sample {
-    /// Seconds since the load started.
-    t: f64,
-    rss_kib: u64,
-    fds: u64,
-}
-
-/// What one backend's soak found.
-#[derive(Debug, Serialize)]
-struct BackendReport {
-    backend: &'static str,
-    /// `single` (one server) or `cluster`.
-    mode: &'static str,
-    passed: bool,
-    duration_s: f64,
-    warmup_s: f64,
-    connections: u64,
-    refused_server_full: u64,
-    faults: BTreeMap<String, u64>,
-    healthy_clients: usize,
-    messages_sent: u64,
-    messages_verified: u64,
-    /// Line receipts missed by healthy clients inside NATS outage windows (allowed).
-    lines_lost_in_outages: u64,
-    nodes: Vec<NodeReport>,
-    cluster: Option<cluster::ClusterReport>,
-    failure_count: u64,
-    failures: Vec<String>,
-}
-
-/// What happened on one node (the server, in the single-node form).
-#[derive(Debug, Serialize)]
-struct NodeReport {
-    name: String,
-    pid: u32,
-    addr: String,
-    healthy_clients: Vec<String>,
-    connections: u64,
-    refused_server_full: u64,
-    faults: BTreeMap<String, u64>,
-    /// Lines published by the node's healthy clients.
-    messages_sent: u64,
-    /// Lines its healthy clients received and verified.
-    messages_verified: u64,
-    /// Line receipts its healthy clients missed inside NATS outage windows.
-    lines_lost_in_outages: u64,
-    rss_kib: RssFigures,
-    fds: FdFigures,
-    /// The node's `/stats` fields once the load is over.
-    stats_at_end: BTreeMap<String, u64>,
-    /// How often the node logged that it lost its link to NATS (a cluster only; a
-    /// stopped NATS goes unnoticed while chat flows: the NATS client pings only after a
-    /// quiet ping interval).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nats_link_lost: Option<usize>,
-    exit: String,
-    samples: Vec<Sample>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct RssFigures {
-    max: u64,
-    first_third_max: u64,
-    last_third_max: u64,
-    limit: u64,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct FdFigures {
-    baseline: u64,
-    max: u64,
-    first_third_min: u64,
-    last_third_min: u64,
-    last: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct Report<'a> {
-    passed: bool,
-    runs: &'a [BackendReport],
-}
-
 /// Runs the soak for every backend in `args`, prints what each found and writes the JSON
 /// report. `Ok(true)` when every backend passed.
 pub fn run(args: SoakArgs) -> anyhow::Result<bool> {
@@ -292,14 +209,6 @@ pub fn run(args: SoakArgs) -> anyhow::Result<bool> {
         args.report.display()
     );
     Ok(passed)
-}
-
-fn write_report(path: &Path, passed: bool, runs: &[BackendReport]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&Report { passed, runs })?;
-    std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
 }
 
 fn duration(args: &SoakArgs) -> Duration {
@@ -517,76 +426,6 @@ async fn soak_backend(
         failure_count,
         failures,
     })
-}
-
-/// What the run left for the report, once the nodes have exited.
-struct Ended {
-    /// When each publisher wrote each of its lines, by publisher.
-    sent: Vec<Vec<Instant>>,
-    /// By node: fds before the load and at the end, `/stats` at the end, how it exited.
-    baseline_fds: Vec<u64>,
-    last_fds: Vec<u64>,
-    stats: Vec<BTreeMap<String, u64>>,
-    exits: Vec<String>,
-}
-
-/// Each node's part of the report, with the leak checks on its samples.
-#[allow(clippy::too_many_arguments)]
-fn node_reports(
-    args: &SoakArgs,
-    watched: &Watched,
-    targets: &[Target],
-    ended: &Ended,
-    placement: &accounting::Placement<'_>,
-    accounts: &accounting::Accounts,
-    warmup: Duration,
-    findings: &Findings,
-) -> Vec<NodeReport> {
-    let mut nodes = Vec::new();
-    for (node, watched_node) in watched.nodes.iter().enumerate() {
-        let samples = std::mem::take(&mut *lock(&watched_node.samples));
-        let (rss, fds) = check_growth(
-            args,
-            &samples,
-            warmup,
-            (ended.baseline_fds[node], ended.last_fds[node]),
-            &watched.label(node),
-            findings,
-        );
-        let counts = findings.node(node);
-        let on_node = |index: &usize| placement.node_of[*index] == node;
-        let (pid, log) = {
-            let server = lock(&watched_node.server);
-            (server.pid(), server.log())
-        };
-        nodes.push(NodeReport {
-            name: watched_node.name.clone(),
-            pid,
-            addr: targets[node].addr.to_string(),
-            healthy_clients: (0..placement.names.len())
-                .filter(on_node)
-                .map(|i| placement.names[i].clone())
-                .collect(),
-            connections: counts.connections.load(Relaxed),
-            refused_server_full: counts.refused_full.load(Relaxed),
-            faults: findings.node_faults(node),
-            messages_sent: (0..args.publishers)
-                .filter(on_node)
-                .map(|k| ended.sent[k].len() as u64)
-                .sum(),
-            messages_verified: counts.verified.load(Relaxed),
-            lines_lost_in_outages: accounts.lost_by_node.get(node).copied().unwrap_or(0),
-            rss_kib: rss,
-            fds,
-            stats_at_end: ended.stats[node].clone(),
-            nats_link_lost: args
-                .cluster
-                .then(|| log.matches("cluster link lost").count()),
-            exit: ended.exits[node].clone(),
-            samples,
-        });
-    }
-    nodes
 }
 
 /// Starts the server, or the cluster's nodes (`n1`, `n2`, ...) joined through `nats`.
@@ -816,16 +655,22 @@ async fn fds_back_to_baseline(
     baseline: u64,
     findings: &Findings,
 ) -> u64 {
-    let deadline = Instant::now() + IO_TIMEOUT;
     let mut last = baseline;
-    while Instant::now() < deadline {
-        if let Some(sample) = watched.sample(node) {
-            last = sample.fds;
-            if last <= baseline {
-                return last;
+    let back = Wait::new("the fd count to return to its baseline", IO_TIMEOUT)
+        .every(Duration::from_millis(100))
+        .try_until_async(async || {
+            if let Some(sample) = watched.sample(node) {
+                last = sample.fds;
             }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+            if last <= baseline {
+                Ok(())
+            } else {
+                Err(last)
+            }
+        })
+        .await;
+    if back.is_ok() {
+        return last;
     }
     findings.fail(format!(
         "{}: fd count did not return to its baseline: {last} open, {baseline} before the churn",
@@ -1031,136 +876,6 @@ async fn chaos(
         );
     }
     Ok(())
-}
-
-/// The leak checks on one node's samples taken after warm-up; `fds` is the node's
-/// (baseline, last) descriptor count.
-fn check_growth(
-    args: &SoakArgs,
-    samples: &[Sample],
-    warmup: Duration,
-    (baseline_fds, last_fds): (u64, u64),
-    label: &str,
-    findings: &Findings,
-) -> (RssFigures, FdFigures) {
-    let warm: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| s.t >= warmup.as_secs_f64())
-        .collect();
-    let mut rss = RssFigures {
-        max: samples.iter().map(|s| s.rss_kib).max().unwrap_or(0),
-        ..RssFigures::default()
-    };
-    let mut fds = FdFigures {
-        baseline: baseline_fds,
-        max: samples.iter().map(|s| s.fds).max().unwrap_or(0),
-        last: last_fds,
-        ..FdFigures::default()
-    };
-    if warm.len() < 6 {
-        findings.fail(format!(
-            "{label}: only {} samples after warm-up: too few to judge growth",
-            warm.len()
-        ));
-        return (rss, fds);
-    }
-    let third = warm.len() / 3;
-    let (first, last) = (&warm[..third], &warm[warm.len() - third..]);
-    rss.first_third_max = first.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    rss.last_third_max = last.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-    rss.limit = (rss.first_third_max as f64 * (1.0 + args.rss_tolerance_pct / 100.0)) as u64
-        + args.rss_slack as u64 / 1024;
-    if rss.last_third_max > rss.limit {
-        findings.fail(format!(
-            "{label}: RSS grew after warm-up: max {} KiB in the last third vs {} KiB in the \
-             first (limit {} KiB)",
-            rss.last_third_max, rss.first_third_max, rss.limit
-        ));
-    }
-    fds.first_third_min = first.iter().map(|s| s.fds).min().unwrap_or(0);
-    fds.last_third_min = last.iter().map(|s| s.fds).min().unwrap_or(0);
-    if fds.last_third_min > fds.first_third_min + args.fd_tolerance {
-        findings.fail(format!(
-            "{label}: fds crept up after warm-up: at least {} in the last third vs {} in the \
-             first",
-            fds.last_third_min, fds.first_third_min
-        ));
-    }
-    (rss, fds)
-}
-
-fn print_human(r: &BackendReport) {
-    let faults: Vec<String> = r.faults.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let nodes = if r.mode == "cluster" {
-        format!(", {} nodes", r.nodes.len())
-    } else {
-        String::new()
-    };
-    println!(
-        "soak {}{nodes}: {} after {:.0} s under load (warm-up {:.0} s)",
-        r.backend,
-        if r.passed { "PASS" } else { "FAIL" },
-        r.duration_s,
-        r.warmup_s
-    );
-    println!(
-        "  connections made: {} ({} refused with server full)",
-        r.connections, r.refused_server_full
-    );
-    println!("  faults injected: {}", faults.join(", "));
-    println!(
-        "  messages: {} published, {} verified in order by {} healthy clients",
-        r.messages_sent, r.messages_verified, r.healthy_clients
-    );
-    if let Some(cluster) = &r.cluster {
-        cluster::print_human(cluster, r.lines_lost_in_outages);
-    }
-    for node in &r.nodes {
-        let who = if r.mode == "cluster" {
-            format!(
-                "  node {} ({}):",
-                node.name,
-                node.healthy_clients.join(", ")
-            )
-        } else {
-            "  server".to_owned()
-        };
-        println!(
-            "{who} RSS max {:.1} MiB; after warm-up first third max {:.1} MiB, last third max {:.1} MiB (limit {:.1} MiB)",
-            mib(node.rss_kib.max),
-            mib(node.rss_kib.first_third_max),
-            mib(node.rss_kib.last_third_max),
-            mib(node.rss_kib.limit)
-        );
-        println!(
-            "    fds: baseline {}, max {}, final {}; lowest in first/last third {}/{}; exit: {}",
-            node.fds.baseline,
-            node.fds.max,
-            node.fds.last,
-            node.fds.first_third_min,
-            node.fds.last_third_min,
-            node.exit
-        );
-        if let Some(lost) = node.nats_link_lost {
-            let stat = |key: &str| node.stats_at_end.get(key).copied().unwrap_or(0);
-            println!(
-                "    cluster: {} batches published, {} received, {} dropped; NATS link lost {lost} times",
-                stat("cluster_published"),
-                stat("cluster_received"),
-                stat("cluster_dropped")
-            );
-        }
-    }
-    for failure in &r.failures {
-        println!("  FAILURE: {failure}");
-    }
-    if r.failure_count > r.failures.len() as u64 {
-        println!("  ... {} failures in all", r.failure_count);
-    }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 fn secs(d: Duration) -> String {

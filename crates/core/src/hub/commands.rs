@@ -13,6 +13,7 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
+        self.counters().room_joins.inc();
         self.leave_local_room(id);
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;

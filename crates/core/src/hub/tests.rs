@@ -633,6 +633,22 @@ fn members_move_between_rooms_and_slots_stay_valid() {
 }
 
 #[test]
+fn room_joins_are_counted_and_shown_in_stats() {
+    let mut sim = Sim::new(1, limits());
+    let a = sim.connect();
+    let b = sim.connect();
+    // Joining on connect is not a /join; a /join to the room it is in moves nobody.
+    assert_eq!(sim.stats().room_joins, 0);
+    sim.input(a, b"/join r\n/join r\n/join lobby\n");
+    sim.input(b, b"/join r\n");
+    assert_eq!(sim.stats().room_joins, 3);
+    sim.output(a);
+    sim.input(a, b"/stats\n");
+    let stats = sim.output(a).concat();
+    assert!(stats.contains(" room_joins=3 "), "{stats}");
+}
+
+#[test]
 fn errors_are_counted_by_kind() {
     let mut sim = Sim::new(1, limits());
     let a = sim.connect();

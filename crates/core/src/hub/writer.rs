@@ -32,9 +32,11 @@ impl<H: Clone> Hub<H> {
             let lines = client.outbox.take(batch, max_lines);
             client.writing = true;
             let counters = self.shared.stats.thread(self.thread);
-            counters.queued_bytes(client.outbox.queued() as i64 - queued as i64);
+            counters
+                .queued_bytes
+                .add(client.outbox.queued() as i64 - queued as i64);
             if self.shared.stats.metrics_enabled() {
-                counters.write_batch(lines);
+                counters.write_lines.observe(lines, 1);
             }
             if !client.stalled_since.is_set() {
                 client.stalled_since = now;
@@ -62,7 +64,7 @@ impl<H: Clone> Hub<H> {
     /// The client's socket took `bytes` of the write in flight.
     pub fn wrote(&mut self, id: ClientId, bytes: usize, now: Instant) {
         let now = self.clock.tick(now);
-        self.counters().add_bytes_out(bytes as u64);
+        self.counters().bytes_out.add(bytes as u64);
         if let Some(client) = self.clients.get_mut(id) {
             if bytes > 0 && client.stalled_since.is_set() {
                 client.stalled_since = now;
@@ -79,7 +81,7 @@ impl<H: Clone> Hub<H> {
         let dropped = client.outbox.queued() as i64;
         client.outbox.clear();
         client.finished = true;
-        self.counters().queued_bytes(-dropped);
+        self.counters().queued_bytes.add(-dropped);
         self.begin_close(id, Disconnect::PeerGone, now);
     }
 

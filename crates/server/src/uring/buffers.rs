@@ -2,8 +2,8 @@
 //! receive takes one only when data arrives, so idle connections pin none.
 
 use super::ops::{submit, Discard, Done};
+use crate::counters::UringOp;
 use io_uring::{opcode, squeue};
-use ringcast_core::UringOp;
 use std::cell::Cell;
 
 /// Buffer group id of the receive buffers (one group per ring).

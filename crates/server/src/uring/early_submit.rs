@@ -1,5 +1,6 @@
 //! Submitting while a scheduler pass runs, not only when the thread parks.
 
+use crate::counters::{UringCounters, UringSubmit};
 use std::cell::Cell;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -63,7 +64,7 @@ impl<'rt> EarlySubmit<'rt> {
         // EBUSY or EAGAIN (completions backing up): what was not taken now goes when the
         // thread parks, as before.
         if submitted > 0 {
-            ringcast_core::this_thread(|c| c.uring_submit(ringcast_core::UringSubmit::MidPass));
+            ringcast_core::this_backend(|c: &UringCounters| c.submits.inc(UringSubmit::MidPass));
         }
     }
 }

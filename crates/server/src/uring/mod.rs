@@ -17,6 +17,7 @@ pub(crate) mod ring_fd;
 #[cfg(test)]
 mod tests;
 
+use crate::counters::UringOp;
 use crate::io::{Conn, Listener};
 use crate::ring::{self, pushing};
 use crate::UringSetup;
@@ -29,7 +30,6 @@ use ops::{
     recv_sqe, send_sqe, submit, writev_sqe, Orphans, PollDone, Recv, RecvDone, SendDone, WritevDone,
 };
 use ring_fd::{ThreadRing, UringRuntime};
-use ringcast_core::UringOp;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};

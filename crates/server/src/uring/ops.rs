@@ -5,10 +5,10 @@
 use super::buffers::{RecvBuffers, RECV_BUFFER_SIZE, RECV_GROUP};
 use super::ring_fd::ThreadRing;
 use super::UringSocket;
+use crate::counters::UringOp;
 use crate::ring::pushing;
 use bytes::Bytes;
 use io_uring::{opcode, squeue, types};
-use ringcast_core::UringOp;
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;

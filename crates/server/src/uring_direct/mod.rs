@@ -25,19 +25,21 @@
 mod ops;
 pub mod probe;
 
+use crate::counters::UringDirectCounters;
 use crate::drain::Drain;
 use crate::routes::Routes;
 use crate::worker::{WorkerSetup, IOV_MAX};
 use bytes::{Buf, Bytes};
-use ops::{Completion, Config, Key, Ring, ACCEPTS_PER_LISTENER};
+use ops::{Completion, Config, Key, Ring, RingCounts, ACCEPTS_PER_LISTENER};
 use ringcast_core::cluster::Inbox;
+use ringcast_core::counters::Probe;
 use ringcast_core::{Action, ClientId, Handoff, Hub, Output, Protocol};
 use slab::Slab;
 use std::future::Future;
 use std::io;
 use std::net::TcpListener;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -205,15 +207,18 @@ impl Driver {
             shutdown,
         } = setup;
         if shared.stats.metrics_enabled() {
-            let counts = ring.counts();
-            let counters = shared.stats.thread(index);
-            let enters = counts.clone();
-            counters.set_parks_probe(Box::new(move || enters.enters.load(Ordering::Relaxed)));
-            counters.set_ring_probe(Box::new(move || ringcast_core::RingReading {
-                in_flight: counts.in_flight.load(Ordering::Relaxed),
-                cqe_dropped: counts.cqe_dropped.load(Ordering::Relaxed),
-                recv_nobufs: counts.nobufs.load(Ordering::Relaxed),
-            }));
+            // What the ring shows, read from the scraping thread.
+            if let Some(counters) = shared.stats.thread(index).backend::<UringDirectCounters>() {
+                let counts = ring.counts();
+                let probe = |read: fn(&RingCounts) -> &AtomicU64| -> Probe {
+                    let counts = counts.clone();
+                    Box::new(move || read(&counts).load(Ordering::Relaxed))
+                };
+                counters.parks.set(probe(|c| &c.enters));
+                counters.in_flight.set(probe(|c| &c.in_flight));
+                counters.cqe_dropped.set(probe(|c| &c.cqe_dropped));
+                counters.recv_nobufs.set(probe(|c| &c.nobufs));
+            }
         }
         let mut listeners = vec![Protocol::Line];
         ring.add_listener(listener);

@@ -17,10 +17,11 @@
 //! - dropping the ring first cancels every op and waits for their completions, so no
 //!   kernel write can land in memory freed with the struct.
 
+use crate::counters::{DirectOp, UringDirectCounters};
 use bytes::Bytes;
 use io_uring_07 as iou;
 use iou::{cqueue, opcode, squeue, types, IoUring};
-use ringcast_core::{this_thread, UringOp};
+use ringcast_core::this_backend;
 use slab::Slab;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -337,7 +338,7 @@ impl Ring {
             // SAFETY: the read writes 8 bytes into `wake_buf`, a box the ring owns and
             // never moves or frees while the op is in flight (`wake_armed`), on an
             // eventfd the ring owns likewise.
-            unsafe { self.push(sqe, UringOp::Read) };
+            unsafe { self.push(sqe, DirectOp::Read) };
             self.wake_armed = true;
         }
     }
@@ -392,7 +393,7 @@ impl Ring {
         // SAFETY: the address and its length live in a box owned by `accepts` until the
         // completion is reaped; the listener's socket is closed only once its accepts in
         // flight are done (`close_listener`).
-        unsafe { self.push(sqe, UringOp::Accept) };
+        unsafe { self.push(sqe, DirectOp::Accept) };
     }
 
     /// Stops accepting on `listener`: shuts its socket down, so that accepts in flight
@@ -416,7 +417,7 @@ impl Ring {
             .user_data(user_data(Kind::Quiet, 0));
         // SAFETY: no memory is referenced; the fd stays open while its accepts are in
         // flight.
-        unsafe { self.push(sqe, UringOp::Cancel) };
+        unsafe { self.push(sqe, DirectOp::Cancel) };
     }
 
     /// Arms the multishot receive of connection `conn` (slot `slot`).
@@ -426,7 +427,7 @@ impl Ring {
             .user_data(user_data(Kind::Recv, u64::from(conn)));
         // SAFETY: the receive writes only into buffers of the buffer ring, which the ring
         // owns until it is destroyed; the socket is held by the file table.
-        unsafe { self.push(sqe, UringOp::RecvMulti) };
+        unsafe { self.push(sqe, DirectOp::RecvMulti) };
     }
 
     /// The bytes the kernel put in receive buffer `bid`, until it is given back.
@@ -480,7 +481,7 @@ impl Ring {
                 )
                 .flags(libc::MSG_NOSIGNAL)
                 .build(),
-                UringOp::Send,
+                DirectOp::Send,
             )
         } else {
             (
@@ -490,7 +491,7 @@ impl Ring {
                     op.iovecs.len() as u32,
                 )
                 .build(),
-                UringOp::Writev,
+                DirectOp::Writev,
             )
         };
         // SAFETY: the SQE points into `op.bufs` (immutable `Bytes`, whose memory does not
@@ -513,13 +514,13 @@ impl Ring {
                 // The shutdown runs whatever the send's result.
                 .flags(squeue::Flags::IO_HARDLINK);
             // SAFETY: the SQE points into `notice`, owned by `notices` until reaped.
-            unsafe { self.push(sqe, UringOp::Send) };
+            unsafe { self.push(sqe, DirectOp::Send) };
         }
         let sqe = opcode::Shutdown::new(types::Fixed(slot), how)
             .build()
             .user_data(user_data(Kind::Shutdown, u64::from(conn)));
         // SAFETY: no memory is referenced; the socket is held by the file table.
-        unsafe { self.push(sqe, UringOp::Shutdown) };
+        unsafe { self.push(sqe, DirectOp::Shutdown) };
     }
 
     /// Cancels the connection's receive (if armed) and write (if in flight): they
@@ -530,7 +531,7 @@ impl Ring {
             .user_data(user_data(Kind::Quiet, 0));
         let _ = conn;
         // SAFETY: no memory is referenced.
-        unsafe { self.push(sqe, UringOp::Cancel) };
+        unsafe { self.push(sqe, DirectOp::Cancel) };
     }
 
     /// Closes the connection's slot (its socket goes with its last reference).
@@ -539,7 +540,7 @@ impl Ring {
             .build()
             .user_data(user_data(Kind::Close, u64::from(conn)));
         // SAFETY: no memory is referenced.
-        unsafe { self.push(sqe, UringOp::Close) };
+        unsafe { self.push(sqe, DirectOp::Close) };
     }
 
     /// Queues timer `seq`, firing after `after`.
@@ -554,7 +555,7 @@ impl Ring {
             .build()
             .user_data(user_data(Kind::Timer, index as u64 | seq << 24));
         // SAFETY: the timespec is boxed and owned by `timers` until the completion.
-        unsafe { self.push(sqe, UringOp::Timeout) };
+        unsafe { self.push(sqe, DirectOp::Timeout) };
         index
     }
 
@@ -564,15 +565,15 @@ impl Ring {
             .build()
             .user_data(user_data(Kind::Quiet, 0));
         // SAFETY: no memory is referenced.
-        unsafe { self.push(sqe, UringOp::Cancel) };
+        unsafe { self.push(sqe, DirectOp::Cancel) };
     }
 
     /// Pushes an SQE, counting it; a full queue is submitted first.
     ///
     /// # Safety
     /// Everything the SQE points at must stay valid until its last completion is reaped.
-    unsafe fn push(&mut self, sqe: squeue::Entry, kind: UringOp) {
-        this_thread(|c| c.uring_op(kind));
+    unsafe fn push(&mut self, sqe: squeue::Entry, kind: DirectOp) {
+        this_backend(|c: &UringDirectCounters| c.ops.inc(kind));
         self.in_flight += 1;
         if !self.backlog.is_empty() {
             self.backlog.push_back(sqe);
@@ -635,7 +636,7 @@ impl Ring {
                 .user_data(user_data(Kind::Post, index as u64));
             // SAFETY: no memory is referenced; the target ring's fd is kept open by the
             // waker held in `posts` until this op's completion.
-            unsafe { self.push(sqe, UringOp::MsgRing) };
+            unsafe { self.push(sqe, DirectOp::MsgRing) };
         }
     }
 
@@ -674,7 +675,7 @@ impl Ring {
     pub(crate) fn completions(&mut self, out: &mut Vec<Completion>) {
         let overflowed = self.uring.submission().cq_overflow();
         if overflowed && !self.overflowed {
-            this_thread(|c| c.uring_overflow_seen());
+            this_backend(|c: &UringDirectCounters| c.cqe_overflow.inc());
         }
         self.overflowed = overflowed;
         let mut cqes = std::mem::take(&mut self.cqes);
@@ -863,7 +864,7 @@ impl Drop for Ring {
                 .build()
                 .user_data(user_data(Kind::Quiet, 0));
             // SAFETY: no memory is referenced.
-            unsafe { self.push(sqe, UringOp::Cancel) };
+            unsafe { self.push(sqe, DirectOp::Cancel) };
         }
         let mut completions = Vec::new();
         let mut rounds = 0;
