@@ -30,6 +30,7 @@
 use super::cluster::{Answer, Claim, ClusterView, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
+use super::history::{History, HistoryConfig};
 use super::metrics;
 use super::outbox::{Outbox, Overflow};
 use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
@@ -103,6 +104,7 @@ impl Shared {
             label: Arc::from(label),
             threads,
             cluster: None,
+            history: Arc::new(History::new(HistoryConfig::default())),
         }
     }
 
@@ -124,6 +126,8 @@ pub struct Shared {
     /// Set when this node is one of a cluster: chat also goes to the bridge, and names,
     /// `/who`, `/rooms` and subscriptions to rooms are the cluster's.
     pub cluster: Option<Arc<ClusterView>>,
+    /// Every room's recent lines and the positions of its lines (see `history`).
+    pub history: Arc<History>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -135,6 +139,9 @@ pub struct Handoff {
     pub lines: u64,
     /// The same lines as WebSocket frames, when the sending thread built them already.
     pub frames: Option<Bytes>,
+    /// The room position of the first line (see `history`); 0: none (history is off,
+    /// or the lines come from another node), delivered as they come.
+    pub first: u64,
 }
 
 /// Which listener a connection came from.
@@ -193,6 +200,9 @@ struct Member {
     name: Arc<str>,
     room: Arc<str>,
     slot: u32,
+    /// Lines of the room up to this position reached the client otherwise (a replay
+    /// from history): its live delivery skips batches that end at or before it.
+    seen_through: u64,
 }
 
 #[derive(Debug)]
@@ -208,6 +218,8 @@ struct Client<H> {
     /// requests (see `cluster.rs`); none otherwise (nearly always).
     held: cluster::HeldQueue,
     codec: Codec,
+    /// The client asked for positions (`/positions on`): chat comes as `#POS NAME: TEXT`.
+    positions: bool,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
     closing: Option<Disconnect>,
@@ -302,6 +314,8 @@ pub struct Hub<H> {
     filling: Option<(ClientId, Vec<Bytes>)>,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
+    /// Where each room's delivery on this thread is, in positions (see `hub/history.rs`).
+    order: HashMap<Arc<str>, history::RoomOrder>,
 }
 
 impl<H: Clone> Hub<H> {
@@ -330,6 +344,7 @@ impl<H: Clone> Hub<H> {
             requests: VecDeque::new(),
             filling: None,
             input_stopped: false,
+            order: HashMap::new(),
         }
     }
 
@@ -374,6 +389,7 @@ impl<H: Clone> Hub<H> {
             nick_pending: false,
             held: None,
             codec: Codec::new(protocol, self.limits.max_line),
+            positions: false,
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
             peer,
@@ -415,7 +431,12 @@ impl<H: Clone> Hub<H> {
         if self.shared.cluster.is_some() {
             self.register_name(name.clone());
         }
-        self.clients[id].member = Some(Member { name, room, slot });
+        self.clients[id].member = Some(Member {
+            name,
+            room,
+            slot,
+            seen_through: 0,
+        });
         self.members += 1;
         self.reply(id, welcome, now);
     }
@@ -540,6 +561,9 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Who) => self.who(id, now),
             Ok(Command::Rooms) => self.list_rooms(id, now),
             Ok(Command::Stats) => self.server_stats(id, now),
+            Ok(Command::History(n)) => self.show_history(id, n, now),
+            Ok(Command::Resume(room, after)) => self.resume(id, room, after, now),
+            Ok(Command::Positions(on)) => self.positions(id, on, now),
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
@@ -595,36 +619,51 @@ impl<H: Clone> Hub<H> {
     }
 
     /// Queues the batched chat of `id` to the other members of its room, here and on
-    /// the other threads.
+    /// the other threads; with history on, records it and gives it its room positions.
     fn flush_chat(&mut self, id: ClientId, now: Tick) {
         if self.batch.lines == 0 {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
-        let timed = self.shared.stats.metrics_enabled();
-        let text = match timed {
-            true => metrics::timed_batch(self.batch.text.split(), self.clock.instant(now), lines),
+        let recorded = self.shared.history.is_on();
+        let plain = match recorded {
+            // A buffer of its own: history may keep it long after the read, and it must
+            // not keep the next reads' bytes alive with it.
+            true => std::mem::take(&mut self.batch.text).freeze(),
             false => self.batch.text.split().freeze(),
         };
+        let timed = self.shared.stats.metrics_enabled();
+        let text = match timed {
+            true => metrics::timed_batch(plain.clone(), self.clock.instant(now), lines),
+            false => plain.clone(),
+        };
         let room = self.clients[id].member().room.clone();
-        let mut encoded = Encoded::new(&text, lines, None, timed);
-        let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
-        let frames = encoded.into_frames();
+        let first = match recorded {
+            true => self.record(&room, plain, lines, now),
+            false => 0,
+        };
         self.counters().messages_in.add(lines);
-        self.counters().deliveries.add(recipients * lines);
+        let batch = history::Batch {
+            text: text.clone(),
+            lines,
+            frames: None,
+            except: Some((id, self.clients[id].serial)),
+        };
+        let frames = self.deliver_in_order(&room, batch, first, now);
         if self.shared.hands_off() {
             self.handoffs.push(Handoff {
                 room,
                 text,
                 lines,
                 frames,
+                first,
             });
         }
     }
 
     /// Queues a read's chat to every local member of `room` but `except`, each in the
-    /// encoding its codec wants (each built once, for the first member wanting it).
-    /// Returns how many got it.
+    /// encoding its codec wants (each built once, for the first member wanting it), and
+    /// not to a member that got these lines from history already. Returns how many got it.
     fn fan_out(
         &mut self,
         room: &str,
@@ -638,12 +677,21 @@ impl<H: Clone> Hub<H> {
         let mut delivered = 0;
         let mut queued = 0;
         let lines = u32::try_from(encoded.count()).unwrap_or(u32::MAX);
+        let last = encoded.last();
         for &member in members {
             if Some(member) == except {
                 continue;
             }
             let client = &mut self.clients[member];
-            let bytes = encoded.for_codec(&client.codec, &mut self.framer);
+            if last != 0
+                && client
+                    .member
+                    .as_ref()
+                    .is_some_and(|m| m.seen_through >= last)
+            {
+                continue;
+            }
+            let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
             let len = bytes.len();
             match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
@@ -672,17 +720,19 @@ impl<H: Clone> Hub<H> {
         delivered
     }
 
-    /// Delivers chat lines handed off by another thread to the local members of their rooms.
+    /// Delivers chat lines handed off by another thread to the local members of their
+    /// rooms (in each room's order: see `hub/history.rs`).
     pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
         let now = self.clock.tick(now);
-        let mut delivered = 0;
         for handoff in handoffs {
-            let timed = self.shared.stats.metrics_enabled();
-            let frames = handoff.frames.clone();
-            let mut encoded = Encoded::new(&handoff.text, handoff.lines, frames, timed);
-            delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
+            let batch = history::Batch {
+                text: handoff.text.clone(),
+                lines: handoff.lines,
+                frames: handoff.frames.clone(),
+                except: None,
+            };
+            self.deliver_in_order(&handoff.room, batch, handoff.first, now);
         }
-        self.counters().deliveries.add(delivered);
         self.cut_overflowed(now);
     }
 
@@ -959,6 +1009,7 @@ impl<H: Clone> Hub<H> {
 
 mod cluster;
 mod commands;
+mod history;
 #[cfg(test)]
 mod tests;
 mod writer;
