@@ -10,7 +10,7 @@ use crate::running::{spawn_stats_thread, Event, Running};
 use crate::worker::{WorkerSetup, INBOX_BATCHES};
 use anyhow::Context as _;
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Directory, Limits, ServerInfo, Shared, Stats};
+use ringcast_core::{Directory, History, Limits, ServerInfo, Shared, Stats};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -55,6 +55,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         label: label(&config),
         threads: config.threads,
         cluster: bridge.as_ref().map(|bridge| bridge.view.clone()),
+        history: Arc::new(History::new(config.history)),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
