@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "100", allow_hyphen_values = true)]
     pub history: usize,
     /// Lines older than this leave the history.
-    #[arg(long, default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
+    #[arg(long, default_value = "60m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub history_age: Duration,
     /// The most memory all rooms' history holds together (line bytes plus about 100 bytes
     /// per read kept); past it the server's oldest lines go first.
