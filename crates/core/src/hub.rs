@@ -22,7 +22,10 @@
 //!
 //! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
 //! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
-//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`.
+//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`, a read's
+//! chat on its way to the room (recorded, numbered, fanned out, handed off) in
+//! `hub/fanout.rs`, room order and `/history`, `/resume`, `/positions` in
+//! `hub/history.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
@@ -618,136 +621,6 @@ impl<H: Clone> Hub<H> {
         self.batch.lines += 1;
     }
 
-    /// Queues the batched chat of `id` to the other members of its room, here and on
-    /// the other threads; with history on, records it and gives it its room positions.
-    fn flush_chat(&mut self, id: ClientId, now: Tick) {
-        if self.batch.lines == 0 {
-            return;
-        }
-        let lines = std::mem::take(&mut self.batch.lines);
-        let recorded = self.shared.history.is_on();
-        let plain = match recorded {
-            // A buffer of its own: history may keep it long after the read, and it must
-            // not keep the next reads' bytes alive with it.
-            true => std::mem::take(&mut self.batch.text).freeze(),
-            false => self.batch.text.split().freeze(),
-        };
-        let timed = self.shared.stats.metrics_enabled();
-        let text = match timed {
-            true => metrics::timed_batch(plain.clone(), self.clock.instant(now), lines),
-            false => plain.clone(),
-        };
-        let room = self.clients[id].member().room.clone();
-        let first = match recorded {
-            true => self.record(&room, plain, lines, now),
-            false => 0,
-        };
-        self.counters().messages_in.add(lines);
-        let batch = history::Batch {
-            text: text.clone(),
-            lines,
-            frames: None,
-            except: Some((id, self.clients[id].serial)),
-        };
-        let frames = self.deliver_in_order(&room, batch, first, now);
-        if self.shared.hands_off() {
-            self.handoffs.push(Handoff {
-                room,
-                text,
-                lines,
-                frames,
-                first,
-            });
-        }
-    }
-
-    /// Queues a read's chat to every local member of `room` but `except`, each in the
-    /// encoding its codec wants (each built once, for the first member wanting it), and
-    /// not to a member that got these lines from history already. Returns how many got it.
-    fn fan_out(
-        &mut self,
-        room: &str,
-        encoded: &mut Encoded<'_>,
-        except: Option<ClientId>,
-        now: Tick,
-    ) -> u64 {
-        let Some(members) = self.rooms.get(room) else {
-            return 0;
-        };
-        let mut delivered = 0;
-        let mut queued = 0;
-        let lines = u32::try_from(encoded.count()).unwrap_or(u32::MAX);
-        let last = encoded.last();
-        for &member in members {
-            if Some(member) == except {
-                continue;
-            }
-            let client = &mut self.clients[member];
-            if last != 0
-                && client
-                    .member
-                    .as_ref()
-                    .is_some_and(|m| m.seen_through >= last)
-            {
-                continue;
-            }
-            let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
-            let len = bytes.len();
-            match client.outbox.push_lines(bytes, lines) {
-                Ok(was_empty) => {
-                    delivered += 1;
-                    queued += len;
-                    if was_empty {
-                        output_pending(
-                            client,
-                            member,
-                            &self.limits,
-                            &mut self.deadlines,
-                            &mut self.wakes,
-                            now,
-                        );
-                    }
-                }
-                Err(overflow) => self.overflowed.push((member, overflow)),
-            }
-        }
-        // One store per read, not per recipient.
-        self.shared
-            .stats
-            .thread(self.thread)
-            .queued_bytes
-            .add(queued as i64);
-        delivered
-    }
-
-    /// Delivers chat lines handed off by another thread to the local members of their
-    /// rooms (in each room's order: see `hub/history.rs`).
-    pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
-        let now = self.clock.tick(now);
-        for handoff in handoffs {
-            let batch = history::Batch {
-                text: handoff.text.clone(),
-                lines: handoff.lines,
-                frames: handoff.frames.clone(),
-                except: None,
-            };
-            self.deliver_in_order(&handoff.room, batch, handoff.first, now);
-        }
-        self.cut_overflowed(now);
-    }
-
-    fn cut_overflowed(&mut self, now: Tick) {
-        while let Some((id, overflow)) = self.overflowed.pop() {
-            if self.clients[id].closing.is_none() {
-                tracing::warn!(
-                    name = %self.clients[id].member().name, queued = overflow.queued,
-                    "slow consumer disconnected: its queue is full"
-                );
-                self.begin_close(id, Disconnect::SlowConsumer, now);
-            }
-        }
-    }
-
     fn server_stats(&mut self, id: ClientId, now: Tick) {
         // The counters' fields are the tables' (see `counters`): what a row shows here.
         let text = format!(
@@ -1009,6 +882,7 @@ impl<H: Clone> Hub<H> {
 
 mod cluster;
 mod commands;
+mod fanout;
 mod history;
 #[cfg(test)]
 mod tests;
