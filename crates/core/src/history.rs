@@ -134,19 +134,29 @@ pub struct Replay {
 #[derive(Debug)]
 pub struct History {
     config: HistoryConfig,
+    /// Names this run of the server: positions restart with a new process, and a
+    /// client that names the epoch its positions came from is told when they are void.
+    epoch: u64,
     inner: Mutex<Inner>,
 }
 
 impl History {
-    pub fn new(config: HistoryConfig) -> Self {
+    /// A store for a run named `epoch` (the server picks one that a restart changes,
+    /// e.g. its start time).
+    pub fn new(config: HistoryConfig, epoch: u64) -> Self {
         Self {
             config,
+            epoch,
             inner: Mutex::new(Inner::default()),
         }
     }
 
     pub fn config(&self) -> HistoryConfig {
         self.config
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// Whether history (and with it positions) is on.
@@ -346,6 +356,12 @@ impl Inner {
 mod tests {
     use super::*;
 
+    impl History {
+        fn new_test(config: HistoryConfig) -> Self {
+            Self::new(config, 1)
+        }
+    }
+
     fn config(lines: usize, max_bytes: usize) -> HistoryConfig {
         HistoryConfig {
             lines,
@@ -361,7 +377,7 @@ mod tests {
 
     #[test]
     fn positions_count_lines_per_room_and_batches_split_into_lines() {
-        let history = History::new(config(10, 1 << 20));
+        let history = History::new_test(config(10, 1 << 20));
         let now = Instant::now();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         assert_eq!(history.append(&a, Bytes::from("x: 1\nx: 2\n"), 2, now).0, 1);
@@ -380,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_room_keeps_its_last_lines_and_says_how_many_it_lost() {
-        let history = History::new(config(3, 1 << 20));
+        let history = History::new_test(config(3, 1 << 20));
         let now = Instant::now();
         let room: Arc<str> = "r".into();
         let mut evicted = 0;
@@ -400,7 +416,7 @@ mod tests {
 
     #[test]
     fn lines_expire_with_age_on_simulated_time() {
-        let history = History::new(config(10, 1 << 20));
+        let history = History::new_test(config(10, 1 << 20));
         let start = Instant::now();
         let room: Arc<str> = "r".into();
         history.append(&room, Bytes::from("u: old\n"), 1, start);
@@ -429,7 +445,7 @@ mod tests {
     fn the_cap_evicts_the_oldest_lines_of_the_server_first() {
         let line = Bytes::from("u: 0123456789\n");
         let per_batch = line.len() + BATCH_OVERHEAD;
-        let history = History::new(config(100, 3 * per_batch));
+        let history = History::new_test(config(100, 3 * per_batch));
         let now = Instant::now();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         history.append(&a, line.clone(), 1, now);
@@ -447,7 +463,7 @@ mod tests {
     #[test]
     fn memory_is_bounded_with_ten_thousand_full_rooms() {
         let cap = 8 << 20;
-        let history = History::new(config(100, cap));
+        let history = History::new_test(config(100, cap));
         let now = Instant::now();
         let line = Bytes::from([vec![b'x'; 62], vec![b'\n']].concat());
         let (mut lines, mut bytes, mut evicted) = (0i64, 0i64, 0u64);

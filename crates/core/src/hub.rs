@@ -107,7 +107,7 @@ impl Shared {
             label: Arc::from(label),
             threads,
             cluster: None,
-            history: Arc::new(History::new(HistoryConfig::default())),
+            history: Arc::new(History::new(HistoryConfig::default(), 1)),
         }
     }
 
@@ -164,7 +164,9 @@ pub enum Action<H> {
     Shutdown { handle: H, notice: Option<Bytes> },
     /// The connection's writer has something to do (output, or closing): wake it.
     Wake(H),
-    /// Chat lines for every other thread, from the read just handled.
+    /// Chat lines for every other thread, from the read just handled. Each must reach
+    /// every other thread, in the order given and none dropped: a thread delivers a
+    /// room's numbered lines in position order, and waits for one that never comes.
     Handoff(Vec<Handoff>),
     /// Accepting, paused after running out of descriptors, may go on.
     ResumeAccept,
@@ -565,7 +567,7 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Rooms) => self.list_rooms(id, now),
             Ok(Command::Stats) => self.server_stats(id, now),
             Ok(Command::History(n)) => self.show_history(id, n, now),
-            Ok(Command::Resume(room, after)) => self.resume(id, room, after, now),
+            Ok(Command::Resume(room, after, epoch)) => self.resume(id, room, after, epoch, now),
             Ok(Command::Positions(on)) => self.positions(id, on, now),
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {

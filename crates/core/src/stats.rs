@@ -611,7 +611,7 @@ mod tests {
                 label: Arc::from("test"),
                 threads: 2,
                 cluster: None,
-                history: Arc::new(crate::History::new(crate::HistoryConfig::default())),
+                history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
             };
             let _bound = stats.bind_thread(0);
             let now = Instant::now();

@@ -21,8 +21,9 @@ pub enum Command<'a> {
     Stats,
     /// `/history [N]`: the room's N most recent lines (the server's default when `None`).
     History(Option<u64>),
-    /// `/resume ROOM POS`: be in ROOM and get every line of it after position POS.
-    Resume(&'a str, u64),
+    /// `/resume ROOM POS [EPOCH]`: be in ROOM and get every line of it after position
+    /// POS (positions of the server run EPOCH, if given).
+    Resume(&'a str, u64, Option<u64>),
     /// `/positions on|off`: chat lines with (or without) their room positions.
     Positions(bool),
 }
@@ -136,8 +137,17 @@ fn resume_args(arg: &[u8]) -> Result<Command<'_>, CommandError> {
         return Err(missing);
     };
     let room = name_arg("/resume", "room name", &arg[..space])?;
-    let pos = number_arg("/resume", "a position", arg[space..].trim_ascii_start())?;
-    Ok(Command::Resume(room, pos))
+    let rest = arg[space..].trim_ascii_start();
+    let (pos, epoch) = match rest.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(at) => (&rest[..at], Some(rest[at..].trim_ascii_start())),
+        None => (rest, None),
+    };
+    let pos = number_arg("/resume", "a position", pos)?;
+    let epoch = match epoch {
+        Some(epoch) => Some(number_arg("/resume", "an epoch", epoch)?),
+        None => None,
+    };
+    Ok(Command::Resume(room, pos, epoch))
 }
 
 fn name_arg<'a>(
@@ -186,10 +196,17 @@ mod tests {
         assert_eq!(parse(b"/stats"), Ok(Command::Stats));
         assert_eq!(parse(b"/history"), Ok(Command::History(None)));
         assert_eq!(parse(b"/history 5 "), Ok(Command::History(Some(5))));
-        assert_eq!(parse(b"/resume chess 42"), Ok(Command::Resume("chess", 42)));
+        assert_eq!(
+            parse(b"/resume chess 42"),
+            Ok(Command::Resume("chess", 42, None))
+        );
+        assert_eq!(
+            parse(b"/resume chess 42 7"),
+            Ok(Command::Resume("chess", 42, Some(7)))
+        );
         assert_eq!(
             parse(b"/resume  chess   0"),
-            Ok(Command::Resume("chess", 0))
+            Ok(Command::Resume("chess", 0, None))
         );
         assert_eq!(parse(b"/positions on"), Ok(Command::Positions(true)));
         assert_eq!(parse(b"/positions off"), Ok(Command::Positions(false)));

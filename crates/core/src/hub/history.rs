@@ -153,7 +153,14 @@ impl<H: Clone> Hub<H> {
 
     /// `/resume ROOM POS`: be in ROOM, get every line after POS (told first if some are
     /// gone), then the live ones, with neither a gap nor a duplicate between them.
-    pub(super) fn resume(&mut self, id: ClientId, room: &str, after: u64, now: Tick) {
+    pub(super) fn resume(
+        &mut self,
+        id: ClientId,
+        room: &str,
+        after: u64,
+        epoch: Option<u64>,
+        now: Tick,
+    ) {
         if self.history_off(id, now) {
             return;
         }
@@ -169,7 +176,12 @@ impl<H: Clone> Hub<H> {
         let history = self.shared.history.clone();
         let at = self.clock.instant(now);
         let mut replay = history.after(&room, after, at);
-        if after > replay.last {
+        if epoch.is_some_and(|epoch| epoch != history.epoch()) {
+            // Positions of another run of the server: they name nothing here.
+            replay = history.after(&room, 0, at);
+            let text = "history gap (the server restarted: earlier lines are lost)";
+            self.error(id, ErrorKind::History, text, now);
+        } else if after > replay.last {
             // Not a position of this room (a server that restarted numbers afresh):
             // everything held, and the client told.
             let last = replay.last;
@@ -207,7 +219,8 @@ impl<H: Clone> Hub<H> {
             true => {
                 let member = self.clients[id].member();
                 let at = self.delivered(&member.room).max(member.seen_through);
-                format!("positions on ({} at {at})", member.room)
+                let epoch = self.shared.history.epoch();
+                format!("positions on ({} at {at}, epoch {epoch})", member.room)
             }
             false => "positions off".to_owned(),
         };

@@ -37,7 +37,7 @@ impl Sim {
             label: Arc::from("backend=test threads=1"),
             threads,
             cluster: None,
-            history: Arc::new(crate::History::new(crate::HistoryConfig::default())),
+            history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),

@@ -15,7 +15,7 @@ fn history(lines: usize) -> HistoryConfig {
 impl Sim {
     fn with_history(config: HistoryConfig) -> Self {
         let mut sim = Self::new(1, limits());
-        sim.hub.shared.history = Arc::new(History::new(config));
+        sim.hub.shared.history = Arc::new(History::new(config, 7));
         sim
     }
 
@@ -28,7 +28,7 @@ impl Sim {
             label: Arc::from("backend=test threads=2"),
             threads: 2,
             cluster: None,
-            history: Arc::new(History::new(config)),
+            history: Arc::new(History::new(config, 7)),
         };
         let sim = |thread, first_handle| Sim {
             hub: Hub::new(shared.clone(), thread, limits(), now),
@@ -152,7 +152,7 @@ fn positions_number_chat_for_the_clients_that_ask_and_resume_replays_after_one()
     let mut sim = Sim::with_history(history(3));
     let [a, b, c] = [sim.connect(), sim.connect(), sim.connect()];
     sim.input(b, b"/positions on\n");
-    assert_eq!(sim.text(b), "* positions on (lobby at 0)\n");
+    assert_eq!(sim.text(b), "* positions on (lobby at 0, epoch 7)\n");
     sim.input(a, b"one\ntwo\n");
     assert_eq!(sim.text(b), "#1 user1: one\n#2 user1: two\n");
     assert_eq!(
@@ -183,6 +183,17 @@ fn positions_number_chat_for_the_clients_that_ask_and_resume_replays_after_one()
         "* error: history gap (position 99 is past lobby's last, 4)\n\
          * resuming lobby after 99 (3 lines)\n#2 user1: two\n"
     ));
+    // Positions of another run of the server: void, and said so.
+    sim.input(b, b"/resume lobby 4 6\n");
+    assert!(sim.text(b).starts_with(
+        "* error: history gap (the server restarted: earlier lines are lost)\n\
+         * resuming lobby after 4 (3 lines)\n#2 user1: two\n"
+    ));
+    sim.input(b, b"/resume lobby 3 7\n");
+    assert_eq!(
+        sim.text(b),
+        "* resuming lobby after 3 (1 line)\n#4 user1: four\n"
+    );
     // Resuming another room joins it.
     sim.input(a, b"/join chess\nmove\n");
     sim.input(c, b"/resume chess 0\n");
