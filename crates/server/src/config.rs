@@ -233,7 +233,13 @@ impl Config {
         };
         let max_clients = max_clients(args.max_clients, host.open_files, threads)?;
         let limits = limits(args)?;
-        let history = history(args)?;
+        // History is per node for now: in a cluster it would hold only this node's
+        // senders' lines, and positions would differ between nodes. Off until the
+        // cluster's stream holds it (issue 26).
+        let history = match args.cluster {
+            Some(_) => HistoryConfig::OFF,
+            None => history(args)?,
+        };
         let cluster = match &args.cluster {
             Some(url) => {
                 if args.cluster_lease < Duration::from_secs(1) {
@@ -370,6 +376,7 @@ mod tests {
         assert!(config.metrics);
         assert_eq!(config.limits.write_timeout, Some(Duration::from_secs(30)));
         assert!(config.cluster.is_none());
+        assert_eq!(config.history, HistoryConfig::default());
         let no_http = super::tests::config(&["--http", "off"]).expect("valid");
         assert!(
             !no_http.metrics,
@@ -390,6 +397,10 @@ mod tests {
         .expect("valid");
         assert_eq!(config.limits.write_timeout, None);
         assert!(config.limits.rate.is_none());
+        let off = super::tests::config(&["--history", "0", "--history-age", "0"]);
+        assert_eq!(off.expect("valid").history, HistoryConfig::OFF);
+        let clustered = super::tests::config(&["--cluster", "nats://127.0.0.1:4222"]);
+        assert_eq!(clustered.expect("valid").history, HistoryConfig::OFF);
     }
 
     #[test]
@@ -415,6 +426,11 @@ mod tests {
                     "500ms",
                 ],
                 "--cluster-lease must be at least 1s",
+            ),
+            (&["--history-age", "0"], "--history-age must be more than 0"),
+            (
+                &["--history-max-bytes", "1k"],
+                "--history-max-bytes at least 64k",
             ),
         ];
         for (flags, message) in cases {
