@@ -130,6 +130,22 @@ pub struct Replay {
     pub last: u64,
 }
 
+impl Replay {
+    /// Drops the oldest lines until the rest, with `per_line` bytes of framing each,
+    /// fit in `budget` bytes; returns how many it dropped (they count as lost).
+    pub fn fit(&mut self, budget: usize, per_line: usize) -> u64 {
+        let mut total: usize = self.lines.iter().map(|(_, l)| l.len() + per_line).sum();
+        let mut dropped = 0;
+        while total > budget && dropped < self.lines.len() {
+            total -= self.lines[dropped].1.len() + per_line;
+            dropped += 1;
+        }
+        self.lines.drain(..dropped);
+        self.lost += dropped as u64;
+        dropped as u64
+    }
+}
+
 /// The history of every room of the server, shared by its threads.
 #[derive(Debug)]
 pub struct History {
@@ -412,6 +428,19 @@ mod tests {
             [(6, "u: 3b\n"), (7, "u: 4a\n"), (8, "u: 4b\n")].map(|(p, t)| (p, t.to_owned()))
         );
         assert_eq!(history.held().0, 3);
+    }
+
+    #[test]
+    fn a_replay_fits_a_budget_by_dropping_its_oldest_lines() {
+        let history = History::new_test(config(10, 1 << 20));
+        let now = Instant::now();
+        let room: Arc<str> = "r".into();
+        history.append(&room, Bytes::from("u: 1\nu: 2\nu: 3\n"), 3, now);
+        let mut replay = history.after("r", 0, now);
+        assert_eq!(replay.fit(2 * (5 + 4), 4), 1);
+        assert_eq!(texts(&replay)[0], (2, "u: 2\n".to_owned()));
+        assert_eq!(replay.lost, 1);
+        assert_eq!(replay.fit(100, 4), 0);
     }
 
     #[test]

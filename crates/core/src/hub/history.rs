@@ -23,6 +23,8 @@ use std::collections::BTreeMap;
 
 /// `/history` without a count.
 pub const DEFAULT_HISTORY_LINES: u64 = 20;
+/// Framing a replayed line may get beyond its bytes: `#POS ` and a WebSocket frame head.
+const LINE_FRAMING: usize = 32;
 
 /// Where one room's delivery is on this thread.
 #[derive(Debug)]
@@ -132,13 +134,21 @@ impl<H: Clone> Hub<H> {
         let max = history.config().lines as u64;
         let n = n.unwrap_or(DEFAULT_HISTORY_LINES).min(max);
         let room = self.clients[id].member().room.clone();
-        let replay = history.recent(&room, n as usize, self.clock.instant(now));
+        let mut replay = history.recent(&room, n as usize, self.clock.instant(now));
+        replay.fit(self.replay_budget(), LINE_FRAMING);
         let mut out = BytesMut::new();
         let count = reply::count(replay.lines.len(), "line", "lines");
         out.extend_from_slice(&reply::notice(format_args!("history of {room} ({count})")));
         self.replay_lines(id, &replay, &mut out);
         out.extend_from_slice(&reply::notice(reply::END_OF_HISTORY));
         self.reply(id, out.freeze(), now);
+    }
+
+    /// What one reply of replayed lines may take of the client's outbox: half, so that
+    /// asking for history never makes a client a slow consumer (the oldest lines that
+    /// do not fit are left out: `/history` shows fewer, `/resume` counts them lost).
+    fn replay_budget(&self) -> usize {
+        self.limits.max_outbound / 2
     }
 
     fn replay_lines(&self, id: ClientId, replay: &Replay, out: &mut BytesMut) {
@@ -176,26 +186,31 @@ impl<H: Clone> Hub<H> {
         let history = self.shared.history.clone();
         let at = self.clock.instant(now);
         let mut replay = history.after(&room, after, at);
-        if epoch.is_some_and(|epoch| epoch != history.epoch()) {
+        let void = if epoch.is_some_and(|epoch| epoch != history.epoch()) {
             // Positions of another run of the server: they name nothing here.
-            replay = history.after(&room, 0, at);
-            let text = "history gap (the server restarted: earlier lines are lost)";
-            self.error(id, ErrorKind::History, text, now);
+            Some("history gap (the server restarted: earlier lines are lost)".to_owned())
         } else if after > replay.last {
-            // Not a position of this room (a server that restarted numbers afresh):
-            // everything held, and the client told.
+            // Not a position of this room (a server that restarted numbers afresh).
             let last = replay.last;
+            Some(format!(
+                "history gap (position {after} is past {room}'s last, {last})"
+            ))
+        } else {
+            None
+        };
+        if void.is_some() {
+            // Everything held, and the client told.
             replay = history.after(&room, 0, at);
-            let text = format!("history gap (position {after} is past {room}'s last, {last})");
-            self.error(id, ErrorKind::History, text, now);
-        } else if replay.lost > 0 {
-            let lost = reply::count(replay.lost as usize, "line", "lines");
-            self.error(
-                id,
-                ErrorKind::History,
-                format!("history gap ({lost} lost)"),
-                now,
-            );
+        }
+        replay.fit(self.replay_budget(), LINE_FRAMING);
+        match void {
+            Some(text) => self.error(id, ErrorKind::History, text, now),
+            None if replay.lost > 0 => {
+                let lost = reply::count(replay.lost as usize, "line", "lines");
+                let text = format!("history gap ({lost} lost)");
+                self.error(id, ErrorKind::History, text, now);
+            }
+            None => {}
         }
         let mut out = BytesMut::new();
         let count = reply::count(replay.lines.len(), "line", "lines");

@@ -246,3 +246,32 @@ fn both_threads_deliver_a_room_in_one_order() {
     t1.hub.deliver(&t0.handoffs(), t1.now);
     assert_eq!(t1.text(y), "#4 user1: four\n");
 }
+
+/// A replay never makes the asker a slow consumer: what does not fit half its outbox is
+/// left out, oldest first (`/history` shows fewer, `/resume` counts them lost).
+#[test]
+fn a_replay_fits_half_the_outbox() {
+    let mut sim = Sim::with_history(history(100));
+    sim.hub.limits.max_outbound = 4096;
+    let [a, b] = [sim.connect(), sim.connect()];
+    let line = [b'x'; 60];
+    for _ in 0..100 {
+        sim.input(a, &[&line[..], b"\n"].concat());
+        sim.output(b);
+    }
+    sim.input(b, b"/history 100\n");
+    let shown = sim
+        .text(b)
+        .lines()
+        .filter(|l| l.starts_with("user1: "))
+        .count();
+    // 2048 bytes for lines of 68 bytes and 32 of framing each: 20 of them.
+    assert_eq!(shown, 20);
+    sim.input(b, b"/resume lobby 0\n");
+    let text = sim.text(b);
+    assert!(
+        text.starts_with("* error: history gap (80 lines lost)\n"),
+        "{text}"
+    );
+    assert!(sim.hub.clients[b].closing.is_none(), "not cut off");
+}
