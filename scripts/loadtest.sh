@@ -6,7 +6,7 @@
 #                       [--server-cpus LIST] [--bench-cpus LIST]
 #                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
-#                       [--procs N] [--backends "uring epoll"] [--out DIR]
+#                       [--procs N] [--backends "uring epoll uring-direct"] [--out DIR]
 #                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
 #                       [--churners N] [--churn R] [--slow-readers N]
 #
@@ -128,7 +128,7 @@ WARMUP=${WARMUP:-2s}
 SLO=${SLO:-10ms}
 THREADS=${THREADS:-1}
 PROCS=${PROCS:-1}
-BACKENDS=${BACKENDS:-"uring epoll"}
+BACKENDS=${BACKENDS:-"uring epoll uring-direct"}
 PEERS=${PEERS:-}
 REPEAT=${REPEAT:-1}
 PROTO=${PROTO:-line}
@@ -188,8 +188,8 @@ if [ -n "$CLUSTER" ]; then
   fi
   for system in $BACKENDS; do
     case "$system" in
-      uring|epoll) ;;
-      *) say "--cluster runs ringcast backends (uring, epoll), not $system"; exit 2 ;;
+      uring|epoll|uring-direct) ;;
+      *) say "--cluster runs ringcast backends (uring, epoll, uring-direct), not $system"; exit 2 ;;
     esac
   done
 fi
@@ -201,8 +201,8 @@ if [ -n "$PEERS" ]; then
 fi
 for system in $SYSTEMS; do
   case "$system" in
-    uring|epoll|redis|nats) ;;
-    *) say "unknown system $system (uring, epoll, redis, nats)"; exit 2 ;;
+    uring|epoll|uring-direct|redis|nats) ;;
+    *) say "unknown system $system (uring, epoll, uring-direct, redis, nats)"; exit 2 ;;
   esac
 done
 
@@ -382,7 +382,7 @@ start_server() {
   local system=$1 dir=$2 port
   addr=
   case "$system" in
-    uring|epoll)
+    uring|epoll|uring-direct)
       start_ringcast "$system" "$dir/server"
       server_pid=$started_pid
       addr=$started_addr

@@ -2,7 +2,7 @@
 # Soak test of ringcast: runs the server under healthy load, churn and faults for each
 # backend and fails on lost/reordered messages, growing RSS or fds, or a dead server.
 #
-#   scripts/soak.sh                     10 minutes per backend (uring, then epoll)
+#   scripts/soak.sh                     10 minutes per backend (uring, epoll, then uring-direct)
 #   scripts/soak.sh --short             40 seconds per backend, for CI
 #   scripts/soak.sh --cluster           3 nodes joined through a nats-server, 10 minutes
 #                                       per backend, with NATS killed and stopped under

@@ -215,6 +215,17 @@ mod epoll {
     }
 }
 
+mod uring_direct {
+    #[test]
+    fn cluster_run_is_clean() {
+        super::cluster_run_is_clean("uring-direct");
+    }
+    #[test]
+    fn cluster_run_over_websocket_is_clean() {
+        super::cluster_run_over_websocket_is_clean("uring-direct");
+    }
+}
+
 /// Servers that are not one cluster would confirm every join and lose every delivery
 /// meant for another server's members: refused before any client connects.
 #[test]

@@ -121,6 +121,11 @@ fn epoll_mixed_workload_is_exact() {
 }
 
 #[test]
+fn uring_direct_mixed_workload_is_exact() {
+    ringcast_mixed("uring-direct", "ringcast");
+}
+
+#[test]
 fn uring_mixed_workload_is_exact_over_websocket() {
     ringcast_mixed("uring", "ws");
 }

@@ -456,6 +456,45 @@ mod epoll {
     }
 }
 
+mod uring_direct {
+    #[test]
+    fn small_run_is_clean() {
+        super::small_run_is_clean("uring-direct");
+    }
+    #[test]
+    fn websocket_run_is_clean() {
+        super::websocket_run_is_clean("uring-direct");
+    }
+    #[test]
+    fn a_harness_stall_shows_in_read_latency_only() {
+        super::a_harness_stall_shows_in_read_latency_only("uring-direct", "ringcast");
+    }
+    #[test]
+    fn a_harness_sending_late_shows_in_read_latency_only() {
+        super::a_harness_sending_late_shows_in_read_latency_only("uring-direct");
+    }
+    #[test]
+    fn small_run_is_clean_across_two_generators() {
+        super::small_run_is_clean_across_two_generators("uring-direct");
+    }
+    #[test]
+    fn pinned_apart_the_servers_cost_includes_its_cores_softirq_threads() {
+        super::pinned_apart_the_servers_cost_includes_its_cores_softirq_threads("uring-direct");
+    }
+    #[test]
+    fn idle_run_measures_memory_per_connection() {
+        super::idle_run_measures_memory_per_connection("uring-direct");
+    }
+    #[test]
+    fn too_many_clients_are_refused_before_connecting() {
+        super::too_many_clients_are_refused_before_connecting("uring-direct");
+    }
+    #[test]
+    fn partial_connect_fails_unless_allowed() {
+        super::partial_connect_fails_unless_allowed("uring-direct");
+    }
+}
+
 /// Pins every thread of process `pid` to `cpu`.
 fn pin_process(pid: i32, cpu: usize) {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {

@@ -45,10 +45,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
-/// Sample names the server exports, for either backend.
+/// Sample names the server exports, for any backend.
 fn exported() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for backend in [Backend::Uring, Backend::Epoll] {
+    for backend in [Backend::Uring, Backend::Epoll, Backend::UringDirect] {
         let info = ServerInfo {
             backend: backend.name().into(),
             ..ServerInfo::default()

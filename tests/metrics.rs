@@ -107,10 +107,11 @@ fn get_value(m: &BTreeMap<String, f64>, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in {m:#?}"))
 }
 
-/// The writes `backend` counted: uring's SEND and WRITEV ops, epoll's `writev` calls.
+/// The writes `backend` counted: uring's (and uring-direct's) SEND and WRITEV ops,
+/// epoll's `writev` calls.
 fn backend_writes(backend: &str, m: &BTreeMap<String, f64>) -> f64 {
     match backend {
-        "uring" => ["send", "writev"]
+        "uring" | "uring-direct" => ["send", "writev"]
             .iter()
             .map(|op| {
                 get_value(
@@ -377,6 +378,25 @@ async fn a_known_workload_gives_exact_counts(backend: &str) {
             );
             assert_eq!(get_value(&m_after, "ringcast_uring_cqe_dropped_total"), 0.0);
         }
+        "uring-direct" => {
+            let ops = |op: &str| {
+                get_value(
+                    &m_after,
+                    &format!("ringcast_uring_ops_submitted_total{{op=\"{op}\"}}"),
+                )
+            };
+            assert_eq!(backend_writes(backend, &m_after), writes);
+            // One multishot receive per connection is enough when no buffer runs out.
+            assert!(ops("recv_multi") >= (TCP + 1) as f64);
+            assert_eq!(get_value(&m_after, "ringcast_uring_recv_nobufs_total"), 0.0);
+            assert!(ops("accept") >= (TCP + 1) as f64);
+            assert!(get_value(&m_after, "ringcast_uring_direct_enters_total") > 0.0);
+            assert_eq!(
+                get_value(&m_after, "ringcast_uring_cqe_overflow_total"),
+                0.0
+            );
+            assert_eq!(get_value(&m_after, "ringcast_uring_cqe_dropped_total"), 0.0);
+        }
         _ => {
             assert_eq!(backend_writes(backend, &m_after), writes);
             assert_eq!(
@@ -559,6 +579,52 @@ async fn uring_counts_sq_full_submits_and_cq_overflow() {
         );
         assert!(get_value(&m, "ringcast_uring_ops_submitted_total{op=\"send\"}") >= 99.0);
     }
+}
+
+/// uring-direct with one receive buffer per thread: many senders at once leave most
+/// multishot receives without a buffer (ENOBUFS). Each is counted and re-armed once the
+/// buffer is back; every line still arrives, in each sender's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uring_direct_receives_out_of_buffers_rearm_and_lose_nothing() {
+    const SENDERS: usize = 20;
+    const LINES: usize = 50;
+    let server = Server::start("uring-direct", &["--threads", "1", "--recv-buffers", "1"]);
+    let mut scraper = Scraper {
+        http: server.http.expect("an HTTP listener"),
+        scrapes: 0,
+        request_bytes: 0,
+    };
+    let mut receiver = Client::connect(server.addr).await;
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(Client::connect(server.addr).await);
+    }
+    // Each sender's lines in one write, one sender right after the other: the server
+    // finds many sockets with input in one pass, and one buffer for them.
+    let text: String = (0..LINES).map(|i| format!("line {i}\n")).collect();
+    for sender in &mut senders {
+        sender.send_raw(text.as_bytes()).await;
+    }
+    let mut next: std::collections::HashMap<String, usize> =
+        senders.iter().map(|s| (s.name.clone(), 0)).collect();
+    for _ in 0..SENDERS * LINES {
+        let line = receiver.line().await;
+        let (name, text) = line.split_once(": ").expect("a chat line");
+        let expected = next.get_mut(name).expect("a sender");
+        assert_eq!(text, format!("line {expected}"), "{line}");
+        *expected += 1;
+    }
+    assert!(next.values().all(|&n| n == LINES), "{next:?}");
+    let m = scraper.scrape().await;
+    assert!(
+        get_value(&m, "ringcast_uring_recv_nobufs_total") >= 1.0,
+        "no receive ran out of buffers: {m:#?}"
+    );
+    // Each ENOBUFS re-armed its receive: more multishot receives than connections.
+    assert!(
+        get_value(&m, "ringcast_uring_ops_submitted_total{op=\"recv_multi\"}")
+            > (SENDERS + 1) as f64
+    );
 }
 
 backend_tests!(

@@ -88,6 +88,11 @@ fn short_soak_epoll() {
     single("epoll");
 }
 
+#[test]
+fn short_soak_uring_direct() {
+    single("uring-direct");
+}
+
 /// Three nodes over a nats-server for 28 s under load: a 9 s SIGSTOP of NATS from 2 s,
 /// then 2 s after it a SIGKILL and a restart 3 s later (and a 3 s SIGSTOP if there is
 /// still time), each refusing names on every node while NATS is out and giving them again
@@ -156,6 +161,11 @@ fn short_cluster_soak_uring() {
 #[test]
 fn short_cluster_soak_epoll() {
     cluster("epoll");
+}
+
+#[test]
+fn short_cluster_soak_uring_direct() {
+    cluster("uring-direct");
 }
 
 /// The server binary on 127.0.0.1:0 with one thread, `--max-outbound 32k` and
@@ -270,4 +280,9 @@ fn half_closed_client_that_never_reads_is_dropped_uring() {
 #[test]
 fn half_closed_client_that_never_reads_is_dropped_epoll() {
     half_closed_client_that_never_reads_is_dropped("epoll");
+}
+
+#[test]
+fn half_closed_client_that_never_reads_is_dropped_uring_direct() {
+    half_closed_client_that_never_reads_is_dropped("uring-direct");
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Server syscalls per delivery, both backends, workload B at 100 and 200 msg/s, pinned
+# Server syscalls per delivery, each backend (BACKENDS="uring epoll uring-direct"), workload B at 100 and 200 msg/s, pinned
 # apart: `perf stat -e raw_syscalls:sys_enter` on the server for 4 s of the measured step.
 #
 #   scripts/perf/syscalls.sh OUT
@@ -9,9 +9,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 O=$1
-B=target/release/ringcast
+B=${CARGO_TARGET_DIR:-target}/release/ringcast
 mkdir -p "$O"
-for rate in 100 200; do for backend in uring epoll; do for r in 1 2; do
+for rate in 100 200; do for backend in ${BACKENDS:-uring epoll uring-direct}; do for r in 1 2; do
   d=$O/$backend-$rate-$r; mkdir -p "$d"
   taskset -c 0 $B serve --listen 127.0.0.1:0 --http off --backend $backend --threads 1 \
     --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 >"$d/stdout" 2>"$d/log" &

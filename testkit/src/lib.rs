@@ -3,10 +3,10 @@
 //! - [`server`]: a `ringcast serve` child process started on port 0, its address read
 //!   from its `listening on ADDR` line, its log, memory and descriptors watched.
 //! - [`nats`]: a `nats-server` with JetStream on a loopback port, for cluster tests.
-//! - [`bench`]: [`BenchCommand`], the one builder of `ringcast bench` command lines.
+//! - [`mod@bench`]: [`BenchCommand`], the one builder of `ringcast bench` command lines.
 //! - [`poll`]: the one polling loop: wait until something is so, or fail on a deadline
 //!   naming what was awaited and the last thing seen.
-//! - [`skip`]: how a test that cannot run here says so (`scripts/test.sh` lists them).
+//! - [`mod@skip`]: how a test that cannot run here says so (`scripts/test.sh` lists them).
 //! - [`soak`]: the soak driver behind the `ringcast-soak` binary and `scripts/soak.sh`:
 //!   the server under churn and faults for a set time, checked for leaks and loss.
 

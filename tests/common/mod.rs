@@ -1,5 +1,5 @@
 //! Shared test support: a real `ringcast serve` process on 127.0.0.1 port 0, real TCP
-//! clients, and a macro that runs every test against both backends.
+//! clients, and a macro that runs every test against every backend.
 #![allow(dead_code)]
 
 use ringcast_testkit::{poll, ServerProcess};
@@ -32,7 +32,7 @@ pub fn limit_open_files(cmd: &mut Command, limit: u64) {
 /// Generous bound for anything a healthy server does; only a broken one hits it.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Defines `mod uring` and `mod epoll`, each with one `#[tokio::test]` per named test
+/// Defines `mod uring`, `mod epoll` and `mod uring_direct`, each with one `#[tokio::test]` per named test
 /// function, which takes the backend name.
 #[macro_export]
 macro_rules! backend_tests {
@@ -50,6 +50,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name("epoll").await
+                }
+            )*
+        }
+        mod uring_direct {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name("uring-direct").await
                 }
             )*
         }

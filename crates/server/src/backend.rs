@@ -3,7 +3,7 @@
 //! its counter table, registered in `counters::register`).
 
 use crate::worker::{Worker, WorkerSetup};
-use crate::{epoll, probe, uring};
+use crate::{epoll, probe, uring, uring_direct};
 use std::net::TcpListener;
 
 /// Which I/O mechanism moves the bytes.
@@ -13,6 +13,9 @@ pub enum Backend {
     Uring,
     /// epoll through tokio (readiness-based).
     Epoll,
+    /// io_uring driven directly: one ring and one completion loop per thread, no
+    /// executor (multishot receive, provided-buffer rings, direct descriptors; Linux 6.1+).
+    UringDirect,
 }
 
 impl Backend {
@@ -20,6 +23,7 @@ impl Backend {
         match self {
             Backend::Uring => "uring",
             Backend::Epoll => "epoll",
+            Backend::UringDirect => "uring-direct",
         }
     }
 
@@ -34,6 +38,16 @@ impl Backend {
                 )
             }),
             Backend::Epoll => Ok(()),
+            Backend::UringDirect => {
+                Backend::Uring.check()?;
+                uring_direct::probe::probe().map_err(|missing| {
+                    anyhow::anyhow!(
+                        "the uring-direct backend cannot run on this kernel: {missing}. \
+                         Run another backend instead: ringcast serve --backend uring \
+                         (or --backend epoll)"
+                    )
+                })
+            }
         }
     }
 }
@@ -43,6 +57,7 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub(crate) struct BackendOptions {
     pub(crate) uring: uring::Options,
+    pub(crate) uring_direct: uring_direct::Options,
 }
 
 /// Runs one worker thread on `backend` until the worker ends: builds the backend's
@@ -72,6 +87,13 @@ pub(crate) fn run_worker(
             let http = http.map(epoll::listener).transpose()?;
             Worker::run(setup, epoll::listener(listener)?, http).await
         }),
+        // No runtime: the loop is the thread.
+        Backend::UringDirect => (|| {
+            let http = http.map(uring_direct::listener).transpose()?;
+            let listener = uring_direct::listener(listener)?;
+            uring_direct::run(&options.uring_direct, setup, listener, http)
+        })()
+        .map(Ok),
     };
     match result {
         Ok(Ok(())) => Ok(()),

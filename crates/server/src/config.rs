@@ -4,7 +4,7 @@
 //! started. Wiring (`crate::start`) takes a `Config` and never looks at a flag again.
 
 use crate::backend::{Backend, BackendOptions};
-use crate::{cluster, uring};
+use crate::{cluster, uring, uring_direct};
 use anyhow::Context as _;
 use ringcast_core::{HistoryConfig, Limits, RateLimit, MAX_OUTBOX_BYTES};
 use ringcast_util::units::{parse_bytes, parse_duration};
@@ -97,10 +97,10 @@ pub struct ServeArgs {
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     pub log_level: String,
-    /// Submission queue entries per io_uring (uring backend).
+    /// Submission queue entries per io_uring (uring and uring-direct backends).
     #[arg(long, default_value = "1024", allow_hyphen_values = true)]
     pub sq_entries: u32,
-    /// Completion queue entries per io_uring (uring backend) [default: 4 x the SQ, at
+    /// Completion queue entries per io_uring (uring and uring-direct backends) [default: 4 x the SQ, at
     /// least 16384].
     #[arg(
         long,
@@ -117,6 +117,21 @@ pub struct ServeArgs {
     /// gets a ring without it (logged).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub uring_setup: Vec<UringSetup>,
+    /// uring-direct backend: receive buffers per thread, a power of two up to 32768
+    /// (each 4 KiB, shared by the thread's connections; running out only makes receives
+    /// wait, counted in /metrics). The ring hands them out in turn, so all of them become
+    /// resident: 1 MiB per thread at 256.
+    #[arg(long, default_value = "256", value_parser = parse_recv_buffers)]
+    pub recv_buffers: u16,
+}
+
+fn parse_recv_buffers(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(n) if n.is_power_of_two() && n <= 32768 => Ok(n),
+        _ => Err(format!(
+            "invalid count {text:?}: a power of two from 1 to 32768"
+        )),
+    }
 }
 
 /// On or off.
@@ -274,6 +289,14 @@ impl Config {
                     submit_every: args.submit_every,
                     setup: args.uring_setup.clone(),
                 },
+                uring_direct: uring_direct::Options {
+                    sq_entries: args.sq_entries,
+                    cq_entries: args.cq_entries,
+                    // Each thread's share of the descriptors the other backends would
+                    // have (direct descriptors do not count against the limit).
+                    files_per_thread: fd_budget(host.open_files, threads) as u64 / threads as u64,
+                    recv_buffers: args.recv_buffers,
+                },
             },
             history,
         })
@@ -287,8 +310,7 @@ fn max_clients(
     open_files: u64,
     threads: usize,
 ) -> Result<usize, ConfigError> {
-    let fd_budget =
-        open_files.saturating_sub(FD_RESERVE + FDS_PER_THREAD * threads as u64) as usize;
+    let fd_budget = fd_budget(open_files, threads);
     match asked {
         Some(0) => Err(ConfigError::NoClients),
         Some(n) => {
@@ -318,6 +340,12 @@ fn history(args: &ServeArgs) -> Result<HistoryConfig, ConfigError> {
         max_age: args.history_age,
         max_bytes: args.history_max_bytes,
     })
+}
+
+/// Descriptors left for clients by the open-files limit, beside the reserve and the
+/// threads' own.
+fn fd_budget(open_files: u64, threads: usize) -> usize {
+    open_files.saturating_sub(FD_RESERVE + FDS_PER_THREAD * threads as u64) as usize
 }
 
 /// The per-client limits: a line must fit an outbox with room to spare for a reply, and

@@ -74,6 +74,45 @@ pub enum EpollCall {
 
 ringcast_core::label!(EpollCall, "op", { Read = "read", Write = "write" });
 
+/// Ops the uring-direct backend pushes to its rings, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectOp {
+    /// IORING_OP_ACCEPT into the file table (direct descriptors).
+    Accept,
+    /// A multishot IORING_OP_RECV on the thread's buffer ring (armed once per connection,
+    /// again after it ends, e.g. for want of buffers).
+    RecvMulti,
+    /// IORING_OP_SEND of one buffer (a write, or a notice before a shutdown).
+    Send,
+    /// IORING_OP_WRITEV of several buffers.
+    Writev,
+    /// IORING_OP_READ of the wake-up eventfd.
+    Read,
+    /// IORING_OP_TIMEOUT for the hub's next deadline.
+    Timeout,
+    /// IORING_OP_ASYNC_CANCEL or IORING_OP_TIMEOUT_REMOVE.
+    Cancel,
+    /// IORING_OP_SHUTDOWN.
+    Shutdown,
+    /// IORING_OP_CLOSE of a direct descriptor.
+    Close,
+    /// IORING_OP_MSG_RING: a wake-up posted into another thread's ring.
+    MsgRing,
+}
+
+ringcast_core::label!(DirectOp, "op", {
+    Accept = "accept",
+    RecvMulti = "recv_multi",
+    Send = "send",
+    Writev = "writev",
+    Read = "read",
+    Timeout = "timeout",
+    Cancel = "cancel",
+    Shutdown = "shutdown",
+    Close = "close",
+    MsgRing = "msg_ring",
+});
+
 const URING_SUBMISSIONS: &str = "io_uring_enter calls that submitted, by trigger: the park of \
      a worker thread (the runtime's park count) or a push that found the submission queue full.";
 
@@ -126,11 +165,47 @@ ringcast_core::table! {
     }
 }
 
+ringcast_core::table! {
+    /// What the uring-direct backend counts of its rings, per thread (`uring_direct`).
+    pub struct UringDirectCounters, UringDirectTotals {
+        /// The loop's `io_uring_enter` calls: each submits a pass's ops and waits.
+        parks: ProbeCounter = Row::new(
+            "ringcast_uring_direct_enters",
+            "io_uring_enter calls of the completion loops: each submits what a pass \
+             queued and waits for the next completion.",
+        ),
+        ops: ByLabel<DirectOp> = Row::new(
+            "ringcast_uring_ops_submitted",
+            "Ops pushed to the rings, by kind.",
+        ),
+        in_flight: ProbeGauge = Row::new(
+            "ringcast_uring_ops_in_flight",
+            "Ops pushed to the rings whose last completion has not been reaped yet.",
+        ),
+        recv_nobufs: ProbeCounter = Row::new(
+            "ringcast_uring_recv_nobufs",
+            "Multishot receives that ended for want of a free buffer in the thread's \
+             buffer ring (re-armed once buffers are back; nothing is lost).",
+        ),
+        /// Counted once per overflow: the reaping that first sees the flag set.
+        cqe_overflow: Counter = Row::new(
+            "ringcast_uring_cqe_overflow",
+            "Times a loop found its ring's completion queue overflowed (completions \
+             waiting on the kernel's overflow list) after finding it fine before.",
+        ),
+        cqe_dropped: ProbeCounter = Row::new(
+            "ringcast_uring_cqe_dropped",
+            "Completions the kernel dropped for want of room (its own counter).",
+        ),
+    }
+}
+
 /// `stats` with `backend`'s table registered: each thread gets a block of it.
 pub fn register(backend: Backend, stats: Stats) -> Stats {
     match backend {
         Backend::Uring => stats.with_backend::<UringCounters>(),
         Backend::Epoll => stats.with_backend::<EpollCounters>(),
+        Backend::UringDirect => stats.with_backend::<UringDirectCounters>(),
     }
 }
 
@@ -141,6 +216,8 @@ pub(crate) fn set_parks_probe(counters: &ThreadCounters, probe: Probe) {
         uring.parks.set(probe);
     } else if let Some(epoll) = counters.backend::<EpollCounters>() {
         epoll.parks.set(probe);
+    } else if let Some(direct) = counters.backend::<UringDirectCounters>() {
+        direct.parks.set(probe);
     }
 }
 

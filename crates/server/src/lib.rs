@@ -6,21 +6,28 @@
 //! holds the started server and drains it. Each worker thread runs `worker` (written once
 //! for every backend) on the backend `backend` chooses: `uring` (tokio-uring; its ring,
 //! buffers and descriptors in `uring/`) or `epoll` (tokio); `io` is all a backend
-//! provides. `probe` checks at startup that io_uring can be used, `counters` holds each
-//! backend's counter table (registered at start), `ring` is what the uring backend shows
-//! of its ring in `/metrics`, and `cluster` is the NATS bridge.
+//! provides. `uring_direct` is the third backend, which drives the core from a
+//! completion loop of its own instead of running `worker` (its ring, buffers and
+//! descriptors in `uring_direct/ops`); what both drivers share is `drain` (the order of
+//! shutdown) and `routes` (hand-offs to other threads and the cluster bridge). `probe`
+//! checks at startup that io_uring can be used, `counters` holds each backend's counter
+//! table (registered at start), `ring` is what the uring backend shows of its ring in
+//! `/metrics`, and `cluster` is the NATS bridge.
 
 mod backend;
 pub mod cluster;
 mod config;
 pub mod counters;
+mod drain;
 mod epoll;
 mod io;
 pub mod probe;
 mod ring;
+mod routes;
 mod running;
 mod start;
 mod uring;
+mod uring_direct;
 mod worker;
 
 pub use backend::Backend;

@@ -4,7 +4,9 @@
 //! backend's sockets and the thread's [`Hub`], and carries out the hub's actions; every
 //! rule about time and limits is the hub's.
 
+use super::drain::Drain;
 use super::io::{self, Conn, Listener};
+use super::routes::Routes;
 use bytes::{Buf, Bytes};
 use ringcast_core::cluster::{Inbox, ToBridge};
 use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
@@ -30,7 +32,7 @@ const POOL_KEEP_BYTES: usize = 64 * 1024;
 const BATCHES_MAX: usize = 1024;
 const BATCH_KEEP: usize = 64;
 /// Most buffers in one vectored write (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 /// Batches of hand-offs one thread may queue to another before its readers wait.
 pub(crate) const INBOX_BATCHES: usize = 1024;
 
@@ -59,20 +61,15 @@ pub(crate) struct WorkerSetup {
 pub(crate) struct Worker<C> {
     hub: RefCell<Hub<Rc<ConnHandle<C>>>>,
     index: usize,
-    /// Emptied when shutdown begins, so the other threads' inboxes can end.
-    peers: RefCell<Vec<mpsc::Sender<Inbox>>>,
-    /// The cluster bridge's inbox; dropped when shutdown begins, like `peers`. Chat and
-    /// questions go there without waiting: a full queue towards NATS drops (and counts)
-    /// rather than hold back local chat.
-    bridge: RefCell<Option<mpsc::Sender<ToBridge>>>,
+    /// The other threads' inboxes and the cluster bridge's; closed when shutdown
+    /// begins, so that the inboxes can end.
+    routes: RefCell<Routes>,
     /// Chat for the other threads that the hub asked to hand off, until the reader whose
     /// input made it sends it (waiting while a thread's inbox is full).
     outgoing: RefCell<Vec<Vec<Handoff>>>,
-    /// Set at shutdown: accept no more chat clients on the line listener.
-    stopping: Cell<bool>,
-    /// Set once every chat client has gone at shutdown: the HTTP listener, which answers
-    /// `/healthz` with 503 while the drain lasts, accepts no more either.
-    http_stopping: Cell<bool>,
+    /// Where shutdown is (see `drain`): it says which listeners still accept (the HTTP
+    /// listener answers `/healthz` with 503 while the chat clients drain).
+    drain: Cell<Drain>,
     /// Wakes the timer when the hub's next deadline came earlier than the one it sleeps
     /// until; `timer_set` is that one.
     timer: Signal,
@@ -119,11 +116,9 @@ impl<C: Conn> Worker<C> {
         let worker = Rc::new(Worker {
             hub: RefCell::new(Hub::new(shared, index, limits, Instant::now())),
             index,
-            peers: RefCell::new(peers),
-            bridge: RefCell::new(bridge),
+            routes: RefCell::new(Routes::new(peers, bridge)),
             outgoing: RefCell::new(Vec::new()),
-            stopping: Cell::new(false),
-            http_stopping: Cell::new(false),
+            drain: Cell::new(Drain::Running),
             timer: Signal::default(),
             timer_set: Cell::new(None),
             accept_resumed: Default::default(),
@@ -165,38 +160,45 @@ impl<C: Conn> Worker<C> {
         inbox_task: tokio::task::JoinHandle<()>,
         accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     ) {
-        self.stopping.set(true);
-        self.hub.borrow_mut().stop_input();
-        let mut accept_tasks = listeners.iter().zip(accept_tasks);
-        // A pending accept completes with an error once its socket is shut down.
-        let (line_listener, line_task) = accept_tasks.next().expect("the line listener");
-        io::shutdown(&*line_listener.0, Shutdown::Both);
-        self.accept_resumed[0].notify();
-        let _ = line_task.await;
-        // Readers send hand-offs right after reading, with no await in between, so once
-        // input is ignored the only senders left are clones held by sends in progress.
-        self.peers.borrow_mut().clear();
-        self.bridge.borrow_mut().take();
-        // Ends when every other thread has dropped its senders to us: then every line
-        // accepted anywhere is in our outboxes.
-        let _ = inbox_task.await;
-        {
-            let mut hub = self.hub.borrow_mut();
-            hub.shutdown_all(Instant::now());
-            self.act(&mut hub);
+        let has_http = listeners.len() > 1;
+        let mut accept_tasks = listeners.iter().zip(accept_tasks).enumerate();
+        let mut inbox_task = Some(inbox_task);
+        let mut stage = Drain::Running;
+        loop {
+            stage = stage.next(has_http);
+            self.drain.set(stage);
+            {
+                let mut hub = self.hub.borrow_mut();
+                stage.enter(&mut hub, has_http, Instant::now());
+                self.act(&mut hub);
+            }
+            match stage {
+                Drain::LineListener | Drain::HttpListener => {
+                    // A pending accept completes with an error once its socket is shut
+                    // down.
+                    if let Some((index, ((listener, _), task))) = accept_tasks.next() {
+                        io::shutdown(&**listener, Shutdown::Both);
+                        self.accept_resumed[index].notify();
+                        let _ = task.await;
+                    }
+                }
+                Drain::Inbox => {
+                    // Readers send hand-offs right after reading, with no await in
+                    // between, so once input is ignored the only senders left are clones
+                    // held by sends in progress.
+                    self.routes.borrow_mut().close();
+                    // Ends when every other thread has dropped its senders to us.
+                    if let Some(task) = inbox_task.take() {
+                        let _ = task.await;
+                    }
+                }
+                Drain::Members | Drain::Connections => {
+                    self.until_forgotten(|hub| stage.hub_done(hub)).await
+                }
+                Drain::Running => {}
+                Drain::Done => return,
+            }
         }
-        self.until_forgotten(|hub| hub.members() == 0).await;
-        self.http_stopping.set(true);
-        if let Some(((http_listener, _), http_task)) = accept_tasks.next() {
-            io::shutdown(&**http_listener, Shutdown::Both);
-            self.accept_resumed[1].notify();
-            let _ = http_task.await;
-            // Requests that came during the drain and are still unanswered.
-            let mut hub = self.hub.borrow_mut();
-            hub.shutdown_all(Instant::now());
-            self.act(&mut hub);
-        }
-        self.until_forgotten(Hub::is_empty).await;
     }
 
     /// Waits until the hub, checked each time it forgets a connection, is `done`.
@@ -236,13 +238,13 @@ impl<C: Conn> Worker<C> {
         listener: Rc<L>,
         protocol: Protocol,
     ) {
-        let (stopping, resumed) = match protocol {
-            Protocol::Line => (&self.stopping, &self.accept_resumed[0]),
-            Protocol::Http => (&self.http_stopping, &self.accept_resumed[1]),
+        let resumed = match protocol {
+            Protocol::Line => &self.accept_resumed[0],
+            Protocol::Http => &self.accept_resumed[1],
         };
         loop {
             let accepted = listener.accept().await;
-            if stopping.get() {
+            if !self.drain.get().accepts(protocol) {
                 return;
             }
             match accepted {
@@ -463,9 +465,9 @@ impl<C: Conn> Worker<C> {
     /// waiting).
     async fn hand_off(&self) {
         let batches = std::mem::take(&mut *self.outgoing.borrow_mut());
-        let peers = self.peers.borrow().clone();
+        let peers = self.routes.borrow().peers.clone();
         for handoffs in batches {
-            self.to_bridge(|| ToBridge::Chat(handoffs.clone()));
+            self.routes.borrow().publish(&self.hub.borrow(), &handoffs);
             let Some((last, others)) = peers.split_last() else {
                 continue;
             };
@@ -475,19 +477,6 @@ impl<C: Conn> Worker<C> {
                 let _ = peer.send(Inbox::Chat(handoffs.clone())).await;
             }
             let _ = last.send(Inbox::Chat(handoffs)).await;
-        }
-    }
-
-    /// Gives the cluster bridge a message if there is a bridge and room in its queue;
-    /// counts what is dropped.
-    fn to_bridge(&self, message: impl FnOnce() -> ToBridge) {
-        let bridge = self.bridge.borrow();
-        let Some(bridge) = bridge.as_ref() else {
-            return;
-        };
-        if let Err(mpsc::error::TrySendError::Full(_)) = bridge.try_send(message()) {
-            let hub = self.hub.borrow();
-            hub.cluster_dropped();
         }
     }
 
@@ -520,21 +509,7 @@ impl<C: Conn> Worker<C> {
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
                 Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
-                Action::Cluster(request) => {
-                    let refused = match self.bridge.borrow().as_ref() {
-                        Some(bridge) => match bridge.try_send(ToBridge::Request(request)) {
-                            Ok(()) => None,
-                            Err(mpsc::error::TrySendError::Full(message))
-                            | Err(mpsc::error::TrySendError::Closed(message)) => Some(message),
-                        },
-                        None => Some(ToBridge::Request(request)),
-                    };
-                    // Not passed on (NATS is slow, or shutting down): answered here, so
-                    // no client waits for it for ever.
-                    if let Some(ToBridge::Request(request)) = refused {
-                        hub.request_failed(request, Instant::now());
-                    }
-                }
+                Action::Cluster(request) => self.routes.borrow().ask(hub, request),
             }
         }
         let next = hub.poll_timeout();

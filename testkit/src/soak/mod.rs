@@ -67,7 +67,12 @@ pub use ringcast_server::Backend;
 )]
 pub struct SoakArgs {
     /// Backends to soak, one after the other.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "uring,epoll")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "uring,epoll,uring-direct"
+    )]
     pub backends: Vec<Backend>,
     /// Time under load per backend [default: 10m, or 40s with --short].
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
