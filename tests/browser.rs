@@ -2,14 +2,15 @@
 //! headless Chromium sessions (Debian's `chromium` and `chromium-driver` through
 //! `python3-selenium`, paths given so nothing is downloaded) and a TCP client against a
 //! server started here; it keeps its screenshot in `docs/chat-page.png`. Halfway through
-//! it asks for the server to go away and come back on the same ports, to see the page
-//! reconnect.
+//! it asks for the pages' connections to be cut (they reach the server through a proxy
+//! here), to see them reconnect and show what they missed, and then for the server to go
+//! away and come back on the same ports.
 //!
 //! Without those packages the test fails naming them, unless `RINGCAST_SKIP_BROWSER=1`.
 
 mod common;
 
-use common::Server;
+use common::{Proxy, Server};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -63,10 +64,17 @@ async fn two_tabs_and_a_tcp_client_chat_and_the_page_reconnects(backend: &str) {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut server = Server::start(backend, &[]);
     let (addr, http) = (server.addr.to_string(), server.http_addr().to_string());
+    // The pages connect through the proxy, which can cut them off; a restarted server
+    // comes back on the same ports, behind the same proxy.
+    let proxy = Proxy::start(server.http_addr()).await;
     let root = env!("CARGO_MANIFEST_DIR");
     let mut child = tokio::process::Command::new(PYTHON)
         .arg(format!("{root}/tests/web/browser.py"))
-        .args([&http, &addr, &format!("{root}/docs/chat-page.png")])
+        .args([
+            &proxy.addr.to_string(),
+            &addr,
+            &format!("{root}/docs/chat-page.png"),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -80,6 +88,10 @@ async fn two_tabs_and_a_tcp_client_chat_and_the_page_reconnects(backend: &str) {
     let run = async {
         let mut said = Vec::new();
         while let Some(line) = stdout.next_line().await.expect("reading browser.py") {
+            if line == "cut" {
+                proxy.cut().await;
+                stdin.write_all(b"cut\n").await.expect("answering");
+            }
             if line == "restart" {
                 server.signal(libc::SIGTERM);
                 server.wait_exit();

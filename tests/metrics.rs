@@ -254,6 +254,16 @@ async fn a_known_workload_gives_exact_counts(backend: &str) {
                 && m.get("ringcast_disconnects_total{reason=\"quit\"}") == Some(&1.0)
         })
         .await;
+    // Room history holds the 20 lines (one entry per read that carried them).
+    assert_eq!(get_value(&m, "ringcast_history_lines"), LINES as f64);
+    assert_eq!(get_value(&m, "ringcast_history_evicted_total"), 0.0);
+    let text: usize = (0..LINES)
+        .map(|i| format!("{}: m{i}\n", clients[0].name).len())
+        .sum();
+    let overhead = get_value(&m, "ringcast_history_bytes") as usize - text;
+    let reads = overhead / ringcast_core::history::BATCH_OVERHEAD;
+    assert_eq!(overhead % ringcast_core::history::BATCH_OVERHEAD, 0);
+    assert!((1..=LINES as usize).contains(&reads), "{reads} reads");
     let stats = clients[0].ask("/stats").await;
     sent += 7;
     lines_out += 1;

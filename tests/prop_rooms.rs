@@ -5,7 +5,10 @@
 
 use bytes::Bytes;
 use proptest::prelude::*;
-use ringcast_core::{Action, ClientId, Directory, Hub, Limits, Output, Protocol, Shared, Stats};
+use ringcast_core::{
+    Action, ClientId, Directory, History, HistoryConfig, Hub, Limits, Output, Protocol, Shared,
+    Stats,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -86,6 +89,8 @@ impl World {
             label: Arc::from("backend=test"),
             threads: 2,
             cluster: None,
+            // The server's default: chat is numbered and recorded, and nobody sees it.
+            history: Arc::new(History::new(HistoryConfig::default(), 1)),
         };
         let limits = Limits {
             max_line: 256,

@@ -239,7 +239,8 @@ fn half_closed_client_that_never_reads_is_dropped(backend: &str) {
     socket.set_recv_buffer_size(2048).expect("SO_RCVBUF");
     socket.connect(&server.addr.into()).expect("connect");
     let mut stream: std::net::TcpStream = socket.into();
-    let help_reply = "* commands: /join ROOM, /nick NAME, /who, /rooms, /stats, /quit, /help; \
+    let help_reply = "* commands: /join ROOM, /nick NAME, /who, /rooms, /history [N], \
+         /resume ROOM POS, /positions on|off, /stats, /quit, /help; \
          any other line is chat for your room (start it with // to send a line beginning with /)\n"
         .len();
     let asks = (ringcast_testkit::max_send_buffer() + (1 << 20)) / help_reply;

@@ -7,7 +7,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{stat, Client, Server, TIMEOUT};
+use common::{numbered, stat, Client, Proxy, Server, TIMEOUT};
 use ringcast_testkit::poll;
 use sha1::{Digest, Sha1};
 use std::net::SocketAddr;
@@ -25,6 +25,7 @@ backend_tests!(
     tcp_and_websocket_members_keep_per_sender_order,
     healthz_says_503_while_a_shutdown_drains,
     both_listeners_resume_after_descriptors_ran_out,
+    a_websocket_client_resumes_after_a_cut_with_every_line_once,
 );
 
 const PYTHON: &str = "/usr/bin/python3";
@@ -698,4 +699,58 @@ async fn both_listeners_resume_after_descriptors_ran_out(backend: &str) {
     assert!(line.name.starts_with("user"));
     let health = http_get(http, "GET /healthz HTTP/1.1\r\n\r\n").await;
     assert!(health.starts_with("HTTP/1.1 200 "), "{health}");
+}
+
+/// As `tests/history.rs` does for TCP: a WebSocket reader behind a proxy is cut after
+/// position 5, lines go on during the cut and while it comes back, and after
+/// `/resume` it has every line once, in order, one frame each, numbered.
+async fn a_websocket_client_resumes_after_a_cut_with_every_line_once(backend: &str) {
+    let server = Server::start(backend, &["--history", "500"]);
+    let proxy = Proxy::start(server.http_addr()).await;
+    let mut writer = Client::connect(server.addr).await;
+    writer.join("chat").await;
+    let mut reader = Ws::connect(proxy.addr).await;
+    reader.send_text("/join chat\n/positions on").await;
+    assert!(reader.text().await.starts_with("* joined chat"));
+    let positions = reader.text().await;
+    assert!(
+        positions.starts_with("* positions on (chat at 0, epoch "),
+        "{positions}"
+    );
+    let name = writer.name.clone();
+    writer.send_raw(b"m0\nm1\nm2\nm3\nm4\n").await;
+    for i in 0..5 {
+        let frame = reader.text().await;
+        assert_eq!(numbered(&frame), (i + 1, format!("{name}: m{i}").as_str()));
+    }
+    proxy.cut().await;
+    writer.send_raw(b"m5\nm6\n").await;
+    writer.sync().await;
+    let sending = tokio::spawn(async move {
+        for chunk in 0..20 {
+            let lines: String = (0..10)
+                .map(|i| format!("m{}\n", 7 + chunk * 10 + i))
+                .collect();
+            writer.send_raw(lines.as_bytes()).await;
+            tokio::task::yield_now().await;
+        }
+        writer.sync().await;
+    });
+    let mut reader = Ws::connect(proxy.addr).await;
+    reader.send_text("/positions on\n/resume chat 5").await;
+    let positions = reader.text().await;
+    assert!(
+        positions.starts_with("* positions on (lobby at 0, epoch "),
+        "{positions}"
+    );
+    let header = reader.text().await;
+    assert!(header.starts_with("* resuming chat after 5 ("), "{header}");
+    for expected in 6..=207 {
+        let frame = reader.text().await;
+        let (pos, rest) = numbered(&frame);
+        assert_eq!(pos, expected, "{frame:?}");
+        assert_eq!(rest, format!("{name}: m{}", pos - 1));
+    }
+    sending.await.expect("the writer");
+    reader.sync().await;
 }

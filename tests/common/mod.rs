@@ -287,3 +287,68 @@ pub fn stat(reply: &str, key: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {reply:?}"))
 }
+
+/// A TCP proxy between test clients and a server, whose connections a test can cut
+/// (both sides closed at once) as a network would, while the listener stays up for the
+/// client to come back.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on 127.0.0.1 port 0 and relays each connection to `target`.
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = links.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let link = tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                held.lock().expect("links").push(link);
+            }
+        });
+        Proxy {
+            addr,
+            links,
+            accept,
+        }
+    }
+
+    /// Cuts every connection: both sockets of each are dropped.
+    pub async fn cut(&self) {
+        let links: Vec<_> = self.links.lock().expect("links").drain(..).collect();
+        for link in links {
+            link.abort();
+            let _ = link.await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for link in self.links.lock().expect("links").iter() {
+            link.abort();
+        }
+    }
+}
+
+/// A chat line received with positions on (`#POS NAME: TEXT`): its position and the rest.
+pub fn numbered(line: &str) -> (u64, &str) {
+    let (pos, rest) = line
+        .strip_prefix('#')
+        .and_then(|l| l.split_once(' '))
+        .unwrap_or_else(|| panic!("not a numbered chat line: {line:?}"));
+    (pos.parse().expect("a position"), rest)
+}

@@ -162,18 +162,45 @@ def main():
             "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"the page is {overflow}px wider than a phone's screen"
 
-        # The server goes away and comes back: the page says so, then reconnects by itself.
+        # The connection is cut (by a proxy: the server stays up) while a TCP client
+        # talks: once the pages have reconnected by themselves, each shows every line
+        # it missed, once.
+        dave = LineClient(line_addr)
+        assert dave.line().startswith("* you are ")
+        dave.send("/nick dave")
+        dave.expect("* you are dave")
+        dave.send("/join garden")
+        assert dave.line().startswith("* joined garden (")
+        print("cut", flush=True)
+        if sys.stdin.readline().strip() != "cut":
+            sys.exit("browser.py: the connection was not cut")
+        for i in range(20):
+            dave.send(f"missed {i}")
+        missed = [f"dave: missed {i}" for i in range(20)]
+        for d in drivers:
+            wait(d, "all 20 lines said while cut off",
+                 lambda d: all(line in messages(d) for line in missed))
+            counts = [messages(d).count(line) for line in missed]
+            assert counts == [1] * 20, f"shown other than once each: {counts}"
+            assert any(m.startswith("* reconnected") for m in messages(d)), messages(d)
+            assert text(d, "room") == "garden", text(d, "room")
+        own = messages(alice).count("alice: hello from a browser tab")
+        assert own == 1, f"alice's own line shown {own} times"
+
+        # The server goes away and comes back: the page says so, reconnects by itself,
+        # and says that what was said before the restart is gone.
+        dave.sock.close()
         carol.sock.close()
         print("restart", flush=True)
         wait(alice, "the page to notice the server left",
              lambda d: d.find_element(By.ID, "status").get_attribute("data-state") != "open")
         if sys.stdin.readline().strip() != "restarted":
             sys.exit("browser.py: the server was not restarted")
+        gone = "* error: history gap (the server restarted: earlier lines are lost)"
         for d in drivers:
             connected(d)
-            wait(d, "a new welcome after reconnecting",
-                 lambda d: messages(d)[-1].startswith("* you are user"))
-            wait(d, "the lobby after reconnecting", lambda d: text(d, "room") == "lobby")
+            shown(d, gone)
+            wait(d, "the room again after reconnecting", lambda d: text(d, "room") == "garden")
         print("ok", flush=True)
     finally:
         for d in drivers:

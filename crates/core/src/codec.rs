@@ -229,24 +229,40 @@ fn ws_event(
 }
 
 /// One read's chat in each encoding its room's members need, each built at most once
-/// (on first use: a room without WebSocket members never builds frames) and shared by
-/// every member that wants it.
+/// (on first use: a room without WebSocket members never builds frames, one without
+/// members that asked for positions never numbers its lines) and shared by every member
+/// that wants it.
 pub(crate) struct Encoded<'a> {
     lines: &'a Bytes,
     /// How many lines.
     count: u64,
     frames: Option<Bytes>,
-    /// `lines` is timed (see `metrics::timed_batch`): frames built from it keep it alive.
+    /// The room position of the first line; 0: none.
+    first: u64,
+    /// The lines as `#POS NAME: TEXT`, and those as frames.
+    numbered: Option<Bytes>,
+    numbered_frames: Option<Bytes>,
+    /// `lines` is timed (see `metrics::timed_batch`): what is built from it keeps it alive.
     timed: bool,
 }
 
 impl<'a> Encoded<'a> {
-    /// `count` lines in `lines`, and their frames if another thread built them already.
-    pub(crate) fn new(lines: &'a Bytes, count: u64, frames: Option<Bytes>, timed: bool) -> Self {
+    /// `count` lines in `lines`, the first at room position `first` (0: none), and their
+    /// frames if another thread built them already.
+    pub(crate) fn new(
+        lines: &'a Bytes,
+        count: u64,
+        first: u64,
+        frames: Option<Bytes>,
+        timed: bool,
+    ) -> Self {
         Self {
             lines,
             count,
             frames,
+            first,
+            numbered: None,
+            numbered_frames: None,
             timed,
         }
     }
@@ -256,19 +272,59 @@ impl<'a> Encoded<'a> {
         self.count
     }
 
-    /// The batch as a member with `codec` is sent it.
-    pub(crate) fn for_codec(&mut self, codec: &Codec, framer: &mut Framer) -> Bytes {
-        match codec {
-            Codec::Ws(_) => self
-                .frames
-                .get_or_insert_with(|| {
-                    let frames = framer.ws.lines(self.lines);
-                    match self.timed {
-                        true => metrics::linked(frames, self.lines),
-                        false => frames,
+    /// The room position of the last line (0: none).
+    pub(crate) fn last(&self) -> u64 {
+        match self.first {
+            0 => 0,
+            first => first + self.count - 1,
+        }
+    }
+
+    fn derived(&self, built: Bytes) -> Bytes {
+        match self.timed {
+            true => metrics::linked(built, self.lines),
+            false => built,
+        }
+    }
+
+    /// The batch as a member with `codec` is sent it (numbered if it asked for positions
+    /// and the lines have them).
+    pub(crate) fn for_codec(
+        &mut self,
+        codec: &Codec,
+        positions: bool,
+        framer: &mut Framer,
+    ) -> Bytes {
+        if positions && self.first != 0 {
+            let numbered = match &self.numbered {
+                Some(numbered) => numbered.clone(),
+                None => {
+                    let built = self.derived(numbered_lines(self.lines, self.first));
+                    self.numbered = Some(built.clone());
+                    built
+                }
+            };
+            return match codec {
+                Codec::Ws(_) => match &self.numbered_frames {
+                    Some(frames) => frames.clone(),
+                    None => {
+                        let built = self.derived(framer.ws.lines(&numbered));
+                        self.numbered_frames = Some(built.clone());
+                        built
                     }
-                })
-                .clone(),
+                },
+                _ => numbered,
+            };
+        }
+        match codec {
+            Codec::Ws(_) => match &self.frames {
+                Some(frames) => frames.clone(),
+                None => {
+                    let built = self.derived(framer.ws.lines(self.lines));
+                    self.frames = Some(built.clone());
+                    built
+                }
+            },
             _ => self.lines.clone(),
         }
     }
@@ -277,4 +333,13 @@ impl<'a> Encoded<'a> {
     pub(crate) fn into_frames(self) -> Option<Bytes> {
         self.frames
     }
+}
+
+/// Whole lines (each with its `\n`) as `#POS LINE`, numbered from `first`.
+pub(crate) fn numbered_lines(lines: &[u8], first: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(lines.len() + 8 * 4);
+    for (i, line) in lines.split_inclusive(|&b| b == b'\n').enumerate() {
+        reply::numbered(first + i as u64, line, &mut out);
+    }
+    out.freeze()
 }

@@ -22,7 +22,10 @@
 //!
 //! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
 //! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
-//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`.
+//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`, a read's
+//! chat on its way to the room (recorded, numbered, fanned out, handed off) in
+//! `hub/fanout.rs`, room order and `/history`, `/resume`, `/positions` in
+//! `hub/history.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
@@ -30,6 +33,7 @@
 use super::cluster::{Answer, Claim, ClusterView, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
+use super::history::{History, HistoryConfig};
 use super::metrics;
 use super::outbox::{Outbox, Overflow};
 use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
@@ -103,6 +107,7 @@ impl Shared {
             label: Arc::from(label),
             threads,
             cluster: None,
+            history: Arc::new(History::new(HistoryConfig::default(), 1)),
         }
     }
 
@@ -124,6 +129,8 @@ pub struct Shared {
     /// Set when this node is one of a cluster: chat also goes to the bridge, and names,
     /// `/who`, `/rooms` and subscriptions to rooms are the cluster's.
     pub cluster: Option<Arc<ClusterView>>,
+    /// Every room's recent lines and the positions of its lines (see `history`).
+    pub history: Arc<History>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -135,6 +142,9 @@ pub struct Handoff {
     pub lines: u64,
     /// The same lines as WebSocket frames, when the sending thread built them already.
     pub frames: Option<Bytes>,
+    /// The room position of the first line (see `history`); 0: none (history is off,
+    /// or the lines come from another node), delivered as they come.
+    pub first: u64,
 }
 
 /// Which listener a connection came from.
@@ -154,7 +164,9 @@ pub enum Action<H> {
     Shutdown { handle: H, notice: Option<Bytes> },
     /// The connection's writer has something to do (output, or closing): wake it.
     Wake(H),
-    /// Chat lines for every other thread, from the read just handled.
+    /// Chat lines for every other thread, from the read just handled. Each must reach
+    /// every other thread, in the order given and none dropped: a thread delivers a
+    /// room's numbered lines in position order, and waits for one that never comes.
     Handoff(Vec<Handoff>),
     /// Accepting, paused after running out of descriptors, may go on.
     ResumeAccept,
@@ -193,6 +205,9 @@ struct Member {
     name: Arc<str>,
     room: Arc<str>,
     slot: u32,
+    /// Lines of the room up to this position reached the client otherwise (a replay
+    /// from history): its live delivery skips batches that end at or before it.
+    seen_through: u64,
 }
 
 #[derive(Debug)]
@@ -208,6 +223,8 @@ struct Client<H> {
     /// requests (see `cluster.rs`); none otherwise (nearly always).
     held: cluster::HeldQueue,
     codec: Codec,
+    /// The client asked for positions (`/positions on`): chat comes as `#POS NAME: TEXT`.
+    positions: bool,
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
     closing: Option<Disconnect>,
@@ -302,6 +319,8 @@ pub struct Hub<H> {
     filling: Option<(ClientId, Vec<Bytes>)>,
     /// Set at shutdown: input is read and dropped, so no new lines enter the server.
     input_stopped: bool,
+    /// Where each room's delivery on this thread is, in positions (see `hub/history.rs`).
+    order: HashMap<Arc<str>, history::RoomOrder>,
 }
 
 impl<H: Clone> Hub<H> {
@@ -330,6 +349,7 @@ impl<H: Clone> Hub<H> {
             requests: VecDeque::new(),
             filling: None,
             input_stopped: false,
+            order: HashMap::new(),
         }
     }
 
@@ -374,6 +394,7 @@ impl<H: Clone> Hub<H> {
             nick_pending: false,
             held: None,
             codec: Codec::new(protocol, self.limits.max_line),
+            positions: false,
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
             peer,
@@ -415,7 +436,12 @@ impl<H: Clone> Hub<H> {
         if self.shared.cluster.is_some() {
             self.register_name(name.clone());
         }
-        self.clients[id].member = Some(Member { name, room, slot });
+        self.clients[id].member = Some(Member {
+            name,
+            room,
+            slot,
+            seen_through: 0,
+        });
         self.members += 1;
         self.reply(id, welcome, now);
     }
@@ -540,6 +566,9 @@ impl<H: Clone> Hub<H> {
             Ok(Command::Who) => self.who(id, now),
             Ok(Command::Rooms) => self.list_rooms(id, now),
             Ok(Command::Stats) => self.server_stats(id, now),
+            Ok(Command::History(n)) => self.show_history(id, n, now),
+            Ok(Command::Resume(room, after, epoch)) => self.resume(id, room, after, epoch, now),
+            Ok(Command::Positions(on)) => self.positions(id, on, now),
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
@@ -592,110 +621,6 @@ impl<H: Clone> Hub<H> {
     fn chat(&mut self, id: ClientId, text: &[u8]) {
         reply::chat(&self.clients[id].member().name, text, &mut self.batch.text);
         self.batch.lines += 1;
-    }
-
-    /// Queues the batched chat of `id` to the other members of its room, here and on
-    /// the other threads.
-    fn flush_chat(&mut self, id: ClientId, now: Tick) {
-        if self.batch.lines == 0 {
-            return;
-        }
-        let lines = std::mem::take(&mut self.batch.lines);
-        let timed = self.shared.stats.metrics_enabled();
-        let text = match timed {
-            true => metrics::timed_batch(self.batch.text.split(), self.clock.instant(now), lines),
-            false => self.batch.text.split().freeze(),
-        };
-        let room = self.clients[id].member().room.clone();
-        let mut encoded = Encoded::new(&text, lines, None, timed);
-        let recipients = self.fan_out(&room, &mut encoded, Some(id), now);
-        let frames = encoded.into_frames();
-        self.counters().messages_in.add(lines);
-        self.counters().deliveries.add(recipients * lines);
-        if self.shared.hands_off() {
-            self.handoffs.push(Handoff {
-                room,
-                text,
-                lines,
-                frames,
-            });
-        }
-    }
-
-    /// Queues a read's chat to every local member of `room` but `except`, each in the
-    /// encoding its codec wants (each built once, for the first member wanting it).
-    /// Returns how many got it.
-    fn fan_out(
-        &mut self,
-        room: &str,
-        encoded: &mut Encoded<'_>,
-        except: Option<ClientId>,
-        now: Tick,
-    ) -> u64 {
-        let Some(members) = self.rooms.get(room) else {
-            return 0;
-        };
-        let mut delivered = 0;
-        let mut queued = 0;
-        let lines = u32::try_from(encoded.count()).unwrap_or(u32::MAX);
-        for &member in members {
-            if Some(member) == except {
-                continue;
-            }
-            let client = &mut self.clients[member];
-            let bytes = encoded.for_codec(&client.codec, &mut self.framer);
-            let len = bytes.len();
-            match client.outbox.push_lines(bytes, lines) {
-                Ok(was_empty) => {
-                    delivered += 1;
-                    queued += len;
-                    if was_empty {
-                        output_pending(
-                            client,
-                            member,
-                            &self.limits,
-                            &mut self.deadlines,
-                            &mut self.wakes,
-                            now,
-                        );
-                    }
-                }
-                Err(overflow) => self.overflowed.push((member, overflow)),
-            }
-        }
-        // One store per read, not per recipient.
-        self.shared
-            .stats
-            .thread(self.thread)
-            .queued_bytes
-            .add(queued as i64);
-        delivered
-    }
-
-    /// Delivers chat lines handed off by another thread to the local members of their rooms.
-    pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
-        let now = self.clock.tick(now);
-        let mut delivered = 0;
-        for handoff in handoffs {
-            let timed = self.shared.stats.metrics_enabled();
-            let frames = handoff.frames.clone();
-            let mut encoded = Encoded::new(&handoff.text, handoff.lines, frames, timed);
-            delivered += handoff.lines * self.fan_out(&handoff.room, &mut encoded, None, now);
-        }
-        self.counters().deliveries.add(delivered);
-        self.cut_overflowed(now);
-    }
-
-    fn cut_overflowed(&mut self, now: Tick) {
-        while let Some((id, overflow)) = self.overflowed.pop() {
-            if self.clients[id].closing.is_none() {
-                tracing::warn!(
-                    name = %self.clients[id].member().name, queued = overflow.queued,
-                    "slow consumer disconnected: its queue is full"
-                );
-                self.begin_close(id, Disconnect::SlowConsumer, now);
-            }
-        }
     }
 
     fn server_stats(&mut self, id: ClientId, now: Tick) {
@@ -959,6 +884,8 @@ impl<H: Clone> Hub<H> {
 
 mod cluster;
 mod commands;
+mod fanout;
+mod history;
 #[cfg(test)]
 mod tests;
 mod writer;

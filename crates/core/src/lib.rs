@@ -8,6 +8,7 @@ pub mod cluster;
 mod codec;
 pub mod counters;
 mod directory;
+pub mod history;
 mod hub;
 pub mod metrics;
 mod outbox;
@@ -17,6 +18,7 @@ mod web;
 
 pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
+pub use history::{History, HistoryConfig};
 pub use hub::{
     Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,

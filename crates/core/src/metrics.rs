@@ -139,7 +139,7 @@ pub fn render(stats: &Stats, dir: &Directory, format: Format) -> String {
 /// last recipient that would have got it is cut off or gone. Copies in hand-offs and the
 /// WebSocket frames of the same lines keep it alive too (see [`linked`]), so it records
 /// once per read, with the weight of its lines, on whichever thread lets go last.
-pub(crate) fn timed_batch(text: bytes::BytesMut, read_at: Instant, lines: u64) -> Bytes {
+pub(crate) fn timed_batch(text: Bytes, read_at: Instant, lines: u64) -> Bytes {
     Bytes::from_owner(FanoutClock {
         text,
         read_at,
@@ -157,7 +157,9 @@ pub(crate) fn linked(derived: Bytes, source: &Bytes) -> Bytes {
 }
 
 struct FanoutClock {
-    text: bytes::BytesMut,
+    /// The plain batch: room history keeps a clone of it, which does not hold the
+    /// clock back.
+    text: Bytes,
     read_at: Instant,
     lines: u64,
 }

@@ -89,6 +89,9 @@ pub enum ErrorKind {
     SlowConsumer,
     /// A cluster-wide `/nick` could not be decided: the cluster did not answer.
     ClusterUnavailable,
+    /// `/history`, `/resume` or `/positions` with history off, or a resume whose lines
+    /// are partly gone (`history gap`).
+    History,
 }
 
 crate::label!(ErrorKind, "kind", {
@@ -102,6 +105,7 @@ crate::label!(ErrorKind, "kind", {
     PerAddress = "per_ip",
     SlowConsumer = "slow_consumer",
     ClusterUnavailable = "cluster_unavailable",
+    History = "history",
 });
 
 /// The status codes of HTTP responses, counted apart (the HTTP side's errors are here,
@@ -251,6 +255,20 @@ crate::table! {
             "Connections refused before they became clients, by reason.",
         )
         .show(&[Show::Each { prefix: "refused_" }]),
+        /// The history's gauges: each thread adds what its appends changed, so the sum
+        /// is what the server-wide store holds.
+        history_lines: Gauge = Row::new(
+            "ringcast_history_lines",
+            "Chat lines held in room history (--history).",
+        ),
+        history_bytes: Gauge = Row::new(
+            "ringcast_history_bytes",
+            "Bytes room history holds, counted against --history-max-bytes.",
+        ),
+        history_evicted: Counter = Row::new(
+            "ringcast_history_evicted",
+            "Chat lines that left room history: by --history, --history-age or --history-max-bytes.",
+        ),
         rate_limited: Counter = Row::new(
             "ringcast_rate_limited",
             "Input lines dropped for going over --max-msg-rate.",
@@ -593,6 +611,7 @@ mod tests {
                 label: Arc::from("test"),
                 threads: 2,
                 cluster: None,
+                history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
             };
             let _bound = stats.bind_thread(0);
             let now = Instant::now();

@@ -19,6 +19,13 @@ pub enum Command<'a> {
     Quit,
     Help,
     Stats,
+    /// `/history [N]`: the room's N most recent lines (the server's default when `None`).
+    History(Option<u64>),
+    /// `/resume ROOM POS [EPOCH]`: be in ROOM and get every line of it after position
+    /// POS (positions of the server run EPOCH, if given).
+    Resume(&'a str, u64, Option<u64>),
+    /// `/positions on|off`: chat lines with (or without) their room positions.
+    Positions(bool),
 }
 
 /// Why a line was refused. The `Display` text is what the client reads after `* error: `.
@@ -35,6 +42,12 @@ pub enum CommandError {
     UnexpectedArgument { command: &'static str },
     #[error("invalid {what} {value:?}: use 1-{NAME_MAX} letters, digits, '_', '-' or '.'")]
     InvalidName { what: &'static str, value: String },
+    #[error("{command} takes {what}, not {value:?}")]
+    InvalidArgument {
+        command: &'static str,
+        what: &'static str,
+        value: String,
+    },
 }
 
 /// Parses a line (already without `\r\n`).
@@ -63,6 +76,20 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
         b"quit" => no_arg("/quit", arg, Command::Quit),
         b"help" => no_arg("/help", arg, Command::Help),
         b"stats" => no_arg("/stats", arg, Command::Stats),
+        b"history" if arg.is_empty() => Ok(Command::History(None)),
+        b"history" => {
+            number_arg("/history", "a number of lines", arg).map(|n| Command::History(Some(n)))
+        }
+        b"resume" => resume_args(arg),
+        b"positions" => match arg {
+            b"on" => Ok(Command::Positions(true)),
+            b"off" => Ok(Command::Positions(false)),
+            b"" => Err(CommandError::MissingArgument {
+                command: "/positions",
+                what: "on or off",
+            }),
+            _ => Err(invalid("/positions", "on or off", arg)),
+        },
         _ => Err(CommandError::Unknown(format!(
             "/{}",
             String::from_utf8_lossy(&word[..word.len().min(NAME_MAX)])
@@ -80,6 +107,47 @@ fn no_arg<'a>(
     } else {
         Err(CommandError::UnexpectedArgument { command })
     }
+}
+
+fn invalid(command: &'static str, what: &'static str, arg: &[u8]) -> CommandError {
+    CommandError::InvalidArgument {
+        command,
+        what,
+        value: String::from_utf8_lossy(&arg[..arg.len().min(2 * NAME_MAX)]).into_owned(),
+    }
+}
+
+/// A decimal number (at most 19 digits, so it fits a `u64`).
+fn number_arg(command: &'static str, what: &'static str, arg: &[u8]) -> Result<u64, CommandError> {
+    let digits = !arg.is_empty() && arg.len() <= 19 && arg.iter().all(u8::is_ascii_digit);
+    let number = std::str::from_utf8(arg).ok().and_then(|s| s.parse().ok());
+    match number {
+        Some(n) if digits => Ok(n),
+        _ => Err(invalid(command, what, arg)),
+    }
+}
+
+/// `/resume ROOM POS`.
+fn resume_args(arg: &[u8]) -> Result<Command<'_>, CommandError> {
+    let missing = CommandError::MissingArgument {
+        command: "/resume",
+        what: "room name and position",
+    };
+    let Some(space) = arg.iter().position(|b| b.is_ascii_whitespace()) else {
+        return Err(missing);
+    };
+    let room = name_arg("/resume", "room name", &arg[..space])?;
+    let rest = arg[space..].trim_ascii_start();
+    let (pos, epoch) = match rest.iter().position(|b| b.is_ascii_whitespace()) {
+        Some(at) => (&rest[..at], Some(rest[at..].trim_ascii_start())),
+        None => (rest, None),
+    };
+    let pos = number_arg("/resume", "a position", pos)?;
+    let epoch = match epoch {
+        Some(epoch) => Some(number_arg("/resume", "an epoch", epoch)?),
+        None => None,
+    };
+    Ok(Command::Resume(room, pos, epoch))
 }
 
 fn name_arg<'a>(
@@ -126,6 +194,22 @@ mod tests {
         assert_eq!(parse(b"/quit"), Ok(Command::Quit));
         assert_eq!(parse(b"/help"), Ok(Command::Help));
         assert_eq!(parse(b"/stats"), Ok(Command::Stats));
+        assert_eq!(parse(b"/history"), Ok(Command::History(None)));
+        assert_eq!(parse(b"/history 5 "), Ok(Command::History(Some(5))));
+        assert_eq!(
+            parse(b"/resume chess 42"),
+            Ok(Command::Resume("chess", 42, None))
+        );
+        assert_eq!(
+            parse(b"/resume chess 42 7"),
+            Ok(Command::Resume("chess", 42, Some(7)))
+        );
+        assert_eq!(
+            parse(b"/resume  chess   0"),
+            Ok(Command::Resume("chess", 0, None))
+        );
+        assert_eq!(parse(b"/positions on"), Ok(Command::Positions(true)));
+        assert_eq!(parse(b"/positions off"), Ok(Command::Positions(false)));
     }
 
     #[test]
@@ -142,5 +226,26 @@ mod tests {
         );
         assert!(err(&[b"/nick ".as_slice(), &[b'a'; 33]].concat()).starts_with("invalid name"));
         assert!(err(b"/nick \xc3\xa9").starts_with("invalid name"));
+        assert_eq!(
+            err(b"/history -1"),
+            "/history takes a number of lines, not \"-1\""
+        );
+        assert_eq!(
+            err(b"/history 99999999999999999999"),
+            "/history takes a number of lines, not \"99999999999999999999\""
+        );
+        assert_eq!(
+            err(b"/resume chess"),
+            "/resume needs room name and position"
+        );
+        assert_eq!(
+            err(b"/resume chess x"),
+            "/resume takes a position, not \"x\""
+        );
+        assert_eq!(err(b"/positions"), "/positions needs on or off");
+        assert_eq!(
+            err(b"/positions maybe"),
+            "/positions takes on or off, not \"maybe\""
+        );
     }
 }

@@ -352,6 +352,9 @@ impl Node {
             text,
             lines,
             frames: None,
+            // Another node's lines: delivered as they come, with no position (history
+            // and positions are per node for now).
+            first: 0,
         };
         for worker in &self.workers {
             if worker.try_send(Inbox::Chat(vec![handoff.clone()])).is_err() {

@@ -6,7 +6,7 @@
 use crate::backend::{Backend, BackendOptions};
 use crate::{cluster, uring, uring_direct};
 use anyhow::Context as _;
-use ringcast_core::{Limits, RateLimit, MAX_OUTBOX_BYTES};
+use ringcast_core::{HistoryConfig, Limits, RateLimit, MAX_OUTBOX_BYTES};
 use ringcast_util::units::{parse_bytes, parse_duration};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -65,6 +65,17 @@ pub struct ServeArgs {
     /// so lines arriving meanwhile share one write. Trades latency for CPU; 0 is off.
     #[arg(long, default_value = "0", value_parser = parse_duration, allow_hyphen_values = true)]
     pub flush_delay: Duration,
+    /// Chat lines each room keeps for `/history` and `/resume` (0: no history and no
+    /// positions).
+    #[arg(long, default_value = "100", allow_hyphen_values = true)]
+    pub history: usize,
+    /// Lines older than this leave the history.
+    #[arg(long, default_value = "60m", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub history_age: Duration,
+    /// The most memory all rooms' history holds together (line bytes plus about 100 bytes
+    /// per read kept); past it the server's oldest lines go first.
+    #[arg(long, default_value = "64m", value_parser = parse_bytes, allow_hyphen_values = true)]
+    pub history_max_bytes: usize,
     /// `GET /metrics` on the HTTP listener (Prometheus), with the fan-out timing and the
     /// I/O counters only it shows; `off` (or `--http off`) measures none of it (what it
     /// costs is the difference).
@@ -170,6 +181,8 @@ pub(crate) enum ConfigError {
     NoBurst,
     #[error("--cluster-lease must be at least 1s")]
     ShortLease,
+    #[error("--history-age must be more than 0 and --history-max-bytes at least 64k while --history is on")]
+    HistoryBounds,
 }
 
 /// What the defaults depend on: the machine this process runs on.
@@ -219,6 +232,8 @@ pub(crate) struct Config {
     pub(crate) cluster: Option<cluster::Config>,
     /// How the backends set up each worker thread.
     pub(crate) backend_options: BackendOptions,
+    /// Room history (`HistoryConfig::OFF` with `--history 0`).
+    pub(crate) history: HistoryConfig,
 }
 
 impl Config {
@@ -233,6 +248,13 @@ impl Config {
         };
         let max_clients = max_clients(args.max_clients, host.open_files, threads)?;
         let limits = limits(args)?;
+        // History is per node for now: in a cluster it would hold only this node's
+        // senders' lines, and positions would differ between nodes. Off until the
+        // cluster's stream holds it (issue 26).
+        let history = match args.cluster {
+            Some(_) => HistoryConfig::OFF,
+            None => history(args)?,
+        };
         let cluster = match &args.cluster {
             Some(url) => {
                 if args.cluster_lease < Duration::from_secs(1) {
@@ -276,6 +298,7 @@ impl Config {
                     recv_buffers: args.recv_buffers,
                 },
             },
+            history,
         })
     }
 }
@@ -301,6 +324,22 @@ fn max_clients(
         }
         None => Ok(fd_budget.max(1)),
     }
+}
+
+/// Room history: off, or bounded in age and memory (a cap below the longest read's
+/// lines would evict each read as it comes).
+fn history(args: &ServeArgs) -> Result<HistoryConfig, ConfigError> {
+    if args.history == 0 {
+        return Ok(HistoryConfig::OFF);
+    }
+    if args.history_age.is_zero() || args.history_max_bytes < 64 * 1024 {
+        return Err(ConfigError::HistoryBounds);
+    }
+    Ok(HistoryConfig {
+        lines: args.history,
+        max_age: args.history_age,
+        max_bytes: args.history_max_bytes,
+    })
 }
 
 /// Descriptors left for clients by the open-files limit, beside the reserve and the
@@ -365,6 +404,7 @@ mod tests {
         assert!(config.metrics);
         assert_eq!(config.limits.write_timeout, Some(Duration::from_secs(30)));
         assert!(config.cluster.is_none());
+        assert_eq!(config.history, HistoryConfig::default());
         let no_http = super::tests::config(&["--http", "off"]).expect("valid");
         assert!(
             !no_http.metrics,
@@ -385,6 +425,10 @@ mod tests {
         .expect("valid");
         assert_eq!(config.limits.write_timeout, None);
         assert!(config.limits.rate.is_none());
+        let off = super::tests::config(&["--history", "0", "--history-age", "0"]);
+        assert_eq!(off.expect("valid").history, HistoryConfig::OFF);
+        let clustered = super::tests::config(&["--cluster", "nats://127.0.0.1:4222"]);
+        assert_eq!(clustered.expect("valid").history, HistoryConfig::OFF);
     }
 
     #[test]
@@ -410,6 +454,11 @@ mod tests {
                     "500ms",
                 ],
                 "--cluster-lease must be at least 1s",
+            ),
+            (&["--history-age", "0"], "--history-age must be more than 0"),
+            (
+                &["--history-max-bytes", "1k"],
+                "--history-max-bytes at least 64k",
             ),
         ];
         for (flags, message) in cases {

@@ -10,7 +10,7 @@ use crate::running::{spawn_stats_thread, Event, Running};
 use crate::worker::{WorkerSetup, INBOX_BATCHES};
 use anyhow::Context as _;
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Directory, Limits, ServerInfo, Shared, Stats};
+use ringcast_core::{Directory, History, Limits, ServerInfo, Shared, Stats};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -55,6 +55,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         label: label(&config),
         threads: config.threads,
         cluster: bridge.as_ref().map(|bridge| bridge.view.clone()),
+        history: Arc::new(History::new(config.history, epoch())),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
@@ -241,4 +242,13 @@ fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpList
         listeners.push(listener);
     }
     Ok(listeners)
+}
+
+/// Names this run of the server for room positions: the start time in milliseconds, which
+/// a restart changes (a client that kept positions from an earlier run is told they are
+/// void).
+fn epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_millis() as u64)
 }

@@ -12,16 +12,7 @@ impl<H: Clone> Hub<H> {
             self.error(id, ErrorKind::AlreadyInRoom, text, now);
             return;
         }
-        let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
-        self.counters().room_joins.inc();
-        self.leave_local_room(id);
-        let local = self.rooms.entry(room.clone()).or_default();
-        let slot = local.len() as u32;
-        local.push(id);
-        if let Some(member) = self.clients[id].member.as_mut() {
-            member.slot = slot;
-            member.room = room.clone();
-        }
+        let (room, members) = self.move_to(id, room);
         if self.shared.cluster.is_some() {
             // Confirmed once this node receives the room's chat from the others, so a
             // line sent right after the reply reaches this client from any node.
@@ -41,6 +32,24 @@ impl<H: Clone> Hub<H> {
             reply::count(members, "member", "members")
         );
         self.reply(id, reply::notice(text), now);
+    }
+
+    /// Moves a member to another room (in the directory and among this thread's local
+    /// members); returns the room and its size there.
+    pub(super) fn move_to(&mut self, id: ClientId, room: &str) -> (Arc<str>, usize) {
+        let member = self.clients[id].member();
+        let (room, members) = self.shared.dir.join(&member.name, &member.room, room);
+        self.counters().room_joins.inc();
+        self.leave_local_room(id);
+        let local = self.rooms.entry(room.clone()).or_default();
+        let slot = local.len() as u32;
+        local.push(id);
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.slot = slot;
+            member.room = room.clone();
+            member.seen_through = 0;
+        }
+        (room, members)
     }
 
     pub(super) fn nick(&mut self, id: ClientId, name: &str, now: Tick) {

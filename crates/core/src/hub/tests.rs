@@ -1,7 +1,7 @@
 //! The hub on simulated time: no sockets, no sleeps. A test owns the clock and moves it.
 
 use super::*;
-use crate::{Refusal, Totals};
+use crate::{History, Refusal, Totals};
 use std::net::Ipv4Addr;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -37,6 +37,7 @@ impl Sim {
             label: Arc::from("backend=test threads=1"),
             threads,
             cluster: None,
+            history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),
@@ -199,6 +200,7 @@ fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
             text: Bytes::from_static(b"far: away\nfar: again\n"),
             lines: 2,
             frames: None,
+            first: 0,
         }],
         sim.now,
     );
@@ -739,6 +741,7 @@ fn websocket_members_share_one_framed_buffer_and_line_members_get_lines() {
             text: Bytes::from_static(b"far: away\n"),
             lines: 1,
             frames: None,
+            first: 0,
         }],
         sim.now,
     );
@@ -964,3 +967,5 @@ fn websocket_clients_get_every_ending_as_frames() {
     assert_eq!(notices, [Some(Bytes::from_static(expected))]);
     assert_eq!(sim.take(slow), Output::Close);
 }
+
+mod history;
