@@ -21,6 +21,8 @@ pub mod counters;
 mod drain;
 mod epoll;
 mod io;
+#[cfg(test)]
+mod isolated;
 pub mod probe;
 mod ring;
 mod routes;
