@@ -9,6 +9,7 @@
 #                       [--procs N] [--backends "uring epoll uring-direct"] [--out DIR]
 #                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
 #                       [--churners N] [--churn R] [--slow-readers N]
+#                       [--server-args "FLAGS"]
 #
 # --workload   the workloads of docs/performance.md (64-byte messages, 10
 #              publishers); flags given after it still override its settings:
@@ -46,6 +47,9 @@
 #              their own protocols either way
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
+# --server-args "FLAGS"   extra flags for every ringcast server of the run (split on
+#              spaces), e.g. --server-args "--history 0" to measure what a feature costs
+#              by running the same command with and without it
 # --room-sizes, --size-dist, --churners, --churn, --slow-readers   the parts of a mixed
 #              workload, as `ringcast bench` takes them. With slow readers the servers get
 #              limits that cut a client which stops reading, and leave alone one that
@@ -167,6 +171,8 @@ while [ $# -gt 0 ]; do
     --churners) CHURNERS=$2; shift 2 ;;
     --churn) CHURN=$2; shift 2 ;;
     --slow-readers) SLOW_READERS=$2; shift 2 ;;
+    # shellcheck disable=SC2206 # the flags split on spaces on purpose
+    --server-args) SERVER_ARGS+=($2); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
