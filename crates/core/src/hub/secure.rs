@@ -190,11 +190,13 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    /// Seals the plaintext batch the writer took into one buffer, which replaces it.
+    /// Seals the plaintext the writer took (`batch` from `start` on) into one buffer,
+    /// which replaces it.
     pub(super) fn seal_output(
         &mut self,
         id: ClientId,
         batch: &mut Vec<Bytes>,
+        start: usize,
         now: Tick,
     ) -> Output {
         let metrics = self.shared.stats.metrics_enabled();
@@ -202,11 +204,11 @@ impl<H: Clone> Hub<H> {
         let Some(secure) = client.secure.as_mut() else {
             return Output::Write;
         };
-        match secure.session.seal(batch) {
+        match secure.session.seal(&batch[start..]) {
             Ok(wire) if wire.is_empty() => {
                 // Nothing to send yet (never after the handshake, when plaintext is
                 // queued): no write may go out empty.
-                batch.clear();
+                batch.truncate(start);
                 client.writing = false;
                 Output::Idle
             }
@@ -214,10 +216,13 @@ impl<H: Clone> Hub<H> {
                 let wire = match metrics {
                     true => Bytes::from_owner(Sealed {
                         wire,
-                        _plain: std::mem::take(batch),
+                        _plain: match start {
+                            0 => std::mem::take(batch),
+                            _ => batch.split_off(start),
+                        },
                     }),
                     false => {
-                        batch.clear();
+                        batch.truncate(start);
                         wire
                     }
                 };
@@ -226,7 +231,7 @@ impl<H: Clone> Hub<H> {
                 Output::Write
             }
             Err(err) => {
-                batch.clear();
+                batch.truncate(start);
                 client.writing = false;
                 self.secure_failed(id, err, now);
                 Output::Close

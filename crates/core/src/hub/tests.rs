@@ -971,3 +971,4 @@ fn websocket_clients_get_every_ending_as_frames() {
 }
 
 mod history;
+mod secure;

@@ -30,6 +30,7 @@ impl<H: Clone> Hub<H> {
                 return Output::Idle;
             }
             let queued = client.outbox.queued();
+            let start = batch.len();
             let lines = if client.secure.is_some() {
                 // One sealed batch at a time, of bounded size (it counts toward
                 // `--max-outbound` until written).
@@ -50,7 +51,7 @@ impl<H: Clone> Hub<H> {
                 client.stalled_since = now;
             }
             if client.secure.is_some() {
-                return self.seal_output(id, batch, now);
+                return self.seal_output(id, batch, start, now);
             }
             return Output::Write;
         }
