@@ -810,8 +810,12 @@ impl<H: Clone> Hub<H> {
                     counters.errors.inc(ErrorKind::SlowConsumer);
                     client.codec.farewell(reason, &mut self.framer)
                 });
-                // Over TLS it goes sealed, with a close_notify, or not at all.
-                let notice = secure::seal_notice(&mut client.secure, notice.flatten());
+                // Over TLS it goes sealed, with a close_notify, or not at all (neither
+                // may split a record in flight).
+                let notice = match client.writing {
+                    true => None,
+                    false => secure::seal_notice(&mut client.secure, notice.flatten()),
+                };
                 self.shutdowns.push_back((client.handle.clone(), notice));
             }
             Disconnect::Shutdown
