@@ -9,7 +9,9 @@ use super::io::{self, Conn, Listener};
 use super::routes::Routes;
 use bytes::{Buf, Bytes};
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared};
+use ringcast_core::{
+    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared,
+};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io as stdio;
