@@ -264,7 +264,8 @@ impl<C: Conn> Worker<C> {
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
-                        listener = ?kind,
+                        listener = ?kind.protocol,
+                        tls = kind.tls,
                         "accept: out of file descriptors ({err}); pausing"
                     );
                     {
