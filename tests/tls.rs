@@ -34,6 +34,7 @@ backend_tests!(
     plaintext_and_garbage_close_only_their_own_connection,
     a_tls_client_that_never_reads_is_cut_while_a_tls_reader_gets_everything,
     sighup_swaps_the_certificate_while_sessions_carry_on,
+    tls_connections_count_toward_the_per_address_limit,
 );
 
 /// A throwaway CA and server certificate, written into a directory of their own
@@ -433,6 +434,26 @@ async fn sighup_swaps_the_certificate_while_sessions_carry_on(backend: &str) {
         plain.line().await,
         format!("{}: after a bad reload", again.name)
     );
+}
+
+async fn tls_connections_count_toward_the_per_address_limit(backend: &str) {
+    let pki = Pki::new("per-ip");
+    let (server, tls, https) = start(backend, &pki, &["--max-per-ip", "2"]);
+    let mut first = TlsClient::connect(tls, &pki.pki.ca_pem)
+        .await
+        .expect("first TLS client");
+    let tcp = TcpStream::connect(https).await.expect("connect");
+    let _second = handshake(tcp, &pki.pki.ca_pem)
+        .await
+        .expect("second TLS connection");
+    // The third from the address is refused before any handshake: closed, no notice.
+    let tcp = TcpStream::connect(tls).await.expect("connect");
+    assert!(handshake(tcp, &pki.pki.ca_pem).await.is_err());
+    // A scrape would be a third connection from the address too: the TLS client asks.
+    first.send("/stats").await;
+    let stats = first.line().await;
+    assert!(stats.contains(" refused_per_ip=1"), "{stats}");
+    server.wait_log("refused a connection").await;
 }
 
 /// Runs `ringcast serve ARGS` that must fail at start: its exit status, stdout and
