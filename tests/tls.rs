@@ -317,6 +317,19 @@ async fn plaintext_and_garbage_close_only_their_own_connection(backend: &str) {
         );
     }
     metric_reaches(server.http_addr(), &handshakes("not_tls"), 3).await;
+    // The HTTPS listener answers a real TLS client, then closes (close_notify, FIN).
+    let tcp = TcpStream::connect(https).await.expect("connect");
+    let mut stream = handshake(tcp, &pki.pki.ca_pem)
+        .await
+        .expect("https handshake");
+    let request = "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .expect("the https answer did not end")
+        .expect("a clean TLS end");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     // The TLS client and the server carry on.
     talker.send("unharmed").await;
     assert_eq!(plain.line().await, format!("{}: unharmed", talker.name));
