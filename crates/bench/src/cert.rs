@@ -25,7 +25,7 @@ pub struct TestPki {
     pub key_pem: String,
 }
 
-/// Where [`write`] put the files.
+/// Where [`write()`] put the files.
 #[derive(Debug, Clone)]
 pub struct PkiFiles {
     pub ca: PathBuf,
