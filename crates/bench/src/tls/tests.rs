@@ -5,7 +5,8 @@ use super::*;
 use crate::cert;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection};
-use std::io::Read as _;
+use rustls::pki_types::pem::PemObject as _;
+use std::io::{Read as _, Write as _};
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, and the CA's PEM file.
 struct Pki {

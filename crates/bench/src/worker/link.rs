@@ -141,7 +141,7 @@ impl ReadHalf {
             if self.half.try_read_buf(cipher)? == 0 {
                 return Ok(false);
             }
-            self.ended = !tls.borrow_mut().absorb(cipher, buf)?;
+            self.ended = !tls.borrow_mut().absorb(&cipher[..], buf)?;
             Ok(true)
         })
     }
@@ -165,7 +165,7 @@ impl ReadHalf {
             cipher.reserve(CIPHER_READ);
             let got = recv_into(&self.half, cipher)?;
             if got.n > 0 {
-                self.ended = !tls.borrow_mut().absorb(cipher, plain)?;
+                self.ended = !tls.borrow_mut().absorb(&cipher[..], plain)?;
             }
             Ok(got)
         })
