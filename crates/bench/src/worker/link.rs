@@ -239,3 +239,116 @@ pub(super) async fn open(
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert;
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read as _, Write as _};
+    use std::sync::Arc;
+
+    fn realtime_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    fn server_config(pki: &cert::TestPki) -> Arc<rustls::ServerConfig> {
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(pki.cert_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("certificate PEM");
+        let key = PrivateKeyDer::from_pem_slice(pki.key_pem.as_bytes()).expect("key PEM");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        Arc::new(config)
+    }
+
+    /// A real socket and a rustls server on a thread: the handshake, a sealed line to the
+    /// server, and lines back whose reads carry kernel receive stamps taken between the
+    /// server's write and the read that completed the record.
+    #[test]
+    fn a_tls_link_handshakes_seals_and_stamps_the_read_that_completes_a_record() {
+        let dir = std::env::temp_dir().join(format!("ringcast-link-tls-{}", std::process::id()));
+        let pki = cert::throwaway(&["127.0.0.1"], 1).expect("a CA");
+        let files = cert::write(&pki, &dir).expect("PEM files");
+        let client = TlsClient::new(&files.ca, None, None).expect("client config");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let config = server_config(&pki);
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel::<u64>();
+        let server = std::thread::spawn(move || {
+            let (socket, _) = listener.accept().expect("accept");
+            let conn = rustls::ServerConnection::new(config).expect("server connection");
+            let mut tls = rustls::StreamOwned::new(conn, socket);
+            let mut hello = [0u8; 6];
+            tls.read_exact(&mut hello).expect("the client's line");
+            assert_eq!(&hello, b"hello\n");
+            while go_rx.recv().is_ok() {
+                let _ = sent_tx.send(realtime_ns());
+                tls.write_all(b"ping\n").expect("write");
+                tls.flush().expect("flush");
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let stream = TcpStream::connect(addr).await.expect("connect");
+            let mut buf = BytesMut::new();
+            let (mut rd, mut wr) = open(stream, addr, Some(&client), &mut buf)
+                .await
+                .expect("the handshake");
+            wr.send(b"hello\n").await.expect("a sealed line");
+            rx::enable(rd.socket().as_ref().as_fd()).expect("SO_TIMESTAMPING");
+            // The kernel turns receive stamping on from a work queue, so the first
+            // segments may come without a stamp: ask for lines until one has one.
+            for _ in 0..100 {
+                go_tx.send(()).expect("the server thread");
+                let sent = sent_rx.recv().expect("the server's send time");
+                let got = loop {
+                    match rd.try_recv_stamped(&mut buf) {
+                        Ok(r) => {
+                            assert!(r.n > 0, "the server closed the connection");
+                            // A read with only a session ticket or part of the record
+                            // brings no line: the stamp that counts is the completing
+                            // read's.
+                            if buf.ends_with(b"ping\n") {
+                                break r;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            rd.readable().await.expect("readable")
+                        }
+                        Err(e) => panic!("read: {e}"),
+                    }
+                };
+                let after = realtime_ns();
+                assert!(buf.iter().all(|&b| b"ping\n".contains(&b)), "{buf:?}");
+                buf.clear();
+                let Some(stamp) = got.stamp else {
+                    continue;
+                };
+                // CLOCK_REALTIME both sides; a millisecond of slack for the clocks' reads.
+                assert!(
+                    stamp + 1_000_000 >= sent && stamp <= after + 1_000_000,
+                    "stamp {stamp} outside [{sent}, {after}]"
+                );
+                drop(go_tx);
+                return;
+            }
+            panic!("no read of a TLS record came with a receive stamp");
+        });
+        server.join().expect("the server thread");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
