@@ -11,16 +11,18 @@ use bench_common::{bench, scratch, server_deliveries, text};
 use ringcast_bench::report::Report;
 use ringcast_testkit::BenchCommand;
 use std::time::Duration;
-use tls_common::{pki, tls_flags, TlsServer};
+use common::Server;
+use tls_common::{pki, tls_flags};
 
 fn tls_run(backend: &str, proto: &str) {
     let out = scratch(&format!("bench-tls-{backend}-{proto}"));
     let files = pki(&out.join("pki"));
     let (flags, prefix) = tls_flags(&files, proto);
-    let server = TlsServer::start(backend, &flags, prefix, &out);
-    let before = server_deliveries(server.line);
+    let mut server = Server::start(backend, &flags);
+    let tls = server.listening(prefix);
+    let before = server_deliveries(server.addr);
     let run = bench(
-        &BenchCommand::new(server.tls)
+        &BenchCommand::new(tls)
             .proto(proto)
             .clients(30)
             .publishers(3)
@@ -28,13 +30,13 @@ fn tls_run(backend: &str, proto: &str) {
             .rates(&[200])
             .warmup(Duration::from_millis(300))
             .duration(Duration::from_secs(1))
-            .server_pid(server.child.id())
+            .server_pid(server.pid())
             .quiet()
             .out(&out.join("report"))
             .arg("--tls")
             .flag("--tls-ca", files.ca.display()),
     );
-    let after = server_deliveries(server.line);
+    let after = server_deliveries(server.addr);
     let stdout = text(&run.stdout);
     assert!(
         run.status.success(),
@@ -105,9 +107,9 @@ async fn a_certificate_from_another_ca_is_refused(backend: &str) {    let out = 
     let files = pki(&out.join("pki"));
     let other = pki(&out.join("other"));
     let (flags, prefix) = tls_flags(&files, "ringcast");
-    let server = TlsServer::start(backend, &flags, prefix, &out);
+    let mut server = Server::start(backend, &flags);
     let run = bench(
-        &BenchCommand::new(server.tls)
+        &BenchCommand::new(server.listening(prefix))
             .clients(3)
             .publishers(1)
             .rooms(1)

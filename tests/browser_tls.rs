@@ -12,7 +12,8 @@ mod tls_common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use tls_common::{pki, TlsServer};
+use common::Server;
+use tls_common::pki;
 
 backend_tests!(the_page_over_https_chats_over_wss_trusting_a_test_ca);
 
@@ -77,13 +78,14 @@ async fn the_page_over_https_chats_over_wss_trusting_a_test_ca(backend: &str) {
         "--https",
         "127.0.0.1:0",
     ];
-    let server = TlsServer::start(backend, &flags, "https listening on ", &dir);
+    let mut server = Server::start(backend, &flags);
+    let https = server.listening("https");
     let root = env!("CARGO_MANIFEST_DIR");
     let child = tokio::process::Command::new(PYTHON)
         .arg(format!("{root}/tests/web/browser_tls.py"))
         .args([
-            &server.tls.to_string(),
-            &server.line.to_string(),
+            &https.to_string(),
+            &server.addr.to_string(),
             &files.ca.display().to_string(),
         ])
         .stdin(Stdio::null())
