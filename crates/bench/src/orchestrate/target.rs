@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 /// A byte stream both ways: a socket, or TLS over one.
-pub(super) trait Duplex: std::io::Read + Write + Send {}
-impl<T: std::io::Read + Write + Send> Duplex for T {}
+pub(super) trait Duplex: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Duplex for T {}
 
 /// A lobby connection that asks the server for `/stats`: over the line protocol, or over
 /// WebSocket when that is what the run loads, framed by that protocol's codec; under TLS
@@ -150,7 +150,6 @@ pub(super) fn websocket_handshake(
     masker: &mut Masker,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    use std::io::Read as _;
     let key = ws::new_key(masker);
     let mut request = Vec::new();
     ws::handshake_request(&addr.to_string(), &key, &mut request);

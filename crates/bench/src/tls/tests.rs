@@ -5,8 +5,7 @@ use super::*;
 use crate::cert;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::{ServerConfig, ServerConnection};
-use rustls::pki_types::pem::PemObject as _;
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 
 /// A CA, a server certificate for 127.0.0.1 and localhost, and the CA's PEM file.
 struct Pki {
@@ -52,7 +51,10 @@ fn server(pki: &cert::TestPki) -> ServerConnection {
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .expect("server certificate");
-    ServerConnection::new(Arc::new(config)).expect("server connection")
+    let mut server = ServerConnection::new(Arc::new(config)).expect("server connection");
+    // The tests queue more than rustls's default 64 KiB before moving it.
+    server.set_buffer_limit(None);
+    server
 }
 
 fn addr() -> SocketAddr {
