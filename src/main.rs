@@ -54,8 +54,8 @@ fn cert(args: CertArgs) -> anyhow::Result<std::process::ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let names: Vec<&str> = args.names.iter().map(String::as_str).collect();
-    let pki = ringcast_bench::cert::throwaway(&names, args.days)
-        .context("making the certificates")?;
+    let pki =
+        ringcast_bench::cert::throwaway(&names, args.days).context("making the certificates")?;
     let files = ringcast_bench::cert::write(&pki, &args.dir)
         .with_context(|| format!("writing the certificates into {}", args.dir.display()))?;
     println!("ca {}", files.ca.display());

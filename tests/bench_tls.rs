@@ -8,10 +8,10 @@ mod common;
 mod tls_common;
 
 use bench_common::{bench, scratch, server_deliveries, text};
+use common::Server;
 use ringcast_bench::report::Report;
 use ringcast_testkit::BenchCommand;
 use std::time::Duration;
-use common::Server;
 use tls_common::{pki, tls_flags};
 
 fn tls_run(backend: &str, proto: &str) {
@@ -92,7 +92,10 @@ fn tls_run(backend: &str, proto: &str) {
         counted.abs_diff(received) as f64 <= 0.01 * received as f64,
         "server counted {counted} deliveries, harness {received}"
     );
-    assert!(stdout.contains("over TLS"), "the summary says TLS:\n{stdout}");
+    assert!(
+        stdout.contains("over TLS"),
+        "the summary says TLS:\n{stdout}"
+    );
 }
 
 backend_tests!(
@@ -113,7 +116,8 @@ async fn websocket_over_tls_is_clean(backend: &str) {
 
 /// A harness trusting another CA refuses the server's certificate: no client connects,
 /// and the error says why.
-async fn a_certificate_from_another_ca_is_refused(backend: &str) {    let out = scratch(&format!("bench-tls-refused-{backend}"));
+async fn a_certificate_from_another_ca_is_refused(backend: &str) {
+    let out = scratch(&format!("bench-tls-refused-{backend}"));
     let files = pki(&out.join("pki"));
     let other = pki(&out.join("other"));
     let (flags, prefix) = tls_flags(&files, "ringcast");
@@ -131,7 +135,12 @@ async fn a_certificate_from_another_ca_is_refused(backend: &str) {    let out = 
             .flag("--tls-ca", other.ca.display()),
     );
     let stderr = text(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{}\n{stderr}", text(&run.stdout));
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}\n{stderr}",
+        text(&run.stdout)
+    );
     assert!(
         stderr.contains("certificate") || stderr.contains("UnknownIssuer"),
         "{stderr}"

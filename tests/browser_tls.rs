@@ -9,10 +9,10 @@
 mod common;
 mod tls_common;
 
+use common::Server;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use common::Server;
 use tls_common::pki;
 
 backend_tests!(the_page_over_https_chats_over_wss_trusting_a_test_ca);

@@ -13,9 +13,17 @@ pub fn pki(dir: &Path) -> ringcast_bench::cert::PkiFiles {
 /// The server's TLS flags for `proto` ("ringcast": the line protocol's TLS listener;
 /// "ws": the https listener) and the name of that listener in its `NAME listening on ADDR`
 /// line (`common::Server::listening`).
-pub fn tls_flags<'a>(files: &'a ringcast_bench::cert::PkiFiles, proto: &str) -> (Vec<&'a str>, &'static str) {
+pub fn tls_flags<'a>(
+    files: &'a ringcast_bench::cert::PkiFiles,
+    proto: &str,
+) -> (Vec<&'a str>, &'static str) {
     let path = |p: &'a PathBuf| p.to_str().expect("a UTF-8 temp path");
-    let mut flags = vec!["--tls-cert", path(&files.cert), "--tls-key", path(&files.key)];
+    let mut flags = vec![
+        "--tls-cert",
+        path(&files.cert),
+        "--tls-key",
+        path(&files.key),
+    ];
     let prefix = match proto {
         "ws" => {
             flags.extend(["--https", "127.0.0.1:0"]);

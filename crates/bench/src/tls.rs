@@ -34,7 +34,10 @@ pub enum TlsError {
     #[error("{path} holds no PEM certificate")]
     NoCa { path: PathBuf },
     #[error("{path}: a CA certificate rustls refuses: {source}")]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("--tls-name {0:?} is neither a DNS name nor an IP address")]
     Name(String),
     #[error("TLS: {0}")]

@@ -47,13 +47,9 @@ impl Control {
         let mut masker = Masker::new(mono_ns());
         let mut buf = Vec::new();
         if proto == Proto::Ws {
-            websocket_handshake(&mut *stream, addr, &mut masker, &mut buf).with_context(
-                || {
-                    format!(
-                        "opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)"
-                    )
-                },
-            )?;
+            websocket_handshake(&mut *stream, addr, &mut masker, &mut buf).with_context(|| {
+                format!("opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)")
+            })?;
         }
         Ok(Self {
             stream,

@@ -24,10 +24,7 @@ impl Drop for TempDir {
 }
 
 fn pki(tag: &str) -> Pki {
-    let dir = std::env::temp_dir().join(format!(
-        "ringcast-bench-tls-{tag}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("ringcast-bench-tls-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let pki = cert::throwaway(&["127.0.0.1", "localhost"], 1).expect("a throwaway CA");
     let files = cert::write(&pki, &dir).expect("writing the PEM files");
@@ -118,10 +115,15 @@ fn a_session_trusting_the_ca_talks_both_ways_over_the_ip_san() {
     let _ = server.reader().read_to_end(&mut got);
     assert_eq!(got, b"/join room0\nhello\n");
     // Server to client: two records, the plaintext in order.
-    server.writer().write_all(b"* joined room0\n").expect("write");
+    server
+        .writer()
+        .write_all(b"* joined room0\n")
+        .expect("write");
     server.writer().write_all(b"alice: hi\n").expect("write");
     let mut plain = BytesMut::new();
-    assert!(client.absorb(&from_server(&mut server), &mut plain).expect("absorb"));
+    assert!(client
+        .absorb(&from_server(&mut server), &mut plain)
+        .expect("absorb"));
     assert_eq!(&plain[..], b"* joined room0\nalice: hi\n");
 }
 
@@ -140,7 +142,12 @@ fn a_record_split_over_reads_gives_its_plaintext_only_with_its_last_byte() {
     for (i, byte) in record.iter().enumerate() {
         assert!(client.absorb(&[*byte], &mut plain).expect("absorb"));
         if i + 1 < record.len() {
-            assert!(plain.is_empty(), "plaintext after {} of {} bytes", i + 1, record.len());
+            assert!(
+                plain.is_empty(),
+                "plaintext after {} of {} bytes",
+                i + 1,
+                record.len()
+            );
         }
     }
     assert_eq!(&plain[..], b"one line\n");
