@@ -48,6 +48,9 @@ def main():
         stranger.get(f"https://{https}/")
         if stranger.find_elements(By.ID, "status"):
             sys.exit("browser_tls.py: a Chromium that does not trust the CA loaded the page")
+        if "ERR_CERT_AUTHORITY_INVALID" not in stranger.page_source:
+            sys.exit("browser_tls.py: the untrusting Chromium showed no certificate error:\n"
+                     + stranger.page_source[:2000])
         stranger.quit()
         drivers.remove(stranger)
 
