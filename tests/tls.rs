@@ -34,6 +34,7 @@ backend_tests!(
     plaintext_and_garbage_close_only_their_own_connection,
     a_tls_client_that_never_reads_is_cut_while_a_tls_reader_gets_everything,
     sighup_swaps_the_certificate_while_sessions_carry_on,
+    tls_connections_count_toward_the_per_address_limit,
 );
 
 /// A throwaway CA and server certificate, written into a directory of their own
@@ -202,12 +203,14 @@ fn handshakes(result: &str) -> String {
 
 /// Waits until a series of `/metrics` reaches `at_least`.
 async fn metric_reaches(http: SocketAddr, series: &str, at_least: u64) {
-    poll::until_async(format!("{series} >= {at_least}"), TIMEOUT, async || {
-        match metric(http, series).await {
+    poll::until_async(
+        format!("{series} >= {at_least}"),
+        TIMEOUT,
+        async || match metric(http, series).await {
             n if n >= at_least => Ok(()),
             n => Err(n),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -229,7 +232,11 @@ async fn python_tls_and_wss_clients_chat_with_a_plain_one(backend: &str) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web/tls_clients.py");
     let child = tokio::process::Command::new(PYTHON)
         .arg(script)
-        .args([path(&pki.files.ca).to_owned(), tls.to_string(), https.to_string()])
+        .args([
+            path(&pki.files.ca).to_owned(),
+            tls.to_string(),
+            https.to_string(),
+        ])
         .arg(server.addr.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -262,7 +269,10 @@ async fn a_silent_connection_is_closed_at_the_handshake_timeout(backend: &str) {
         .await
         .expect("a TLS client");
     talker.send("hello over tls").await;
-    assert_eq!(plain.line().await, format!("{}: hello over tls", talker.name));
+    assert_eq!(
+        plain.line().await,
+        format!("{}: hello over tls", talker.name)
+    );
 
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(TIMEOUT, silent.read(&mut buf))
@@ -307,6 +317,19 @@ async fn plaintext_and_garbage_close_only_their_own_connection(backend: &str) {
         );
     }
     metric_reaches(server.http_addr(), &handshakes("not_tls"), 3).await;
+    // The HTTPS listener answers a real TLS client, then closes (close_notify, FIN).
+    let tcp = TcpStream::connect(https).await.expect("connect");
+    let mut stream = handshake(tcp, &pki.pki.ca_pem)
+        .await
+        .expect("https handshake");
+    let request = "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .expect("the https answer did not end")
+        .expect("a clean TLS end");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     // The TLS client and the server carry on.
     talker.send("unharmed").await;
     assert_eq!(plain.line().await, format!("{}: unharmed", talker.name));
@@ -323,8 +346,8 @@ async fn a_tls_client_that_never_reads_is_cut_while_a_tls_reader_gets_everything
     let (server, tls, _) = start(backend, &pki, &["--max-outbound", "64k"]);
     // A TLS client that never reads after its welcome, with a small receive buffer so
     // the server's queue fills.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        .expect("socket");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     socket.connect(&tls.into()).expect("connect");
     socket.set_nonblocking(true).expect("non-blocking");
@@ -372,7 +395,10 @@ async fn a_tls_client_that_never_reads_is_cut_while_a_tls_reader_gets_everything
     assert!(!log.contains(&format!("name={}", reader.name)), "{log}");
     // The reader is still a member and still served.
     publisher.send("after the cut").await;
-    assert_eq!(reader.line().await, format!("{}: after the cut", publisher.name));
+    assert_eq!(
+        reader.line().await,
+        format!("{}: after the cut", publisher.name)
+    );
     let slow_cut = r#"ringcast_disconnects_total{reason="slow_consumer"}"#;
     assert_eq!(metric(server.http_addr(), slow_cut).await, 1);
 }
@@ -417,7 +443,30 @@ async fn sighup_swaps_the_certificate_while_sessions_carry_on(backend: &str) {
         .await
         .expect("still the second certificate");
     again.send("after a bad reload").await;
-    assert_eq!(plain.line().await, format!("{}: after a bad reload", again.name));
+    assert_eq!(
+        plain.line().await,
+        format!("{}: after a bad reload", again.name)
+    );
+}
+
+async fn tls_connections_count_toward_the_per_address_limit(backend: &str) {
+    let pki = Pki::new("per-ip");
+    let (server, tls, https) = start(backend, &pki, &["--max-per-ip", "2"]);
+    let mut first = TlsClient::connect(tls, &pki.pki.ca_pem)
+        .await
+        .expect("first TLS client");
+    let tcp = TcpStream::connect(https).await.expect("connect");
+    let _second = handshake(tcp, &pki.pki.ca_pem)
+        .await
+        .expect("second TLS connection");
+    // The third from the address is refused before any handshake: closed, no notice.
+    let tcp = TcpStream::connect(tls).await.expect("connect");
+    assert!(handshake(tcp, &pki.pki.ca_pem).await.is_err());
+    // A scrape would be a third connection from the address too: the TLS client asks.
+    first.send("/stats").await;
+    let stats = first.line().await;
+    assert!(stats.contains(" refused_per_ip=1"), "{stats}");
+    server.wait_log("refused a connection").await;
 }
 
 /// Runs `ringcast serve ARGS` that must fail at start: its exit status, stdout and
@@ -425,7 +474,14 @@ async fn sighup_swaps_the_certificate_while_sessions_carry_on(backend: &str) {
 fn failing_start(args: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .arg("serve")
-        .args(["--backend", "epoll", "--listen", "127.0.0.1:0", "--http", "off"])
+        .args([
+            "--backend",
+            "epoll",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "off",
+        ])
         .args(["--stats-interval", "0"])
         .args(args)
         .env("RUST_LOG", "info")
@@ -434,12 +490,14 @@ fn failing_start(args: &[&str]) -> (std::process::ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting ringcast serve");
-    let status = poll::until(format!("ringcast serve {args:?} to exit"), TIMEOUT, || {
-        match child.try_wait() {
+    let status = poll::until(
+        format!("ringcast serve {args:?} to exit"),
+        TIMEOUT,
+        || match child.try_wait() {
             Ok(Some(status)) => Ok(status),
             _ => Err("still running"),
-        }
-    });
+        },
+    );
     let mut stdout = String::new();
     let mut stderr = String::new();
     if let Some(mut out) = child.stdout.take() {
@@ -485,7 +543,10 @@ fn every_startup_error_names_the_file_and_the_problem() {
                 other_key.display()
             )],
         ),
-        (vec![], vec!["--tls-listen needs --tls-cert and --tls-key".into()]),
+        (
+            vec![],
+            vec!["--tls-listen needs --tls-cert and --tls-key".into()],
+        ),
         (
             vec!["--tls-cert", cert],
             vec!["--tls-listen needs --tls-key".into()],
@@ -496,9 +557,15 @@ fn every_startup_error_names_the_file_and_the_problem() {
         args.extend(files);
         let (status, stdout, stderr) = failing_start(&args);
         assert!(!status.success(), "{args:?} started");
-        assert!(!stdout.contains("listening on"), "{args:?} listened: {stdout}");
+        assert!(
+            !stdout.contains("listening on"),
+            "{args:?} listened: {stdout}"
+        );
         for text in wanted {
-            assert!(stderr.contains(&text), "{args:?}: wanted {text:?} in:\n{stderr}");
+            assert!(
+                stderr.contains(&text),
+                "{args:?}: wanted {text:?} in:\n{stderr}"
+            );
         }
     }
 }
@@ -507,9 +574,22 @@ fn every_startup_error_names_the_file_and_the_problem() {
 async fn with_listen_off_only_the_other_listeners_serve() {
     let pki = Pki::new("listen-off");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["serve", "--backend", "epoll", "--listen", "off", "--http", "off"])
+        .args([
+            "serve",
+            "--backend",
+            "epoll",
+            "--listen",
+            "off",
+            "--http",
+            "off",
+        ])
         .args(["--stats-interval", "0", "--tls-listen", "127.0.0.1:0"])
-        .args(["--tls-cert", path(&pki.files.cert), "--tls-key", path(&pki.files.key)])
+        .args([
+            "--tls-cert",
+            path(&pki.files.cert),
+            "--tls-key",
+            path(&pki.files.key),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

@@ -175,9 +175,11 @@ impl ServerProcess {
     pub fn listening(&mut self, prefix: &str) -> Result<SocketAddr, StartError> {
         let wanted = format!("{prefix} ");
         let find = |lines: &[String]| {
-            lines
-                .iter()
-                .find_map(|line| line.trim().strip_prefix(wanted.as_str()).and_then(parse_listening))
+            lines.iter().find_map(|line| {
+                line.trim()
+                    .strip_prefix(wanted.as_str())
+                    .and_then(parse_listening)
+            })
         };
         loop {
             if let Some(addr) = find(&self.later_lines) {

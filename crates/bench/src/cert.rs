@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// A CA certificate and a server certificate and key, all PEM.
@@ -25,7 +25,7 @@ pub struct TestPki {
     pub key_pem: String,
 }
 
-/// Where [`write`] put the files.
+/// Where [`write()`] put the files.
 #[derive(Debug, Clone)]
 pub struct PkiFiles {
     pub ca: PathBuf,
@@ -125,9 +125,12 @@ fn san(name: &str) -> Result<SanType, CertError> {
     // (and a leading "*." wildcard), so a typo fails here rather than in a client.
     let host = name.strip_prefix("*.").unwrap_or(name);
     let valid = !host.is_empty()
-        && host
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     if !valid {
         return Err(CertError::BadName(name.to_string()));
     }
@@ -166,8 +169,14 @@ mod tests {
         let pki = throwaway(&["127.0.0.1"], 1).expect("generate");
         let files = write(&pki, &dir).expect("write");
         assert_eq!(std::fs::read_to_string(&files.ca).expect("ca"), pki.ca_pem);
-        assert_eq!(std::fs::read_to_string(&files.cert).expect("cert"), pki.cert_pem);
-        let mode = std::fs::metadata(&files.key).expect("key").permissions().mode();
+        assert_eq!(
+            std::fs::read_to_string(&files.cert).expect("cert"),
+            pki.cert_pem
+        );
+        let mode = std::fs::metadata(&files.key)
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

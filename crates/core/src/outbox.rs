@@ -91,7 +91,12 @@ impl Outbox {
 
     /// Like [`Outbox::take`], stopping before the buffer that would take the bytes
     /// moved past `max_bytes` (the first buffer is moved whatever its length).
-    pub fn take_within(&mut self, into: &mut Vec<Bytes>, max_buffers: usize, max_bytes: usize) -> u64 {
+    pub fn take_within(
+        &mut self,
+        into: &mut Vec<Bytes>,
+        max_buffers: usize,
+        max_bytes: usize,
+    ) -> u64 {
         let mut lines = 0;
         let mut bytes = 0usize;
         for _ in 0..max_buffers {

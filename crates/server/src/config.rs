@@ -601,7 +601,10 @@ mod tests {
                 ],
                 "--tls-handshake-timeout must be more than 0",
             ),
-            (&["--listen", "off", "--http", "off"], "nothing to listen on"),
+            (
+                &["--listen", "off", "--http", "off"],
+                "nothing to listen on",
+            ),
         ];
         for (flags, message) in cases {
             let err = config(flags).expect_err("refused");
@@ -633,13 +636,13 @@ mod tests {
                 key: "k.pem".into()
             })
         );
-        assert_eq!(
-            tls.limits.tls_handshake_timeout,
-            Duration::from_millis(300)
-        );
+        assert_eq!(tls.limits.tls_handshake_timeout, Duration::from_millis(300));
         let defaults = config(&[]).expect("valid");
         assert_eq!(defaults.tls, None);
-        assert_eq!(defaults.limits.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(
+            defaults.limits.tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

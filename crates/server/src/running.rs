@@ -44,7 +44,9 @@ impl Running {
     /// The address the line listener is on (panics for a server started with
     /// `--listen off`).
     pub fn addr(&self) -> std::net::SocketAddr {
-        self.addrs.line.expect("the server was started with --listen off")
+        self.addrs
+            .line
+            .expect("the server was started with --listen off")
     }
 
     /// The address of the HTTP listener, if any.

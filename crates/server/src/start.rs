@@ -147,7 +147,10 @@ fn spawn_workers(
     listeners: Listeners,
     inboxes: Vec<mpsc::Receiver<Inbox>>,
 ) -> anyhow::Result<()> {
-    let per_thread = listeners.per_thread(config.threads).into_iter().zip(inboxes);
+    let per_thread = listeners
+        .per_thread(config.threads)
+        .into_iter()
+        .zip(inboxes);
     for (index, (thread_listeners, inbox)) in per_thread.enumerate() {
         let setup = WorkerSetup {
             shared: wiring.shared.clone(),

@@ -9,7 +9,9 @@ use super::io::{self, Conn, Listener};
 use super::routes::Routes;
 use bytes::{Buf, Bytes};
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared};
+use ringcast_core::{
+    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared,
+};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io as stdio;
@@ -262,7 +264,8 @@ impl<C: Conn> Worker<C> {
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
-                        listener = ?kind,
+                        listener = ?kind.protocol,
+                        tls = kind.tls,
                         "accept: out of file descriptors ({err}); pausing"
                     );
                     {

@@ -151,7 +151,11 @@ impl<H: Clone> Hub<H> {
         };
         let handshaking = secure.session.is_handshaking();
         let alert = match !client.writing && !secure.notified && secure.session.wants_write() {
-            true => secure.session.seal(&[]).ok().filter(|alert| !alert.is_empty()),
+            true => secure
+                .session
+                .seal(&[])
+                .ok()
+                .filter(|alert| !alert.is_empty()),
             false => None,
         };
         secure.notified = true;

@@ -27,8 +27,8 @@ impl std::fmt::Debug for RustlsSession {
 
 impl RustlsSession {
     pub(super) fn new(config: Arc<ServerConfig>) -> Result<Self, SessionError> {
-        let mut conn =
-            ServerConnection::new(config).map_err(|err| SessionError::Handshake(err.to_string()))?;
+        let mut conn = ServerConnection::new(config)
+            .map_err(|err| SessionError::Handshake(err.to_string()))?;
         conn.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
         Ok(RustlsSession { conn })
     }

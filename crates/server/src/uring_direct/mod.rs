@@ -542,7 +542,8 @@ impl Driver {
     fn pause_accept(&mut self, listener: usize) {
         tracing::warn!(
             thread = self.index,
-            listener = ?self.listeners[listener],
+            listener = ?self.listeners[listener].protocol,
+            tls = self.listeners[listener].tls,
             slots = self.files,
             "accept: out of file descriptors (the thread holds as many connections as \
              its share of the open-files limit); pausing"

@@ -121,7 +121,10 @@ fn a_tls_line_client_is_a_member_once_its_handshake_completes_and_chats_sealed()
     let (writes, _) = sim.wire(tls);
     assert_eq!(writes.len(), 1);
     // The handshake's answer first, then the welcome sealed.
-    assert!(writes[0].starts_with("WELCOME[* you are user"), "{writes:?}");
+    assert!(
+        writes[0].starts_with("WELCOME[* you are user"),
+        "{writes:?}"
+    );
     assert_eq!(sim.hub.members(), 2);
     assert_eq!(sim.handshakes(), [1, 0, 0, 0, 0]);
     let name = writes[0]["WELCOME[* you are ".len()..]
@@ -186,7 +189,10 @@ fn what_is_not_tls_closes_that_connection_after_the_alert_and_is_counted() {
     sim.actions();
     sim.input(other, b"x\0y");
     assert_eq!(sim.take(other), Output::Close);
-    assert_eq!(sim.stats().disconnects[Disconnect::ProtocolError as usize], 1);
+    assert_eq!(
+        sim.stats().disconnects[Disconnect::ProtocolError as usize],
+        1
+    );
     sim.input(plain, b"/who\n");
     assert_eq!(sim.output(plain).len(), 1);
 }
@@ -205,7 +211,10 @@ fn a_sealed_batch_in_flight_counts_toward_max_outbound() {
     let line = "x".repeat(50);
     sim.input(sender, format!("{line}\n").as_bytes());
     let mut batch = Vec::new();
-    assert_eq!(sim.hub.take_output(tls, &mut batch, 8, sim.now), Output::Write);
+    assert_eq!(
+        sim.hub.take_output(tls, &mut batch, 8, sim.now),
+        Output::Write
+    );
     let sealed = batch[0].len();
     assert!(sealed > 50);
     // Lines queue beside the batch in flight until the queue and the batch together
@@ -225,7 +234,10 @@ fn a_sealed_batch_in_flight_counts_toward_max_outbound() {
     );
     let len = sealed - 2;
     assert!(queued + len + sealed > 400, "{queued} + {len} + {sealed}");
-    assert!(queued + len <= 400, "{queued} + {len}: cut without the batch in flight");
+    assert!(
+        queued + len <= 400,
+        "{queued} + {len}: cut without the batch in flight"
+    );
 }
 
 #[test]
