@@ -397,3 +397,48 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 pub fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     compare::run(args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let argv = [
+            "bench",
+            "--clients",
+            "10",
+            "--rooms",
+            "2",
+            "--publishers",
+            "2",
+        ];
+        Cli::parse_from(argv.iter().chain(extra)).bench
+    }
+
+    fn refusal(extra: &[&str]) -> String {
+        format!("{:#}", args(extra).validate().expect_err("refused"))
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_only_with_ringcast() {
+        assert!(args(&[]).validate().is_ok());
+        assert!(args(&[]).tls_client().expect("no TLS").is_none());
+        assert!(refusal(&["--tls"]).contains("--tls-ca"));
+        assert!(refusal(&["--tls-ca", "ca.pem"]).contains("go with --tls"));
+        assert!(refusal(&["--tls-name", "localhost"]).contains("go with --tls"));
+        let redis = refusal(&["--tls", "--tls-ca", "ca.pem", "--proto", "redis"]);
+        assert!(redis.contains("without TLS"), "{redis}");
+        let ok = args(&["--tls", "--tls-ca", "ca.pem", "--proto", "ws"]);
+        assert!(ok.validate().is_ok());
+        // The CA file is read before any client connects: a missing one is named.
+        let missing = format!("{:#}", ok.tls_client().expect_err("no such file"));
+        assert!(missing.contains("ca.pem"), "{missing}");
+    }
+}
