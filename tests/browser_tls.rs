@@ -9,9 +9,9 @@
 mod common;
 mod tls_common;
 
+use common::browser::{self, PYTHON};
 use common::Server;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tls_common::pki;
 
@@ -19,46 +19,16 @@ backend_tests!(the_page_over_https_chats_over_wss_trusting_a_test_ca);
 
 /// What the browser run may take; it needs a few seconds on a quiet machine.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
-const PYTHON: &str = "/usr/bin/python3";
-const PACKAGES: &str = "chromium chromium-driver python3-selenium libnss3-tools";
 
 /// One browser run at a time: the machine may have two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Why the browser cannot run here, if it cannot.
-fn missing_browser() -> Option<String> {
-    for (path, package) in [
-        ("/usr/bin/chromium", "chromium"),
-        ("/usr/bin/chromedriver", "chromium-driver"),
-        ("/usr/bin/certutil", "libnss3-tools"),
-        (PYTHON, "python3"),
-    ] {
-        if !Path::new(path).exists() {
-            return Some(format!("{path} is missing (Debian package {package})"));
-        }
-    }
-    let selenium = Command::new(PYTHON)
-        .args(["-c", "import selenium"])
-        .stderr(Stdio::null())
-        .status();
-    if !selenium.is_ok_and(|s| s.success()) {
-        return Some(format!(
-            "{PYTHON} cannot import selenium (Debian package python3-selenium)"
-        ));
-    }
-    None
-}
-
 async fn the_page_over_https_chats_over_wss_trusting_a_test_ca(backend: &str) {
-    if std::env::var("RINGCAST_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        ringcast_testkit::skip("RINGCAST_SKIP_BROWSER=1");
+    if !browser::ready(
+        "the https browser test",
+        &[("/usr/bin/certutil", "libnss3-tools")],
+    ) {
         return;
-    }
-    if let Some(why) = missing_browser() {
-        panic!(
-            "the https browser test needs {PACKAGES}: {why}. Install them (scripts/test.sh \
-             does), or set RINGCAST_SKIP_BROWSER=1 to skip this test"
-        );
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let dir = std::env::temp_dir().join(format!(

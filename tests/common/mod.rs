@@ -2,6 +2,8 @@
 //! clients, and a macro that runs every test against every backend.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use ringcast_testkit::{poll, ServerProcess};
 use std::net::SocketAddr;
 use std::path::Path;

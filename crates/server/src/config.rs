@@ -172,22 +172,22 @@ pub struct Http(pub Option<SocketAddr>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen(pub Option<SocketAddr>);
 
-fn parse_listen(text: &str) -> Result<Listen, String> {
+/// An address, or `off` (none); `example` shows the form in the error.
+fn address_or_off(text: &str, example: &str) -> Result<Option<SocketAddr>, String> {
     if text.eq_ignore_ascii_case("off") {
-        return Ok(Listen(None));
+        return Ok(None);
     }
     text.parse()
-        .map(|addr| Listen(Some(addr)))
-        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7878, or off"))
+        .map(Some)
+        .map_err(|_| format!("invalid address {text:?}: use e.g. {example}, or off"))
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    address_or_off(text, "127.0.0.1:7878").map(Listen)
 }
 
 fn parse_http(text: &str) -> Result<Http, String> {
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(Http(None));
-    }
-    text.parse()
-        .map(|addr| Http(Some(addr)))
-        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7879, or off"))
+    address_or_off(text, "127.0.0.1:7879").map(Http)
 }
 
 /// Optional io_uring setup flags.
