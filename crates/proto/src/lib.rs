@@ -10,5 +10,5 @@ pub mod http;
 pub mod reply;
 pub mod ws;
 
-pub use command::{parse, Command, CommandError, NAME_MAX};
+pub use command::{parse, valid_name, Command, CommandError, NAME_MAX};
 pub use decoder::{Frame, LineDecoder};
