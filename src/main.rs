@@ -1,4 +1,4 @@
-//! `ringcast`: serve, bench, compare. The command line only: the server is the
+//! `ringcast`: serve, bench, compare, token. The command line only: the server is the
 //! `ringcast-server` crate, the harness `ringcast-bench` (docs/architecture.md).
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,8 @@ enum Command {
     Bench(ringcast_bench::BenchArgs),
     /// Put benchmark reports side by side.
     Compare(ringcast_bench::CompareArgs),
+    /// Mint an HS256 token for `serve --auth` (tests, trying it out).
+    Token(ringcast_server::jwt::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => ringcast_server::run(args),
         Command::Bench(args) => ringcast_bench::run(args),
         Command::Compare(args) => ringcast_bench::compare(args),
+        Command::Token(args) => ringcast_server::jwt::token(args),
     };
     match result {
         Ok(code) => code,

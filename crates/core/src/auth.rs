@@ -74,6 +74,9 @@ impl Identity {
 pub enum TokenError {
     #[error("expired")]
     Expired,
+    /// Its `nbf` (not before) is still to come.
+    #[error("not yet valid")]
+    NotYetValid,
     #[error("bad signature")]
     BadSignature,
     #[error("malformed")]

@@ -103,6 +103,7 @@ pub enum ErrorKind {
 pub enum AuthOutcome {
     Ok,
     Expired,
+    NotYetValid,
     BadSignature,
     Malformed,
     MissingClaim,
@@ -113,6 +114,7 @@ pub enum AuthOutcome {
 crate::label!(AuthOutcome, "result", {
     Ok = "ok",
     Expired = "expired",
+    NotYetValid = "not_yet_valid",
     BadSignature = "bad_signature",
     Malformed = "malformed",
     MissingClaim = "missing_claim",

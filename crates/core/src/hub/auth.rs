@@ -39,6 +39,7 @@ impl From<TokenError> for AuthOutcome {
     fn from(err: TokenError) -> Self {
         match err {
             TokenError::Expired => AuthOutcome::Expired,
+            TokenError::NotYetValid => AuthOutcome::NotYetValid,
             TokenError::BadSignature => AuthOutcome::BadSignature,
             TokenError::Malformed => AuthOutcome::Malformed,
             TokenError::MissingClaim => AuthOutcome::MissingClaim,
