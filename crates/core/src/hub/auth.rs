@@ -67,18 +67,27 @@ impl<H: Clone> Hub<H> {
     /// A connection just upgraded to WebSocket, with the token of its `?token=`.
     pub(super) fn admit_websocket(&mut self, id: ClientId, token: Option<&str>, now: Tick) {
         let mode = self.auth_mode();
-        match (mode, token) {
-            (AuthMode::Off, _) | (AuthMode::Optional, None) => self.add_member(id, now),
-            (AuthMode::Required, None) => self.refuse(id, AUTH_FIRST.to_owned(), now),
-            (_, Some(token)) => {
-                self.authenticate(id, token, now);
-                let unseated = self.clients[id].member.is_none();
-                if unseated && self.clients[id].closing.is_none() {
-                    match mode {
-                        AuthMode::Required => self.refuse(id, AUTH_FIRST.to_owned(), now),
-                        _ => self.add_member(id, now),
-                    }
+        let token = match (mode, token) {
+            (AuthMode::Off, _) | (AuthMode::Optional, None) => return self.add_member(id, now),
+            (AuthMode::Required, None) => return self.refuse(id, AUTH_FIRST.to_owned(), now),
+            (_, Some(token)) => token,
+        };
+        match self.verify(token, now) {
+            Ok(identity) => {
+                if self.accept(id, identity, now) {
+                    return;
                 }
+                // Its name is in use (told already).
+                if mode == AuthMode::Required {
+                    self.begin_close(id, Disconnect::Quit, now);
+                    return;
+                }
+                self.add_member(id, now);
+            }
+            Err(text) if mode == AuthMode::Required => self.refuse(id, text, now),
+            Err(text) => {
+                self.add_member(id, now);
+                self.error(id, ErrorKind::Auth, text, now);
             }
         }
     }
@@ -119,38 +128,58 @@ impl<H: Clone> Hub<H> {
         false
     }
 
-    /// `/auth TOKEN` (or a WebSocket's `?token=`).
+    /// `/auth TOKEN`.
     pub(super) fn authenticate(&mut self, id: ClientId, token: &str, now: Tick) {
-        let Some(auth) = self.shared.auth.clone().filter(|a| a.mode != AuthMode::Off) else {
+        if self.auth_mode() == AuthMode::Off {
             let text = "authentication is off (--auth off)";
             self.error(id, ErrorKind::Auth, text, now);
             return;
-        };
-        let unix = auth.unix_seconds(self.clock.instant(now));
-        let identity = match auth.verifier.verify(token, unix) {
-            Ok(identity) => identity,
-            Err(err) => {
-                self.counters().auth.inc(err.into());
+        }
+        match self.verify(token, now) {
+            Ok(identity) => {
+                self.accept(id, identity, now);
+            }
+            Err(text) => {
                 let bad = &mut self.clients[id].auth.bad_tokens;
                 *bad += 1;
-                let text = format!("invalid token ({err})");
                 if *bad >= MAX_BAD_TOKENS {
                     self.refuse(id, text, now);
                 } else {
                     self.error(id, ErrorKind::Auth, text, now);
                 }
-                return;
             }
+        }
+    }
+
+    /// Checks a token on the hub's clock; a refusal is counted, and its text is what
+    /// the client is told.
+    fn verify(&mut self, token: &str, now: Tick) -> Result<Identity, String> {
+        let Some(auth) = self.shared.auth.clone() else {
+            return Err("authentication is off (--auth off)".to_owned());
         };
+        let unix = auth.unix_seconds(self.clock.instant(now));
+        auth.verifier.verify(token, unix).map_err(|err| {
+            self.counters().auth.inc(err.into());
+            format!("invalid token ({err})")
+        })
+    }
+
+    /// A valid token: the connection becomes its holder (with its expiry as a
+    /// deadline). False (and the client told) if its name is in use.
+    fn accept(&mut self, id: ClientId, identity: Identity, now: Tick) -> bool {
         if !self.take_name(id, &identity.name, now) {
-            return;
+            return false;
         }
         self.counters().auth.inc(AuthOutcome::Ok);
-        let expires = self.clock.tick(auth.instant_of(identity.expires_at));
+        let expires = match &self.shared.auth {
+            Some(auth) => self.clock.tick(auth.instant_of(identity.expires_at)),
+            None => Tick::NONE,
+        };
         let client = &mut self.clients[id];
         client.auth.expires = expires;
         client.auth.identity = Some(Box::new(identity));
         self.arm(id);
+        true
     }
 
     /// Gives the connection its token's name: seats it in the lobby under that name, or
