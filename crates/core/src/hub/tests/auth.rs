@@ -210,3 +210,32 @@ fn a_websocket_gets_its_identity_from_the_query_or_a_1008_close() {
         assert!(sim.hub.clients[id].closing.is_some());
     }
 }
+
+#[test]
+fn optional_mode_seats_a_websocket_with_a_bad_token_as_a_guest_and_says_why() {
+    let mut sim = Sim::with_auth(AuthMode::Optional);
+    let id = sim.connect_http();
+    sim.input(id, &upgrade("/ws?token=bad:sig"));
+    let out = sim.output(id).concat();
+    assert!(out.contains("* you are user"), "{out}");
+    assert!(
+        out.contains("* error: invalid token (bad signature)"),
+        "{out}"
+    );
+    assert!(sim.hub.clients[id].closing.is_none());
+}
+
+#[test]
+fn a_fresh_token_for_the_same_name_moves_the_expiry() {
+    let mut sim = Sim::with_auth(AuthMode::Optional);
+    let start = sim.now;
+    let id = sim.connect();
+    assert_eq!(sim.say(id, "/auth ann/1060"), ["* you are ann"]);
+    assert_eq!(sim.say(id, "/auth ann/1600"), ["* you are ann"]);
+    // The old deadline's entry comes up first and finds nothing due (see `Deadlines`).
+    sim.run_next_deadline();
+    assert!(sim.output(id).is_empty());
+    let at = sim.run_next_deadline();
+    assert_eq!(at - start, Duration::from_secs(600));
+    assert_eq!(sim.output(id).concat(), "* error: token expired\n");
+}
