@@ -4,6 +4,8 @@
 
 #[path = "../fuzz/check/decode.rs"]
 mod check;
+#[path = "../fuzz/check/publish.rs"]
+mod publish_check;
 #[path = "../fuzz/check/token.rs"]
 mod token_check;
 
@@ -102,4 +104,21 @@ mod token {
             "fuzz"
         );
     }
+}
+
+#[test]
+fn every_publish_corpus_file_passes_the_fuzz_checks() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/publish");
+    let mut accepted = 0;
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("the publish corpus") {
+        let data = std::fs::read(entry.expect("an entry").path()).expect("a corpus file");
+        publish_check::check(&data);
+        accepted += usize::from(ringcast_proto::publish::parse_publish(&data).is_ok());
+        n += 1;
+    }
+    assert!(
+        n >= 5 && accepted >= 2,
+        "the publish seed corpus is missing ({n}, {accepted})"
+    );
 }

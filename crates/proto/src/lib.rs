@@ -7,6 +7,7 @@
 mod command;
 mod decoder;
 pub mod http;
+pub mod publish;
 pub mod reply;
 pub mod ws;
 
