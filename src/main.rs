@@ -1,6 +1,7 @@
-//! `ringcast`: serve, bench, compare, cert. The command line only: the server is the
-//! `ringcast-server` crate, the harness `ringcast-bench` (docs/architecture.md), which
-//! also makes the throwaway certificates of `cert`.
+//! `ringcast`: serve, bench, compare, cert, token. The command line only: the server is
+//! the `ringcast-server` crate (which also mints the tokens of `token`), the harness
+//! `ringcast-bench` (docs/architecture.md), which also makes the throwaway certificates
+//! of `cert`.
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     /// Write a throwaway CA and a server certificate it signed, for trying TLS (serve
     /// --tls-cert/--tls-key; bench --tls-ca).
     Cert(CertArgs),
+    /// Mint an HS256 token for `serve --auth` (tests, trying it out).
+    Token(ringcast_server::jwt::TokenArgs),
 }
 
 #[derive(clap::Args)]
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => ringcast_bench::run(args),
         Command::Compare(args) => ringcast_bench::compare(args),
         Command::Cert(args) => cert(args),
+        Command::Token(args) => ringcast_server::jwt::token(args),
     };
     match result {
         Ok(code) => code,

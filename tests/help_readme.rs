@@ -176,7 +176,7 @@ fn loadtest_help_and_docs_agree() {
 }
 
 #[test]
-fn the_product_lists_only_serve_bench_compare_and_cert() {
+fn the_product_lists_only_serve_bench_compare_cert_and_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .arg("--help")
         .output()
@@ -191,7 +191,7 @@ fn the_product_lists_only_serve_bench_compare_and_cert() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["serve", "bench", "compare", "cert", "help"]);
+    assert_eq!(commands, ["serve", "bench", "compare", "cert", "token", "help"]);
 }
 
 /// README stays a pitch, a quick start and a map (issue 22: at most 250 lines; detail goes

@@ -114,6 +114,7 @@ impl Shared {
             cluster: None,
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
             tls: None,
+            auth: None,
         }
     }
 
@@ -140,6 +141,8 @@ pub struct Shared {
     /// Makes the TLS session of each connection on a TLS listener (none: no TLS
     /// listener).
     pub tls: Option<Arc<dyn Acceptor>>,
+    /// `--auth`: the mode and the token verifier (none: `--auth off`).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -279,6 +282,8 @@ struct Client<H> {
     rate_tat: Tick,
     /// When the last `slow down` notice was queued.
     rate_noticed: Tick,
+    /// Its identity and token expiry under `--auth` (see `hub/auth.rs`).
+    auth: auth::ClientAuth,
     handle: H,
 }
 
@@ -450,6 +455,7 @@ impl<H: Clone> Hub<H> {
             armed: Tick::NONE,
             rate_tat: Tick::NONE,
             rate_noticed: Tick::NONE,
+            auth: auth::ClientAuth::default(),
             handle,
         });
         match protocol {
@@ -459,7 +465,7 @@ impl<H: Clone> Hub<H> {
                 self.clients[id].close_by = now.plus(self.limits.tls_handshake_timeout);
                 self.arm(id);
             }
-            Protocol::Line => self.add_member(id, now),
+            Protocol::Line => self.admit_line(id, now),
             Protocol::Http => {
                 self.clients[id].close_by = now.plus(web::HEAD_TIMEOUT);
                 self.arm(id);
@@ -471,7 +477,15 @@ impl<H: Clone> Hub<H> {
     /// Makes a connection a chat client in the lobby, and welcomes it.
     fn add_member(&mut self, id: ClientId, now: Tick) {
         let transport = self.clients[id].codec.transport();
-        let (name, room, members) = self.shared.dir.add_member(transport);
+        let seat = self.shared.dir.add_member(transport);
+        self.seat_member(id, seat, now);
+    }
+
+    /// Makes a connection the chat client `(name, room, members of the room)` the
+    /// directory gave it, and welcomes it.
+    fn seat_member(&mut self, id: ClientId, seat: (Arc<str>, Arc<str>, usize), now: Tick) {
+        let (name, room, members) = seat;
+        let transport = self.clients[id].codec.transport();
         self.counters().connections.inc(transport);
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;
@@ -548,7 +562,7 @@ impl<H: Clone> Hub<H> {
         match web::serve(buf, self.input_stopped, &shared.stats, &shared.dir, peer) {
             Served::Waiting => {}
             Served::Respond(response) => self.respond(id, response, now),
-            Served::Upgrade(response) => {
+            Served::Upgrade(response, token) => {
                 self.counters()
                     .http_responses
                     .inc(HttpStatus::SwitchingProtocols);
@@ -556,7 +570,7 @@ impl<H: Clone> Hub<H> {
                 client.codec.upgrade();
                 client.close_by = Tick::NONE;
                 self.push_raw(id, response, now);
-                self.add_member(id, now);
+                self.admit_websocket(id, token.as_deref(), now);
             }
         }
     }
@@ -615,6 +629,9 @@ impl<H: Clone> Hub<H> {
             // before it goes out first, to the room it was said in.
             self.flush_chat(id, now);
         }
+        if !self.permitted(id, &command, now) {
+            return self.flow(id);
+        }
         match command {
             Ok(Command::Chat(text)) => self.chat(id, text),
             Ok(Command::Empty) => {}
@@ -626,6 +643,7 @@ impl<H: Clone> Hub<H> {
             Ok(Command::History(n)) => self.show_history(id, n, now),
             Ok(Command::Resume(room, after, epoch)) => self.resume(id, room, after, epoch, now),
             Ok(Command::Positions(on)) => self.positions(id, on, now),
+            Ok(Command::Auth(token)) => self.authenticate(id, token, now),
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
@@ -950,6 +968,7 @@ impl<H: Clone> Hub<H> {
     }
 }
 
+mod auth;
 mod cluster;
 mod commands;
 mod fanout;
