@@ -191,7 +191,10 @@ fn the_product_lists_only_serve_bench_compare_cert_and_token() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["serve", "bench", "compare", "cert", "token", "help"]);
+    assert_eq!(
+        commands,
+        ["serve", "bench", "compare", "cert", "token", "help"]
+    );
 }
 
 /// README stays a pitch, a quick start and a map (issue 22: at most 250 lines; detail goes
