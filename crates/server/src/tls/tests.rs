@@ -229,15 +229,7 @@ fn a_session_carries_records_both_ways_and_closes() {
         Bytes::new(),
         Bytes::from(vec![b'x'; 40_000]),
     ];
-    let sealed = server.seal(&batch).expect("seal");
-    let mut sealed = &sealed[..];
-    let mut got = Vec::new();
-    while !sealed.is_empty() {
-        client.read_tls(&mut sealed).expect("read");
-        client.process_new_packets().expect("records");
-        // Ends with WouldBlock once what arrived is read.
-        let _ = client.reader().read_to_end(&mut got);
-    }
+    let got = read_sealed(&mut client, &server.seal(&batch).expect("seal"));
     assert_eq!(got.len(), 4 + 40_000);
     assert!(got.starts_with(b"one\nxxx"));
 
@@ -271,17 +263,22 @@ fn plaintext_and_garbage_are_not_tls() {
     }
 }
 
-/// Seals `text` on the server and reads it on the client.
-fn server_to_client(server: &mut Box<dyn Session>, client: &mut ClientConnection, text: &[u8]) {
-    let sealed = server.seal(&[Bytes::copy_from_slice(text)]).expect("seal");
-    let mut sealed = &sealed[..];
+/// The plaintext of `sealed` (the server's records), as the client reads it.
+fn read_sealed(client: &mut ClientConnection, mut sealed: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     while !sealed.is_empty() {
         client.read_tls(&mut sealed).expect("read");
         client.process_new_packets().expect("records");
+        // Ends with WouldBlock once what arrived is read.
         let _ = client.reader().read_to_end(&mut got);
     }
-    assert_eq!(got, text);
+    got
+}
+
+/// Seals `text` on the server and reads it on the client.
+fn server_to_client(server: &mut Box<dyn Session>, client: &mut ClientConnection, text: &[u8]) {
+    let sealed = server.seal(&[Bytes::copy_from_slice(text)]).expect("seal");
+    assert_eq!(read_sealed(client, &sealed), text);
 }
 
 #[test]
