@@ -27,6 +27,14 @@ pub enum Request {
         id: u64,
         name: Arc<str>,
     },
+    /// Claim `name` cluster-wide for a connection authenticated as that `sub`
+    /// (`--auth`): granted while no unauthenticated client holds it, on any node,
+    /// however many nodes have connections of that `sub`. [`Answer::Name`].
+    ClaimAuthenticated {
+        thread: usize,
+        id: u64,
+        name: Arc<str>,
+    },
     /// Register a default name given at connect (unique by construction unless someone
     /// took it with `/nick` meanwhile). Nobody waits for it; if the name is taken, the
     /// thread hears [`Answer::NameLost`].

@@ -1,9 +1,14 @@
 //! The server-wide view shared by all threads: who is connected under which name, and
 //! which names are in which room. It changes on connect, `/nick`, `/join` and disconnect,
 //! never per chat message, so one mutex serves it.
+//!
+//! A name is held by one unauthenticated connection (a default name or `/nick`), or by
+//! every authenticated connection of one token `sub` (`--auth`: several tabs, a phone and
+//! a laptop share their name, at most [`MAX_CONNECTIONS_PER_SUB`] of them). Each
+//! connection is a member of its room; a room counts connections, and lists each name once.
 
 use super::stats::{Refusal, Transport};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,11 +43,43 @@ impl Refused {
 #[error("name {0} is taken")]
 pub struct NameTaken(pub String);
 
+/// Most connections authenticated as one `sub` at once on one server: enough for every
+/// device and tab of a person, and a bound on what one leaked token can hold.
+pub const MAX_CONNECTIONS_PER_SUB: u32 = 16;
+
+/// Why an authenticated connection cannot have its token's name.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum NameRefused {
+    /// An unauthenticated client holds it.
+    #[error(transparent)]
+    Taken(#[from] NameTaken),
+    /// `MAX_CONNECTIONS_PER_SUB` connections hold it already.
+    #[error("name {0} has {MAX_CONNECTIONS_PER_SUB} connections already")]
+    TooMany(String),
+}
+
+/// Who holds a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// One unauthenticated connection.
+    Guest,
+    /// This many connections (at least 1) authenticated as the name's `sub`.
+    Sub(u32),
+}
+
+/// A room's members: each name with its connections there (a `sub`'s tabs may share a
+/// room), and the connections in all.
+#[derive(Debug, Default)]
+struct Room {
+    names: BTreeMap<Arc<str>, u32>,
+    connections: usize,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    names: HashSet<Arc<str>>,
-    /// Room name to member names; a room exists while it has members.
-    rooms: BTreeMap<Arc<str>, BTreeSet<Arc<str>>>,
+    names: HashMap<Arc<str>, Holder>,
+    /// Room name to its members; a room exists while it has members.
+    rooms: BTreeMap<Arc<str>, Room>,
     /// Open connections per peer address, kept only while `max_per_ip` is set.
     per_address: HashMap<IpAddr, usize>,
 }
@@ -131,7 +168,7 @@ impl Directory {
         loop {
             let k = self.next_user.fetch_add(1, Ordering::Relaxed);
             let candidate = format!("user{}", k * stride + offset);
-            if !inner.names.contains(candidate.as_str()) {
+            if !inner.names.contains_key(candidate.as_str()) {
                 break Arc::from(candidate);
             }
         }
@@ -143,29 +180,24 @@ impl Directory {
         self.clients[transport as usize].fetch_add(1, Ordering::AcqRel);
         let mut inner = self.lock();
         let name = self.fresh_name(&inner);
-        inner.names.insert(name.clone());
-        let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
-        lobby.insert(name.clone());
-        (name, self.lobby.clone(), lobby.len())
+        inner.names.insert(name.clone(), Holder::Guest);
+        let members = enter(&mut inner, &self.lobby, &name);
+        (name, self.lobby.clone(), members)
     }
 
-    /// `add_member` with a chosen name (an authenticated client's, `--auth`): refused
-    /// while another connection holds it.
-    pub fn add_named_member(
+    /// `add_member` with the name of an authenticated connection's token (`--auth`):
+    /// shared with the other connections of the same `sub`, refused while an
+    /// unauthenticated client holds it.
+    pub fn add_authenticated(
         &self,
         transport: Transport,
         name: &str,
-    ) -> Result<(Arc<str>, Arc<str>, usize), NameTaken> {
+    ) -> Result<(Arc<str>, Arc<str>, usize), NameRefused> {
         let mut inner = self.lock();
-        if inner.names.contains(name) {
-            return Err(NameTaken(name.to_owned()));
-        }
+        let name = hold_shared(&mut inner, name)?;
         self.clients[transport as usize].fetch_add(1, Ordering::AcqRel);
-        let name: Arc<str> = Arc::from(name);
-        inner.names.insert(name.clone());
-        let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
-        lobby.insert(name.clone());
-        Ok((name, self.lobby.clone(), lobby.len()))
+        let members = enter(&mut inner, &self.lobby, &name);
+        Ok((name, self.lobby.clone(), members))
     }
 
     /// Admits a line client from `peer`: `admit_connection` and `add_member`.
@@ -180,16 +212,35 @@ impl Directory {
             return Ok(old.clone());
         }
         let mut inner = self.lock();
-        if inner.names.contains(new) {
+        if inner.names.contains_key(new) {
             return Err(NameTaken(new.to_owned()));
         }
         let new: Arc<str> = Arc::from(new);
-        inner.names.remove(old);
-        inner.names.insert(new.clone());
-        if let Some(members) = inner.rooms.get_mut(room) {
-            members.remove(old);
-            members.insert(new.clone());
+        inner.names.insert(new.clone(), Holder::Guest);
+        move_name(&mut inner, old, room, &new);
+        Ok(new)
+    }
+
+    /// Renames a member that authenticated to its token's name, shared with the other
+    /// connections of that `sub` (see `add_authenticated`). Its own unauthenticated name
+    /// becomes the `sub`'s.
+    pub fn rename_authenticated(
+        &self,
+        old: &Arc<str>,
+        room: &str,
+        new: &str,
+    ) -> Result<Arc<str>, NameRefused> {
+        let mut inner = self.lock();
+        if &**old == new {
+            if let Some(holder) = inner.names.get_mut(new) {
+                if *holder == Holder::Guest {
+                    *holder = Holder::Sub(1);
+                }
+            }
+            return Ok(old.clone());
         }
+        let new = hold_shared(&mut inner, new)?;
+        move_name(&mut inner, old, room, &new);
         Ok(new)
     }
 
@@ -198,23 +249,19 @@ impl Directory {
     pub fn rename_fresh(&self, old: &Arc<str>, room: &str) -> Arc<str> {
         let mut inner = self.lock();
         let new = self.fresh_name(&inner);
-        inner.names.remove(old);
-        inner.names.insert(new.clone());
-        if let Some(members) = inner.rooms.get_mut(room) {
-            members.remove(old);
-            members.insert(new.clone());
-        }
+        inner.names.insert(new.clone(), Holder::Guest);
+        move_name(&mut inner, old, room, &new);
         new
     }
 
     /// Every name in use on this server.
     pub fn names(&self) -> Vec<Arc<str>> {
-        self.lock().names.iter().cloned().collect()
+        self.lock().names.keys().cloned().collect()
     }
 
-    /// Members in `room` on this server.
+    /// Members (connections) in `room` on this server.
     pub fn room_size(&self, room: &str) -> usize {
-        self.lock().rooms.get(room).map_or(0, BTreeSet::len)
+        self.lock().rooms.get(room).map_or(0, |r| r.connections)
     }
 
     /// Moves a client to another room. Returns the room's shared name and its member count.
@@ -225,19 +272,19 @@ impl Directory {
             Some((key, _)) => key.clone(),
             None => Arc::from(to),
         };
-        let members = inner.rooms.entry(room.clone()).or_default();
-        members.insert(name.clone());
-        let count = members.len();
+        let count = enter(&mut inner, &room, name);
         (room, count)
     }
 
-    /// Forgets a client that left: its name is free again.
-    pub fn leave(&self, name: &Arc<str>, room: &str, transport: Transport) {
+    /// Forgets a client that left: its name is free again unless other connections of
+    /// its `sub` hold it. Returns whether the name is free now.
+    pub fn leave(&self, name: &Arc<str>, room: &str, transport: Transport) -> bool {
         let mut inner = self.lock();
         remove_member(&mut inner, room, name);
-        inner.names.remove(name);
+        let freed = drop_holder(&mut inner, name);
         drop(inner);
         self.clients[transport as usize].fetch_sub(1, Ordering::AcqRel);
+        freed
     }
 
     /// A connection from `peer` admitted by `admit` has ended: its place is free.
@@ -254,23 +301,24 @@ impl Directory {
         self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Names in a room, sorted.
+    /// Names in a room, sorted, each once (however many connections of a `sub` are
+    /// there).
     pub fn members(&self, room: &str) -> Vec<Arc<str>> {
         let inner = self.lock();
         inner
             .rooms
             .get(room)
-            .map(|m| m.iter().cloned().collect())
+            .map(|r| r.names.keys().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// Rooms with their member counts, sorted by name.
+    /// Rooms with their member counts (connections), sorted by name.
     pub fn rooms(&self) -> Vec<(Arc<str>, usize)> {
         let inner = self.lock();
         inner
             .rooms
             .iter()
-            .map(|(r, m)| (r.clone(), m.len()))
+            .map(|(r, m)| (r.clone(), m.connections))
             .collect()
     }
 
@@ -295,16 +343,86 @@ impl Directory {
 
     /// Whether a name is in use (for tests and checks).
     pub fn has_name(&self, name: &str) -> bool {
-        self.lock().names.contains(name)
+        self.lock().names.contains_key(name)
+    }
+
+    /// Whether authenticated connections (of the `sub` of that name) hold a name.
+    pub fn is_authenticated(&self, name: &str) -> bool {
+        matches!(self.lock().names.get(name), Some(Holder::Sub(_)))
     }
 }
 
-fn remove_member(inner: &mut Inner, room: &str, name: &str) {
-    if let Some(members) = inner.rooms.get_mut(room) {
-        members.remove(name);
-        if members.is_empty() {
-            inner.rooms.remove(room);
+/// One more authenticated connection holds `name`: refused if a guest holds it, or
+/// `MAX_CONNECTIONS_PER_SUB` connections do.
+fn hold_shared(inner: &mut Inner, name: &str) -> Result<Arc<str>, NameRefused> {
+    match inner.names.get_key_value(name) {
+        None => {
+            let name: Arc<str> = Arc::from(name);
+            inner.names.insert(name.clone(), Holder::Sub(1));
+            Ok(name)
         }
+        Some((_, Holder::Guest)) => Err(NameTaken(name.to_owned()).into()),
+        Some((_, Holder::Sub(n))) if *n >= MAX_CONNECTIONS_PER_SUB => {
+            Err(NameRefused::TooMany(name.to_owned()))
+        }
+        Some((key, &Holder::Sub(n))) => {
+            let key = key.clone();
+            inner.names.insert(key.clone(), Holder::Sub(n + 1));
+            Ok(key)
+        }
+    }
+}
+
+/// One connection no longer holds `name`; returns whether nobody does now.
+fn drop_holder(inner: &mut Inner, name: &str) -> bool {
+    match inner.names.get_mut(name) {
+        Some(Holder::Sub(n)) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            inner.names.remove(name);
+            true
+        }
+        None => true,
+    }
+}
+
+/// A member of `room` goes from name `old` (which it no longer holds) to `new` (which
+/// it holds already).
+fn move_name(inner: &mut Inner, old: &Arc<str>, room: &str, new: &Arc<str>) {
+    drop_holder(inner, old);
+    if inner.rooms.contains_key(room) {
+        remove_member(inner, room, old);
+        let room = match inner.rooms.get_key_value(room) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(room),
+        };
+        enter(inner, &room, new);
+    }
+}
+
+/// One more connection of `name` is in `room`; returns the room's members now.
+fn enter(inner: &mut Inner, room: &Arc<str>, name: &Arc<str>) -> usize {
+    let members = inner.rooms.entry(room.clone()).or_default();
+    *members.names.entry(name.clone()).or_default() += 1;
+    members.connections += 1;
+    members.connections
+}
+
+fn remove_member(inner: &mut Inner, room: &str, name: &str) {
+    let Some(members) = inner.rooms.get_mut(room) else {
+        return;
+    };
+    if let Some(n) = members.names.get_mut(name) {
+        *n -= 1;
+        if *n == 0 {
+            members.names.remove(name);
+        }
+        members.connections -= 1;
+    }
+    if members.connections == 0 {
+        inner.rooms.remove(room);
     }
 }
 
@@ -367,5 +485,61 @@ mod tests {
         dir.disconnected(LOCAL);
         dir.admit(LOCAL).unwrap();
         assert_eq!(dir.admit(LOCAL), Err(Refused::PerAddress));
+    }
+
+    #[test]
+    fn connections_of_one_sub_share_its_name_until_the_last_leaves() {
+        let dir = Directory::new(100, 0);
+        let (a, lobby, n) = dir.add_authenticated(Transport::Tcp, "ann").unwrap();
+        assert_eq!((&*a, n), ("ann", 1));
+        let (b, _, n) = dir.add_authenticated(Transport::Ws, "ann").unwrap();
+        assert_eq!((&*b, n), ("ann", 2));
+        assert!(dir.is_authenticated("ann"));
+        // Each connection is a member; the name is listed once.
+        assert_eq!(dir.members(LOBBY), vec![a.clone()]);
+        assert_eq!(dir.rooms(), vec![(lobby.clone(), 2)]);
+        // Nobody unauthenticated takes it.
+        let (g, _, _) = dir.add_member(Transport::Tcp);
+        assert_eq!(dir.rename(&g, LOBBY, "ann"), Err(NameTaken("ann".into())));
+
+        let (_, n) = dir.join(&b, LOBBY, "chess");
+        assert_eq!(n, 1);
+        assert!(
+            !dir.leave(&a, LOBBY, Transport::Tcp),
+            "held by the other tab"
+        );
+        assert_eq!(dir.rename(&g, LOBBY, "ann"), Err(NameTaken("ann".into())));
+        assert_eq!(dir.members("chess"), vec![b.clone()]);
+        assert!(dir.leave(&b, "chess", Transport::Ws));
+        assert!(!dir.has_name("ann"));
+        assert_eq!(dir.rooms(), vec![(lobby, 1)]);
+        dir.rename(&g, LOBBY, "ann").unwrap();
+    }
+
+    #[test]
+    fn a_guest_name_is_no_sub_name_and_a_sub_has_a_bounded_number_of_connections() {
+        let dir = Directory::new(100, 0);
+        let (g, _, _) = dir.add_member(Transport::Tcp);
+        let g = dir.rename(&g, LOBBY, "bob").unwrap();
+        let taken = NameRefused::Taken(NameTaken("bob".into()));
+        assert_eq!(dir.add_authenticated(Transport::Tcp, "bob"), Err(taken));
+        // A guest who authenticates as its own name makes it its sub's.
+        assert_eq!(dir.rename_authenticated(&g, LOBBY, "bob"), Ok(g.clone()));
+        assert!(dir.is_authenticated("bob"));
+        for _ in 1..MAX_CONNECTIONS_PER_SUB {
+            dir.add_authenticated(Transport::Tcp, "bob").unwrap();
+        }
+        assert_eq!(
+            dir.add_authenticated(Transport::Tcp, "bob"),
+            Err(NameRefused::TooMany("bob".into()))
+        );
+        // A guest authenticating as another sub leaves its old name free.
+        let (h, _, _) = dir.add_member(Transport::Tcp);
+        let ann = dir.rename_authenticated(&h, LOBBY, "ann").unwrap();
+        assert!(!dir.has_name(&h) && dir.is_authenticated(&ann));
+        assert_eq!(
+            dir.room_size(LOBBY),
+            usize::try_from(MAX_CONNECTIONS_PER_SUB).unwrap() + 1
+        );
     }
 }

@@ -308,6 +308,8 @@ struct Pending {
 enum Awaited {
     /// `/join ROOM`: the reply, once this node receives the room's chat.
     Join { room: Arc<str>, members: usize },
+    /// A valid token's name, claimed cluster-wide (see `hub/auth.rs`).
+    Auth(Box<(crate::auth::Identity, auth::Fallback)>),
     /// `/nick NAME`.
     Nick { name: Arc<str> },
     /// A `/who` or `/rooms` reply.
@@ -495,7 +497,8 @@ impl<H: Clone> Hub<H> {
             reply::count(members, "member", "members")
         ));
         tracing::debug!(%name, transport = transport.name(), "client connected");
-        if self.shared.cluster.is_some() {
+        // An authenticated name was claimed before (`hub/auth.rs`).
+        if self.shared.cluster.is_some() && !self.shared.dir.is_authenticated(&name) {
             self.register_name(name.clone());
         }
         self.clients[id].member = Some(Member {
@@ -799,8 +802,9 @@ impl<H: Clone> Hub<H> {
         self.closing_secure(id);
         if let Some(member) = &self.clients[id].member {
             let transport = self.clients[id].codec.transport();
-            self.shared.dir.leave(&member.name, &member.room, transport);
-            if self.shared.cluster.is_some() {
+            let freed = self.shared.dir.leave(&member.name, &member.room, transport);
+            // A name other connections of its `sub` hold stays claimed.
+            if freed && self.shared.cluster.is_some() {
                 self.requests.push_back(Request::Release {
                     name: member.name.clone(),
                 });

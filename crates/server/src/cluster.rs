@@ -13,6 +13,8 @@
 //!   claim wins), refreshed by the node that holds them every lease / 3, and expiring
 //!   with the bucket's `max_age` (the lease) when their node dies. Default names are
 //!   `user<k * 1000 + node number>`: unique by construction, registered in the background.
+//!   Authenticated names (`--auth`) are shared by the nodes with connections of their
+//!   `sub` (`cluster/names.rs`).
 //! - **Nodes:** each node holds `node.<number>` (its number in 1..1000, claimed at start)
 //!   the same way; the live nodes are the keys present.
 //! - **Questions:** `/who` and `/rooms` are asked of every node on `ringcast.ask.who` and
@@ -282,6 +284,10 @@ impl Node {
                 let claim = self.claim(&name).await;
                 self.answer(thread, Answer::Name { id, claim });
             }
+            Request::ClaimAuthenticated { thread, id, name } => {
+                let claim = self.claim_authenticated(&name).await;
+                self.answer(thread, Answer::Name { id, claim });
+            }
             Request::Register { thread, name } => {
                 if self.claim(&name).await == Claim::Taken {
                     self.answer(thread, Answer::NameLost { name });
@@ -403,9 +409,11 @@ impl Node {
         }
     }
 
-    /// Gives a name back, if this node holds it.
+    /// Gives a name back, if this node holds it and no client here has it (again, or
+    /// still: another connection of its `sub`). An authenticated name is left to expire
+    /// (`cluster/names.rs`).
     async fn release(&self, name: &Arc<str>) {
-        if !self.state.borrow_mut().owned.remove(name) {
+        if self.dir.has_name(name) || !self.state.borrow_mut().owned.remove(name) {
             return;
         }
         let key = name_key(name);
@@ -458,7 +466,7 @@ impl Node {
                     self.state.borrow_mut().owned.remove(&name);
                     continue;
                 }
-                if reassert && self.claim(&name).await == Claim::Taken {
+                if reassert && self.claim_again(&name).await == Claim::Taken {
                     self.state.borrow_mut().owned.remove(&name);
                     tracing::warn!(%name, "a name of this node was taken during an outage");
                     for thread in 0..self.workers.len() {
@@ -466,7 +474,8 @@ impl Node {
                     }
                     continue;
                 }
-                let _ = self.kv.put(name_key(&name), value.clone()).await;
+                let held = self.held_value(&name, &value);
+                let _ = self.kv.put(name_key(&name), held).await;
             }
             self.count_nodes().await;
         }
@@ -700,3 +709,5 @@ fn name_key(name: &str) -> String {
 fn hex(text: &str) -> String {
     text.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+mod names;

@@ -251,8 +251,6 @@ pub(crate) enum ConfigError {
     NoJwtKey(&'static str),
     #[error("--jwt-key is used only with --auth optional or --auth required")]
     JwtKeyUnused,
-    #[error("--auth does not work with --cluster yet: authenticated names are not reserved cluster-wide")]
-    AuthInCluster,
 }
 
 /// What the defaults depend on: the machine this process runs on.
@@ -453,9 +451,6 @@ fn auth(args: &ServeArgs) -> Result<Option<(AuthMode, PathBuf)>, ConfigError> {
         AuthArg::Optional => (AuthMode::Optional, "optional"),
         AuthArg::Required => (AuthMode::Required, "required"),
     };
-    if args.cluster.is_some() {
-        return Err(ConfigError::AuthInCluster);
-    }
     match &args.jwt_key {
         Some(key) => Ok(Some((mode, key.clone()))),
         None => Err(ConfigError::NoJwtKey(name)),
@@ -629,7 +624,12 @@ mod tests {
             "--cluster",
             "nats://x:4222",
         ];
-        assert!(err(&cluster).starts_with("--auth does not work with --cluster yet"));
+        // Authenticated names are reserved cluster-wide (`cluster/names.rs`).
+        let clustered = config(&cluster).expect("valid");
+        assert_eq!(
+            clustered.auth,
+            Some((AuthMode::Optional, PathBuf::from("k")))
+        );
         let on = config(&["--auth", "optional", "--jwt-key", "k"]).expect("valid");
         assert_eq!(on.auth, Some((AuthMode::Optional, PathBuf::from("k"))));
     }

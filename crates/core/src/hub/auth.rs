@@ -13,22 +13,37 @@
 //! - Its token's `exp` is a deadline like any other: when it comes the client is told
 //!   `* error: token expired` and closed.
 //!
-//! Names are unique on a server, as without auth: a second connection presenting a token
-//! whose `sub` is in use (another tab of the same user) is refused with the name taken.
+//! Connections authenticated as one `sub` (tabs, devices) share its name, each a member
+//! of its own (see `directory.rs`); an unauthenticated client never has it. In a cluster
+//! the name is claimed cluster-wide first (the bridge shares it between the nodes that
+//! have connections of that `sub`), and the connection is seated when the claim is
+//! granted: until then it is as before its token (no member under `required`).
 
 use super::*;
 use crate::auth::{AuthMode, Identity, TokenError, MAX_BAD_TOKENS};
+use crate::directory::NameRefused;
 use crate::stats::AuthOutcome;
 
 /// What a command needs before `/auth` in `required` mode.
 pub(super) const AUTH_FIRST: &str = "authenticate first (/auth TOKEN)";
 const WELCOME_REQUIRED: &str = "welcome; authenticate with /auth TOKEN (/help lists commands)";
 
+/// What a connection whose valid token could not give it its name becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fallback {
+    /// What it was (a line client's `/auth`: it is told why, and may try again).
+    Stay,
+    /// Closed: a WebSocket under `required` (it has no other way in).
+    Close,
+    /// A guest in the lobby: a WebSocket under `optional`.
+    Guest,
+}
+
 /// A connection's standing under `--auth`.
 #[derive(Debug, Default)]
 pub(super) struct ClientAuth {
     /// Set once a token was accepted.
-    identity: Option<Box<Identity>>,
+    pub(super) identity: Option<Box<Identity>>,
     /// Invalid tokens it sent; the `MAX_BAD_TOKENS`th closes it.
     bad_tokens: u32,
     /// When its token expires (unset: no token).
@@ -72,18 +87,12 @@ impl<H: Clone> Hub<H> {
             (AuthMode::Required, None) => return self.refuse(id, AUTH_FIRST.to_owned(), now),
             (_, Some(token)) => token,
         };
+        let fallback = match mode {
+            AuthMode::Required => Fallback::Close,
+            _ => Fallback::Guest,
+        };
         match self.verify(token, now) {
-            Ok(identity) => {
-                if self.accept(id, identity, now) {
-                    return;
-                }
-                // Its name is in use (told already).
-                if mode == AuthMode::Required {
-                    self.begin_close(id, Disconnect::Quit, now);
-                    return;
-                }
-                self.add_member(id, now);
-            }
+            Ok(identity) => self.accept(id, identity, fallback, now),
             Err(text) if mode == AuthMode::Required => self.refuse(id, text, now),
             Err(text) => {
                 self.add_member(id, now);
@@ -136,9 +145,7 @@ impl<H: Clone> Hub<H> {
             return;
         }
         match self.verify(token, now) {
-            Ok(identity) => {
-                self.accept(id, identity, now);
-            }
+            Ok(identity) => self.accept(id, identity, Fallback::Stay, now),
             Err(text) => {
                 let bad = &mut self.clients[id].auth.bad_tokens;
                 *bad += 1;
@@ -165,10 +172,64 @@ impl<H: Clone> Hub<H> {
     }
 
     /// A valid token: the connection becomes its holder (with its expiry as a
-    /// deadline). False (and the client told) if its name is in use.
-    fn accept(&mut self, id: ClientId, identity: Identity, now: Tick) -> bool {
-        if !self.take_name(id, &identity.name, now) {
-            return false;
+    /// deadline), once its name is claimed cluster-wide in a cluster; if the name cannot
+    /// be had, the client is told why and becomes its `fallback`.
+    fn accept(&mut self, id: ClientId, identity: Identity, fallback: Fallback, now: Tick) {
+        // A name held on this node already needs no claim: this node has claimed it for
+        // the `sub`, or a guest of this node holds it (and the name is refused here).
+        let ask = match &self.shared.cluster {
+            Some(cluster) if !self.shared.dir.has_name(&identity.name) => Some(cluster.clone()),
+            _ => None,
+        };
+        let Some(cluster) = ask else {
+            return self.holds(id, identity, fallback, now);
+        };
+        if self.clients[id].nick_pending {
+            return self.error(id, ErrorKind::BadArgument, reply::NICK_PENDING, now);
+        }
+        if !cluster.is_available() {
+            let text = reply::CLUSTER_UNAVAILABLE;
+            return self.name_refused(id, ErrorKind::ClusterUnavailable, text, fallback, now);
+        }
+        self.clients[id].nick_pending = true;
+        let name: Arc<str> = Arc::from(identity.name.as_str());
+        let what = Awaited::Auth(Box::new((identity, fallback)));
+        self.ask(
+            id,
+            what,
+            |thread, id| Request::ClaimAuthenticated { thread, id, name },
+            now,
+        );
+    }
+
+    /// The cluster's answer to an authenticated name's claim.
+    pub(super) fn auth_claimed(
+        &mut self,
+        id: ClientId,
+        (identity, fallback): (Identity, Fallback),
+        claim: Claim,
+        now: Tick,
+    ) {
+        self.clients[id].nick_pending = false;
+        match claim {
+            Claim::Granted => self.holds(id, identity, fallback, now),
+            Claim::Taken => {
+                self.counters().auth.inc(AuthOutcome::NameTaken);
+                let taken = crate::directory::NameTaken(identity.name);
+                self.name_refused(id, ErrorKind::NameTaken, taken, fallback, now);
+            }
+            Claim::Unavailable => {
+                let text = reply::CLUSTER_UNAVAILABLE;
+                self.name_refused(id, ErrorKind::ClusterUnavailable, text, fallback, now);
+            }
+        }
+    }
+
+    /// The connection takes its token's name on this node, and holds the token.
+    fn holds(&mut self, id: ClientId, identity: Identity, fallback: Fallback, now: Tick) {
+        if let Err(refused) = self.take_name(id, &identity.name, now) {
+            self.counters().auth.inc(AuthOutcome::NameTaken);
+            return self.name_refused(id, ErrorKind::NameTaken, refused, fallback, now);
         }
         self.counters().auth.inc(AuthOutcome::Ok);
         let expires = match &self.shared.auth {
@@ -179,37 +240,50 @@ impl<H: Clone> Hub<H> {
         client.auth.expires = expires;
         client.auth.identity = Some(Box::new(identity));
         self.arm(id);
-        true
     }
 
-    /// Gives the connection its token's name: seats it in the lobby under that name, or
-    /// renames the member it is. False (and the client told) if the name is in use.
-    fn take_name(&mut self, id: ClientId, name: &str, now: Tick) -> bool {
+    /// A valid token's name could not be had: the client is told why, and becomes its
+    /// `fallback`.
+    fn name_refused(
+        &mut self,
+        id: ClientId,
+        kind: ErrorKind,
+        text: impl std::fmt::Display,
+        fallback: Fallback,
+        now: Tick,
+    ) {
+        self.error(id, kind, text, now);
+        match fallback {
+            Fallback::Stay => {}
+            Fallback::Close => self.begin_close(id, Disconnect::Quit, now),
+            Fallback::Guest => self.add_member(id, now),
+        }
+    }
+
+    /// Gives the connection its token's name, shared with the other connections of
+    /// that `sub`: seats it in the lobby under that name, or renames the member it is.
+    fn take_name(&mut self, id: ClientId, name: &str, now: Tick) -> Result<(), NameRefused> {
         let transport = self.clients[id].codec.transport();
-        let taken = match &self.clients[id].member {
-            None => match self.shared.dir.add_named_member(transport, name) {
-                Ok(seat) => {
-                    // The welcome (`* you are NAME in lobby ...`) is the answer.
-                    self.seat_member(id, seat, now);
-                    return true;
-                }
-                Err(taken) => taken,
-            },
-            Some(member) => match self.shared.dir.rename(&member.name, &member.room, name) {
-                Ok(name) => {
-                    let text = reply::notice(format_args!("you are {name}"));
-                    if let Some(member) = self.clients[id].member.as_mut() {
-                        member.name = name;
-                    }
-                    self.reply(id, text, now);
-                    return true;
-                }
-                Err(taken) => taken,
-            },
+        let Some(member) = &self.clients[id].member else {
+            let seat = self.shared.dir.add_authenticated(transport, name)?;
+            // The welcome (`* you are NAME in lobby ...`) is the answer.
+            self.seat_member(id, seat, now);
+            return Ok(());
         };
-        self.counters().auth.inc(AuthOutcome::NameTaken);
-        self.error(id, ErrorKind::NameTaken, taken, now);
-        false
+        let old = member.name.clone();
+        let name = self
+            .shared
+            .dir
+            .rename_authenticated(&old, &member.room, name)?;
+        if self.shared.cluster.is_some() && old != name {
+            self.requests.push_back(Request::Release { name: old });
+        }
+        let text = reply::notice(format_args!("you are {name}"));
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.name = name;
+        }
+        self.reply(id, text, now);
+        Ok(())
     }
 
     /// The client's token expired: it is told so, and closed.

@@ -79,12 +79,13 @@ impl<H: Clone> Hub<H> {
         let id = match &answer {
             Answer::Joined { id } | Answer::Name { id, .. } | Answer::Text { id, .. } => *id,
             Answer::NameLost { name } => {
-                let holder = self.clients.iter().find_map(|(client, c)| {
-                    let held = c.member.as_ref().is_some_and(|m| m.name == *name);
-                    (held && c.closing.is_none()).then_some(client)
-                });
-                if let Some(client) = holder {
-                    self.rename_to_default(client, name.clone(), now);
+                // Every holder: the connections of a `sub` share its name.
+                let holders: Vec<ClientId> = (self.clients.iter())
+                    .filter(|(_, c)| c.member.as_ref().is_some_and(|m| m.name == *name))
+                    .filter_map(|(client, c)| c.closing.is_none().then_some(client))
+                    .collect();
+                for client in holders {
+                    self.name_lost(client, name.clone(), now);
                 }
                 return;
             }
@@ -93,10 +94,12 @@ impl<H: Clone> Hub<H> {
             return;
         };
         let client = pending.client;
+        // A connection claiming its token's name may be no member yet (`required`).
+        let seated = |c: &Client<H>| c.member.is_some() || matches!(pending.what, Awaited::Auth(_));
         let live = self
             .clients
             .get(client)
-            .is_some_and(|c| c.serial == pending.serial && !c.finished && c.member.is_some());
+            .is_some_and(|c| c.serial == pending.serial && !c.finished && seated(c));
         if !live {
             // A name granted to a client that is gone goes back.
             if let (
@@ -121,6 +124,9 @@ impl<H: Clone> Hub<H> {
                     reply::count(members, "member", "members")
                 );
                 self.reply(client, reply::notice(text), now);
+            }
+            (Awaited::Auth(claimed), Answer::Name { claim, .. }) => {
+                self.auth_claimed(client, *claimed, claim, now);
             }
             (Awaited::Nick { name }, Answer::Name { claim, .. }) => {
                 self.clients[client].nick_pending = false;
@@ -169,8 +175,20 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    /// `name`, which `client` holds here, belongs to another client of the cluster: this
-    /// one gets a fresh default name and a notice saying so.
+    /// `name`, which `client` holds here, belongs to another client of the cluster: a
+    /// guest gets a fresh default name and a notice saying so; an authenticated client,
+    /// whose name is its token's, is told and closed.
+    fn name_lost(&mut self, client: ClientId, name: Arc<str>, now: Tick) {
+        if self.clients[client].auth.identity.is_none() {
+            return self.rename_to_default(client, name, now);
+        }
+        tracing::warn!(%name, "authenticated name taken elsewhere in the cluster");
+        self.counters().errors.inc(ErrorKind::NameTaken);
+        let text = reply::error(format_args!("your name {name} was taken elsewhere"));
+        self.reply(client, text, now);
+        self.begin_close(client, Disconnect::Quit, now);
+    }
+
     fn rename_to_default(&mut self, client: ClientId, name: Arc<str>, now: Tick) {
         let member = self.clients[client].member();
         let fresh = self.shared.dir.rename_fresh(&member.name, &member.room);
@@ -224,10 +242,12 @@ impl<H: Clone> Hub<H> {
         self.cluster_dropped();
         let answer = match request {
             Request::Join { id, .. } => Answer::Joined { id },
-            Request::ClaimName { id, .. } => Answer::Name {
-                id,
-                claim: Claim::Unavailable,
-            },
+            Request::ClaimName { id, .. } | Request::ClaimAuthenticated { id, .. } => {
+                Answer::Name {
+                    id,
+                    claim: Claim::Unavailable,
+                }
+            }
             Request::Who { id, .. } | Request::Rooms { id, .. } => Answer::Text {
                 id,
                 text: reply::CLUSTER_UNAVAILABLE.to_owned(),

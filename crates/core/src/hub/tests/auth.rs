@@ -131,16 +131,17 @@ fn optional_mode_reserves_an_authenticated_name() {
     let ann = sim.connect();
     assert_eq!(sim.say(ann, "/auth ann/2000"), ["* you are ann"]);
     assert_eq!(sim.say(guest, "/nick ann"), ["* error: name ann is taken"]);
-    // Another connection of the same user: names stay unique on a server.
-    let tab = sim.connect();
+    // A guest's name is no token's.
+    assert_eq!(sim.say(guest, "/nick bob"), ["* you are bob"]);
+    let other = sim.connect();
     assert_eq!(
-        sim.say(tab, "/auth ann/2000"),
-        ["* error: name ann is taken"]
+        sim.say(other, "/auth bob/2000"),
+        ["* error: name bob is taken"]
     );
     assert_eq!(sim.auth_count(AuthOutcome::NameTaken), 1);
     // An unauthenticated client chats as without auth.
     sim.say(guest, "hello");
-    assert_eq!(sim.output(ann).concat(), "user1: hello\n");
+    assert_eq!(sim.output(ann).concat(), "bob: hello\n");
 }
 
 #[test]
@@ -238,4 +239,129 @@ fn a_fresh_token_for_the_same_name_moves_the_expiry() {
     let at = sim.run_next_deadline();
     assert_eq!(at - start, Duration::from_secs(600));
     assert_eq!(sim.output(id).concat(), "* error: token expired\n");
+}
+
+#[test]
+fn connections_of_one_sub_share_its_name_and_hear_each_other() {
+    let mut sim = Sim::with_auth(AuthMode::Optional);
+    let guest = sim.connect();
+    let tab = sim.connect();
+    let phone = sim.connect();
+    assert_eq!(sim.say(tab, "/auth ann/2000"), ["* you are ann"]);
+    assert_eq!(sim.say(phone, "/auth ann/2000"), ["* you are ann"]);
+    // Each is a member: a line from one reaches the other, and everyone else.
+    sim.say(tab, "hi");
+    assert_eq!(sim.output(phone).concat(), "ann: hi\n");
+    assert_eq!(sim.output(guest).concat(), "ann: hi\n");
+    // Listed once, counted per connection.
+    assert_eq!(
+        sim.say(guest, "/who"),
+        ["* members of lobby (2): ann, user1"]
+    );
+    assert_eq!(sim.say(guest, "/rooms"), ["* rooms (1): lobby (3)"]);
+    // The name stays reserved while any of its connections lives.
+    sim.say(tab, "/quit");
+    assert_eq!(sim.say(guest, "/nick ann"), ["* error: name ann is taken"]);
+    sim.say(phone, "/quit");
+    assert_eq!(sim.say(guest, "/nick ann"), ["* you are ann"]);
+}
+
+impl Sim {
+    /// A node of a cluster with `--auth required`.
+    fn clustered_with_auth() -> Self {
+        let mut sim = Sim::with_auth(AuthMode::Required);
+        sim.hub.shared.cluster = Some(Arc::new(crate::cluster::ClusterView::new("n".into())));
+        sim
+    }
+
+    /// A line connection that authenticated as nobody yet.
+    fn guest_line(&mut self) -> ClientId {
+        let id = self
+            .hub
+            .connect(99, LOCAL, Protocol::Line, self.now)
+            .unwrap();
+        self.output(id);
+        id
+    }
+
+    /// The request id of the authenticated claim of `name` asked for now.
+    fn claim_of(&mut self, name: &str) -> Option<u64> {
+        use crate::cluster::Request;
+        let asked = super::requests(self.actions());
+        asked.iter().find_map(|r| match r {
+            Request::ClaimAuthenticated { id, name: n, .. } if &**n == name => Some(*id),
+            _ => None,
+        })
+    }
+
+    fn answer_claim(&mut self, id: u64, claim: crate::cluster::Claim) {
+        let answer = crate::cluster::Answer::Name { id, claim };
+        self.hub.handle_answer(answer, self.now);
+    }
+}
+
+#[test]
+fn in_a_cluster_a_token_name_is_claimed_before_its_connection_is_seated() {
+    use crate::cluster::{Claim, Request};
+    let mut sim = Sim::clustered_with_auth();
+    let tab = sim.guest_line();
+    sim.input(tab, b"/auth ann/2000\n");
+    let claim = sim.claim_of("ann").expect("a claim of ann");
+    assert!(
+        sim.output(tab).is_empty(),
+        "the welcome waits for the cluster"
+    );
+    assert_eq!(
+        sim.say(tab, "/auth ann/2000"),
+        Vec::<String>::new(),
+        "held behind the claim"
+    );
+    sim.answer_claim(claim, Claim::Granted);
+    let out = sim.output(tab).concat();
+    assert!(out.starts_with("* you are ann in lobby"), "{out}");
+    assert!(
+        out.ends_with("* error: a name change is already in progress\n"),
+        "{out}"
+    );
+
+    // Another connection of ann's is seated at once: this node holds the name.
+    let phone = sim.guest_line();
+    assert!(sim.say(phone, "/auth ann/2000")[0].starts_with("* you are ann in lobby"));
+    let asked = super::requests(sim.actions());
+    assert!(
+        asked.is_empty(),
+        "no claim, and no guest registration: {asked:?}"
+    );
+
+    // A name a guest holds elsewhere is refused; the connection may try again.
+    let bob = sim.guest_line();
+    sim.input(bob, b"/auth bob/2000\n");
+    let claim = sim.claim_of("bob").expect("a claim of bob");
+    sim.answer_claim(claim, Claim::Taken);
+    assert_eq!(sim.output(bob), ["* error: name bob is taken\n"]);
+    assert_eq!(
+        sim.say(bob, "hi"),
+        ["* error: authenticate first (/auth TOKEN)"]
+    );
+    assert_eq!(sim.auth_count(AuthOutcome::NameTaken), 1);
+
+    // The name goes back to the cluster only with its last connection.
+    sim.say(tab, "/quit");
+    let released = |r: &Request| matches!(r, Request::Release { name } if &**name == "ann");
+    assert!(!super::requests(sim.actions()).iter().any(released));
+    sim.say(phone, "/quit");
+    assert!(super::requests(sim.actions()).iter().any(released));
+}
+
+#[test]
+fn in_a_cluster_a_websocket_whose_token_name_is_taken_is_closed() {
+    use crate::cluster::Claim;
+    let mut sim = Sim::clustered_with_auth();
+    let id = sim.connect_http();
+    sim.input(id, &upgrade("/ws?token=ann/2000"));
+    let claim = sim.claim_of("ann").expect("a claim of ann");
+    sim.answer_claim(claim, Claim::Taken);
+    let out = sim.output(id).concat();
+    assert!(out.contains("* error: name ann is taken"), "{out}");
+    assert!(sim.hub.clients[id].closing.is_some());
 }
