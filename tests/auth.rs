@@ -7,6 +7,7 @@ mod common;
 
 use common::{Client, Server, TIMEOUT};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ringcast_testkit::poll;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -228,13 +229,29 @@ async fn optional_mode_lets_guests_chat_and_reserves_authenticated_names(backend
         "* you are ann"
     );
     assert_eq!(guest.ask("/nick ann").await, "* error: name ann is taken");
+    // Another connection of the same user (another tab) shares the name, as a member of
+    // its own: it hears the others, ann's first connection included.
     let mut tab = Client::connect(server.addr).await;
     let reply = tab.ask(&format!("/auth {}", token("ann"))).await;
-    assert_eq!(reply, "* error: name ann is taken");
+    assert_eq!(reply, "* you are ann");
     guest.send("hi").await;
     assert_eq!(ann.line().await, format!("{}: hi", guest.name));
+    assert_eq!(tab.line().await, format!("{}: hi", guest.name));
     ann.send("hello").await;
     assert_eq!(guest.line().await, "ann: hello");
+    assert_eq!(tab.line().await, "ann: hello");
+    let who = guest.ask("/who").await;
+    assert_eq!(who, format!("* members of lobby (2): ann, {}", guest.name));
+    // Reserved while any of its connections lives.
+    drop(ann);
+    assert_eq!(guest.ask("/nick ann").await, "* error: name ann is taken");
+    drop(tab);
+    poll::Wait::new("ann's name to be free", TIMEOUT)
+        .until_async(async || match guest.ask("/nick ann").await {
+            reply if reply == "* you are ann" => Ok(()),
+            reply => Err(reply),
+        })
+        .await;
 }
 
 /// Opens `/ws?...` on the HTTP listener and returns the response head and what followed
