@@ -9,7 +9,7 @@ mod common;
 use common::{Client, Server, TIMEOUT};
 use ringcast_server::jwt::{mint, TokenSpec};
 use ringcast_testkit::{poll, NatsServer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 backend_tests!(
@@ -30,7 +30,7 @@ fn key_file(test: &str, backend: &str) -> PathBuf {
     path
 }
 
-fn node(backend: &str, nats: &NatsServer, name: &str, key: &PathBuf) -> Server {
+fn node(backend: &str, nats: &NatsServer, name: &str, key: &Path) -> Server {
     let key = key.to_str().expect("a UTF-8 temp path");
     let url = nats.url();
     let flags = ["--cluster", &url, "--node", name, "--cluster-lease", LEASE];
