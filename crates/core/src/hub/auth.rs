@@ -211,6 +211,11 @@ impl<H: Clone> Hub<H> {
         now: Tick,
     ) {
         self.clients[id].nick_pending = false;
+        if self.clients[id].closing.is_some() {
+            // Gone meanwhile: seated now, it would hold the name for ever (the bridge
+            // stops refreshing a granted name nobody here holds).
+            return;
+        }
         match claim {
             Claim::Granted => self.holds(id, identity, fallback, now),
             Claim::Taken => {

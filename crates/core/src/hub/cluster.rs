@@ -204,6 +204,12 @@ impl<H: Clone> Hub<H> {
     /// The end of a cluster-wide `/nick`.
     fn claimed(&mut self, id: ClientId, name: Arc<str>, claim: Claim, now: Tick) {
         match claim {
+            // Quit meanwhile (its name left the directory as it began to close): told
+            // as on one server, and the name goes back rather than being held for ever.
+            Claim::Granted if self.clients[id].closing.is_some() => {
+                self.reply(id, reply::notice(format_args!("you are {name}")), now);
+                self.requests.push_back(Request::Release { name });
+            }
             Claim::Granted => {
                 let member = self.clients[id].member();
                 let old = member.name.clone();

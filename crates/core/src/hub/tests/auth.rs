@@ -365,3 +365,37 @@ fn in_a_cluster_a_websocket_whose_token_name_is_taken_is_closed() {
     assert!(out.contains("* error: name ann is taken"), "{out}");
     assert!(sim.hub.clients[id].closing.is_some());
 }
+
+#[test]
+fn in_a_cluster_a_connection_gone_before_its_claim_is_granted_holds_no_name() {
+    use crate::cluster::Claim;
+    let mut sim = Sim::clustered_with_auth();
+    let id = sim.guest_line();
+    sim.input(id, b"/auth ann/2000\n/quit\n");
+    let claim = sim.claim_of("ann").expect("a claim of ann");
+    sim.answer_claim(claim, Claim::Granted);
+    assert!(!sim.hub.shared.dir.has_name("ann"));
+    assert_eq!(sim.hub.shared.dir.clients(), 0);
+}
+
+#[test]
+fn in_a_cluster_a_nick_granted_after_its_client_quit_is_given_back() {
+    use crate::cluster::{Answer, Claim, Request};
+    let mut sim = Sim::clustered(limits());
+    let id = sim.connect();
+    sim.input(id, b"/nick bo\n/quit\n");
+    let asked = super::requests(sim.actions());
+    let claim = asked.iter().find_map(|r| match r {
+        Request::ClaimName { id, .. } => Some(*id),
+        _ => None,
+    });
+    let answer = Answer::Name {
+        id: claim.expect("a claim of bo"),
+        claim: Claim::Granted,
+    };
+    sim.hub.handle_answer(answer, sim.now);
+    assert_eq!(sim.output(id), ["* you are bo\n", "* bye\n"]);
+    assert!(!sim.hub.shared.dir.has_name("bo"));
+    let released = |r: &Request| matches!(r, Request::Release { name } if &**name == "bo");
+    assert!(super::requests(sim.actions()).iter().any(released));
+}
