@@ -41,6 +41,7 @@ impl Sim {
             history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
             tls: None,
             auth: None,
+            publish: None,
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),
