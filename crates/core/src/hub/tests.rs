@@ -974,4 +974,5 @@ fn websocket_clients_get_every_ending_as_frames() {
 
 mod auth;
 mod history;
+mod publish;
 mod secure;
