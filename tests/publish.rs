@@ -25,6 +25,7 @@ backend_tests!(
     without_api_keys_the_path_is_not_found,
     a_key_over_its_rate_is_told_when_to_retry,
     publishing_over_https_works_as_over_http,
+    curl_publishes_as_the_readme_shows,
     a_line_published_on_one_node_reaches_a_member_on_another,
 );
 
@@ -256,9 +257,28 @@ async fn a_line_reaches_tcp_and_websocket_members_and_the_answer_counts_them(bac
     assert_eq!(sent.status, 200, "{sent:?}");
     assert_eq!(ws.line().await, "server: in pieces");
 
+    // A client that asks is told to go on before it sends the body.
+    let request = post(Some(KEY), &json("news", "expected", None));
+    let request = request.replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+    let (head, body) = request.split_at(request.find("\r\n\r\n").expect("a head") + 4);
+    let mut stream = TcpStream::connect(http).await.expect("connect");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("write the head");
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut interim))
+        .await
+        .expect("100 Continue in time")
+        .expect("read");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let sent = exchange(stream, &[body.as_bytes()]).await;
+    assert_eq!(sent.status, 200, "{sent:?}");
+    assert_eq!(ws.line().await, "server: expected");
+
     let metrics = send(http, &[b"GET /metrics HTTP/1.1\r\n\r\n"]).await.body;
     assert!(
-        metrics.contains("ringcast_publish_total{status=\"200\"} 4\n"),
+        metrics.contains("ringcast_publish_total{status=\"200\"} 5\n"),
         "{metrics}"
     );
 }
@@ -461,6 +481,45 @@ async fn publishing_over_https_works_as_over_http(backend: &str) {
     let refused = exchange(connect().await, &[wrong.as_bytes()]).await;
     assert_eq!(refused.status, 401, "{refused:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's example, asking for `100 Continue` as some curl versions do on their own
+/// for a large body (curl then waits for it, up to a second, before its body).
+async fn curl_publishes_as_the_readme_shows(backend: &str) {
+    const CURL: &str = "/usr/bin/curl";
+    if !std::path::Path::new(CURL).exists() {
+        ringcast_testkit::skip(format!("{CURL} is not installed"));
+        return;
+    }
+    let server = start(backend, "curl", &[]);
+    let mut member = Client::connect(server.addr).await;
+    let text = "c".repeat(1500);
+    let body = json("lobby", &text, Some("app"));
+    let url = format!("http://{}/api/publish", server.http_addr());
+    let auth = format!("Authorization: Bearer {KEY}");
+    let output = tokio::process::Command::new(CURL)
+        .args([
+            "-sS",
+            "-v",
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["-H", "Expect: 100-continue", "-d", &body, &url])
+        .output();
+    let output = tokio::time::timeout(TIMEOUT, output)
+        .await
+        .expect("curl in time")
+        .expect("curl ran");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "{\"delivered\":1}\n"
+    );
+    assert!(stderr.contains("< HTTP/1.1 100 Continue"), "{stderr}");
+    assert_eq!(member.line().await, format!("app: {text}"));
 }
 
 async fn a_line_published_on_one_node_reaches_a_member_on_another(backend: &str) {

@@ -571,6 +571,7 @@ impl<H: Clone> Hub<H> {
         };
         match web::serve(buf, &site, self.clients[id].peer) {
             Served::Waiting => {}
+            Served::Interim(response) => self.push_raw(id, response, now),
             Served::Respond(response) => self.respond(id, response, now),
             Served::Publish(answer) => self.publish(id, answer, now),
             Served::Upgrade(response, token) => {

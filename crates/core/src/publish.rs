@@ -11,7 +11,8 @@
 //! `{"error": "..."}`.
 //!
 //! Order of the checks: method (405), key (401), framing (411, 413), the whole body
-//! (waited for), shutdown (503), rate (429), body (400). A request refused before its
+//! (waited for; `100 Continue` first if the client asked, see `web`), shutdown (503),
+//! rate (429), body (400). A request refused before its
 //! body is read is answered at once; the connection then closes, reading and dropping
 //! what the client still sends (as every HTTP response here: one request per
 //! connection).

@@ -24,8 +24,10 @@ pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// What an HTTP connection's input comes to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Served {
-    /// The request head is not complete yet.
+    /// The request head is not complete yet (or the body of `/api/publish`).
     Waiting,
+    /// Send this interim response (`100 Continue`), then wait for the body.
+    Interim(Bytes),
     /// Send this whole response, then close.
     Respond(Bytes),
     /// Send this 101 response: from then on the connection speaks WebSocket as a chat
@@ -65,6 +67,11 @@ pub(crate) fn serve(buf: &mut Vec<u8>, site: &Site<'_>, peer: IpAddr) -> Served 
                     now: site.now,
                 };
                 return match publish::serve(&request, len, buf, &cx) {
+                    // Once, when the head has come and none of the body: a client that
+                    // asked waits for it (RFC 9110 section 10.1.1).
+                    None if request.expect_continue && buf.len() == len => {
+                        Served::Interim(Bytes::from_static(http::CONTINUE))
+                    }
                     None => Served::Waiting,
                     Some(answer) => Served::Publish(answer),
                 };
@@ -320,6 +327,16 @@ mod tests {
         };
         assert_eq!((publish.room.as_str(), publish.text.as_str()), ("r", "hi"));
         assert!(buf.is_empty());
+        // Asked for, `100 Continue` once the head is in and none of the body.
+        let expect = raw.replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+        let head = expect.find("\r\n\r\n").expect("a head") + 4;
+        let mut buf = expect.as_bytes()[..head].to_vec();
+        let Served::Interim(interim) = serve(&mut buf, &with_keys, peer) else {
+            panic!("no 100 Continue")
+        };
+        assert_eq!(&interim[..], b"HTTP/1.1 100 Continue\r\n\r\n");
+        buf.push(b'{');
+        assert_eq!(serve(&mut buf, &with_keys, peer), Served::Waiting);
         // Other paths are as they were.
         let mut buf = b"GET /healthz HTTP/1.1\r\n\r\n".to_vec();
         let Served::Respond(ok) = serve(&mut buf, &with_keys, peer) else {

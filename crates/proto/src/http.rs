@@ -31,6 +31,9 @@ pub struct Request {
     pub transfer_encoding: bool,
     /// The `Authorization` header, as it came.
     pub authorization: Option<String>,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body
+    /// (curl does for a body over 1 KiB, for up to a second).
+    pub expect_continue: bool,
 }
 
 impl Request {
@@ -120,6 +123,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             request.transfer_encoding = true;
         } else if name.eq_ignore_ascii_case("authorization") {
             request.authorization = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("expect") {
+            request.expect_continue = value.eq_ignore_ascii_case("100-continue");
         }
     }
     request.upgrade_websocket = upgrade && connection_upgrade;
@@ -170,6 +175,9 @@ pub fn response(status: u16, content_type: &str, headers: &[(&str, &str)], body:
     out.extend_from_slice(body);
     Bytes::from(out)
 }
+
+/// The interim response to `Expect: 100-continue`: send the body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A plain-text response that ends the connection.
 pub fn text(status: u16, body: &str) -> Bytes {
@@ -231,7 +239,9 @@ mod tests {
         assert_eq!(len, head.len() - 2);
         assert_eq!(request.content_length, Some(12));
         assert_eq!(request.authorization.as_deref(), Some("Bearer k1"));
-        assert!(!request.transfer_encoding);
+        assert!(!request.transfer_encoding && !request.expect_continue);
+        let expect = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n";
+        assert!(parse_head(expect).unwrap().unwrap().0.expect_continue);
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert!(parse_head(chunked).unwrap().unwrap().0.transfer_encoding);
         for bad in [

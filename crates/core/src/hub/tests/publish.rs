@@ -106,3 +106,28 @@ fn a_refused_request_sends_nothing_and_is_counted() {
     assert_eq!(totals.publish(PublishStatus::BadRequest), 1);
     assert_eq!(totals.messages_in, 0);
 }
+
+#[test]
+fn a_body_that_does_not_come_is_cut_with_the_head_deadline() {
+    let mut sim = Sim::with_api(1);
+    let start = sim.now;
+    let http = sim.connect_http();
+    let raw = request("key", r#"{"room":"lobby","text":"x"}"#);
+    let mut buf = raw[..raw.len() - 2].to_vec();
+    sim.hub.handle_input(http, &mut buf, sim.now);
+    assert!(sim.output(http).is_empty());
+    assert!(sim.actions().is_empty());
+    // The 10 s a request has to come, counted from the connection, the body included.
+    assert_eq!(sim.run_next_deadline(), start + web::HEAD_TIMEOUT);
+    let shut = sim.actions();
+    assert!(
+        shut.iter().any(|action| matches!(
+            action,
+            Action::Shutdown {
+                handle: 0,
+                notice: None
+            }
+        )),
+        "{shut:?}"
+    );
+}
