@@ -6,7 +6,7 @@
 //! compared in constant time with every key of `--api-keys`), the method, the body's
 //! framing (`Content-Length` only, at most `--max-line` bytes, waited for across reads),
 //! the key's rate (`--api-rate`) and the body (`ringcast_proto::publish`). What passes is
-//! a [`Publish`] that the hub sends through the same path as a chat client's line
+//! a `Publish` that the hub sends through the same path as a chat client's line
 //! (`hub/publish.rs`); what does not is answered here with its status and a one-line
 //! `{"error": "..."}`.
 //!
