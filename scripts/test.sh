@@ -28,6 +28,8 @@ if [ "${RINGCAST_SKIP_BROWSER:-}" != 1 ]; then
   [ -x /usr/bin/certutil ] || need+=(libnss3-tools)
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# curl: the publish API test runs README's curl example as it is written.
+[ -x /usr/bin/curl ] || need+=(curl)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
