@@ -5,7 +5,8 @@
 # python3-selenium for the browser tests, and libnss3-tools (certutil) for the https one,
 # unless RINGCAST_SKIP_BROWSER=1; redis-server
 # and nats-server, the peers the harness and the cluster are tested with; prometheus,
-# whose server and promtool check /metrics), then runs `cargo test`.
+# whose server and promtool check /metrics; curl, for the publish API example), then
+# runs `cargo test`.
 # The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
 # (a python3 earlier on PATH, e.g. pyenv's, may not have them).
 # apt-get's output goes to a log that is shown only if the install fails. Arguments go
