@@ -5,7 +5,8 @@
 # python3-selenium for the browser tests, and libnss3-tools (certutil) for the https one,
 # unless RINGCAST_SKIP_BROWSER=1; redis-server
 # and nats-server, the peers the harness and the cluster are tested with; prometheus,
-# whose server and promtool check /metrics), then runs `cargo test`.
+# whose server and promtool check /metrics; curl, for the publish API example), then
+# runs `cargo test`.
 # The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
 # (a python3 earlier on PATH, e.g. pyenv's, may not have them).
 # apt-get's output goes to a log that is shown only if the install fails. Arguments go
@@ -28,6 +29,8 @@ if [ "${RINGCAST_SKIP_BROWSER:-}" != 1 ]; then
   [ -x /usr/bin/certutil ] || need+=(libnss3-tools)
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# curl: the publish API test runs README's curl example as it is written.
+[ -x /usr/bin/curl ] || need+=(curl)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,18 +1,29 @@
-//! Runs the fuzz target's checks (`fuzz/check/decode.rs`) on stable, as a normal test:
-//! every file of the seed corpus `fuzz/corpus/decode`, then a bounded number of cheap
-//! deterministic mutations of them, so CI exercises the fuzz code path without nightly.
+//! Runs the fuzz targets' checks (`fuzz/check/*.rs`) on stable, as normal tests: every
+//! file of each seed corpus `fuzz/corpus/TARGET`, then (for the byte-level parsers) a
+//! bounded number of cheap deterministic mutations of them, so CI exercises the fuzz code
+//! paths without nightly.
 
 #[path = "../fuzz/check/decode.rs"]
 mod check;
+#[path = "../fuzz/check/http_head.rs"]
+mod http_head_check;
 #[path = "../fuzz/check/publish.rs"]
 mod publish_check;
 #[path = "../fuzz/check/token.rs"]
 mod token_check;
+#[path = "../fuzz/check/ws.rs"]
+mod ws_check;
 
 use std::path::PathBuf;
 
 fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/decode");
+    corpus_of("decode")
+}
+
+fn corpus_of(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|err| panic!("reading {}: {err}", dir.display()))
         .map(|entry| entry.expect("corpus entry").path())
@@ -54,16 +65,25 @@ impl Rng {
 
 #[test]
 fn mutated_corpus_passes_the_fuzz_checks() {
-    const INTERESTING: &[u8] = b"\n\r/ \xff\x00abc";
-    let files = corpus();
-    let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+    mutated(
+        &corpus(),
+        b"\n\r/ \xff\x00abc",
+        0x5eed_cafe_f00d_d00d,
+        check::check,
+    );
+}
+
+/// `rounds` deterministic mutations of the corpus files (insert an interesting byte,
+/// remove one, change one, splice in a piece of another file), each passed to `check`.
+fn mutated(files: &[(PathBuf, Vec<u8>)], interesting: &[u8], seed: u64, check: fn(&[u8])) {
+    let mut rng = Rng(seed);
     for round in 0..400 {
         let (_, base) = &files[round % files.len()];
         let mut data = base.clone();
         for _ in 0..1 + rng.below(8) {
             let at = rng.below(data.len() + 1);
             match rng.below(4) {
-                0 => data.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                0 => data.insert(at, interesting[rng.below(interesting.len())]),
                 1 if at < data.len() => {
                     data.remove(at);
                 }
@@ -76,8 +96,69 @@ fn mutated_corpus_passes_the_fuzz_checks() {
                 }
             }
         }
-        check::check(&data);
+        check(&data);
     }
+}
+
+/// The `command` target: the command parser alone, over its corpus and mutations.
+#[test]
+fn command_corpus_and_mutations_pass_the_fuzz_checks() {
+    let files = corpus_of("command");
+    assert!(files.len() >= 10, "the command seed corpus is missing");
+    for (_, data) in &files {
+        check::check_parse(data);
+    }
+    mutated(
+        &files,
+        b"/ \xff\x00aZ9._-",
+        0xc0ff_ee00_1234_5678,
+        check::check_parse,
+    );
+}
+
+/// The `http_head` target: request heads growing read by read.
+#[test]
+fn http_head_corpus_and_mutations_pass_the_fuzz_checks() {
+    let files = corpus_of("http_head");
+    let complete = files
+        .iter()
+        .filter(|(_, data)| matches!(ringcast_proto::http::parse_head(data), Ok(Some(_))))
+        .count();
+    assert!(
+        files.len() >= 8 && complete >= 4,
+        "the http_head seed corpus is missing ({} files, {complete} whole heads)",
+        files.len()
+    );
+    for (_, data) in &files {
+        http_head_check::check(data);
+    }
+    mutated(
+        &files,
+        b"\r\n: ?=\x00\xff",
+        0x4854_5450_2f31_2e31,
+        http_head_check::check,
+    );
+}
+
+/// The `ws` target: client frames, raw and as scripts of masked fragments.
+#[test]
+fn ws_corpus_and_mutations_pass_the_fuzz_checks() {
+    let files = corpus_of("ws");
+    let scripts = files.iter().filter(|(_, d)| d.first() == Some(&1)).count();
+    assert!(
+        files.len() >= 8 && scripts >= 2,
+        "the ws seed corpus is missing ({} files, {scripts} scripts)",
+        files.len()
+    );
+    for (_, data) in &files {
+        ws_check::check(data);
+    }
+    mutated(
+        &files,
+        b"\x00\x01\x80\x81\x89\x7e\xff",
+        0x5753_0d0a_f00d,
+        ws_check::check,
+    );
 }
 
 /// The `token` target's checks (`fuzz/check/token.rs`) over its seed corpus.

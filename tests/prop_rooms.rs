@@ -93,6 +93,7 @@ impl World {
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
             tls: None,
             auth: None,
+            publish: None,
         };
         let limits = Limits {
             max_line: 256,

@@ -61,7 +61,7 @@ fn decode(max_line: usize, data: &[u8], read: usize) -> (Vec<Option<Vec<u8>>>, V
     (frames, buf)
 }
 
-fn check_parse(line: &[u8]) {
+pub fn check_parse(line: &[u8]) {
     match parse(line) {
         Ok(Command::Join(name) | Command::Nick(name)) => {
             assert!(!name.is_empty() && name.len() <= NAME_MAX);

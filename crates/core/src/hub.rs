@@ -25,7 +25,7 @@
 //! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`, a read's
 //! chat on its way to the room (recorded, numbered, fanned out, handed off) in
 //! `hub/fanout.rs`, room order and `/history`, `/resume`, `/positions` in
-//! `hub/history.rs`.
+//! `hub/history.rs`, a `POST /api/publish`'s line in `hub/publish.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
@@ -115,6 +115,7 @@ impl Shared {
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
             tls: None,
             auth: None,
+            publish: None,
         }
     }
 
@@ -143,6 +144,8 @@ pub struct Shared {
     pub tls: Option<Arc<dyn Acceptor>>,
     /// `--auth`: the mode and the token verifier (none: `--auth off`).
     pub auth: Option<Arc<crate::auth::Auth>>,
+    /// `--api-keys`: `POST /api/publish` and its keys (none: the path is not found).
+    pub publish: Option<Arc<crate::publish::PublishApi>>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -561,10 +564,19 @@ impl<H: Clone> Hub<H> {
     /// closes) or upgrades the connection to a WebSocket chat client, whose first frames
     /// may follow in `buf`.
     fn handle_request(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
-        let (shared, peer) = (&self.shared, self.clients[id].peer);
-        match web::serve(buf, self.input_stopped, &shared.stats, &shared.dir, peer) {
+        let site = web::Site {
+            draining: self.input_stopped,
+            stats: &self.shared.stats,
+            dir: &self.shared.dir,
+            api: self.shared.publish.as_deref(),
+            max_line: self.limits.max_line,
+            now: self.clock.instant(now),
+        };
+        match web::serve(buf, &site, self.clients[id].peer) {
             Served::Waiting => {}
+            Served::Interim(response) => self.push_raw(id, response, now),
             Served::Respond(response) => self.respond(id, response, now),
+            Served::Publish(answer) => self.publish(id, answer, now),
             Served::Upgrade(response, token) => {
                 self.counters()
                     .http_responses
@@ -977,6 +989,7 @@ mod cluster;
 mod commands;
 mod fanout;
 mod history;
+mod publish;
 mod secure;
 #[cfg(test)]
 mod tests;

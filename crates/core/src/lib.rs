@@ -14,6 +14,7 @@ pub mod history;
 mod hub;
 pub mod metrics;
 mod outbox;
+pub mod publish;
 pub mod secure;
 mod stats;
 mod time;

@@ -15,6 +15,7 @@
 //! which records on whichever thread lets go of a chat batch last.
 
 use crate::counters::{self, Block, ByLabel, Counter, Gauge, Histogram, Readings, Row, Show};
+use crate::publish::PublishStatus;
 use crate::secure::Handshake;
 use std::any::Any;
 use std::cell::RefCell;
@@ -144,9 +145,13 @@ pub enum HttpStatus {
     SwitchingProtocols,
     Ok,
     BadRequest,
+    Unauthorized,
     NotFound,
     MethodNotAllowed,
+    LengthRequired,
+    TooLarge,
     UpgradeRequired,
+    TooMany,
     HeadTooLarge,
     Unavailable,
     /// Any code not listed above.
@@ -157,9 +162,13 @@ crate::label!(HttpStatus, "code", {
     SwitchingProtocols = "101",
     Ok = "200",
     BadRequest = "400",
+    Unauthorized = "401",
     NotFound = "404",
     MethodNotAllowed = "405",
+    LengthRequired = "411",
+    TooLarge = "413",
     UpgradeRequired = "426",
+    TooMany = "429",
     HeadTooLarge = "431",
     Unavailable = "503",
     Other = "other",
@@ -171,9 +180,13 @@ impl HttpStatus {
             101 => HttpStatus::SwitchingProtocols,
             200 => HttpStatus::Ok,
             400 => HttpStatus::BadRequest,
+            401 => HttpStatus::Unauthorized,
             404 => HttpStatus::NotFound,
             405 => HttpStatus::MethodNotAllowed,
+            411 => HttpStatus::LengthRequired,
+            413 => HttpStatus::TooLarge,
             426 => HttpStatus::UpgradeRequired,
+            429 => HttpStatus::TooMany,
             431 => HttpStatus::HeadTooLarge,
             503 => HttpStatus::Unavailable,
             _ => HttpStatus::Other,
@@ -319,6 +332,11 @@ crate::table! {
             "ringcast_http_responses",
             "HTTP responses queued, by status code (a WebSocket upgrade is a 101).",
         ),
+        /// Also counted in `http_responses`.
+        publish: ByLabel<PublishStatus> = Row::new(
+            "ringcast_publish",
+            "Requests to POST /api/publish (--api-keys), by the status of the answer.",
+        ),
         /// Nanoseconds, recorded by the thread on which the last write carrying the
         /// line ended.
         fanout: Histogram<{ FANOUT_BOUNDS_NS.len() }> = Row::new(
@@ -350,6 +368,10 @@ impl Totals {
 
     pub fn auth(&self, outcome: AuthOutcome) -> u64 {
         self.auth[outcome as usize]
+    }
+
+    pub fn publish(&self, status: PublishStatus) -> u64 {
+        self.publish[status as usize]
     }
 
     /// Clients cut off for not keeping up, by bytes queued or by time without progress.
@@ -655,6 +677,7 @@ mod tests {
                 history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
                 tls: None,
                 auth: None,
+                publish: None,
             };
             let _bound = stats.bind_thread(0);
             let now = Instant::now();

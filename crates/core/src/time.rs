@@ -156,6 +156,13 @@ impl RateLimit {
         *tat = start.add_nanos(interval);
         true
     }
+
+    /// After `admit` refused at `now` with `tat`: how long until it would admit one.
+    pub(crate) fn retry_after(&self, tat: Tick, now: Tick) -> Duration {
+        let interval = self.interval();
+        let tolerance = interval * u64::from(self.burst.max(1) - 1);
+        Duration::from_nanos(tat.since(now).saturating_sub(tolerance))
+    }
 }
 
 #[cfg(test)]
@@ -205,6 +212,11 @@ mod tests {
         let mut tat = Tick::NONE;
         let allowed = (0..20).filter(|_| limit.admit(&mut tat, start)).count();
         assert_eq!(allowed, 5, "the burst, all at once");
+        let wait = limit.retry_after(tat, start);
+        assert_eq!(wait, Duration::from_millis(100));
+        let (mut early, mut on_time) = (tat, tat);
+        assert!(!limit.admit(&mut early, start.plus(wait / 2)));
+        assert!(limit.admit(&mut on_time, start.plus(wait)));
         // Each 100 ms gives one more line.
         let later = start.plus(Duration::from_millis(100));
         assert!(limit.admit(&mut tat, later));

@@ -1,16 +1,19 @@
 //! The HTTP member handler: what the HTTP listener answers, decided from a request head
-//! read off the connection: the chat page, health, metrics, and the WebSocket upgrade
-//! that turns the connection into a chat client. The hub hands it an HTTP connection's
+//! read off the connection: the chat page, health, metrics, the WebSocket upgrade that
+//! turns the connection into a chat client, and `POST /api/publish` (with `--api-keys`;
+//! see `publish.rs`), whose body it waits for. The hub hands it an HTTP connection's
 //! input and sends what it says.
 //! Every other request gets a short error; a connection serves one request.
 
 use super::directory::Directory;
 use super::metrics::{self, Format};
+use super::publish::{self, Publish, PublishApi, Refusal, PUBLISH_PATH};
 use super::stats::Stats;
 use bytes::Bytes;
 use ringcast_proto::http::{self, Request};
 use ringcast_proto::ws;
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// The chat page, embedded in the binary: no build step, nothing fetched from elsewhere.
 pub const CHAT_PAGE: &str = include_str!("../web/chat.html");
@@ -21,29 +24,58 @@ pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// What an HTTP connection's input comes to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Served {
-    /// The request head is not complete yet.
+    /// The request head is not complete yet (or the body of `/api/publish`).
     Waiting,
+    /// Send this interim response (`100 Continue`), then wait for the body.
+    Interim(Bytes),
     /// Send this whole response, then close.
     Respond(Bytes),
     /// Send this 101 response: from then on the connection speaks WebSocket as a chat
     /// client, and its first frames may follow in the buffer; with the request's
     /// `?token=` (`--auth`), if any.
     Upgrade(Bytes, Option<String>),
+    /// A request to `/api/publish`: the line to send (then answer 200), or the refusal
+    /// to send.
+    Publish(Result<Publish, Refusal>),
 }
 
-/// Reads the request head at the front of `buf` (from `peer`) once it is complete and
-/// says how to answer it; `draining` is true once shutdown has begun. What the answer
-/// ends is removed from `buf`: all of it, but for an upgrade, whose frames may follow.
-pub(crate) fn serve(
-    buf: &mut Vec<u8>,
-    draining: bool,
-    stats: &Stats,
-    dir: &Directory,
-    peer: IpAddr,
-) -> Served {
+/// What the server is, as an HTTP request sees it.
+pub(crate) struct Site<'a> {
+    /// Shutdown has begun.
+    pub draining: bool,
+    pub stats: &'a Stats,
+    pub dir: &'a Directory,
+    /// `--api-keys`, if given.
+    pub api: Option<&'a PublishApi>,
+    /// `--max-line`: the longest body `/api/publish` takes.
+    pub max_line: usize,
+    pub now: Instant,
+}
+
+/// Reads the request head at the front of `buf` (from `peer`) once it is complete, and
+/// for `/api/publish` its body, and says how to answer it. What the answer ends is
+/// removed from `buf`: all of it, but for an upgrade, whose frames may follow.
+pub(crate) fn serve(buf: &mut Vec<u8>, site: &Site<'_>, peer: IpAddr) -> Served {
     let request = match http::parse_head(buf) {
         Ok(None) => return Served::Waiting,
         Ok(Some((request, len))) => {
+            if let (PUBLISH_PATH, Some(api)) = (request.path.as_str(), site.api) {
+                let cx = publish::Context {
+                    api,
+                    max_line: site.max_line,
+                    draining: site.draining,
+                    now: site.now,
+                };
+                return match publish::serve(&request, len, buf, &cx) {
+                    // Once, when the head has come and none of the body: a client that
+                    // asked waits for it (RFC 9110 section 10.1.1).
+                    None if request.expect_continue && buf.len() == len => {
+                        Served::Interim(Bytes::from_static(http::CONTINUE))
+                    }
+                    None => Served::Waiting,
+                    Some(answer) => Served::Publish(answer),
+                };
+            }
             buf.drain(..len);
             request
         }
@@ -53,6 +85,7 @@ pub(crate) fn serve(
             return Served::Respond(err.response());
         }
     };
+    let (draining, stats, dir) = (site.draining, site.stats, site.dir);
     match route(&request, draining) {
         Route::Respond(response) => {
             buf.clear();
@@ -193,10 +226,24 @@ mod tests {
         );
     }
 
+    fn site<'a>(stats: &'a Stats, dir: &'a Directory) -> Site<'a> {
+        Site {
+            draining: false,
+            stats,
+            dir,
+            api: None,
+            max_line: 4096,
+            now: Instant::now(),
+        }
+    }
+
     #[test]
     fn serve_waits_for_the_head_and_leaves_what_follows_an_upgrade() {
         let (dir, peer) = (Directory::new(10, 0), IpAddr::from([127, 0, 0, 1]));
         let stats = Stats::new(1);
+        let serve = |buf: &mut Vec<u8>, _: bool, stats: &Stats, dir: &Directory, peer| {
+            serve(buf, &site(stats, dir), peer)
+        };
         let head: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
             Sec-WebSocket-Version: 13\r\n\r\n";
@@ -249,5 +296,52 @@ mod tests {
         ws.websocket_version = Some("13".into());
         ws.websocket_key = None;
         assert_eq!(status(route(&ws, false)), "HTTP/1.1 400");
+    }
+
+    #[test]
+    fn the_publish_api_is_found_only_with_keys_and_waits_for_its_body() {
+        let (dir, peer) = (Directory::new(10, 0), IpAddr::from([127, 0, 0, 1]));
+        let stats = Stats::new(1);
+        let body = r#"{"room":"r","text":"hi"}"#;
+        let raw = format!(
+            "POST /api/publish HTTP/1.1\r\nAuthorization: Bearer k\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // Without --api-keys: 404, like any unknown path.
+        let mut buf = raw.clone().into_bytes();
+        let Served::Respond(none) = serve(&mut buf, &site(&stats, &dir), peer) else {
+            panic!("answered otherwise")
+        };
+        assert!(none.starts_with(b"HTTP/1.1 404"));
+        let api = PublishApi::new(vec!["k".into()], None, Instant::now());
+        let with_keys = Site {
+            api: Some(&api),
+            ..site(&stats, &dir)
+        };
+        let mut buf = raw.as_bytes()[..raw.len() - 3].to_vec();
+        assert_eq!(serve(&mut buf, &with_keys, peer), Served::Waiting);
+        buf.extend_from_slice(&raw.as_bytes()[raw.len() - 3..]);
+        let Served::Publish(Ok(publish)) = serve(&mut buf, &with_keys, peer) else {
+            panic!("not published")
+        };
+        assert_eq!((publish.room.as_str(), publish.text.as_str()), ("r", "hi"));
+        assert!(buf.is_empty());
+        // Asked for, `100 Continue` once the head is in and none of the body.
+        let expect = raw.replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n");
+        let head = expect.find("\r\n\r\n").expect("a head") + 4;
+        let mut buf = expect.as_bytes()[..head].to_vec();
+        let Served::Interim(interim) = serve(&mut buf, &with_keys, peer) else {
+            panic!("no 100 Continue")
+        };
+        assert_eq!(&interim[..], b"HTTP/1.1 100 Continue\r\n\r\n");
+        buf.push(b'{');
+        assert_eq!(serve(&mut buf, &with_keys, peer), Served::Waiting);
+        // Other paths are as they were.
+        let mut buf = b"GET /healthz HTTP/1.1\r\n\r\n".to_vec();
+        let Served::Respond(ok) = serve(&mut buf, &with_keys, peer) else {
+            panic!("no answer to /healthz")
+        };
+        assert!(ok.starts_with(b"HTTP/1.1 200"));
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP/1.1 that ringcast speaks, bytes only: one request head parsed with
-//! `httparse` (a connection serves one request; no keep-alive), and whole responses.
+//! `httparse` (a connection serves one request; no keep-alive), the framing of a body
+//! that follows it (`Content-Length` only), and whole responses.
 
 use bytes::Bytes;
 use std::fmt::Write as _;
@@ -23,6 +24,16 @@ pub struct Request {
     pub websocket_version: Option<String>,
     /// The `Accept` header, for content negotiation (`/metrics`).
     pub accept: Option<String>,
+    /// The `Content-Length` header: the length of the body that follows the head.
+    pub content_length: Option<u64>,
+    /// A `Transfer-Encoding` header was sent (e.g. `chunked`): a body framing ringcast
+    /// does not read.
+    pub transfer_encoding: bool,
+    /// The `Authorization` header, as it came.
+    pub authorization: Option<String>,
+    /// `Expect: 100-continue`: the client waits for a `100 Continue` before its body
+    /// (curl does for a body over 1 KiB, for up to a second).
+    pub expect_continue: bool,
 }
 
 impl Request {
@@ -100,10 +111,33 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
             request.websocket_version = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("accept") {
             request.accept = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // RFC 9112 section 6.3: an invalid length, or two that differ, is an error
+            // (a request smuggled past a proxy otherwise).
+            let length = content_length(value)?;
+            if request.content_length.is_some_and(|seen| seen != length) {
+                return Err(HeadError::Malformed("conflicting Content-Length headers"));
+            }
+            request.content_length = Some(length);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            request.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            request.authorization = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("expect") {
+            request.expect_continue = value.eq_ignore_ascii_case("100-continue");
         }
     }
     request.upgrade_websocket = upgrade && connection_upgrade;
     Ok(Some((request, len)))
+}
+
+/// A `Content-Length` value: digits only (no sign, no spaces inside).
+fn content_length(value: &str) -> Result<u64, HeadError> {
+    let invalid = HeadError::Malformed("invalid Content-Length");
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid);
+    }
+    value.parse().map_err(|_| invalid)
 }
 
 fn reason(status: u16) -> &'static str {
@@ -113,8 +147,12 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        401 => "Unauthorized",
         408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
@@ -137,6 +175,9 @@ pub fn response(status: u16, content_type: &str, headers: &[(&str, &str)], body:
     out.extend_from_slice(body);
     Bytes::from(out)
 }
+
+/// The interim response to `Expect: 100-continue`: send the body.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A plain-text response that ends the connection.
 pub fn text(status: u16, body: &str) -> Bytes {
@@ -187,6 +228,35 @@ mod tests {
         ));
         let (plain, _) = parse_head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!plain.upgrade_websocket);
+        assert_eq!(plain.content_length, None);
+    }
+
+    #[test]
+    fn body_framing_and_authorization_are_read_from_the_head() {
+        let head = b"POST /api/publish HTTP/1.1\r\nContent-Length: 12\r\ncontent-length: 12\r\n\
+                     Authorization:  Bearer k1 \r\n\r\n{}";
+        let (request, len) = parse_head(head).unwrap().unwrap();
+        assert_eq!(len, head.len() - 2);
+        assert_eq!(request.content_length, Some(12));
+        assert_eq!(request.authorization.as_deref(), Some("Bearer k1"));
+        assert!(!request.transfer_encoding && !request.expect_continue);
+        let expect = b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n";
+        assert!(parse_head(expect).unwrap().unwrap().0.expect_continue);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(parse_head(chunked).unwrap().unwrap().0.transfer_encoding);
+        for bad in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(bad), Err(HeadError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! most once, JSON string escapes (`\uXXXX` with surrogate pairs included), nothing after
 //! the object but whitespace.
 //!
-//! Not wired to an endpoint yet: this is the part that faces the network, fuzzed first.
+//! The endpoint (the core's `web` and `hub/publish.rs`) answers a refusal here with a 400
+//! whose `{"error": ...}` is the error's text.
 
 use thiserror::Error;
 
@@ -34,6 +35,8 @@ pub enum BodyError {
     InvalidFrom(String),
     #[error("text must be one line")]
     Multiline,
+    #[error("text must not be empty")]
+    EmptyText,
 }
 
 struct Reader<'a> {
@@ -137,7 +140,7 @@ impl Reader<'_> {
 }
 
 /// Parses and checks a publish body: `room` a valid room name, `from` (if given) a valid
-/// name, `text` one line (no `\n` or `\r`).
+/// name, `text` one line (no `\n` or `\r`), not empty (an empty chat line is no line).
 pub fn parse_publish(body: &[u8]) -> Result<PublishBody, BodyError> {
     let mut reader = Reader { bytes: body, at: 0 };
     let (mut room, mut text, mut from) = (None, None, None);
@@ -185,6 +188,9 @@ pub fn parse_publish(body: &[u8]) -> Result<PublishBody, BodyError> {
     if text.contains(['\n', '\r']) {
         return Err(BodyError::Multiline);
     }
+    if text.is_empty() {
+        return Err(BodyError::EmptyText);
+    }
     Ok(PublishBody { room, text, from })
 }
 
@@ -231,6 +237,8 @@ mod tests {
                 BodyError::InvalidFrom("".into()),
             ),
             (br#"{"room":"a","text":"x\ny"}"#, BodyError::Multiline),
+            (br#"{"room":"a","text":"x\r"}"#, BodyError::Multiline),
+            (br#"{"room":"a","text":""}"#, BodyError::EmptyText),
             (b"{\"room\":\"a\",\"text\":\"x\ny\"}", BodyError::Syntax(21)),
             (br#"{"room":"a","text":"\ud800"}"#, BodyError::Syntax(22)),
             (br#"{"room":"a","text":"\q"}"#, BodyError::Syntax(20)),

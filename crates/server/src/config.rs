@@ -59,6 +59,15 @@ pub struct ServeArgs {
     /// newline ignored) or a PEM public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA).
     #[arg(long, value_name = "FILE")]
     pub jwt_key: Option<PathBuf>,
+    /// Serve `POST /api/publish` on the HTTP listeners, for these keys: one per line
+    /// (blank lines and surrounding whitespace ignored), sent as `Authorization: Bearer
+    /// KEY`. Without it the path is not found (404).
+    #[arg(long, value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+    /// Publish requests one API key may make per second, and at once after a quiet spell;
+    /// more get 429 with Retry-After (0: no limit).
+    #[arg(long, default_value = "100", allow_hyphen_values = true)]
+    pub api_rate: u32,
     /// I/O backend.
     #[arg(long, value_enum, default_value = "uring")]
     pub backend: Backend,
@@ -251,6 +260,8 @@ pub(crate) enum ConfigError {
     NoJwtKey(&'static str),
     #[error("--jwt-key is used only with --auth optional or --auth required")]
     JwtKeyUnused,
+    #[error("--api-keys needs an HTTP listener (--http or --https) to serve /api/publish on")]
+    ApiWithoutHttp,
 }
 
 /// What the defaults depend on: the machine this process runs on.
@@ -310,6 +321,8 @@ pub(crate) struct Config {
     pub(crate) history: HistoryConfig,
     /// `--auth` and its `--jwt-key` (none: `--auth off`).
     pub(crate) auth: Option<(AuthMode, PathBuf)>,
+    /// `--api-keys` and each key's `--api-rate` (none: no publish API).
+    pub(crate) api: Option<(PathBuf, Option<RateLimit>)>,
 }
 
 impl Config {
@@ -329,6 +342,16 @@ impl Config {
         if args.listen.0.is_none() && args.http.0.is_none() && tls.is_none() {
             return Err(ConfigError::NoListener);
         }
+        if args.api_keys.is_some() && args.http.0.is_none() && args.https.is_none() {
+            return Err(ConfigError::ApiWithoutHttp);
+        }
+        let api = args.api_keys.clone().map(|keys| {
+            let rate = (args.api_rate > 0).then_some(RateLimit {
+                per_second: args.api_rate,
+                burst: args.api_rate,
+            });
+            (keys, rate)
+        });
         // History is per node for now: in a cluster it would hold only this node's
         // senders' lines, and positions would differ between nodes. Off until the
         // cluster's stream holds it (issue 26).
@@ -384,6 +407,7 @@ impl Config {
             },
             history,
             auth,
+            api,
         })
     }
 }
@@ -709,6 +733,21 @@ mod tests {
             defaults.limits.tls_handshake_timeout,
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn the_publish_api_has_a_rate_per_key_and_needs_an_http_listener() {
+        assert!(config(&[]).expect("valid").api.is_none());
+        let api = config(&["--api-keys", "keys"]).expect("valid").api;
+        let rate = RateLimit {
+            per_second: 100,
+            burst: 100,
+        };
+        assert_eq!(api, Some((PathBuf::from("keys"), Some(rate))));
+        let off = config(&["--api-keys", "keys", "--api-rate", "0"]).expect("valid");
+        assert_eq!(off.api, Some((PathBuf::from("keys"), None)));
+        let err = config(&["--api-keys", "k", "--http", "off"]).expect_err("refused");
+        assert_eq!(err, ConfigError::ApiWithoutHttp);
     }
 
     #[test]

@@ -12,10 +12,14 @@ use crate::worker::{WorkerSetup, INBOX_BATCHES};
 use anyhow::Context as _;
 use ringcast_core::auth::Auth;
 use ringcast_core::cluster::{Inbox, ToBridge};
+use ringcast_core::publish::PublishApi;
 use ringcast_core::secure::Acceptor;
-use ringcast_core::{Directory, History, Limits, ListenerKind, ServerInfo, Shared, Stats};
+use ringcast_core::{
+    Directory, History, Limits, ListenerKind, RateLimit, ServerInfo, Shared, Stats,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -54,6 +58,10 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let publish = match &config.api {
+        Some((file, rate)) => Some(Arc::new(load_api_keys(file, *rate)?)),
+        None => None,
+    };
     let listeners = Listeners::bind(&config)?;
     let addrs = listeners.addrs();
     let dir = Arc::new(Directory::new(config.max_clients, config.max_per_ip));
@@ -87,6 +95,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         history: Arc::new(History::new(config.history, epoch())),
         tls: tls.clone().map(|tls| tls as Arc<dyn Acceptor>),
         auth,
+        publish,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
@@ -119,6 +128,19 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         drain_timeout: config.limits.drain_timeout,
         _stats_stop: stats_stop,
     })
+}
+
+/// The publish API with the keys of `file`: one that cannot be read, or holds none, stops
+/// the start, naming the file.
+fn load_api_keys(file: &Path, rate: Option<RateLimit>) -> anyhow::Result<PublishApi> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading API keys {}", file.display()))?;
+    let keys = ringcast_core::publish::parse_keys(&text);
+    if keys.is_empty() {
+        anyhow::bail!("{} holds no API key (one per line)", file.display());
+    }
+    tracing::info!(file = %file.display(), keys = keys.len(), ?rate, "POST /api/publish on");
+    Ok(PublishApi::new(keys, rate, Instant::now()))
 }
 
 /// The server's label in `/stats`.

@@ -12,19 +12,35 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
-        let recorded = self.shared.history.is_on();
-        let plain = match recorded {
+        let plain = match self.shared.history.is_on() {
             // A buffer of its own: history may keep it long after the read, and it must
             // not keep the next reads' bytes alive with it.
             true => std::mem::take(&mut self.batch.text).freeze(),
             false => self.batch.text.split().freeze(),
         };
+        let room = self.clients[id].member().room.clone();
+        let sender = Some((id, self.clients[id].serial));
+        self.send_chat(room, plain, lines, sender, now);
+    }
+
+    /// Sends `lines` chat lines (`plain`, one after the other) to the members of `room`
+    /// but `sender` (a client of this thread, by id and serial): recorded, numbered,
+    /// queued here, handed to the other threads and nodes. A read's chat comes this way,
+    /// and a line of the publish API (no sender).
+    pub(super) fn send_chat(
+        &mut self,
+        room: Arc<str>,
+        plain: Bytes,
+        lines: u64,
+        sender: Option<(ClientId, u64)>,
+        now: Tick,
+    ) {
+        let recorded = self.shared.history.is_on();
         let timed = self.shared.stats.metrics_enabled();
         let text = match timed {
             true => metrics::timed_batch(plain.clone(), self.clock.instant(now), lines),
             false => plain.clone(),
         };
-        let room = self.clients[id].member().room.clone();
         let first = match recorded {
             true => self.record(&room, plain, lines, now),
             false => 0,
@@ -34,7 +50,7 @@ impl<H: Clone> Hub<H> {
             text: text.clone(),
             lines,
             frames: None,
-            except: Some((id, self.clients[id].serial)),
+            except: sender,
         };
         let frames = self.deliver_in_order(&room, batch, first, now);
         if self.shared.hands_off() {

@@ -41,6 +41,7 @@ impl Sim {
             history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
             tls: None,
             auth: None,
+            publish: None,
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),
@@ -973,4 +974,5 @@ fn websocket_clients_get_every_ending_as_frames() {
 
 mod auth;
 mod history;
+mod publish;
 mod secure;

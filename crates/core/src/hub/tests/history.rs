@@ -31,6 +31,7 @@ impl Sim {
             history: Arc::new(History::new(config, 7)),
             tls: None,
             auth: None,
+            publish: None,
         };
         let sim = |thread, first_handle| Sim {
             hub: Hub::new(shared.clone(), thread, limits(), now),
