@@ -11,6 +11,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
+// Only `check_parse` of the decode checks is used here.
+#[allow(dead_code)]
 #[path = "../check/decode.rs"]
 mod check;
 
