@@ -115,6 +115,13 @@ impl Shared {
     fn hands_off(&self) -> bool {
         self.threads > 1 || self.cluster.is_some()
     }
+
+    /// Whether room history lives in the cluster (a JetStream stream) rather than in
+    /// this process: then chat is published only, and every thread of every node
+    /// receives it back from the stream, numbered (see `hub/history.rs`).
+    pub fn history_in_cluster(&self) -> bool {
+        self.cluster.is_some() && self.history.is_on()
+    }
 }
 
 /// What every thread's hub shares with the others.
@@ -143,8 +150,19 @@ pub struct Handoff {
     /// The same lines as WebSocket frames, when the sending thread built them already.
     pub frames: Option<Bytes>,
     /// The room position of the first line (see `history`); 0: none (history is off,
-    /// or the lines come from another node), delivered as they come.
+    /// or the cluster could not number it), delivered as they come.
     pub first: u64,
+    /// The client that sent it, when it is one of this node's: it does not get its own
+    /// lines back when they return from the cluster.
+    pub origin: Option<Origin>,
+}
+
+/// A client of this node that sent a batch: its thread, id and serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub thread: usize,
+    pub client: ClientId,
+    pub serial: u64,
 }
 
 /// Which listener a connection came from.
@@ -168,6 +186,9 @@ pub enum Action<H> {
     /// every other thread, in the order given and none dropped: a thread delivers a
     /// room's numbered lines in position order, and waits for one that never comes.
     Handoff(Vec<Handoff>),
+    /// Chat lines for the cluster bridge only (history in the cluster): no thread gets
+    /// them now; every thread, this one included, gets them back from the cluster.
+    Publish(Vec<Handoff>),
     /// Accepting, paused after running out of descriptors, may go on.
     ResumeAccept,
     /// A question for the cluster bridge (cluster mode only); its answer comes back
@@ -279,6 +300,10 @@ enum Awaited {
     Nick { name: Arc<str> },
     /// A `/who` or `/rooms` reply.
     Text,
+    /// `/history`'s lines of `room`, from the cluster's history.
+    History { room: Arc<str> },
+    /// `/resume`'s lines of `room` after `after`, from the cluster's history.
+    Resume { room: Arc<str>, after: u64 },
 }
 
 /// The clients of one worker thread.
@@ -299,6 +324,8 @@ pub struct Hub<H> {
     shutdowns: VecDeque<(H, Option<Bytes>)>,
     wakes: VecDeque<ClientId>,
     handoffs: Vec<Handoff>,
+    /// Chat for the cluster only (history in the cluster).
+    published: Vec<Handoff>,
     resume_accept: bool,
     /// While set, accepting is paused until then.
     accept_paused_until: Tick,
@@ -321,6 +348,9 @@ pub struct Hub<H> {
     input_stopped: bool,
     /// Where each room's delivery on this thread is, in positions (see `hub/history.rs`).
     order: HashMap<Arc<str>, history::RoomOrder>,
+    /// Clients whose `/resume` waits for the cluster's history, with the live chat of
+    /// their room that came meanwhile (encoded for them, by last position).
+    resuming: HashMap<ClientId, Vec<(u64, Bytes)>>,
 }
 
 impl<H: Clone> Hub<H> {
@@ -338,6 +368,7 @@ impl<H: Clone> Hub<H> {
             shutdowns: VecDeque::new(),
             wakes: VecDeque::new(),
             handoffs: Vec::new(),
+            published: Vec::new(),
             resume_accept: false,
             accept_paused_until: Tick::NONE,
             accept_armed: Tick::NONE,
@@ -350,6 +381,7 @@ impl<H: Clone> Hub<H> {
             filling: None,
             input_stopped: false,
             order: HashMap::new(),
+            resuming: HashMap::new(),
         }
     }
 
@@ -559,7 +591,13 @@ impl<H: Clone> Hub<H> {
             self.flush_chat(id, now);
         }
         match command {
-            Ok(Command::Chat(text)) => self.chat(id, text),
+            Ok(Command::Chat(text)) => {
+                self.chat(id, text);
+                // Positions in the cluster number a batch's lines below LINES_PER_SEQ.
+                if self.batch.lines + 1 >= super::cluster::LINES_PER_SEQ {
+                    self.flush_chat(id, now);
+                }
+            }
             Ok(Command::Empty) => {}
             Ok(Command::Join(room)) => self.join(id, room, now),
             Ok(Command::Nick(name)) => self.nick(id, name, now),
@@ -831,6 +869,7 @@ impl<H: Clone> Hub<H> {
         self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
         let mut client = self.clients.remove(id);
         self.forget_owed(client.held.take());
+        self.resuming.remove(&id);
         self.counters()
             .queued_bytes
             .add(-(client.outbox.queued() as i64));
@@ -860,6 +899,9 @@ impl<H: Clone> Hub<H> {
         }
         if !self.handoffs.is_empty() {
             return Some(Action::Handoff(std::mem::take(&mut self.handoffs)));
+        }
+        if !self.published.is_empty() {
+            return Some(Action::Publish(std::mem::take(&mut self.published)));
         }
         if std::mem::take(&mut self.resume_accept) {
             return Some(Action::ResumeAccept);

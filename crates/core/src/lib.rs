@@ -20,7 +20,7 @@ pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use history::{History, HistoryConfig};
 pub use hub::{
-    Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
+    Action, ClientId, Handoff, Hub, Limits, Origin, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
     RATE_NOTICE_INTERVAL,
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};

@@ -18,13 +18,16 @@
 //! - **Questions:** `/who` and `/rooms` are asked of every node on `ringcast.ask.who` and
 //!   `ringcast.ask.rooms`; a node that does not answer within `ASK_TIMEOUT` is left out
 //!   and the reply says so.
+//! - **History** (`--history` above 0): a JetStream stream captures the room subjects;
+//!   rooms are then received from it, numbered, and `/history` and `/resume` read it
+//!   (`cluster/history.rs`).
 
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Claim, ClusterView, Inbox, Request, ToBridge};
-use ringcast_core::{Directory, Handoff};
+use ringcast_core::{Directory, Handoff, HistoryConfig, Origin};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -32,6 +35,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod history;
 
 /// The key-value bucket of names and node heartbeats.
 const BUCKET: &str = "ringcast";
@@ -61,6 +66,8 @@ pub struct Config {
     pub node: String,
     /// How long a dead node's names and members are remembered.
     pub lease: Duration,
+    /// The bounds of the cluster's history stream (none with `--history 0`).
+    pub history: HistoryConfig,
 }
 
 /// The default node name: this host and process.
@@ -145,6 +152,8 @@ struct Node {
     number: u64,
     workers: Vec<mpsc::Sender<Inbox>>,
     state: RefCell<State>,
+    /// The history stream and its epoch, when history is on.
+    history: RefCell<Option<(jetstream::stream::Stream, u64)>>,
 }
 
 #[derive(Default)]
@@ -192,6 +201,16 @@ impl Node {
             .await
             .with_context(|| format!("opening the {BUCKET} bucket at {url}"))?;
         let number = claim_node_number(&kv, &config.node).await?;
+        let stream = match config.history.lines {
+            0 => None,
+            _ => {
+                let (stream, epoch) = history::ensure_stream(&js, &config.history)
+                    .await
+                    .with_context(|| format!("setting up room history at {url}"))?;
+                view.epoch.store(epoch, Ordering::Relaxed);
+                Some((stream, epoch))
+            }
+        };
         dir.number_names(MAX_NODES, number);
         tracing::info!(%url, node = %config.node, number, "joined the cluster");
         let node = Rc::new(Node {
@@ -205,6 +224,7 @@ impl Node {
             number,
             workers,
             state: RefCell::new(State::default()),
+            history: RefCell::new(stream),
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
@@ -222,6 +242,11 @@ impl Node {
         let refreshing = tokio::task::spawn_local(self.clone().refresh());
         while let Some(message) = inbox.recv().await {
             match message {
+                ToBridge::Chat(handoffs) if self.config.history.lines > 0 => {
+                    for handoff in handoffs {
+                        self.publish_numbered(handoff).await;
+                    }
+                }
                 ToBridge::Chat(handoffs) => self.publish(handoffs).await,
                 ToBridge::Request(request) => {
                     // Each question in a task of its own: a slow answer must not hold back
@@ -301,6 +326,12 @@ impl Node {
                 let text = self.rooms(local).await;
                 self.answer(thread, Answer::Text { id, text });
             }
+            Request::Replay {
+                thread,
+                id,
+                room,
+                query,
+            } => self.clone().replay(thread, id, room, query).await,
         }
     }
 
@@ -318,6 +349,13 @@ impl Node {
         if self.state.borrow().rooms.contains_key(&room) {
             return Ok(());
         }
+        if self.config.history.lines > 0 {
+            let task = self.receive_numbered(&room).await?;
+            if let Some(old) = self.state.borrow_mut().rooms.insert(room, task) {
+                old.abort();
+            }
+            return Ok(());
+        }
         let mut subscriber =
             tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(room_subject(&room)))
                 .await
@@ -333,7 +371,7 @@ impl Node {
         let forward_room = room.clone();
         let task = tokio::task::spawn_local(async move {
             while let Some(message) = subscriber.next().await {
-                node.deliver(&forward_room, message.payload);
+                node.deliver(&forward_room, message.payload, 0, None);
             }
         });
         if let Some(old) = self.state.borrow_mut().rooms.insert(room, task) {
@@ -343,8 +381,9 @@ impl Node {
         Ok(())
     }
 
-    /// A batch of chat from another node: to every worker thread, without waiting.
-    fn deliver(&self, room: &Arc<str>, text: Bytes) {
+    /// A batch of chat from the cluster (first at position `first`; 0: unnumbered, as
+    /// without history): to every worker thread, without waiting.
+    fn deliver(&self, room: &Arc<str>, text: Bytes, first: u64, origin: Option<Origin>) {
         self.view.received.fetch_add(1, Ordering::Relaxed);
         let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
         let handoff = Handoff {
@@ -352,9 +391,8 @@ impl Node {
             text,
             lines,
             frames: None,
-            // Another node's lines: delivered as they come, with no position (history
-            // and positions are per node for now).
-            first: 0,
+            first,
+            origin,
         };
         for worker in &self.workers {
             if worker.try_send(Inbox::Chat(vec![handoff.clone()])).is_err() {
@@ -443,6 +481,11 @@ impl Node {
             if reassert {
                 if let Err(err) = ensure_bucket(&self.js, self.config.lease).await {
                     tracing::warn!("setting up the bucket again: {err:#}");
+                    self.reconnected.store(true, Ordering::Release);
+                    continue;
+                }
+                if let Err(err) = self.reassert_history().await {
+                    tracing::warn!("setting up room history again: {err:#}");
                     self.reconnected.store(true, Ordering::Release);
                     continue;
                 }

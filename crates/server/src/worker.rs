@@ -508,6 +508,7 @@ impl<C: Conn> Worker<C> {
                 }
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
+                Action::Publish(handoffs) => self.routes.borrow().publish(hub, &handoffs),
                 Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
                 Action::Cluster(request) => self.routes.borrow().ask(hub, request),
             }

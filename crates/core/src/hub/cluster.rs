@@ -77,7 +77,10 @@ impl<H: Clone> Hub<H> {
     pub fn handle_answer(&mut self, answer: Answer, now: Instant) {
         let now = self.clock.tick(now);
         let id = match &answer {
-            Answer::Joined { id } | Answer::Name { id, .. } | Answer::Text { id, .. } => *id,
+            Answer::Joined { id }
+            | Answer::Name { id, .. }
+            | Answer::Text { id, .. }
+            | Answer::Replay { id, .. } => *id,
             Answer::NameLost { name } => {
                 let holder = self.clients.iter().find_map(|(client, c)| {
                     let held = c.member.as_ref().is_some_and(|m| m.name == *name);
@@ -128,6 +131,12 @@ impl<H: Clone> Hub<H> {
             }
             (Awaited::Text, Answer::Text { text, .. }) => {
                 self.reply(client, reply::notice(text), now);
+            }
+            (Awaited::History { room }, Answer::Replay { replay, .. }) => {
+                self.history_answered(client, room, replay, now);
+            }
+            (Awaited::Resume { room, after }, Answer::Replay { replay, gap, .. }) => {
+                self.resume_answered(client, (room, after), replay, gap, now);
             }
             _ => tracing::warn!("cluster answer of the wrong kind dropped"),
         }
@@ -231,6 +240,11 @@ impl<H: Clone> Hub<H> {
             Request::Who { id, .. } | Request::Rooms { id, .. } => Answer::Text {
                 id,
                 text: reply::CLUSTER_UNAVAILABLE.to_owned(),
+            },
+            Request::Replay { id, .. } => Answer::Replay {
+                id,
+                replay: Err(reply::CLUSTER_UNAVAILABLE.to_owned()),
+                gap: None,
             },
             Request::Left { .. } | Request::Register { .. } | Request::Release { .. } => return,
         };

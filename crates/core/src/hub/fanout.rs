@@ -12,6 +12,26 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
+        let origin = Origin {
+            thread: self.thread,
+            client: id,
+            serial: self.clients[id].serial,
+        };
+        if self.shared.history_in_cluster() {
+            // The cluster's stream numbers the batch: it goes there only, and comes back
+            // to every thread (this one too) with its position, in the stream's order.
+            let text = std::mem::take(&mut self.batch.text).freeze();
+            self.counters().messages_in.add(lines);
+            self.published.push(Handoff {
+                room: self.clients[id].member().room.clone(),
+                text,
+                lines,
+                frames: None,
+                first: 0,
+                origin: Some(origin),
+            });
+            return;
+        }
         let recorded = self.shared.history.is_on();
         let plain = match recorded {
             // A buffer of its own: history may keep it long after the read, and it must
@@ -44,6 +64,7 @@ impl<H: Clone> Hub<H> {
                 lines,
                 frames,
                 first,
+                origin: Some(origin),
             });
         }
     }
@@ -70,13 +91,16 @@ impl<H: Clone> Hub<H> {
                 continue;
             }
             let client = &mut self.clients[member];
-            if last != 0
-                && client
-                    .member
-                    .as_ref()
-                    .is_some_and(|m| m.seen_through >= last)
-            {
-                continue;
+            if last != 0 {
+                let seen = client.member.as_ref().map_or(0, |m| m.seen_through);
+                if seen >= last {
+                    if seen == history::RESUMING {
+                        // Kept until the replay it waits for is written (see `resume`).
+                        let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
+                        self.resuming.entry(member).or_default().push((last, bytes));
+                    }
+                    continue;
+                }
             }
             let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
             let len = bytes.len();
@@ -112,11 +136,16 @@ impl<H: Clone> Hub<H> {
     pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
         let now = self.clock.tick(now);
         for handoff in handoffs {
+            // A client of this thread does not get its own lines back from the cluster.
+            let except = handoff
+                .origin
+                .filter(|origin| origin.thread == self.thread)
+                .map(|origin| (origin.client, origin.serial));
             let batch = history::Batch {
                 text: handoff.text.clone(),
                 lines: handoff.lines,
                 frames: handoff.frames.clone(),
-                except: None,
+                except,
             };
             self.deliver_in_order(&handoff.room, batch, handoff.first, now);
         }

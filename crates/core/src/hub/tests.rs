@@ -201,6 +201,7 @@ fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
             lines: 2,
             frames: None,
             first: 0,
+            origin: None,
         }],
         sim.now,
     );
@@ -742,6 +743,7 @@ fn websocket_members_share_one_framed_buffer_and_line_members_get_lines() {
             lines: 1,
             frames: None,
             first: 0,
+            origin: None,
         }],
         sim.now,
     );
@@ -969,3 +971,4 @@ fn websocket_clients_get_every_ending_as_frames() {
 }
 
 mod history;
+mod cluster_history;

@@ -393,6 +393,7 @@ impl Driver {
                 }
                 Action::Wake(handle) => self.make_ready(handle),
                 Action::Handoff(handoffs) => self.hand_off(handoffs),
+                Action::Publish(handoffs) => self.routes.publish(&self.hub, &handoffs),
                 Action::ResumeAccept => {
                     self.accept_paused = [false; 2];
                     self.arm_accepts();

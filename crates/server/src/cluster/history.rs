@@ -1,0 +1,342 @@
+//! Room history in the cluster: a JetStream stream, `RINGCAST_HISTORY`, captures every
+//! room's chat subject (`ringcast.room.>`), so the batches the nodes publish are stored
+//! as they are published, with no second publish.
+//!
+//! - **Bounds:** `--history` messages per subject (a message is one read's batch, so a
+//!   room keeps at least `--history` lines), `--history-age`, and `--history-max-bytes`
+//!   for the whole stream, oldest first. **Memory storage**, like the names bucket: the
+//!   cluster is soft state (a restarted nats-server forgets names too), and it keeps
+//!   disk writes off the chat path. A stream created again (after a nats-server restart)
+//!   numbers afresh; its creation time is the positions' epoch, so a client that names
+//!   the old epoch is told its positions are void.
+//! - **Positions:** a line's position is its batch's stream sequence times
+//!   `LINES_PER_SEQ` plus its index in the batch: cluster-wide, increasing in each room,
+//!   not contiguous.
+//! - **Live delivery:** a node receives a room (while it has members there, the lobby
+//!   always) through an ephemeral push consumer filtered on the room's subject, created
+//!   after the subscription to its delivery subject (so nothing it delivers is missed)
+//!   and starting with the next stored message. Every node, the sender's included,
+//!   receives each batch once, numbered, in the stream's order; the sender's own client
+//!   is named in a header so that it does not get its lines back. While the link to
+//!   NATS is down, a node delivers its own chat locally, unnumbered.
+//! - **Reading:** `/history` and `/resume` walk the room's messages with direct gets
+//!   (`next_by_subj`), at most `--history` of them. A resume whose position's batch is
+//!   no longer held is told so; the stream cannot say how many of the room's lines went
+//!   with it, so the notice names the positions between which lines may be lost.
+
+use super::{room_subject, Node, CLAIM_TIMEOUT};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
+use ringcast_core::history::Replay;
+use ringcast_core::{HistoryConfig, Origin};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The stream holding every room's history.
+pub(super) const STREAM: &str = "RINGCAST_HISTORY";
+/// The header naming the client that sent a batch: `NODE.THREAD.CLIENT.SERIAL`.
+const ORIGIN: &str = "Ringcast-Origin";
+/// How long reading a room's history may take in all.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a consumer outlives its node's interest (a node that died leaves it).
+const CONSUMER_IDLE: Duration = Duration::from_secs(5);
+
+/// Creates the history stream unless it exists (the first node's bounds win; a node
+/// with other flags says so), and returns it with its epoch.
+pub(super) async fn ensure_stream(
+    js: &jetstream::Context,
+    history: &HistoryConfig,
+) -> anyhow::Result<(stream::Stream, u64)> {
+    let config = stream::Config {
+        name: STREAM.to_owned(),
+        subjects: vec!["ringcast.room.>".to_owned()],
+        max_messages_per_subject: history.lines as i64,
+        max_age: history.max_age,
+        max_bytes: history.max_bytes as i64,
+        storage: stream::StorageType::Memory,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let stream = js
+        .get_or_create_stream(config)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err}"))
+        .context("creating the history stream")?;
+    let info = stream.cached_info();
+    let held = &info.config;
+    if held.max_messages_per_subject != history.lines as i64
+        || held.max_age != history.max_age
+        || held.max_bytes != history.max_bytes as i64
+    {
+        tracing::warn!(
+            lines = held.max_messages_per_subject, age = ?held.max_age, bytes = held.max_bytes,
+            "the cluster's history stream has other bounds than this node's flags: it keeps its own"
+        );
+    }
+    let epoch = (info.created.unix_timestamp_nanos() / 1_000_000).max(1) as u64;
+    Ok((stream, epoch))
+}
+
+/// The stream sequence and consumer sequence of a message a push consumer delivered,
+/// from its reply subject (`$JS.ACK.STREAM.CONSUMER.DELIVERED.SSEQ.CSEQ.TIME.PENDING`,
+/// or with domain and account before the stream).
+fn sequences(reply: &str) -> Option<(u64, u64)> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let at = match tokens.len() {
+        9 => 5,
+        n if n >= 11 => 7,
+        _ => return None,
+    };
+    Some((tokens[at].parse().ok()?, tokens[at + 1].parse().ok()?))
+}
+
+impl Node {
+    /// The history stream, when history is on.
+    fn stream(&self) -> Option<stream::Stream> {
+        self.history.borrow().as_ref().map(|(stream, _)| stream.clone())
+    }
+
+    /// Publishes a read's batch to its room's subject (the stream stores it) with its
+    /// sender named; with the link down, delivers it to this node's members instead,
+    /// unnumbered, as local chat goes on without the cluster.
+    pub(super) async fn publish_numbered(&self, handoff: ringcast_core::Handoff) {
+        let subject = room_subject(&handoff.room);
+        if self.view.is_available() {
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(o) = handoff.origin {
+                let origin = format!("{}.{}.{}.{}", self.number, o.thread, o.client, o.serial);
+                headers.insert(ORIGIN, origin.as_str());
+            }
+            let text = handoff.text.clone();
+            match self.client.publish_with_headers(subject, headers, text).await {
+                Ok(()) => {
+                    self.view.published.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(err) => tracing::debug!("publishing to the cluster: {err}"),
+            }
+        }
+        self.view.dropped.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&handoff.room, handoff.text, 0, handoff.origin);
+    }
+
+    /// Receives `room`'s chat from the stream from now on, each batch numbered; the
+    /// returned task forwards it to the workers.
+    pub(super) async fn receive_numbered(
+        self: &Rc<Self>,
+        room: &Arc<str>,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let stream = self.stream().context("history is off")?;
+        let inbox = self.client.new_inbox();
+        // Subscribed before the consumer exists: nothing it delivers can be missed.
+        let mut subscriber = tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(inbox.clone()))
+            .await
+            .context("NATS did not answer")??;
+        let config = consumer::push::Config {
+            deliver_subject: inbox,
+            filter_subject: room_subject(room),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: CONSUMER_IDLE,
+            memory_storage: true,
+            ..Default::default()
+        };
+        tokio::time::timeout(CLAIM_TIMEOUT, stream.create_consumer(config))
+            .await
+            .context("NATS did not answer")?
+            .map_err(|err| anyhow::anyhow!("{err}"))
+            .context("creating the room's consumer")?;
+        let node = self.clone();
+        let room = room.clone();
+        Ok(tokio::task::spawn_local(async move {
+            let mut expected = 1;
+            while let Some(message) = subscriber.next().await {
+                let Some((seq, delivered)) = message.reply.as_deref().and_then(sequences) else {
+                    continue;
+                };
+                if delivered != expected {
+                    // NATS dropped some for a slow subscriber: they are in the history.
+                    node.view.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%room, "cluster chat lost on its way from the stream");
+                }
+                expected = delivered + 1;
+                let origin = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(ORIGIN))
+                    .and_then(|value| node.origin(value.as_str()));
+                node.deliver(&room, message.payload, seq * LINES_PER_SEQ, origin);
+            }
+        }))
+    }
+
+    /// The sender named in a batch's header, if it is a client of this node.
+    fn origin(&self, header: &str) -> Option<Origin> {
+        let mut parts = header.split('.').map(str::parse::<u64>);
+        let mut next = || parts.next()?.ok();
+        let (node, thread, client, serial) = (next()?, next()?, next()?, next()?);
+        (node == self.number).then_some(Origin {
+            thread: thread as usize,
+            client: client as usize,
+            serial,
+        })
+    }
+
+    /// Answers `/history` or `/resume` from the stream. A resume receives the room
+    /// first: every batch after what is read then reaches this node live.
+    pub(super) async fn replay(self: Rc<Self>, thread: usize, id: u64, room: Arc<str>, query: Query) {
+        let read = async {
+            if let Query::After(_) = query {
+                self.subscribe(room.clone()).await?;
+            }
+            self.read_room(&room, query).await
+        };
+        let (replay, gap) = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok((replay, gap))) => (Ok(replay), gap),
+            Ok(Err(err)) => {
+                tracing::warn!(%room, "reading the room's history: {err:#}");
+                (Err("history unavailable, try again".to_owned()), None)
+            }
+            Err(_) => (Err("history unavailable, try again".to_owned()), None),
+        };
+        self.answer(thread, Answer::Replay { id, replay, gap });
+    }
+
+    /// The lines `query` asks for, and the gap notice a resume must show first.
+    async fn read_room(
+        &self,
+        room: &str,
+        query: Query,
+    ) -> anyhow::Result<(Replay, Option<String>)> {
+        let stream = self.stream().context("history is off")?;
+        let subject = room_subject(room);
+        let after = match query {
+            Query::Recent(_) => 0,
+            Query::After(after) => after,
+        };
+        let seq = after / LINES_PER_SEQ;
+        let mut messages = self.walk(&stream, &subject, seq.max(1)).await?;
+        let mut gap = None;
+        let mut void = false;
+        if after > 0 {
+            match messages.first() {
+                Some((first, _)) if *first == seq => {}
+                Some((first, _)) => {
+                    let oldest = first * LINES_PER_SEQ;
+                    gap = Some(format!(
+                        "history gap (lines after {after} and before {oldest} are no longer held)"
+                    ));
+                }
+                None => {
+                    let last = self.last_position(&stream, &subject).await?;
+                    if last < after && last > 0 {
+                        // Not a position of this room: everything held, and the client told.
+                        gap = Some(format!(
+                            "history gap (position {after} is past {room}'s last, {last})"
+                        ));
+                        void = true;
+                        messages = self.walk(&stream, &subject, 1).await?;
+                    }
+                }
+            }
+        }
+        let mut replay = Replay {
+            last: if void { 0 } else { after },
+            ..Replay::default()
+        };
+        for (seq, text) in messages {
+            let first = seq * LINES_PER_SEQ;
+            let mut start = 0;
+            for (i, end) in memchr::memchr_iter(b'\n', &text).enumerate() {
+                let pos = first + i as u64;
+                if void || pos > after {
+                    replay.lines.push((pos, text.slice(start..end + 1)));
+                }
+                replay.last = replay.last.max(pos);
+                start = end + 1;
+            }
+        }
+        if let Query::Recent(n) = query {
+            let extra = replay.lines.len().saturating_sub(n as usize);
+            replay.lines.drain(..extra);
+        }
+        Ok((replay, gap))
+    }
+
+    /// The room's messages from stream sequence `from` on (sequence and payload), one
+    /// direct get each, at most as many as the stream holds per room and a margin for
+    /// what arrives meanwhile.
+    async fn walk(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        from: u64,
+    ) -> anyhow::Result<Vec<(u64, Bytes)>> {
+        let most = self.config.history.lines + 1000;
+        let mut messages = Vec::new();
+        let mut seq = from;
+        while messages.len() < most {
+            match stream
+                .direct_get_next_for_subject(subject, Some(seq))
+                .await
+            {
+                Ok(message) => {
+                    seq = message.sequence + 1;
+                    messages.push((message.sequence, message.payload));
+                }
+                Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(err) => return Err(anyhow::anyhow!("{err}")),
+            }
+        }
+        Ok(messages)
+    }
+
+    /// The position of the room's last line held (0: none).
+    async fn last_position(&self, stream: &stream::Stream, subject: &str) -> anyhow::Result<u64> {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => {
+                let lines = memchr::memchr_iter(b'\n', &message.payload).count() as u64;
+                Ok(message.sequence * LINES_PER_SEQ + lines.saturating_sub(1))
+            }
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+
+    /// After the link came back: sets the stream up again (a restarted nats-server kept
+    /// nothing; a new stream has a new epoch), and receives every room through a new
+    /// consumer (the old ones may have gone with the server, or expired meanwhile). What
+    /// was published while this node was cut off is not delivered to it: its window.
+    pub(super) async fn reassert_history(self: &Rc<Self>) -> anyhow::Result<()> {
+        if self.history.borrow().is_none() {
+            return Ok(());
+        }
+        let (stream, epoch) = ensure_stream(&self.js, &self.config.history).await?;
+        let old = self.view.epoch.swap(epoch, Ordering::Relaxed);
+        *self.history.borrow_mut() = Some((stream, epoch));
+        if old != epoch {
+            tracing::warn!("the cluster's history stream is new: positions start afresh");
+        }
+        let rooms: Vec<Arc<str>> = {
+            let mut state = self.state.borrow_mut();
+            let rooms = state.rooms.keys().cloned().collect();
+            for (_, task) in state.rooms.drain() {
+                task.abort();
+            }
+            rooms
+        };
+        for room in rooms {
+            if let Err(err) = self.subscribe(room.clone()).await {
+                tracing::warn!(%room, "receiving the room again: {err:#}");
+            }
+        }
+        Ok(())
+    }
+}
