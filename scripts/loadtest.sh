@@ -9,6 +9,7 @@
 #                       [--procs N] [--backends "uring epoll uring-direct"] [--out DIR]
 #                       [--room-sizes uniform|zipf[:S]] [--size-dist MIN-MAX]
 #                       [--churners N] [--churn R] [--slow-readers N]
+#                       [--server-args "FLAGS"]
 #
 # --workload   the workloads of docs/performance.md (64-byte messages, 10
 #              publishers); flags given after it still override its settings:
@@ -54,10 +55,15 @@
 #              in ~16 KB chunks: a reader with one message spilled already shows 20 KB,
 #              so a soft limit near that cuts readers); NATS max_pending 32 KiB,
 #              write_deadline 5s (a config file)
+# --server-args "FLAGS"   more flags for every ringcast server (split on spaces; not
+#              one the script sets itself, such as --threads): e.g. "--history 0" to
+#              measure history off against the default (on), on one node and, with
+#              --cluster N, on N nodes
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, CLUSTER,
 # REPEAT, PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
-# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS). --out DIR (OUT) writes the results there instead of
+# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS,
+# SERVER_EXTRA for --server-args). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
 # which opens with the verdict, and the chart comparison.svg (and comparison.png when
@@ -140,6 +146,7 @@ SIZE_DIST=${SIZE_DIST:-}
 CHURNERS=${CHURNERS:-0}
 CHURN=${CHURN:-0}
 SLOW_READERS=${SLOW_READERS:-0}
+SERVER_EXTRA=${SERVER_EXTRA:-}
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -167,6 +174,7 @@ while [ $# -gt 0 ]; do
     --churners) CHURNERS=$2; shift 2 ;;
     --churn) CHURN=$2; shift 2 ;;
     --slow-readers) SLOW_READERS=$2; shift 2 ;;
+    --server-args) SERVER_EXTRA=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
@@ -294,6 +302,10 @@ REDIS_LIMITS=()
 if [ "$SLOW_READERS" != 0 ]; then
   SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
   REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 0 0")
+fi
+if [ -n "$SERVER_EXTRA" ]; then
+  read -r -a extra <<<"$SERVER_EXTRA"
+  SERVER_ARGS+=("${extra[@]}")
 fi
 # The mix's parts for `ringcast bench`.
 MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
@@ -586,7 +598,7 @@ run_notes() {
     "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
     "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
     "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}" \
-    "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS\`"
+    "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS${SERVER_EXTRA:+ --server-args \"$SERVER_EXTRA\"}\`"
   echo
 }
 

@@ -96,8 +96,14 @@ impl<H: Clone> Hub<H> {
                 if seen >= last {
                     if seen == history::RESUMING {
                         // Kept until the replay it waits for is written (see `resume`).
-                        let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
-                        self.resuming.entry(member).or_default().push((last, bytes));
+                        let bytes =
+                            encoded.for_codec(&client.codec, client.positions, &mut self.framer);
+                        let kept = self.resuming.entry(member).or_default();
+                        kept.push((last, bytes));
+                        let queued: usize = kept.iter().map(|(_, bytes)| bytes.len()).sum();
+                        if queued > self.limits.max_outbound {
+                            self.overflowed.push((member, Overflow { queued }));
+                        }
                     }
                     continue;
                 }

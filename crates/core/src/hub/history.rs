@@ -310,10 +310,6 @@ impl<H: Clone> Hub<H> {
     ) {
         // Positions of an earlier stream name nothing in this one: everything held.
         let stale = epoch.is_some_and(|epoch| epoch != self.epoch());
-        if let Some(member) = self.clients[id].member.as_mut() {
-            member.seen_through = RESUMING;
-        }
-        self.resuming.insert(id, Vec::new());
         let what = Awaited::Resume {
             room: room.clone(),
             after: if stale { u64::MAX } else { after },
@@ -325,7 +321,16 @@ impl<H: Clone> Hub<H> {
             room,
             query,
         };
+        let asked = self.next_id;
         self.ask(id, what, ask, now);
+        if self.next_id == asked {
+            // Refused (too many answers owed): the client was told, and chat goes on.
+            return;
+        }
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.seen_through = RESUMING;
+        }
+        self.resuming.insert(id, Vec::new());
     }
 
     /// The cluster's answer to `/history`.
