@@ -154,6 +154,9 @@ struct Node {
     state: RefCell<State>,
     /// The history stream and its epoch, when history is on.
     history: RefCell<Option<(jetstream::stream::Stream, u64)>>,
+    /// Held while a room's subscription is made: two joins of one room at once must not
+    /// make two (each batch would be delivered twice meanwhile).
+    subscribing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -162,6 +165,9 @@ struct State {
     rooms: HashMap<Arc<str>, tokio::task::JoinHandle<()>>,
     /// Names this node holds in the bucket, refreshed while held.
     owned: HashSet<Arc<str>>,
+    /// With history: the stream sequence of the last batch each room's task forwarded
+    /// (a room received again after a NATS outage starts right after it).
+    received: HashMap<Arc<str>, Rc<std::cell::Cell<u64>>>,
 }
 
 impl Node {
@@ -225,6 +231,7 @@ impl Node {
             workers,
             state: RefCell::new(State::default()),
             history: RefCell::new(stream),
+            subscribing: tokio::sync::Mutex::new(()),
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
@@ -297,7 +304,9 @@ impl Node {
             Request::Left { room } => {
                 tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
                 if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
-                    if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
+                    let mut state = self.state.borrow_mut();
+                    state.received.remove(&room);
+                    if let Some(task) = state.rooms.remove(&room) {
                         // Dropping the subscriber (in the task) unsubscribes.
                         task.abort();
                     }
@@ -346,15 +355,12 @@ impl Node {
     /// Receives `room`'s chat from now on; returns once the subscription is live on the
     /// server (a request round trip on the same connection: `flush` alone does not say).
     async fn subscribe(self: &Rc<Self>, room: Arc<str>) -> anyhow::Result<()> {
+        let _one_at_a_time = self.subscribing.lock().await;
         if self.state.borrow().rooms.contains_key(&room) {
             return Ok(());
         }
         if self.config.history.lines > 0 {
-            let task = self.receive_numbered(&room).await?;
-            if let Some(old) = self.state.borrow_mut().rooms.insert(room, task) {
-                old.abort();
-            }
-            return Ok(());
+            return self.receive_numbered(room, 0).await;
         }
         let mut subscriber =
             tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(room_subject(&room)))

@@ -127,12 +127,14 @@ impl Node {
         self.deliver(&handoff.room, handoff.text, 0, handoff.origin);
     }
 
-    /// Receives `room`'s chat from the stream from now on, each batch numbered; the
-    /// returned task forwards it to the workers.
+    /// Receives `room`'s chat from the stream, each batch numbered: from now on, or
+    /// after stream sequence `after` (not 0) when it is received again. A task forwards
+    /// it to the workers. The caller holds `subscribing`.
     pub(super) async fn receive_numbered(
         self: &Rc<Self>,
-        room: &Arc<str>,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        room: Arc<str>,
+        after: u64,
+    ) -> anyhow::Result<()> {
         let stream = self.stream().context("history is off")?;
         let inbox = self.client.new_inbox();
         // Subscribed before the consumer exists: nothing it delivers can be missed.
@@ -141,8 +143,13 @@ impl Node {
             .context("NATS did not answer")??;
         let config = consumer::push::Config {
             deliver_subject: inbox,
-            filter_subject: room_subject(room),
-            deliver_policy: consumer::DeliverPolicy::New,
+            filter_subject: room_subject(&room),
+            deliver_policy: match after {
+                0 => consumer::DeliverPolicy::New,
+                after => consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+            },
             ack_policy: consumer::AckPolicy::None,
             inactive_threshold: CONSUMER_IDLE,
             memory_storage: true,
@@ -154,8 +161,11 @@ impl Node {
             .map_err(|err| anyhow::anyhow!("{err}"))
             .context("creating the room's consumer")?;
         let node = self.clone();
-        let room = room.clone();
-        Ok(tokio::task::spawn_local(async move {
+        let last = Rc::new(std::cell::Cell::new(after));
+        let forwarded = last.clone();
+        let forward_room = room.clone();
+        let task = tokio::task::spawn_local(async move {
+            let room = forward_room;
             let mut expected = 1;
             while let Some(message) = subscriber.next().await {
                 let Some((seq, delivered)) = message.reply.as_deref().and_then(sequences) else {
@@ -172,9 +182,16 @@ impl Node {
                     .as_ref()
                     .and_then(|h| h.get(ORIGIN))
                     .and_then(|value| node.origin(value.as_str()));
+                forwarded.set(seq);
                 node.deliver(&room, message.payload, seq * LINES_PER_SEQ, origin);
             }
-        }))
+        });
+        let mut state = self.state.borrow_mut();
+        state.received.insert(room.clone(), last);
+        if let Some(old) = state.rooms.insert(room, task) {
+            old.abort();
+        }
+        Ok(())
     }
 
     /// The sender named in a batch's header, if it is a client of this node.
@@ -312,8 +329,10 @@ impl Node {
 
     /// After the link came back: sets the stream up again (a restarted nats-server kept
     /// nothing; a new stream has a new epoch), and receives every room through a new
-    /// consumer (the old ones may have gone with the server, or expired meanwhile). What
-    /// was published while this node was cut off is not delivered to it: its window.
+    /// consumer (the old ones may have gone with the server, or expired meanwhile),
+    /// starting right after the last batch forwarded if the stream is the same one: what
+    /// was stored meanwhile is delivered, once. Fails (to be tried again) if a room could
+    /// not be received again.
     pub(super) async fn reassert_history(self: &Rc<Self>) -> anyhow::Result<()> {
         if self.history.borrow().is_none() {
             return Ok(());
@@ -324,18 +343,34 @@ impl Node {
         if old != epoch {
             tracing::warn!("the cluster's history stream is new: positions start afresh");
         }
-        let rooms: Vec<Arc<str>> = {
-            let mut state = self.state.borrow_mut();
-            let rooms = state.rooms.keys().cloned().collect();
-            for (_, task) in state.rooms.drain() {
+        let _one_at_a_time = self.subscribing.lock().await;
+        let rooms: Vec<(Arc<str>, u64)> = {
+            let state = self.state.borrow();
+            state
+                .rooms
+                .keys()
+                .map(|room| {
+                    let last = state.received.get(room).map_or(0, |last| last.get());
+                    // In a new stream the old sequences name nothing.
+                    (room.clone(), if old == epoch { last } else { 0 })
+                })
+                .collect()
+        };
+        let mut failed = 0;
+        for (room, last) in rooms {
+            if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
                 task.abort();
             }
-            rooms
-        };
-        for room in rooms {
-            if let Err(err) = self.subscribe(room.clone()).await {
+            if let Err(err) = self.receive_numbered(room.clone(), last).await {
                 tracing::warn!(%room, "receiving the room again: {err:#}");
+                failed += 1;
+                // Kept (with its last sequence), so that the next attempt takes it again.
+                let idle = tokio::task::spawn_local(async {});
+                self.state.borrow_mut().rooms.insert(room, idle);
             }
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} rooms could not be received again");
         }
         Ok(())
     }
