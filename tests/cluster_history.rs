@@ -18,9 +18,18 @@ backend_tests!(
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
     let url = nats.url();
-    let flags = ["--cluster", &url, "--node", name, "--cluster-lease", "2s"];
-    let mut flags = flags.to_vec();
-    flags.extend(["--history", history, "--max-msg-rate", "0"]);
+    let flags: [&str; 10] = [
+        "--cluster",
+        &url,
+        "--node",
+        name,
+        "--cluster-lease",
+        "2s",
+        "--history",
+        history,
+        "--max-msg-rate",
+        "0",
+    ];
     Server::start(backend, &flags)
 }
 

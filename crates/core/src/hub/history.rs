@@ -368,12 +368,15 @@ impl<H: Clone> Hub<H> {
             Err(why) => {
                 // Nothing replayed: the client gets what came meanwhile, and is told.
                 self.error(id, ErrorKind::History, why, now);
-                if let Some(member) = self.clients[id].member.as_mut().filter(|_| here) {
+                if !here {
+                    return;
+                }
+                if let Some(member) = self.clients[id].member.as_mut() {
                     member.seen_through = 0;
                 }
-                kept.into_iter()
-                    .filter(|_| here)
-                    .for_each(|(_, bytes)| self.push_raw(id, bytes, now));
+                for (_, bytes) in kept {
+                    self.push_raw(id, bytes, now);
+                }
                 return;
             }
         };

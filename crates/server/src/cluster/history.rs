@@ -209,12 +209,7 @@ impl Node {
     /// Answers `/history` or `/resume` from the stream. A resume receives the room
     /// first: every batch after what is read then reaches this node live.
     pub(super) async fn replay(self: Rc<Self>, thread: usize, id: u64, room: Arc<str>, query: Query) {
-        let read = async {
-            if let Query::After(_) = query {
-                self.subscribe(room.clone()).await?;
-            }
-            self.read_room(&room, query).await
-        };
+        let read = self.receive_and_read(&room, query);
         let (replay, gap) = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(Ok((replay, gap))) => (Ok(replay), gap),
             Ok(Err(err)) => {
@@ -224,6 +219,18 @@ impl Node {
             Err(_) => (Err("history unavailable, try again".to_owned()), None),
         };
         self.answer(thread, Answer::Replay { id, replay, gap });
+    }
+
+    /// For a resume, receives the room first; then reads it.
+    async fn receive_and_read(
+        self: &Rc<Self>,
+        room: &Arc<str>,
+        query: Query,
+    ) -> anyhow::Result<(Replay, Option<String>)> {
+        if let Query::After(_) = query {
+            self.subscribe(room.clone()).await?;
+        }
+        self.read_room(room, query).await
     }
 
     /// The lines `query` asks for, and the gap notice a resume must show first.
