@@ -19,7 +19,7 @@
 //!
 //! **History in the cluster.** With `--cluster`, the store is a JetStream stream that
 //! every node's bridge reads (`ringcast_server::cluster`); a batch's position is its
-//! stream sequence times [`LINES_PER_SEQ`] plus the line's index in it. Chat is then
+//! stream sequence times [`LINES_PER_SEQ`](crate::cluster::LINES_PER_SEQ) plus the line's index in it. Chat is then
 //! only published ([`Action::Publish`]); every thread of every node receives each room's
 //! batches back from the stream in its order, numbered, so no batch waits here. `/history`
 //! and `/resume` ask the bridge ([`Request::Replay`]). While a resume waits for its
@@ -29,7 +29,7 @@
 //! after the replay's last reaches this thread: kept, or live after the answer.
 
 use super::*;
-use crate::cluster::{Query, LINES_PER_SEQ};
+use crate::cluster::Query;
 use crate::history::{Change, Replay};
 use std::collections::BTreeMap;
 
