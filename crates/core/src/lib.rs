@@ -20,8 +20,8 @@ pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use history::{History, HistoryConfig};
 pub use hub::{
-    Action, ClientId, Handoff, Hub, Limits, Origin, Output, Protocol, Shared, ACCEPT_BACKOFF, LINGER,
-    RATE_NOTICE_INTERVAL,
+    Action, ClientId, Handoff, Hub, Limits, Origin, Output, Protocol, Shared, ACCEPT_BACKOFF,
+    LINGER, RATE_NOTICE_INTERVAL,
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
 pub use stats::{

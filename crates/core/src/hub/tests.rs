@@ -970,5 +970,5 @@ fn websocket_clients_get_every_ending_as_frames() {
     assert_eq!(sim.take(slow), Output::Close);
 }
 
-mod history;
 mod cluster_history;
+mod history;

@@ -100,7 +100,10 @@ fn sequences(reply: &str) -> Option<(u64, u64)> {
 impl Node {
     /// The history stream, when history is on.
     fn stream(&self) -> Option<stream::Stream> {
-        self.history.borrow().as_ref().map(|(stream, _)| stream.clone())
+        self.history
+            .borrow()
+            .as_ref()
+            .map(|(stream, _)| stream.clone())
     }
 
     /// Publishes a read's batch to its room's subject (the stream stores it) with its
@@ -115,7 +118,11 @@ impl Node {
                 headers.insert(ORIGIN, origin.as_str());
             }
             let text = handoff.text.clone();
-            match self.client.publish_with_headers(subject, headers, text).await {
+            match self
+                .client
+                .publish_with_headers(subject, headers, text)
+                .await
+            {
                 Ok(()) => {
                     self.view.published.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -138,9 +145,10 @@ impl Node {
         let stream = self.stream().context("history is off")?;
         let inbox = self.client.new_inbox();
         // Subscribed before the consumer exists: nothing it delivers can be missed.
-        let mut subscriber = tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(inbox.clone()))
-            .await
-            .context("NATS did not answer")??;
+        let mut subscriber =
+            tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(inbox.clone()))
+                .await
+                .context("NATS did not answer")??;
         let config = consumer::push::Config {
             deliver_subject: inbox,
             filter_subject: room_subject(&room),
@@ -208,7 +216,13 @@ impl Node {
 
     /// Answers `/history` or `/resume` from the stream. A resume receives the room
     /// first: every batch after what is read then reaches this node live.
-    pub(super) async fn replay(self: Rc<Self>, thread: usize, id: u64, room: Arc<str>, query: Query) {
+    pub(super) async fn replay(
+        self: Rc<Self>,
+        thread: usize,
+        id: u64,
+        room: Arc<str>,
+        query: Query,
+    ) {
         let read = self.receive_and_read(&room, query);
         let (replay, gap) = match tokio::time::timeout(READ_TIMEOUT, read).await {
             Ok(Ok((replay, gap))) => (Ok(replay), gap),
@@ -307,10 +321,7 @@ impl Node {
         let mut messages = Vec::new();
         let mut seq = from;
         while messages.len() < most {
-            match stream
-                .direct_get_next_for_subject(subject, Some(seq))
-                .await
-            {
+            match stream.direct_get_next_for_subject(subject, Some(seq)).await {
                 Ok(message) => {
                     seq = message.sequence + 1;
                     messages.push((message.sequence, message.payload));

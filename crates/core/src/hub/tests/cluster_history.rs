@@ -46,17 +46,17 @@ fn chat_comes_back_from_the_cluster_numbered_to_all_but_its_sender() {
     let mut sim = clustered_history();
     let (a, b) = (sim.connect(), sim.connect());
     sim.input(a, b"one\ntwo\n");
-    assert!(sim.output(b).is_empty(), "nothing before the stream numbers it");
+    assert!(
+        sim.output(b).is_empty(),
+        "nothing before the stream numbers it"
+    );
     let sent = published(sim.actions());
     assert_eq!(sent.len(), 1, "one publish per read");
     assert_eq!((sent[0].lines, sent[0].first), (2, 0));
     let mut back = sent[0].clone();
     back.first = 5 * LINES_PER_SEQ;
     sim.input(b, b"/positions on\n");
-    assert_eq!(
-        sim.output(b),
-        ["* positions on (lobby at 0, epoch 42)\n"]
-    );
+    assert_eq!(sim.output(b), ["* positions on (lobby at 0, epoch 42)\n"]);
     sim.hub.deliver(&[back], sim.now);
     let out = sim.output(b).concat();
     let name = out
@@ -65,7 +65,10 @@ fn chat_comes_back_from_the_cluster_numbered_to_all_but_its_sender() {
         .map(|(_, name)| name.to_owned())
         .expect("numbered chat");
     assert_eq!(out, format!("#500000 {name}: one\n#500001 {name}: two\n"));
-    assert!(sim.output(a).is_empty(), "the sender does not get its lines back");
+    assert!(
+        sim.output(a).is_empty(),
+        "the sender does not get its lines back"
+    );
     sim.input(b, b"/positions on\n");
     assert_eq!(
         sim.output(b),
@@ -89,8 +92,10 @@ fn a_resume_writes_the_replay_then_only_the_live_chat_past_it() {
         other => panic!("{other:?}"),
     };
     // Live chat while the bridge reads: seq 6 is in the replay too, seq 7 is not.
-    sim.hub.deliver(&[numbered("lobby", "x: six\n", 6)], sim.now);
-    sim.hub.deliver(&[numbered("lobby", "x: seven\n", 7)], sim.now);
+    sim.hub
+        .deliver(&[numbered("lobby", "x: six\n", 6)], sim.now);
+    sim.hub
+        .deliver(&[numbered("lobby", "x: seven\n", 7)], sim.now);
     assert!(sim.output(c).is_empty(), "nothing before the replay");
     let replay = Replay {
         lines: vec![(600_000, Bytes::from_static(b"x: six\n"))],
@@ -108,8 +113,10 @@ fn a_resume_writes_the_replay_then_only_the_live_chat_past_it() {
         "* resuming lobby after 500001 (1 line)\nx: six\nx: seven\n"
     );
     // Then live, once each: seq 7 again (a duplicate) is not written.
-    sim.hub.deliver(&[numbered("lobby", "x: seven\n", 7)], sim.now);
-    sim.hub.deliver(&[numbered("lobby", "x: eight\n", 8)], sim.now);
+    sim.hub
+        .deliver(&[numbered("lobby", "x: seven\n", 7)], sim.now);
+    sim.hub
+        .deliver(&[numbered("lobby", "x: eight\n", 8)], sim.now);
     assert_eq!(sim.output(c).concat(), "x: eight\n");
 }
 
@@ -148,7 +155,8 @@ fn a_resume_with_an_old_epoch_replays_everything_and_says_so() {
     let Some(Request::Replay { id, .. }) = requests(sim.actions()).pop() else {
         panic!("a resume asks the cluster");
     };
-    sim.hub.deliver(&[numbered("lobby", "x: second\n", 2)], sim.now);
+    sim.hub
+        .deliver(&[numbered("lobby", "x: second\n", 2)], sim.now);
     sim.hub.handle_answer(
         Answer::Replay {
             id,
