@@ -14,6 +14,7 @@ backend_tests!(
     history_and_positions_are_the_same_on_every_node,
     a_client_resumes_on_another_node_with_every_line_once_in_order,
     a_resume_on_another_node_from_an_evicted_position_is_told_the_gap,
+    with_history_off_the_cluster_relays_chat_as_plain_pub_sub,
 );
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
@@ -234,4 +235,27 @@ async fn a_resume_on_another_node_from_an_evicted_position_is_told_the_gap(backe
         "* error: history gap (the cluster's history was reset: earlier lines are lost)"
     );
     assert_eq!(reader.line().await, "* resuming chat after 0 (3 lines)");
+}
+
+/// `--history 0`: no stream, chat crosses nodes by plain pub/sub (the sender's node
+/// delivers at once), nothing is numbered, and every history command says it is off.
+async fn with_history_off_the_cluster_relays_chat_as_plain_pub_sub(backend: &str) {
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let nodes: Vec<Server> = (0..2)
+        .map(|i| node(backend, &nats, &format!("o{i}"), "0"))
+        .collect();
+    let mut writer = Client::connect(nodes[0].addr).await;
+    let mut near = Client::connect(nodes[0].addr).await;
+    let mut far = Client::connect(nodes[1].addr).await;
+    for command in ["/history", "/resume lobby 0", "/positions on"] {
+        assert_eq!(far.ask(command).await, "* error: history is off", "{command}");
+    }
+    writer.send("plain").await;
+    let expected = format!("{}: plain", writer.name);
+    assert_eq!(near.line().await, expected);
+    assert_eq!(far.line().await, expected);
+    let stats = near.ask("/stats").await;
+    assert!(stats.contains("cluster_published=1 "), "{stats}");
 }
