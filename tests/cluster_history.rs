@@ -250,7 +250,11 @@ async fn with_history_off_the_cluster_relays_chat_as_plain_pub_sub(backend: &str
     let mut near = Client::connect(nodes[0].addr).await;
     let mut far = Client::connect(nodes[1].addr).await;
     for command in ["/history", "/resume lobby 0", "/positions on"] {
-        assert_eq!(far.ask(command).await, "* error: history is off", "{command}");
+        assert_eq!(
+            far.ask(command).await,
+            "* error: history is off",
+            "{command}"
+        );
     }
     writer.send("plain").await;
     let expected = format!("{}: plain", writer.name);

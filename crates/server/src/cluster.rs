@@ -157,6 +157,8 @@ struct Node {
     /// Held while a room's subscription is made: two joins of one room at once must not
     /// make two (each batch would be delivered twice meanwhile).
     subscribing: tokio::sync::Mutex<()>,
+    /// With history: this node's batches on their way through the stream.
+    own: RefCell<history::Own>,
 }
 
 #[derive(Default)]
@@ -232,6 +234,7 @@ impl Node {
             state: RefCell::new(State::default()),
             history: RefCell::new(stream),
             subscribing: tokio::sync::Mutex::new(()),
+            own: RefCell::new(history::Own::default()),
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
@@ -247,6 +250,7 @@ impl Node {
     async fn run(self: Rc<Self>, mut inbox: mpsc::Receiver<ToBridge>) {
         let answering = tokio::task::spawn_local(self.clone().answer_questions());
         let refreshing = tokio::task::spawn_local(self.clone().refresh());
+        let delivering = tokio::task::spawn_local(self.clone().deliver_late());
         while let Some(message) = inbox.recv().await {
             match message {
                 ToBridge::Chat(handoffs) if self.config.history.lines > 0 => {
@@ -272,7 +276,7 @@ impl Node {
             .drain()
             .map(|(_, t)| t)
             .collect();
-        for task in rooms.into_iter().chain([answering, refreshing]) {
+        for task in rooms.into_iter().chain([answering, refreshing, delivering]) {
             task.abort();
             let _ = task.await;
         }

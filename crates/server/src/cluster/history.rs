@@ -18,7 +18,11 @@
 //!   and starting with the next stored message. Every node, the sender's included,
 //!   receives each batch once, numbered, in the stream's order; the sender's own client
 //!   is named in a header so that it does not get its lines back. While the link to
-//!   NATS is down, a node delivers its own chat locally, unnumbered.
+//!   NATS is down, a node delivers its own chat locally, unnumbered; and a batch of its
+//!   own that has not come back from the stream within [`ECHO_TIMEOUT`] (NATS stalled,
+//!   or restarted without the stream yet) is delivered locally too, unnumbered, as are
+//!   the node's earlier ones when a later one comes back first (each then skipped if it
+//!   still comes back): local chat is late in an outage, never lost.
 //! - **Reading:** `/history` and `/resume` walk the room's messages with direct gets
 //!   (`next_by_subj`), at most `--history` of them. A resume whose position's batch is
 //!   no longer held is told so; the stream cannot say how many of the room's lines went
@@ -31,11 +35,14 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
 use ringcast_core::history::Replay;
+use ringcast_core::Handoff;
 use ringcast_core::{HistoryConfig, Origin};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The stream holding every room's history.
 pub(super) const STREAM: &str = "RINGCAST_HISTORY";
@@ -45,6 +52,23 @@ const ORIGIN: &str = "Ringcast-Origin";
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a consumer outlives its node's interest (a node that died leaves it).
 const CONSUMER_IDLE: Duration = Duration::from_secs(5);
+/// How long a node waits for a batch of its own to come back from the stream before it
+/// delivers it to its own members without it.
+pub(super) const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a batch delivered without the stream is remembered, so that it is not
+/// delivered again if it comes back after all.
+const DELIVERED_MEMORY: Duration = Duration::from_secs(60);
+
+/// This node's own batches on their way through the stream, by the id each got when it
+/// was published (in publish order).
+#[derive(Default)]
+pub(super) struct Own {
+    next: u64,
+    /// Published and not back yet, with when.
+    waiting: BTreeMap<u64, (Instant, Handoff)>,
+    /// Delivered here without the stream, with when.
+    delivered: BTreeMap<u64, Instant>,
+}
 
 /// Creates the history stream unless it exists (the first node's bounds win; a node
 /// with other flags says so), and returns it with its epoch.
@@ -107,31 +131,54 @@ impl Node {
     }
 
     /// Publishes a read's batch to its room's subject (the stream stores it) with its
-    /// sender named; with the link down, delivers it to this node's members instead,
-    /// unnumbered, as local chat goes on without the cluster.
-    pub(super) async fn publish_numbered(&self, handoff: ringcast_core::Handoff) {
+    /// sender and its id named. It reaches this node's own members when it comes back
+    /// from the stream, or without it: at once while the link is down (the client keeps
+    /// the publish for when it is back), or once it is [`ECHO_TIMEOUT`] late.
+    pub(super) async fn publish_numbered(&self, handoff: Handoff) {
         let subject = room_subject(&handoff.room);
-        if self.view.is_available() {
-            let mut headers = async_nats::HeaderMap::new();
-            if let Some(o) = handoff.origin {
-                let origin = format!("{}.{}.{}.{}", self.number, o.thread, o.client, o.serial);
-                headers.insert(ORIGIN, origin.as_str());
-            }
-            let text = handoff.text.clone();
-            match self
-                .client
-                .publish_with_headers(subject, headers, text)
-                .await
-            {
-                Ok(()) => {
-                    self.view.published.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(err) => tracing::debug!("publishing to the cluster: {err}"),
+        let mut headers = async_nats::HeaderMap::new();
+        let mut id = None;
+        if let Some(o) = handoff.origin {
+            let now = Instant::now();
+            let mut own = self.own.borrow_mut();
+            own.next += 1;
+            let next = own.next;
+            id = Some(next);
+            let (node, thread, client) = (self.number, o.thread, o.client);
+            let origin = format!("{node}.{thread}.{client}.{}.{next}", o.serial);
+            headers.insert(ORIGIN, origin.as_str());
+            if self.view.is_available() {
+                own.waiting.insert(next, (now, handoff.clone()));
+            } else {
+                own.delivered.insert(next, now);
+                drop(own);
+                // Those of its room still waiting go first, in order.
+                self.deliver_earlier(next, &handoff.room);
+                self.deliver_without_stream(handoff.clone());
             }
         }
-        self.view.dropped.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&handoff.room, handoff.text, 0, handoff.origin);
+        let text = handoff.text.clone();
+        match self
+            .client
+            .publish_with_headers(subject, headers, text)
+            .await
+        {
+            Ok(()) => {
+                self.view.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::debug!("publishing to the cluster: {err}");
+                let waiting = id.and_then(|id| {
+                    let mut own = self.own.borrow_mut();
+                    let (_, handoff) = own.waiting.remove(&id)?;
+                    own.delivered.insert(id, Instant::now());
+                    Some(handoff)
+                });
+                if let Some(handoff) = waiting {
+                    self.deliver_without_stream(handoff);
+                }
+            }
+        }
     }
 
     /// Receives `room`'s chat from the stream, each batch numbered: from now on, or
@@ -185,12 +232,12 @@ impl Node {
                     tracing::warn!(%room, "cluster chat lost on its way from the stream");
                 }
                 expected = delivered + 1;
-                let origin = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(ORIGIN))
-                    .and_then(|value| node.origin(value.as_str()));
                 forwarded.set(seq);
+                let header = message.headers.as_ref().and_then(|h| h.get(ORIGIN));
+                let (origin, own) = header.map_or((None, None), |h| node.origin(h.as_str()));
+                if own.is_some_and(|id| !node.came_back(id, &room)) {
+                    continue;
+                }
                 node.deliver(&room, message.payload, seq * LINES_PER_SEQ, origin);
             }
         });
@@ -202,16 +249,97 @@ impl Node {
         Ok(())
     }
 
-    /// The sender named in a batch's header, if it is a client of this node.
-    fn origin(&self, header: &str) -> Option<Origin> {
+    /// The sender named in a batch's header and the batch's id, if it is this node's.
+    fn origin(&self, header: &str) -> (Option<Origin>, Option<u64>) {
         let mut parts = header.split('.').map(str::parse::<u64>);
         let mut next = || parts.next()?.ok();
-        let (node, thread, client, serial) = (next()?, next()?, next()?, next()?);
-        (node == self.number).then_some(Origin {
+        let (Some(node), Some(thread), Some(client), Some(serial), id) =
+            (next(), next(), next(), next(), next())
+        else {
+            return (None, None);
+        };
+        if node != self.number {
+            return (None, None);
+        }
+        let origin = Origin {
             thread: thread as usize,
             client: client as usize,
             serial,
-        })
+        };
+        (Some(origin), id)
+    }
+
+    /// Batch `id` of this node came back from the stream in `room`: whether to deliver
+    /// it (not if it was delivered without the stream already). This node's batches of
+    /// that room before it that have not come back never will (the stream keeps the
+    /// order of one publisher in a room): they are delivered now, without it.
+    fn came_back(&self, id: u64, room: &Arc<str>) -> bool {
+        if self.own.borrow_mut().delivered.remove(&id).is_some() {
+            return false;
+        }
+        self.own.borrow_mut().waiting.remove(&id);
+        self.deliver_earlier(id, room);
+        true
+    }
+
+    /// Delivers, without the stream, this node's batches of `room` before batch `id`
+    /// that are still waiting to come back.
+    fn deliver_earlier(&self, id: u64, room: &Arc<str>) {
+        let mut own = self.own.borrow_mut();
+        let later = own.waiting.split_off(&id);
+        let earlier = std::mem::replace(&mut own.waiting, later);
+        let now = Instant::now();
+        let mut lost = Vec::new();
+        for (earlier_id, (at, handoff)) in earlier {
+            if handoff.room == *room {
+                own.delivered.insert(earlier_id, now);
+                lost.push(handoff);
+            } else {
+                own.waiting.insert(earlier_id, (at, handoff));
+            }
+        }
+        drop(own);
+        for handoff in lost {
+            self.deliver_without_stream(handoff);
+        }
+    }
+
+    fn deliver_without_stream(&self, handoff: Handoff) {
+        self.view.dropped.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&handoff.room, handoff.text, 0, handoff.origin);
+    }
+
+    /// Delivers this node's batches that did not come back from the stream in time to
+    /// its own members, and forgets those delivered so long ago that they will not.
+    pub(super) async fn deliver_late(self: Rc<Self>) {
+        loop {
+            tokio::time::sleep(ECHO_TIMEOUT / 5).await;
+            let now = Instant::now();
+            let late: Vec<Handoff> = {
+                let mut own = self.own.borrow_mut();
+                let mut late = Vec::new();
+                while let Some(entry) = own.waiting.first_entry() {
+                    if now.duration_since(entry.get().0) < ECHO_TIMEOUT {
+                        break;
+                    }
+                    let (id, (_, handoff)) = entry.remove_entry();
+                    own.delivered.insert(id, now);
+                    late.push(handoff);
+                }
+                own.delivered
+                    .retain(|_, at| now.duration_since(*at) < DELIVERED_MEMORY);
+                late
+            };
+            if !late.is_empty() {
+                tracing::warn!(
+                    batches = late.len(),
+                    "chat did not come back from the cluster in time: delivered here without it"
+                );
+            }
+            for handoff in late {
+                self.deliver_without_stream(handoff);
+            }
+        }
     }
 
     /// Answers `/history` or `/resume` from the stream. A resume receives the room
