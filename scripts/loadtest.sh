@@ -47,6 +47,9 @@
 #              their own protocols either way
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
+# --server-args "FLAGS"   extra flags for every ringcast server of the run (split on
+#              spaces), e.g. --server-args "--history 0" to measure what a feature costs
+#              by running the same command with and without it
 # --room-sizes, --size-dist, --churners, --churn, --slow-readers   the parts of a mixed
 #              workload, as `ringcast bench` takes them. With slow readers the servers get
 #              limits that cut a client which stops reading, and leave alone one that
@@ -55,15 +58,10 @@
 #              in ~16 KB chunks: a reader with one message spilled already shows 20 KB,
 #              so a soft limit near that cuts readers); NATS max_pending 32 KiB,
 #              write_deadline 5s (a config file)
-# --server-args "FLAGS"   more flags for every ringcast server (split on spaces; not
-#              one the script sets itself, such as --threads): e.g. "--history 0" to
-#              measure history off against the default (on), on one node and, with
-#              --cluster N, on N nodes
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, CLUSTER,
 # REPEAT, PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
-# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS,
-# SERVER_EXTRA for --server-args). --out DIR (OUT) writes the results there instead of
+# THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
 # which opens with the verdict, and the chart comparison.svg (and comparison.png when
@@ -146,7 +144,6 @@ SIZE_DIST=${SIZE_DIST:-}
 CHURNERS=${CHURNERS:-0}
 CHURN=${CHURN:-0}
 SLOW_READERS=${SLOW_READERS:-0}
-SERVER_EXTRA=${SERVER_EXTRA:-}
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -174,7 +171,8 @@ while [ $# -gt 0 ]; do
     --churners) CHURNERS=$2; shift 2 ;;
     --churn) CHURN=$2; shift 2 ;;
     --slow-readers) SLOW_READERS=$2; shift 2 ;;
-    --server-args) SERVER_EXTRA=$2; shift 2 ;;
+    # shellcheck disable=SC2206 # the flags split on spaces on purpose
+    --server-args) SERVER_ARGS+=($2); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) say "unknown argument $1"; usage >&2; exit 2 ;;
   esac
@@ -302,10 +300,6 @@ REDIS_LIMITS=()
 if [ "$SLOW_READERS" != 0 ]; then
   SERVER_ARGS+=(--max-outbound 64k --write-timeout 5s)
   REDIS_LIMITS=(--client-output-buffer-limit "pubsub 64kb 0 0")
-fi
-if [ -n "$SERVER_EXTRA" ]; then
-  read -r -a extra <<<"$SERVER_EXTRA"
-  SERVER_ARGS+=("${extra[@]}")
 fi
 # The mix's parts for `ringcast bench`.
 MIX=(--room-sizes "$ROOM_SIZES" --churners "$CHURNERS" --churn "$CHURN" --slow-readers "$SLOW_READERS")
@@ -598,7 +592,7 @@ run_notes() {
     "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
     "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
     "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}" \
-    "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS${SERVER_EXTRA:+ --server-args \"$SERVER_EXTRA\"}\`"
+    "--room-sizes $ROOM_SIZES${SIZE_DIST:+ --size-dist $SIZE_DIST} --churners $CHURNERS --churn $CHURN --slow-readers $SLOW_READERS\`"
   echo
 }
 

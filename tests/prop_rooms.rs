@@ -91,6 +91,7 @@ impl World {
             cluster: None,
             // The server's default: chat is numbered and recorded, and nobody sees it.
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
+            tls: None,
         };
         let limits = Limits {
             max_line: 256,
@@ -99,6 +100,7 @@ impl World {
             rate: None,
             drain_timeout: Duration::from_secs(5),
             flush_delay: Duration::ZERO,
+            tls_handshake_timeout: Duration::from_secs(10),
         };
         let now = Instant::now();
         let hubs = (0..2)

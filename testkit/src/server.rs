@@ -43,11 +43,13 @@ pub struct ServerProcess {
     child: Child,
     /// The address the server bound, from its `listening on ADDR` line.
     pub addr: SocketAddr,
-    /// The first two lines the server wrote to stdout, as they come: the line listener's
-    /// address, then the HTTP listener's (none with `--http off`).
+    /// The first lines the server wrote to stdout, as they come: the line listener's
+    /// address, then the HTTP listener's (none with `--http off`), then the TLS ones'.
     stdout_lines: mpsc::Receiver<Option<io::Result<String>>>,
     /// The HTTP listener's address, once read from its line.
     http_addr: Option<SocketAddr>,
+    /// Lines read after those two, by [`ServerProcess::listening`].
+    later_lines: Vec<String>,
     /// Lines the server wrote to stderr (its log), the last `LOG_LINES` of them.
     log: Arc<Mutex<VecDeque<String>>>,
     /// Set once the exit status was collected: from then on the pid may name another
@@ -98,7 +100,8 @@ impl ServerProcess {
         if let Some(stdout) = child.stdout.take() {
             std::thread::spawn(move || {
                 let mut lines = BufReader::new(stdout).lines();
-                for _ in 0..2 {
+                // One per listener: line, HTTP, TLS line, HTTPS.
+                for _ in 0..4 {
                     let _ = tx.send(lines.next());
                 }
                 for _ in lines {}
@@ -109,6 +112,7 @@ impl ServerProcess {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stdout_lines: rx,
             http_addr: None,
+            later_lines: Vec::new(),
             log,
             reaped: false,
         };
@@ -161,6 +165,35 @@ impl ServerProcess {
                 line,
                 log: self.log_tail(40),
             }),
+        }
+    }
+
+    /// The address in the server's `PREFIX listening on ADDR` line (`tls`, `https`),
+    /// which follows the line and HTTP listeners' lines (read those first). Only for a
+    /// listener the server was started with: otherwise this fails after the startup
+    /// timeout.
+    pub fn listening(&mut self, prefix: &str) -> Result<SocketAddr, StartError> {
+        let wanted = format!("{prefix} ");
+        let find = |lines: &[String]| {
+            lines.iter().find_map(|line| {
+                line.trim()
+                    .strip_prefix(wanted.as_str())
+                    .and_then(parse_listening)
+            })
+        };
+        loop {
+            if let Some(addr) = find(&self.later_lines) {
+                return Ok(addr);
+            }
+            match self.stdout_lines.recv_timeout(STARTUP_TIMEOUT) {
+                Ok(Some(Ok(line))) => self.later_lines.push(line),
+                _ => {
+                    self.settle_log();
+                    return Err(StartError::NoAddress {
+                        log: self.log_tail(40),
+                    });
+                }
+            }
         }
     }
 

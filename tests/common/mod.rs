@@ -124,6 +124,14 @@ impl Server {
         self.http.expect("this server was started with --http off")
     }
 
+    /// The address of a TLS listener the server was started with: `tls` (the line
+    /// protocol, `--tls-listen`) or `https`.
+    pub fn listening(&mut self, prefix: &str) -> SocketAddr {
+        self.process
+            .listening(prefix)
+            .unwrap_or_else(|err| panic!("no {prefix} listener: {err}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.process.pid() as i32
     }

@@ -13,7 +13,9 @@
 //!   shows progress (`progress`).
 //! - [`report`]: the report format; [`compare`](mod@compare), [`verdict`] and `plot` read
 //!   it back.
+//! - [`cert`]: a throwaway CA and server certificate for TLS runs and tests.
 
+pub mod cert;
 pub mod churn;
 mod clock;
 pub mod codec;

@@ -36,6 +36,7 @@ use super::directory::{Directory, Refused};
 use super::history::{History, HistoryConfig};
 use super::metrics;
 use super::outbox::{Outbox, Overflow};
+use super::secure::Acceptor;
 use super::stats::{Disconnect, ErrorKind, HttpStatus, Stats, ThreadCounters};
 use super::time::{Clock, Deadlines, Owner, RateLimit, Tick};
 use super::web::{self, Served};
@@ -80,6 +81,9 @@ pub struct Limits {
     pub drain_timeout: Duration,
     /// Coalescing window: a writer with new output waits this long before taking it.
     pub flush_delay: Duration,
+    /// A connection on a TLS listener whose handshake has not completed by then is
+    /// closed.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +97,7 @@ impl Default for Limits {
             rate: None,
             drain_timeout: Duration::from_secs(5),
             flush_delay: Duration::ZERO,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -108,6 +113,7 @@ impl Shared {
             threads,
             cluster: None,
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
+            tls: None,
         }
     }
 
@@ -138,6 +144,9 @@ pub struct Shared {
     pub cluster: Option<Arc<ClusterView>>,
     /// Every room's recent lines and the positions of its lines (see `history`).
     pub history: Arc<History>,
+    /// Makes the TLS session of each connection on a TLS listener (none: no TLS
+    /// listener).
+    pub tls: Option<Arc<dyn Acceptor>>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -172,6 +181,23 @@ pub enum Protocol {
     Line,
     /// HTTP: one request, answered, or upgraded to a WebSocket chat client.
     Http,
+}
+
+/// A listener as the hub sees it: its protocol, and whether TLS runs under it (the
+/// connection's bytes then go through its session: see `hub/secure.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerKind {
+    pub protocol: Protocol,
+    pub tls: bool,
+}
+
+impl From<Protocol> for ListenerKind {
+    fn from(protocol: Protocol) -> Self {
+        ListenerKind {
+            protocol,
+            tls: false,
+        }
+    }
 }
 
 /// What the I/O layer must do next; see the module documentation for the order.
@@ -249,6 +275,8 @@ struct Client<H> {
     outbox: Outbox,
     /// Set once the client is on its way out; it is then in no room and its name is free.
     closing: Option<Disconnect>,
+    /// The TLS session of a connection on a TLS listener, and its buffers.
+    secure: Option<Box<secure::Secure>>,
     peer: IpAddr,
     /// The writer took lines and has not asked for more yet: a write is in flight.
     writing: bool,
@@ -389,16 +417,18 @@ impl<H: Clone> Hub<H> {
         self.shared.stats.thread(self.thread)
     }
 
-    /// Admits a new connection from `peer` on a listener of `protocol`. A refused one is
-    /// not kept: its handle comes back in an [`Action::Shutdown`] with the notice saying
-    /// why.
+    /// Admits a new connection from `peer` on a listener of `kind` (a [`Protocol`] for a
+    /// plain one). A refused one is not kept: its handle comes back in an
+    /// [`Action::Shutdown`] with the notice saying why (none on a TLS listener: no
+    /// session, no way to say it).
     pub fn connect(
         &mut self,
         handle: H,
         peer: IpAddr,
-        protocol: Protocol,
+        kind: impl Into<ListenerKind>,
         now: Instant,
     ) -> Option<ClientId> {
+        let ListenerKind { protocol, tls } = kind.into();
         if let Err(refused) = self.shared.dir.admit_connection(peer) {
             tracing::warn!(thread = self.thread, %peer, "refused a connection: {refused}");
             self.counters().refused.inc(refused.reason());
@@ -415,9 +445,20 @@ impl<H: Clone> Hub<H> {
                     http::text(503, &format!("{refused}\n"))
                 }
             };
-            self.shutdowns.push_back((handle, Some(notice)));
+            self.shutdowns.push_back((handle, (!tls).then_some(notice)));
             return None;
         }
+        let secure = match tls {
+            true => match self.new_session(protocol, peer) {
+                Some(secure) => Some(secure),
+                None => {
+                    self.shared.dir.disconnected(peer);
+                    self.shutdowns.push_back((handle, None));
+                    return None;
+                }
+            },
+            false => None,
+        };
         let now = self.clock.tick(now);
         self.next_id += 1;
         let id = self.clients.insert(Client {
@@ -429,6 +470,7 @@ impl<H: Clone> Hub<H> {
             positions: false,
             outbox: Outbox::new(self.limits.max_outbound),
             closing: None,
+            secure,
             peer,
             writing: false,
             reading: true,
@@ -443,6 +485,12 @@ impl<H: Clone> Hub<H> {
             handle,
         });
         match protocol {
+            // A TLS connection becomes a member (or reads its request) once its
+            // handshake has completed, which it has this long to do.
+            _ if tls => {
+                self.clients[id].close_by = now.plus(self.limits.tls_handshake_timeout);
+                self.arm(id);
+            }
             Protocol::Line => self.add_member(id, now),
             Protocol::Http => {
                 self.clients[id].close_by = now.plus(web::HEAD_TIMEOUT);
@@ -493,7 +541,16 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let now = self.clock.tick(now);
-        if client.codec.reads_request() {
+        if client.secure.is_some() {
+            self.handle_secure_input(id, buf, now);
+            return;
+        }
+        self.handle_plain(id, buf, now);
+    }
+
+    /// Plaintext input of a connection: what `handle_input` does after any TLS.
+    fn handle_plain(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
+        if self.clients[id].codec.reads_request() {
             self.handle_request(id, buf, now);
         }
         let mut decoder = self.clients[id].codec.take_decoder();
@@ -759,6 +816,7 @@ impl<H: Clone> Hub<H> {
         if self.clients[id].closing.is_some() {
             return;
         }
+        self.closing_secure(id);
         if let Some(member) = &self.clients[id].member {
             let transport = self.clients[id].codec.transport();
             self.shared.dir.leave(&member.name, &member.room, transport);
@@ -790,16 +848,26 @@ impl<H: Clone> Hub<H> {
                     counters.errors.inc(ErrorKind::SlowConsumer);
                     client.codec.farewell(reason, &mut self.framer)
                 });
-                self.shutdowns
-                    .push_back((client.handle.clone(), notice.flatten()));
+                // Over TLS it goes sealed, with a close_notify, or not at all (neither
+                // may split a record in flight).
+                let notice = match client.writing {
+                    true => None,
+                    false => secure::seal_notice(&mut client.secure, notice.flatten()),
+                };
+                self.shutdowns.push_back((client.handle.clone(), notice));
             }
             Disconnect::Shutdown
             | Disconnect::Quit
             | Disconnect::PeerGone
             | Disconnect::ProtocolError => {
                 // Everything queued is still written, then the farewell the reason has
-                // (if any), within the drain.
-                if let Some(farewell) = client.codec.farewell(reason, &mut self.framer) {
+                // (if any), within the drain; nothing to a TLS client before its
+                // handshake has completed.
+                let farewell = match secure::handshaking(client) {
+                    true => None,
+                    false => client.codec.farewell(reason, &mut self.framer),
+                };
+                if let Some(farewell) = farewell {
                     self.shared
                         .stats
                         .thread(self.thread)
@@ -928,6 +996,7 @@ mod cluster;
 mod commands;
 mod fanout;
 mod history;
+mod secure;
 #[cfg(test)]
 mod tests;
 mod writer;

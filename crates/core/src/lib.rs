@@ -2,7 +2,8 @@
 //! events with the time they happened (bytes read, a hand-off from another thread, a
 //! write's progress, a peer that went away, a deadline that came) and says what to do
 //! through one question, [`Hub::poll_action`] (which writers to wake, which sockets to
-//! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it.
+//! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it, and
+//! no TLS library: [`secure`] is the trait a connection's record layer implements.
 
 pub mod cluster;
 mod codec;
@@ -12,6 +13,7 @@ pub mod history;
 mod hub;
 pub mod metrics;
 mod outbox;
+pub mod secure;
 mod stats;
 mod time;
 mod web;
@@ -20,7 +22,8 @@ pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use history::{History, HistoryConfig};
 pub use hub::{
-    Action, ClientId, Handoff, Hub, Limits, Origin, Output, Protocol, Shared, ACCEPT_BACKOFF,
+    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Origin, Output, Protocol, Shared,
+    ACCEPT_BACKOFF,
     LINGER, RATE_NOTICE_INTERVAL,
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};

@@ -77,14 +77,37 @@ impl Outbox {
         }
     }
 
+    /// Changes the limit (for bytes the connection holds elsewhere: a TLS connection's
+    /// sealed batch in flight counts against it); what is queued stays.
+    pub fn set_limit(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes.min(MAX_OUTBOX_BYTES) as u32;
+    }
+
     /// Moves up to `max_buffers` queued buffers into `into`, oldest first; returns the
     /// lines they hold.
     pub fn take(&mut self, into: &mut Vec<Bytes>, max_buffers: usize) -> u64 {
+        self.take_within(into, max_buffers, usize::MAX)
+    }
+
+    /// Like [`Outbox::take`], stopping before the buffer that would take the bytes
+    /// moved past `max_bytes` (the first buffer is moved whatever its length).
+    pub fn take_within(
+        &mut self,
+        into: &mut Vec<Bytes>,
+        max_buffers: usize,
+        max_bytes: usize,
+    ) -> u64 {
         let mut lines = 0;
+        let mut bytes = 0usize;
         for _ in 0..max_buffers {
+            let next = self.first.as_ref().map_or(0, |(line, _)| line.len());
+            if bytes > 0 && bytes.saturating_add(next) > max_bytes {
+                break;
+            }
             let Some((line, in_it)) = self.first.take() else {
                 break;
             };
+            bytes += line.len();
             self.first = self.rest.pop_front();
             self.queued = self.queued.saturating_sub(line.len() as u32);
             lines += u64::from(in_it);
@@ -174,5 +197,30 @@ mod tests {
         outbox.clear();
         assert!(outbox.is_empty());
         assert_eq!((outbox.queued(), outbox.rest.capacity()), (0, 0));
+    }
+
+    #[test]
+    fn take_within_stops_at_the_byte_bound_and_the_limit_moves() {
+        let mut outbox = Outbox::new(100);
+        for line in [&b"aaaa"[..], b"bbbb", b"cc", b"dddddddd"] {
+            outbox.push(Bytes::from_static(line)).expect("fits");
+        }
+        let mut out = Vec::new();
+        // 4 + 4 fit in 9; the next 2 would not.
+        assert_eq!(outbox.take_within(&mut out, 8, 9), 2);
+        assert_eq!(out, vec![&b"aaaa"[..], b"bbbb"]);
+        // The first buffer goes even when it alone is over the bound.
+        out.clear();
+        assert_eq!(outbox.take_within(&mut out, 8, 1), 1);
+        assert_eq!(out, vec![&b"cc"[..]]);
+        // A lower limit refuses what the old one took; what is queued stays.
+        outbox.set_limit(10);
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"eee")),
+            Err(Overflow { queued: 8 })
+        );
+        outbox.set_limit(100);
+        assert_eq!(outbox.push(Bytes::from_static(b"eee")), Ok(false));
+        assert_eq!(outbox.queued(), 11);
     }
 }

@@ -15,6 +15,7 @@
 //! which records on whichever thread lets go of a chat batch last.
 
 use crate::counters::{self, Block, ByLabel, Counter, Gauge, Histogram, Readings, Row, Show};
+use crate::secure::Handshake;
 use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -255,6 +256,11 @@ crate::table! {
             "Connections refused before they became clients, by reason.",
         )
         .show(&[Show::Each { prefix: "refused_" }]),
+        /// Once per connection on a TLS listener.
+        tls_handshakes: ByLabel<Handshake> = Row::new(
+            "ringcast_tls_handshakes",
+            "Connections on the TLS listeners, by how their handshake ended.",
+        ),
         /// The history's gauges: each thread adds what its appends changed, so the sum
         /// is what the server-wide store holds.
         history_lines: Gauge = Row::new(
@@ -612,6 +618,7 @@ mod tests {
                 threads: 2,
                 cluster: None,
                 history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
+                tls: None,
             };
             let _bound = stats.bind_thread(0);
             let now = Instant::now();

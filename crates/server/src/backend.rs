@@ -4,6 +4,7 @@
 
 use crate::worker::{Worker, WorkerSetup};
 use crate::{epoll, probe, uring, uring_direct};
+use ringcast_core::ListenerKind;
 use std::net::TcpListener;
 
 /// Which I/O mechanism moves the bytes.
@@ -61,14 +62,13 @@ pub(crate) struct BackendOptions {
 }
 
 /// Runs one worker thread on `backend` until the worker ends: builds the backend's
-/// runtime on this thread, turns the bound listeners into the backend's, and runs the
-/// shared worker loop on them.
+/// runtime on this thread, turns the bound listeners (each of its kind: protocol, TLS
+/// or not) into the backend's, and runs the shared worker loop on them.
 pub(crate) fn run_worker(
     backend: Backend,
     options: &BackendOptions,
     setup: WorkerSetup,
-    listener: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
 ) -> Result<(), String> {
     let index = setup.index;
     // The fan-out clock and the backend's counters find this thread's counters through
@@ -80,23 +80,29 @@ pub(crate) fn run_worker(
         .then(|| setup.shared.stats.bind_thread(index));
     let result = match backend {
         Backend::Uring => uring::block_on(&options.uring, async move {
-            let http = http.map(uring::listener).transpose()?;
-            Worker::run(setup, uring::listener(listener)?, http).await
+            Worker::run(setup, convert(listeners, uring::listener)?).await
         }),
         Backend::Epoll => epoll::block_on(async move {
-            let http = http.map(epoll::listener).transpose()?;
-            Worker::run(setup, epoll::listener(listener)?, http).await
+            Worker::run(setup, convert(listeners, epoll::listener)?).await
         }),
         // No runtime: the loop is the thread.
-        Backend::UringDirect => (|| {
-            let http = http.map(uring_direct::listener).transpose()?;
-            let listener = uring_direct::listener(listener)?;
-            uring_direct::run(&options.uring_direct, setup, listener, http)
-        })()
-        .map(Ok),
+        Backend::UringDirect => convert(listeners, uring_direct::listener)
+            .and_then(|listeners| uring_direct::run(&options.uring_direct, setup, listeners))
+            .map(Ok),
     };
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) | Err(err) => Err(format!("thread {index}: {err}")),
     }
+}
+
+/// The bound listeners as a backend's.
+fn convert<L>(
+    listeners: Vec<(ListenerKind, TcpListener)>,
+    into: impl Fn(TcpListener) -> std::io::Result<L>,
+) -> std::io::Result<Vec<(ListenerKind, L)>> {
+    listeners
+        .into_iter()
+        .map(|(kind, listener)| Ok((kind, into(listener)?)))
+        .collect()
 }

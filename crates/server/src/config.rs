@@ -4,11 +4,13 @@
 //! started. Wiring (`crate::start`) takes a `Config` and never looks at a flag again.
 
 use crate::backend::{Backend, BackendOptions};
+use crate::tls::TlsFiles;
 use crate::{cluster, uring, uring_direct};
 use anyhow::Context as _;
 use ringcast_core::{HistoryConfig, Limits, RateLimit, MAX_OUTBOX_BYTES};
 use ringcast_util::units::{parse_bytes, parse_duration};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -20,13 +22,34 @@ const FDS_PER_THREAD: u64 = 4;
 /// Options of `ringcast serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (the bound address is printed).
-    #[arg(long, default_value = "127.0.0.1:7878")]
-    pub listen: SocketAddr,
+    /// Address of the line protocol's listener, or `off`; port 0 picks a free port (the
+    /// bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:7878", value_parser = parse_listen)]
+    pub listen: Listen,
     /// Address of the HTTP listener (the chat page at /, WebSocket clients at /ws,
     /// /healthz), or `off`; port 0 picks a free port (the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:7879", value_parser = parse_http)]
     pub http: Http,
+    /// Address of the line protocol over TLS (needs --tls-cert and --tls-key); port 0
+    /// picks a free port (the bound address is printed).
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+    /// Address of the HTTP listener over TLS: the page, wss:// at /ws, /healthz, /metrics
+    /// (needs --tls-cert and --tls-key); port 0 picks a free port (the bound address is
+    /// printed).
+    #[arg(long, value_name = "ADDR")]
+    pub https: Option<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners (e.g. certbot's fullchain.pem); read
+    /// again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (e.g. certbot's privkey.pem); read again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// A connection on a TLS listener whose handshake has not completed after this long
+    /// is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub tls_handshake_timeout: Duration,
     /// I/O backend.
     #[arg(long, value_enum, default_value = "uring")]
     pub backend: Backend,
@@ -145,6 +168,19 @@ pub enum Switch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Http(pub Option<SocketAddr>);
 
+/// The line listener's address, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7878, or off"))
+}
+
 fn parse_http(text: &str) -> Result<Http, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(Http(None));
@@ -183,6 +219,17 @@ pub(crate) enum ConfigError {
     ShortLease,
     #[error("--history-age must be more than 0 and --history-max-bytes at least 64k while --history is on")]
     HistoryBounds,
+    #[error("{listener} needs {missing}: the certificate and key its TLS uses")]
+    TlsMissing {
+        listener: &'static str,
+        missing: &'static str,
+    },
+    #[error("--tls-cert and --tls-key go together, with a TLS listener (--tls-listen or --https)")]
+    TlsUnused,
+    #[error("--tls-handshake-timeout must be more than 0")]
+    NoHandshakeTime,
+    #[error("nothing to listen on: --listen and --http are off and no TLS listener is set")]
+    NoListener,
 }
 
 /// What the defaults depend on: the machine this process runs on.
@@ -208,9 +255,15 @@ impl Host {
 /// A server's validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) listen: SocketAddr,
+    /// The line listener's address; `None`: no plain line listener.
+    pub(crate) listen: Option<SocketAddr>,
     /// The HTTP listener's address; `None`: no HTTP listener.
     pub(crate) http: Option<SocketAddr>,
+    /// The TLS listeners (line protocol, HTTP) and their certificate: the listeners'
+    /// addresses are set only with the files.
+    pub(crate) tls_listen: Option<SocketAddr>,
+    pub(crate) https: Option<SocketAddr>,
+    pub(crate) tls: Option<TlsFiles>,
     pub(crate) backend: Backend,
     /// At least 1.
     pub(crate) threads: usize,
@@ -248,6 +301,10 @@ impl Config {
         };
         let max_clients = max_clients(args.max_clients, host.open_files, threads)?;
         let limits = limits(args)?;
+        let tls = tls(args)?;
+        if args.listen.0.is_none() && args.http.0.is_none() && tls.is_none() {
+            return Err(ConfigError::NoListener);
+        }
         // In a cluster the same bounds apply to the cluster's stream (`cluster.rs`).
         let history = history(args)?;
         let cluster = match &args.cluster {
@@ -265,8 +322,11 @@ impl Config {
             None => None,
         };
         Ok(Config {
-            listen: args.listen,
+            listen: args.listen.0,
             http: args.http.0,
+            tls_listen: args.tls_listen,
+            https: args.https,
+            tls,
             backend: args.backend,
             threads,
             max_clients,
@@ -274,8 +334,8 @@ impl Config {
             limits,
             max_msg_rate: args.max_msg_rate,
             max_msg_burst: args.max_msg_burst,
-            // Without the HTTP listener nobody can scrape: then nothing is measured for it.
-            metrics: args.metrics == Switch::On && args.http.0.is_some(),
+            // Without an HTTP listener nobody can scrape: then nothing is measured for it.
+            metrics: args.metrics == Switch::On && (args.http.0.is_some() || args.https.is_some()),
             stats_interval: args.stats_interval,
             cluster,
             backend_options: BackendOptions {
@@ -319,6 +379,37 @@ fn max_clients(
             Ok(n)
         }
         None => Ok(fd_budget.max(1)),
+    }
+}
+
+/// The certificate of the TLS listeners: both files with at least one TLS listener, or
+/// neither file and no TLS listener.
+fn tls(args: &ServeArgs) -> Result<Option<TlsFiles>, ConfigError> {
+    let listener = match (args.tls_listen, args.https) {
+        (Some(_), _) => Some("--tls-listen"),
+        (None, Some(_)) => Some("--https"),
+        (None, None) => None,
+    };
+    match (listener, &args.tls_cert, &args.tls_key) {
+        (None, None, None) => Ok(None),
+        (None, _, _) => Err(ConfigError::TlsUnused),
+        (Some(_), Some(cert), Some(key)) => {
+            if args.tls_handshake_timeout.is_zero() {
+                return Err(ConfigError::NoHandshakeTime);
+            }
+            Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }))
+        }
+        (Some(listener), cert, key) => Err(ConfigError::TlsMissing {
+            listener,
+            missing: match (cert, key) {
+                (None, None) => "--tls-cert and --tls-key",
+                (None, Some(_)) => "--tls-cert",
+                _ => "--tls-key",
+            },
+        }),
     }
 }
 
@@ -366,6 +457,7 @@ fn limits(args: &ServeArgs) -> Result<Limits, ConfigError> {
         }),
         drain_timeout: args.drain_timeout,
         flush_delay: args.flush_delay,
+        tls_handshake_timeout: args.tls_handshake_timeout,
     })
 }
 
@@ -473,6 +565,83 @@ mod tests {
             format!("--max-outbound must be at most {MAX_OUTBOX_BYTES} bytes (4 GiB less 1 MiB)")
         );
         assert_eq!(MAX_OUTBOX_BYTES, 4_293_918_719);
+    }
+
+    #[test]
+    fn tls_listeners_need_both_files_and_the_files_a_listener() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--tls-listen", "127.0.0.1:0"],
+                "--tls-listen needs --tls-cert and --tls-key",
+            ),
+            (
+                &["--https", "127.0.0.1:0", "--tls-key", "k.pem"],
+                "--https needs --tls-cert:",
+            ),
+            (
+                &["--tls-listen", "127.0.0.1:0", "--tls-cert", "c.pem"],
+                "--tls-listen needs --tls-key:",
+            ),
+            (
+                &["--tls-cert", "c.pem", "--tls-key", "k.pem"],
+                "--tls-cert and --tls-key go together, with a TLS listener",
+            ),
+            (&["--tls-cert", "c.pem"], "go together"),
+            (
+                &[
+                    "--https",
+                    "127.0.0.1:0",
+                    "--tls-cert",
+                    "c.pem",
+                    "--tls-key",
+                    "k.pem",
+                    "--tls-handshake-timeout",
+                    "0",
+                ],
+                "--tls-handshake-timeout must be more than 0",
+            ),
+            (
+                &["--listen", "off", "--http", "off"],
+                "nothing to listen on",
+            ),
+        ];
+        for (flags, message) in cases {
+            let err = config(flags).expect_err("refused");
+            assert!(err.to_string().contains(message), "{flags:?}: {err}");
+        }
+        let tls = config(&[
+            "--listen",
+            "off",
+            "--http",
+            "off",
+            "--https",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--tls-handshake-timeout",
+            "300ms",
+        ])
+        .expect("valid");
+        assert_eq!(tls.listen, None);
+        assert_eq!(tls.http, None);
+        assert!(tls.https.is_some() && tls.tls_listen.is_none());
+        assert!(tls.metrics, "/metrics is served over https");
+        assert_eq!(
+            tls.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert_eq!(tls.limits.tls_handshake_timeout, Duration::from_millis(300));
+        let defaults = config(&[]).expect("valid");
+        assert_eq!(defaults.tls, None);
+        assert_eq!(
+            defaults.limits.tls_handshake_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -1,16 +1,17 @@
 //! Shutdown of one worker thread, in one order for every driver (the async worker of the
 //! `uring` and `epoll` backends, and the `uring-direct` completion loop).
 //!
-//! 1. [`Drain::LineListener`]: input is read and dropped, the line listener stops; wait
-//!    until its accepts have ended.
+//! 1. [`Drain::LineListener`]: input is read and dropped, the line listeners (plain and
+//!    TLS) stop; wait until their accepts have ended.
 //! 2. [`Drain::Inbox`]: this thread drops its senders to the other threads and to the
 //!    cluster bridge (readers hand off right after reading, so with input ignored
 //!    nothing more is sent); wait until every other thread has dropped its senders to
 //!    this one: then every line accepted anywhere is in this thread's outboxes.
 //! 3. [`Drain::Members`]: every client starts closing with the farewell, each with
 //!    `--drain-timeout` (the hub's deadline); wait until no chat member is left.
-//! 4. [`Drain::HttpListener`] (with an HTTP listener): it has answered `/healthz` with
-//!    503 so far; it stops now; wait until its accepts have ended.
+//! 4. [`Drain::HttpListener`] (with an HTTP listener, plain or TLS): the HTTP listeners
+//!    have answered `/healthz` with 503 so far; they stop now; wait until their accepts
+//!    have ended.
 //! 5. [`Drain::Connections`]: requests that came during the drain and are unanswered
 //!    are closed too; wait until the hub holds no connection.
 //!

@@ -12,7 +12,8 @@
 //! shutdown) and `routes` (hand-offs to other threads and the cluster bridge). `probe`
 //! checks at startup that io_uring can be used, `counters` holds each backend's counter
 //! table (registered at start), `ring` is what the uring backend shows of its ring in
-//! `/metrics`, and `cluster` is the NATS bridge.
+//! `/metrics`, `cluster` is the NATS bridge, and `tls` the TLS listeners' sessions
+//! (rustls), which the core drives for every backend alike.
 
 mod backend;
 pub mod cluster;
@@ -28,12 +29,13 @@ mod ring;
 mod routes;
 mod running;
 mod start;
+mod tls;
 mod uring;
 mod uring_direct;
 mod worker;
 
 pub use backend::Backend;
-pub use config::{Http, ServeArgs, Switch, UringSetup};
+pub use config::{Http, Listen, ServeArgs, Switch, UringSetup};
 /// Embedding a server in a process: only benchmarks and tests do (`test-util`).
 #[cfg(feature = "test-util")]
 pub use running::Running;
@@ -53,9 +55,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut stdout = std::io::stdout().lock();
         // One write: a reader that takes the first line and goes must not make the second
         // fail and stop the server.
-        let mut lines = format!("listening on {}\n", server.addr);
-        if let Some(http) = server.http_addr {
-            lines.push_str(&format!("http listening on {http}\n"));
+        let addrs = server.addrs;
+        let mut lines = String::new();
+        for (what, addr) in [
+            ("listening on", addrs.line),
+            ("http listening on", addrs.http),
+            ("tls listening on", addrs.tls),
+            ("https listening on", addrs.https),
+        ] {
+            if let Some(addr) = addr {
+                lines.push_str(&format!("{what} {addr}\n"));
+            }
         }
         stdout
             .write_all(lines.as_bytes())

@@ -1,11 +1,13 @@
 //! A started server as its starter holds it: the addresses it listens on, and the wait
-//! for signals and worker ends that drains it. Also the threads beside the workers: the
-//! signal thread and the stats log line.
+//! for signals and worker ends that drains it (and reloads the TLS certificate on
+//! SIGHUP). Also the threads beside the workers: the signal thread and the stats log
+//! line.
 
 use crate::backend::Backend;
+use crate::start::Addrs;
+use crate::tls::TlsAcceptor;
 use anyhow::{bail, Context};
 use ringcast_core::{Directory, Stats};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -19,10 +21,11 @@ pub(crate) enum Event {
 
 /// A server running in this process (its worker threads run in the background).
 pub struct Running {
-    pub(crate) addr: SocketAddr,
+    pub(crate) addrs: Addrs,
     /// The cluster bridge, when this node is one of a cluster; it ends after the workers.
     pub(crate) bridge: Option<crate::cluster::Bridge>,
-    pub(crate) http_addr: Option<SocketAddr>,
+    /// The TLS listeners' certificate, reloaded on SIGHUP.
+    pub(crate) tls: Option<Arc<TlsAcceptor>>,
     /// For [`Running::totals`].
     #[cfg(feature = "test-util")]
     pub(crate) stats: Arc<Stats>,
@@ -38,14 +41,17 @@ pub struct Running {
 /// What a server embedded in a process (benchmarks, tests) is asked.
 #[cfg(feature = "test-util")]
 impl Running {
-    /// The address the server listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The address the line listener is on (panics for a server started with
+    /// `--listen off`).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addrs
+            .line
+            .expect("the server was started with --listen off")
     }
 
     /// The address of the HTTP listener, if any.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.addrs.http
     }
 
     /// Counters since start.
@@ -70,6 +76,7 @@ impl Running {
             threads,
             drain_timeout,
             bridge,
+            tls,
             ..
         } = self;
         let mut stopping_since = stopping.then(Instant::now);
@@ -100,6 +107,7 @@ impl Running {
                 },
             };
             match event {
+                Event::Signal(signal_hook::consts::SIGHUP) => reload(tls.as_deref()),
                 Event::Signal(signal) if stopping_since.is_some() => {
                     tracing::warn!(signal, "second signal: exiting without draining");
                     return Ok(ExitCode::FAILURE);
@@ -142,9 +150,26 @@ impl Running {
     }
 }
 
+/// SIGHUP: the TLS certificate and key are read again (e.g. after certbot renewed
+/// them). New handshakes use them; a file that cannot be used keeps the old ones.
+fn reload(tls: Option<&TlsAcceptor>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: no TLS certificate to reload");
+        return;
+    };
+    let cert = tls.files().cert.display();
+    match tls.reload() {
+        Ok(info) => tracing::info!(%cert, "SIGHUP: TLS certificate reloaded: {info}"),
+        Err(err) => tracing::error!(
+            %cert,
+            "SIGHUP: TLS certificate not reloaded, the old one stays in use: {err}"
+        ),
+    }
+}
+
 pub(crate) fn spawn_signal_thread(events: std_mpsc::Sender<Event>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("ringcast-signals".into())

@@ -7,10 +7,12 @@ use crate::backend::{self, BackendOptions};
 use crate::cluster;
 use crate::config::{Config, Host, ServeArgs};
 use crate::running::{spawn_stats_thread, Event, Running};
+use crate::tls::TlsAcceptor;
 use crate::worker::{WorkerSetup, INBOX_BATCHES};
 use anyhow::Context as _;
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Directory, History, Limits, ServerInfo, Shared, Stats};
+use ringcast_core::secure::Acceptor;
+use ringcast_core::{Directory, History, Limits, ListenerKind, ServerInfo, Shared, Stats};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -25,8 +27,17 @@ pub fn start(args: &ServeArgs) -> anyhow::Result<Running> {
 
 /// Starts the threads of a server configured by `config`.
 fn start_with(config: Config) -> anyhow::Result<Running> {
+    // Before anything listens: a certificate that cannot be used stops the start.
+    let tls = match &config.tls {
+        Some(files) => {
+            let (acceptor, info) = TlsAcceptor::load(files.clone())?;
+            tracing::info!(cert = %files.cert.display(), "TLS certificate: {info}");
+            Some(Arc::new(acceptor))
+        }
+        None => None,
+    };
     let listeners = Listeners::bind(&config)?;
-    let (addr, http_addr) = (listeners.addr, listeners.http_addr);
+    let addrs = listeners.addrs();
     let dir = Arc::new(Directory::new(config.max_clients, config.max_per_ip));
     let stats = Stats::with_info(
         config.threads,
@@ -56,6 +67,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         threads: config.threads,
         cluster: bridge.as_ref().map(|bridge| bridge.view.clone()),
         history: Arc::new(History::new(config.history, epoch())),
+        tls: tls.clone().map(|tls| tls as Arc<dyn Acceptor>),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();
@@ -68,7 +80,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         events: events_tx.clone(),
     };
     spawn_workers(&config, wiring, listeners, inbox_rx)?;
-    log_serving(&config, addr, http_addr);
+    log_serving(&config, &addrs);
     let stats_stop = spawn_stats_thread(
         config.stats_interval,
         config.backend,
@@ -76,9 +88,9 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         stats.clone(),
     )?;
     Ok(Running {
-        addr,
+        addrs,
         bridge,
-        http_addr,
+        tls,
         #[cfg(feature = "test-util")]
         stats,
         shutdown,
@@ -101,9 +113,10 @@ fn label(config: &Config) -> Arc<str> {
     ))
 }
 
-fn log_serving(config: &Config, addr: SocketAddr, http: Option<SocketAddr>) {
+fn log_serving(config: &Config, addrs: &Addrs) {
     tracing::info!(
-        %addr, http = ?http, backend = config.backend.name(), threads = config.threads,
+        addr = ?addrs.line, http = ?addrs.http, tls = ?addrs.tls, https = ?addrs.https,
+        backend = config.backend.name(), threads = config.threads,
         max_clients = config.max_clients, max_per_ip = config.max_per_ip,
         max_line = config.limits.max_line, max_outbound = config.limits.max_outbound,
         write_timeout = ?config.limits.write_timeout.unwrap_or_default(),
@@ -134,8 +147,11 @@ fn spawn_workers(
     listeners: Listeners,
     inboxes: Vec<mpsc::Receiver<Inbox>>,
 ) -> anyhow::Result<()> {
-    let per_thread = listeners.line.into_iter().zip(listeners.http).zip(inboxes);
-    for (index, ((listener, http_listener), inbox)) in per_thread.enumerate() {
+    let per_thread = listeners
+        .per_thread(config.threads)
+        .into_iter()
+        .zip(inboxes);
+    for (index, (thread_listeners, inbox)) in per_thread.enumerate() {
         let setup = WorkerSetup {
             shared: wiring.shared.clone(),
             limits: wiring.limits,
@@ -155,7 +171,7 @@ fn spawn_workers(
             .name(format!("ringcast-{}-{index}", backend.name()))
             .spawn(move || {
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    backend::run_worker(backend, &options, setup, listener, http_listener)
+                    backend::run_worker(backend, &options, setup, thread_listeners)
                 }));
                 let result = match result {
                     Ok(result) => result,
@@ -168,43 +184,83 @@ fn spawn_workers(
     Ok(())
 }
 
-/// Every worker thread's listeners, bound, and the addresses they were bound to.
-struct Listeners {
-    line: Vec<TcpListener>,
-    /// One per thread; all `None` without an HTTP listener.
-    http: Vec<Option<TcpListener>>,
+/// The addresses the server's listeners were bound to (none for one that is off).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Addrs {
+    /// The line protocol's.
+    pub(crate) line: Option<SocketAddr>,
+    pub(crate) http: Option<SocketAddr>,
+    /// The line protocol over TLS.
+    pub(crate) tls: Option<SocketAddr>,
+    pub(crate) https: Option<SocketAddr>,
+}
+
+/// One listener kind, bound once per worker thread.
+struct Bound {
+    kind: ListenerKind,
     addr: SocketAddr,
-    http_addr: Option<SocketAddr>,
+    sockets: Vec<TcpListener>,
+}
+
+/// Every worker thread's listeners, bound: each kind that is on, in the order line,
+/// HTTP, TLS line, HTTPS.
+struct Listeners {
+    bound: Vec<Bound>,
 }
 
 impl Listeners {
     fn bind(config: &Config) -> anyhow::Result<Listeners> {
-        let threads = config.threads;
-        let line = bind_reuseport(config.listen, threads)
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let addr = line[0].local_addr().context("reading the bound address")?;
-        let http: Vec<Option<TcpListener>> = match config.http {
-            Some(http) => bind_reuseport(http, threads)
-                .with_context(|| format!("http listening on {http}"))?
-                .into_iter()
-                .map(Some)
-                .collect(),
-            None => (0..threads).map(|_| None).collect(),
+        use ringcast_core::Protocol::{Http, Line};
+        let wanted = [
+            (config.listen, Line, false, "listening on"),
+            (config.http, Http, false, "http listening on"),
+            (config.tls_listen, Line, true, "tls listening on"),
+            (config.https, Http, true, "https listening on"),
+        ];
+        let mut bound = Vec::new();
+        for (addr, protocol, tls, what) in wanted {
+            let Some(addr) = addr else {
+                continue;
+            };
+            let sockets =
+                bind_reuseport(addr, config.threads).with_context(|| format!("{what} {addr}"))?;
+            let addr = sockets[0]
+                .local_addr()
+                .context("reading the bound address")?;
+            bound.push(Bound {
+                kind: ListenerKind { protocol, tls },
+                addr,
+                sockets,
+            });
+        }
+        Ok(Listeners { bound })
+    }
+
+    fn addrs(&self) -> Addrs {
+        let find = |protocol, tls| {
+            self.bound
+                .iter()
+                .find(|b| b.kind == ListenerKind { protocol, tls })
+                .map(|b| b.addr)
         };
-        let http_addr = match http.first() {
-            Some(Some(listener)) => Some(
-                listener
-                    .local_addr()
-                    .context("reading the bound HTTP address")?,
-            ),
-            _ => None,
-        };
-        Ok(Listeners {
-            line,
-            http,
-            addr,
-            http_addr,
-        })
+        use ringcast_core::Protocol::{Http, Line};
+        Addrs {
+            line: find(Line, false),
+            http: find(Http, false),
+            tls: find(Line, true),
+            https: find(Http, true),
+        }
+    }
+
+    /// Each thread's listeners, one of every kind.
+    fn per_thread(self, threads: usize) -> Vec<Vec<(ListenerKind, TcpListener)>> {
+        let mut out: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        for bound in self.bound {
+            for (thread, socket) in out.iter_mut().zip(bound.sockets) {
+                thread.push((bound.kind, socket));
+            }
+        }
+        out
     }
 }
 

@@ -9,7 +9,9 @@ use super::io::{self, Conn, Listener};
 use super::routes::Routes;
 use bytes::{Buf, Bytes};
 use ringcast_core::cluster::{Inbox, ToBridge};
-use ringcast_core::{Action, ClientId, Handoff, Hub, Limits, Output, Protocol, Shared};
+use ringcast_core::{
+    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared,
+};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io as stdio;
@@ -74,9 +76,9 @@ pub(crate) struct Worker<C> {
     /// until; `timer_set` is that one.
     timer: Signal,
     timer_set: Cell<Option<Instant>>,
-    /// Wake the accept loops (line, HTTP) when the hub says accepting may resume: one
-    /// signal each, as a signal wakes one waiting task and both may be paused at once.
-    accept_resumed: [Signal; 2],
+    /// Wake the accept loops when the hub says accepting may resume: one signal per
+    /// listener, as a signal wakes one waiting task and several may be paused at once.
+    accept_resumed: Vec<Signal>,
     /// Notified whenever the hub forgets a connection.
     forgotten: Notify,
     /// Read buffers, held only from the moment a socket is readable until its lines are
@@ -88,12 +90,12 @@ pub(crate) struct Worker<C> {
 }
 
 impl<C: Conn> Worker<C> {
-    /// Runs the worker until shutdown has closed every connection: line clients come
-    /// through `listener`, HTTP requests (the page, WebSocket clients) through `http`.
+    /// Runs the worker until shutdown has closed every connection: line clients and
+    /// HTTP requests (the page, WebSocket clients) come through the listeners of their
+    /// kind, TLS or not.
     pub(crate) async fn run<L: Listener<Conn = C> + 'static>(
         setup: WorkerSetup,
-        listener: L,
-        http: Option<L>,
+        listeners: Vec<(ListenerKind, L)>,
     ) -> stdio::Result<()> {
         let WorkerSetup {
             shared,
@@ -121,21 +123,22 @@ impl<C: Conn> Worker<C> {
             drain: Cell::new(Drain::Running),
             timer: Signal::default(),
             timer_set: Cell::new(None),
-            accept_resumed: Default::default(),
+            accept_resumed: listeners.iter().map(|_| Signal::default()).collect(),
             forgotten: Notify::new(),
             buffers: Pool::new(POOL_MAX, POOL_KEEP_BYTES),
             batches: Pool::new(BATCHES_MAX, BATCH_KEEP),
         });
         spawn_local(worker.clone().timer_loop());
         let inbox_task = spawn_local(worker.clone().inbox_loop(inbox));
-        let listeners: Vec<(Rc<L>, Protocol)> = std::iter::once((listener, Protocol::Line))
-            .chain(http.map(|http| (http, Protocol::Http)))
-            .map(|(listener, protocol)| (Rc::new(listener), protocol))
+        let listeners: Vec<(Rc<L>, ListenerKind)> = listeners
+            .into_iter()
+            .map(|(kind, listener)| (Rc::new(listener), kind))
             .collect();
         let accept_tasks: Vec<_> = listeners
             .iter()
-            .map(|(listener, protocol)| {
-                spawn_local(worker.clone().accept_loop(listener.clone(), *protocol))
+            .enumerate()
+            .map(|(index, (listener, kind))| {
+                spawn_local(worker.clone().accept_loop(listener.clone(), *kind, index))
             })
             .collect();
 
@@ -156,12 +159,14 @@ impl<C: Conn> Worker<C> {
     /// dark at once.
     async fn shut_down<L: Listener>(
         self: &Rc<Self>,
-        listeners: &[(Rc<L>, Protocol)],
+        listeners: &[(Rc<L>, ListenerKind)],
         inbox_task: tokio::task::JoinHandle<()>,
         accept_tasks: Vec<tokio::task::JoinHandle<()>>,
     ) {
-        let has_http = listeners.len() > 1;
-        let mut accept_tasks = listeners.iter().zip(accept_tasks).enumerate();
+        let has_http = listeners
+            .iter()
+            .any(|(_, kind)| kind.protocol == Protocol::Http);
+        let mut accept_tasks: Vec<_> = accept_tasks.into_iter().map(Some).collect();
         let mut inbox_task = Some(inbox_task);
         let mut stage = Drain::Running;
         loop {
@@ -174,12 +179,21 @@ impl<C: Conn> Worker<C> {
             }
             match stage {
                 Drain::LineListener | Drain::HttpListener => {
-                    // A pending accept completes with an error once its socket is shut
-                    // down.
-                    if let Some((index, ((listener, _), task))) = accept_tasks.next() {
+                    // Every listener of the stage's protocol, TLS or not. A pending accept
+                    // completes with an error once its socket is shut down.
+                    let protocol = match stage {
+                        Drain::LineListener => Protocol::Line,
+                        _ => Protocol::Http,
+                    };
+                    for (index, (listener, kind)) in listeners.iter().enumerate() {
+                        if kind.protocol != protocol {
+                            continue;
+                        }
                         io::shutdown(&**listener, Shutdown::Both);
                         self.accept_resumed[index].notify();
-                        let _ = task.await;
+                        if let Some(task) = accept_tasks[index].take() {
+                            let _ = task.await;
+                        }
                     }
                 }
                 Drain::Inbox => {
@@ -236,23 +250,22 @@ impl<C: Conn> Worker<C> {
     async fn accept_loop<L: Listener<Conn = C>>(
         self: Rc<Self>,
         listener: Rc<L>,
-        protocol: Protocol,
+        kind: ListenerKind,
+        index: usize,
     ) {
-        let resumed = match protocol {
-            Protocol::Line => &self.accept_resumed[0],
-            Protocol::Http => &self.accept_resumed[1],
-        };
+        let resumed = &self.accept_resumed[index];
         loop {
             let accepted = listener.accept().await;
-            if !self.drain.get().accepts(protocol) {
+            if !self.drain.get().accepts(kind.protocol) {
                 return;
             }
             match accepted {
-                Ok((conn, peer)) => self.admit(conn, peer, protocol),
+                Ok((conn, peer)) => self.admit(conn, peer, kind),
                 Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                     tracing::warn!(
                         thread = self.index,
-                        listener = ?protocol,
+                        listener = ?kind.protocol,
+                        tls = kind.tls,
                         "accept: out of file descriptors ({err}); pausing"
                     );
                     {
@@ -270,7 +283,7 @@ impl<C: Conn> Worker<C> {
         }
     }
 
-    fn admit(self: &Rc<Self>, conn: C, peer: SocketAddr, protocol: Protocol) {
+    fn admit(self: &Rc<Self>, conn: C, peer: SocketAddr, kind: ListenerKind) {
         if let Err(err) = io::set_nodelay(&conn) {
             tracing::debug!("TCP_NODELAY: {err}");
         }
@@ -280,7 +293,7 @@ impl<C: Conn> Worker<C> {
         });
         let admitted = {
             let mut hub = self.hub.borrow_mut();
-            let admitted = hub.connect(handle.clone(), peer.ip(), protocol, Instant::now());
+            let admitted = hub.connect(handle.clone(), peer.ip(), kind, Instant::now());
             self.act(&mut hub);
             admitted
         };

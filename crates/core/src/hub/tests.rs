@@ -14,6 +14,7 @@ fn limits() -> Limits {
         rate: None,
         drain_timeout: Duration::from_secs(5),
         flush_delay: Duration::ZERO,
+        tls_handshake_timeout: Duration::from_secs(10),
     }
 }
 
@@ -38,6 +39,7 @@ impl Sim {
             threads,
             cluster: None,
             history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
+            tls: None,
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),
@@ -972,3 +974,4 @@ fn websocket_clients_get_every_ending_as_frames() {
 
 mod cluster_history;
 mod history;
+mod secure;

@@ -20,6 +20,7 @@ impl<H: Clone> Hub<H> {
             return Output::Close;
         };
         client.writing = false;
+        secure::write_ended(client, &self.limits);
         if client.finished {
             return Output::Close;
         }
@@ -29,7 +30,15 @@ impl<H: Clone> Hub<H> {
                 return Output::Idle;
             }
             let queued = client.outbox.queued();
-            let lines = client.outbox.take(batch, max_lines);
+            let start = batch.len();
+            let lines = if client.secure.is_some() {
+                // One sealed batch at a time, of bounded size (it counts toward
+                // `--max-outbound` until written).
+                let most = secure::seal_max(&self.limits);
+                client.outbox.take_within(batch, max_lines, most)
+            } else {
+                client.outbox.take(batch, max_lines)
+            };
             client.writing = true;
             let counters = self.shared.stats.thread(self.thread);
             counters
@@ -41,8 +50,17 @@ impl<H: Clone> Hub<H> {
             if !client.stalled_since.is_set() {
                 client.stalled_since = now;
             }
+            if client.secure.is_some() {
+                return self.seal_output(id, batch, start, now);
+            }
             return Output::Write;
         }
+        // The session's own records (handshake, tickets, alerts, key updates), and a
+        // closing session's close_notify before the FIN.
+        if let Some(output) = self.session_output(id, batch, now) {
+            return output;
+        }
+        let client = &mut self.clients[id];
         client.stalled_since = Tick::NONE;
         match client.closing {
             None => Output::Idle,
@@ -69,6 +87,7 @@ impl<H: Clone> Hub<H> {
             if bytes > 0 && client.stalled_since.is_set() {
                 client.stalled_since = now;
             }
+            secure::wrote(client, bytes, &self.limits);
         }
     }
 
@@ -142,6 +161,7 @@ impl<H: Clone> Hub<H> {
         let mut shutdown_drained = false;
         if client.close_by.due(now) {
             client.close_by = Tick::NONE;
+            secure::handshake_due(client, self.shared.stats.thread(self.thread));
             shutdown_drained = client.closing == Some(Disconnect::Shutdown) && !client.lingering;
             client.finished = true;
             self.shutdowns.push_back((client.handle.clone(), None));

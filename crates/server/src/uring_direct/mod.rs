@@ -33,7 +33,7 @@ use bytes::{Buf, Bytes};
 use ops::{Completion, Config, Key, Ring, RingCounts, ACCEPTS_PER_LISTENER};
 use ringcast_core::cluster::Inbox;
 use ringcast_core::counters::Probe;
-use ringcast_core::{Action, ClientId, Handoff, Hub, Output, Protocol};
+use ringcast_core::{Action, ClientId, Handoff, Hub, ListenerKind, Output, Protocol};
 use slab::Slab;
 use std::future::Future;
 use std::io;
@@ -97,16 +97,14 @@ impl Options {
 pub(crate) fn run(
     options: &Options,
     setup: WorkerSetup,
-    listener: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
 ) -> io::Result<()> {
-    let listeners = 1 + usize::from(http.is_some());
-    let config = options.config(listeners);
+    let config = options.config(listeners.len());
     let ring = Ring::new(&config).map_err(|(step, err)| {
         io::Error::new(err.kind(), format!("setting up the ring ({step:?}): {err}"))
     })?;
     let files = options.files();
-    let mut driver = Driver::new(ring, files, setup, listener, http);
+    let mut driver = Driver::new(ring, files, setup, listeners);
     driver.run()
 }
 
@@ -152,10 +150,10 @@ struct Driver {
     hub: Hub<Key>,
     index: usize,
     conns: Slab<Conn>,
-    /// Listener index in the ring → its protocol; [0] is the line listener.
-    listeners: Vec<Protocol>,
+    /// Listener index in the ring → its kind (protocol, TLS or not).
+    listeners: Vec<ListenerKind>,
     /// Accepting on a listener is paused (out of slots) until the hub says resume.
-    accept_paused: [bool; 2],
+    accept_paused: Vec<bool>,
     /// Connections the thread takes before it pauses accepting (its file table has room
     /// for the accepts in flight beyond that).
     files: usize,
@@ -194,8 +192,7 @@ impl Driver {
         mut ring: Ring,
         files: usize,
         setup: WorkerSetup,
-        listener: TcpListener,
-        http: Option<TcpListener>,
+        sockets: Vec<(ListenerKind, TcpListener)>,
     ) -> Driver {
         let WorkerSetup {
             shared,
@@ -220,12 +217,13 @@ impl Driver {
                 counters.recv_nobufs.set(probe(|c| &c.nobufs));
             }
         }
-        let mut listeners = vec![Protocol::Line];
-        ring.add_listener(listener);
-        if let Some(http) = http {
-            ring.add_listener(http);
-            listeners.push(Protocol::Http);
-        }
+        let listeners: Vec<ListenerKind> = sockets
+            .into_iter()
+            .map(|(kind, socket)| {
+                ring.add_listener(socket);
+                kind
+            })
+            .collect();
         let mut rx = shutdown;
         let shutdown: Pin<Box<dyn Future<Output = ()>>> = Box::pin(async move {
             while !*rx.borrow_and_update() {
@@ -239,8 +237,8 @@ impl Driver {
             hub: Hub::new(shared, index, limits, Instant::now()),
             index,
             conns: Slab::new(),
+            accept_paused: vec![false; listeners.len()],
             listeners,
-            accept_paused: [false; 2],
             files,
             routes: Routes::new(peers, bridge),
             inbox,
@@ -395,7 +393,7 @@ impl Driver {
                 Action::Handoff(handoffs) => self.hand_off(handoffs),
                 Action::Publish(handoffs) => self.routes.publish(&self.hub, &handoffs),
                 Action::ResumeAccept => {
-                    self.accept_paused = [false; 2];
+                    self.accept_paused.fill(false);
                     self.arm_accepts();
                 }
                 Action::Cluster(request) => self.routes.ask(&mut self.hub, request),
@@ -516,7 +514,7 @@ impl Driver {
 
     /// Whether the listener still takes connections at this point of shutdown.
     fn listener_open(&self, listener: usize) -> bool {
-        self.drain.accepts(self.listeners[listener])
+        self.drain.accepts(self.listeners[listener].protocol)
     }
 
     /// Keeps `ACCEPTS_PER_LISTENER` accepts in flight on every open listener while the
@@ -545,7 +543,8 @@ impl Driver {
     fn pause_accept(&mut self, listener: usize) {
         tracing::warn!(
             thread = self.index,
-            listener = ?self.listeners[listener],
+            listener = ?self.listeners[listener].protocol,
+            tls = self.listeners[listener].tls,
             slots = self.files,
             "accept: out of file descriptors (the thread holds as many connections as \
              its share of the open-files limit); pausing"
@@ -556,10 +555,10 @@ impl Driver {
     }
 
     fn accepted(&mut self, listener: usize, result: io::Result<(u32, std::net::SocketAddr)>) {
-        let protocol = self.listeners[listener];
+        let kind = self.listeners[listener];
         match result {
             Ok((slot, peer)) if self.listener_open(listener) => {
-                self.admit(slot, peer, protocol);
+                self.admit(slot, peer, kind);
                 self.arm_accepts();
             }
             Ok((slot, _)) => {
@@ -583,10 +582,10 @@ impl Driver {
         }
     }
 
-    fn admit(&mut self, slot: u32, peer: std::net::SocketAddr, protocol: Protocol) {
+    fn admit(&mut self, slot: u32, peer: std::net::SocketAddr, kind: ListenerKind) {
         // TCP_NODELAY is inherited from the listener (set in `listener`).
         let key = self.conns.insert(Conn::new(slot)) as Key;
-        let admitted = self.hub.connect(key, peer.ip(), protocol, Instant::now());
+        let admitted = self.hub.connect(key, peer.ip(), kind, Instant::now());
         match admitted {
             Some(id) => {
                 let conn = &mut self.conns[key as usize];
@@ -832,13 +831,13 @@ impl Driver {
     /// Enters a stage of shutdown (`crate::drain` has the order): the hub's part, then
     /// this loop's.
     fn enter_stage(&mut self, stage: Drain) {
-        let has_http = self.listeners.len() > 1;
+        let has_http = self.has_http();
         self.drain = stage;
         stage.enter(&mut self.hub, has_http, Instant::now());
         self.act();
         match stage {
             Drain::LineListener => {
-                self.ring.close_listener(0);
+                self.close_listeners(Protocol::Line);
                 // Input is ignored from now on: what was held back is handled (its
                 // bytes dropped by the hub, its ends seen).
                 for received in std::mem::take(&mut self.deferred) {
@@ -850,7 +849,7 @@ impl Driver {
                 // held-back hand-offs sent, nothing more goes to the others.
                 self.routes.close();
             }
-            Drain::HttpListener => self.ring.close_listener(1),
+            Drain::HttpListener => self.close_listeners(Protocol::Http),
             _ => {}
         }
         self.run_writers();
@@ -861,18 +860,40 @@ impl Driver {
         loop {
             let waiting = match self.drain {
                 Drain::Running | Drain::Done => return,
-                Drain::LineListener => !self.ring.listener_closed(0) || !self.blocked.is_empty(),
+                Drain::LineListener => {
+                    !self.listeners_closed(Protocol::Line) || !self.blocked.is_empty()
+                }
                 Drain::Inbox => self.inbox_open,
                 Drain::Members => !self.drain.hub_done(&self.hub),
-                Drain::HttpListener => !self.ring.listener_closed(1),
+                Drain::HttpListener => !self.listeners_closed(Protocol::Http),
                 Drain::Connections => !self.drain.hub_done(&self.hub) || !self.conns.is_empty(),
             };
             if waiting {
                 return;
             }
-            let next = self.drain.next(self.listeners.len() > 1);
+            let next = self.drain.next(self.has_http());
             self.enter_stage(next);
         }
+    }
+
+    /// Whether the thread has an HTTP listener (plain or TLS): its drain has the stage.
+    fn has_http(&self) -> bool {
+        self.listeners.iter().any(|k| k.protocol == Protocol::Http)
+    }
+
+    /// Stops every listener of `protocol`, TLS or not.
+    fn close_listeners(&mut self, protocol: Protocol) {
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].protocol == protocol {
+                self.ring.close_listener(index);
+            }
+        }
+    }
+
+    fn listeners_closed(&self, protocol: Protocol) -> bool {
+        (0..self.listeners.len())
+            .filter(|&index| self.listeners[index].protocol == protocol)
+            .all(|index| self.ring.listener_closed(index))
     }
 }
 

@@ -29,6 +29,7 @@ impl Sim {
             threads: 2,
             cluster: None,
             history: Arc::new(History::new(config, 7)),
+            tls: None,
         };
         let sim = |thread, first_handle| Sim {
             hub: Hub::new(shared.clone(), thread, limits(), now),
