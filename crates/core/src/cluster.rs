@@ -15,6 +15,14 @@ use std::sync::Arc;
 /// this many lines.
 pub const LINES_PER_SEQ: u64 = 100_000;
 
+/// A client of this node that sent a batch: its thread, id (a `ClientId`) and serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub thread: usize,
+    pub client: usize,
+    pub serial: u64,
+}
+
 /// Which lines of a room a [`Request::Replay`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Query {

@@ -30,7 +30,7 @@
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
-use super::cluster::{Answer, Claim, ClusterView, Request};
+use super::cluster::{Answer, Claim, ClusterView, Origin, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
 use super::history::{History, HistoryConfig};
@@ -164,14 +164,6 @@ pub struct Handoff {
     /// The client that sent it, when it is one of this node's: it does not get its own
     /// lines back when they return from the cluster.
     pub origin: Option<Origin>,
-}
-
-/// A client of this node that sent a batch: its thread, id and serial.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Origin {
-    pub thread: usize,
-    pub client: ClientId,
-    pub serial: u64,
 }
 
 /// Which listener a connection came from.

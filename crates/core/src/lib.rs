@@ -18,12 +18,12 @@ mod stats;
 mod time;
 mod web;
 
+pub use cluster::Origin;
 pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use history::{History, HistoryConfig};
 pub use hub::{
-    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Origin, Output, Protocol, Shared,
-    ACCEPT_BACKOFF,
+    Action, ClientId, Handoff, Hub, Limits, ListenerKind, Output, Protocol, Shared, ACCEPT_BACKOFF,
     LINGER, RATE_NOTICE_INTERVAL,
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
