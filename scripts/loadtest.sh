@@ -2,7 +2,7 @@
 # Runs one load scenario against each system and compares them.
 #
 #   scripts/loadtest.sh [--workload A|B|C|D|idle] [--peers] [--cluster N] [--repeat N]
-#                       [--proto line|ws]
+#                       [--proto line|ws] [--tls]
 #                       [--server-cpus LIST] [--bench-cpus LIST]
 #                       [--clients N] [--publishers N] [--rooms N] [--rate R[,R...]]
 #                       [--size BYTES] [--duration D] [--warmup D] [--slo D] [--threads N]
@@ -45,6 +45,13 @@
 # --proto ws   load the ringcast backends over WebSocket (their HTTP listener's /ws)
 #              instead of the line protocol (the default, `line`); Redis and NATS speak
 #              their own protocols either way
+# --tls        load the ringcast backends over TLS: the script makes a throwaway CA and
+#              server certificate (`ringcast cert`, into <out>/tls/; no openssl), starts
+#              each backend with --tls-cert/--tls-key and a TLS listener on a free port
+#              (--tls-listen for the line protocol, --https with --proto ws: wss), and
+#              the harness speaks TLS to it (bench --tls --tls-ca <out>/tls/ca.pem).
+#              Redis and NATS (--peers) are still run without TLS: their figures are
+#              plaintext ones
 # --server-cpus, --bench-cpus   taskset CPU lists ("0", "1", "0-1") pinning the server and
 #              the harness apart
 # --server-args "FLAGS"   extra flags for every ringcast server of the run (split on
@@ -60,7 +67,7 @@
 #              write_deadline 5s (a config file)
 #
 # Every flag can also be given as an environment variable (WORKLOAD, PEERS=1, CLUSTER,
-# REPEAT, PROTO, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
+# REPEAT, PROTO, TLS=1, SERVER_CPUS, BENCH_CPUS, CLIENTS, PUBLISHERS, ROOMS, RATE, SIZE, DURATION, WARMUP, SLO,
 # THREADS, PROCS, BACKENDS, OUT, ROOM_SIZES, SIZE_DIST, CHURNERS, CHURN, SLOW_READERS). --out DIR (OUT) writes the results there instead of
 # reports/<timestamp>/. Results go to <out>/<system>/ (with --repeat,
 # <out>/round<K>/<system>/): report.json, latency.hgrm, logs; then <out>/summary.md,
@@ -136,6 +143,7 @@ BACKENDS=${BACKENDS:-"uring epoll uring-direct"}
 PEERS=${PEERS:-}
 REPEAT=${REPEAT:-1}
 PROTO=${PROTO:-line}
+TLS=${TLS:-}
 SERVER_CPUS=${SERVER_CPUS:-}
 BENCH_CPUS=${BENCH_CPUS:-}
 OUT=${OUT:-}
@@ -152,6 +160,7 @@ while [ $# -gt 0 ]; do
     --cluster) CLUSTER=$2; shift 2 ;;
     --repeat) REPEAT=$2; shift 2 ;;
     --proto) PROTO=$2; shift 2 ;;
+    --tls) TLS=1; shift ;;
     --server-cpus) SERVER_CPUS=$2; shift 2 ;;
     --bench-cpus) BENCH_CPUS=$2; shift 2 ;;
     --clients) CLIENTS=$2; shift 2 ;;
@@ -248,6 +257,9 @@ say "building release (cargo's own progress below)"
 cargo build --release --bin ringcast
 BIN="${CARGO_TARGET_DIR:-target}/release/ringcast"
 [ -x "$BIN" ] || { say "no binary at $BIN"; exit 1; }
+if [ -n "$TLS" ] && ! "$BIN" serve --help | grep -q -- --tls-listen; then
+  say "--tls: this ringcast's serve has no TLS listeners (--tls-listen)"; exit 1
+fi
 
 # --- Machine checks ---------------------------------------------------------------------
 kernel=$(uname -r)
@@ -310,6 +322,16 @@ OUT=${OUT:-reports/$stamp}
 mkdir -p "$OUT"
 if [ "$REPEAT" -eq 1 ]; then rounds_text="1 round"; else rounds_text="$REPEAT rounds"; fi
 say "kernel $kernel, $(nproc) cores, ulimit -n $nofile; systems: $SYSTEMS; $rounds_text; results in $OUT"
+# --tls: a throwaway CA and a certificate for 127.0.0.1 that every ringcast backend
+# serves and the harness trusts.
+TLS_DIR=
+if [ -n "$TLS" ]; then
+  TLS_DIR="$OUT/tls"
+  "$BIN" cert --dir "$TLS_DIR" --name 127.0.0.1 --name localhost --days 2 >/dev/null \
+    || { say "--tls: ringcast cert could not make a certificate in $TLS_DIR"; exit 1; }
+  say "TLS: the ringcast backends serve $TLS_DIR/cert.pem, the harness trusts $TLS_DIR/ca.pem" \
+    "${PEERS:+(Redis and NATS run without TLS)}"
+fi
 
 failed=0
 server_pid=
@@ -367,12 +389,22 @@ start_ringcast() {
   # Every simulated client comes from 127.0.0.1 and publishers send far faster than a
   # person: the per-address cap and the input rate limit are off for the load test.
   # Over WebSocket the harness loads the HTTP listener, whose address is the second
-  # line the server prints.
-  local http=off prefix='listening on '
+  # line the server prints. Over TLS it loads the TLS line listener (`tls listening
+  # on`) or, over WebSocket, the https one (`https listening on`); the plain ones stay
+  # (the harness asks nothing of them).
+  local http=off prefix='listening on ' tls=()
   if [ "$PROTO" = ws ]; then http=127.0.0.1:0; prefix='http listening on '; fi
+  if [ -n "$TLS" ]; then
+    tls=(--tls-cert "$TLS_DIR/cert.pem" --tls-key "$TLS_DIR/key.pem")
+    if [ "$PROTO" = ws ]; then
+      http=off; prefix='https listening on '; tls+=(--https 127.0.0.1:0)
+    else
+      prefix='tls listening on '; tls+=(--tls-listen 127.0.0.1:0)
+    fi
+  fi
   ${server_pin[@]+"${server_pin[@]}"} "$BIN" serve --listen 127.0.0.1:0 --backend "$system" \
     --threads "$THREADS" --stats-interval 0 --max-per-ip 0 --max-msg-rate 0 --http "$http" \
-    ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} "$@" >"$base.stdout" 2>"$base.log" &
+    ${tls[@]+"${tls[@]}"} ${SERVER_ARGS[@]+"${SERVER_ARGS[@]}"} "$@" >"$base.stdout" 2>"$base.log" &
   started_pid=$!
   started_addr=
   for _ in $(seq 100); do  # up to 10 s for the address line
@@ -469,11 +501,16 @@ run_bench() {
   local what=$1 proto=$2 target=$3 target_pids=$4 dir=$5 bench_status
   local mode=(--rate "$RATE" --duration "$DURATION" --warmup "$WARMUP" --slo "$SLO")
   if [ -n "$IDLE" ]; then mode=(--idle); fi
+  # Only the ringcast backends are run with TLS.
+  local tls=()
+  case "$proto" in
+    ringcast|ws) if [ -n "$TLS" ]; then tls=(--tls --tls-ca "$TLS_DIR/ca.pem"); fi ;;
+  esac
   set +e
   ${bench_pin[@]+"${bench_pin[@]}"} "$BIN" bench --proto "$proto" --addr "$target" \
     --server-pid "$target_pids" --clients "$CLIENTS" --publishers "$PUBLISHERS" \
     --rooms "$ROOMS" --size "$SIZE" --procs "$PROCS" "${mode[@]}" "${MIX[@]}" \
-    --out "$dir" 2> >(tee "$dir/bench.log" >&2) | tee "$dir/summary.txt"
+    ${tls[@]+"${tls[@]}"} --out "$dir" 2> >(tee "$dir/bench.log" >&2) | tee "$dir/summary.txt"
   bench_status=${PIPESTATUS[0]}
   set -e
   case "$bench_status" in
@@ -584,11 +621,14 @@ run_notes() {
   else
     transport=
     if [ "$PROTO" = ws ]; then transport=" ringcast loaded over WebSocket;"; fi
+    if [ -n "$TLS" ]; then
+      transport="$transport ringcast loaded over TLS (its own throwaway CA; ${PEERS:+Redis and NATS without TLS; }rustls on both sides);"
+    fi
     echo "Run${WORKLOAD:+ (workload $WORKLOAD)}:$transport rates $RATE msg/s, $DURATION per rate after" \
       "$WARMUP warm-up, SLO $SLO; server threads $THREADS, harness processes $PROCS$pinning.$rounds"
   fi
   echo
-  echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers}${CLUSTER:+ --cluster $CLUSTER} --repeat $REPEAT --proto $PROTO" \
+  echo "Command: \`scripts/loadtest.sh${WORKLOAD:+ --workload $WORKLOAD}${PEERS:+ --peers}${CLUSTER:+ --cluster $CLUSTER} --repeat $REPEAT --proto $PROTO${TLS:+ --tls}" \
     "--clients $CLIENTS --publishers $PUBLISHERS --rooms $ROOMS --rate $RATE --size $SIZE" \
     "--duration $DURATION --warmup $WARMUP --slo $SLO --threads $THREADS --procs $PROCS" \
     "--backends \"$BACKENDS\"${SERVER_CPUS:+ --server-cpus $SERVER_CPUS}${BENCH_CPUS:+ --bench-cpus $BENCH_CPUS}" \

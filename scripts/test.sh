@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Linux machine with Rust: installs what the tests run
 # beside ringcast when it is missing (python3 for the asyncio client test; Debian's
 # python3-websockets for the WebSocket conformance test; chromium, chromium-driver and
-# python3-selenium for the browser test, unless RINGCAST_SKIP_BROWSER=1; redis-server
+# python3-selenium for the browser tests, and libnss3-tools (certutil) for the https one,
+# unless RINGCAST_SKIP_BROWSER=1; redis-server
 # and nats-server, the peers the harness and the cluster are tested with; prometheus,
 # whose server and promtool check /metrics), then runs `cargo test`.
 # The Python tests run /usr/bin/python3, Debian's, whose modules these packages are
@@ -23,6 +24,8 @@ if [ "${RINGCAST_SKIP_BROWSER:-}" != 1 ]; then
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
   has_module selenium || need+=(python3-selenium)
+  # certutil: the https browser test's Chromium trusts a test CA through an NSS db.
+  [ -x /usr/bin/certutil ] || need+=(libnss3-tools)
 fi
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v nats-server >/dev/null 2>&1 || need+=(nats-server)

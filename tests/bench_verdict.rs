@@ -124,6 +124,7 @@ fn report(backend: &str, figs: &[Fig]) -> Report {
             churners: 0,
             churn: 0.0,
             slow_readers: 0,
+            tls: false,
         },
         environment: Environment {
             kernel: "6.1".into(),

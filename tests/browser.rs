@@ -10,8 +10,8 @@
 
 mod common;
 
+use common::browser::{self, PYTHON};
 use common::{Proxy, Server};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -20,46 +20,14 @@ backend_tests!(two_tabs_and_a_tcp_client_chat_and_the_page_reconnects);
 
 /// What the whole browser run may take; it needs about 10 s on a quiet machine.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
-const PYTHON: &str = "/usr/bin/python3";
-const PACKAGES: &str = "chromium chromium-driver python3-selenium";
 
 /// One browser run at a time: each starts two Chromiums, and the machine may have two
 /// cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Why the browser cannot run here, if it cannot.
-fn missing_browser() -> Option<String> {
-    for (path, package) in [
-        ("/usr/bin/chromium", "chromium"),
-        ("/usr/bin/chromedriver", "chromium-driver"),
-        (PYTHON, "python3"),
-    ] {
-        if !Path::new(path).exists() {
-            return Some(format!("{path} is missing (Debian package {package})"));
-        }
-    }
-    let selenium = std::process::Command::new(PYTHON)
-        .args(["-c", "import selenium"])
-        .stderr(Stdio::null())
-        .status();
-    if !selenium.is_ok_and(|s| s.success()) {
-        return Some(format!(
-            "{PYTHON} cannot import selenium (Debian package python3-selenium)"
-        ));
-    }
-    None
-}
-
 async fn two_tabs_and_a_tcp_client_chat_and_the_page_reconnects(backend: &str) {
-    if std::env::var("RINGCAST_SKIP_BROWSER").is_ok_and(|v| v == "1") {
-        ringcast_testkit::skip("RINGCAST_SKIP_BROWSER=1");
+    if !browser::ready("the browser test", &[]) {
         return;
-    }
-    if let Some(why) = missing_browser() {
-        panic!(
-            "the browser test needs {PACKAGES}: {why}. Install them (scripts/test.sh does), \
-             or set RINGCAST_SKIP_BROWSER=1 to skip this test"
-        );
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let mut server = Server::start(backend, &[]);

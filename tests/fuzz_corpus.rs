@@ -4,6 +4,10 @@
 
 #[path = "../fuzz/check/decode.rs"]
 mod check;
+#[path = "../fuzz/check/publish.rs"]
+mod publish_check;
+#[path = "../fuzz/check/token.rs"]
+mod token_check;
 
 use std::path::PathBuf;
 
@@ -74,4 +78,47 @@ fn mutated_corpus_passes_the_fuzz_checks() {
         }
         check::check(&data);
     }
+}
+
+/// The `token` target's checks (`fuzz/check/token.rs`) over its seed corpus.
+mod token {
+    use super::token_check as check;
+    use ringcast_core::auth::Verifier;
+    use std::path::PathBuf;
+
+    #[test]
+    fn every_token_corpus_file_passes_the_fuzz_checks_and_the_valid_seed_is_valid() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/token");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("the token corpus") {
+            let data = std::fs::read(entry.expect("an entry").path()).expect("a corpus file");
+            check::check(&data);
+            n += 1;
+        }
+        assert!(n >= 5, "the token seed corpus is missing");
+        // The seeds reach past the signature check, or the target fuzzes only the parser.
+        let valid = std::fs::read_to_string(dir.join("valid")).expect("the valid seed");
+        let verifier = ringcast_server::jwt::JwtVerifier::from_key(check::KEY).expect("key");
+        assert_eq!(
+            verifier.verify(&valid, 1_700_000_000).expect("valid").name,
+            "fuzz"
+        );
+    }
+}
+
+#[test]
+fn every_publish_corpus_file_passes_the_fuzz_checks() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/publish");
+    let mut accepted = 0;
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("the publish corpus") {
+        let data = std::fs::read(entry.expect("an entry").path()).expect("a corpus file");
+        publish_check::check(&data);
+        accepted += usize::from(ringcast_proto::publish::parse_publish(&data).is_ok());
+        n += 1;
+    }
+    assert!(
+        n >= 5 && accepted >= 2,
+        "the publish seed corpus is missing ({n}, {accepted})"
+    );
 }

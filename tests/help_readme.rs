@@ -129,6 +129,17 @@ fn bench_help_and_docs_agree() {
 }
 
 #[test]
+fn cert_help_and_docs_agree() {
+    let help = help_flags(&["cert", "--help"]);
+    let table = table_after(&doc(LOAD_TESTING), "## Over TLS");
+    same_flags(
+        "ringcast cert",
+        &help.keys().cloned().collect(),
+        &table.keys().cloned().collect(),
+    );
+}
+
+#[test]
 fn compare_help_and_docs_agree() {
     let help = help_flags(&["compare", "--help"]);
     let table = table_after(&doc(LOAD_TESTING), "## Comparing report folders");
@@ -165,7 +176,7 @@ fn loadtest_help_and_docs_agree() {
 }
 
 #[test]
-fn the_product_lists_only_serve_bench_and_compare() {
+fn the_product_lists_only_serve_bench_compare_cert_and_token() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .arg("--help")
         .output()
@@ -180,7 +191,10 @@ fn the_product_lists_only_serve_bench_and_compare() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(commands, ["serve", "bench", "compare", "help"]);
+    assert_eq!(
+        commands,
+        ["serve", "bench", "compare", "cert", "token", "help"]
+    );
 }
 
 /// README stays a pitch, a quick start and a map (issue 22: at most 250 lines; detail goes

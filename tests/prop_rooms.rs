@@ -92,6 +92,7 @@ impl World {
             // The server's default: chat is numbered and recorded, and nobody sees it.
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
             tls: None,
+            auth: None,
         };
         let limits = Limits {
             max_line: 256,

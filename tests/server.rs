@@ -308,39 +308,7 @@ async fn slow_consumer_is_cut_off_while_others_get_everything(backend: &str) {
     let slow = Client::from_stream(tokio::net::TcpStream::from_std(socket.into()).unwrap()).await;
     let mut publisher = Client::connect(server.addr).await;
     let reader = Client::connect(server.addr).await;
-    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
-    let payload = "p".repeat(900);
-    let name = publisher.name.clone();
-    let reading = tokio::spawn({
-        let payload = payload.clone();
-        let mut reader = reader;
-        async move {
-            for i in 0..LINES {
-                assert_eq!(reader.line().await, format!("{name}: {i} {payload}"));
-                if i % CHUNK == CHUNK - 1 {
-                    let _ = progress_tx.send(i + 1);
-                }
-            }
-            reader
-        }
-    });
-    // The reader keeps up by construction: each chunk waits for the previous one to arrive.
-    for chunk in 0..LINES / CHUNK {
-        let mut burst = String::new();
-        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
-            burst.push_str(&format!("{i} {payload}\n"));
-        }
-        publisher.send_raw(burst.as_bytes()).await;
-        let arrived =
-            tokio::time::timeout(TIMEOUT, progress.wait_for(|&n| n >= (chunk + 1) * CHUNK)).await;
-        if !matches!(arrived, Ok(Ok(_))) {
-            break;
-        }
-    }
-    let mut reader = match reading.await {
-        Ok(r) => r,
-        Err(e) => panic!("{e}; log:\n{}", server.log()),
-    };
+    let mut reader = common::feed_a_reader(&server, &mut publisher, reader, LINES, CHUNK).await;
     let log = server.wait_log("slow consumer disconnected").await;
     assert!(log.contains(&format!("name={}", slow.name)), "{log}");
     let stats = reader.ask("/stats").await;

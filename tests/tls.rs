@@ -182,6 +182,12 @@ impl TlsClient {
     }
 }
 
+impl common::ReadsLines for TlsClient {
+    fn next_line(&mut self) -> impl std::future::Future<Output = String> + Send {
+        self.line()
+    }
+}
+
 /// One series of the server's `/metrics` (0 when it is not there).
 async fn metric(http: SocketAddr, series: &str) -> u64 {
     let mut stream = TcpStream::connect(http).await.expect("connect /metrics");
@@ -356,40 +362,10 @@ async fn a_tls_client_that_never_reads_is_cut_while_a_tls_reader_gets_everything
         .await
         .expect("the slow client's handshake");
     let mut publisher = Client::connect(server.addr).await;
-    let mut reader = TlsClient::connect(tls, &pki.pki.ca_pem)
+    let reader = TlsClient::connect(tls, &pki.pki.ca_pem)
         .await
         .expect("the reader's handshake");
-    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
-    let payload = "p".repeat(900);
-    let name = publisher.name.clone();
-    let reading = tokio::spawn({
-        let payload = payload.clone();
-        async move {
-            for i in 0..LINES {
-                assert_eq!(reader.line().await, format!("{name}: {i} {payload}"));
-                if i % CHUNK == CHUNK - 1 {
-                    let _ = progress_tx.send(i + 1);
-                }
-            }
-            reader
-        }
-    });
-    for chunk in 0..LINES / CHUNK {
-        let mut burst = String::new();
-        for i in chunk * CHUNK..(chunk + 1) * CHUNK {
-            burst.push_str(&format!("{i} {payload}\n"));
-        }
-        publisher.send_raw(burst.as_bytes()).await;
-        let arrived =
-            tokio::time::timeout(TIMEOUT, progress.wait_for(|&n| n >= (chunk + 1) * CHUNK)).await;
-        if !matches!(arrived, Ok(Ok(_))) {
-            break;
-        }
-    }
-    let mut reader = match reading.await {
-        Ok(reader) => reader,
-        Err(err) => panic!("{err}; log:\n{}", server.log()),
-    };
+    let mut reader = common::feed_a_reader(&server, &mut publisher, reader, LINES, CHUNK).await;
     let log = server.wait_log("slow consumer disconnected").await;
     assert!(log.contains(&format!("name={}", slow.name)), "{log}");
     assert!(!log.contains(&format!("name={}", reader.name)), "{log}");

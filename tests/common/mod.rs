@@ -2,6 +2,8 @@
 //! clients, and a macro that runs every test against every backend.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use ringcast_testkit::{poll, ServerProcess};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -359,4 +361,60 @@ pub fn numbered(line: &str) -> (u64, &str) {
         .and_then(|l| l.split_once(' '))
         .unwrap_or_else(|| panic!("not a numbered chat line: {line:?}"));
     (pos.parse().expect("a position"), rest)
+}
+
+/// A test client whose next line can be awaited: plain (`Client`) or TLS (tests/tls.rs).
+pub trait ReadsLines: Send + 'static {
+    fn next_line(&mut self) -> impl std::future::Future<Output = String> + Send;
+}
+
+impl ReadsLines for Client {
+    fn next_line(&mut self) -> impl std::future::Future<Output = String> + Send {
+        self.line()
+    }
+}
+
+/// Sends `lines` lines of 900 bytes from `publisher` in bursts of `chunk`, each burst once
+/// `reader` has the one before (so a reader keeps up by construction, while a client
+/// that does not read falls behind), and checks every line `reader` gets, in order.
+/// Returns the reader; a reader that fails panics with the server's log.
+pub async fn feed_a_reader<R: ReadsLines>(
+    server: &Server,
+    publisher: &mut Client,
+    reader: R,
+    lines: usize,
+    chunk: usize,
+) -> R {
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0usize);
+    let payload = "p".repeat(900);
+    let name = publisher.name.clone();
+    let reading = tokio::spawn({
+        let payload = payload.clone();
+        let mut reader = reader;
+        async move {
+            for i in 0..lines {
+                assert_eq!(reader.next_line().await, format!("{name}: {i} {payload}"));
+                if i % chunk == chunk - 1 {
+                    let _ = progress_tx.send(i + 1);
+                }
+            }
+            reader
+        }
+    });
+    for burst_at in (0..lines / chunk).map(|k| k * chunk) {
+        let mut burst = String::new();
+        for i in burst_at..burst_at + chunk {
+            burst.push_str(&format!("{i} {payload}\n"));
+        }
+        publisher.send_raw(burst.as_bytes()).await;
+        let arrived =
+            tokio::time::timeout(TIMEOUT, progress.wait_for(|&n| n >= burst_at + chunk)).await;
+        if !matches!(arrived, Ok(Ok(_))) {
+            break;
+        }
+    }
+    match reading.await {
+        Ok(reader) => reader,
+        Err(err) => panic!("{err}; log:\n{}", server.log()),
+    }
 }

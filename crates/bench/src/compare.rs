@@ -283,11 +283,7 @@ fn describe(group: &Group<'_>) -> String {
         .unwrap_or_default();
     let what = match r.config.proto {
         Proto::Ringcast | Proto::Ws => {
-            let transport = if r.config.proto == Proto::Ws {
-                " over WebSocket"
-            } else {
-                ""
-            };
+            let transport = crate::report::transport(r.config.proto, r.config.tls);
             let build = e
                 .system_version
                 .as_deref()

@@ -6,7 +6,8 @@
 //!   WebSocket, Redis pub/sub, NATS): what a client sends and what it makes of what it
 //!   reads; [`peers`] and [`ws`] parse the frames underneath.
 //! - [`rx`]: when a delivery reached its socket (kernel receive timestamps), beside when
-//!   the harness read it.
+//!   the harness read it; [`tls`]: the clients' TLS sessions (`--tls`), over the same
+//!   reads.
 //! - `worker`: a generator process running a share of the simulated clients.
 //! - `orchestrate`: the process the user starts; refuses a load the machine's limits
 //!   cannot carry (`preflight`), runs the generators step by step, samples the server and
@@ -31,6 +32,7 @@ mod progress;
 pub mod report;
 pub mod rx;
 pub mod scrape;
+pub mod tls;
 pub mod verdict;
 mod wire;
 mod worker;
@@ -58,6 +60,19 @@ pub struct BenchArgs {
     /// or nats-server (SUB/PUB), under the same workload and accounting.
     #[arg(long, value_enum, default_value_t = Proto::Ringcast)]
     pub proto: Proto,
+    /// Speak TLS to the server (rustls): --addr is then its TLS line port (serve
+    /// --tls-listen) or, with --proto ws, its https address (serve --https; WebSocket as
+    /// wss). Needs --tls-ca.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (with
+    /// --tls; `ringcast cert` makes a throwaway one).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name the server's certificate is checked against (with --tls); by default the IP
+    /// address of --addr, which the certificate must then hold as an IP SAN.
+    #[arg(long, value_name = "NAME")]
+    pub tls_name: Option<String>,
     /// Connect and join every client, send nothing, and report the server's resident
     /// memory per idle connection (needs --server-pid); no steps run.
     #[arg(long)]
@@ -236,6 +251,7 @@ impl BenchArgs {
             bail!("--idle measures the server's memory: it needs --server-pid");
         }
         self.check_nodes()?;
+        self.check_tls()?;
         if !(self.churn.is_finite() && self.churn >= 0.0) {
             bail!("--churn must be a rate of 0 or more per second");
         }
@@ -320,6 +336,39 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// `--tls` and the flags that go with it.
+    fn check_tls(&self) -> anyhow::Result<()> {
+        if !self.tls {
+            if self.tls_ca.is_some() || self.tls_name.is_some() {
+                bail!("--tls-ca and --tls-name go with --tls");
+            }
+            return Ok(());
+        }
+        if !self.proto.is_ringcast() {
+            bail!(
+                "--tls loads a ringcast server's TLS listeners (--proto ringcast or ws); {} is loaded without TLS",
+                self.proto.name()
+            );
+        }
+        if self.tls_ca.is_none() {
+            bail!("--tls needs --tls-ca FILE: the CA certificate the server's certificate must chain to");
+        }
+        Ok(())
+    }
+
+    /// What the clients' TLS sessions are made from (`None` without `--tls`): the CA file
+    /// is read here, so that a bad one fails before any client connects.
+    pub fn tls_client(&self) -> anyhow::Result<Option<tls::TlsClient>> {
+        let (true, Some(ca)) = (self.tls, &self.tls_ca) else {
+            return Ok(None);
+        };
+        // An https listener offers HTTP/1.1 by ALPN, as browsers expect.
+        let alpn = (self.proto == Proto::Ws).then_some(&b"http/1.1"[..]);
+        let client = tls::TlsClient::new(ca, self.tls_name.as_deref(), alpn)
+            .with_context(|| format!("--tls-ca {}", ca.display()))?;
+        Ok(Some(client))
+    }
+
     /// The `--addr` nodes, in order.
     fn resolve_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
         self.addr
@@ -347,4 +396,49 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 /// Runs `ringcast compare`.
 pub fn compare(args: CompareArgs) -> anyhow::Result<ExitCode> {
     compare::run(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let argv = [
+            "bench",
+            "--clients",
+            "10",
+            "--rooms",
+            "2",
+            "--publishers",
+            "2",
+        ];
+        Cli::parse_from(argv.iter().chain(extra)).bench
+    }
+
+    fn refusal(extra: &[&str]) -> String {
+        format!("{:#}", args(extra).validate().expect_err("refused"))
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_only_with_ringcast() {
+        assert!(args(&[]).validate().is_ok());
+        assert!(args(&[]).tls_client().expect("no TLS").is_none());
+        assert!(refusal(&["--tls"]).contains("--tls-ca"));
+        assert!(refusal(&["--tls-ca", "ca.pem"]).contains("go with --tls"));
+        assert!(refusal(&["--tls-name", "localhost"]).contains("go with --tls"));
+        let redis = refusal(&["--tls", "--tls-ca", "ca.pem", "--proto", "redis"]);
+        assert!(redis.contains("without TLS"), "{redis}");
+        let ok = args(&["--tls", "--tls-ca", "ca.pem", "--proto", "ws"]);
+        assert!(ok.validate().is_ok());
+        // The CA file is read before any client connects: a missing one is named.
+        let missing = format!("{:#}", ok.tls_client().expect_err("no such file"));
+        assert!(missing.contains("ca.pem"), "{missing}");
+    }
 }

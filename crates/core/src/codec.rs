@@ -136,6 +136,15 @@ impl Codec {
         }
     }
 
+    /// A WebSocket's close frame with code 1008 (policy violation) and `reason`: how a
+    /// refused token ends one (`--auth`); none for other transports.
+    pub(crate) fn policy_close(&self, framer: &mut Framer, reason: &str) -> Option<Bytes> {
+        match self {
+            Codec::Ws(_) => Some(framer.ws.close(CloseCode::Policy as u16, reason)),
+            _ => None,
+        }
+    }
+
     /// The last thing a connection closed by the server for `reason` is sent, if the
     /// reason has one: a notice saying why, and the transport's close frame with the code
     /// that says so. A request whose head has not come yet gets an HTTP answer instead.

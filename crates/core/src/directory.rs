@@ -149,6 +149,25 @@ impl Directory {
         (name, self.lobby.clone(), lobby.len())
     }
 
+    /// `add_member` with a chosen name (an authenticated client's, `--auth`): refused
+    /// while another connection holds it.
+    pub fn add_named_member(
+        &self,
+        transport: Transport,
+        name: &str,
+    ) -> Result<(Arc<str>, Arc<str>, usize), NameTaken> {
+        let mut inner = self.lock();
+        if inner.names.contains(name) {
+            return Err(NameTaken(name.to_owned()));
+        }
+        self.clients[transport as usize].fetch_add(1, Ordering::AcqRel);
+        let name: Arc<str> = Arc::from(name);
+        inner.names.insert(name.clone());
+        let lobby = inner.rooms.entry(self.lobby.clone()).or_default();
+        lobby.insert(name.clone());
+        Ok((name, self.lobby.clone(), lobby.len()))
+    }
+
     /// Admits a line client from `peer`: `admit_connection` and `add_member`.
     pub fn admit(&self, peer: IpAddr) -> Result<(Arc<str>, Arc<str>, usize), Refused> {
         self.admit_connection(peer)?;

@@ -20,7 +20,7 @@
 //! to each connection's codec (`codec.rs`): a read's chat is encoded once per encoding
 //! its room needs, and that buffer is shared by every member wanting it.
 //!
-//! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
+//! Where the rest is: the answers to `/join`, `/nick`, `/who`, `/rooms` and `/stats` in
 //! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
 //! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`, a read's
 //! chat on its way to the room (recorded, numbered, fanned out, handed off) in
@@ -114,6 +114,7 @@ impl Shared {
             cluster: None,
             history: Arc::new(History::new(HistoryConfig::default(), 1)),
             tls: None,
+            auth: None,
         }
     }
 
@@ -147,6 +148,8 @@ pub struct Shared {
     /// Makes the TLS session of each connection on a TLS listener (none: no TLS
     /// listener).
     pub tls: Option<Arc<dyn Acceptor>>,
+    /// `--auth`: the mode and the token verifier (none: `--auth off`).
+    pub auth: Option<Arc<crate::auth::Auth>>,
 }
 
 /// Chat for the members of `room` on another thread: `lines` whole lines, one after the
@@ -292,6 +295,8 @@ struct Client<H> {
     rate_tat: Tick,
     /// When the last `slow down` notice was queued.
     rate_noticed: Tick,
+    /// Its identity and token expiry under `--auth` (see `hub/auth.rs`).
+    auth: auth::ClientAuth,
     handle: H,
 }
 
@@ -474,6 +479,7 @@ impl<H: Clone> Hub<H> {
             armed: Tick::NONE,
             rate_tat: Tick::NONE,
             rate_noticed: Tick::NONE,
+            auth: auth::ClientAuth::default(),
             handle,
         });
         match protocol {
@@ -483,7 +489,7 @@ impl<H: Clone> Hub<H> {
                 self.clients[id].close_by = now.plus(self.limits.tls_handshake_timeout);
                 self.arm(id);
             }
-            Protocol::Line => self.add_member(id, now),
+            Protocol::Line => self.admit_line(id, now),
             Protocol::Http => {
                 self.clients[id].close_by = now.plus(web::HEAD_TIMEOUT);
                 self.arm(id);
@@ -495,7 +501,15 @@ impl<H: Clone> Hub<H> {
     /// Makes a connection a chat client in the lobby, and welcomes it.
     fn add_member(&mut self, id: ClientId, now: Tick) {
         let transport = self.clients[id].codec.transport();
-        let (name, room, members) = self.shared.dir.add_member(transport);
+        let seat = self.shared.dir.add_member(transport);
+        self.seat_member(id, seat, now);
+    }
+
+    /// Makes a connection the chat client `(name, room, members of the room)` the
+    /// directory gave it, and welcomes it.
+    fn seat_member(&mut self, id: ClientId, seat: (Arc<str>, Arc<str>, usize), now: Tick) {
+        let (name, room, members) = seat;
+        let transport = self.clients[id].codec.transport();
         self.counters().connections.inc(transport);
         let local = self.rooms.entry(room.clone()).or_default();
         let slot = local.len() as u32;
@@ -572,7 +586,7 @@ impl<H: Clone> Hub<H> {
         match web::serve(buf, self.input_stopped, &shared.stats, &shared.dir, peer) {
             Served::Waiting => {}
             Served::Respond(response) => self.respond(id, response, now),
-            Served::Upgrade(response) => {
+            Served::Upgrade(response, token) => {
                 self.counters()
                     .http_responses
                     .inc(HttpStatus::SwitchingProtocols);
@@ -580,7 +594,7 @@ impl<H: Clone> Hub<H> {
                 client.codec.upgrade();
                 client.close_by = Tick::NONE;
                 self.push_raw(id, response, now);
-                self.add_member(id, now);
+                self.admit_websocket(id, token.as_deref(), now);
             }
         }
     }
@@ -639,14 +653,11 @@ impl<H: Clone> Hub<H> {
             // before it goes out first, to the room it was said in.
             self.flush_chat(id, now);
         }
+        if !self.permitted(id, &command, now) {
+            return self.flow(id);
+        }
         match command {
-            Ok(Command::Chat(text)) => {
-                self.chat(id, text);
-                // Positions in the cluster number a batch's lines below LINES_PER_SEQ.
-                if self.batch.lines + 1 >= super::cluster::LINES_PER_SEQ {
-                    self.flush_chat(id, now);
-                }
-            }
+            Ok(Command::Chat(text)) => self.chat(id, text, now),
             Ok(Command::Empty) => {}
             Ok(Command::Join(room)) => self.join(id, room, now),
             Ok(Command::Nick(name)) => self.nick(id, name, now),
@@ -656,6 +667,7 @@ impl<H: Clone> Hub<H> {
             Ok(Command::History(n)) => self.show_history(id, n, now),
             Ok(Command::Resume(room, after, epoch)) => self.resume(id, room, after, epoch, now),
             Ok(Command::Positions(on)) => self.positions(id, on, now),
+            Ok(Command::Auth(token)) => self.authenticate(id, token, now),
             Ok(Command::Help) => self.reply(id, reply::notice(reply::HELP), now),
             Ok(Command::Quit) => {
                 self.reply(id, reply::notice(reply::BYE), now);
@@ -705,25 +717,13 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    fn chat(&mut self, id: ClientId, text: &[u8]) {
+    fn chat(&mut self, id: ClientId, text: &[u8], now: Tick) {
         reply::chat(&self.clients[id].member().name, text, &mut self.batch.text);
         self.batch.lines += 1;
-    }
-
-    fn server_stats(&mut self, id: ClientId, now: Tick) {
-        // The counters' fields are the tables' (see `counters`): what a row shows here.
-        let text = format!(
-            "stats {} clients={} rooms={}{}",
-            self.shared.label,
-            self.shared.dir.clients(),
-            self.shared.dir.room_count(),
-            self.shared.stats.read().stat_fields()
-        );
-        let text = match &self.shared.cluster {
-            Some(cluster) => format!("{text} {}", cluster.stats()),
-            None => text,
-        };
-        self.reply(id, reply::notice(text), now);
+        // Positions in the cluster number a batch's lines below LINES_PER_SEQ.
+        if self.batch.lines + 1 >= super::cluster::LINES_PER_SEQ {
+            self.flush_chat(id, now);
+        }
     }
 
     /// Queues `* error: TEXT` to the client and counts it by kind.
@@ -984,6 +984,7 @@ impl<H: Clone> Hub<H> {
     }
 }
 
+mod auth;
 mod cluster;
 mod commands;
 mod fanout;

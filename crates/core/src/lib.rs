@@ -5,6 +5,7 @@
 //! shut down), and when to ask again, [`Hub::poll_timeout`]. It has no tokio in it, and
 //! no TLS library: [`secure`] is the trait a connection's record layer implements.
 
+pub mod auth;
 pub mod cluster;
 mod codec;
 pub mod counters;
@@ -28,9 +29,9 @@ pub use hub::{
 };
 pub use outbox::{Outbox, Overflow, MAX_OUTBOX_BYTES};
 pub use stats::{
-    this_backend, this_thread, CoreCounters, Disconnect, ErrorKind, HttpStatus, Reading, Refusal,
-    ServerInfo, Stats, ThreadBinding, ThreadCounters, Totals, Transport, FANOUT_BOUNDS_NS,
-    WRITE_LINES_BOUNDS,
+    this_backend, this_thread, AuthOutcome, CoreCounters, Disconnect, ErrorKind, HttpStatus,
+    Reading, Refusal, ServerInfo, Stats, ThreadBinding, ThreadCounters, Totals, Transport,
+    FANOUT_BOUNDS_NS, WRITE_LINES_BOUNDS,
 };
 pub use time::RateLimit;
 pub use web::{CHAT_PAGE, HEAD_TIMEOUT};

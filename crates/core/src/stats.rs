@@ -93,7 +93,33 @@ pub enum ErrorKind {
     /// `/history`, `/resume` or `/positions` with history off, or a resume whose lines
     /// are partly gone (`history gap`).
     History,
+    /// `--auth`: an invalid token, a command before `/auth`, a room or a chat line the
+    /// token does not allow, an expired token.
+    Auth,
 }
+
+/// How a token presented by a client (`/auth`, `GET /ws?token=`) fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Ok,
+    Expired,
+    NotYetValid,
+    BadSignature,
+    Malformed,
+    MissingClaim,
+    /// Valid, but its name is held by another connection.
+    NameTaken,
+}
+
+crate::label!(AuthOutcome, "result", {
+    Ok = "ok",
+    Expired = "expired",
+    NotYetValid = "not_yet_valid",
+    BadSignature = "bad_signature",
+    Malformed = "malformed",
+    MissingClaim = "missing_claim",
+    NameTaken = "name_taken",
+});
 
 crate::label!(ErrorKind, "kind", {
     LineTooLong = "line_too_long",
@@ -107,6 +133,7 @@ crate::label!(ErrorKind, "kind", {
     SlowConsumer = "slow_consumer",
     ClusterUnavailable = "cluster_unavailable",
     History = "history",
+    Auth = "auth",
 });
 
 /// The status codes of HTTP responses, counted apart (the HTTP side's errors are here,
@@ -284,6 +311,10 @@ crate::table! {
             "ringcast_errors",
             "Error replies (`* error: ...`) sent to chat clients, by kind.",
         ),
+        auth: ByLabel<AuthOutcome> = Row::new(
+            "ringcast_auth",
+            "Tokens presented by clients (--auth), by result.",
+        ),
         http_responses: ByLabel<HttpStatus> = Row::new(
             "ringcast_http_responses",
             "HTTP responses queued, by status code (a WebSocket upgrade is a 101).",
@@ -315,6 +346,10 @@ impl Totals {
 
     pub fn errors(&self, kind: ErrorKind) -> u64 {
         self.errors[kind as usize]
+    }
+
+    pub fn auth(&self, outcome: AuthOutcome) -> u64 {
+        self.auth[outcome as usize]
     }
 
     /// Clients cut off for not keeping up, by bytes queued or by time without progress.
@@ -619,6 +654,7 @@ mod tests {
                 cluster: None,
                 history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
                 tls: None,
+                auth: None,
             };
             let _bound = stats.bind_thread(0);
             let now = Instant::now();

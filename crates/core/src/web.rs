@@ -26,8 +26,9 @@ pub(crate) enum Served {
     /// Send this whole response, then close.
     Respond(Bytes),
     /// Send this 101 response: from then on the connection speaks WebSocket as a chat
-    /// client, and its first frames may follow in the buffer.
-    Upgrade(Bytes),
+    /// client, and its first frames may follow in the buffer; with the request's
+    /// `?token=` (`--auth`), if any.
+    Upgrade(Bytes, Option<String>),
 }
 
 /// Reads the request head at the front of `buf` (from `peer`) once it is complete and
@@ -61,7 +62,10 @@ pub(crate) fn serve(
             buf.clear();
             Served::Respond(serve_metrics(stats, dir, format))
         }
-        Route::Upgrade(response) => Served::Upgrade(response),
+        Route::Upgrade(response) => {
+            let token = request.query_param("token").map(str::to_owned);
+            Served::Upgrade(response, token)
+        }
     }
 }
 
@@ -201,7 +205,7 @@ mod tests {
         assert_eq!(buf, &head[..20], "an incomplete head is kept");
         let mut buf = [head, b"\x81\x80"].concat();
         let served = serve(&mut buf, false, &stats, &dir, peer);
-        assert!(matches!(served, Served::Upgrade(_)), "{served:?}");
+        assert!(matches!(served, Served::Upgrade(..)), "{served:?}");
         assert_eq!(buf, b"\x81\x80", "the first frame stays for the decoder");
         let mut buf = b"GET /healthz HTTP/1.1\r\n\r\nmore".to_vec();
         let Served::Respond(ok) = serve(&mut buf, false, &stats, &dir, peer) else {

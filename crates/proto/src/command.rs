@@ -26,6 +26,9 @@ pub enum Command<'a> {
     Resume(&'a str, u64, Option<u64>),
     /// `/positions on|off`: chat lines with (or without) their room positions.
     Positions(bool),
+    /// `/auth TOKEN`: identify with a signed token (`--auth`); the token is checked by
+    /// the core's verifier, not here.
+    Auth(&'a str),
 }
 
 /// Why a line was refused. The `Display` text is what the client reads after `* error: `.
@@ -81,6 +84,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, CommandError> {
             number_arg("/history", "a number of lines", arg).map(|n| Command::History(Some(n)))
         }
         b"resume" => resume_args(arg),
+        b"auth" => token_arg(arg),
         b"positions" => match arg {
             b"on" => Ok(Command::Positions(true)),
             b"off" => Ok(Command::Positions(false)),
@@ -127,6 +131,20 @@ fn number_arg(command: &'static str, what: &'static str, arg: &[u8]) -> Result<u
     }
 }
 
+/// `/auth TOKEN`: one word of printable ASCII (a JWT is base64url and dots).
+fn token_arg(arg: &[u8]) -> Result<Command<'_>, CommandError> {
+    if arg.is_empty() {
+        return Err(CommandError::MissingArgument {
+            command: "/auth",
+            what: "a token",
+        });
+    }
+    match std::str::from_utf8(arg) {
+        Ok(token) if arg.iter().all(u8::is_ascii_graphic) => Ok(Command::Auth(token)),
+        _ => Err(invalid("/auth", "one token", arg)),
+    }
+}
+
 /// `/resume ROOM POS`.
 fn resume_args(arg: &[u8]) -> Result<Command<'_>, CommandError> {
     let missing = CommandError::MissingArgument {
@@ -148,6 +166,12 @@ fn resume_args(arg: &[u8]) -> Result<Command<'_>, CommandError> {
         None => None,
     };
     Ok(Command::Resume(room, pos, epoch))
+}
+
+/// Whether `name` follows the rules of names and room names: 1-`NAME_MAX` letters,
+/// digits, `_`, `-` or `.` (a token's `sub` must, too).
+pub fn valid_name(name: &str) -> bool {
+    name_arg("", "", name.as_bytes()).is_ok()
 }
 
 fn name_arg<'a>(
@@ -182,6 +206,24 @@ mod tests {
         assert_eq!(parse(b"\xff\xfe"), Ok(Command::Chat(b"\xff\xfe")));
         assert_eq!(parse(b" /who"), Ok(Command::Chat(b" /who")));
         assert_eq!(parse(b""), Ok(Command::Empty));
+    }
+
+    #[test]
+    fn auth_takes_one_printable_token() {
+        assert_eq!(parse(b"/auth a.b-c_d"), Ok(Command::Auth("a.b-c_d")));
+        assert_eq!(parse(b"/auth  tok  "), Ok(Command::Auth("tok")));
+        assert!(matches!(
+            parse(b"/auth"),
+            Err(CommandError::MissingArgument { .. })
+        ));
+        assert!(matches!(
+            parse(b"/auth a b"),
+            Err(CommandError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            parse(b"/auth \xff"),
+            Err(CommandError::InvalidArgument { .. })
+        ));
     }
 
     #[test]

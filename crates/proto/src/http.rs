@@ -15,12 +15,25 @@ pub struct Request {
     pub method: String,
     /// The path without its query string.
     pub path: String,
+    /// The query string (after `?`), if any, as it came.
+    pub query: Option<String>,
     /// `Upgrade: websocket` was asked for (with `Connection: upgrade`).
     pub upgrade_websocket: bool,
     pub websocket_key: Option<String>,
     pub websocket_version: Option<String>,
     /// The `Accept` header, for content negotiation (`/metrics`).
     pub accept: Option<String>,
+}
+
+impl Request {
+    /// The value of query parameter `name` (`?name=value&...`), as it came: no percent
+    /// decoding (a token is base64url and dots, which need none).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .as_deref()?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    }
 }
 
 /// Why a request head was refused before it was understood.
@@ -60,10 +73,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Err(HeadError::Malformed("no request line"));
     };
-    let path = target.split('?').next().unwrap_or(target);
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (target, None),
+    };
     let mut request = Request {
         method: method.to_owned(),
         path: path.to_owned(),
+        query,
         ..Request::default()
     };
     let mut upgrade = false;
@@ -150,6 +167,7 @@ mod tests {
         let (request, len) = parse_head(head).unwrap().unwrap();
         assert_eq!(len, head.len() - 4);
         assert_eq!(request.path, "/ws");
+        assert_eq!(request.query_param("token"), None);
         assert!(request.upgrade_websocket);
         assert_eq!(
             request.websocket_key.as_deref(),

@@ -7,8 +7,9 @@
 mod command;
 mod decoder;
 pub mod http;
+pub mod publish;
 pub mod reply;
 pub mod ws;
 
-pub use command::{parse, Command, CommandError, NAME_MAX};
+pub use command::{parse, valid_name, Command, CommandError, NAME_MAX};
 pub use decoder::{Frame, LineDecoder};

@@ -7,6 +7,7 @@ use crate::backend::{Backend, BackendOptions};
 use crate::tls::TlsFiles;
 use crate::{cluster, uring, uring_direct};
 use anyhow::Context as _;
+use ringcast_core::auth::AuthMode;
 use ringcast_core::{HistoryConfig, Limits, RateLimit, MAX_OUTBOX_BYTES};
 use ringcast_util::units::{parse_bytes, parse_duration};
 use std::net::SocketAddr;
@@ -50,6 +51,14 @@ pub struct ServeArgs {
     /// is closed.
     #[arg(long, default_value = "10s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub tls_handshake_timeout: Duration,
+    /// Signed tokens (JWT): `optional` reserves the names of clients that `/auth`,
+    /// `required` admits only them (needs --jwt-key).
+    #[arg(long, value_enum, default_value = "off")]
+    pub auth: AuthArg,
+    /// The key tokens are checked with: an HS256 secret (the file's bytes, a trailing
+    /// newline ignored) or a PEM public key (RSA: RS256, EC P-256: ES256, Ed25519: EdDSA).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_key: Option<PathBuf>,
     /// I/O backend.
     #[arg(long, value_enum, default_value = "uring")]
     pub backend: Backend,
@@ -157,6 +166,14 @@ fn parse_recv_buffers(text: &str) -> Result<u16, String> {
     }
 }
 
+/// `--auth`: whether clients present signed tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthArg {
+    Off,
+    Optional,
+    Required,
+}
+
 /// On or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Switch {
@@ -172,22 +189,22 @@ pub struct Http(pub Option<SocketAddr>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listen(pub Option<SocketAddr>);
 
-fn parse_listen(text: &str) -> Result<Listen, String> {
+/// An address, or `off` (none); `example` shows the form in the error.
+fn address_or_off(text: &str, example: &str) -> Result<Option<SocketAddr>, String> {
     if text.eq_ignore_ascii_case("off") {
-        return Ok(Listen(None));
+        return Ok(None);
     }
     text.parse()
-        .map(|addr| Listen(Some(addr)))
-        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7878, or off"))
+        .map(Some)
+        .map_err(|_| format!("invalid address {text:?}: use e.g. {example}, or off"))
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    address_or_off(text, "127.0.0.1:7878").map(Listen)
 }
 
 fn parse_http(text: &str) -> Result<Http, String> {
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(Http(None));
-    }
-    text.parse()
-        .map(|addr| Http(Some(addr)))
-        .map_err(|_| format!("invalid address {text:?}: use e.g. 127.0.0.1:7879, or off"))
+    address_or_off(text, "127.0.0.1:7879").map(Http)
 }
 
 /// Optional io_uring setup flags.
@@ -230,6 +247,12 @@ pub(crate) enum ConfigError {
     NoHandshakeTime,
     #[error("nothing to listen on: --listen and --http are off and no TLS listener is set")]
     NoListener,
+    #[error("--auth {0} needs --jwt-key FILE: the key tokens are checked with")]
+    NoJwtKey(&'static str),
+    #[error("--jwt-key is used only with --auth optional or --auth required")]
+    JwtKeyUnused,
+    #[error("--auth does not work with --cluster yet: authenticated names are not reserved cluster-wide")]
+    AuthInCluster,
 }
 
 /// What the defaults depend on: the machine this process runs on.
@@ -287,6 +310,8 @@ pub(crate) struct Config {
     pub(crate) backend_options: BackendOptions,
     /// Room history (`HistoryConfig::OFF` with `--history 0`).
     pub(crate) history: HistoryConfig,
+    /// `--auth` and its `--jwt-key` (none: `--auth off`).
+    pub(crate) auth: Option<(AuthMode, PathBuf)>,
 }
 
 impl Config {
@@ -302,6 +327,7 @@ impl Config {
         let max_clients = max_clients(args.max_clients, host.open_files, threads)?;
         let limits = limits(args)?;
         let tls = tls(args)?;
+        let auth = auth(args)?;
         if args.listen.0.is_none() && args.http.0.is_none() && tls.is_none() {
             return Err(ConfigError::NoListener);
         }
@@ -355,6 +381,7 @@ impl Config {
                 },
             },
             history,
+            auth,
         })
     }
 }
@@ -415,6 +442,22 @@ fn tls(args: &ServeArgs) -> Result<Option<TlsFiles>, ConfigError> {
 
 /// Room history: off, or bounded in age and memory (a cap below the longest read's
 /// lines would evict each read as it comes).
+fn auth(args: &ServeArgs) -> Result<Option<(AuthMode, PathBuf)>, ConfigError> {
+    let (mode, name) = match args.auth {
+        AuthArg::Off if args.jwt_key.is_some() => return Err(ConfigError::JwtKeyUnused),
+        AuthArg::Off => return Ok(None),
+        AuthArg::Optional => (AuthMode::Optional, "optional"),
+        AuthArg::Required => (AuthMode::Required, "required"),
+    };
+    if args.cluster.is_some() {
+        return Err(ConfigError::AuthInCluster);
+    }
+    match &args.jwt_key {
+        Some(key) => Ok(Some((mode, key.clone()))),
+        None => Err(ConfigError::NoJwtKey(name)),
+    }
+}
+
 fn history(args: &ServeArgs) -> Result<HistoryConfig, ConfigError> {
     if args.history == 0 {
         return Ok(HistoryConfig::OFF);
@@ -565,6 +608,29 @@ mod tests {
             format!("--max-outbound must be at most {MAX_OUTBOX_BYTES} bytes (4 GiB less 1 MiB)")
         );
         assert_eq!(MAX_OUTBOX_BYTES, 4_293_918_719);
+    }
+
+    #[test]
+    fn auth_needs_a_key_and_a_key_needs_auth() {
+        assert!(config(&[]).expect("valid").auth.is_none());
+        let err = |flags: &[&str]| config(flags).expect_err("refused").to_string();
+        assert_eq!(
+            err(&["--auth", "required"]),
+            "--auth required needs --jwt-key FILE: the key tokens are checked with"
+        );
+        assert!(err(&["--auth", "optional"]).starts_with("--auth optional needs --jwt-key"));
+        assert!(err(&["--jwt-key", "k"]).starts_with("--jwt-key is used only with"));
+        let cluster = [
+            "--auth",
+            "optional",
+            "--jwt-key",
+            "k",
+            "--cluster",
+            "nats://x:4222",
+        ];
+        assert!(err(&cluster).starts_with("--auth does not work with --cluster yet"));
+        let on = config(&["--auth", "optional", "--jwt-key", "k"]).expect("valid");
+        assert_eq!(on.auth, Some((AuthMode::Optional, PathBuf::from("k"))));
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod epoll;
 mod io;
 #[cfg(test)]
 mod isolated;
+pub mod jwt;
 pub mod probe;
 mod ring;
 mod routes;
@@ -35,7 +36,7 @@ mod uring_direct;
 mod worker;
 
 pub use backend::Backend;
-pub use config::{Http, Listen, ServeArgs, Switch, UringSetup};
+pub use config::{AuthArg, Http, Listen, ServeArgs, Switch, UringSetup};
 /// Embedding a server in a process: only benchmarks and tests do (`test-util`).
 #[cfg(feature = "test-util")]
 pub use running::Running;

@@ -10,12 +10,14 @@ use crate::running::{spawn_stats_thread, Event, Running};
 use crate::tls::TlsAcceptor;
 use crate::worker::{WorkerSetup, INBOX_BATCHES};
 use anyhow::Context as _;
+use ringcast_core::auth::Auth;
 use ringcast_core::cluster::{Inbox, ToBridge};
 use ringcast_core::secure::Acceptor;
 use ringcast_core::{Directory, History, Limits, ListenerKind, ServerInfo, Shared, Stats};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 
 /// Starts a server in this process, without signal handling; [`Running::stop`] drains it.
@@ -33,6 +35,22 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
             let (acceptor, info) = TlsAcceptor::load(files.clone())?;
             tracing::info!(cert = %files.cert.display(), "TLS certificate: {info}");
             Some(Arc::new(acceptor))
+        }
+        None => None,
+    };
+    // A key that cannot be used stops the start too, naming the file.
+    let auth = match &config.auth {
+        Some((mode, key)) => {
+            let verifier = crate::jwt::JwtVerifier::load(key)?;
+            tracing::info!(key = %key.display(), ?mode, "tokens checked with {verifier:?}");
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .context("the clock is before 1970")?;
+            Some(Arc::new(Auth {
+                mode: *mode,
+                verifier: Arc::new(verifier),
+                unix_at: (Instant::now(), unix),
+            }))
         }
         None => None,
     };
@@ -68,6 +86,7 @@ fn start_with(config: Config) -> anyhow::Result<Running> {
         cluster: bridge.as_ref().map(|bridge| bridge.view.clone()),
         history: Arc::new(History::new(config.history, epoch())),
         tls: tls.clone().map(|tls| tls as Arc<dyn Acceptor>),
+        auth,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (events_tx, events) = std_mpsc::channel();

@@ -115,6 +115,7 @@ fn config(args: &BenchArgs, target: &Target, slo_ms: f64) -> Config {
         churners: args.churners,
         churn: args.churn,
         slow_readers: args.slow_readers,
+        tls: args.tls,
     }
 }
 

@@ -5,6 +5,7 @@ use super::SAMPLE_EVERY;
 use crate::clock::mono_ns;
 use crate::codec::{self, ClientCodec, Incoming};
 use crate::peers::{self, Proto};
+use crate::tls::TlsClient;
 use crate::ws::{self, Masker};
 use crate::{procfs, BenchArgs};
 use anyhow::{bail, Context as _};
@@ -14,38 +15,44 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Stdio;
 use std::time::Duration;
 
+/// A byte stream both ways: a socket, or TLS over one.
+pub(super) trait Duplex: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> Duplex for T {}
+
 /// A lobby connection that asks the server for `/stats`: over the line protocol, or over
-/// WebSocket when that is what the run loads, framed by that protocol's codec.
+/// WebSocket when that is what the run loads, framed by that protocol's codec; under TLS
+/// with `--tls` (not measured: rustls's blocking stream does).
 pub(super) struct Control {
-    pub(super) reader: TcpStream,
-    pub(super) writer: TcpStream,
+    pub(super) stream: Box<dyn Duplex>,
     pub(super) codec: Box<dyn ClientCodec>,
     /// Read but not yet decoded.
     pub(super) buf: Vec<u8>,
 }
 
 impl Control {
-    pub(super) fn connect(addr: std::net::SocketAddr, proto: Proto) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    pub(super) fn connect(
+        addr: std::net::SocketAddr,
+        proto: Proto,
+        tls: Option<&TlsClient>,
+    ) -> anyhow::Result<Self> {
+        let socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .with_context(|| format!("connecting to the server at {addr}"))?;
-        stream
+        socket
             .set_read_timeout(Some(Duration::from_secs(10)))
             .context("setting a read timeout")?;
-        let writer = stream.try_clone().context("cloning the control socket")?;
+        let mut stream: Box<dyn Duplex> = match tls {
+            None => Box::new(socket),
+            Some(tls) => Box::new(rustls::StreamOwned::new(tls.connection(addr)?, socket)),
+        };
         let mut masker = Masker::new(mono_ns());
         let mut buf = Vec::new();
         if proto == Proto::Ws {
-            websocket_handshake(&stream, &writer, addr, &mut masker, &mut buf).with_context(
-                || {
-                    format!(
-                        "opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)"
-                    )
-                },
-            )?;
+            websocket_handshake(&mut *stream, addr, &mut masker, &mut buf).with_context(|| {
+                format!("opening a WebSocket at {addr}/ws (is --addr the server's HTTP address?)")
+            })?;
         }
         Ok(Self {
-            reader: stream,
-            writer,
+            stream,
             codec: codec::for_proto(proto, masker),
             buf,
         })
@@ -54,8 +61,9 @@ impl Control {
     pub(super) fn send(&mut self, command: &str) -> anyhow::Result<()> {
         let mut frame = Vec::new();
         self.codec.publish(0, command.as_bytes(), &mut frame);
-        self.writer
+        self.stream
             .write_all(&frame)
+            .and_then(|()| self.stream.flush())
             .with_context(|| format!("sending {command}"))
     }
 
@@ -88,13 +96,13 @@ impl Control {
             if let Some(payload) = pong {
                 let mut frame = Vec::new();
                 self.codec.pong(&payload, &mut frame);
-                self.writer.write_all(&frame).context("answering a ping")?;
+                self.stream.write_all(&frame).context("answering a ping")?;
                 continue;
             }
             if let Some(line) = found {
                 return Ok(line);
             }
-            let n = self.reader.read(&mut chunk).context("reading")?;
+            let n = self.stream.read(&mut chunk).context("reading")?;
             if n == 0 {
                 bail!("the server closed the control connection");
             }
@@ -133,17 +141,15 @@ impl Control {
 /// The WebSocket opening handshake on the control connection; leaves in `buf` whatever
 /// followed the server's response head.
 pub(super) fn websocket_handshake(
-    mut reader: &TcpStream,
-    mut writer: &TcpStream,
+    stream: &mut dyn Duplex,
     addr: SocketAddr,
     masker: &mut Masker,
     buf: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
-    use std::io::Read as _;
     let key = ws::new_key(masker);
     let mut request = Vec::new();
     ws::handshake_request(&addr.to_string(), &key, &mut request);
-    writer
+    stream
         .write_all(&request)
         .context("sending the handshake")?;
     let mut chunk = [0u8; 4096];
@@ -152,7 +158,7 @@ pub(super) fn websocket_handshake(
             buf.drain(..head);
             return Ok(());
         }
-        let n = reader
+        let n = stream
             .read(&mut chunk)
             .context("reading the handshake response")?;
         if n == 0 {
@@ -305,7 +311,8 @@ impl Node {
         let metrics_url = args.metrics_url.get(index).cloned();
         match args.proto {
             Proto::Ringcast | Proto::Ws => {
-                let mut control = Control::connect(addr, args.proto)?;
+                let tls = args.tls_client()?;
+                let mut control = Control::connect(addr, args.proto, tls.as_ref())?;
                 let first = control
                     .stats()
                     .with_context(|| format!("asking the server at {addr} for /stats"))?;

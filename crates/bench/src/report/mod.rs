@@ -188,6 +188,20 @@ pub struct Config {
     /// Clients that stopped reading once joined, to be cut off by the server.
     #[serde(default)]
     pub slow_readers: usize,
+    /// The clients spoke TLS (`--tls`): the line protocol over TLS, or wss.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// How a ringcast server was spoken to, as a report says it after its backend: "" (the
+/// line protocol), " over WebSocket", " over TLS", " over WebSocket over TLS (wss)".
+pub fn transport(proto: Proto, tls: bool) -> &'static str {
+    match (proto == Proto::Ws, tls) {
+        (false, false) => "",
+        (true, false) => " over WebSocket",
+        (false, true) => " over TLS",
+        (true, true) => " over WebSocket over TLS (wss)",
+    }
 }
 
 impl Config {

@@ -1,7 +1,8 @@
 //! The human summary of a report: what `ringcast bench` prints at the end of a run.
 
 use super::{
-    capacity, fmt_bytes, fmt_us, harness_count, join_rates, plural, IdleReport, Report, StepResult,
+    capacity, fmt_bytes, fmt_us, harness_count, join_rates, plural, transport, IdleReport, Report,
+    StepResult,
 };
 use crate::peers::Proto;
 use std::fmt::Write as _;
@@ -42,11 +43,7 @@ impl Report {
         let e = &self.environment;
         let system = match (self.config.proto, &e.system_version) {
             (Proto::Ringcast | Proto::Ws, version) => {
-                let transport = if self.config.proto == Proto::Ws {
-                    " over WebSocket"
-                } else {
-                    ""
-                };
+                let transport = transport(self.config.proto, self.config.tls);
                 let build = version
                     .as_deref()
                     .map(|v| format!(" ({v})"))

@@ -283,6 +283,7 @@ mod tests {
             stamps_refusal: None,
             stall_reads: None,
             stall_sends: None,
+            tls: None,
         }
     }
 

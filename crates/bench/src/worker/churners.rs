@@ -7,7 +7,6 @@ use super::state::{Shared, SharedRef};
 use crate::churn::{self, Interval, Owed};
 use crate::clock::{instant_at, mono_ns};
 use crate::ws::Masker;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 /// A client that moves between rooms, and what its connection has shown of its stays.
@@ -167,7 +166,7 @@ pub(super) async fn churn_driver(
         let mut w = writer.lock().await;
         let w = &mut *w;
         w.codec.change_room(from, to, sid, &mut frame);
-        if let Err(err) = w.half.write_all(&frame).await {
+        if let Err(err) = w.half.send(&frame).await {
             shared.borrow_mut().note_error(format!(
                 "client {c}: write error moving between rooms: {err}"
             ));

@@ -3,6 +3,7 @@
 //! until the connection ends.
 
 use super::churners::Churner;
+use super::link::{self, ReadHalf, WriteHalf};
 use super::publish::publish;
 use super::receive::{receive, Inbound};
 use super::slow::{SlowReader, SLOW_READER_BUFFER, SLOW_READER_MSS};
@@ -11,13 +12,14 @@ use crate::churn::Interval;
 use crate::clock::{instant_at, mono_ns};
 use crate::codec::{self, room_subject, ClientCodec, Incoming};
 use crate::peers::{self, Proto, Resp};
+use crate::tls::TlsClient;
 use crate::ws::{self, Masker};
 use anyhow::Context as _;
 use bytes::{Buf as _, BytesMut};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncReadExt as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -82,49 +84,58 @@ pub(super) fn reserve(buf: &mut BytesMut) {
     }
 }
 
-/// A connection's write side: its half and the codec that frames what is sent on it
-/// (holding, for WebSocket, the masking keys). NATS and WebSocket subscribers answer the
+/// A connection's write side: its half (which seals what it sends under TLS) and the
+/// codec that frames what is sent on it (holding, for WebSocket, the masking keys). NATS and WebSocket subscribers answer the
 /// server's pings on the connection a publisher also writes to, so it is shared; the lock
 /// is never contended for long.
 pub(super) struct WriteSide {
-    pub(super) half: OwnedWriteHalf,
+    pub(super) half: WriteHalf,
     pub(super) codec: Box<dyn ClientCodec>,
 }
 
 pub(super) type Writer = Rc<tokio::sync::Mutex<WriteSide>>;
 
-/// Connects and joins `room`: the read half with what was read past the join, and the
-/// write side, whose codec goes on framing what the client sends.
+/// How a client reaches its server: where from, and over TLS or not.
+#[derive(Clone)]
+pub(super) struct Route {
+    pub(super) addr: SocketAddr,
+    pub(super) source: Option<IpAddr>,
+    pub(super) tls: Option<TlsClient>,
+}
+
+/// Connects (with the TLS handshake under `--tls`) and joins `room`: the read half with
+/// what was read past the join, and the write side, whose codec goes on framing what the
+/// client sends.
 pub(super) async fn join(
     proto: Proto,
-    addr: SocketAddr,
-    source: Option<IpAddr>,
+    route: &Route,
     room: usize,
     mut masker: Masker,
     recv_buffer: Option<u32>,
-) -> anyhow::Result<(OwnedReadHalf, BytesMut, WriteSide)> {
-    let stream = connect(addr, source, recv_buffer)
+) -> anyhow::Result<(ReadHalf, BytesMut, WriteSide)> {
+    let addr = route.addr;
+    let stream = connect(addr, route.source, recv_buffer)
         .await
         .context("connect")?;
-    let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4096);
+    let (mut rd, mut wr) = link::open(stream, addr, route.tls.as_ref(), &mut buf).await?;
     if proto == Proto::Ws {
         websocket_handshake(addr, &mut rd, &mut wr, &mut buf, &mut masker).await?;
     }
     let mut codec = codec::for_proto(proto, masker);
     let mut request = Vec::new();
     codec.join(room, &mut request);
-    wr.write_all(&request).await.context("sending the join")?;
+    wr.send(&request).await.context("sending the join")?;
     let subject = room_subject(room);
     loop {
         match join_progress(&mut *codec, &mut buf, subject.as_bytes())? {
             JoinProgress::Joined => return Ok((rd, buf, WriteSide { half: wr, codec })),
             JoinProgress::Ping(payload) => {
                 codec.pong(&payload, &mut request);
-                wr.write_all(&request).await.context("answering a ping")?;
+                wr.send(&request).await.context("answering a ping")?;
             }
             JoinProgress::Waiting => anyhow::ensure!(
-                read_more(&mut rd, &mut buf).await.context("reading")?,
+                rd.read_more(&mut buf).await.context("reading")?,
                 "server closed the connection before the join was confirmed"
             ),
         }
@@ -171,15 +182,15 @@ fn join_progress(
 /// followed the server's response head.
 pub(super) async fn websocket_handshake(
     addr: SocketAddr,
-    rd: &mut OwnedReadHalf,
-    wr: &mut OwnedWriteHalf,
+    rd: &mut ReadHalf,
+    wr: &mut WriteHalf,
     buf: &mut BytesMut,
     masker: &mut Masker,
 ) -> anyhow::Result<()> {
     let key = ws::new_key(masker);
     let mut request = Vec::new();
     ws::handshake_request(&addr.to_string(), &key, &mut request);
-    wr.write_all(&request)
+    wr.send(&request)
         .await
         .context("sending the WebSocket handshake")?;
     loop {
@@ -188,7 +199,7 @@ pub(super) async fn websocket_handshake(
             return Ok(());
         }
         anyhow::ensure!(
-            read_more(rd, buf)
+            rd.read_more(buf)
                 .await
                 .context("reading the handshake response")?,
             "server closed the connection during the WebSocket handshake"
@@ -253,8 +264,7 @@ pub(super) async fn discard_replies(c: usize, mut rd: OwnedReadHalf, shared: Sha
 /// ends, publishing, moving or not reading at all as the plan has it.
 pub(super) async fn client(
     c: usize,
-    addr: SocketAddr,
-    source: Option<IpAddr>,
+    route: Route,
     connect_at: u64,
     shared: SharedRef,
     ready: mpsc::Sender<Result<u64, String>>,
@@ -277,9 +287,9 @@ pub(super) async fn client(
     let masker = Masker::new(started ^ ((c as u64) << 40));
     let recv_buffer = slow.then_some(SLOW_READER_BUFFER);
     let connected = async {
-        let joined = join(proto, addr, source, room, masker, recv_buffer).await?;
+        let joined = join(proto, &route, room, masker, recv_buffer).await?;
         let publish_writer = if publisher && proto.publishes_on_own_connection() {
-            Some(publish_connection(c, addr, source, &shared).await?)
+            Some(publish_connection(c, route.addr, route.source, &shared).await?)
         } else {
             None
         };
@@ -332,7 +342,7 @@ pub(super) async fn client(
         shared.borrow_mut().live_publishers += 1;
         let out = match publish_writer {
             Some(half) => Rc::new(tokio::sync::Mutex::new(WriteSide {
-                half,
+                half: WriteHalf::plain(half),
                 codec: codec::for_proto(proto, Masker::new(0)),
             })),
             None => writer.clone(),

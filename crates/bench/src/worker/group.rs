@@ -2,7 +2,7 @@
 //! then runs each step the orchestrator commands and reports what it counted.
 
 use super::churners::{churn_driver, churn_owed, prune_stays};
-use super::client::client;
+use super::client::{client, Route};
 use super::relay::{Emitter, Inbox};
 use super::slow::check_slow_readers;
 use super::state::{Shared, SharedRef};
@@ -35,6 +35,8 @@ pub(super) fn spawn_groups(
     let share = plan.share(index, args.procs);
     // One address, or a cluster's nodes: each client connects to its node (Plan::node_of).
     let addrs: Vec<SocketAddr> = args.resolve_addrs()?;
+    // `--tls`: the CA file is read once, here; each client makes its session from it.
+    let tls = args.tls_client()?;
     // Publishers get a thread of their own: on a thread shared with hundreds of receiving
     // connections, the wake-up of a due send queues behind every ready receiver, and sends
     // leave milliseconds late. Each group has its own runtime and counters, merged here.
@@ -61,6 +63,7 @@ pub(super) fn spawn_groups(
         let steps = steps.clone();
         let args = args.clone();
         let addrs = addrs.clone();
+        let tls = tls.clone();
         let out = Emitter {
             group,
             tx: inbox_tx.clone(),
@@ -76,7 +79,9 @@ pub(super) fn spawn_groups(
                     let local = tokio::task::LocalSet::new();
                     // Built on its thread: it holds the group's connections, which stay
                     // there.
-                    let shared = Rc::new(RefCell::new(Shared::new(&args, plan, steps, churn_rate)));
+                    let shared = Rc::new(RefCell::new(Shared::new(
+                        &args, plan, steps, churn_rate, tls,
+                    )));
                     local.block_on(
                         &runtime,
                         drive(shared, clients, &addrs, rate, &args, cmd_rx, &out),
@@ -187,6 +192,7 @@ pub(super) async fn connect_all(
     // so that one source address does not run out of its ephemeral ports.
     let per_source = args.clients_per_source.max(1);
     let multi_source = shared.borrow().plan.clients > per_source;
+    let tls = shared.borrow().tls.clone();
     let t0 = mono_ns();
     for (k, &c) in clients.iter().enumerate() {
         let addr = addrs[shared.borrow().plan.node_of(c, addrs.len())];
@@ -198,10 +204,14 @@ pub(super) async fn connect_all(
             _ => None,
         };
         let connect_at = t0 + (k as f64 * 1e9 / connect_rate) as u64;
-        tokio::task::spawn_local(client(
-            c,
+        let route = Route {
             addr,
             source,
+            tls: tls.clone(),
+        };
+        tokio::task::spawn_local(client(
+            c,
+            route,
             connect_at,
             shared.clone(),
             ready_tx.clone(),

@@ -9,7 +9,8 @@
 //!   to the orchestrator;
 //! - [`group`]: a client group's thread: connects its clients, then runs each step;
 //! - [`client`]: one simulated client: connect, join, then [`receive`] until the
-//!   connection ends, speaking its protocol through a [`crate::codec`];
+//!   connection ends, speaking its protocol through a [`crate::codec`], over the halves
+//!   of a [`link`] (plain, or TLS with `--tls`);
 //! - [`publish`]: a publisher's schedule of sends;
 //! - [`account`]: what each delivery says (latency, loss, order, duplicates), with the
 //!   counters in [`state`];
@@ -20,6 +21,7 @@ mod account;
 mod churners;
 mod client;
 mod group;
+mod link;
 mod publish;
 mod receive;
 mod relay;

@@ -5,7 +5,6 @@ use super::state::SharedRef;
 use crate::clock::{instant_at, mono_ns, PreciseTimer};
 use crate::hist;
 use crate::wire::{self, Stamp};
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
 pub(super) async fn publish(
@@ -70,7 +69,7 @@ pub(super) async fn publish(
                 let w = &mut *w;
                 w.codec
                     .publish(room, &payload[..payload.len() - 1], &mut frame);
-                w.half.write_all(&frame).await
+                w.half.send(&frame).await
             };
             free_ns = mono_ns();
             if let Err(err) = written {

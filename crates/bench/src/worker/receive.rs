@@ -3,18 +3,17 @@
 
 use super::account::{confirm, on_stamp, Conn};
 use super::client::{reserve, Writer};
+use super::link::{ReadHalf, Received};
 use super::state::{Arrival, SharedRef};
 use crate::clock::mono_ns;
 use crate::codec::{ClientCodec, Incoming};
 use crate::rx;
 use bytes::{Buf as _, BytesMut};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::tcp::OwnedReadHalf;
 
 /// A joined connection's read side: its buffer (which may already hold what came after
 /// the join) and whether its socket gives receive stamps.
 pub(super) struct Inbound {
-    pub(super) half: OwnedReadHalf,
+    pub(super) half: ReadHalf,
     pub(super) buf: BytesMut,
     /// Receive stamps were asked for (`--rx-timestamps on`).
     pub(super) want: bool,
@@ -25,13 +24,13 @@ pub(super) struct Inbound {
 impl Inbound {
     /// Turns on receive stamps when `want`; the error says why the socket refused them.
     pub(super) fn new(
-        half: OwnedReadHalf,
+        half: ReadHalf,
         buf: BytesMut,
         want: bool,
     ) -> (Inbound, Option<std::io::Error>) {
         use std::os::fd::AsFd as _;
         let refused = if want {
-            rx::enable(half.as_ref().as_fd()).err()
+            rx::enable(half.socket().as_ref().as_fd()).err()
         } else {
             None
         };
@@ -47,53 +46,29 @@ impl Inbound {
         )
     }
 
-    /// One `recvmsg` appending to the buffer, after waiting for the socket to be readable:
-    /// the read's arrival, or `None` at end of stream.
+    /// One `recvmsg` appending to the buffer (under TLS: the plaintext of the records it
+    /// completed), waiting for the socket to be readable when it has nothing: the read's
+    /// arrival, or `None` at end of stream.
     pub(super) async fn read_more(&mut self) -> std::io::Result<Option<Arrival>> {
-        use std::os::fd::AsFd as _;
         reserve(&mut self.buf);
-        let fd = self.half.as_ref().as_fd();
-        let room = self.buf.capacity() - self.buf.len();
         loop {
-            self.half.readable().await?;
-            let buf = &mut self.buf;
-            let mut drained = None;
-            let read = self
-                .half
-                .as_ref()
-                .try_io(tokio::io::Interest::READABLE, || {
-                    let mut control = [0u8; rx::CONTROL_LEN];
-                    let (n, stamp) = rx::recv_stamped(fd, buf.spare_capacity_mut(), &mut control)?;
-                    if n > 0 && n < room {
-                        // A read shorter than the buffer emptied the receive queue: told
-                        // "would block", tokio forgets the readiness this read used (not
-                        // one that came after it), so the next read waits for data
-                        // instead of making a recvmsg that finds none, as tokio's own
-                        // `poll_read` does. That halves the system calls of a harness
-                        // that keeps up.
-                        drained = Some((n, stamp));
-                        return Err(std::io::ErrorKind::WouldBlock.into());
-                    }
-                    Ok((n, stamp))
-                });
-            let read = drained.map_or(read, Ok);
-            match read {
-                Ok((0, _)) => return Ok(None),
-                Ok((n, stamp)) => {
-                    // SAFETY: recvmsg initialised the first `n` bytes of the spare capacity.
-                    unsafe { self.buf.set_len(self.buf.len() + n) };
+            match self.half.try_recv_stamped(&mut self.buf) {
+                Ok(Received { n: 0, .. }) => return Ok(None),
+                Ok(Received { full, stamp, .. }) => {
                     return Ok(Some(match (self.want, self.stamped, stamp) {
                         (false, _, _) => Arrival::Off,
                         // A read shorter than the buffer emptied the receive queue, so it
                         // consumed its last buffer whole.
-                        (true, true, _) if n == room => Arrival::Partial,
+                        (true, true, _) if full => Arrival::Partial,
                         (true, true, Some(ns)) => Arrival::Stamped(ns),
                         // A socket that refused stamps counts its deliveries as unstamped,
                         // so that the report can say how many socket latency covers.
                         (true, _, _) => Arrival::Missing,
                     }));
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.half.readable().await?
+                }
                 Err(err) => return Err(err),
             }
         }
@@ -176,6 +151,12 @@ pub(super) async fn receive(
             Ok(next) => arrival = next,
             Err(why) => return why,
         }
+        if inbound.half.wants_write() {
+            // The TLS session answers the server (a key update) through the write side.
+            if let Err(err) = writer.lock().await.half.flush().await {
+                return format!("write error answering the TLS session: {err}");
+            }
+        }
     }
 }
 
@@ -191,7 +172,7 @@ async fn answer(
     let mut frame = Vec::new();
     for payload in pongs.drain(..) {
         w.codec.pong(&payload, &mut frame);
-        if let Err(err) = w.half.write_all(&frame).await {
+        if let Err(err) = w.half.send(&frame).await {
             return Some(format!(
                 "write error answering {}: {err}",
                 w.codec.ping_name()
@@ -201,7 +182,7 @@ async fn answer(
     let code = closed?;
     // Answer the close (section 5.5.1) with the same code, then stop reading.
     w.codec.close(code, &mut frame);
-    let _ = w.half.write_all(&frame).await;
+    let _ = w.half.send(&frame).await;
     Some(match code {
         Some(code) => format!("server closed the WebSocket (code {code})"),
         None => "server closed the WebSocket".to_string(),

@@ -1,17 +1,17 @@
 //! Slow readers: clients that stop reading once joined. Their sockets are drained after
 //! the last step, to count what they were sent and whether the server cut them off.
 
-use super::client::{reserve, WriteSide};
+use super::client::WriteSide;
+use super::link::ReadHalf;
 use super::state::SharedRef;
 use crate::codec::{ClientCodec, Incoming};
 use bytes::{Buf as _, BytesMut};
 use std::time::Duration;
-use tokio::net::tcp::OwnedReadHalf;
 
 /// A client that stopped reading once joined; its socket is drained after the last step
 /// to see whether the server has cut it off.
 pub(super) struct SlowReader {
-    pub(super) half: OwnedReadHalf,
+    pub(super) half: ReadHalf,
     /// Kept so that the connection is not half-closed.
     pub(super) _writer: WriteSide,
     pub(super) buf: BytesMut,
@@ -32,13 +32,12 @@ pub(super) async fn check_slow_readers(shared: &SharedRef, i: usize) {
         for _ in 0..20 {
             let mut progress = false;
             loop {
-                reserve(&mut r.buf);
-                match r.half.try_read_buf(&mut r.buf) {
-                    Ok(0) => {
+                match r.half.try_read_more(&mut r.buf) {
+                    Ok(false) => {
                         r.cut = true;
                         break;
                     }
-                    Ok(_) => {
+                    Ok(true) => {
                         progress = true;
                         deliveries += count_deliveries(r);
                     }

@@ -6,6 +6,7 @@ use crate::hist;
 use crate::peers::Proto;
 use crate::plan::{Plan, Sizes, Step};
 use crate::rx::ClockMap;
+use crate::tls::TlsClient;
 use crate::wire::{ErrorCounts, Tally};
 use crate::BenchArgs;
 use hdrhistogram::Histogram;
@@ -118,10 +119,18 @@ pub(super) struct Shared {
     /// this long, if it has no publishers and if it has some, respectively (tests).
     pub(super) stall_reads: Option<Duration>,
     pub(super) stall_sends: Option<Duration>,
+    /// `--tls`: what each client's TLS session is made from.
+    pub(super) tls: Option<TlsClient>,
 }
 
 impl Shared {
-    pub(super) fn new(args: &BenchArgs, plan: Plan, steps: Vec<Step>, churn_rate: f64) -> Shared {
+    pub(super) fn new(
+        args: &BenchArgs,
+        plan: Plan,
+        steps: Vec<Step>,
+        churn_rate: f64,
+        tls: Option<TlsClient>,
+    ) -> Shared {
         Shared {
             proto: args.proto,
             idle: args.idle,
@@ -142,6 +151,7 @@ impl Shared {
             stamps_refusal: None,
             stall_reads: args.stall_reads,
             stall_sends: args.stall_sends,
+            tls,
         }
     }
 

@@ -40,6 +40,7 @@ impl Sim {
             cluster: None,
             history: Arc::new(crate::History::new(crate::HistoryConfig::default(), 1)),
             tls: None,
+            auth: None,
         };
         Self {
             hub: Hub::new(shared, 0, limits, now),
@@ -972,6 +973,7 @@ fn websocket_clients_get_every_ending_as_frames() {
     assert_eq!(sim.take(slow), Output::Close);
 }
 
+mod auth;
 mod cluster_history;
 mod history;
 mod secure;

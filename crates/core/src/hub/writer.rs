@@ -152,6 +152,9 @@ impl<H: Clone> Hub<H> {
     /// Acts on what is due for one client and arms its next deadline. Returns true when
     /// a connection closing at shutdown ran out of time.
     fn client_due(&mut self, id: ClientId, now: Tick) -> bool {
+        if self.clients[id].auth.expires.due(now) {
+            self.token_expired(id, now);
+        }
         let client = &mut self.clients[id];
         client.armed = Tick::NONE;
         if client.wake_at.due(now) {
@@ -233,4 +236,5 @@ fn next_deadline<H>(client: &Client<H>, limits: &Limits) -> Tick {
         .wake_at
         .earliest(client.close_by)
         .earliest(write_deadline(client, limits))
+        .earliest(client.auth.expires)
 }

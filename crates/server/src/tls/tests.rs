@@ -151,12 +151,22 @@ fn handshake(
     pki: &TestPki,
     protocol: Protocol,
 ) -> (ClientConnection, Box<dyn Session>) {
+    handshake_with(acceptor, pki, protocol, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`handshake`] with a client that offers only `versions`.
+fn handshake_with(
+    acceptor: &TlsAcceptor,
+    pki: &TestPki,
+    protocol: Protocol,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (ClientConnection, Box<dyn Session>) {
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
         roots.add(ca.expect("CA")).expect("root");
     }
     let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -219,15 +229,7 @@ fn a_session_carries_records_both_ways_and_closes() {
         Bytes::new(),
         Bytes::from(vec![b'x'; 40_000]),
     ];
-    let sealed = server.seal(&batch).expect("seal");
-    let mut sealed = &sealed[..];
-    let mut got = Vec::new();
-    while !sealed.is_empty() {
-        client.read_tls(&mut sealed).expect("read");
-        client.process_new_packets().expect("records");
-        // Ends with WouldBlock once what arrived is read.
-        let _ = client.reader().read_to_end(&mut got);
-    }
+    let got = read_sealed(&mut client, &server.seal(&batch).expect("seal"));
     assert_eq!(got.len(), 4 + 40_000);
     assert!(got.starts_with(b"one\nxxx"));
 
@@ -259,4 +261,65 @@ fn plaintext_and_garbage_are_not_tls() {
         }
         assert!(plain.is_empty());
     }
+}
+
+/// The plaintext of `sealed` (the server's records), as the client reads it.
+fn read_sealed(client: &mut ClientConnection, mut sealed: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !sealed.is_empty() {
+        client.read_tls(&mut sealed).expect("read");
+        client.process_new_packets().expect("records");
+        // Ends with WouldBlock once what arrived is read.
+        let _ = client.reader().read_to_end(&mut got);
+    }
+    got
+}
+
+/// Seals `text` on the server and reads it on the client.
+fn server_to_client(server: &mut Box<dyn Session>, client: &mut ClientConnection, text: &[u8]) {
+    let sealed = server.seal(&[Bytes::copy_from_slice(text)]).expect("seal");
+    assert_eq!(read_sealed(client, &sealed), text);
+}
+
+#[test]
+fn tls_1_2_and_1_3_both_work() {
+    let dir = Dir::new("versions");
+    let pki = pki();
+    let (acceptor, _) = TlsAcceptor::load(files(&dir, &pki)).expect("loads");
+    for (version, expected) in [
+        (&rustls::version::TLS12, rustls::ProtocolVersion::TLSv1_2),
+        (&rustls::version::TLS13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        let (mut client, mut server) = handshake_with(&acceptor, &pki, Protocol::Line, &[version]);
+        assert_eq!(client.protocol_version(), Some(expected));
+        server_to_client(&mut server, &mut client, b"hello\n");
+    }
+}
+
+/// A client asking for a key update again and again gets at most one answer queued at
+/// a time (or is cut off): its session's output does not grow with the requests.
+#[test]
+fn a_flood_of_key_update_requests_does_not_grow_the_session() {
+    let dir = Dir::new("key-updates");
+    let pki = pki();
+    let (acceptor, _) = TlsAcceptor::load(files(&dir, &pki)).expect("loads");
+    let (mut client, mut server) =
+        handshake_with(&acceptor, &pki, Protocol::Line, &[&rustls::version::TLS13]);
+    let mut wire = Vec::new();
+    for _ in 0..1_000 {
+        client.refresh_traffic_keys().expect("a key update");
+        while client.wants_write() {
+            client.write_tls(&mut wire).expect("client write");
+        }
+    }
+    let mut plain = Vec::new();
+    match server.open(&wire, &mut plain) {
+        // rustls refuses a flood: the connection ends (the hub closes it).
+        Err(err) => assert_eq!(err.reason(), "protocol", "{err}"),
+        Ok(_) => {
+            let answer = server.seal(&[]).expect("the answers");
+            assert!(answer.len() < 1_024, "{} bytes queued", answer.len());
+        }
+    }
+    assert!(plain.is_empty());
 }

@@ -30,6 +30,7 @@ impl Sim {
             cluster: None,
             history: Arc::new(History::new(config, 7)),
             tls: None,
+            auth: None,
         };
         let sim = |thread, first_handle| Sim {
             hub: Hub::new(shared.clone(), thread, limits(), now),
