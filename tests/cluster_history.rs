@@ -15,6 +15,7 @@ backend_tests!(
     a_client_resumes_on_another_node_with_every_line_once_in_order,
     a_resume_on_another_node_from_an_evicted_position_is_told_the_gap,
     with_history_off_the_cluster_relays_chat_as_plain_pub_sub,
+    a_stalled_nats_loses_no_local_line_however_many,
 );
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
@@ -262,4 +263,108 @@ async fn with_history_off_the_cluster_relays_chat_as_plain_pub_sub(backend: &str
     assert_eq!(far.line().await, expected);
     let stats = near.ask("/stats").await;
     assert!(stats.contains("cluster_published=1 "), "{stats}");
+}
+
+/// With history in the cluster a node's own chat reaches its own members through the
+/// stream; with NATS stopped (SIGSTOP: the link looks alive until pings fail) and far
+/// more batches said than the workers' queue towards the bridge (1024), the bridge's
+/// backlog and the NATS client's buffers hold, every local member still gets every line
+/// once, in order, and none again when NATS comes back and the stream returns them.
+async fn a_stalled_nats_loses_no_local_line_however_many(backend: &str) {
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let url = nats.url();
+    let flags = [
+        "--cluster",
+        &url,
+        "--node",
+        "s0",
+        "--cluster-lease",
+        "2s",
+        "--max-msg-rate",
+        "0",
+        "--max-per-ip",
+        "0",
+        "--max-outbound",
+        "512m",
+    ];
+    let server = Server::start(backend, &flags);
+    const SENDERS: usize = 4;
+    const LINES: usize = 6000;
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        senders.push(Client::connect(server.addr).await);
+    }
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        readers.push(Client::connect(server.addr).await);
+    }
+    // Everyone is in the lobby, which the node always receives; the stream is live.
+    senders[0].send("ready").await;
+    for reader in &mut readers {
+        assert!(reader.line().await.ends_with(": ready"));
+    }
+    for sender in &mut senders[1..] {
+        assert!(sender.line().await.ends_with(": ready"));
+    }
+    nats.signal(libc::SIGSTOP);
+    let names: Vec<String> = senders.iter().map(|s| s.name.clone()).collect();
+    let pad = "x".repeat(1000);
+    let mut tasks = Vec::new();
+    for (i, mut sender) in senders.into_iter().enumerate() {
+        let pad = pad.clone();
+        tasks.push(tokio::spawn(async move {
+            // An empty line after each: anything but chat ends a batch, so each line is
+            // a batch of its own however the node's reads fall.
+            for seq in 0..LINES {
+                sender.send(&format!("{i} {seq} {pad}\n")).await;
+                if seq % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sender
+        }));
+    }
+    let mut reading = Vec::new();
+    for mut reader in readers.drain(..) {
+        let names = names.clone();
+        reading.push(tokio::spawn(async move {
+            let mut next = [0usize; SENDERS];
+            while next.iter().any(|&n| n < LINES) {
+                let line = reader.line().await;
+                let (name, text) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
+                let mut fields = text.split(' ');
+                let i: usize = fields.next().and_then(|f| f.parse().ok()).expect("sender");
+                let seq: usize = fields.next().and_then(|f| f.parse().ok()).expect("seq");
+                assert_eq!(name, names[i], "{line:?}");
+                assert_eq!(seq, next[i], "sender {i}'s lines out of order or repeated");
+                next[i] += 1;
+            }
+            reader
+        }));
+    }
+    let mut senders = Vec::new();
+    for task in tasks {
+        senders.push(task.await.expect("sender"));
+    }
+    for task in reading {
+        readers.push(task.await.expect("reader"));
+    }
+    // Back: the stream returns what NATS took meanwhile; none of it is delivered again.
+    nats.signal(libc::SIGCONT);
+    let mut stats = readers[0].ask("/stats").await;
+    while !stats.starts_with("* stats") {
+        stats = readers[0].line().await;
+    }
+    // NATS was stopped: some lines must have reached the readers without the stream.
+    assert!(!stats.contains("cluster_dropped=0"), "{stats}");
+    senders[0].send("end").await;
+    for reader in &mut readers {
+        let line = reader.line().await;
+        assert!(
+            line.ends_with(": end"),
+            "after the stall, before the end: {line:?}"
+        );
+    }
 }

@@ -53,6 +53,8 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// How often the refresher looks whether the link came back.
 const REFRESH_TICK: Duration = Duration::from_millis(250);
+/// Batches kept for one worker whose inbox is full before more are dropped.
+const SPILL_MAX: usize = 1 << 16;
 /// How long a room keeps its subscription after its last local member left (a member
 /// who comes straight back does not pay for a new one).
 const UNSUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
@@ -159,6 +161,11 @@ struct Node {
     subscribing: tokio::sync::Mutex<()>,
     /// With history: this node's batches on their way through the stream.
     own: RefCell<history::Own>,
+    /// Wakes the task that gives queued batches to the NATS client.
+    publishing: tokio::sync::Notify,
+    /// Chat for each worker whose inbox was full, in order (see `send_to_workers`).
+    spilled: RefCell<Vec<Vec<Handoff>>>,
+    spill_waiting: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -230,11 +237,14 @@ impl Node {
             dir,
             view,
             number,
+            spilled: RefCell::new(vec![Vec::new(); workers.len()]),
             workers,
             state: RefCell::new(State::default()),
             history: RefCell::new(stream),
             subscribing: tokio::sync::Mutex::new(()),
             own: RefCell::new(history::Own::default()),
+            publishing: tokio::sync::Notify::new(),
+            spill_waiting: tokio::sync::Notify::new(),
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
@@ -251,11 +261,13 @@ impl Node {
         let answering = tokio::task::spawn_local(self.clone().answer_questions());
         let refreshing = tokio::task::spawn_local(self.clone().refresh());
         let delivering = tokio::task::spawn_local(self.clone().deliver_late());
+        let publishing = tokio::task::spawn_local(self.clone().publish_queued());
+        let spilling = tokio::task::spawn_local(self.clone().flush_spilled());
         while let Some(message) = inbox.recv().await {
             match message {
                 ToBridge::Chat(handoffs) if self.config.history.lines > 0 => {
                     for handoff in handoffs {
-                        self.publish_numbered(handoff).await;
+                        self.publish_numbered(handoff);
                     }
                 }
                 ToBridge::Chat(handoffs) => self.publish(handoffs).await,
@@ -266,6 +278,7 @@ impl Node {
                 }
             }
         }
+        self.drain_queued().await;
         self.leave().await;
         // Subscribers unsubscribe in their Drop by spawning onto the runtime: every task
         // holding one ends here, while the runtime still runs.
@@ -276,7 +289,10 @@ impl Node {
             .drain()
             .map(|(_, t)| t)
             .collect();
-        for task in rooms.into_iter().chain([answering, refreshing, delivering]) {
+        for task in rooms
+            .into_iter()
+            .chain([answering, refreshing, delivering, publishing, spilling])
+        {
             task.abort();
             let _ = task.await;
         }
@@ -404,14 +420,51 @@ impl Node {
             first,
             origin,
         };
-        for worker in &self.workers {
-            if worker.try_send(Inbox::Chat(vec![handoff.clone()])).is_err() {
+        self.send_to_workers(vec![handoff]);
+    }
+
+    /// Hands batches to every worker thread without waiting. A worker whose inbox is
+    /// full gets them later, in order, gathered in one message (see `flush_spilled`):
+    /// with history a node's own chat reaches its members only this way, so bursts are
+    /// kept rather than dropped, up to [`SPILL_MAX`] batches per worker.
+    fn send_to_workers(&self, handoffs: Vec<Handoff>) {
+        let mut spilled = self.spilled.borrow_mut();
+        for (worker, spill) in self.workers.iter().zip(spilled.iter_mut()) {
+            if spill.is_empty() {
+                match worker.try_send(Inbox::Chat(handoffs.clone())) {
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                }
+            }
+            if spill.len() + handoffs.len() > SPILL_MAX {
                 let dropped = self.view.dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(
                         dropped = dropped + 1,
-                        "a worker's inbox is full: chat from the cluster dropped"
+                        "a worker's inbox stays full: chat from the cluster dropped"
                     );
+                }
+                continue;
+            }
+            spill.extend(handoffs.iter().cloned());
+            self.spill_waiting.notify_one();
+        }
+    }
+
+    /// Sends what `send_to_workers` kept for full inboxes: each worker's, in one
+    /// message, once there is room.
+    async fn flush_spilled(self: Rc<Self>) {
+        loop {
+            self.spill_waiting.notified().await;
+            for (i, worker) in self.workers.iter().enumerate() {
+                if self.spilled.borrow()[i].is_empty() {
+                    continue;
+                }
+                let permit = worker.reserve().await;
+                // Taken after the wait: what came meanwhile goes too, still in order.
+                let batch = std::mem::take(&mut self.spilled.borrow_mut()[i]);
+                if let Ok(permit) = permit {
+                    permit.send(Inbox::Chat(batch));
                 }
             }
         }

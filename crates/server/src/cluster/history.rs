@@ -37,7 +37,7 @@ use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
 use ringcast_core::history::Replay;
 use ringcast_core::Handoff;
 use ringcast_core::{HistoryConfig, Origin};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,6 +58,19 @@ pub(super) const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a batch delivered without the stream is remembered, so that it is not
 /// delivered again if it comes back after all.
 const DELIVERED_MEMORY: Duration = Duration::from_secs(60);
+/// Batches the bridge holds for NATS beyond what the client's own buffers take: past
+/// it a batch is not published (NATS has stalled long enough that the other nodes miss
+/// it, counted in `cluster_dropped`), and reaches this node's members without it.
+pub(super) const PUBLISH_BACKLOG: usize = 4096;
+
+/// A batch waiting for the publisher task.
+struct Outgoing {
+    /// Its id among this node's own batches (none: not said on this node).
+    id: Option<u64>,
+    room: Arc<str>,
+    headers: async_nats::HeaderMap,
+    text: Bytes,
+}
 
 /// This node's own batches on their way through the stream, by the id each got when it
 /// was published (in publish order).
@@ -68,6 +81,8 @@ pub(super) struct Own {
     waiting: BTreeMap<u64, (Instant, Handoff)>,
     /// Delivered here without the stream, with when.
     delivered: BTreeMap<u64, Instant>,
+    /// Taken from the workers, not yet given to the NATS client, in order.
+    outgoing: VecDeque<Outgoing>,
 }
 
 /// Creates the history stream unless it exists (the first node's bounds win; a node
@@ -130,16 +145,17 @@ impl Node {
             .map(|(stream, _)| stream.clone())
     }
 
-    /// Publishes a read's batch to its room's subject (the stream stores it) with its
-    /// sender and its id named. It reaches this node's own members when it comes back
-    /// from the stream, or without it: at once while the link is down (the client keeps
-    /// the publish for when it is back), or once it is [`ECHO_TIMEOUT`] late.
-    pub(super) async fn publish_numbered(&self, handoff: Handoff) {
-        let subject = room_subject(&handoff.room);
+    /// Queues a read's batch for its room's subject (the stream stores it) with its
+    /// sender and its id named, without waiting for NATS: the workers' queue towards the
+    /// bridge never fills because NATS stalls. The batch reaches this node's own members
+    /// when it comes back from the stream, or without it: at once while the link is down
+    /// (the client keeps the publish for when it is back) or when NATS has stalled past
+    /// [`PUBLISH_BACKLOG`], or once it is [`ECHO_TIMEOUT`] late.
+    pub(super) fn publish_numbered(&self, handoff: Handoff) {
         let mut headers = async_nats::HeaderMap::new();
         let mut id = None;
+        let now = Instant::now();
         if let Some(o) = handoff.origin {
-            let now = Instant::now();
             let mut own = self.own.borrow_mut();
             own.next += 1;
             let next = own.next;
@@ -154,31 +170,83 @@ impl Node {
                 drop(own);
                 // Those of its room still waiting go first, in order.
                 self.deliver_earlier(next, &handoff.room);
-                self.deliver_without_stream(handoff.clone());
+                self.deliver_without_stream(vec![handoff.clone()]);
             }
         }
-        let text = handoff.text.clone();
-        match self
-            .client
-            .publish_with_headers(subject, headers, text)
-            .await
-        {
-            Ok(()) => {
-                self.view.published.fetch_add(1, Ordering::Relaxed);
+        let mut own = self.own.borrow_mut();
+        if own.outgoing.len() >= PUBLISH_BACKLOG {
+            drop(own);
+            self.view.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("NATS takes nothing: a batch is kept from the other nodes");
+            if let Some(id) = id {
+                self.not_published(id, &handoff.room);
             }
-            Err(err) => {
-                tracing::debug!("publishing to the cluster: {err}");
-                let waiting = id.and_then(|id| {
-                    let mut own = self.own.borrow_mut();
-                    let (_, handoff) = own.waiting.remove(&id)?;
-                    own.delivered.insert(id, Instant::now());
-                    Some(handoff)
-                });
-                if let Some(handoff) = waiting {
-                    self.deliver_without_stream(handoff);
+            return;
+        }
+        own.outgoing.push_back(Outgoing {
+            id,
+            room: handoff.room,
+            headers,
+            text: handoff.text,
+        });
+        drop(own);
+        self.publishing.notify_one();
+    }
+
+    /// Batch `id` of this node will not come back from the stream: it reaches this
+    /// node's members now (after its room's earlier ones), unless it did already.
+    fn not_published(&self, id: u64, room: &Arc<str>) {
+        let waiting = {
+            let mut own = self.own.borrow_mut();
+            let waiting = own.waiting.remove(&id);
+            if waiting.is_some() {
+                own.delivered.insert(id, Instant::now());
+            }
+            waiting
+        };
+        if let Some((_, handoff)) = waiting {
+            self.deliver_earlier(id, room);
+            self.deliver_without_stream(vec![handoff]);
+        }
+    }
+
+    /// Gives the queued batches to the NATS client one at a time, in order (one
+    /// connection: NATS keeps one publisher's order). Only this task waits when the
+    /// client's buffers are full.
+    pub(super) async fn publish_queued(self: Rc<Self>) {
+        loop {
+            let next = self.own.borrow_mut().outgoing.pop_front();
+            let Some(out) = next else {
+                self.publishing.notified().await;
+                continue;
+            };
+            let subject = room_subject(&out.room);
+            match self
+                .client
+                .publish_with_headers(subject, out.headers, out.text)
+                .await
+            {
+                Ok(()) => {
+                    self.view.published.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    tracing::debug!("publishing to the cluster: {err}");
+                    if let Some(id) = out.id {
+                        self.not_published(id, &out.room);
+                    }
                 }
             }
         }
+    }
+
+    /// At shutdown: waits, a bounded time, for the queued batches to reach the client.
+    pub(super) async fn drain_queued(&self) {
+        let drained = async {
+            while !self.own.borrow().outgoing.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(CLAIM_TIMEOUT, drained).await;
     }
 
     /// Receives `room`'s chat from the stream, each batch numbered: from now on, or
@@ -299,14 +367,27 @@ impl Node {
             }
         }
         drop(own);
-        for handoff in lost {
-            self.deliver_without_stream(handoff);
-        }
+        self.deliver_without_stream(lost);
     }
 
-    fn deliver_without_stream(&self, handoff: Handoff) {
-        self.view.dropped.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&handoff.room, handoff.text, 0, handoff.origin);
+    /// Hands this node's batches to its workers unnumbered, in order, in one message per
+    /// worker (many at once must not overflow the workers' inboxes).
+    fn deliver_without_stream(&self, handoffs: Vec<Handoff>) {
+        if handoffs.is_empty() {
+            return;
+        }
+        let batches = handoffs.len() as u64;
+        self.view.dropped.fetch_add(batches, Ordering::Relaxed);
+        self.view.received.fetch_add(batches, Ordering::Relaxed);
+        let handoffs: Vec<Handoff> = handoffs
+            .into_iter()
+            .map(|handoff| Handoff {
+                first: 0,
+                frames: None,
+                ..handoff
+            })
+            .collect();
+        self.send_to_workers(handoffs);
     }
 
     /// Delivers this node's batches that did not come back from the stream in time to
@@ -336,9 +417,7 @@ impl Node {
                     "chat did not come back from the cluster in time: delivered here without it"
                 );
             }
-            for handoff in late {
-                self.deliver_without_stream(handoff);
-            }
+            self.deliver_without_stream(late);
         }
     }
 
