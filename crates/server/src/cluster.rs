@@ -271,6 +271,11 @@ impl Node {
                     }
                 }
                 ToBridge::Chat(handoffs) => self.publish(handoffs).await,
+                ToBridge::Request(Request::Left { room }) => {
+                    // Every disconnect sends one, and each waits a second: a task of its
+                    // own, as small as its wait, not one sized for the largest question.
+                    tokio::task::spawn_local(self.clone().left(room));
+                }
                 ToBridge::Request(request) => {
                     // Each question in a task of its own: a slow answer must not hold back
                     // the chat behind it.
@@ -321,17 +326,7 @@ impl Node {
                 }
                 self.answer(thread, Answer::Joined { id });
             }
-            Request::Left { room } => {
-                tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
-                if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
-                    let mut state = self.state.borrow_mut();
-                    state.received.remove(&room);
-                    if let Some(task) = state.rooms.remove(&room) {
-                        // Dropping the subscriber (in the task) unsubscribes.
-                        task.abort();
-                    }
-                }
-            }
+            Request::Left { room } => self.left(room).await,
             Request::ClaimName { thread, id, name } => {
                 let claim = self.claim(&name).await;
                 self.answer(thread, Answer::Name { id, claim });
@@ -360,7 +355,26 @@ impl Node {
                 id,
                 room,
                 query,
-            } => self.clone().replay(thread, id, room, query).await,
+            } => {
+                // Boxed: reading history is the largest of these futures, and every
+                // question's task would be as large as it.
+                Box::pin(self.clone().replay(thread, id, room, query)).await
+            }
+        }
+    }
+
+    /// A local member left `room`: a second later, if none is left, the node stops
+    /// receiving it (a member who comes straight back does not pay for a new
+    /// subscription).
+    async fn left(self: Rc<Self>, room: Arc<str>) {
+        tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
+        if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
+            let mut state = self.state.borrow_mut();
+            state.received.remove(&room);
+            if let Some(task) = state.rooms.remove(&room) {
+                // Dropping the subscriber (in the task) unsubscribes.
+                task.abort();
+            }
         }
     }
 
