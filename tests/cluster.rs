@@ -619,6 +619,7 @@ async fn a_node_keeps_nothing_per_connection(backend: &str) {
     // in steps where its table doubles: so the figure is the growth over all rounds.
     churn(a.addr, ROUND, 8).await;
     tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(500)).await;
+    let maps_before = resident_by_mapping(a.pid());
     let before = a.rss_kib() as i64;
     let mut growth = Vec::new();
     let mut rss = before;
@@ -631,9 +632,57 @@ async fn a_node_keeps_nothing_per_connection(backend: &str) {
     }
     assert!(
         rss - before < LIMIT_KIB,
-        "node a grew by {} KiB over {} connections ({} B each); by round: {growth:?} KiB",
+        "node a grew by {} KiB over {} connections ({} B each); by round: {growth:?} KiB; \
+         the mappings that grew most (start address, what, KiB before and after): {:?}",
         rss - before,
         ROUNDS * ROUND,
-        (rss - before) * 1024 / (ROUNDS * ROUND) as i64
+        (rss - before) * 1024 / (ROUNDS * ROUND) as i64,
+        grown_mappings(&maps_before, &resident_by_mapping(a.pid()))
     );
+}
+
+/// Each mapping of the process (by start address) with what it maps and its resident KiB,
+/// from `/proc/PID/smaps`: where a growth is (a heap arena, a thread's stack, a ring).
+fn resident_by_mapping(pid: i32) -> std::collections::BTreeMap<String, (String, i64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut maps = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib = kib.trim().trim_end_matches(" kB").parse().unwrap_or(0);
+            if let Some((start, what)) = current.take() {
+                maps.insert(start, (what, kib));
+            }
+        } else {
+            // A mapping's header: `START-END PERMS OFFSET DEV INODE [PATH]`.
+            let mut fields = line.split_whitespace();
+            let range = fields.next().unwrap_or("");
+            let header = range.split_once('-').filter(|(start, end)| {
+                u64::from_str_radix(start, 16).is_ok() && u64::from_str_radix(end, 16).is_ok()
+            });
+            if let Some((start, _)) = header {
+                let what = fields.nth(4).unwrap_or("[anon]").to_owned();
+                current = Some((start.to_owned(), what));
+            }
+        }
+    }
+    maps
+}
+
+/// The five mappings whose resident size grew most between two readings.
+fn grown_mappings(
+    before: &std::collections::BTreeMap<String, (String, i64)>,
+    after: &std::collections::BTreeMap<String, (String, i64)>,
+) -> Vec<(String, String, i64, i64)> {
+    let mut grown: Vec<(String, String, i64, i64)> = after
+        .iter()
+        .map(|(start, (what, kib))| {
+            let old = before.get(start).map_or(0, |(_, kib)| *kib);
+            (start.clone(), what.clone(), old, *kib)
+        })
+        .filter(|(_, _, old, new)| new > old)
+        .collect();
+    grown.sort_by_key(|(_, _, old, new)| old - new);
+    grown.truncate(5);
+    grown
 }

@@ -160,6 +160,7 @@ impl World {
                 Action::Shutdown { handle, .. } => panic!("client {handle} shut down"),
                 Action::Wake(_) | Action::ResumeAccept => {}
                 Action::Cluster(request) => panic!("a single node asked the cluster {request:?}"),
+                Action::Publish(_) => panic!("a single node published to a cluster"),
             }
         }
     }

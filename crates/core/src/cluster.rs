@@ -4,9 +4,33 @@
 //! from it as hand-offs. Beside chat, a few questions only the cluster can answer are
 //! asked with a request id, and their answers come back to the asking thread later.
 
+use super::history::Replay;
 use super::hub::Handoff;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// With history in the cluster, a line's position is `SEQ * LINES_PER_SEQ + i`: the
+/// stream sequence of the batch that holds it (cluster-wide, increasing in every room,
+/// not contiguous in one) and its index in that batch. A hub never lets a batch grow to
+/// this many lines.
+pub const LINES_PER_SEQ: u64 = 100_000;
+
+/// A client of this node that sent a batch: its thread, id (a `ClientId`) and serial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub thread: usize,
+    pub client: usize,
+    pub serial: u64,
+}
+
+/// Which lines of a room a [`Request::Replay`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// The room's `n` most recent lines (`/history N`).
+    Recent(u64),
+    /// Every line after this position (`/resume ROOM POS`).
+    After(u64),
+}
 
 /// A question from a hub to the bridge; `thread` is the asking worker, `id` its request.
 #[derive(Debug, Clone)]
@@ -56,6 +80,15 @@ pub enum Request {
         id: u64,
         local: Vec<(Arc<str>, usize)>,
     },
+    /// Lines of a room from the cluster's history: [`Answer::Replay`]. For a resume the
+    /// bridge receives the room before it reads, so every line after the replay's last
+    /// reaches this node live.
+    Replay {
+        thread: usize,
+        id: u64,
+        room: Arc<str>,
+        query: Query,
+    },
 }
 
 /// How a name claim ended.
@@ -87,6 +120,14 @@ pub enum Answer {
     Text {
         id: u64,
         text: String,
+    },
+    /// Lines read from the cluster's history (`lost` is 0: the cluster cannot count what
+    /// it no longer holds), and, if the lines asked for are not all there, the gap notice
+    /// to show first; `Err`: the history could not be read, and why.
+    Replay {
+        id: u64,
+        replay: Result<Replay, String>,
+        gap: Option<String>,
     },
 }
 
@@ -121,6 +162,9 @@ pub struct ClusterView {
     pub published: AtomicU64,
     pub received: AtomicU64,
     pub dropped: AtomicU64,
+    /// With history in the cluster: the epoch of its positions (when the history stream
+    /// was created, in ms since 1970): a stream created again numbers afresh.
+    pub epoch: AtomicU64,
 }
 
 impl ClusterView {

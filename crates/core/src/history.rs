@@ -118,7 +118,7 @@ pub struct Change {
 }
 
 /// Lines of a room read back from its history.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Replay {
     /// Each line (with its `\n`) and its position, oldest first; each a slice of a
     /// stored batch.

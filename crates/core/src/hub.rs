@@ -20,17 +20,17 @@
 //! to each connection's codec (`codec.rs`): a read's chat is encoded once per encoding
 //! its room needs, and that buffer is shared by every member wanting it.
 //!
-//! Where the rest is: the answers to `/join`, `/nick`, `/who` and `/rooms` in
+//! Where the rest is: the answers to `/join`, `/nick`, `/who`, `/rooms` and `/stats` in
 //! `hub/commands.rs`, the writer's side and the deadlines in `hub/writer.rs`, cluster
-//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs`, a read's
-//! chat on its way to the room (recorded, numbered, fanned out, handed off) in
-//! `hub/fanout.rs`, room order and `/history`, `/resume`, `/positions` in
+//! mode's questions and answers in `hub/cluster.rs`, HTTP requests in `web.rs` and
+//! `hub/http_request.rs`, a read's chat on its way to the room (recorded, numbered,
+//! fanned out, handed off) in `hub/fanout.rs`, room order and `/history`, `/resume`, `/positions` in
 //! `hub/history.rs`, a `POST /api/publish`'s line in `hub/publish.rs`.
 //!
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
-use super::cluster::{Answer, Claim, ClusterView, Request};
+use super::cluster::{Answer, Claim, ClusterView, Origin, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
 use super::history::{History, HistoryConfig};
@@ -123,6 +123,13 @@ impl Shared {
     fn hands_off(&self) -> bool {
         self.threads > 1 || self.cluster.is_some()
     }
+
+    /// Whether room history lives in the cluster (a JetStream stream) rather than in
+    /// this process: then chat is published only, and every thread of every node
+    /// receives it back from the stream, numbered (see `hub/history.rs`).
+    pub fn history_in_cluster(&self) -> bool {
+        self.cluster.is_some() && self.history.is_on()
+    }
 }
 
 /// What every thread's hub shares with the others.
@@ -158,8 +165,11 @@ pub struct Handoff {
     /// The same lines as WebSocket frames, when the sending thread built them already.
     pub frames: Option<Bytes>,
     /// The room position of the first line (see `history`); 0: none (history is off,
-    /// or the lines come from another node), delivered as they come.
+    /// or the cluster could not number it), delivered as they come.
     pub first: u64,
+    /// The client that sent it, when it is one of this node's: it does not get its own
+    /// lines back when they return from the cluster.
+    pub origin: Option<Origin>,
 }
 
 /// Which listener a connection came from.
@@ -200,6 +210,9 @@ pub enum Action<H> {
     /// every other thread, in the order given and none dropped: a thread delivers a
     /// room's numbered lines in position order, and waits for one that never comes.
     Handoff(Vec<Handoff>),
+    /// Chat lines for the cluster bridge only (history in the cluster): no thread gets
+    /// them now; every thread, this one included, gets them back from the cluster.
+    Publish(Vec<Handoff>),
     /// Accepting, paused after running out of descriptors, may go on.
     ResumeAccept,
     /// A question for the cluster bridge (cluster mode only); its answer comes back
@@ -317,6 +330,10 @@ enum Awaited {
     Nick { name: Arc<str> },
     /// A `/who` or `/rooms` reply.
     Text,
+    /// `/history`'s lines of `room`, from the cluster's history.
+    History { room: Arc<str> },
+    /// `/resume`'s lines of `room` after `after`, from the cluster's history.
+    Resume { room: Arc<str>, after: u64 },
 }
 
 /// The clients of one worker thread.
@@ -337,6 +354,8 @@ pub struct Hub<H> {
     shutdowns: VecDeque<(H, Option<Bytes>)>,
     wakes: VecDeque<ClientId>,
     handoffs: Vec<Handoff>,
+    /// Chat for the cluster only (history in the cluster).
+    published: Vec<Handoff>,
     resume_accept: bool,
     /// While set, accepting is paused until then.
     accept_paused_until: Tick,
@@ -359,6 +378,9 @@ pub struct Hub<H> {
     input_stopped: bool,
     /// Where each room's delivery on this thread is, in positions (see `hub/history.rs`).
     order: HashMap<Arc<str>, history::RoomOrder>,
+    /// Clients whose `/resume` waits for the cluster's history, with the live chat of
+    /// their room that came meanwhile (encoded for them, by last position).
+    resuming: HashMap<ClientId, Vec<(u64, Bytes)>>,
 }
 
 impl<H: Clone> Hub<H> {
@@ -376,6 +398,7 @@ impl<H: Clone> Hub<H> {
             shutdowns: VecDeque::new(),
             wakes: VecDeque::new(),
             handoffs: Vec::new(),
+            published: Vec::new(),
             resume_accept: false,
             accept_paused_until: Tick::NONE,
             accept_armed: Tick::NONE,
@@ -388,6 +411,7 @@ impl<H: Clone> Hub<H> {
             filling: None,
             input_stopped: false,
             order: HashMap::new(),
+            resuming: HashMap::new(),
         }
     }
 
@@ -560,45 +584,6 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    /// An HTTP connection's input: once its request head is complete, answers it (and
-    /// closes) or upgrades the connection to a WebSocket chat client, whose first frames
-    /// may follow in `buf`.
-    fn handle_request(&mut self, id: ClientId, buf: &mut Vec<u8>, now: Tick) {
-        let site = web::Site {
-            draining: self.input_stopped,
-            stats: &self.shared.stats,
-            dir: &self.shared.dir,
-            api: self.shared.publish.as_deref(),
-            max_line: self.limits.max_line,
-            now: self.clock.instant(now),
-        };
-        match web::serve(buf, &site, self.clients[id].peer) {
-            Served::Waiting => {}
-            Served::Interim(response) => self.push_raw(id, response, now),
-            Served::Respond(response) => self.respond(id, response, now),
-            Served::Publish(answer) => self.publish(id, answer, now),
-            Served::Upgrade(response, token) => {
-                self.counters()
-                    .http_responses
-                    .inc(HttpStatus::SwitchingProtocols);
-                let client = &mut self.clients[id];
-                client.codec.upgrade();
-                client.close_by = Tick::NONE;
-                self.push_raw(id, response, now);
-                self.admit_websocket(id, token.as_deref(), now);
-            }
-        }
-    }
-
-    /// Sends a whole HTTP response, then closes the connection.
-    fn respond(&mut self, id: ClientId, response: Bytes, now: Tick) {
-        self.counters()
-            .http_responses
-            .inc(HttpStatus::of_response(&response));
-        self.push_raw(id, response, now);
-        self.begin_close(id, Disconnect::Quit, now);
-    }
-
     /// One event of a chat client's input.
     fn handle_event(&mut self, id: ClientId, event: Event<'_>, now: Tick) -> ControlFlow<()> {
         match event {
@@ -648,7 +633,7 @@ impl<H: Clone> Hub<H> {
             return self.flow(id);
         }
         match command {
-            Ok(Command::Chat(text)) => self.chat(id, text),
+            Ok(Command::Chat(text)) => self.chat(id, text, now),
             Ok(Command::Empty) => {}
             Ok(Command::Join(room)) => self.join(id, room, now),
             Ok(Command::Nick(name)) => self.nick(id, name, now),
@@ -708,25 +693,13 @@ impl<H: Clone> Hub<H> {
         }
     }
 
-    fn chat(&mut self, id: ClientId, text: &[u8]) {
+    fn chat(&mut self, id: ClientId, text: &[u8], now: Tick) {
         reply::chat(&self.clients[id].member().name, text, &mut self.batch.text);
         self.batch.lines += 1;
-    }
-
-    fn server_stats(&mut self, id: ClientId, now: Tick) {
-        // The counters' fields are the tables' (see `counters`): what a row shows here.
-        let text = format!(
-            "stats {} clients={} rooms={}{}",
-            self.shared.label,
-            self.shared.dir.clients(),
-            self.shared.dir.room_count(),
-            self.shared.stats.read().stat_fields()
-        );
-        let text = match &self.shared.cluster {
-            Some(cluster) => format!("{text} {}", cluster.stats()),
-            None => text,
-        };
-        self.reply(id, reply::notice(text), now);
+        // Positions in the cluster number a batch's lines below LINES_PER_SEQ.
+        if self.batch.lines + 1 >= super::cluster::LINES_PER_SEQ {
+            self.flush_chat(id, now);
+        }
     }
 
     /// Queues `* error: TEXT` to the client and counts it by kind.
@@ -933,6 +906,7 @@ impl<H: Clone> Hub<H> {
         self.begin_close(id, Disconnect::PeerGone, self.clock.tick(now));
         let mut client = self.clients.remove(id);
         self.forget_owed(client.held.take());
+        self.resuming.remove(&id);
         self.counters()
             .queued_bytes
             .add(-(client.outbox.queued() as i64));
@@ -963,6 +937,9 @@ impl<H: Clone> Hub<H> {
         if !self.handoffs.is_empty() {
             return Some(Action::Handoff(std::mem::take(&mut self.handoffs)));
         }
+        if !self.published.is_empty() {
+            return Some(Action::Publish(std::mem::take(&mut self.published)));
+        }
         if std::mem::take(&mut self.resume_accept) {
             return Some(Action::ResumeAccept);
         }
@@ -989,6 +966,7 @@ mod cluster;
 mod commands;
 mod fanout;
 mod history;
+mod http_request;
 mod publish;
 mod secure;
 #[cfg(test)]

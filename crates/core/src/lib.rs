@@ -20,6 +20,7 @@ mod stats;
 mod time;
 mod web;
 
+pub use cluster::Origin;
 pub use counters::{HistogramTotals, Probe};
 pub use directory::{Directory, NameTaken, Refused, LOBBY};
 pub use history::{History, HistoryConfig};

@@ -20,13 +20,16 @@
 //! - **Questions:** `/who` and `/rooms` are asked of every node on `ringcast.ask.who` and
 //!   `ringcast.ask.rooms`; a node that does not answer within `ASK_TIMEOUT` is left out
 //!   and the reply says so.
+//! - **History** (`--history` above 0): a JetStream stream captures the room subjects;
+//!   rooms are then received from it, numbered, and `/history` and `/resume` read it
+//!   (`cluster/history.rs`).
 
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Claim, ClusterView, Inbox, Request, ToBridge};
-use ringcast_core::{Directory, Handoff};
+use ringcast_core::{Directory, Handoff, HistoryConfig, Origin};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::rc::Rc;
@@ -34,6 +37,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod history;
 
 /// The key-value bucket of names and node heartbeats.
 const BUCKET: &str = "ringcast";
@@ -50,6 +55,8 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 /// How often the refresher looks whether the link came back.
 const REFRESH_TICK: Duration = Duration::from_millis(250);
+/// Batches kept for one worker whose inbox is full before more are dropped.
+const SPILL_MAX: usize = 1 << 16;
 /// How long a room keeps its subscription after its last local member left (a member
 /// who comes straight back does not pay for a new one).
 const UNSUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
@@ -63,6 +70,8 @@ pub struct Config {
     pub node: String,
     /// How long a dead node's names and members are remembered.
     pub lease: Duration,
+    /// The bounds of the cluster's history stream (none with `--history 0`).
+    pub history: HistoryConfig,
 }
 
 /// The default node name: this host and process.
@@ -147,6 +156,18 @@ struct Node {
     number: u64,
     workers: Vec<mpsc::Sender<Inbox>>,
     state: RefCell<State>,
+    /// The history stream and its epoch, when history is on.
+    history: RefCell<Option<(jetstream::stream::Stream, u64)>>,
+    /// Held while a room's subscription is made: two joins of one room at once must not
+    /// make two (each batch would be delivered twice meanwhile).
+    subscribing: tokio::sync::Mutex<()>,
+    /// With history: this node's batches on their way through the stream.
+    own: RefCell<history::Own>,
+    /// Wakes the task that gives queued batches to the NATS client.
+    publishing: tokio::sync::Notify,
+    /// Chat for each worker whose inbox was full, in order (see `send_to_workers`).
+    spilled: RefCell<Vec<Vec<Handoff>>>,
+    spill_waiting: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -155,6 +176,9 @@ struct State {
     rooms: HashMap<Arc<str>, tokio::task::JoinHandle<()>>,
     /// Names this node holds in the bucket, refreshed while held.
     owned: HashSet<Arc<str>>,
+    /// With history: the stream sequence of the last batch each room's task forwarded
+    /// (a room received again after a NATS outage starts right after it).
+    received: HashMap<Arc<str>, Rc<std::cell::Cell<u64>>>,
 }
 
 impl Node {
@@ -194,6 +218,16 @@ impl Node {
             .await
             .with_context(|| format!("opening the {BUCKET} bucket at {url}"))?;
         let number = claim_node_number(&kv, &config.node).await?;
+        let stream = match config.history.lines {
+            0 => None,
+            _ => {
+                let (stream, epoch) = history::ensure_stream(&js, &config.history)
+                    .await
+                    .with_context(|| format!("setting up room history at {url}"))?;
+                view.epoch.store(epoch, Ordering::Relaxed);
+                Some((stream, epoch))
+            }
+        };
         dir.number_names(MAX_NODES, number);
         tracing::info!(%url, node = %config.node, number, "joined the cluster");
         let node = Rc::new(Node {
@@ -205,8 +239,14 @@ impl Node {
             dir,
             view,
             number,
+            spilled: RefCell::new(vec![Vec::new(); workers.len()]),
             workers,
             state: RefCell::new(State::default()),
+            history: RefCell::new(stream),
+            subscribing: tokio::sync::Mutex::new(()),
+            own: RefCell::new(history::Own::default()),
+            publishing: tokio::sync::Notify::new(),
+            spill_waiting: tokio::sync::Notify::new(),
         });
         // The lobby is every client's first room: received always, so a welcome never
         // waits for a subscription.
@@ -222,9 +262,22 @@ impl Node {
     async fn run(self: Rc<Self>, mut inbox: mpsc::Receiver<ToBridge>) {
         let answering = tokio::task::spawn_local(self.clone().answer_questions());
         let refreshing = tokio::task::spawn_local(self.clone().refresh());
+        let delivering = tokio::task::spawn_local(self.clone().deliver_late());
+        let publishing = tokio::task::spawn_local(self.clone().publish_queued());
+        let spilling = tokio::task::spawn_local(self.clone().flush_spilled());
         while let Some(message) = inbox.recv().await {
             match message {
+                ToBridge::Chat(handoffs) if self.config.history.lines > 0 => {
+                    for handoff in handoffs {
+                        self.publish_numbered(handoff);
+                    }
+                }
                 ToBridge::Chat(handoffs) => self.publish(handoffs).await,
+                ToBridge::Request(Request::Left { room }) => {
+                    // Every disconnect sends one, and each waits a second: a task of its
+                    // own, as small as its wait, not one sized for the largest question.
+                    tokio::task::spawn_local(self.clone().left(room));
+                }
                 ToBridge::Request(request) => {
                     // Each question in a task of its own: a slow answer must not hold back
                     // the chat behind it.
@@ -232,6 +285,7 @@ impl Node {
                 }
             }
         }
+        self.drain_queued().await;
         self.leave().await;
         // Subscribers unsubscribe in their Drop by spawning onto the runtime: every task
         // holding one ends here, while the runtime still runs.
@@ -242,7 +296,10 @@ impl Node {
             .drain()
             .map(|(_, t)| t)
             .collect();
-        for task in rooms.into_iter().chain([answering, refreshing]) {
+        for task in rooms
+            .into_iter()
+            .chain([answering, refreshing, delivering, publishing, spilling])
+        {
             task.abort();
             let _ = task.await;
         }
@@ -271,15 +328,7 @@ impl Node {
                 }
                 self.answer(thread, Answer::Joined { id });
             }
-            Request::Left { room } => {
-                tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
-                if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
-                    if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
-                        // Dropping the subscriber (in the task) unsubscribes.
-                        task.abort();
-                    }
-                }
-            }
+            Request::Left { room } => self.left(room).await,
             Request::ClaimName { thread, id, name } => {
                 let claim = self.claim(&name).await;
                 self.answer(thread, Answer::Name { id, claim });
@@ -307,6 +356,31 @@ impl Node {
                 let text = self.rooms(local).await;
                 self.answer(thread, Answer::Text { id, text });
             }
+            Request::Replay {
+                thread,
+                id,
+                room,
+                query,
+            } => {
+                // Boxed: reading history is the largest of these futures, and every
+                // question's task would be as large as it.
+                Box::pin(self.clone().replay(thread, id, room, query)).await
+            }
+        }
+    }
+
+    /// A local member left `room`: a second later, if none is left, the node stops
+    /// receiving it (a member who comes straight back does not pay for a new
+    /// subscription).
+    async fn left(self: Rc<Self>, room: Arc<str>) {
+        tokio::time::sleep(UNSUBSCRIBE_AFTER).await;
+        if &*room != ringcast_core::LOBBY && self.dir.room_size(&room) == 0 {
+            let mut state = self.state.borrow_mut();
+            state.received.remove(&room);
+            if let Some(task) = state.rooms.remove(&room) {
+                // Dropping the subscriber (in the task) unsubscribes.
+                task.abort();
+            }
         }
     }
 
@@ -321,8 +395,12 @@ impl Node {
     /// Receives `room`'s chat from now on; returns once the subscription is live on the
     /// server (a request round trip on the same connection: `flush` alone does not say).
     async fn subscribe(self: &Rc<Self>, room: Arc<str>) -> anyhow::Result<()> {
+        let _one_at_a_time = self.subscribing.lock().await;
         if self.state.borrow().rooms.contains_key(&room) {
             return Ok(());
+        }
+        if self.config.history.lines > 0 {
+            return self.receive_numbered(room, 0).await;
         }
         let mut subscriber =
             tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(room_subject(&room)))
@@ -339,7 +417,7 @@ impl Node {
         let forward_room = room.clone();
         let task = tokio::task::spawn_local(async move {
             while let Some(message) = subscriber.next().await {
-                node.deliver(&forward_room, message.payload);
+                node.deliver(&forward_room, message.payload, 0, None);
             }
         });
         if let Some(old) = self.state.borrow_mut().rooms.insert(room, task) {
@@ -349,8 +427,9 @@ impl Node {
         Ok(())
     }
 
-    /// A batch of chat from another node: to every worker thread, without waiting.
-    fn deliver(&self, room: &Arc<str>, text: Bytes) {
+    /// A batch of chat from the cluster (first at position `first`; 0: unnumbered, as
+    /// without history): to every worker thread, without waiting.
+    fn deliver(&self, room: &Arc<str>, text: Bytes, first: u64, origin: Option<Origin>) {
         self.view.received.fetch_add(1, Ordering::Relaxed);
         let lines = memchr::memchr_iter(b'\n', &text).count() as u64;
         let handoff = Handoff {
@@ -358,18 +437,54 @@ impl Node {
             text,
             lines,
             frames: None,
-            // Another node's lines: delivered as they come, with no position (history
-            // and positions are per node for now).
-            first: 0,
+            first,
+            origin,
         };
-        for worker in &self.workers {
-            if worker.try_send(Inbox::Chat(vec![handoff.clone()])).is_err() {
+        self.send_to_workers(vec![handoff]);
+    }
+
+    /// Hands batches to every worker thread without waiting. A worker whose inbox is
+    /// full gets them later, in order, gathered in one message (see `flush_spilled`):
+    /// with history a node's own chat reaches its members only this way, so bursts are
+    /// kept rather than dropped, up to [`SPILL_MAX`] batches per worker.
+    fn send_to_workers(&self, handoffs: Vec<Handoff>) {
+        let mut spilled = self.spilled.borrow_mut();
+        for (worker, spill) in self.workers.iter().zip(spilled.iter_mut()) {
+            if spill.is_empty() {
+                match worker.try_send(Inbox::Chat(handoffs.clone())) {
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => continue,
+                }
+            }
+            if spill.len() + handoffs.len() > SPILL_MAX {
                 let dropped = self.view.dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(
                         dropped = dropped + 1,
-                        "a worker's inbox is full: chat from the cluster dropped"
+                        "a worker's inbox stays full: chat from the cluster dropped"
                     );
+                }
+                continue;
+            }
+            spill.extend(handoffs.iter().cloned());
+            self.spill_waiting.notify_one();
+        }
+    }
+
+    /// Sends what `send_to_workers` kept for full inboxes: each worker's, in one
+    /// message, once there is room.
+    async fn flush_spilled(self: Rc<Self>) {
+        loop {
+            self.spill_waiting.notified().await;
+            for (i, worker) in self.workers.iter().enumerate() {
+                if self.spilled.borrow()[i].is_empty() {
+                    continue;
+                }
+                let permit = worker.reserve().await;
+                // Taken after the wait: what came meanwhile goes too, still in order.
+                let batch = std::mem::take(&mut self.spilled.borrow_mut()[i]);
+                if let Ok(permit) = permit {
+                    permit.send(Inbox::Chat(batch));
                 }
             }
         }
@@ -451,6 +566,11 @@ impl Node {
             if reassert {
                 if let Err(err) = ensure_bucket(&self.js, self.config.lease).await {
                     tracing::warn!("setting up the bucket again: {err:#}");
+                    self.reconnected.store(true, Ordering::Release);
+                    continue;
+                }
+                if let Err(err) = self.reassert_history().await {
+                    tracing::warn!("setting up room history again: {err:#}");
                     self.reconnected.store(true, Ordering::Release);
                     continue;
                 }

@@ -352,13 +352,8 @@ impl Config {
             });
             (keys, rate)
         });
-        // History is per node for now: in a cluster it would hold only this node's
-        // senders' lines, and positions would differ between nodes. Off until the
-        // cluster's stream holds it (issue 26).
-        let history = match args.cluster {
-            Some(_) => HistoryConfig::OFF,
-            None => history(args)?,
-        };
+        // In a cluster the same bounds apply to the cluster's stream (`cluster.rs`).
+        let history = history(args)?;
         let cluster = match &args.cluster {
             Some(url) => {
                 if args.cluster_lease < Duration::from_secs(1) {
@@ -368,6 +363,7 @@ impl Config {
                     url: url.clone(),
                     node: args.node.clone().unwrap_or_else(cluster::default_node_name),
                     lease: args.cluster_lease,
+                    history,
                 })
             }
             None => None,
@@ -582,7 +578,10 @@ mod tests {
         let off = super::tests::config(&["--history", "0", "--history-age", "0"]);
         assert_eq!(off.expect("valid").history, HistoryConfig::OFF);
         let clustered = super::tests::config(&["--cluster", "nats://127.0.0.1:4222"]);
-        assert_eq!(clustered.expect("valid").history, HistoryConfig::OFF);
+        let clustered = clustered.expect("valid");
+        assert_eq!(clustered.history, HistoryConfig::default());
+        let stream = clustered.cluster.map(|cluster| cluster.history);
+        assert_eq!(stream, Some(HistoryConfig::default()));
     }
 
     #[test]

@@ -38,6 +38,26 @@ impl Routes {
         }
     }
 
+    /// With history in the cluster: gives a read's chat to the bridge, which numbers it
+    /// through the stream and delivers it to this node's members too, so it is never
+    /// dropped here. `Err` gives it back when the bridge's queue is full (the bridge does
+    /// not wait for NATS, so only for a moment): the caller waits for room, as for a
+    /// peer's inbox. Nothing to do without a bridge, or once it has gone.
+    pub(crate) fn try_publish_numbered(&self, handoffs: Vec<Handoff>) -> Result<(), Vec<Handoff>> {
+        let Some(bridge) = &self.bridge else {
+            return Ok(());
+        };
+        match bridge.try_send(ToBridge::Chat(handoffs)) {
+            Err(mpsc::error::TrySendError::Full(ToBridge::Chat(handoffs))) => Err(handoffs),
+            _ => Ok(()),
+        }
+    }
+
+    /// The bridge's inbox, to wait for room in it.
+    pub(crate) fn bridge(&self) -> Option<mpsc::Sender<ToBridge>> {
+        self.bridge.clone()
+    }
+
     /// Passes a question to the cluster bridge. One it cannot take (NATS is slow, or
     /// shutting down) is answered here as failed, so no client waits for it for ever.
     pub(crate) fn ask<H: Clone>(&self, hub: &mut Hub<H>, request: Request) {

@@ -69,6 +69,8 @@ pub(crate) struct Worker<C> {
     /// Chat for the other threads that the hub asked to hand off, until the reader whose
     /// input made it sends it (waiting while a thread's inbox is full).
     outgoing: RefCell<Vec<Vec<Handoff>>>,
+    /// Chat for the bridge alone (history in the cluster), sent with the hand-offs.
+    publishing: RefCell<Vec<Vec<Handoff>>>,
     /// Where shutdown is (see `drain`): it says which listeners still accept (the HTTP
     /// listener answers `/healthz` with 503 while the chat clients drain).
     drain: Cell<Drain>,
@@ -120,6 +122,7 @@ impl<C: Conn> Worker<C> {
             index,
             routes: RefCell::new(Routes::new(peers, bridge)),
             outgoing: RefCell::new(Vec::new()),
+            publishing: RefCell::new(Vec::new()),
             drain: Cell::new(Drain::Running),
             timer: Signal::default(),
             timer_set: Cell::new(None),
@@ -371,7 +374,7 @@ impl<C: Conn> Worker<C> {
                 carry.extend_from_slice(&buf);
             }
             self.buffers.put(buf);
-            if !self.outgoing.borrow().is_empty() {
+            if !self.outgoing.borrow().is_empty() || !self.publishing.borrow().is_empty() {
                 // Boxed so the room for a channel send is allocated only while one runs,
                 // not in every connection's task.
                 Box::pin(self.hand_off()).await;
@@ -475,8 +478,18 @@ impl<C: Conn> Worker<C> {
 
     /// Sends the chat the hub asked to hand off to every other thread (one batch per
     /// thread per read, waiting while an inbox is full) and to the cluster bridge (never
-    /// waiting).
+    /// waiting, but for chat it numbers: see `Routes::try_publish_numbered`).
     async fn hand_off(&self) {
+        let numbered = std::mem::take(&mut *self.publishing.borrow_mut());
+        for handoffs in numbered {
+            // The bridge delivers these to this node's members too: never dropped, like
+            // chat for a peer thread (the bridge does not wait for NATS).
+            let refused = self.routes.borrow().try_publish_numbered(handoffs);
+            let bridge = self.routes.borrow().bridge();
+            if let (Err(handoffs), Some(bridge)) = (refused, bridge) {
+                let _ = bridge.send(ToBridge::Chat(handoffs)).await;
+            }
+        }
         let batches = std::mem::take(&mut *self.outgoing.borrow_mut());
         let peers = self.routes.borrow().peers.clone();
         for handoffs in batches {
@@ -521,6 +534,7 @@ impl<C: Conn> Worker<C> {
                 }
                 Action::Wake(handle) => handle.wake.notify(),
                 Action::Handoff(handoffs) => self.outgoing.borrow_mut().push(handoffs),
+                Action::Publish(handoffs) => self.publishing.borrow_mut().push(handoffs),
                 Action::ResumeAccept => self.accept_resumed.iter().for_each(Signal::notify),
                 Action::Cluster(request) => self.routes.borrow().ask(hub, request),
             }

@@ -77,7 +77,10 @@ impl<H: Clone> Hub<H> {
     pub fn handle_answer(&mut self, answer: Answer, now: Instant) {
         let now = self.clock.tick(now);
         let id = match &answer {
-            Answer::Joined { id } | Answer::Name { id, .. } | Answer::Text { id, .. } => *id,
+            Answer::Joined { id }
+            | Answer::Name { id, .. }
+            | Answer::Text { id, .. }
+            | Answer::Replay { id, .. } => *id,
             Answer::NameLost { name } => {
                 // Every holder: the connections of a `sub` share its name.
                 let holders: Vec<ClientId> = (self.clients.iter())
@@ -134,6 +137,12 @@ impl<H: Clone> Hub<H> {
             }
             (Awaited::Text, Answer::Text { text, .. }) => {
                 self.reply(client, reply::notice(text), now);
+            }
+            (Awaited::History { room }, Answer::Replay { replay, .. }) => {
+                self.history_answered(client, room, replay, now);
+            }
+            (Awaited::Resume { room, after }, Answer::Replay { replay, gap, .. }) => {
+                self.resume_answered(client, (room, after), replay, gap, now);
             }
             _ => tracing::warn!("cluster answer of the wrong kind dropped"),
         }
@@ -257,6 +266,11 @@ impl<H: Clone> Hub<H> {
             Request::Who { id, .. } | Request::Rooms { id, .. } => Answer::Text {
                 id,
                 text: reply::CLUSTER_UNAVAILABLE.to_owned(),
+            },
+            Request::Replay { id, .. } => Answer::Replay {
+                id,
+                replay: Err(reply::CLUSTER_UNAVAILABLE.to_owned()),
+                gap: None,
             },
             Request::Left { .. } | Request::Register { .. } | Request::Release { .. } => return,
         };

@@ -1,6 +1,6 @@
 //! What the chat commands that concern names and rooms answer (`/join`, `/nick`,
-//! `/who`, `/rooms`): from this node's directory, or, in cluster mode, by asking the
-//! cluster (see `cluster.rs`).
+//! `/who`, `/rooms`; `/stats` too): from this node's directory, or, in cluster mode,
+//! by asking the cluster (see `cluster.rs`).
 
 use super::*;
 
@@ -141,6 +141,22 @@ impl<H: Clone> Hub<H> {
             }
             let _ = write!(text, "{room} ({members})");
         }
+        self.reply(id, reply::notice(text), now);
+    }
+
+    pub(super) fn server_stats(&mut self, id: ClientId, now: Tick) {
+        // The counters' fields are the tables' (see `counters`): what a row shows here.
+        let text = format!(
+            "stats {} clients={} rooms={}{}",
+            self.shared.label,
+            self.shared.dir.clients(),
+            self.shared.dir.room_count(),
+            self.shared.stats.read().stat_fields()
+        );
+        let text = match &self.shared.cluster {
+            Some(cluster) => format!("{text} {}", cluster.stats()),
+            None => text,
+        };
         self.reply(id, reply::notice(text), now);
     }
 }

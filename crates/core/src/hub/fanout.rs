@@ -12,29 +12,55 @@ impl<H: Clone> Hub<H> {
             return;
         }
         let lines = std::mem::take(&mut self.batch.lines);
-        let plain = match self.shared.history.is_on() {
+        let origin = Origin {
+            thread: self.thread,
+            client: id,
+            serial: self.clients[id].serial,
+        };
+        let plain = match self.shared.history.is_on() || self.shared.history_in_cluster() {
             // A buffer of its own: history may keep it long after the read, and it must
             // not keep the next reads' bytes alive with it.
             true => std::mem::take(&mut self.batch.text).freeze(),
             false => self.batch.text.split().freeze(),
         };
         let room = self.clients[id].member().room.clone();
-        let sender = Some((id, self.clients[id].serial));
-        self.send_chat(room, plain, lines, sender, now);
+        self.send_chat(room, plain, lines, Some(origin), now);
     }
 
     /// Sends `lines` chat lines (`plain`, one after the other) to the members of `room`
-    /// but `sender` (a client of this thread, by id and serial): recorded, numbered,
-    /// queued here, handed to the other threads and nodes. A read's chat comes this way,
-    /// and a line of the publish API (no sender).
+    /// but `sender` (a client of this thread): recorded, numbered, queued here, handed
+    /// to the other threads and nodes. A read's chat comes this way, and a line of the
+    /// publish API (no sender).
     pub(super) fn send_chat(
         &mut self,
         room: Arc<str>,
         plain: Bytes,
         lines: u64,
-        sender: Option<(ClientId, u64)>,
+        sender: Option<Origin>,
         now: Tick,
     ) {
+        if self.shared.history_in_cluster() {
+            // The cluster's stream numbers the batch: it goes there only, and comes back
+            // to every thread (this one too) with its position, in the stream's order. A
+            // published line names a sender that matches no client, so that the bridge
+            // tracks it as this node's own (delivered here without the stream if NATS
+            // does not take it) and every member receives it.
+            let origin = sender.unwrap_or(Origin {
+                thread: self.thread,
+                client: ClientId::MAX,
+                serial: 0,
+            });
+            self.counters().messages_in.add(lines);
+            self.published.push(Handoff {
+                room,
+                text: plain,
+                lines,
+                frames: None,
+                first: 0,
+                origin: Some(origin),
+            });
+            return;
+        }
         let recorded = self.shared.history.is_on();
         let timed = self.shared.stats.metrics_enabled();
         let text = match timed {
@@ -50,7 +76,7 @@ impl<H: Clone> Hub<H> {
             text: text.clone(),
             lines,
             frames: None,
-            except: sender,
+            except: sender.map(|o| (o.client, o.serial)),
         };
         let frames = self.deliver_in_order(&room, batch, first, now);
         if self.shared.hands_off() {
@@ -60,6 +86,7 @@ impl<H: Clone> Hub<H> {
                 lines,
                 frames,
                 first,
+                origin: sender,
             });
         }
     }
@@ -86,13 +113,22 @@ impl<H: Clone> Hub<H> {
                 continue;
             }
             let client = &mut self.clients[member];
-            if last != 0
-                && client
-                    .member
-                    .as_ref()
-                    .is_some_and(|m| m.seen_through >= last)
-            {
-                continue;
+            if last != 0 {
+                let seen = client.member.as_ref().map_or(0, |m| m.seen_through);
+                if seen >= last {
+                    if seen == history::RESUMING {
+                        // Kept until the replay it waits for is written (see `resume`).
+                        let bytes =
+                            encoded.for_codec(&client.codec, client.positions, &mut self.framer);
+                        let kept = self.resuming.entry(member).or_default();
+                        kept.push((last, bytes));
+                        let queued: usize = kept.iter().map(|(_, bytes)| bytes.len()).sum();
+                        if queued > self.limits.max_outbound {
+                            self.overflowed.push((member, Overflow { queued }));
+                        }
+                    }
+                    continue;
+                }
             }
             let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
             let len = bytes.len();
@@ -128,11 +164,16 @@ impl<H: Clone> Hub<H> {
     pub fn deliver(&mut self, handoffs: &[Handoff], now: Instant) {
         let now = self.clock.tick(now);
         for handoff in handoffs {
+            // A client of this thread does not get its own lines back from the cluster.
+            let except = handoff
+                .origin
+                .filter(|origin| origin.thread == self.thread)
+                .map(|origin| (origin.client, origin.serial));
             let batch = history::Batch {
                 text: handoff.text.clone(),
                 lines: handoff.lines,
                 frames: handoff.frames.clone(),
-                except: None,
+                except,
             };
             self.deliver_in_order(&handoff.room, batch, handoff.first, now);
         }

@@ -16,10 +16,26 @@
 //! POS from the store, up to its newest, H, and marks the member as having seen through
 //! H: live delivery skips the batches that end at or before H (some may not have reached
 //! this thread yet). Appends are whole batches, so H is always a batch's end.
+//!
+//! **History in the cluster.** With `--cluster`, the store is a JetStream stream that
+//! every node's bridge reads (`ringcast_server::cluster`); a batch's position is its
+//! stream sequence times [`LINES_PER_SEQ`](crate::cluster::LINES_PER_SEQ) plus the line's index in it. Chat is then
+//! only published ([`Action::Publish`]); every thread of every node receives each room's
+//! batches back from the stream in its order, numbered, so no batch waits here. `/history`
+//! and `/resume` ask the bridge ([`Request::Replay`]). While a resume waits for its
+//! answer, the live chat of its room that reaches the client is kept aside
+//! ([`RESUMING`]); the answer writes the replay, then what was kept past its last
+//! position. The bridge receives the room before it reads the stream, so every batch
+//! after the replay's last reaches this thread: kept, or live after the answer.
 
 use super::*;
+use crate::cluster::Query;
 use crate::history::{Change, Replay};
 use std::collections::BTreeMap;
+
+/// `seen_through` of a member whose `/resume` waits for the cluster: its room's live
+/// chat is kept aside until the replay is written.
+pub(super) const RESUMING: u64 = u64::MAX;
 
 /// `/history` without a count.
 pub const DEFAULT_HISTORY_LINES: u64 = 20;
@@ -75,6 +91,16 @@ impl<H: Clone> Hub<H> {
         if first == 0 {
             return self.deliver_now(room, batch, 0, now);
         }
+        if self.shared.history_in_cluster() {
+            // The bridge hands each room's batches over in the stream's order.
+            let next = first + batch.lines;
+            let order = self.order.entry(room.clone()).or_insert_with(|| RoomOrder {
+                next,
+                waiting: BTreeMap::new(),
+            });
+            order.next = order.next.max(next);
+            return self.deliver_now(room, batch, first, now);
+        }
         let order = self.order.entry(room.clone()).or_insert_with(|| RoomOrder {
             next: 1,
             waiting: BTreeMap::new(),
@@ -125,6 +151,14 @@ impl<H: Clone> Hub<H> {
         off
     }
 
+    /// The epoch of positions: this run's, or the cluster's history's.
+    fn epoch(&self) -> u64 {
+        match (&self.shared.cluster, self.shared.history_in_cluster()) {
+            (Some(cluster), true) => cluster.epoch.load(std::sync::atomic::Ordering::Relaxed),
+            _ => self.shared.history.epoch(),
+        }
+    }
+
     /// `/history [N]`: the room's N most recent lines, oldest first, as delivered.
     pub(super) fn show_history(&mut self, id: ClientId, n: Option<u64>, now: Tick) {
         if self.history_off(id, now) {
@@ -134,7 +168,24 @@ impl<H: Clone> Hub<H> {
         let max = history.config().lines as u64;
         let n = n.unwrap_or(DEFAULT_HISTORY_LINES).min(max);
         let room = self.clients[id].member().room.clone();
-        let mut replay = history.recent(&room, n as usize, self.clock.instant(now));
+        if self.shared.history_in_cluster() {
+            let what = Awaited::History { room: room.clone() };
+            let query = Query::Recent(n);
+            let ask = |thread, id| Request::Replay {
+                thread,
+                id,
+                room,
+                query,
+            };
+            self.ask(id, what, ask, now);
+            return;
+        }
+        let replay = history.recent(&room, n as usize, self.clock.instant(now));
+        self.write_history(id, &room, replay, now);
+    }
+
+    /// `/history`'s reply: the header, the lines that fit, the end.
+    fn write_history(&mut self, id: ClientId, room: &str, mut replay: Replay, now: Tick) {
         replay.fit(self.replay_budget(), LINE_FRAMING);
         let mut out = BytesMut::new();
         let count = reply::count(replay.lines.len(), "line", "lines");
@@ -174,15 +225,14 @@ impl<H: Clone> Hub<H> {
         if self.history_off(id, now) {
             return;
         }
-        if self.shared.cluster.is_some() {
-            let text = "/resume is not available in cluster mode yet";
-            self.error(id, ErrorKind::History, text, now);
-            return;
-        }
         if *self.clients[id].member().room != *room {
             self.move_to(id, room);
         }
         let room = self.clients[id].member().room.clone();
+        if self.shared.history_in_cluster() {
+            self.resume_from_cluster(id, room, after, epoch, now);
+            return;
+        }
         let history = self.shared.history.clone();
         let at = self.clock.instant(now);
         let mut replay = history.after(&room, after, at);
@@ -233,12 +283,137 @@ impl<H: Clone> Hub<H> {
         let text = match on {
             true => {
                 let member = self.clients[id].member();
-                let at = self.delivered(&member.room).max(member.seen_through);
-                let epoch = self.shared.history.epoch();
+                let seen = match member.seen_through {
+                    RESUMING => 0,
+                    seen => seen,
+                };
+                let at = self.delivered(&member.room).max(seen);
+                let epoch = self.epoch();
                 format!("positions on ({} at {at}, epoch {epoch})", member.room)
             }
             false => "positions off".to_owned(),
         };
         self.reply(id, reply::notice(text), now);
+    }
+}
+
+impl<H: Clone> Hub<H> {
+    /// `/resume` with the history in the cluster: asks the bridge, keeping the room's
+    /// live chat for the client aside until the answer.
+    fn resume_from_cluster(
+        &mut self,
+        id: ClientId,
+        room: Arc<str>,
+        after: u64,
+        epoch: Option<u64>,
+        now: Tick,
+    ) {
+        // Positions of an earlier stream name nothing in this one: everything held.
+        let stale = epoch.is_some_and(|epoch| epoch != self.epoch());
+        let what = Awaited::Resume {
+            room: room.clone(),
+            after: if stale { u64::MAX } else { after },
+        };
+        let query = Query::After(if stale { 0 } else { after });
+        let ask = |thread, id| Request::Replay {
+            thread,
+            id,
+            room,
+            query,
+        };
+        let asked = self.next_id;
+        self.ask(id, what, ask, now);
+        if self.next_id == asked {
+            // Refused (too many answers owed): the client was told, and chat goes on.
+            return;
+        }
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.seen_through = RESUMING;
+        }
+        self.resuming.insert(id, Vec::new());
+    }
+
+    /// The cluster's answer to `/history`.
+    pub(super) fn history_answered(
+        &mut self,
+        id: ClientId,
+        room: Arc<str>,
+        replay: Result<Replay, String>,
+        now: Tick,
+    ) {
+        match replay {
+            Ok(replay) => self.write_history(id, &room, replay, now),
+            Err(why) => self.error(id, ErrorKind::History, why, now),
+        }
+    }
+
+    /// The cluster's answer to `/resume` (`after` is `u64::MAX` when the client's
+    /// positions were of an earlier stream): the gap notice if any, the replay, then the
+    /// live lines kept meanwhile that are past it.
+    pub(super) fn resume_answered(
+        &mut self,
+        id: ClientId,
+        (room, after): (Arc<str>, u64),
+        replay: Result<Replay, String>,
+        gap: Option<String>,
+        now: Tick,
+    ) {
+        let kept = self.resuming.remove(&id).unwrap_or_default();
+        let here = self.clients[id]
+            .member
+            .as_ref()
+            .is_some_and(|m| m.room == room && m.seen_through == RESUMING);
+        let mut replay = match replay {
+            Ok(replay) => replay,
+            Err(why) => {
+                // Nothing replayed: the client gets what came meanwhile, and is told.
+                self.error(id, ErrorKind::History, why, now);
+                if !here {
+                    return;
+                }
+                if let Some(member) = self.clients[id].member.as_mut() {
+                    member.seen_through = 0;
+                }
+                for (_, bytes) in kept {
+                    self.push_raw(id, bytes, now);
+                }
+                return;
+            }
+        };
+        let dropped = replay.fit(self.replay_budget(), LINE_FRAMING);
+        let stale = after == u64::MAX;
+        match (stale, gap) {
+            (true, _) => {
+                let text = "history gap (the cluster's history was reset: earlier lines are lost)";
+                self.error(id, ErrorKind::History, text, now);
+            }
+            (false, Some(text)) => self.error(id, ErrorKind::History, text, now),
+            (false, None) if dropped > 0 => {
+                let lost = reply::count(dropped as usize, "line", "lines");
+                let text = format!("history gap ({lost} lost)");
+                self.error(id, ErrorKind::History, text, now);
+            }
+            (false, None) => {}
+        }
+        let after = if stale { 0 } else { after };
+        let mut out = BytesMut::new();
+        let count = reply::count(replay.lines.len(), "line", "lines");
+        let header = format_args!("resuming {room} after {after} ({count})");
+        out.extend_from_slice(&reply::notice(header));
+        self.replay_lines(id, &replay, &mut out);
+        self.reply(id, out.freeze(), now);
+        if !here {
+            return;
+        }
+        let mut seen = replay.last;
+        for (last, bytes) in kept {
+            if last > seen {
+                seen = last;
+                self.push_raw(id, bytes, now);
+            }
+        }
+        if let Some(member) = self.clients[id].member.as_mut() {
+            member.seen_through = seen;
+        }
     }
 }

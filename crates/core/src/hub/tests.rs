@@ -205,6 +205,7 @@ fn chat_fans_out_to_local_room_once_encoded_and_hands_off_once() {
             lines: 2,
             frames: None,
             first: 0,
+            origin: None,
         }],
         sim.now,
     );
@@ -746,6 +747,7 @@ fn websocket_members_share_one_framed_buffer_and_line_members_get_lines() {
             lines: 1,
             frames: None,
             first: 0,
+            origin: None,
         }],
         sim.now,
     );
@@ -973,6 +975,7 @@ fn websocket_clients_get_every_ending_as_frames() {
 }
 
 mod auth;
+mod cluster_history;
 mod history;
 mod publish;
 mod secure;

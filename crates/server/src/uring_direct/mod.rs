@@ -163,9 +163,10 @@ struct Driver {
     inbox_open: bool,
     /// Resolves when shutdown is asked for.
     shutdown: Option<Pin<Box<dyn Future<Output = ()>>>>,
-    /// Hand-offs that found a peer's inbox full, in order, and the reservation whose
-    /// completion wakes us when there is room.
-    blocked: std::collections::VecDeque<(usize, Vec<Handoff>)>,
+    /// Hand-offs that found a peer's inbox full (or, for chat the bridge numbers, the
+    /// bridge's: `None`), in order, and the reservation whose completion wakes us when
+    /// there is room.
+    blocked: std::collections::VecDeque<(Option<usize>, Vec<Handoff>)>,
     reserve: Option<Pin<Box<dyn Future<Output = bool>>>>,
     /// Receives held back while a hand-off is blocked: their bytes stay in their
     /// buffers, so a sender is held back by the buffer ring running dry (ENOBUFS), as
@@ -329,10 +330,20 @@ impl Driver {
             let Some((peer, handoffs)) = self.blocked.pop_front() else {
                 break;
             };
+            let Some(peer) = peer else {
+                if let Err(handoffs) = self.routes.try_publish_numbered(handoffs) {
+                    self.blocked.push_front((None, handoffs));
+                    if let Some(bridge) = self.routes.bridge() {
+                        self.reserve =
+                            Some(Box::pin(async move { bridge.reserve().await.is_ok() }));
+                    }
+                }
+                continue;
+            };
             match self.routes.peers[peer].try_send(Inbox::Chat(handoffs)) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(Inbox::Chat(handoffs))) => {
-                    self.blocked.push_front((peer, handoffs));
+                    self.blocked.push_front((Some(peer), handoffs));
                     let sender = self.routes.peers[peer].clone();
                     // Dropped permit: the room is kept for nobody, but the next try_send
                     // is likely to find it; if not, this repeats.
@@ -358,16 +369,29 @@ impl Driver {
         for peer in 0..peers {
             let handoffs = handoffs.clone();
             if !self.blocked.is_empty() {
-                self.blocked.push_back((peer, handoffs));
+                self.blocked.push_back((Some(peer), handoffs));
                 continue;
             }
             match self.routes.peers[peer].try_send(Inbox::Chat(handoffs)) {
                 Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
                 Err(mpsc::error::TrySendError::Full(Inbox::Chat(handoffs))) => {
-                    self.blocked.push_back((peer, handoffs))
+                    self.blocked.push_back((Some(peer), handoffs))
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => unreachable!("only chat is sent"),
             }
+        }
+    }
+
+    /// Gives chat to the bridge that numbers it through the stream and delivers it to
+    /// this node's members too: never dropped, so a full queue holds it (and what is
+    /// read after it) back like a full peer's inbox.
+    fn publish_numbered(&mut self, handoffs: Vec<Handoff>) {
+        if !self.blocked.is_empty() {
+            self.blocked.push_back((None, handoffs));
+            return;
+        }
+        if let Err(handoffs) = self.routes.try_publish_numbered(handoffs) {
+            self.blocked.push_back((None, handoffs));
         }
     }
 
@@ -391,6 +415,7 @@ impl Driver {
                 }
                 Action::Wake(handle) => self.make_ready(handle),
                 Action::Handoff(handoffs) => self.hand_off(handoffs),
+                Action::Publish(handoffs) => self.publish_numbered(handoffs),
                 Action::ResumeAccept => {
                     self.accept_paused.fill(false);
                     self.arm_accepts();
