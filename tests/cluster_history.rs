@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{numbered, Client, Server};
+use common::{numbered, send_in_tens, Client, Server};
 use ringcast_testkit::NatsServer;
 
 backend_tests!(
@@ -35,17 +35,6 @@ fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
     Server::start(backend, &flags)
 }
 
-/// Sends `/history [N]` and returns the reply's lines, header and end included.
-async fn history(client: &mut Client, command: &str) -> Vec<String> {
-    client.send(command).await;
-    let mut lines = vec![client.line().await];
-    assert!(lines[0].starts_with("* history of "), "{lines:?}");
-    while lines.last().map(String::as_str) != Some("* end of history") {
-        lines.push(client.line().await);
-    }
-    lines
-}
-
 /// Turns positions on; returns the epoch the reply names.
 async fn positions_on(client: &mut Client) -> String {
     let reply = client.ask("/positions on").await;
@@ -54,6 +43,17 @@ async fn positions_on(client: &mut Client) -> String {
         .and_then(|(_, epoch)| epoch.strip_suffix(')'))
         .unwrap_or_else(|| panic!("{reply:?}"))
         .to_owned()
+}
+
+/// A writer on the first node and a reader on the second, both in room `chat`, the
+/// reader with positions on; returns them and the stream's epoch.
+async fn writer_and_reader(nodes: &[Server]) -> (Client, Client, String) {
+    let mut writer = Client::connect(nodes[0].addr).await;
+    writer.join("chat").await;
+    let mut reader = Client::connect(nodes[1].addr).await;
+    reader.join("chat").await;
+    let epoch = positions_on(&mut reader).await;
+    (writer, reader, epoch)
 }
 
 /// Reads `n` numbered chat lines: their positions and texts.
@@ -84,7 +84,7 @@ async fn history_and_positions_are_the_same_on_every_node(backend: &str) {
     }
     writer.join("r").await;
     assert_eq!(
-        history(&mut readers[0], "/history").await,
+        readers[0].history("/history").await,
         ["* history of r (0 lines)", "* end of history"]
     );
     // Three reads of 2, 3 and 7 lines: 12 lines in three stream messages.
@@ -110,16 +110,16 @@ async fn history_and_positions_are_the_same_on_every_node(backend: &str) {
         .chain(sent[4..].iter().cloned())
         .chain(["* end of history".to_owned()])
         .collect();
-    assert_eq!(history(&mut writer, "/history 50").await, expected);
+    assert_eq!(writer.history("/history 50").await, expected);
     for reader in &mut readers {
-        let shown = history(reader, "/history 50").await;
+        let shown = reader.history("/history 50").await;
         assert_eq!(shown.len(), expected.len(), "{shown:?}");
         // With positions on, each line comes as `#POS NAME: TEXT`.
         for (got, want) in shown[1..9].iter().zip(&expected[1..9]) {
             assert_eq!(numbered(got).1, want);
         }
     }
-    let last_two = history(&mut writer, "/history 2").await;
+    let last_two = writer.history("/history 2").await;
     assert_eq!(last_two[1..3], sent[10..]);
 }
 
@@ -130,11 +130,7 @@ async fn a_client_resumes_on_another_node_with_every_line_once_in_order(backend:
     let nodes: Vec<Server> = (0..3)
         .map(|i| node(backend, &nats, &format!("r{i}"), "1000"))
         .collect();
-    let mut writer = Client::connect(nodes[0].addr).await;
-    writer.join("chat").await;
-    let mut reader = Client::connect(nodes[1].addr).await;
-    reader.join("chat").await;
-    let epoch = positions_on(&mut reader).await;
+    let (mut writer, mut reader, epoch) = writer_and_reader(&nodes).await;
     let name = writer.name.clone();
     let first: String = (0..10).map(|i| format!("m{i}\n")).collect();
     writer.send_raw(first.as_bytes()).await;
@@ -149,13 +145,7 @@ async fn a_client_resumes_on_another_node_with_every_line_once_in_order(backend:
     writer.send_raw(b"m10\nm11\nm12\n").await;
     writer.sync().await;
     let sending = tokio::spawn(async move {
-        for chunk in 0..29 {
-            let lines: String = (0..10)
-                .map(|i| format!("m{}\n", 13 + chunk * 10 + i))
-                .collect();
-            writer.send_raw(lines.as_bytes()).await;
-            tokio::task::yield_now().await;
-        }
+        send_in_tens(&mut writer, 13, 29).await;
         writer.sync().await;
         writer
     });
@@ -196,11 +186,7 @@ async fn a_resume_on_another_node_from_an_evicted_position_is_told_the_gap(backe
     let nodes: Vec<Server> = (0..2)
         .map(|i| node(backend, &nats, &format!("g{i}"), "3"))
         .collect();
-    let mut writer = Client::connect(nodes[0].addr).await;
-    writer.join("chat").await;
-    let mut reader = Client::connect(nodes[1].addr).await;
-    reader.join("chat").await;
-    let epoch = positions_on(&mut reader).await;
+    let (mut writer, mut reader, epoch) = writer_and_reader(&nodes).await;
     writer.send("a").await;
     let (seen, _) = numbered_lines(&mut reader, 1).await[0].clone();
     drop(reader);

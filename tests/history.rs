@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{numbered, Client, Proxy, Server};
+use common::{numbered, send_in_tens, Client, Proxy, Server};
 
 backend_tests!(
     history_is_empty_partial_full_and_cut_to_its_limit,
@@ -16,23 +16,12 @@ backend_tests!(
     resume_from_an_evicted_position_is_told_the_gap_first,
 );
 
-/// Sends `/history [N]` and returns the reply's lines, header and end included.
-async fn history(client: &mut Client, command: &str) -> Vec<String> {
-    client.send(command).await;
-    let mut lines = vec![client.line().await];
-    assert!(lines[0].starts_with("* history of "), "{lines:?}");
-    while lines.last().map(String::as_str) != Some("* end of history") {
-        lines.push(client.line().await);
-    }
-    lines
-}
-
 async fn history_is_empty_partial_full_and_cut_to_its_limit(backend: &str) {
     let server = Server::start(backend, &["--history", "5"]);
     let mut a = Client::connect(server.addr).await;
     let mut b = Client::connect(server.addr).await;
     assert_eq!(
-        history(&mut a, "/history").await,
+        a.history("/history").await,
         ["* history of lobby (0 lines)", "* end of history"]
     );
     // One after the other: two senders' lines at once may take either order.
@@ -43,7 +32,7 @@ async fn history_is_empty_partial_full_and_cut_to_its_limit(backend: &str) {
     // Partial: the asker's own lines are in it, exactly as delivered.
     let (one, two) = (format!("{}: one", a.name), format!("{}: two", b.name));
     assert_eq!(
-        history(&mut a, "/history").await,
+        a.history("/history").await,
         [
             "* history of lobby (2 lines)",
             &one,
@@ -59,18 +48,18 @@ async fn history_is_empty_partial_full_and_cut_to_its_limit(backend: &str) {
     }
     // Full: the 5 most recent, oldest first; 50 is more than --history allows.
     let full: Vec<String> = (1..6).map(|i| format!("{}: n{i}", a.name)).collect();
-    let reply = history(&mut b, "/history 50").await;
+    let reply = b.history("/history 50").await;
     assert_eq!(reply[0], "* history of lobby (5 lines)");
     assert_eq!(reply[1..6], full[..]);
-    let reply = history(&mut b, "/history 2").await;
+    let reply = b.history("/history 2").await;
     assert_eq!(reply[1..3], full[3..]);
     assert_eq!(reply.len(), 4);
     assert_eq!(
-        history(&mut b, "/history 0").await,
+        b.history("/history 0").await,
         ["* history of lobby (0 lines)", "* end of history"]
     );
     b.join("elsewhere").await;
-    assert_eq!(history(&mut b, "/history").await.len(), 2);
+    assert_eq!(b.history("/history").await.len(), 2);
 }
 
 async fn history_off_is_an_error_for_every_history_command(backend: &str) {
@@ -121,13 +110,7 @@ async fn resume_after_a_cut_gets_every_line_once_in_order(backend: &str) {
     writer.send_raw(b"m10\nm11\nm12\n").await;
     writer.sync().await;
     let sending = tokio::spawn(async move {
-        for chunk in 0..29 {
-            let lines: String = (0..10)
-                .map(|i| format!("m{}\n", 13 + chunk * 10 + i))
-                .collect();
-            writer.send_raw(lines.as_bytes()).await;
-            tokio::task::yield_now().await;
-        }
+        send_in_tens(&mut writer, 13, 29).await;
         writer
             .send_raw(b"m303\nm304\nm305\nm306\nm307\nm308\nm309\n")
             .await;

@@ -274,6 +274,18 @@ impl Client {
         reply
     }
 
+    /// Sends `/history [N]` (`command`) and returns the reply's lines, its header and
+    /// end included.
+    pub async fn history(&mut self, command: &str) -> Vec<String> {
+        self.send(command).await;
+        let mut lines = vec![self.line().await];
+        assert!(lines[0].starts_with("* history of "), "{lines:?}");
+        while lines.last().map(String::as_str) != Some("* end of history") {
+            lines.push(self.line().await);
+        }
+        lines
+    }
+
     /// A round trip that proves the server has handled everything this client sent before.
     pub async fn sync(&mut self) {
         let reply = self.ask("/help").await;
@@ -351,6 +363,19 @@ impl Drop for Proxy {
         for link in self.links.lock().expect("links").iter() {
             link.abort();
         }
+    }
+}
+
+/// Sends the chat lines `m{first}`, `m{first + 1}`, ... in `tens` writes of ten lines
+/// each, letting other tasks run between writes (the server has not necessarily read
+/// them when this returns: `sync` for that).
+pub async fn send_in_tens(writer: &mut Client, first: usize, tens: usize) {
+    for ten in 0..tens {
+        let lines: String = (0..10)
+            .map(|i| format!("m{}\n", first + ten * 10 + i))
+            .collect();
+        writer.send_raw(lines.as_bytes()).await;
+        tokio::task::yield_now().await;
     }
 }
 

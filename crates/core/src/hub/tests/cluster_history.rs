@@ -41,6 +41,25 @@ fn numbered(room: &str, text: &'static str, seq: u64) -> Handoff {
     }
 }
 
+/// The bridge's answer to replay request `id`: `lines` (position, text), none lost,
+/// the last position the last line's.
+fn replayed(id: u64, lines: &[(u64, &'static str)]) -> Answer {
+    let last = lines.last().map_or(0, |(pos, _)| *pos);
+    let lines = lines
+        .iter()
+        .map(|(pos, text)| (*pos, Bytes::from_static(text.as_bytes())))
+        .collect();
+    Answer::Replay {
+        id,
+        replay: Ok(Replay {
+            lines,
+            lost: 0,
+            last,
+        }),
+        gap: None,
+    }
+}
+
 #[test]
 fn chat_comes_back_from_the_cluster_numbered_to_all_but_its_sender() {
     let mut sim = clustered_history();
@@ -97,17 +116,8 @@ fn a_resume_writes_the_replay_then_only_the_live_chat_past_it() {
     sim.hub
         .deliver(&[numbered("lobby", "x: seven\n", 7)], sim.now);
     assert!(sim.output(c).is_empty(), "nothing before the replay");
-    let replay = Replay {
-        lines: vec![(600_000, Bytes::from_static(b"x: six\n"))],
-        lost: 0,
-        last: 600_000,
-    };
-    let answer = Answer::Replay {
-        id,
-        replay: Ok(replay),
-        gap: None,
-    };
-    sim.hub.handle_answer(answer, sim.now);
+    sim.hub
+        .handle_answer(replayed(id, &[(600_000, "x: six\n")]), sim.now);
     assert_eq!(
         sim.output(c).concat(),
         "* resuming lobby after 500001 (1 line)\nx: six\nx: seven\n"
@@ -134,17 +144,8 @@ fn a_resume_with_an_old_epoch_replays_everything_and_says_so() {
         }] => *id,
         other => panic!("{other:?}"),
     };
-    let replay = Replay {
-        lines: vec![(100_000, Bytes::from_static(b"x: first\n"))],
-        lost: 0,
-        last: 100_000,
-    };
-    let answer = Answer::Replay {
-        id,
-        replay: Ok(replay),
-        gap: None,
-    };
-    sim.hub.handle_answer(answer, sim.now);
+    sim.hub
+        .handle_answer(replayed(id, &[(100_000, "x: first\n")]), sim.now);
     assert_eq!(
         sim.output(c).concat(),
         "* error: history gap (the cluster's history was reset: earlier lines are lost)\n\
@@ -184,21 +185,8 @@ fn history_asks_the_cluster_and_shows_its_lines() {
         }] => *id,
         other => panic!("{other:?}"),
     };
-    let lines = vec![
-        (100_000, Bytes::from_static(b"x: a\n")),
-        (200_000, Bytes::from_static(b"y: b\n")),
-    ];
-    let replay = Replay {
-        lines,
-        lost: 0,
-        last: 200_000,
-    };
-    let answer = Answer::Replay {
-        id,
-        replay: Ok(replay),
-        gap: None,
-    };
-    sim.hub.handle_answer(answer, sim.now);
+    let lines = [(100_000, "x: a\n"), (200_000, "y: b\n")];
+    sim.hub.handle_answer(replayed(id, &lines), sim.now);
     assert_eq!(
         sim.output(c).concat(),
         "* history of lobby (2 lines)\nx: a\ny: b\n* end of history\n"
