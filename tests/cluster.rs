@@ -584,9 +584,10 @@ async fn a_node_keeps_nothing_per_connection(backend: &str) {
     /// deadline last): a short write timeout, and a wait past it before each reading,
     /// keep that bounded tail out of the figure.
     const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-    /// Growth over all rounds that fails the test: 35 B a connection. The leak this test
-    /// was written for (put back by hand) grew a node by 12-19 MiB here; without it the
-    /// rounds grew at most 0.8 MiB in all on this machine.
+    /// Growth over the rounds (all but the largest) that fails the test: 42 B a
+    /// connection. The leak this test was written for (put back by hand) grew a node by
+    /// 12-19 MiB over six rounds here; without it the rounds grew at most 0.8 MiB in all
+    /// on this machine.
     const LIMIT_KIB: i64 = 4 * 1024;
     // One backend at a time: each run churns 140,000 connections through two nodes, and
     // two at once on two cores make a node lag, so more connections are open or closing
@@ -616,7 +617,11 @@ async fn a_node_keeps_nothing_per_connection(backend: &str) {
     // connection closed within the write timeout) follow how many connections are open
     // or closing at once, so the warm-up churns with twice the clients the rounds use.
     // A leak instead grows the node in every round, by its size times the connections,
-    // in steps where its table doubles: so the figure is the growth over all rounds.
+    // in steps where its table doubles: so the figure is the growth over all rounds but
+    // the one that grew most. A single late high-water step (one malloc arena growing by
+    // 4.4 MiB in round five and nothing after, seen once in three CI runs) is left out
+    // by that; a leak's table doubles in several rounds, and a doubling adds at most
+    // what the table held before (the leak this test was written for grew 12-19 MiB).
     churn(a.addr, ROUND, 8).await;
     tokio::time::sleep(WRITE_TIMEOUT + Duration::from_millis(500)).await;
     let maps_before = resident_by_mapping(a.pid());
@@ -630,13 +635,15 @@ async fn a_node_keeps_nothing_per_connection(backend: &str) {
         growth.push(now - rss);
         rss = now;
     }
+    let largest = growth.iter().copied().max().unwrap_or(0).max(0);
+    let counted = rss - before - largest;
     assert!(
-        rss - before < LIMIT_KIB,
-        "node a grew by {} KiB over {} connections ({} B each); by round: {growth:?} KiB; \
-         the mappings that grew most (start address, what, KiB before and after): {:?}",
-        rss - before,
-        ROUNDS * ROUND,
-        (rss - before) * 1024 / (ROUNDS * ROUND) as i64,
+        counted < LIMIT_KIB,
+        "node a grew by {counted} KiB over {} connections ({} B each), leaving out its \
+         largest round; by round: {growth:?} KiB; the mappings that grew most (start \
+         address, what, KiB before and after): {:?}",
+        (ROUNDS - 1) * ROUND,
+        counted * 1024 / ((ROUNDS - 1) * ROUND) as i64,
         grown_mappings(&maps_before, &resident_by_mapping(a.pid()))
     );
 }
