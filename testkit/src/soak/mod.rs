@@ -31,8 +31,9 @@
 //! Meanwhile it samples every node's RSS and open fds from `/proc`. After warm-up the
 //! highest RSS of the last third of the run must not exceed that of the first third (in
 //! a cluster, whose NATS outages each set a high-water mark wherever they fall: that of
-//! everything before the last third) by more than a tolerance, the lowest fd count must not creep up, and once the churn is
-//! gone each node's fd count must come back to its baseline. At the end one healthy client
+//! everything before the last third) by more than a tolerance, the lowest fd count must
+//! not creep up, and once the churn is gone each node's fd count must come back to its
+//! baseline. At the end one healthy client
 //! per node is still connected when the nodes get SIGTERM: each must get `* server
 //! shutting down`, and every node must exit 0. A JSON report, with a section per node, and
 //! a few human lines say what happened.

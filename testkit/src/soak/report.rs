@@ -217,23 +217,16 @@ fn check_growth(
     // the last third by timing alone. There the last third is held to the highest RSS of
     // everything before it (from warm-up on), which a leak still outgrows outage after
     // outage; one server has no such events and keeps the stricter first third.
-    let reference = if args.cluster {
-        warm[..warm.len() - third]
-            .iter()
-            .map(|s| s.rss_kib)
-            .max()
-            .unwrap_or(0)
+    let (reference, before) = if args.cluster {
+        let earlier = &warm[..warm.len() - third];
+        let max = earlier.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        (max, "before it")
     } else {
-        rss.first_third_max
+        (rss.first_third_max, "in the first")
     };
     rss.limit = (reference as f64 * (1.0 + args.rss_tolerance_pct / 100.0)) as u64
         + args.rss_slack as u64 / 1024;
     if rss.last_third_max > rss.limit {
-        let before = if args.cluster {
-            "before it"
-        } else {
-            "in the first"
-        };
         findings.fail(format!(
             "{label}: RSS grew after warm-up: max {} KiB in the last third vs {reference} KiB \
              {before} (limit {} KiB)",
