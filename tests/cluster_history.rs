@@ -16,6 +16,7 @@ backend_tests!(
     a_resume_on_another_node_from_an_evicted_position_is_told_the_gap,
     with_history_off_the_cluster_relays_chat_as_plain_pub_sub,
     a_stalled_nats_loses_no_local_line_however_many,
+    a_stalled_nats_loses_no_line_across_nodes_past_the_history,
 );
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
@@ -353,4 +354,69 @@ async fn a_stalled_nats_loses_no_local_line_however_many(backend: &str) {
             "after the stall, before the end: {line:?}"
         );
     }
+}
+
+/// After a NATS stall nats-server stores at once what two nodes sent meanwhile, many
+/// more batches of the room than its history keeps (10), from two connections whose
+/// republished copies it may send out of order: the third node's reader still gets
+/// every line, once, each writer's in order, and the node counts nothing dropped.
+async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &str) {
+    let Some(nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| node(backend, &nats, &format!("t{i}"), "10"))
+        .collect();
+    const LINES: usize = 200;
+    let mut writers = Vec::new();
+    for server in &nodes[..2] {
+        let mut writer = Client::connect(server.addr).await;
+        writer.join("stall").await;
+        writers.push(writer);
+    }
+    let mut reader = Client::connect(nodes[2].addr).await;
+    reader.join("stall").await;
+    // The room is live from each writer's node to the reader's.
+    for writer in &mut writers {
+        writer.send("ready").await;
+        let line = reader.line().await;
+        assert_eq!(line, format!("{}: ready", writer.name));
+    }
+    let names: Vec<String> = writers.iter().map(|w| w.name.clone()).collect();
+    nats.signal(libc::SIGSTOP);
+    let mut tasks = Vec::new();
+    for (i, mut writer) in writers.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            // An empty line after each: each line is a batch (a stream message) of its own.
+            for seq in 0..LINES {
+                writer.send(&format!("{i} {seq}\n")).await;
+            }
+            writer
+        }));
+    }
+    let mut writers = Vec::new();
+    for task in tasks {
+        writers.push(task.await.expect("writer"));
+    }
+    // A second more stopped, while the nodes queue the lines for NATS (less than their
+    // ping timeout, so their links stay up).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    nats.signal(libc::SIGCONT);
+    let mut next = [0usize; 2];
+    while next.iter().any(|&n| n < LINES) {
+        let line = reader.line().await;
+        let (name, text) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
+        let (i, seq) = text.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let i: usize = i.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        let seq: usize = seq.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        assert_eq!(name, names[i], "{line:?}");
+        assert_eq!(
+            seq, next[i],
+            "writer {i}'s lines lost, out of order or repeated"
+        );
+        next[i] += 1;
+    }
+    let stats = reader.ask("/stats").await;
+    assert!(stats.starts_with("* stats"), "after every line: {stats:?}");
+    assert!(stats.contains(" cluster_dropped=0"), "{stats}");
 }

@@ -156,8 +156,8 @@ struct Node {
     number: u64,
     workers: Vec<mpsc::Sender<Inbox>>,
     state: RefCell<State>,
-    /// The history stream and its epoch, when history is on.
-    history: RefCell<Option<(jetstream::stream::Stream, u64)>>,
+    /// The history stream, its epoch and where it republishes, when history is on.
+    history: RefCell<Option<history::Stored>>,
     /// Held while a room's subscription is made: two joins of one room at once must not
     /// make two (each batch would be delivered twice meanwhile).
     subscribing: tokio::sync::Mutex<()>,
@@ -221,11 +221,11 @@ impl Node {
         let stream = match config.history.lines {
             0 => None,
             _ => {
-                let (stream, epoch) = history::ensure_stream(&js, &config.history)
+                let stored = history::ensure_stream(&js, &config.history)
                     .await
                     .with_context(|| format!("setting up room history at {url}"))?;
-                view.epoch.store(epoch, Ordering::Relaxed);
-                Some((stream, epoch))
+                view.epoch.store(stored.epoch, Ordering::Relaxed);
+                Some(stored)
             }
         };
         dir.number_names(MAX_NODES, number);
@@ -400,7 +400,7 @@ impl Node {
             return Ok(());
         }
         if self.config.history.lines > 0 {
-            return self.receive_numbered(room, 0).await;
+            return self.receive_numbered(room, None).await;
         }
         let mut subscriber =
             tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(room_subject(&room)))

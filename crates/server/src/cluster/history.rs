@@ -12,17 +12,28 @@
 //! - **Positions:** a line's position is its batch's stream sequence times
 //!   `LINES_PER_SEQ` plus its index in the batch: cluster-wide, increasing in each room,
 //!   not contiguous.
-//! - **Live delivery:** a node receives a room (while it has members there, the lobby
-//!   always) through an ephemeral push consumer filtered on the room's subject, created
-//!   after the subscription to its delivery subject (so nothing it delivers is missed)
-//!   and starting with the next stored message. Every node, the sender's included,
-//!   receives each batch once, numbered, in the stream's order; the sender's own client
-//!   is named in a header so that it does not get its lines back. While the link to
-//!   NATS is down, a node delivers its own chat locally, unnumbered; and a batch of its
-//!   own that has not come back from the stream within [`ECHO_TIMEOUT`] (NATS stalled,
-//!   or restarted without the stream yet) is delivered locally too, unnumbered, as are
-//!   the node's earlier ones when a later one comes back first (each then skipped if it
-//!   still comes back): local chat is late in an outage, never lost.
+//! - **Live delivery:** the stream **republishes** each batch the moment it stores it
+//!   (RePublish, nats-server 2.9+) on `ringcast.live.<nonce>.<room>`, with its sequence
+//!   and the sequence of the room's batch before it (`Nats-Sequence`,
+//!   `Nats-Last-Sequence`). A node subscribes there while it has members in the room
+//!   (the lobby always). Live delivery so depends on nothing the stream may evict: a
+//!   burst stored at once after a NATS stall, larger than the room's history, still
+//!   reaches every subscribed node whole. A node that sees a batch whose predecessor it
+//!   has not forwarded (NATS or its client dropped some) reads the missing ones from the
+//!   stream by direct get first; one that was away (its link down) reads everything
+//!   after the last batch it forwarded when the link is back. What the stream no longer
+//!   holds then is lost to that node, counted in `cluster_dropped`. The nonce is chosen
+//!   by the node that creates the stream, so a stream created again after a nats-server
+//!   restart republishes on subjects no node's old subscription hears: sequences of two
+//!   streams are never mixed.
+//! - **Own chat:** every node, the sender's included, receives each batch once,
+//!   numbered, in the stream's order; the sender's own client is named in a header so
+//!   that it does not get its lines back. While the link to NATS is down, a node
+//!   delivers its own chat locally, unnumbered; and a batch of its own that has not come
+//!   back from the stream within [`ECHO_TIMEOUT`] (NATS stalled, or restarted without
+//!   the stream yet) is delivered locally too, unnumbered, as are the node's earlier
+//!   ones when a later one comes back first (each then skipped if it still comes back):
+//!   local chat is late in an outage, never lost.
 //! - **Reading:** `/history` and `/resume` walk the room's messages with direct gets
 //!   (`next_by_subj`), at most `--history` of them. A resume whose position's batch is
 //!   no longer held is told so; the stream cannot say how many of the room's lines went
@@ -30,7 +41,7 @@
 
 use super::{room_subject, Node, CLAIM_TIMEOUT};
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
@@ -50,14 +61,18 @@ pub(super) const STREAM: &str = "RINGCAST_HISTORY";
 const ORIGIN: &str = "Ringcast-Origin";
 /// How long reading a room's history may take in all.
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a consumer outlives its node's interest (a node that died leaves it).
-const CONSUMER_IDLE: Duration = Duration::from_secs(5);
+/// Where the stream republishes what it stores: this, the stream's nonce, the room.
+const LIVE_PREFIX: &str = "ringcast.live";
 /// How long a node waits for a batch of its own to come back from the stream before it
 /// delivers it to its own members without it.
 pub(super) const ECHO_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a batch delivered without the stream is remembered, so that it is not
 /// delivered again if it comes back after all.
 const DELIVERED_MEMORY: Duration = Duration::from_secs(60);
+/// How long a republished batch waits for its room's batch before it to come.
+const REORDER_WAIT: Duration = Duration::from_millis(250);
+/// How many republished batches of a room may wait for one before it.
+const REORDER_MAX: usize = 1024;
 /// Batches the bridge holds for NATS beyond what the client's own buffers take: past
 /// it a batch is not published (NATS has stalled long enough that the other nodes miss
 /// it, counted in `cluster_dropped`), and reaches this node's members without it.
@@ -85,12 +100,21 @@ pub(super) struct Own {
     outgoing: VecDeque<Outgoing>,
 }
 
+/// The history stream as a node uses it.
+pub(super) struct Stored {
+    pub(super) stream: stream::Stream,
+    /// The stream's creation time (ms since the Unix epoch): the positions' epoch.
+    pub(super) epoch: u64,
+    /// The subject prefix the stream republishes rooms under (`ringcast.live.<nonce>`).
+    live: String,
+}
+
 /// Creates the history stream unless it exists (the first node's bounds win; a node
-/// with other flags says so), and returns it with its epoch.
+/// with other flags says so), and returns it with its epoch and where it republishes.
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
     history: &HistoryConfig,
-) -> anyhow::Result<(stream::Stream, u64)> {
+) -> anyhow::Result<Stored> {
     let config = stream::Config {
         name: STREAM.to_owned(),
         subjects: vec!["ringcast.room.>".to_owned()],
@@ -101,6 +125,11 @@ pub(super) async fn ensure_stream(
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
         num_replicas: 1,
+        republish: Some(stream::Republish {
+            source: "ringcast.room.>".to_owned(),
+            destination: format!("{LIVE_PREFIX}.{}.>", nonce()),
+            headers_only: false,
+        }),
         ..Default::default()
     };
     let stream = js
@@ -119,21 +148,52 @@ pub(super) async fn ensure_stream(
             "the cluster's history stream has other bounds than this node's flags: it keeps its own"
         );
     }
+    let live = held
+        .republish
+        .as_ref()
+        .filter(|r| r.source == "ringcast.room.>" && !r.headers_only)
+        .and_then(|r| r.destination.strip_suffix(".>"))
+        .filter(|prefix| prefix.starts_with(LIVE_PREFIX))
+        .with_context(|| {
+            format!(
+                "the stream {STREAM} on this NATS server does not republish chat as this \
+                 ringcast needs (an older ringcast made it): delete it \
+                 (`nats stream rm {STREAM}`) or restart nats-server"
+            )
+        })?
+        .to_owned();
     let epoch = (info.created.unix_timestamp_nanos() / 1_000_000).max(1) as u64;
-    Ok((stream, epoch))
+    Ok(Stored {
+        stream,
+        epoch,
+        live,
+    })
 }
 
-/// The stream sequence and consumer sequence of a message a push consumer delivered,
-/// from its reply subject (`$JS.ACK.STREAM.CONSUMER.DELIVERED.SSEQ.CSEQ.TIME.PENDING`,
-/// or with domain and account before the stream).
-fn sequences(reply: &str) -> Option<(u64, u64)> {
-    let tokens: Vec<&str> = reply.split('.').collect();
-    let at = match tokens.len() {
-        9 => 5,
-        n if n >= 11 => 7,
-        _ => return None,
-    };
-    Some((tokens[at].parse().ok()?, tokens[at + 1].parse().ok()?))
+/// A token no earlier stream's republish subject is likely to have had.
+fn nonce() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.as_nanos() as u64);
+    format!("{:x}", nanos ^ (u64::from(std::process::id()) << 40))
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A republished batch's stream sequence and the sequence of its room's batch before it.
+fn sequences(headers: Option<&async_nats::HeaderMap>) -> Option<(u64, u64)> {
+    use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
+    let headers = headers?;
+    // Named by the client's own constants: a name parsed from text would not match them.
+    let number = |name| headers.get(name)?.as_str().parse::<u64>().ok();
+    // Its room's batch before it (0: none held).
+    Some((number(NATS_SEQUENCE)?, number(NATS_LAST_SEQUENCE)?))
 }
 
 impl Node {
@@ -142,7 +202,7 @@ impl Node {
         self.history
             .borrow()
             .as_ref()
-            .map(|(stream, _)| stream.clone())
+            .map(|stored| stored.stream.clone())
     }
 
     /// Queues a read's batch for its room's subject (the stream stores it) with its
@@ -249,65 +309,59 @@ impl Node {
         let _ = tokio::time::timeout(CLAIM_TIMEOUT, drained).await;
     }
 
-    /// Receives `room`'s chat from the stream, each batch numbered: from now on, or
-    /// after stream sequence `after` (not 0) when it is received again. A task forwards
-    /// it to the workers. The caller holds `subscribing`.
+    /// Receives `room`'s chat from the stream, each batch numbered: from now on
+    /// (`after` none), or every batch after stream sequence `after` (0: all the stream
+    /// holds) when it is received again. A task forwards it to the workers. The caller
+    /// holds `subscribing`.
     pub(super) async fn receive_numbered(
         self: &Rc<Self>,
         room: Arc<str>,
-        after: u64,
+        after: Option<u64>,
     ) -> anyhow::Result<()> {
-        let stream = self.stream().context("history is off")?;
-        let inbox = self.client.new_inbox();
-        // Subscribed before the consumer exists: nothing it delivers can be missed.
-        let mut subscriber =
-            tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(inbox.clone()))
-                .await
-                .context("NATS did not answer")??;
-        let config = consumer::push::Config {
-            deliver_subject: inbox,
-            filter_subject: room_subject(&room),
-            deliver_policy: match after {
-                0 => consumer::DeliverPolicy::New,
-                after => consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
-                },
-            },
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: CONSUMER_IDLE,
-            memory_storage: true,
-            ..Default::default()
+        let (stream, live) = {
+            let stored = self.history.borrow();
+            let stored = stored.as_ref().context("history is off")?;
+            (stored.stream.clone(), stored.live.clone())
         };
-        tokio::time::timeout(CLAIM_TIMEOUT, stream.create_consumer(config))
+        let subject = room_subject(&room);
+        let live_subject = format!("{live}.{}", &subject["ringcast.room.".len()..]);
+        // Subscribed before anything is read: the read below goes out after the SUB on
+        // the same connection, so its answer proves the server sees the subscription,
+        // and every batch stored after what the read saw is republished to it.
+        let subscriber = tokio::time::timeout(CLAIM_TIMEOUT, self.client.subscribe(live_subject))
             .await
-            .context("NATS did not answer")?
-            .map_err(|err| anyhow::anyhow!("{err}"))
-            .context("creating the room's consumer")?;
+            .context("NATS did not answer")??;
+        // The room's cell, if it had one, so that what a failed attempt forwarded
+        // counts for the next.
+        let last = self
+            .state
+            .borrow_mut()
+            .received
+            .entry(room.clone())
+            .or_default()
+            .clone();
+        match after {
+            None => {
+                let baseline = self.last_sequence(&stream, &subject);
+                let baseline = tokio::time::timeout(CLAIM_TIMEOUT, baseline)
+                    .await
+                    .context("NATS did not answer")??;
+                last.set(baseline);
+            }
+            Some(after) => {
+                last.set(after);
+                let caught_up = self.catch_up(&stream, &room, &last, None);
+                tokio::time::timeout(READ_TIMEOUT, caught_up)
+                    .await
+                    .context("NATS did not answer")??;
+            }
+        }
         let node = self.clone();
-        let last = Rc::new(std::cell::Cell::new(after));
         let forwarded = last.clone();
         let forward_room = room.clone();
         let task = tokio::task::spawn_local(async move {
-            let room = forward_room;
-            let mut expected = 1;
-            while let Some(message) = subscriber.next().await {
-                let Some((seq, delivered)) = message.reply.as_deref().and_then(sequences) else {
-                    continue;
-                };
-                if delivered != expected {
-                    // NATS dropped some for a slow subscriber: they are in the history.
-                    node.view.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%room, "cluster chat lost on its way from the stream");
-                }
-                expected = delivered + 1;
-                forwarded.set(seq);
-                let header = message.headers.as_ref().and_then(|h| h.get(ORIGIN));
-                let (origin, own) = header.map_or((None, None), |h| node.origin(h.as_str()));
-                if own.is_some_and(|id| !node.came_back(id, &room)) {
-                    continue;
-                }
-                node.deliver(&room, message.payload, seq * LINES_PER_SEQ, origin);
-            }
+            node.forward_live(forward_room, stream, subscriber, forwarded)
+                .await;
         });
         let mut state = self.state.borrow_mut();
         state.received.insert(room.clone(), last);
@@ -315,6 +369,157 @@ impl Node {
             old.abort();
         }
         Ok(())
+    }
+
+    /// Forwards a room's republished batches in the stream's order. nats-server 2.9
+    /// republishes batches from different connections in the order their publishers'
+    /// goroutines get there, not always the stream's, so a batch whose predecessor in the
+    /// room (`Nats-Last-Sequence`) has not been forwarded waits, up to [`REORDER_WAIT`]
+    /// (or while fewer than [`REORDER_MAX`] wait), for it to come; then the missing ones
+    /// are read from the stream (NATS or its client dropped them); what the stream no
+    /// longer holds either is lost, counted in `cluster_dropped`.
+    async fn forward_live(
+        &self,
+        room: Arc<str>,
+        stream: stream::Stream,
+        mut subscriber: async_nats::Subscriber,
+        last: Rc<std::cell::Cell<u64>>,
+    ) {
+        // Batches that came before their predecessor, by sequence, with it.
+        let mut held: BTreeMap<u64, (u64, async_nats::Message)> = BTreeMap::new();
+        // Until when the first held batch may wait, and for what `last`.
+        let mut wait: Option<(Instant, u64)> = None;
+        loop {
+            let deadline = wait.map(|(at, _)| at);
+            let received = tokio::select! {
+                message = subscriber.next() => Some(message),
+                () = sleep_until_some(deadline) => None,
+            };
+            let give_up = match received {
+                Some(None) => return,
+                Some(Some(message)) => {
+                    if let Some((seq, before)) = sequences(message.headers.as_ref()) {
+                        // At or before `last`: read from the stream already.
+                        if seq > last.get() {
+                            held.insert(seq, (before, message));
+                        }
+                    }
+                    held.len() > REORDER_MAX
+                }
+                None => true,
+            };
+            if give_up {
+                if let Some(&first) = held.keys().next() {
+                    let caught_up = self.catch_up(&stream, &room, &last, Some(first));
+                    match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => tracing::warn!(%room, "reading missed chat: {err:#}"),
+                        Err(_) => tracing::warn!(%room, "reading missed chat: NATS did not answer"),
+                    }
+                }
+            }
+            self.forward_held(&room, &mut held, &last, give_up);
+            wait = match (held.is_empty(), wait) {
+                (true, _) => None,
+                // Still waiting for the same batch: the same deadline.
+                (false, Some((at, since))) if since == last.get() => Some((at, since)),
+                (false, _) => Some((Instant::now() + REORDER_WAIT, last.get())),
+            };
+        }
+    }
+
+    /// Forwards the held batches that follow `last`, in order; with `force`, all of
+    /// them, counting the gaps before them as lost.
+    fn forward_held(
+        &self,
+        room: &Arc<str>,
+        held: &mut BTreeMap<u64, (u64, async_nats::Message)>,
+        last: &std::cell::Cell<u64>,
+        force: bool,
+    ) {
+        while let Some(entry) = held.first_entry() {
+            let seq = *entry.key();
+            let before = entry.get().0;
+            if seq > last.get() && before > last.get() {
+                if !force {
+                    return;
+                }
+                self.view.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %room, seq, before, last = last.get(),
+                    "cluster chat lost on its way from the stream"
+                );
+            }
+            let (_, message) = entry.remove();
+            if seq > last.get() {
+                self.forward(room, seq, message.headers.as_ref(), message.payload);
+                last.set(seq);
+            }
+        }
+    }
+
+    /// Forwards the batches of `room` the stream holds after `last` (and before `until`)
+    /// in order, moving `last` on with each. If the batch at `last` is no longer held,
+    /// some after it may have gone with it: counted in `cluster_dropped`.
+    async fn catch_up(
+        &self,
+        stream: &stream::Stream,
+        room: &Arc<str>,
+        last: &std::cell::Cell<u64>,
+        until: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let subject = room_subject(room);
+        let mut seq = last.get().max(1);
+        let mut first = true;
+        let most = self.config.history.lines + 1000;
+        for _ in 0..most {
+            let message = match stream
+                .direct_get_next_for_subject(&subject, Some(seq))
+                .await
+            {
+                Ok(message) => message,
+                Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
+                Err(err) => return Err(anyhow::anyhow!("{err}")),
+            };
+            if until.is_some_and(|until| message.sequence >= until) {
+                break;
+            }
+            seq = message.sequence + 1;
+            if std::mem::take(&mut first) && last.get() > 0 && message.sequence != last.get() {
+                self.view.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    %room, last = last.get(), next = message.sequence,
+                    "the batch this node forwarded last has left the stream: some after it may have too"
+                );
+            }
+            if message.sequence > last.get() {
+                self.forward(
+                    room,
+                    message.sequence,
+                    Some(&message.headers),
+                    message.payload,
+                );
+                last.set(message.sequence);
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a batch from the stream to the workers, numbered; one of this node's own
+    /// only if it was not delivered without the stream already.
+    fn forward(
+        &self,
+        room: &Arc<str>,
+        seq: u64,
+        headers: Option<&async_nats::HeaderMap>,
+        payload: Bytes,
+    ) {
+        let header = headers.and_then(|h| h.get(ORIGIN));
+        let (origin, own) = header.map_or((None, None), |h| self.origin(h.as_str()));
+        if own.is_some_and(|id| !self.came_back(id, room)) {
+            return;
+        }
+        self.deliver(room, payload, seq * LINES_PER_SEQ, origin);
     }
 
     /// The sender named in a batch's header and the batch's id, if it is this node's.
@@ -552,41 +757,52 @@ impl Node {
         }
     }
 
+    /// The stream sequence of the room's last batch held (0: none).
+    async fn last_sequence(&self, stream: &stream::Stream, subject: &str) -> anyhow::Result<u64> {
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => Ok(message.sequence),
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
+            Err(err) => Err(anyhow::anyhow!("{err}")),
+        }
+    }
+
     /// After the link came back: sets the stream up again (a restarted nats-server kept
-    /// nothing; a new stream has a new epoch), and receives every room through a new
-    /// consumer (the old ones may have gone with the server, or expired meanwhile),
-    /// starting right after the last batch forwarded if the stream is the same one: what
-    /// was stored meanwhile is delivered, once. Fails (to be tried again) if a room could
-    /// not be received again.
+    /// nothing; a new stream has a new epoch and republishes elsewhere), and receives
+    /// every room again, reading first what the stream stored after the last batch
+    /// forwarded (in a new stream: all it holds): what was stored meanwhile is
+    /// delivered, once. Fails (to be tried again) if a room could not be received again.
     pub(super) async fn reassert_history(self: &Rc<Self>) -> anyhow::Result<()> {
         if self.history.borrow().is_none() {
             return Ok(());
         }
-        let (stream, epoch) = ensure_stream(&self.js, &self.config.history).await?;
+        let stored = ensure_stream(&self.js, &self.config.history).await?;
+        let epoch = stored.epoch;
         let old = self.view.epoch.swap(epoch, Ordering::Relaxed);
-        *self.history.borrow_mut() = Some((stream, epoch));
+        *self.history.borrow_mut() = Some(stored);
+        let _one_at_a_time = self.subscribing.lock().await;
         if old != epoch {
             tracing::warn!("the cluster's history stream is new: positions start afresh");
+            // In a new stream the old sequences name nothing: all it holds is new here.
+            for last in self.state.borrow().received.values() {
+                last.set(0);
+            }
         }
-        let _one_at_a_time = self.subscribing.lock().await;
-        let rooms: Vec<(Arc<str>, u64)> = {
-            let state = self.state.borrow();
-            state
-                .rooms
-                .keys()
-                .map(|room| {
-                    let last = state.received.get(room).map_or(0, |last| last.get());
-                    // In a new stream the old sequences name nothing.
-                    (room.clone(), if old == epoch { last } else { 0 })
-                })
-                .collect()
-        };
+        let rooms: Vec<Arc<str>> = self.state.borrow().rooms.keys().cloned().collect();
         let mut failed = 0;
-        for (room, last) in rooms {
+        for room in rooms {
+            let last = self
+                .state
+                .borrow()
+                .received
+                .get(&room)
+                .map(|last| last.get());
             if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
                 task.abort();
             }
-            if let Err(err) = self.receive_numbered(room.clone(), last).await {
+            if let Err(err) = self
+                .receive_numbered(room.clone(), Some(last.unwrap_or(0)))
+                .await
+            {
                 tracing::warn!(%room, "receiving the room again: {err:#}");
                 failed += 1;
                 // Kept (with its last sequence), so that the next attempt takes it again.
