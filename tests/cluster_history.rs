@@ -36,6 +36,13 @@ fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
     Server::start(backend, &flags)
 }
 
+/// Three nodes named `{prefix}0` to `{prefix}2`, each with `--history history`.
+fn three_nodes(backend: &str, nats: &NatsServer, prefix: &str, history: &str) -> Vec<Server> {
+    (0..3)
+        .map(|i| node(backend, nats, &format!("{prefix}{i}"), history))
+        .collect()
+}
+
 /// Turns positions on; returns the epoch the reply names.
 async fn positions_on(client: &mut Client) -> String {
     let reply = client.ask("/positions on").await;
@@ -72,9 +79,7 @@ async fn history_and_positions_are_the_same_on_every_node(backend: &str) {
     let Some(nats) = NatsServer::start_or_skip() else {
         return;
     };
-    let nodes: Vec<Server> = (0..3)
-        .map(|i| node(backend, &nats, &format!("h{i}"), "8"))
-        .collect();
+    let nodes = three_nodes(backend, &nats, "h", "8");
     let mut writer = Client::connect(nodes[0].addr).await;
     let mut readers = Vec::new();
     for server in &nodes[1..] {
@@ -128,9 +133,7 @@ async fn a_client_resumes_on_another_node_with_every_line_once_in_order(backend:
     let Some(nats) = NatsServer::start_or_skip() else {
         return;
     };
-    let nodes: Vec<Server> = (0..3)
-        .map(|i| node(backend, &nats, &format!("r{i}"), "1000"))
-        .collect();
+    let nodes = three_nodes(backend, &nats, "r", "1000");
     let (mut writer, mut reader, epoch) = writer_and_reader(&nodes).await;
     let name = writer.name.clone();
     let first: String = (0..10).map(|i| format!("m{i}\n")).collect();
@@ -364,9 +367,7 @@ async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &st
     let Some(nats) = NatsServer::start_or_skip() else {
         return;
     };
-    let nodes: Vec<Server> = (0..3)
-        .map(|i| node(backend, &nats, &format!("t{i}"), "10"))
-        .collect();
+    let nodes = three_nodes(backend, &nats, "t", "10");
     const LINES: usize = 200;
     let mut writers = Vec::new();
     for server in &nodes[..2] {

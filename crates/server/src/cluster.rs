@@ -72,6 +72,8 @@ pub struct Config {
     pub lease: Duration,
     /// The bounds of the cluster's history stream (none with `--history 0`).
     pub history: HistoryConfig,
+    /// Where the stream keeps its batches.
+    pub history_storage: crate::config::HistoryStorage,
 }
 
 /// The default node name: this host and process.
@@ -221,7 +223,7 @@ impl Node {
         let stream = match config.history.lines {
             0 => None,
             _ => {
-                let stored = history::ensure_stream(&js, &config.history)
+                let stored = history::ensure_stream(&js, config)
                     .await
                     .with_context(|| format!("setting up room history at {url}"))?;
                 view.epoch.store(stored.epoch, Ordering::Relaxed);

@@ -135,6 +135,12 @@ pub struct ServeArgs {
     /// How long a dead node's names and members are remembered by the cluster.
     #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "cluster", allow_hyphen_values = true)]
     pub cluster_lease: Duration,
+    /// Where the cluster's history stream keeps its batches: `file` (nats-server's
+    /// JetStream store directory; kept when nats-server restarts) or `memory` (lost with a
+    /// restart; nats-server 2.9 then scans a room's stretch of the stream for every batch
+    /// it stores, which with many busy rooms costs it a core: docs/operations.md).
+    #[arg(long, value_enum, default_value = "file", requires = "cluster")]
+    pub history_storage: HistoryStorage,
     /// Log level when RUST_LOG is not set (error, warn, info, debug, trace).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -181,6 +187,13 @@ pub enum AuthArg {
     Off,
     Optional,
     Required,
+}
+
+/// Where a cluster's history stream is stored (`--history-storage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistoryStorage {
+    File,
+    Memory,
 }
 
 /// On or off.
@@ -364,6 +377,7 @@ impl Config {
                     node: args.node.clone().unwrap_or_else(cluster::default_node_name),
                     lease: args.cluster_lease,
                     history,
+                    history_storage: args.history_storage,
                 })
             }
             None => None,

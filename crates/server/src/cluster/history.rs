@@ -4,11 +4,16 @@
 //!
 //! - **Bounds:** `--history` messages per subject (a message is one read's batch, so a
 //!   room keeps at least `--history` lines), `--history-age`, and `--history-max-bytes`
-//!   for the whole stream, oldest first. **Memory storage**, like the names bucket: the
-//!   cluster is soft state (a restarted nats-server forgets names too), and it keeps
-//!   disk writes off the chat path. A stream created again (after a nats-server restart)
-//!   numbers afresh; its creation time is the positions' epoch, so a client that names
-//!   the old epoch is told its positions are void.
+//!   for the whole stream, oldest first.
+//! - **Storage** (`--history-storage`): `file` by default, in nats-server's JetStream
+//!   store directory (written as stored, not synced per batch), so the history and its
+//!   positions outlive a nats-server restart. `memory` keeps disk out of it and loses
+//!   the history with a restart; nats-server 2.9's memory store also finds the room's
+//!   previous batch for each republished one by scanning the room's stretch of the
+//!   stream, which with many busy rooms interleaved costs it a core (its file store, and
+//!   by their source later versions' memory store, look it up directly). A stream
+//!   created again numbers afresh; its creation time is the positions' epoch, so a
+//!   client that names the old epoch is told its positions are void.
 //! - **Positions:** a line's position is its batch's stream sequence times
 //!   `LINES_PER_SEQ` plus its index in the batch: cluster-wide, increasing in each room,
 //!   not contiguous.
@@ -40,6 +45,7 @@
 //!   with it, so the notice names the positions between which lines may be lost.
 
 use super::{room_subject, Node, CLAIM_TIMEOUT};
+use crate::config::HistoryStorage;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
@@ -47,7 +53,7 @@ use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
 use ringcast_core::history::Replay;
 use ringcast_core::Handoff;
-use ringcast_core::{HistoryConfig, Origin};
+use ringcast_core::Origin;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -113,15 +119,20 @@ pub(super) struct Stored {
 /// with other flags says so), and returns it with its epoch and where it republishes.
 pub(super) async fn ensure_stream(
     js: &jetstream::Context,
-    history: &HistoryConfig,
+    cluster: &super::Config,
 ) -> anyhow::Result<Stored> {
+    let history = &cluster.history;
+    let storage = match cluster.history_storage {
+        HistoryStorage::File => stream::StorageType::File,
+        HistoryStorage::Memory => stream::StorageType::Memory,
+    };
     let config = stream::Config {
         name: STREAM.to_owned(),
         subjects: vec!["ringcast.room.>".to_owned()],
         max_messages_per_subject: history.lines as i64,
         max_age: history.max_age,
         max_bytes: history.max_bytes as i64,
-        storage: stream::StorageType::Memory,
+        storage,
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
         num_replicas: 1,
@@ -142,9 +153,11 @@ pub(super) async fn ensure_stream(
     if held.max_messages_per_subject != history.lines as i64
         || held.max_age != history.max_age
         || held.max_bytes != history.max_bytes as i64
+        || held.storage != storage
     {
         tracing::warn!(
             lines = held.max_messages_per_subject, age = ?held.max_age, bytes = held.max_bytes,
+            storage = ?held.storage,
             "the cluster's history stream has other bounds than this node's flags: it keeps its own"
         );
     }
@@ -775,7 +788,7 @@ impl Node {
         if self.history.borrow().is_none() {
             return Ok(());
         }
-        let stored = ensure_stream(&self.js, &self.config.history).await?;
+        let stored = ensure_stream(&self.js, &self.config).await?;
         let epoch = stored.epoch;
         let old = self.view.epoch.swap(epoch, Ordering::Relaxed);
         *self.history.borrow_mut() = Some(stored);
