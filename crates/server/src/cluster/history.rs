@@ -171,7 +171,7 @@ pub(super) async fn ensure_stream(
             format!(
                 "the stream {STREAM} on this NATS server does not republish chat as this \
                  ringcast needs (an older ringcast made it): delete it \
-                 (`nats stream rm {STREAM}`) or restart nats-server"
+                 (`nats stream rm {STREAM}`), or restart nats-server if it is in memory"
             )
         })?
         .to_owned();
