@@ -33,10 +33,9 @@
 //! a cluster, whose NATS outages each set a high-water mark wherever they fall: that of
 //! everything before the last third) by more than a tolerance, the lowest fd count must
 //! not creep up, and once the churn is gone each node's fd count must come back to its
-//! baseline. At the end one healthy client
-//! per node is still connected when the nodes get SIGTERM: each must get `* server
-//! shutting down`, and every node must exit 0. A JSON report, with a section per node, and
-//! a few human lines say what happened.
+//! baseline. At the end one healthy client per node is still connected when the nodes
+//! get SIGTERM: each must get `* server shutting down`, and every node must exit 0. A
+//! JSON report, with a section per node, and a few human lines say what happened.
 
 mod accounting;
 mod clients;

@@ -47,7 +47,7 @@
 use super::{room_subject, Node, CLAIM_TIMEOUT};
 use crate::config::HistoryStorage;
 use anyhow::Context as _;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, message::StreamMessage, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Query, LINES_PER_SEQ};
@@ -199,6 +199,31 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
+/// The room's first batch held at or after `seq`, if any.
+async fn next_held(
+    stream: &stream::Stream,
+    subject: &str,
+    seq: u64,
+) -> anyhow::Result<Option<StreamMessage>> {
+    match stream.direct_get_next_for_subject(subject, Some(seq)).await {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(err) => Err(anyhow::anyhow!("{err}")),
+    }
+}
+
+/// The room's last batch held, if any.
+async fn last_held(
+    stream: &stream::Stream,
+    subject: &str,
+) -> anyhow::Result<Option<StreamMessage>> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(err) => Err(anyhow::anyhow!("{err}")),
+    }
+}
+
 /// A republished batch's stream sequence and the sequence of its room's batch before it.
 fn sequences(headers: Option<&async_nats::HeaderMap>) -> Option<(u64, u64)> {
     use async_nats::header::{NATS_LAST_SEQUENCE, NATS_SEQUENCE};
@@ -337,7 +362,7 @@ impl Node {
             (stored.stream.clone(), stored.live.clone())
         };
         let subject = room_subject(&room);
-        let live_subject = format!("{live}.{}", &subject["ringcast.room.".len()..]);
+        let live_subject = format!("{live}.{}", super::hex(&room));
         // Subscribed before anything is read: the read below goes out after the SUB on
         // the same connection, so its answer proves the server sees the subscription,
         // and every batch stored after what the read saw is republished to it.
@@ -355,11 +380,10 @@ impl Node {
             .clone();
         match after {
             None => {
-                let baseline = self.last_sequence(&stream, &subject);
-                let baseline = tokio::time::timeout(CLAIM_TIMEOUT, baseline)
+                let held = tokio::time::timeout(CLAIM_TIMEOUT, last_held(&stream, &subject))
                     .await
                     .context("NATS did not answer")??;
-                last.set(baseline);
+                last.set(held.map_or(0, |message| message.sequence));
             }
             Some(after) => {
                 last.set(after);
@@ -486,13 +510,8 @@ impl Node {
         let mut first = true;
         let most = self.config.history.lines + 1000;
         for _ in 0..most {
-            let message = match stream
-                .direct_get_next_for_subject(&subject, Some(seq))
-                .await
-            {
-                Ok(message) => message,
-                Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
-                Err(err) => return Err(anyhow::anyhow!("{err}")),
+            let Some(message) = next_held(stream, &subject, seq).await? else {
+                break;
             };
             if until.is_some_and(|until| message.sequence >= until) {
                 break;
@@ -746,37 +765,21 @@ impl Node {
         let mut messages = Vec::new();
         let mut seq = from;
         while messages.len() < most {
-            match stream.direct_get_next_for_subject(subject, Some(seq)).await {
-                Ok(message) => {
-                    seq = message.sequence + 1;
-                    messages.push((message.sequence, message.payload));
-                }
-                Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => break,
-                Err(err) => return Err(anyhow::anyhow!("{err}")),
-            }
+            let Some(message) = next_held(stream, subject, seq).await? else {
+                break;
+            };
+            seq = message.sequence + 1;
+            messages.push((message.sequence, message.payload));
         }
         Ok(messages)
     }
 
     /// The position of the room's last line held (0: none).
     async fn last_position(&self, stream: &stream::Stream, subject: &str) -> anyhow::Result<u64> {
-        match stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => {
-                let lines = memchr::memchr_iter(b'\n', &message.payload).count() as u64;
-                Ok(message.sequence * LINES_PER_SEQ + lines.saturating_sub(1))
-            }
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
-    }
-
-    /// The stream sequence of the room's last batch held (0: none).
-    async fn last_sequence(&self, stream: &stream::Stream, subject: &str) -> anyhow::Result<u64> {
-        match stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => Ok(message.sequence),
-            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => Ok(0),
-            Err(err) => Err(anyhow::anyhow!("{err}")),
-        }
+        Ok(last_held(stream, subject).await?.map_or(0, |message| {
+            let lines = memchr::memchr_iter(b'\n', &message.payload).count() as u64;
+            message.sequence * LINES_PER_SEQ + lines.saturating_sub(1)
+        }))
     }
 
     /// After the link came back: sets the stream up again (a restarted nats-server kept
@@ -808,14 +811,11 @@ impl Node {
                 .borrow()
                 .received
                 .get(&room)
-                .map(|last| last.get());
+                .map_or(0, |last| last.get());
             if let Some(task) = self.state.borrow_mut().rooms.remove(&room) {
                 task.abort();
             }
-            if let Err(err) = self
-                .receive_numbered(room.clone(), Some(last.unwrap_or(0)))
-                .await
-            {
+            if let Err(err) = self.receive_numbered(room.clone(), Some(last)).await {
                 tracing::warn!(%room, "receiving the room again: {err:#}");
                 failed += 1;
                 // Kept (with its last sequence), so that the next attempt takes it again.
