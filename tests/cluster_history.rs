@@ -17,6 +17,7 @@ backend_tests!(
     with_history_off_the_cluster_relays_chat_as_plain_pub_sub,
     a_stalled_nats_loses_no_local_line_however_many,
     a_stalled_nats_loses_no_line_across_nodes_past_the_history,
+    history_and_its_epoch_outlive_a_nats_server_restart,
 );
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
@@ -420,4 +421,67 @@ async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &st
     let stats = reader.ask("/stats").await;
     assert!(stats.starts_with("* stats"), "after every line: {stats:?}");
     assert!(stats.contains(" cluster_dropped=0"), "{stats}");
+}
+
+/// The stream is on nats-server's disk (`--history-storage file`, the default): a
+/// nats-server killed and started again on the same store still holds the room's lines
+/// with their positions (the reader has them on), under the same epoch, and numbers the
+/// next line after them.
+async fn history_and_its_epoch_outlive_a_nats_server_restart(backend: &str) {
+    let Some(mut nats) = NatsServer::start_or_skip() else {
+        return;
+    };
+    let nodes = three_nodes(backend, &nats, "k", "8");
+    let (mut writer, mut reader, epoch) = writer_and_reader(&nodes).await;
+    writer.send("before the restart").await;
+    let before = reader.line().await;
+    let (pos, text) = numbered(&before);
+    assert_eq!(text, format!("{}: before the restart", writer.name));
+    nats.restart().expect("restarting nats-server");
+    // Until the node has its link back, /history says it cannot read the stream.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let history = loop {
+        reader.send("/history").await;
+        let first = reader.line().await;
+        if first.starts_with("* history of ") {
+            let mut lines = vec![first];
+            while lines.last().map(String::as_str) != Some("* end of history") {
+                lines.push(reader.line().await);
+            }
+            break lines;
+        }
+        assert_eq!(first, "* error: history unavailable, try again");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never read the stream again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        history,
+        [
+            "* history of chat (1 line)".to_owned(),
+            before.clone(),
+            "* end of history".to_owned(),
+        ]
+    );
+    assert_eq!(
+        positions_on(&mut reader).await,
+        epoch,
+        "the same stream, the same epoch"
+    );
+    // The writer's node is back too once a line of its reaches the reader numbered.
+    let after = loop {
+        writer.send("after the restart").await;
+        let line = reader.line().await;
+        if line.ends_with(": after the restart") {
+            break line;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{line:?}");
+    };
+    let (next, _) = numbered(&after);
+    assert!(
+        next > pos,
+        "numbered after the line before the restart: {next} vs {pos}"
+    );
 }
