@@ -414,7 +414,8 @@ impl Node {
     /// room (`Nats-Last-Sequence`) has not been forwarded waits, up to [`REORDER_WAIT`]
     /// (or while fewer than [`REORDER_MAX`] wait), for it to come; then the missing ones
     /// are read from the stream (NATS or its client dropped them); what the stream no
-    /// longer holds either is lost, counted in `cluster_dropped`.
+    /// longer holds either is lost, counted in `cluster_dropped`. A read that fails is
+    /// tried again after another wait: the batches it could not read may still be held.
     async fn forward_live(
         &self,
         room: Arc<str>,
@@ -445,21 +446,31 @@ impl Node {
                 }
                 None => true,
             };
+            // Past a gap only once the stream has said what it holds: a read that failed
+            // (NATS busy, just restarted) is tried again later, unless too many wait.
+            let mut force = false;
             if give_up {
                 if let Some(&first) = held.keys().next() {
                     let caught_up = self.catch_up(&stream, &room, &last, Some(first));
-                    match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(err)) => tracing::warn!(%room, "reading missed chat: {err:#}"),
-                        Err(_) => tracing::warn!(%room, "reading missed chat: NATS did not answer"),
-                    }
+                    let read = match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(err)) => {
+                            tracing::warn!(%room, "reading missed chat: {err:#}");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!(%room, "reading missed chat: NATS did not answer");
+                            false
+                        }
+                    };
+                    force = read || held.len() > REORDER_MAX;
                 }
             }
-            self.forward_held(&room, &mut held, &last, give_up);
+            self.forward_held(&room, &mut held, &last, force);
             wait = match (held.is_empty(), wait) {
                 (true, _) => None,
                 // Still waiting for the same batch: the same deadline.
-                (false, Some((at, since))) if since == last.get() => Some((at, since)),
+                (false, Some((at, since))) if since == last.get() && !give_up => Some((at, since)),
                 (false, _) => Some((Instant::now() + REORDER_WAIT, last.get())),
             };
         }
