@@ -24,6 +24,7 @@
 //!   rooms are then received from it, numbered, and `/history` and `/resume` read it
 //!   (`cluster/history.rs`).
 
+use crate::worker::INBOX_TURN;
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -31,7 +32,7 @@ use futures_util::StreamExt as _;
 use ringcast_core::cluster::{Answer, Claim, ClusterView, Inbox, Request, ToBridge};
 use ringcast_core::{Directory, Handoff, HistoryConfig, Origin};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -168,7 +169,7 @@ struct Node {
     /// Wakes the task that gives queued batches to the NATS client.
     publishing: tokio::sync::Notify,
     /// Chat for each worker whose inbox was full, in order (see `send_to_workers`).
-    spilled: RefCell<Vec<Vec<Handoff>>>,
+    spilled: RefCell<Vec<VecDeque<Handoff>>>,
     spill_waiting: tokio::sync::Notify,
 }
 
@@ -241,7 +242,7 @@ impl Node {
             dir,
             view,
             number,
-            spilled: RefCell::new(vec![Vec::new(); workers.len()]),
+            spilled: RefCell::new(vec![VecDeque::new(); workers.len()]),
             workers,
             state: RefCell::new(State::default()),
             history: RefCell::new(stream),
@@ -482,11 +483,17 @@ impl Node {
                 if self.spilled.borrow()[i].is_empty() {
                     continue;
                 }
-                let permit = worker.reserve().await;
-                // Taken after the wait: what came meanwhile goes too, still in order.
-                let batch = std::mem::take(&mut self.spilled.borrow_mut()[i]);
-                if let Ok(permit) = permit {
-                    permit.send(Inbox::Chat(batch));
+                // A turn's worth per message (see `INBOX_TURN`), so that the worker
+                // writes a large spill out as it goes; taken after each wait, so what
+                // came meanwhile goes too, still in order.
+                while !self.spilled.borrow()[i].is_empty() {
+                    let Ok(permit) = worker.reserve().await else {
+                        self.spilled.borrow_mut()[i].clear();
+                        break;
+                    };
+                    let mut spilled = self.spilled.borrow_mut();
+                    let take = spilled[i].len().min(INBOX_TURN);
+                    permit.send(Inbox::Chat(spilled[i].drain(..take).collect()));
                 }
             }
         }

@@ -150,6 +150,16 @@ impl Conn for UringConn {
         tokio::task::yield_now().await;
     }
 
+    async fn after_turn() {
+        // The writers' sends reach the kernel only when the ring is entered (when the
+        // thread parks, or early: `early_submit`), and a task that merely yields runs
+        // again before that. A no-op pushed after the sends completes only once they
+        // were submitted, and on loopback mostly written.
+        if tokio_uring::no_op().await.is_err() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     async fn writev(&self, mut bufs: Vec<Bytes>) -> (io::Result<usize>, Vec<Bytes>) {
         if bufs.len() != 1 {
             let iovecs: Vec<libc::iovec> = bufs

@@ -28,7 +28,7 @@ pub mod probe;
 use crate::counters::UringDirectCounters;
 use crate::drain::Drain;
 use crate::routes::Routes;
-use crate::worker::{WorkerSetup, IOV_MAX};
+use crate::worker::{WorkerSetup, INBOX_TURN, IOV_MAX};
 use bytes::{Buf, Bytes};
 use ops::{Completion, Config, Key, Ring, RingCounts, ACCEPTS_PER_LISTENER};
 use ringcast_core::cluster::Inbox;
@@ -69,8 +69,6 @@ const MAX_FILES: u64 = 1 << 16;
 /// Spare write batches kept, and the most buffers one may hold to be kept.
 const BATCHES_MAX: usize = 1024;
 const BATCH_KEEP: usize = 64;
-/// Inbox messages taken per look.
-const INBOX_TAKE: usize = 64;
 
 impl Options {
     /// Connections one thread holds at most.
@@ -298,18 +296,28 @@ impl Driver {
         while self.inbox_open {
             match self
                 .inbox
-                .poll_recv_many(&mut cx, &mut self.messages, INBOX_TAKE)
+                .poll_recv_many(&mut cx, &mut self.messages, INBOX_TURN)
             {
                 Poll::Ready(0) => self.inbox_open = false,
                 Poll::Ready(_) => {
                     let now = Instant::now();
+                    let mut batches = 0;
                     for message in self.messages.drain(..) {
                         match message {
-                            Inbox::Chat(batch) => self.hub.deliver(&batch, now),
+                            Inbox::Chat(batch) => {
+                                batches += batch.len();
+                                self.hub.deliver(&batch, now);
+                            }
                             Inbox::Answer(answer) => self.hub.handle_answer(answer, now),
                         }
                     }
                     self.act();
+                    if batches >= INBOX_TURN {
+                        // A full turn: what it queued is sent before the next is taken
+                        // (see `INBOX_TURN`); the wake makes the ring's wait return.
+                        waker.wake_by_ref();
+                        break;
+                    }
                 }
                 Poll::Pending => break,
             }
