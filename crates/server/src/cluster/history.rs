@@ -384,6 +384,7 @@ impl Node {
                     .await
                     .context("NATS did not answer")??;
                 last.set(held.map_or(0, |message| message.sequence));
+                tracing::debug!(%room, last = last.get(), "receiving the room from its last batch held");
             }
             Some(after) => {
                 last.set(after);
@@ -436,11 +437,16 @@ impl Node {
             let give_up = match received {
                 Some(None) => return,
                 Some(Some(message)) => {
-                    if let Some((seq, before)) = sequences(message.headers.as_ref()) {
+                    match sequences(message.headers.as_ref()) {
                         // At or before `last`: read from the stream already.
-                        if seq > last.get() {
+                        Some((seq, before)) if seq > last.get() => {
+                            tracing::trace!(%room, seq, before, last = last.get(), "republished");
                             held.insert(seq, (before, message));
                         }
+                        Some((seq, _)) => {
+                            tracing::trace!(%room, seq, last = last.get(), "republished, read already");
+                        }
+                        None => tracing::warn!(%room, "a republished batch without its sequences"),
                     }
                     held.len() > REORDER_MAX
                 }
@@ -451,6 +457,10 @@ impl Node {
             let mut force = false;
             if give_up {
                 if let Some(&first) = held.keys().next() {
+                    tracing::debug!(
+                        %room, first, held = held.len(), last = last.get(),
+                        "a republished batch waited too long for the one before it: reading the stream"
+                    );
                     let caught_up = self.catch_up(&stream, &room, &last, Some(first));
                     let read = match tokio::time::timeout(READ_TIMEOUT, caught_up).await {
                         Ok(Ok(())) => true,
@@ -517,15 +527,22 @@ impl Node {
         until: Option<u64>,
     ) -> anyhow::Result<()> {
         let subject = room_subject(room);
-        let mut seq = last.get().max(1);
+        let from = last.get();
+        let mut seq = from.max(1);
         let mut first = true;
+        let mut forwarded = 0u64;
+        // The sequence of the second batch read (see below).
+        let mut second = None;
         let most = self.config.history.lines + 1000;
-        for _ in 0..most {
+        for read in 0..most {
             let Some(message) = next_held(stream, &subject, seq).await? else {
                 break;
             };
             if until.is_some_and(|until| message.sequence >= until) {
                 break;
+            }
+            if read == 1 {
+                second = Some(message.sequence);
             }
             seq = message.sequence + 1;
             if std::mem::take(&mut first) && last.get() > 0 && message.sequence != last.get() {
@@ -543,6 +560,24 @@ impl Node {
                     message.payload,
                 );
                 last.set(message.sequence);
+                forwarded += 1;
+            }
+        }
+        tracing::debug!(%room, from, to = last.get(), ?until, forwarded, "read from the stream");
+        // A room written faster than this node reads it (a late node catching up on a
+        // burst) loses its oldest batches while they are read: one may go between two
+        // reads, unseen. The stream evicts a room's batches oldest first, so that can
+        // have happened only if its oldest batch now is at or past the second one read.
+        if let Some(second) = second {
+            if let Some(oldest) = next_held(stream, &subject, 1).await? {
+                if oldest.sequence >= second {
+                    self.view.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        %room, from, oldest = oldest.sequence,
+                        "the stream evicted the room's batches while this node read them: \
+                         some may be lost (more --history would hold them)"
+                    );
+                }
             }
         }
         Ok(())
