@@ -101,21 +101,12 @@ fn cluster(backend: &str) {
     if NatsServer::start_or_skip().is_none() {
         return;
     }
-    // History off: the nodes relay chat by plain pub/sub. With history on (the default,
-    // a JetStream stream republishing to the nodes) the last CI run failed on two of three
-    // backends: the kill's window lost nothing (the stream is on disk now, against the
-    // assertion below), and after the 9 s stop the burst cut a node's healthy readers as
-    // slow consumers (epoll). Open: docs/testing.md, "Cluster soak".
+    // History on (the default): the nodes relay chat through the JetStream stream that
+    // republishes what it stores.
     let run = soak(
         backend,
         "cluster",
-        &[
-            "--cluster",
-            "--short",
-            "--duration",
-            "28s",
-            "--server-arg=--history=0",
-        ],
+        &["--cluster", "--short", "--duration", "28s"],
     );
     assert_eq!(run["mode"], "cluster");
     let mut kinds = SINGLE_FAULTS.to_vec();
@@ -150,12 +141,11 @@ fn cluster(backend: &str) {
         }
         assert!(outage["cross_node_back_after_s"].is_number(), "{outage}");
     }
-    // Lines published while NATS was dead did not reach the other nodes (at most once),
-    // and the accounting put every one of them inside the kill's window.
-    assert!(
-        outages[1]["lines_lost"].as_u64().unwrap_or(0) > 0,
-        "{outages:?}"
-    );
+    // Lines published while NATS was dead may reach the other nodes after all (the NATS
+    // client keeps them for the reconnect, and the stream is on disk) or not: the soak
+    // failed if any healthy reader missed a line outside an outage's window, and the
+    // kill's window was accounted.
+    assert!(outages[1]["lines_lost"].is_u64(), "{outages:?}");
     assert!(
         run["cluster"]["name_races"]["one_won"]
             .as_u64()

@@ -139,6 +139,12 @@ pub struct SoakArgs {
     /// Nodes of the cluster.
     #[arg(long, default_value = "3", requires = "cluster")]
     pub nodes: usize,
+    /// The nodes' `--history` (0: off). Enough to hold an outage's backlog: a node that
+    /// reconnects after the others reads what they published meanwhile from the stream,
+    /// and with a short history it loses what their backlog pushed out first (which it
+    /// counts in `cluster_dropped`; the accounting cannot tell that from a bug).
+    #[arg(long, default_value = "2000", requires = "cluster")]
+    pub history: u64,
     /// The nodes' `--cluster-lease` (short, so names of a restarted NATS come back fast).
     #[arg(long, default_value = "2s", value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
     pub cluster_lease: Duration,
@@ -153,6 +159,10 @@ pub struct SoakArgs {
     /// 2s with --short].
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, requires = "cluster")]
     pub nats_fault_gap: Option<Duration>,
+    /// Keep every node's log beside the report even when the soak passes (a failed
+    /// backend's are always kept).
+    #[arg(long)]
+    pub keep_logs: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "reports/soak.json")]
     pub report: PathBuf,
@@ -409,6 +419,11 @@ async fn soak_backend(
         args, &watched, &targets, &ended, &placement, &accounts, warmup, &findings,
     );
     let (failure_count, failures) = findings.failures();
+    let logs = if failure_count > 0 || args.keep_logs {
+        keep_logs(&args.report, backend, &watched)
+    } else {
+        Vec::new()
+    };
     Ok(BackendReport {
         backend: backend.name(),
         mode: if args.cluster { "cluster" } else { "single" },
@@ -426,8 +441,38 @@ async fn soak_backend(
         cluster,
         failure_count,
         failures,
+        logs,
     })
 }
+
+/// How many of a failed node's last log lines the soak prints (the file has them all).
+const LOG_TAIL_PRINTED: usize = 60;
+
+/// Writes each node's log beside `report` (`REPORT.BACKEND.NODE.log`), prints its last
+/// lines, and returns where each went: a failed soak's findings are traced in them.
+fn keep_logs(report: &Path, backend: Backend, watched: &Watched) -> Vec<String> {
+    let mut kept = Vec::new();
+    for (node, watched_node) in watched.nodes.iter().enumerate() {
+        let server = lock(&watched_node.server);
+        let mut path = report.as_os_str().to_owned();
+        path.push(format!(".{}.{}.log", backend.name(), watched_node.name));
+        let path = PathBuf::from(path);
+        match std::fs::write(&path, server.log()) {
+            Ok(()) => kept.push(path.display().to_string()),
+            Err(err) => eprintln!("soak: writing {}: {err}", path.display()),
+        }
+        println!(
+            "soak {}: the last lines of {}'s log:\n{}",
+            backend.name(),
+            watched.label(node),
+            server.log_tail(LOG_TAIL_PRINTED)
+        );
+    }
+    kept
+}
+
+/// The cluster nodes' `--log-level`.
+const CLUSTER_LOG: &str = "warn,ringcast_server::cluster=debug";
 
 /// Starts the server, or the cluster's nodes (`n1`, `n2`, ...) joined through `nats`.
 fn start_nodes(
@@ -443,6 +488,7 @@ fn start_nodes(
         )]);
     };
     let lease = format!("{}ms", args.cluster_lease.as_millis());
+    let history = args.history.to_string();
     (1..=args.nodes)
         .map(|number| {
             let name = format!("n{number}");
@@ -453,9 +499,12 @@ fn start_nodes(
                 &name,
                 "--cluster-lease",
                 &lease,
+                "--history",
+                &history,
             ];
-            // At warn, so the log says when the node lost its link to NATS.
-            let server = start_server(args, bin, backend, "warn", &cluster)
+            // At warn, so the log says when the node lost its link to NATS; its cluster
+            // bridge at debug, so a failure's kept log says what it read and when.
+            let server = start_server(args, bin, backend, CLUSTER_LOG, &cluster)
                 .with_context(|| format!("starting node {name}"))?;
             Ok((name, server))
         })

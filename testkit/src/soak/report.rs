@@ -41,6 +41,9 @@ pub(super) struct BackendReport {
     pub(super) cluster: Option<cluster::ClusterReport>,
     pub(super) failure_count: u64,
     pub(super) failures: Vec<String>,
+    /// When the backend failed: each node's log (what the server kept of it), in a file
+    /// beside the report, so that a failure can be traced to what the nodes did.
+    pub(super) logs: Vec<String>,
 }
 
 /// What happened on one node (the server, in the single-node form).
@@ -312,6 +315,9 @@ pub(super) fn print_human(r: &BackendReport) {
     }
     if r.failure_count > r.failures.len() as u64 {
         println!("  ... {} failures in all", r.failure_count);
+    }
+    for log in &r.logs {
+        println!("  log kept: {log}");
     }
 }
 
