@@ -17,12 +17,24 @@ backend_tests!(
     with_history_off_the_cluster_relays_chat_as_plain_pub_sub,
     a_stalled_nats_loses_no_local_line_however_many,
     a_stalled_nats_loses_no_line_across_nodes_past_the_history,
+    the_burst_after_a_stall_is_written_out_as_it_is_queued,
     history_and_its_epoch_outlive_a_nats_server_restart,
 );
 
 fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
+    node_with(backend, nats, name, history, &[])
+}
+
+/// A node with `extra` flags too.
+fn node_with(
+    backend: &str,
+    nats: &NatsServer,
+    name: &str,
+    history: &str,
+    extra: &[&str],
+) -> Server {
     let url = nats.url();
-    let flags: [&str; 10] = [
+    let mut flags = vec![
         "--cluster",
         &url,
         "--node",
@@ -34,6 +46,7 @@ fn node(backend: &str, nats: &NatsServer, name: &str, history: &str) -> Server {
         "--max-msg-rate",
         "0",
     ];
+    flags.extend_from_slice(extra);
     Server::start(backend, &flags)
 }
 
@@ -365,10 +378,36 @@ async fn a_stalled_nats_loses_no_local_line_however_many(backend: &str) {
 /// republished copies it may send out of order: the third node's reader still gets
 /// every line, once, each writer's in order, and the node counts nothing dropped.
 async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &str) {
+    stalled_burst(backend, "t", &[], "").await;
+}
+
+/// The same burst, 400 lines of about 60 bytes, to a reader whose node lets a client
+/// have only 8 KiB queued: the reader takes what comes as it comes, so it is not cut as
+/// a slow consumer although the burst is three times the limit. (A worker used to queue
+/// all it found in its inbox before its writers ran: the cluster soak's readers were
+/// cut so after its 9 s stop.)
+async fn the_burst_after_a_stall_is_written_out_as_it_is_queued(backend: &str) {
+    let reader_node = ["--max-outbound", "8k", "--max-line", "512"];
+    stalled_burst(backend, "q", &reader_node, &"x".repeat(40)).await;
+}
+
+/// Two writers on two nodes, each sending 200 lines (`I SEQ PAD`) while NATS is
+/// stopped; a reader on the third node (with `reader_node`'s flags) must get all of
+/// them once, each writer's in order, and its node must count nothing dropped.
+async fn stalled_burst(backend: &str, prefix: &str, reader_node: &[&str], pad: &str) {
     let Some(nats) = NatsServer::start_or_skip() else {
         return;
     };
-    let nodes = three_nodes(backend, &nats, "t", "10");
+    let mut nodes: Vec<Server> = (0..2)
+        .map(|i| node(backend, &nats, &format!("{prefix}{i}"), "10"))
+        .collect();
+    nodes.push(node_with(
+        backend,
+        &nats,
+        &format!("{prefix}2"),
+        "10",
+        reader_node,
+    ));
     const LINES: usize = 200;
     let mut writers = Vec::new();
     for server in &nodes[..2] {
@@ -388,10 +427,11 @@ async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &st
     nats.signal(libc::SIGSTOP);
     let mut tasks = Vec::new();
     for (i, mut writer) in writers.into_iter().enumerate() {
+        let pad = pad.to_owned();
         tasks.push(tokio::spawn(async move {
             // An empty line after each: each line is a batch (a stream message) of its own.
             for seq in 0..LINES {
-                writer.send(&format!("{i} {seq}\n")).await;
+                writer.send(&format!("{i} {seq}{pad}\n")).await;
             }
             writer
         }));
@@ -410,6 +450,7 @@ async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &st
         let (name, text) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
         let (i, seq) = text.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
         let i: usize = i.parse().unwrap_or_else(|_| panic!("{line:?}"));
+        let seq = seq.strip_suffix(pad).unwrap_or_else(|| panic!("{line:?}"));
         let seq: usize = seq.parse().unwrap_or_else(|_| panic!("{line:?}"));
         assert_eq!(name, names[i], "{line:?}");
         assert_eq!(
@@ -421,6 +462,7 @@ async fn a_stalled_nats_loses_no_line_across_nodes_past_the_history(backend: &st
     let stats = reader.ask("/stats").await;
     assert!(stats.starts_with("* stats"), "after every line: {stats:?}");
     assert!(stats.contains(" cluster_dropped=0"), "{stats}");
+    assert!(stats.contains(" slow_consumers=0"), "{stats}");
 }
 
 /// The stream is on nats-server's disk (`--history-storage file`, the default): a
