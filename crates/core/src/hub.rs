@@ -361,6 +361,8 @@ pub struct Hub<H> {
     accept_paused_until: Tick,
     accept_armed: Tick,
     overflowed: Vec<(ClientId, Overflow)>,
+    /// Set when chat took a member's queue past half its limit (see `take_pressed`).
+    pressed: bool,
     /// Chat lines of the read being handled, queued when it ends or a command comes.
     batch: ChatBatch,
     /// Scratch space every client's codec frames its output in.
@@ -403,6 +405,7 @@ impl<H: Clone> Hub<H> {
             accept_paused_until: Tick::NONE,
             accept_armed: Tick::NONE,
             overflowed: Vec::new(),
+            pressed: false,
             batch: ChatBatch::default(),
             framer: Framer::new(limits.max_line),
             pending: HashMap::new(),
@@ -916,6 +919,17 @@ impl<H: Clone> Hub<H> {
             tracing::debug!(name = %member.name, "client released");
         }
         Some(client.handle)
+    }
+
+    /// Whether chat delivered since the last call took a member's queue past half its
+    /// limit; clears it. A backend that delivers a burst from its inbox (the cluster's
+    /// backlog after a NATS stall, another thread's) stops there and lets its writers
+    /// write before it delivers more: a reader that keeps up then takes the burst as it
+    /// comes, where a burst queued whole would take it past `--max-outbound` and cut it
+    /// as a slow consumer. A member whose queue stays past half (one that does not
+    /// read) sets it only once, when it passes.
+    pub fn take_pressed(&mut self) -> bool {
+        std::mem::take(&mut self.pressed)
     }
 
     /// When `handle_timeout` should next be called, if ever.

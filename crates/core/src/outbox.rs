@@ -135,6 +135,11 @@ impl Outbox {
     pub fn queued(&self) -> usize {
         self.queued as usize
     }
+
+    /// Whether more than half the limit is queued.
+    pub fn half_full(&self) -> bool {
+        self.queued > self.max_bytes / 2
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 //!   rooms are then received from it, numbered, and `/history` and `/resume` read it
 //!   (`cluster/history.rs`).
 
-use crate::worker::INBOX_TURN;
+use crate::worker::INBOX_TAKE;
 use anyhow::{anyhow, Context as _};
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -483,16 +483,16 @@ impl Node {
                 if self.spilled.borrow()[i].is_empty() {
                     continue;
                 }
-                // A turn's worth per message (see `INBOX_TURN`), so that the worker
-                // writes a large spill out as it goes; taken after each wait, so what
-                // came meanwhile goes too, still in order.
+                // At most `INBOX_TAKE` batches per message, so that the worker can
+                // stop between them to write (see `Hub::take_pressed`); taken after each
+                // wait, so what came meanwhile goes too, still in order.
                 while !self.spilled.borrow()[i].is_empty() {
                     let Ok(permit) = worker.reserve().await else {
                         self.spilled.borrow_mut()[i].clear();
                         break;
                     };
                     let mut spilled = self.spilled.borrow_mut();
-                    let take = spilled[i].len().min(INBOX_TURN);
+                    let take = spilled[i].len().min(INBOX_TAKE);
                     permit.send(Inbox::Chat(spilled[i].drain(..take).collect()));
                 }
             }

@@ -30,9 +30,9 @@ pub(crate) trait Conn: AsFd + 'static {
     /// added theirs, and a reader submits its next receive after the pass's sends, so
     /// that it collects what arrived while they ran. epoll's calls act at once: no wait.
     async fn end_of_pass(&self) {}
-    /// Returns once the writers the thread's last inbox turn woke have written (or
-    /// their writes reached the kernel): see `worker::INBOX_TURN`. epoll's writers write
-    /// when they run, so letting them run is enough.
+    /// Returns once the writers the thread's inbox woke have written (or their writes
+    /// reached the kernel): see `Hub::take_pressed`. epoll's writers write when they
+    /// run, so letting them run is enough.
     async fn after_turn()
     where
         Self: Sized,

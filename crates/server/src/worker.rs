@@ -37,12 +37,8 @@ const BATCH_KEEP: usize = 64;
 pub(crate) const IOV_MAX: usize = 1024;
 /// Batches of hand-offs one thread may queue to another before its readers wait.
 pub(crate) const INBOX_BATCHES: usize = 1024;
-/// Chat batches a thread takes from its inbox in one turn: once a turn has delivered
-/// this many, its writers run before it takes more. A burst (the cluster's backlog
-/// after a NATS stall) is so queued for each member a turn at a time, written out
-/// between turns, rather than all at once against `--max-outbound`, which would cut a
-/// reader that keeps up as a slow consumer.
-pub(crate) const INBOX_TURN: usize = 64;
+/// Inbox messages a thread takes at once.
+pub(crate) const INBOX_TAKE: usize = 64;
 
 /// A connection as the worker and the hub hold it: the backend's connection, which owns
 /// the socket, and the signal that wakes its writer. The hub keeps one reference while
@@ -512,27 +508,39 @@ impl<C: Conn> Worker<C> {
         }
     }
 
+    /// Delivers what other threads and the cluster send, a message at a time; once one
+    /// takes a member's queue past half its limit, the writers write before the next
+    /// (see `Hub::take_pressed`: tokio would let this task take a whole burst first).
     async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Inbox>) {
+        // Taken, not delivered yet, last first.
         let mut messages = Vec::new();
-        while inbox.recv_many(&mut messages, INBOX_TURN).await > 0 {
-            let mut batches = 0;
-            {
+        loop {
+            if messages.is_empty() {
+                if inbox.recv_many(&mut messages, INBOX_TAKE).await == 0 {
+                    return;
+                }
+                messages.reverse();
+            }
+            let pressed = {
                 let mut hub = self.hub.borrow_mut();
                 let now = Instant::now();
-                for message in messages.drain(..) {
+                // What the thread's own reads queued is not this turn's.
+                hub.take_pressed();
+                let mut pressed = false;
+                while let Some(message) = messages.pop() {
                     match message {
-                        Inbox::Chat(batch) => {
-                            batches += batch.len();
-                            hub.deliver(&batch, now);
-                        }
+                        Inbox::Chat(batch) => hub.deliver(&batch, now),
                         Inbox::Answer(answer) => hub.handle_answer(answer, now),
+                    }
+                    if hub.take_pressed() {
+                        pressed = true;
+                        break;
                     }
                 }
                 self.act(&mut hub);
-            }
-            // A full turn: the writers it woke write before the next (tokio would let
-            // this task take the whole burst first).
-            if batches >= INBOX_TURN {
+                pressed
+            };
+            if pressed {
                 C::after_turn().await;
             }
         }

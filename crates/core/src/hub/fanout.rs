@@ -132,8 +132,10 @@ impl<H: Clone> Hub<H> {
             }
             let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
             let len = bytes.len();
+            let was_under_half = !client.outbox.half_full();
             match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
+                    self.pressed |= was_under_half && client.outbox.half_full();
                     delivered += 1;
                     queued += len;
                     if was_empty {

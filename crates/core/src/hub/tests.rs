@@ -254,6 +254,46 @@ fn single_thread_hands_off_nothing() {
         .any(|a| matches!(a, Action::Handoff(_))));
 }
 
+/// Chat from another thread or the cluster that takes a member's queue past half its
+/// limit says so, once: the backend then lets its writers write before it delivers
+/// more. A member whose queue stays past half does not say it again; one that took its
+/// lines does when it passes half again.
+#[test]
+fn chat_from_elsewhere_says_when_a_queue_passes_half_its_limit() {
+    let mut sim = Sim::new(
+        2,
+        Limits {
+            max_outbound: 200,
+            ..limits()
+        },
+    );
+    let reader = sim.connect();
+    sim.hub.take_pressed();
+    // 40 bytes each: two fit in half the limit (80 of 100), the third passes it.
+    let line = Handoff {
+        room: Arc::from("lobby"),
+        text: Bytes::from_static(b"user9: 012345678901234567890123456789ab\n"),
+        lines: 1,
+        frames: None,
+        first: 0,
+        origin: None,
+    };
+    let mut pressed = Vec::new();
+    for _ in 0..4 {
+        sim.hub.deliver(std::slice::from_ref(&line), sim.now);
+        pressed.push(sim.hub.take_pressed());
+    }
+    assert_eq!(pressed, [false, false, true, false]);
+    assert_eq!(sim.output(reader).len(), 4);
+    let mut pressed = Vec::new();
+    for _ in 0..3 {
+        sim.hub.deliver(std::slice::from_ref(&line), sim.now);
+        pressed.push(sim.hub.take_pressed());
+    }
+    assert_eq!(pressed, [false, false, true]);
+    assert_eq!(sim.stats().slow_consumers(), 0);
+}
+
 #[test]
 fn slow_consumer_is_cut_and_forgotten_while_others_receive() {
     let mut sim = Sim::new(

@@ -28,7 +28,7 @@ pub mod probe;
 use crate::counters::UringDirectCounters;
 use crate::drain::Drain;
 use crate::routes::Routes;
-use crate::worker::{WorkerSetup, INBOX_TURN, IOV_MAX};
+use crate::worker::{WorkerSetup, INBOX_TAKE, IOV_MAX};
 use bytes::{Buf, Bytes};
 use ops::{Completion, Config, Key, Ring, RingCounts, ACCEPTS_PER_LISTENER};
 use ringcast_core::cluster::Inbox;
@@ -293,33 +293,42 @@ impl Driver {
             }
         }
         self.flush_blocked(&mut cx);
+        // What the thread's own reads queued is not the inbox's.
+        self.hub.take_pressed();
         while self.inbox_open {
-            match self
-                .inbox
-                .poll_recv_many(&mut cx, &mut self.messages, INBOX_TURN)
-            {
-                Poll::Ready(0) => self.inbox_open = false,
-                Poll::Ready(_) => {
-                    let now = Instant::now();
-                    let mut batches = 0;
-                    for message in self.messages.drain(..) {
-                        match message {
-                            Inbox::Chat(batch) => {
-                                batches += batch.len();
-                                self.hub.deliver(&batch, now);
-                            }
-                            Inbox::Answer(answer) => self.hub.handle_answer(answer, now),
-                        }
-                    }
-                    self.act();
-                    if batches >= INBOX_TURN {
-                        // A full turn: what it queued is sent before the next is taken
-                        // (see `INBOX_TURN`); the wake makes the ring's wait return.
-                        waker.wake_by_ref();
+            if self.messages.is_empty() {
+                match self
+                    .inbox
+                    .poll_recv_many(&mut cx, &mut self.messages, INBOX_TAKE)
+                {
+                    Poll::Ready(0) => {
+                        self.inbox_open = false;
                         break;
                     }
+                    // Delivered last first.
+                    Poll::Ready(_) => self.messages.reverse(),
+                    Poll::Pending => break,
                 }
-                Poll::Pending => break,
+            }
+            let now = Instant::now();
+            let mut pressed = false;
+            while let Some(message) = self.messages.pop() {
+                match message {
+                    Inbox::Chat(batch) => self.hub.deliver(&batch, now),
+                    Inbox::Answer(answer) => self.hub.handle_answer(answer, now),
+                }
+                if self.hub.take_pressed() {
+                    pressed = true;
+                    break;
+                }
+            }
+            self.act();
+            if pressed {
+                // A member's queue passed half its limit: what is queued is sent before
+                // more is delivered (see `Hub::take_pressed`); the wake makes the ring's
+                // wait return, and the rest waits in `messages`.
+                waker.wake_by_ref();
+                break;
             }
         }
     }
