@@ -91,9 +91,12 @@ pub struct SoakArgs {
     /// Server --max-clients (small, so bursts can reach it).
     #[arg(long, default_value = "48")]
     pub max_clients: usize,
-    /// Server --max-outbound (small, so slow consumers are cut quickly).
-    #[arg(long, default_value = "32k", value_parser = parse_bytes, allow_hyphen_values = true)]
-    pub max_outbound: usize,
+    /// Server --max-outbound [default: 32k, small so that slow consumers are cut
+    /// quickly; 256k in a cluster, where a healthy reader takes the backlog of a 9 s NATS
+    /// stop at once, about 32 KB at the default rate]. A client that stops reading is
+    /// cut either way: the slow-consumer fault asks for far more.
+    #[arg(long, value_parser = parse_bytes, allow_hyphen_values = true)]
+    pub max_outbound: Option<usize>,
     /// Server --max-line.
     #[arg(long, default_value = "512", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub max_line: usize,
@@ -521,7 +524,8 @@ fn start_server(
 ) -> anyhow::Result<ServerProcess> {
     let threads = args.threads.to_string();
     let max_clients = args.max_clients.to_string();
-    let max_outbound = args.max_outbound.to_string();
+    let default_outbound = if args.cluster { 256 << 10 } else { 32 << 10 };
+    let max_outbound = args.max_outbound.unwrap_or(default_outbound).to_string();
     let max_line = args.max_line.to_string();
     let mut server_args = vec![
         "--listen",
