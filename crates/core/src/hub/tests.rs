@@ -278,19 +278,18 @@ fn chat_from_elsewhere_says_when_a_queue_passes_half_its_limit() {
         first: 0,
         origin: None,
     };
-    let mut pressed = Vec::new();
-    for _ in 0..4 {
-        sim.hub.deliver(std::slice::from_ref(&line), sim.now);
-        pressed.push(sim.hub.take_pressed());
-    }
-    assert_eq!(pressed, [false, false, true, false]);
+    // What each of `n` deliveries of the line said.
+    let deliver = |sim: &mut Sim, n: usize| -> Vec<bool> {
+        (0..n)
+            .map(|_| {
+                sim.hub.deliver(std::slice::from_ref(&line), sim.now);
+                sim.hub.take_pressed()
+            })
+            .collect()
+    };
+    assert_eq!(deliver(&mut sim, 4), [false, false, true, false]);
     assert_eq!(sim.output(reader).len(), 4);
-    let mut pressed = Vec::new();
-    for _ in 0..3 {
-        sim.hub.deliver(std::slice::from_ref(&line), sim.now);
-        pressed.push(sim.hub.take_pressed());
-    }
-    assert_eq!(pressed, [false, false, true]);
+    assert_eq!(deliver(&mut sim, 3), [false, false, true]);
     assert_eq!(sim.stats().slow_consumers(), 0);
 }
 
