@@ -728,11 +728,10 @@ impl<H: Clone> Hub<H> {
             }
         }
         // An answer is owed: this reply waits behind it.
-        if let Some(held) = self.clients[id].held.as_mut() {
-            held.push_back(cluster::Held::Ready(bytes));
-            return;
+        match self.hold_reply(id, bytes) {
+            Ok(()) => {}
+            Err(bytes) => self.push_out(id, bytes, now),
         }
-        self.push_out(id, bytes, now);
     }
 
     /// Queues bytes for the client's writer now.

@@ -10,8 +10,10 @@
 use super::*;
 
 /// Replies one client may have waiting behind owed answers; past it, a request for the
-/// cluster is refused (the input rate limit keeps an honest client far below).
-const MAX_HELD: usize = 256;
+/// cluster is refused, and any other reply cuts the client as a slow consumer, as do held
+/// replies past `--max-outbound` with what is queued (the input rate limit keeps an
+/// honest client far below either).
+pub(super) const MAX_HELD: usize = 256;
 
 /// A client's ordered replies while an answer is owed: boxed, so that a client with none
 /// (nearly always) pays 8 bytes for it, not the 32 of an empty `VecDeque`.
@@ -290,6 +292,36 @@ impl<H: Clone> Hub<H> {
                 );
             }
         }
+    }
+
+    /// Holds `bytes` behind the answers client `id` is owed, if it is owed one; `Err`
+    /// gives them back if not. A client whose held replies would pass [`MAX_HELD`], or
+    /// with what is queued for it `--max-outbound`, is cut as a slow consumer (one that
+    /// floods commands while the cluster stalls must not hold the server's memory).
+    pub(super) fn hold_reply(&mut self, id: ClientId, bytes: Bytes) -> Result<(), Bytes> {
+        let queued = self.clients[id].outbox.queued();
+        let limit = self.limits.max_outbound;
+        let Some(held) = self.clients[id].held.as_mut() else {
+            return Err(bytes);
+        };
+        let held_bytes: usize = held
+            .iter()
+            .map(|h| match h {
+                Held::Ready(ready) => ready.len(),
+                Held::Waiting(_) => 0,
+            })
+            .sum();
+        if held.len() >= MAX_HELD || queued + held_bytes + bytes.len() > limit {
+            self.overflowed.push((
+                id,
+                Overflow {
+                    queued: queued + held_bytes,
+                },
+            ));
+        } else {
+            held.push_back(Held::Ready(bytes));
+        }
+        Ok(())
     }
 
     /// Forgets the answers a released client was owed.

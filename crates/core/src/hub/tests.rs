@@ -934,6 +934,34 @@ fn a_closing_client_is_closed_only_after_its_owed_replies() {
     assert_eq!(then, Output::Finish);
 }
 
+/// Replies held behind an owed answer count against `--max-outbound` like queued ones:
+/// a client that floods commands while the cluster has not answered (NATS stalled) is
+/// cut as a slow consumer, not held in memory without bound; the others are served.
+#[test]
+fn replies_held_behind_an_owed_answer_are_bounded_by_the_outbound_limit() {
+    let mut sim = Sim::clustered(Limits {
+        max_outbound: 4096,
+        ..limits()
+    });
+    let flooder = sim.connect();
+    let other = sim.connect();
+    sim.actions();
+    sim.input(flooder, b"/rooms\n");
+    sim.actions();
+    // Each /help reply is about 250 bytes: 4096 bytes hold some 16.
+    for _ in 0..40 {
+        sim.input(flooder, b"/help\n");
+    }
+    let cut = shutdowns(&sim.actions());
+    assert_eq!(
+        cut,
+        [(0, Some("* error: disconnected: slow consumer\n".to_owned()))]
+    );
+    assert_eq!(sim.stats().disconnects(Disconnect::SlowConsumer), 1);
+    sim.input(other, b"/help\n");
+    assert_eq!(sim.output(other).len(), 1);
+}
+
 #[test]
 fn an_unsent_question_is_answered_and_a_released_client_owes_nothing() {
     use crate::cluster::Request;
