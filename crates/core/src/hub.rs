@@ -267,6 +267,8 @@ struct Client<H> {
     /// While the cluster owes this client an answer: its replies, in the order of its
     /// requests (see `cluster.rs`); none otherwise (nearly always).
     held: cluster::HeldQueue,
+    /// Bytes of the replies in `held` that are ready (they count against the limit).
+    held_bytes: u32,
     codec: Codec,
     /// The client asked for positions (`/positions on`): chat comes as `#POS NAME: TEXT`.
     positions: bool,
@@ -470,6 +472,7 @@ impl<H: Clone> Hub<H> {
             member: None,
             serial: self.next_id,
             nick_pending: false,
+            held_bytes: 0,
             held: None,
             codec: Codec::new(protocol, self.limits.max_line),
             positions: false,

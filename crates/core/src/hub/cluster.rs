@@ -10,10 +10,9 @@
 use super::*;
 
 /// Replies one client may have waiting behind owed answers; past it, a request for the
-/// cluster is refused, and any other reply cuts the client as a slow consumer, as do held
-/// replies past `--max-outbound` with what is queued (the input rate limit keeps an
-/// honest client far below either).
-pub(super) const MAX_HELD: usize = 256;
+/// cluster is refused (the input rate limit keeps an honest client far below). What the
+/// held replies take counts against `--max-outbound` (see `hold_reply`).
+const MAX_HELD: usize = 256;
 
 /// A client's ordered replies while an answer is owed: boxed, so that a client with none
 /// (nearly always) pays 8 bytes for it, not the 32 of an empty `VecDeque`.
@@ -163,13 +162,21 @@ impl<H: Clone> Hub<H> {
             .position(|h| matches!(h, Held::Waiting(w) if *w == id))
         {
             held.remove(at);
+            let mut added = 0;
             for (i, reply) in replies.into_iter().enumerate() {
+                added += reply.len() as u32;
                 held.insert(at + i, Held::Ready(reply));
             }
+            let held_bytes = &mut self.clients[client].held_bytes;
+            *held_bytes = held_bytes.saturating_add(added);
         }
         while let Some(held) = self.clients[client].held.as_mut() {
             match held.pop_front() {
-                Some(Held::Ready(bytes)) => self.push_out(client, bytes, now),
+                Some(Held::Ready(bytes)) => {
+                    let held_bytes = &mut self.clients[client].held_bytes;
+                    *held_bytes = held_bytes.saturating_sub(bytes.len() as u32);
+                    self.push_out(client, bytes, now);
+                }
                 Some(waiting) => {
                     held.push_front(waiting);
                     break;
@@ -295,30 +302,20 @@ impl<H: Clone> Hub<H> {
     }
 
     /// Holds `bytes` behind the answers client `id` is owed, if it is owed one; `Err`
-    /// gives them back if not. A client whose held replies would pass [`MAX_HELD`], or
-    /// with what is queued for it `--max-outbound`, is cut as a slow consumer (one that
-    /// floods commands while the cluster stalls must not hold the server's memory).
+    /// gives them back if not. A client whose held replies would take it, with what is
+    /// queued for it, past `--max-outbound` is cut as a slow consumer: one that floods
+    /// commands while the cluster stalls must not hold the server's memory.
     pub(super) fn hold_reply(&mut self, id: ClientId, bytes: Bytes) -> Result<(), Bytes> {
-        let queued = self.clients[id].outbox.queued();
         let limit = self.limits.max_outbound;
-        let Some(held) = self.clients[id].held.as_mut() else {
+        let client = &mut self.clients[id];
+        let queued = client.outbox.queued() + client.held_bytes as usize;
+        let Some(held) = client.held.as_mut() else {
             return Err(bytes);
         };
-        let held_bytes: usize = held
-            .iter()
-            .map(|h| match h {
-                Held::Ready(ready) => ready.len(),
-                Held::Waiting(_) => 0,
-            })
-            .sum();
-        if held.len() >= MAX_HELD || queued + held_bytes + bytes.len() > limit {
-            self.overflowed.push((
-                id,
-                Overflow {
-                    queued: queued + held_bytes,
-                },
-            ));
+        if queued + bytes.len() > limit {
+            self.overflowed.push((id, Overflow { queued }));
         } else {
+            client.held_bytes += bytes.len() as u32;
             held.push_back(Held::Ready(bytes));
         }
         Ok(())
