@@ -30,7 +30,7 @@
 //! `H` is the I/O layer's handle for a connection; the hub only stores it and hands
 //! clones back in actions.
 
-use super::cluster::{Answer, Claim, ClusterView, Origin, Request};
+use super::cluster::{Answer, Claim, ClusterView, Inbox, Origin, Request};
 use super::codec::{Broken, Codec, Encoded, Event, Framer};
 use super::directory::{Directory, Refused};
 use super::history::{History, HistoryConfig};
@@ -924,13 +924,9 @@ impl<H: Clone> Hub<H> {
     }
 
     /// Whether chat delivered since the last call took a member's queue past half its
-    /// limit; clears it. A backend that delivers a burst from its inbox (the cluster's
-    /// backlog after a NATS stall, another thread's) stops there and lets its writers
-    /// write before it delivers more: a reader that keeps up then takes the burst as it
-    /// comes, where a burst queued whole would take it past `--max-outbound` and cut it
-    /// as a slow consumer. A member whose queue stays past half (one that does not
-    /// read) sets it only once, when it passes.
-    pub fn take_pressed(&mut self) -> bool {
+    /// limit; clears it (see `deliver_inbox`). A member whose queue stays past half (one
+    /// that does not read) sets it only once, when it passes.
+    fn take_pressed(&mut self) -> bool {
         std::mem::take(&mut self.pressed)
     }
 

@@ -136,9 +136,11 @@ impl Outbox {
         self.queued as usize
     }
 
-    /// Whether more than half the limit is queued.
-    pub fn half_full(&self) -> bool {
-        self.queued > self.max_bytes / 2
+    /// Whether the push of `added` bytes just made took the queue past half its limit.
+    pub fn passed_half(&self, added: usize) -> bool {
+        let half = self.max_bytes as usize / 2;
+        let queued = self.queued as usize;
+        queued > half && queued.saturating_sub(added) <= half
     }
 }
 

@@ -484,7 +484,7 @@ impl Node {
                     continue;
                 }
                 // At most `INBOX_TAKE` batches per message, so that the worker can
-                // stop between them to write (see `Hub::take_pressed`); taken after each
+                // stop between them to write (see `Hub::deliver_inbox`); taken after each
                 // wait, so what came meanwhile goes too, still in order.
                 while !self.spilled.borrow()[i].is_empty() {
                     let Ok(permit) = worker.reserve().await else {

@@ -31,7 +31,7 @@ pub(crate) trait Conn: AsFd + 'static {
     /// that it collects what arrived while they ran. epoll's calls act at once: no wait.
     async fn end_of_pass(&self) {}
     /// Returns once the writers the thread's inbox woke have written (or their writes
-    /// reached the kernel): see `Hub::take_pressed`. epoll's writers write when they
+    /// reached the kernel): see `Hub::deliver_inbox`. epoll's writers write when they
     /// run, so letting them run is enough.
     async fn after_turn()
     where

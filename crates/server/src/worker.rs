@@ -508,9 +508,9 @@ impl<C: Conn> Worker<C> {
         }
     }
 
-    /// Delivers what other threads and the cluster send, a message at a time; once one
-    /// takes a member's queue past half its limit, the writers write before the next
-    /// (see `Hub::take_pressed`: tokio would let this task take a whole burst first).
+    /// Delivers what other threads and the cluster send; once a message takes a
+    /// member's queue past half its limit, the writers write before the next (see
+    /// `Hub::deliver_inbox`: tokio would let this task take a whole burst first).
     async fn inbox_loop(self: Rc<Self>, mut inbox: mpsc::Receiver<Inbox>) {
         // Taken, not delivered yet, last first.
         let mut messages = Vec::new();
@@ -523,20 +523,7 @@ impl<C: Conn> Worker<C> {
             }
             let pressed = {
                 let mut hub = self.hub.borrow_mut();
-                let now = Instant::now();
-                // What the thread's own reads queued is not this turn's.
-                hub.take_pressed();
-                let mut pressed = false;
-                while let Some(message) = messages.pop() {
-                    match message {
-                        Inbox::Chat(batch) => hub.deliver(&batch, now),
-                        Inbox::Answer(answer) => hub.handle_answer(answer, now),
-                    }
-                    if hub.take_pressed() {
-                        pressed = true;
-                        break;
-                    }
-                }
+                let pressed = hub.deliver_inbox(&mut messages, Instant::now());
                 self.act(&mut hub);
                 pressed
             };

@@ -132,10 +132,9 @@ impl<H: Clone> Hub<H> {
             }
             let bytes = encoded.for_codec(&client.codec, client.positions, &mut self.framer);
             let len = bytes.len();
-            let was_under_half = !client.outbox.half_full();
             match client.outbox.push_lines(bytes, lines) {
                 Ok(was_empty) => {
-                    self.pressed |= was_under_half && client.outbox.half_full();
+                    self.pressed |= client.outbox.passed_half(len);
                     delivered += 1;
                     queued += len;
                     if was_empty {
@@ -159,6 +158,28 @@ impl<H: Clone> Hub<H> {
             .queued_bytes
             .add(queued as i64);
         delivered
+    }
+
+    /// Delivers what other threads and the cluster sent, taking `messages` from the end
+    /// (the backend keeps them last first), until one takes a member's queue past half
+    /// its limit; returns whether one did, the rest left in `messages`. The backend then
+    /// lets its writers write before it delivers more: a reader that keeps up takes a
+    /// burst (the cluster's backlog after a NATS stall, another thread's) as it comes,
+    /// where a burst queued whole would take it past `--max-outbound` and cut it as a
+    /// slow consumer.
+    pub fn deliver_inbox(&mut self, messages: &mut Vec<Inbox>, now: Instant) -> bool {
+        // What the thread's own reads queued is not the inbox's.
+        self.take_pressed();
+        while let Some(message) = messages.pop() {
+            match message {
+                Inbox::Chat(batch) => self.deliver(&batch, now),
+                Inbox::Answer(answer) => self.handle_answer(answer, now),
+            }
+            if self.take_pressed() {
+                return true;
+            }
+        }
+        false
     }
 
     /// Delivers chat lines handed off by another thread to the local members of their

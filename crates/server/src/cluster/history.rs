@@ -529,7 +529,6 @@ impl Node {
         let subject = room_subject(room);
         let from = last.get();
         let mut seq = from.max(1);
-        let mut first = true;
         let mut forwarded = 0u64;
         // The sequence of the second batch read (see below).
         let mut second = None;
@@ -545,7 +544,7 @@ impl Node {
                 second = Some(message.sequence);
             }
             seq = message.sequence + 1;
-            if std::mem::take(&mut first) && last.get() > 0 && message.sequence != last.get() {
+            if read == 0 && last.get() > 0 && message.sequence != last.get() {
                 self.view.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     %room, last = last.get(), next = message.sequence,

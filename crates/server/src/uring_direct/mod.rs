@@ -293,8 +293,6 @@ impl Driver {
             }
         }
         self.flush_blocked(&mut cx);
-        // What the thread's own reads queued is not the inbox's.
-        self.hub.take_pressed();
         while self.inbox_open {
             if self.messages.is_empty() {
                 match self
@@ -310,22 +308,11 @@ impl Driver {
                     Poll::Pending => break,
                 }
             }
-            let now = Instant::now();
-            let mut pressed = false;
-            while let Some(message) = self.messages.pop() {
-                match message {
-                    Inbox::Chat(batch) => self.hub.deliver(&batch, now),
-                    Inbox::Answer(answer) => self.hub.handle_answer(answer, now),
-                }
-                if self.hub.take_pressed() {
-                    pressed = true;
-                    break;
-                }
-            }
+            let pressed = self.hub.deliver_inbox(&mut self.messages, Instant::now());
             self.act();
             if pressed {
                 // A member's queue passed half its limit: what is queued is sent before
-                // more is delivered (see `Hub::take_pressed`); the wake makes the ring's
+                // more is delivered (see `Hub::deliver_inbox`); the wake makes the ring's
                 // wait return, and the rest waits in `messages`.
                 waker.wake_by_ref();
                 break;
